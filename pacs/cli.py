@@ -1,0 +1,186 @@
+"""The ``pacs`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pacs.settings import Settings, load_settings
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML configuration file (PACS_CONFIG)")
+    parser.add_argument("--data-dir", type=Path, help="data folder (PACS_DATA_DIR, default ./pacs-data)")
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    return load_settings(config=args.config, data_dir=args.data_dir, **extra)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pacs", description="PACS, RIS front desk and HL7/FHIR interface engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run every front end (DICOM, MLLP, HTTP) in one process")
+    _common(serve)
+    serve.add_argument("--host", help="address to listen on (default all)")
+    serve.add_argument("--dicom-port", type=int, help="DICOM port (PACS_DICOM_PORT, default 11112)")
+    serve.add_argument("--mllp-port", type=int, help="HL7 MLLP port (PACS_MLLP_PORT, default 2575)")
+    serve.add_argument("--http-port", type=int, help="HTTP port (PACS_HTTP_PORT, default 8080)")
+    serve.add_argument("--ae-title", help="DICOM AE title (PACS_AE_TITLE, default PACS)")
+
+    messages = sub.add_parser("messages", help="browse and replay the message store")
+    msub = messages.add_subparsers(dest="action", required=True)
+    listing = msub.add_parser("list", help="messages, newest first")
+    _common(listing)
+    listing.add_argument("--type", help="message type, e.g. ADT or ORM^O01")
+    listing.add_argument("--status", help="RECEIVED, FILTERED, TRANSFORMED, PROCESSED or ERROR")
+    listing.add_argument("--since", type=datetime.fromisoformat, help="received at or after (ISO 8601)")
+    listing.add_argument("--until", type=datetime.fromisoformat, help="received before (ISO 8601)")
+    listing.add_argument("--patient-id")
+    listing.add_argument("--control-id", help="MSH-10")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--offset", type=int, default=0)
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    show = msub.add_parser("show", help="one message with its content at every stage")
+    _common(show)
+    show.add_argument("id", type=int)
+    again = msub.add_parser("reprocess", help="run a stored message through the channel again")
+    _common(again)
+    again.add_argument("id", type=int)
+
+    mappings = sub.add_parser("mappings", help="check and try the analyst-editable mappings")
+    psub = mappings.add_subparsers(dest="action", required=True)
+    check = psub.add_parser("check", help="validate every mapping file; problems as file:line: what")
+    _common(check)
+    check.add_argument("--dir", type=Path, help="mappings folder (PACS_MAPPINGS_DIR)")
+    trial = psub.add_parser("test", help="show what one HL7 message or FHIR resource would do; writes nothing")
+    _common(trial)
+    trial.add_argument("file", type=Path)
+    trial.add_argument("--dir", type=Path, help="mappings folder (PACS_MAPPINGS_DIR)")
+    fields = psub.add_parser("fields", help="list every target a mapping row can feed")
+    _common(fields)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "messages":
+        return _messages(args)
+    if args.command == "mappings":
+        return _mappings(args)
+    return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pacs.integration.mapping import MappingsInvalid
+    from pacs.server import configure_logging, serve
+
+    settings = _settings(args, host=args.host, dicom_port=args.dicom_port, mllp_port=args.mllp_port,
+                         http_port=args.http_port, ae_title=args.ae_title)
+    configure_logging(settings.log_level)
+    try:
+        asyncio.run(serve(settings))
+    except MappingsInvalid as exc:
+        print(f"pacs: refusing to start: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"pacs: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _messages(args: argparse.Namespace) -> int:
+    from pacs.server import Services
+
+    settings = _settings(args)
+    services = Services.build(settings)
+    try:
+        if args.action == "list":
+            from pacs.integration import message_store
+
+            with services.db.session() as session:
+                since = args.since.astimezone() if args.since and args.since.tzinfo is None else args.since
+                until = args.until.astimezone() if args.until and args.until.tzinfo is None else args.until
+                total, rows = message_store.search(
+                    session, message_type=args.type, status=args.status, since=since, until=until,
+                    patient_id=args.patient_id, control_id=args.control_id, limit=args.limit, offset=args.offset,
+                )
+                if args.json:
+                    print(message_store.as_json({"total": total, "items": [
+                        r.model_dump(exclude={"raw", "mapped", "applied", "response"}) for r in rows]}))
+                    return 0
+                print(f"{'ID':>7}  {'RECEIVED (UTC)':19}  {'TYPE':9}  {'STATUS':11}  {'ACK':4}  "
+                      f"{'CONTROL ID':20}  {'PATIENT':12}  ERROR")
+                for r in rows:
+                    print(f"{r.id:>7}  {r.received_at:%Y-%m-%d %H:%M:%S}  {r.message_type:9}  {r.status:11}  "
+                          f"{r.ack_code:4}  {r.control_id[:20]:20}  {r.patient_id[:12]:12}  {r.error or ''}")
+                print(f"{len(rows)} of {total} message(s)")
+            return 0
+        if args.action == "show":
+            from pacs.integration.message_store import StoredMessage, as_json, decoded
+
+            with services.db.session() as session:
+                row = session.get(StoredMessage, args.id)
+                if row is None:
+                    print(f"pacs: message {args.id} does not exist", file=sys.stderr)
+                    return 1
+                data = row.model_dump(exclude={"raw"})
+                data["raw"] = decoded(row).replace("\r", "\n")
+                print(as_json(data))
+            return 0
+        if args.action == "reprocess":
+            from pacs.integration.intake import reprocess
+
+            try:
+                outcome = reprocess(services.intake, services.db, args.id)
+            except LookupError as exc:
+                print(f"pacs: {exc}", file=sys.stderr)
+                return 1
+            print(f"message {args.id} reprocessed as message {outcome.message_id}: {outcome.status} "
+                  f"({outcome.ack_code}){' ' + str(outcome.error) if outcome.error else ''}")
+            return 0 if outcome.error is None else 1
+    finally:
+        services.db.dispose()
+    return 2
+
+
+def _mappings(args: argparse.Namespace) -> int:
+    from pacs.integration import mapping
+
+    if args.action == "fields":
+        for target in mapping.TARGETS.values():
+            print(f"{target.name:32} {target.kind:12} {target.help}")
+        return 0
+    settings = _settings(args)
+    root = args.dir or settings.mappings_dir
+    loaded, problems = mapping.load(root)
+    if args.action == "check":
+        for problem in problems:
+            print(problem)
+        if problems:
+            print(f"{len(problems)} problem(s) in {root}", file=sys.stderr)
+            return 1
+        print(f"mappings in {root} are valid: {len(loaded.profiles)} field maps, "  # type: ignore[union-attr]
+              f"{len(loaded.codes)} code tables, {len(loaded.procedures)} procedures")  # type: ignore[union-attr]
+        return 0
+    if loaded is None:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 1
+    from pacs.integration.trial import try_file
+
+    result, ok = try_file(args.file, loaded, settings)
+    print(json.dumps(result, ensure_ascii=False, indent=2, default=str))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""/fhir: ServiceRequest intake (create, update, transaction) and reads.
+
+Creates and updates go through the interface engine's channel, like HL7 v2 orders: the body is
+stored raw, mapped by mappings/fhir/servicerequest.yaml and applied by the registry services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse, Response
+from sqlmodel import Session, or_, select
+
+from pacs import __version__
+from pacs.fhir_server import outcome
+from pacs.fhir_server.outcome import FHIR_JSON
+from pacs.fhir_server.resources import patient_resource, service_request_resource, version_of
+from pacs.http import ServicesDep, SessionDep
+from pacs.integration.channel import Inbound, Outcome
+from pacs.registry.models import ImagingOrder, Patient
+
+router = APIRouter(prefix="/fhir", tags=["fhir"])
+MAX_BODY = 8 * 1024 * 1024
+
+
+def fhir_json(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body, status_code=status, media_type=FHIR_JSON, headers=headers)
+
+
+def _etag(row: Any) -> str:
+    return f'W/"{version_of(row)}"'
+
+
+async def _body(request: Request) -> bytes | JSONResponse:
+    kind = request.headers.get("content-type", "").split(";")[0].strip()
+    if kind and kind not in ("application/fhir+json", "application/json", "application/json+fhir"):
+        return outcome.response(415, f"content type {kind} is not supported; send application/fhir+json",
+                                code="not-supported")
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        return outcome.response(413, f"body over {MAX_BODY} bytes", code="too-costly")
+    if not body.strip():
+        return outcome.response(400, "empty body", code="structure")
+    return body
+
+
+async def _submit(services: Any, request: Request, body: bytes) -> Outcome:
+    client = request.client
+    inbound = Inbound(raw=body, source="fhir", peer=f"{client.host}:{client.port}" if client else "",
+                      endpoint=f"{request.method} {request.url.path}")
+    return await asyncio.wrap_future(services.intake.submit(inbound))
+
+
+def _orders_of(result: Outcome) -> list[dict[str, Any]]:
+    return [o for item in (result.applied or {}).get("items", []) for o in item.get("orders", [])]
+
+
+def _find_by_identifier(session: Session, query: str) -> list[ImagingOrder]:
+    """Orders matching an ``identifier=[system|]value`` search (If-None-Exist)."""
+    if not query.startswith("identifier="):
+        return []
+    value = query.split("=", 1)[1].rpartition("|")[2]
+    if not value:
+        return []
+    return list(session.exec(select(ImagingOrder).where(or_(
+        ImagingOrder.placer_number == value,
+        ImagingOrder.filler_number == value,
+        ImagingOrder.accession_number == value,
+    ))).all())
+
+
+@router.get("/metadata")
+def metadata() -> JSONResponse:
+    """The CapabilityStatement."""
+    return fhir_json({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-25",
+        "kind": "instance",
+        "software": {"name": "pacs", "version": __version__},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json"],
+        "rest": [{
+            "mode": "server",
+            "resource": [
+                {"type": "Patient", "interaction": [{"code": "read"}]},
+                {"type": "ServiceRequest", "interaction": [{"code": "read"}, {"code": "create"}, {"code": "update"}],
+                 "conditionalCreate": True},
+            ],
+            "interaction": [{"code": "transaction"}],
+        }],
+    })
+
+
+@router.get("/Patient/{patient_id}")
+def read_patient(patient_id: str, session: SessionDep) -> Response:
+    row = session.get(Patient, int(patient_id)) if patient_id.isdigit() else None
+    if row is None:
+        return outcome.response(404, f"Patient/{patient_id} does not exist", code="not-found")
+    return fhir_json(patient_resource(session, row), headers={"ETag": _etag(row)})
+
+
+@router.get("/ServiceRequest/{order_id}")
+def read_service_request(order_id: str, session: SessionDep) -> Response:
+    row = session.get(ImagingOrder, int(order_id)) if order_id.isdigit() else None
+    if row is None:
+        return outcome.response(404, f"ServiceRequest/{order_id} does not exist", code="not-found")
+    return fhir_json(service_request_resource(session, row), headers={"ETag": _etag(row)})
+
+
+@router.post("/ServiceRequest")
+async def create_service_request(
+    request: Request,
+    services: ServicesDep,
+    if_none_exist: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Create an order (the FHIR equivalent of ORM NW / OMI NW). Conditional with If-None-Exist."""
+    body = await _body(request)
+    if isinstance(body, Response):
+        return body
+    if if_none_exist:
+        with services.db.session() as session:
+            found = _find_by_identifier(session, if_none_exist)
+            if len(found) > 1:
+                return outcome.response(412, f"If-None-Exist {if_none_exist} matches {len(found)} orders",
+                                        code="duplicate")
+            if found:
+                return fhir_json(service_request_resource(session, found[0]), 200,
+                                 {"ETag": _etag(found[0]), "Location": f"/fhir/ServiceRequest/{found[0].id}"})
+    result = await _submit(services, request, body)
+    if result.error is not None:
+        return Response(result.response, status_code=int(result.ack_code), media_type=FHIR_JSON)
+    orders = _orders_of(result)
+    with services.db.session() as session:
+        order = session.get_one(ImagingOrder, orders[0]["id"])
+        return fhir_json(service_request_resource(session, order), 201 if orders[0]["created"] else 200,
+                         {"ETag": _etag(order), "Location": f"/fhir/ServiceRequest/{order.id}/_history/{version_of(order)}"})
+
+
+@router.put("/ServiceRequest/{order_id}")
+async def update_service_request(
+    order_id: str,
+    request: Request,
+    services: ServicesDep,
+    if_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Change or cancel an order (XO; status revoked is CA). If-Match guards lost updates."""
+    body = await _body(request)
+    if isinstance(body, Response):
+        return body
+    with services.db.session() as session:
+        order = session.get(ImagingOrder, int(order_id)) if order_id.isdigit() else None
+        if order is None:
+            return outcome.response(404, f"ServiceRequest/{order_id} does not exist; create it with POST",
+                                    code="not-found")
+        if if_match and if_match.strip() not in (_etag(order), f'"{version_of(order)}"', version_of(order)):
+            return outcome.response(412, f"If-Match {if_match} is not the current version {_etag(order)}",
+                                    code="conflict")
+        try:
+            claimed = json.loads(body).get("id")
+        except (ValueError, AttributeError):
+            claimed = None
+        if claimed is not None and str(claimed) != order_id:
+            return outcome.response(400, f"resource id {claimed} does not match the URL ({order_id})",
+                                    code="invalid", expression="ServiceRequest.id")
+    result = await _submit(services, request, body)
+    if result.error is not None:
+        return Response(result.response, status_code=int(result.ack_code), media_type=FHIR_JSON)
+    orders = _orders_of(result)
+    if not orders or orders[0]["id"] != int(order_id):
+        return outcome.response(409, "the identifiers in the body name a different order than the URL",
+                                code="conflict", expression="ServiceRequest.identifier")
+    with services.db.session() as session:
+        order = session.get_one(ImagingOrder, int(order_id))
+        return fhir_json(service_request_resource(session, order), 200, {"ETag": _etag(order)})
+
+
+@router.post("")
+async def transaction(request: Request, services: ServicesDep) -> Response:
+    """A transaction Bundle of Patient and ServiceRequest entries, applied all or nothing."""
+    body = await _body(request)
+    if isinstance(body, Response):
+        return body
+    result = await _submit(services, request, body)
+    if result.error is not None:
+        return Response(result.response, status_code=int(result.ack_code), media_type=FHIR_JSON)
+    entries = []
+    with services.db.session() as session:
+        for item in (result.applied or {}).get("items", []):
+            for order in item.get("orders", []):
+                row = session.get_one(ImagingOrder, order["id"])
+                entries.append({"response": {
+                    "status": "201 Created" if order["created"] else "200 OK",
+                    "location": f"ServiceRequest/{row.id}/_history/{version_of(row)}",
+                    "etag": _etag(row)}})
+            if not item.get("orders"):
+                patient = session.get_one(Patient, item["patient"])
+                entries.append({"response": {
+                    "status": "201 Created" if item.get("patient_created") else "200 OK",
+                    "location": f"Patient/{patient.id}/_history/{version_of(patient)}"}})
+    return fhir_json({"resourceType": "Bundle", "type": "transaction-response", "entry": entries})

@@ -1,0 +1,64 @@
+"""The HTTP app: mounts each part's router. OpenAPI at /docs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from sqlmodel import Session
+
+from pacs import __version__
+from pacs.server import Services
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_session(services: ServicesDep):  # type: ignore[no-untyped-def]
+    with services.db.session() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def create_app(services: Services) -> FastAPI:
+    from pacs.fhir_server import router as fhir_router
+    from pacs.integration.api import router as messages_router
+
+    app = FastAPI(
+        title="PACS",
+        version=__version__,
+        description="PACS archive, RIS front desk and HL7/FHIR interface engine.",
+    )
+    app.state.services = services
+
+    @app.get("/healthz", tags=["health"])
+    def healthz(services: ServicesDep) -> JSONResponse:
+        """Liveness and readiness: the database answers and the intake worker runs."""
+        try:
+            with services.db.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            database = "ok"
+        except Exception as exc:  # report, don't raise: this is what monitoring reads
+            database = f"error: {exc}"
+        problems = services.mappings.last_problems
+        healthy = database == "ok" and services.intake.running
+        body = {
+            "status": "ok" if healthy else "degraded",
+            "version": __version__,
+            "database": database,
+            "intake": "running" if services.intake.running else "stopped",
+            "mappings": "ok" if not problems else f"{len(problems)} problem(s); last good set in use",
+        }
+        return JSONResponse(body, status_code=200 if healthy else 503)
+
+    app.include_router(messages_router)
+    app.include_router(fhir_router)
+    return app

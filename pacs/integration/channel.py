@@ -1,0 +1,294 @@
+"""The channel: source → filter → transformer → destination, for every inbound message.
+
+One path for every kind (HL7 v2 over MLLP, FHIR over REST, a reprocessed message):
+
+1. **receive** – the raw bytes become a message-store row (status RECEIVED), committed before
+   anything else reads them (:mod:`pacs.integration.intake` does the commit);
+2. **parse** – decode per MSH-18, read the ER7, check message type, event and version
+   (AR when the message can't be taken);
+3. **filter** – a message already applied (same sender and MSH-10) is acknowledged again and not
+   applied twice; events this PACS does not act on are FILTERED;
+4. **transform** – the mappings turn it into registry input (:class:`~pacs.registry.schemas.Mapped`);
+5. **destination** – the registry services apply it, inside a savepoint, so a failure leaves the
+   raw and mapped content stored with the reason and nothing half-applied.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlmodel import Session
+
+from pacs.db import utcnow
+from pacs.integration import hl7v2, mllp
+from pacs.integration.ack import (
+    AckCode,
+    ErrorCode,
+    Header,
+    MessageError,
+    build_ack,
+    header_from_raw,
+)
+from pacs.integration.hl7v2 import Address
+from pacs.integration.mapping import SUPPORTED_MESSAGE_CODES, Filtered, MappingHolder, Mappings, map_hl7
+from pacs.integration.message_store import Stage, Status, StoredMessage, find_processed
+from pacs.registry import service
+from pacs.registry.models import VisitStatus
+from pacs.registry.schemas import Action, Mapped
+from pacs.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1")
+PROCESSING_IDS = {"P", "T", "D"}  # HL7 table 0103
+
+
+@dataclass
+class Inbound:
+    """Bytes as they arrived, and from where."""
+
+    raw: bytes
+    source: str = "mllp"
+    peer: str = ""
+    reprocess_of: int | None = None
+    endpoint: str = "mllp"
+    received: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class Outcome:
+    """What became of a message: its stored status and the response to send back."""
+
+    message_id: int | None
+    status: Status
+    ack_code: str
+    response: bytes = b""
+    error: Any = None
+    applied: dict[str, Any] | None = None
+    mapped: Mapped | None = None
+
+
+def apply_mapped(session: Session, mapped: Mapped, ctx: service.Context) -> dict[str, Any]:
+    """The destination: carry out a mapped message in the registry. Returns what it changed."""
+    result: dict[str, Any] = {"action": mapped.action.value}
+    if mapped.action == Action.PATIENT_MERGE:
+        patient = service.merge_patients(session, mapped.patient, mapped.prior_identifiers, ctx)
+        result["merged"] = [i.value for i in mapped.prior_identifiers]
+    elif mapped.action == Action.IDENTIFIER_CHANGE:
+        patient = service.change_identifier(session, mapped.patient, mapped.prior_identifiers, ctx)
+    else:
+        patient, created = service.upsert_patient(session, mapped.patient, ctx)
+        result["patient_created"] = created
+    result["patient"] = patient.id
+    result["patient_id"] = patient.patient_id
+    visit = None
+    if mapped.action in (Action.VISIT_DISCHARGE, Action.VISIT_CANCEL_ADMIT, Action.VISIT_CANCEL_DISCHARGE):
+        status = {
+            Action.VISIT_DISCHARGE: VisitStatus.DISCHARGED,
+            Action.VISIT_CANCEL_ADMIT: VisitStatus.CANCELLED,
+            Action.VISIT_CANCEL_DISCHARGE: VisitStatus.ACTIVE,
+        }[mapped.action]
+        visit = service.end_visit(session, patient, mapped.visit, status)
+    elif mapped.visit is not None and any(v is not None for v in mapped.visit.model_dump().values()):
+        visit = service.upsert_visit(session, patient, mapped.visit)
+    if visit is not None:
+        result["visit"] = visit.id
+    orders = []
+    for order_in in mapped.orders:
+        order, created = service.apply_order(session, patient, visit, order_in, ctx)
+        orders.append({
+            "id": order.id,
+            "created": created,
+            "control": order_in.control,
+            "placer_number": order.placer_number,
+            "accession_number": order.accession_number,
+            "study_instance_uid": order.study_instance_uid,
+            "status": order.status,
+        })
+    if orders:
+        result["orders"] = orders
+    return result
+
+
+REGISTRY_ERRORS = {
+    service.Problem.UNKNOWN: ErrorCode.UNKNOWN_KEY_IDENTIFIER,
+    service.Problem.DUPLICATE: ErrorCode.DUPLICATE_KEY_IDENTIFIER,
+    service.Problem.CONFLICT: ErrorCode.APPLICATION_INTERNAL_ERROR,
+}
+
+
+class Channel:
+    """Runs one message through the pipeline inside the caller's session."""
+
+    def __init__(self, settings: Settings, mappings: MappingHolder) -> None:
+        self.settings = settings
+        self.mappings = mappings
+
+    # -- 1. receive ----------------------------------------------------------------------------
+    def receive(self, inbound: Inbound) -> StoredMessage:
+        """The message-store row for ``inbound``: raw bytes and what the header says."""
+        row = StoredMessage(raw=inbound.raw, source=inbound.source, peer=inbound.peer,
+                            endpoint=inbound.endpoint, reprocess_of=inbound.reprocess_of)
+        if is_fhir(row):
+            from pacs.integration import fhir_intake
+
+            fhir_intake.describe(row)
+            return row
+        header = header_from_raw(inbound.raw)
+        row.sending_application = header.sending_application[:200]
+        row.sending_facility = header.sending_facility[:200]
+        row.receiving_application = header.receiving_application[:200]
+        row.receiving_facility = header.receiving_facility[:200]
+        row.control_id = header.control_id[:200]
+        row.version = header.version[:20]
+        row.charset = header.charset[:40]
+        code = _msh9(inbound.raw, header)
+        row.message_type = code[:40]
+        return row
+
+    # -- 2 to 5 --------------------------------------------------------------------------------
+    def process(self, session: Session, row: StoredMessage, inbound: Inbound) -> Outcome:
+        """Parse, filter, map and apply ``row`` (already stored). Never raises for bad input."""
+        if is_fhir(row):
+            from pacs.integration import fhir_intake
+
+            return fhir_intake.process(self, session, row)
+        mappings = self.mappings.current()
+        header = header_from_raw(row.raw)
+        try:
+            message = self._parse(row, mappings)
+            header = Header.of(message)
+            duplicate = None if inbound.source == "reprocess" else find_processed(
+                session, sending_application=row.sending_application, sending_facility=row.sending_facility,
+                control_id=row.control_id, before=row.id or 0,
+            )
+            if duplicate is not None:
+                row.status, row.error = Status.FILTERED, f"duplicate of message {duplicate.id}; not applied again"
+                row.ack_code, row.response = duplicate.ack_code, duplicate.response
+                return self._finish(session, row, header, None, duplicate.response)
+            mapped, sources = map_hl7(message, mappings)
+            row.stage, row.status = Stage.MAPPED, Status.TRANSFORMED
+            row.mapped = mapped.model_dump(mode="json", exclude_none=True)
+            row.patient_id = (mapped.patient.patient_id.value if mapped.patient.patient_id else "")[:64]
+            if mapped.orders:
+                row.accession_number = (mapped.orders[0].accession_number or "")[:64]
+            ctx = self.context(row, mappings)
+            try:
+                with session.begin_nested():
+                    row.applied = apply_mapped(session, mapped, ctx)
+            except service.RegistryError as exc:
+                raise MessageError.content(REGISTRY_ERRORS[exc.problem], sources.get(exc.target), exc.text) from None
+            row.stage, row.status = Stage.APPLIED, Status.PROCESSED
+            return self._finish(session, row, header, None, mapped=mapped)
+        except Filtered as exc:
+            row.status, row.error = Status.FILTERED, str(exc)
+            return self._finish(session, row, header, None)
+        except MessageError as exc:
+            row.status, row.error = Status.ERROR, str(exc)
+            return self._finish(session, row, header, exc)
+        except Exception as exc:  # a fault of ours: keep the message for reprocessing, say so
+            log.exception("message %s failed", row.id)
+            error = MessageError.content(ErrorCode.APPLICATION_INTERNAL_ERROR, None,
+                                         f"internal error, message kept for reprocessing: {exc}")
+            row.status, row.error = Status.ERROR, str(error)
+            return self._finish(session, row, header, error)
+
+    def context(self, row: StoredMessage, mappings: Mappings) -> service.Context:
+        who = f"{row.sending_application}/{row.sending_facility}".strip("/") or row.peer or row.source
+        return service.Context(
+            by=f"{row.source}:{who}#{row.control_id or row.id}",
+            names=mappings.names,
+            uid_root=self.settings.uid_root,
+            accession_prefix=self.settings.accession_prefix,
+            source_message=row.id,
+        )
+
+    def _parse(self, row: StoredMessage, mappings: Mappings) -> hl7v2.Message:
+        sender = mappings.sender(row.sending_application, row.sending_facility)
+        default_charset = sender.charset or self.settings.mllp.default_charset
+        try:
+            text, charset = mllp.decode(row.raw, default_charset)
+        except mllp.CharsetError as exc:
+            raise MessageError.reject(ErrorCode.DATA_TYPE_ERROR, str(exc), Address("MSH", 18)) from None
+        row.charset = charset[:40]
+        try:
+            message = hl7v2.parse(text)
+        except hl7v2.HL7ParseError as exc:
+            raise MessageError.reject(ErrorCode.SEGMENT_SEQUENCE_ERROR, str(exc)) from None
+        row.stage = Stage.PARSED
+        if not message.message_code:
+            raise MessageError.reject(ErrorCode.REQUIRED_FIELD_MISSING, "MSH-9 (message type) is empty",
+                                      Address("MSH", 9))
+        if not message.control_id:
+            raise MessageError.reject(ErrorCode.REQUIRED_FIELD_MISSING, "MSH-10 (message control ID) is empty",
+                                      Address("MSH", 10))
+        if message.message_code not in SUPPORTED_MESSAGE_CODES:
+            raise MessageError.reject(ErrorCode.UNSUPPORTED_MESSAGE_TYPE,
+                                      f"message type {message.message_code} is not supported "
+                                      f"(this PACS takes {', '.join(sorted(SUPPORTED_MESSAGE_CODES))})",
+                                      Address("MSH", 9, component=1))
+        if message.message_code in ("ORM", "OMI") and message.trigger_event not in ("O01", "O23"):
+            raise MessageError.reject(ErrorCode.UNSUPPORTED_EVENT_CODE,
+                                      f"event {message.message_type} is not supported", Address("MSH", 9, component=2))
+        if message.version not in SUPPORTED_VERSIONS:
+            raise MessageError.reject(ErrorCode.UNSUPPORTED_VERSION_ID,
+                                      f"version {message.version or '(empty)'} is not supported "
+                                      f"({', '.join(SUPPORTED_VERSIONS)})", Address("MSH", 12))
+        if message.processing_id and message.processing_id.upper() not in PROCESSING_IDS:
+            raise MessageError.reject(ErrorCode.UNSUPPORTED_PROCESSING_ID,
+                                      f"processing ID {message.processing_id} is not P, T or D", Address("MSH", 11))
+        if self.settings.hl7.strict:
+            _validate_strictly(text, message)
+        return message
+
+    def _finish(self, session: Session, row: StoredMessage, header: Header, error: MessageError | None,
+                response: str | None = None, mapped: Mapped | None = None) -> Outcome:
+        if response is None:
+            ack = AckCode.ACCEPT if error is None else error.ack
+            response = build_ack(header, ack, application=self.settings.hl7.application,
+                                 facility=self.settings.hl7.facility, error=error)
+            row.ack_code = ack.value
+            row.response = response
+        row.processed_at = utcnow()
+        session.add(row)
+        charset = row.charset if mllp.python_codec(row.charset or "") else "ASCII"
+        return Outcome(
+            message_id=row.id,
+            status=Status(row.status),
+            ack_code=row.ack_code,
+            response=mllp.encode(response, charset),
+            error=error,
+            applied=row.applied,
+            mapped=mapped,
+        )
+
+
+def is_fhir(row: StoredMessage) -> bool:
+    """FHIR resources arrive as JSON over HTTP; everything else is HL7 v2."""
+    return row.endpoint.split(" ", 1)[0] in ("POST", "PUT") or row.raw.lstrip()[:1] == b"{"
+
+
+def _msh9(raw: bytes, header: Header) -> str:
+    first = raw.replace(b"\n", b"\r").split(b"\r", 1)[0].decode("latin-1")
+    fields = first.split(header.encoding.field) if first.startswith("MSH") else []
+    if len(fields) < 9:
+        return ""
+    parts = fields[8].split(header.encoding.component)
+    return "^".join(p.strip().upper() for p in parts[:2] if p.strip())
+
+
+def _validate_strictly(text: str, message: hl7v2.Message) -> None:
+    """hl7apy's strict validation against the message structure of MSH-12's version."""
+    from hl7apy.consts import VALIDATION_LEVEL
+    from hl7apy.exceptions import HL7apyException
+    from hl7apy.parser import parse_message
+
+    try:
+        parse_message(text.replace("\n", "\r"), validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
+    except HL7apyException as exc:
+        raise MessageError.reject(ErrorCode.SEGMENT_SEQUENCE_ERROR, f"strict validation: {exc}") from None
+    except Exception as exc:  # hl7apy raises plain errors for some malformed input
+        raise MessageError.reject(ErrorCode.SEGMENT_SEQUENCE_ERROR, f"strict validation: {exc}") from None

@@ -1,0 +1,113 @@
+"""The MLLP server: frame → message store → channel → ACK, many connections at once.
+
+Each connection is served by one asyncio task that reads a frame, hands it to the intake worker
+and writes the ACK the worker returns (after the message and its effect are committed). A bad
+frame gets an AR and the connection keeps going; a connection idle past the timeout is closed;
+a frame cut off by a dropped connection was never acknowledged and is discarded (the sender
+resends it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+from pacs.integration import mllp
+from pacs.integration.ack import AckCode, ErrorCode, MessageError, build_ack, header_from_raw
+from pacs.integration.channel import Inbound
+from pacs.integration.intake import Intake
+from pacs.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class MLLPServer:
+    def __init__(self, settings: Settings, intake: Intake) -> None:
+        self.settings = settings
+        self.intake = intake
+        self._server: asyncio.base_events.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    async def start(self, host: str, port: int) -> None:
+        self._server = await asyncio.start_server(self._serve, host, port, limit=mllp.READ_CHUNK,
+                                                  reuse_address=True)
+        log.info("MLLP listening on %s:%d", host, self.port)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting; let connections finish the message they are on, then close them."""
+        if self._server is None:
+            return
+        self._server.close()
+        tasks = list(self._connections)
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        peer = writer.get_extra_info("peername")
+        peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        frames = mllp.FrameReader(reader, self.settings.mllp.max_message_bytes,
+                                  self.settings.mllp.idle_timeout_seconds)
+        closing = False
+        try:
+            while not closing:
+                try:
+                    payload = await frames.next_frame()
+                except TimeoutError:
+                    log.info("MLLP %s idle for %.0f s; closing", peer_text, self.settings.mllp.idle_timeout_seconds)
+                    break
+                except asyncio.IncompleteReadError:
+                    log.warning("MLLP %s closed in the middle of a frame; the partial message was not "
+                                "acknowledged and is discarded", peer_text)
+                    break
+                except mllp.FrameTooLarge as exc:
+                    log.warning("MLLP %s: %s", peer_text, exc)
+                    writer.write(mllp.frame(self._reject(exc.head, str(exc))))
+                    await writer.drain()
+                    continue
+                if payload is None:
+                    break
+                if not payload.strip():
+                    continue
+                try:
+                    outcome = await asyncio.wrap_future(self.intake.submit(Inbound(payload, "mllp", peer_text)))
+                except Exception as exc:
+                    # Not stored: say nothing that could pass for an acknowledgement; the sender retries.
+                    log.error("MLLP %s: message not stored (%s); closing the connection", peer_text, exc)
+                    break
+                writer.write(mllp.frame(outcome.response))
+                await writer.drain()
+                closing = not self.intake.accepting
+        except (ConnectionResetError, BrokenPipeError):
+            log.info("MLLP %s reset the connection", peer_text)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (ConnectionResetError, BrokenPipeError, asyncio.CancelledError):
+                pass
+
+    def _reject(self, head: bytes, reason: str) -> bytes:
+        header = header_from_raw(head)
+        error = MessageError.reject(ErrorCode.APPLICATION_INTERNAL_ERROR, reason)
+        text = build_ack(header, AckCode.REJECT, application=self.settings.hl7.application,
+                         facility=self.settings.hl7.facility, error=error)
+        return mllp.encode(text, header.charset or "ASCII")

@@ -1,0 +1,149 @@
+"""The message store: every inbound message, its content at each stage, and its status.
+
+As in Mirth Connect's model, the raw message is saved (and committed) before it is parsed; the
+mapped content (TRANSFORMED), what it changed in the registry (PROCESSED), and the response sent
+are kept on the same row, so any message can be shown and reprocessed later.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, LargeBinary
+from sqlmodel import Field, Session, SQLModel, col, func, select
+
+from pacs.db import UTCDateTime, utcnow
+
+
+class Status(StrEnum):
+    RECEIVED = "RECEIVED"  # raw message stored, not yet processed (or interrupted)
+    FILTERED = "FILTERED"  # valid, but nothing to do (event not acted on, or a duplicate)
+    TRANSFORMED = "TRANSFORMED"  # mapped; applying it failed part-way and was rolled back
+    PROCESSED = "PROCESSED"  # applied to the registry
+    ERROR = "ERROR"  # rejected or failed; `error` says why
+
+
+class Stage(StrEnum):
+    RECEIVED = "received"
+    PARSED = "parsed"
+    MAPPED = "mapped"
+    APPLIED = "applied"
+
+
+class StoredMessage(SQLModel, table=True):
+    __tablename__ = "message"
+    __table_args__ = (
+        Index("ix_message_sender_control", "sending_application", "sending_facility", "control_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
+    source: str = "mllp"  # mllp, fhir, reprocess
+    peer: str = ""  # remote address or client
+    endpoint: str = ""  # "mllp", or the HTTP method and path that received it
+    sending_application: str = ""  # MSH-3
+    sending_facility: str = ""  # MSH-4
+    receiving_application: str = ""  # MSH-5
+    receiving_facility: str = ""  # MSH-6
+    control_id: str = ""  # MSH-10
+    message_type: str = Field(default="", index=True)  # MSH-9.1^MSH-9.2, or the FHIR resource type
+    version: str = ""  # MSH-12
+    charset: str = ""  # MSH-18 or the default used
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # exactly as received
+    status: str = Field(default=Status.RECEIVED, index=True)
+    stage: str = Stage.RECEIVED
+    error: str | None = None
+    mapped: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    applied: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    ack_code: str = ""  # AA, AE, AR (or the HTTP status for FHIR)
+    response: str = ""  # the ACK or OperationOutcome sent back
+    patient_id: str = Field(default="", index=True)
+    accession_number: str = ""
+    reprocess_of: int | None = None
+    processed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class MessageSummary(SQLModel):
+    """One line of a message listing (no raw content)."""
+
+    id: int
+    received_at: datetime
+    source: str
+    sending_application: str
+    sending_facility: str
+    control_id: str
+    message_type: str
+    status: str
+    stage: str
+    error: str | None
+    ack_code: str
+    patient_id: str
+    accession_number: str
+
+
+def decoded(message: StoredMessage) -> str:
+    """The raw content as text, for display (undecodable bytes shown as replacement marks)."""
+    from pacs.integration.mllp import python_codec
+
+    codec = python_codec(message.charset) or "utf-8"
+    return message.raw.decode(codec, errors="replace")
+
+
+def find_processed(
+    session: Session, *, sending_application: str, sending_facility: str, control_id: str, before: int
+) -> StoredMessage | None:
+    """An earlier message from the same sender with the same MSH-10 that was applied."""
+    if not control_id:
+        return None
+    return session.exec(
+        select(StoredMessage)
+        .where(
+            StoredMessage.sending_application == sending_application,
+            StoredMessage.sending_facility == sending_facility,
+            StoredMessage.control_id == control_id,
+            col(StoredMessage.status).in_([Status.PROCESSED]),
+            col(StoredMessage.id) < before,
+        )
+        .order_by(col(StoredMessage.id))
+    ).first()
+
+
+def search(
+    session: Session,
+    *,
+    message_type: str | None = None,
+    status: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    patient_id: str | None = None,
+    control_id: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[int, list[StoredMessage]]:
+    """Messages matching every filter given, newest first, and how many match in all."""
+    query = select(StoredMessage)
+    if message_type:
+        if "^" in message_type:
+            query = query.where(StoredMessage.message_type == message_type.upper())
+        else:
+            query = query.where(col(StoredMessage.message_type).startswith(message_type.upper()))
+    if status:
+        query = query.where(StoredMessage.status == status.upper())
+    if since:
+        query = query.where(StoredMessage.received_at >= since)
+    if until:
+        query = query.where(StoredMessage.received_at < until)
+    if patient_id:
+        query = query.where(StoredMessage.patient_id == patient_id)
+    if control_id:
+        query = query.where(StoredMessage.control_id == control_id)
+    total = session.exec(select(func.count()).select_from(query.subquery())).one()
+    rows = session.exec(query.order_by(col(StoredMessage.id).desc()).offset(offset).limit(limit)).all()
+    return total, list(rows)
+
+
+def as_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, indent=2, default=str)

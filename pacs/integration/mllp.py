@@ -1,0 +1,180 @@
+"""MLLP framing and character sets: bytes on the wire to message text and back.
+
+Minimal Lower Layer Protocol (HL7 v2.5.1 Appendix C, Release 2): a message is sent as
+``<VT> payload <FS><CR>`` (0x0B … 0x1C 0x0D). Nothing here knows about segments beyond reading
+MSH-18 to pick the character set (HL7 table 0211).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+from dataclasses import dataclass
+
+START_BLOCK = b"\x0b"  # <VT>
+END_BLOCK = b"\x1c"  # <FS>
+CARRIAGE_RETURN = b"\r"
+TRAILER = END_BLOCK + CARRIAGE_RETURN
+HEADER_KEEP = 4096  # bytes of an oversized frame kept so that its MSH can be answered
+READ_CHUNK = 65536
+
+# HL7 table 0211 (alternate character sets) and the spellings senders use for them.
+CHARSETS: dict[str, str] = {
+    "ASCII": "ascii",
+    "8859/1": "latin-1",
+    "8859/2": "iso8859-2",
+    "8859/3": "iso8859-3",
+    "8859/4": "iso8859-4",
+    "8859/5": "iso8859-5",
+    "8859/6": "iso8859-6",
+    "8859/7": "iso8859-7",
+    "8859/8": "iso8859-8",
+    "8859/9": "iso8859-9",
+    "8859/15": "iso8859-15",
+    "UNICODE UTF-8": "utf-8",
+    "UNICODE": "utf-8",
+    "UTF-8": "utf-8",
+    "UTF8": "utf-8",
+    "UNICODE UTF-16": "utf-16",
+    "UNICODE UTF-32": "utf-32",
+    "GB 18030-2000": "gb18030",
+    "GB 18030": "gb18030",
+    "GB18030": "gb18030",
+    "GBK": "gb18030",  # GB 18030 is a superset of GBK and GB 2312
+    "GB2312": "gb18030",
+    "GB 2312": "gb18030",
+    "BIG-5": "big5",
+    "BIG5": "big5",
+    "ISO IR87": "iso2022_jp",
+    "KS X 1001": "euc_kr",
+}
+
+
+class CharsetError(ValueError):
+    """The message's bytes can't be read in its declared (or the default) character set."""
+
+
+class FrameTooLarge(ValueError):
+    def __init__(self, size: int, limit: int, head: bytes) -> None:
+        super().__init__(f"message of at least {size} bytes exceeds the limit of {limit} bytes")
+        self.head = head
+
+
+def frame(payload: bytes) -> bytes:
+    """Wrap one message for the wire."""
+    return START_BLOCK + payload + TRAILER
+
+
+def python_codec(charset: str) -> str | None:
+    """The Python codec for an HL7 table 0211 name (case and spacing tolerated), or None."""
+    key = " ".join(charset.strip().upper().split())
+    if key in CHARSETS:
+        return CHARSETS[key]
+    try:
+        return codecs.lookup(key).name
+    except LookupError:
+        return None
+
+
+def declared_charset(raw: bytes) -> str:
+    """MSH-18's first repetition, read from the bytes before decoding (every charset in table
+    0211 that senders use for MSH keeps ASCII bytes as ASCII)."""
+    if not raw.startswith(b"MSH") or len(raw) < 4:
+        return ""
+    end = raw.find(b"\r")
+    header = raw[: end if end >= 0 else len(raw)].split(b"\n", 1)[0]
+    fields = header.split(raw[3:4])
+    # fields[0] = "MSH", fields[1] = MSH-2, so MSH-n is fields[n - 1]
+    if len(fields) < 18:
+        return ""
+    repetition = raw[5:6] if len(raw) > 5 else b"~"
+    return fields[17].split(repetition, 1)[0].decode("ascii", "replace").strip()
+
+
+def decode(raw: bytes, default_charset: str) -> tuple[str, str]:
+    """Decode a message per its MSH-18, else ``default_charset``. Returns (text, charset used)."""
+    charset = declared_charset(raw) or default_charset
+    codec = python_codec(charset)
+    if codec is None:
+        raise CharsetError(f"MSH-18 character set {charset!r} is not supported")
+    try:
+        text = raw.decode(codec)
+    except UnicodeDecodeError as exc:
+        raise CharsetError(
+            f"byte {exc.start} (0x{raw[exc.start]:02X}) is not valid {charset}"
+        ) from None
+    return text.lstrip("\ufeff"), charset
+
+
+def encode(text: str, charset: str) -> bytes:
+    codec = python_codec(charset) or "utf-8"
+    return text.encode(codec, errors="replace")
+
+
+@dataclass
+class FrameReader:
+    """Reads MLLP frames from a stream, enforcing a size limit and an idle timeout."""
+
+    reader: asyncio.StreamReader
+    max_bytes: int
+    idle_timeout: float
+
+    def __post_init__(self) -> None:
+        self._buffer = bytearray()
+
+    async def _fill(self) -> bool:
+        chunk = await asyncio.wait_for(self.reader.read(READ_CHUNK), self.idle_timeout)
+        if not chunk:
+            return False
+        self._buffer += chunk
+        return True
+
+    async def next_frame(self) -> bytes | None:
+        """The next payload, or None at a clean end of stream.
+
+        Raises ``TimeoutError`` after ``idle_timeout`` seconds without bytes,
+        :class:`FrameTooLarge` for a frame over the limit (its remainder is skipped),
+        ``asyncio.IncompleteReadError`` when the peer closes in the middle of a frame.
+        """
+        buf = self._buffer
+        # Skip anything before the start block (keep-alive newlines, noise).
+        while True:
+            start = buf.find(START_BLOCK)
+            if start >= 0:
+                del buf[: start + 1]
+                break
+            buf.clear()
+            if not await self._fill():
+                return None
+        searched = 0
+        oversize = False
+        head = b""
+        total = 0
+        while True:
+            end = buf.find(TRAILER, max(searched - 1, 0))
+            restart = buf.find(START_BLOCK, 0, end if end >= 0 else len(buf))
+            if restart >= 0 and not oversize:
+                # A new start block before the end: the sender gave up on the previous frame.
+                del buf[: restart + 1]
+                searched = 0
+                continue
+            if end >= 0:
+                total += end
+                payload = bytes(buf[:end])
+                del buf[: end + len(TRAILER)]
+                if oversize or total > self.max_bytes:
+                    raise FrameTooLarge(total, self.max_bytes, head or payload[:HEADER_KEEP])
+                return payload
+            searched = len(buf)
+            if total + len(buf) > self.max_bytes:
+                if not oversize:
+                    head = bytes(buf[:HEADER_KEEP])
+                    oversize = True
+                # Keep only a tail long enough to hold a split trailer.
+                keep = buf[-1:]
+                total += len(buf) - 1
+                buf.clear()
+                buf += keep
+                searched = 0
+            if not await self._fill():
+                raise asyncio.IncompleteReadError(bytes(buf), None)

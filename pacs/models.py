@@ -1,0 +1,21 @@
+"""Every table of the system, imported in one place so that Alembic and tests see them all."""
+
+from pacs.integration.message_store import StoredMessage
+from pacs.registry.models import (
+    ImagingOrder,
+    OrderEvent,
+    Patient,
+    PatientIdentifier,
+    ProcedureStep,
+    Visit,
+)
+
+__all__ = [
+    "ImagingOrder",
+    "OrderEvent",
+    "Patient",
+    "PatientIdentifier",
+    "ProcedureStep",
+    "StoredMessage",
+    "Visit",
+]

@@ -1,0 +1,131 @@
+"""The composition root: builds the services once and runs every front end in one process.
+
+``pacs serve`` runs the MLLP listener and the HTTP app (and, as they arrive, the DICOM AE) on one
+asyncio loop; the intake worker is a thread. SIGTERM or SIGINT stops the listeners from
+accepting, lets the messages already received finish (or leaves them stored as RECEIVED, to be
+processed at the next start), and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+from pacs.db import Database
+from pacs.integration.channel import Channel
+from pacs.integration.intake import Intake
+from pacs.integration.mapping import MappingHolder
+from pacs.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """Everything a front end may call, built once per process."""
+
+    settings: Settings
+    db: Database
+    mappings: MappingHolder
+    channel: Channel
+    intake: Intake
+
+    @classmethod
+    def build(cls, settings: Settings, *, migrate: bool = True) -> Services:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.effective_database_url)
+        if migrate:
+            db.migrate()
+        mappings = MappingHolder(settings.mappings_dir, poll_seconds=settings.mappings_poll_seconds)
+        channel = Channel(settings, mappings)
+        intake = Intake(db, channel, batch_max=settings.hl7.batch_max)
+        return cls(settings=settings, db=db, mappings=mappings, channel=channel, intake=intake)
+
+    def close(self) -> None:
+        self.intake.stop()
+        self.db.dispose()
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # pynetdicom and uvicorn are chatty at INFO about every PDU and request.
+    logging.getLogger("pynetdicom").setLevel(max(logging.getLevelName(level), logging.WARNING))
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+class Server:
+    """Every front end of one process, started and stopped together."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.services: Services | None = None
+        self.mllp_port = 0
+        self.http_port = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        import uvicorn
+
+        from pacs.http import create_app
+        from pacs.integration.listener import MLLPServer
+
+        settings = self.settings
+        self.services = services = await asyncio.to_thread(Services.build, settings)
+        await asyncio.to_thread(services.intake.start)
+
+        self._mllp = MLLPServer(settings, services.intake)
+        await self._mllp.start(settings.host, settings.mllp_port)
+        self.mllp_port = self._mllp.port
+
+        config = uvicorn.Config(create_app(services), host=settings.host, port=settings.http_port,
+                                log_level="warning", lifespan="off", access_log=False)
+        self._http = uvicorn.Server(config)
+        self._http.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._tasks.append(asyncio.create_task(self._http.serve(), name="http"))
+        while not self._http.started:
+            if self._tasks[0].done():
+                self._tasks[0].result()  # raises why uvicorn could not start (port taken, ...)
+                raise OSError(f"HTTP server did not start on port {settings.http_port}")
+            await asyncio.sleep(0.01)
+        self.http_port = self._http.servers[0].sockets[0].getsockname()[1]
+        self._tasks.append(asyncio.create_task(_watch_mappings(services), name="mappings"))
+        log.info("PACS ready: MLLP %d, HTTP %d", self.mllp_port, self.http_port)
+
+    async def stop(self) -> None:
+        """Stop accepting, finish the messages in flight, close the database."""
+        log.info("stopping: no new connections; finishing messages in flight")
+        await self._mllp.stop()
+        self._http.should_exit = True
+        for task in self._tasks:
+            if task.get_name() == "mappings":
+                task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.services is not None:
+            await asyncio.to_thread(self.services.close)
+        log.info("stopped")
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT."""
+    server = Server(settings)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    print(f"pacs: serving MLLP on {server.mllp_port}, HTTP on {server.http_port}; "
+          f"data in {settings.data_dir}", flush=True)
+    await stop.wait()
+    await server.stop()
+
+
+async def _watch_mappings(services: Services) -> None:
+    """Pick up mapping changes even when no message arrives to trigger the check."""
+    while True:
+        await asyncio.sleep(services.settings.mappings_poll_seconds)
+        await asyncio.to_thread(services.mappings.reload_if_changed)

@@ -1,0 +1,165 @@
+"""Configuration: the only module that reads the environment and configuration files.
+
+Precedence, highest first: command-line flags (passed as keyword overrides), environment
+variables (``PACS_*``, nested sections with ``__``, e.g. ``PACS_MLLP__MAX_MESSAGE_BYTES``), the
+TOML file named by ``--config`` or ``PACS_CONFIG``, then the defaults below.
+
+Example TOML file::
+
+    data_dir = "/var/lib/pacs"
+
+    [mllp]
+    max_message_bytes = 4_194_304
+    default_charset = "GB 18030"
+
+    [[peers]]
+    ae_title = "CT1"
+    host = "10.1.2.3"
+    port = 104
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_MAPPINGS = PROJECT_ROOT / "mappings"
+
+
+class MLLPSettings(BaseModel):
+    """HL7 v2 over MLLP (HL7 v2.5.1 Appendix C, "Minimal Lower Layer Protocol")."""
+
+    max_message_bytes: int = 8 * 1024 * 1024
+    idle_timeout_seconds: float = 600.0
+    default_charset: str = "UNICODE UTF-8"
+    """Charset (HL7 table 0211 name) for messages whose MSH-18 is empty."""
+
+
+class HL7Settings(BaseModel):
+    """How the engine identifies itself and how strictly it reads HL7 v2."""
+
+    application: str = "PACS"
+    facility: str = "RADIOLOGY"
+    strict: bool = False
+    """Validate every inbound message against the HL7 structure (hl7apy) and reject deviations."""
+    batch_max: int = 256
+    """Most messages taken into one database transaction by the intake worker."""
+
+
+class Peer(BaseModel):
+    """A known DICOM application entity."""
+
+    ae_title: str
+    host: str
+    port: int
+    charset: str | None = None
+    """Fix the character set this peer gets in query answers (e.g. "ISO_IR 192")."""
+
+
+class PublishSettings(BaseModel):
+    fhir_base_url: str | None = None
+    stable_after_seconds: float = 60.0
+
+
+class HISDestination(BaseModel):
+    """Where status messages for the HIS go (IHE RAD-3/RAD-13), if anywhere."""
+
+    host: str | None = None
+    port: int | None = None
+    version: str = "2.4"
+    application: str = "HIS"
+    facility: str = "HOSPITAL"
+
+
+class Settings(BaseSettings):
+    """Everything the system can be told. See the module docstring for precedence."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PACS_",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    data_dir: Path = Path("./pacs-data")
+    database_url: str | None = None
+    mappings_dir: Path = SHIPPED_MAPPINGS
+    config: Path | None = None
+
+    host: str = "0.0.0.0"
+    dicom_port: int = 11112
+    mllp_port: int = 2575
+    http_port: int = 8080
+    ae_title: str = "PACS"
+
+    uid_root: str | None = None
+    """Root for UIDs this system assigns (e.g. study instance UIDs at scheduling); pydicom's if unset."""
+    accession_prefix: str = "A"
+    """Prefix of the accession numbers assigned to orders that arrive without one."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    mappings_poll_seconds: float = 2.0
+
+    mllp: MLLPSettings = Field(default_factory=MLLPSettings)
+    hl7: HL7Settings = Field(default_factory=HL7Settings)
+    peers: list[Peer] = Field(default_factory=list)
+    publish: PublishSettings = Field(default_factory=PublishSettings)
+    his: HISDestination = Field(default_factory=HISDestination)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_file = _config_file(init_settings)
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database to use: ``database_url`` or a SQLite file in the data folder."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'pacs.db').resolve()}"
+
+    def peer(self, ae_title: str) -> Peer | None:
+        for peer in self.peers:
+            if peer.ae_title == ae_title.strip():
+                return peer
+        return None
+
+
+def _config_file(init_settings: PydanticBaseSettingsSource) -> Path | None:
+    given = init_settings().get("config") if callable(init_settings) else None
+    path = given or os.environ.get("PACS_CONFIG")
+    if not path:
+        return None
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"configuration file {path} does not exist (from --config/PACS_CONFIG)")
+    return path
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings, with ``overrides`` (command-line flags) taking precedence.
+
+    Overrides whose value is ``None`` are ignored, so unset flags fall through to the
+    environment, the config file and the defaults.
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return Settings(**given)

@@ -1,0 +1,142 @@
+"""Shared fixtures: a real database (SQLite and, when PACS_TEST_DATABASE_URL is set, PostgreSQL)
+and a real server on loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from pacs.db import Database
+from pacs.server import Server
+from pacs.settings import SHIPPED_MAPPINGS, Settings
+
+PG_URL = os.environ.get("PACS_TEST_DATABASE_URL")
+DATA = Path(__file__).parent / "data"
+
+
+def _pg_admin_url(url: str) -> str:
+    return url.replace("postgresql://", "postgresql+psycopg://", 1) if url.startswith("postgresql://") else url
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file, copied for each test (migrating each time would cost seconds)."""
+    path = tmp_path_factory.mktemp("template") / "pacs.db"
+    db = Database(f"sqlite:///{path}")
+    db.migrate()
+    with db.engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str | None]:
+    """A PostgreSQL database of this test run's own, migrated once."""
+    if not PG_URL:
+        yield None
+        return
+    name = f"pacs_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = create_engine(_pg_admin_url(PG_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_URL.rsplit("/", 1)[0] + "/" + name
+    db = Database(url)
+    db.migrate()
+    db.dispose()
+    yield url
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _truncate(url: str) -> None:
+    db = Database(url)
+    with db.engine.begin() as connection:
+        tables = [r[0] for r in connection.execute(text(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"))]
+        if tables:
+            connection.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
+    db.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path,
+                 pg_database: str | None) -> str:
+    """Each test that asks for a database runs once per database."""
+    if request.param == "sqlite":
+        target = tmp_path / "db" / "pacs.db"
+        target.parent.mkdir()
+        shutil.copy(sqlite_template, target)
+        return f"sqlite:///{target}"
+    if pg_database is None:
+        pytest.skip("PostgreSQL run: set PACS_TEST_DATABASE_URL (as .ci/run does) to run this on PostgreSQL too")
+    _truncate(pg_database)
+    return pg_database
+
+
+@pytest.fixture
+def mappings_dir() -> Path:
+    return SHIPPED_MAPPINGS
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str, mappings_dir: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        mappings_dir=mappings_dir,
+        host="127.0.0.1",
+        mllp_port=0,
+        http_port=0,
+        dicom_port=0,
+        mappings_poll_seconds=0.2,
+    )
+
+
+class RunningServer:
+    """A :class:`pacs.server.Server` on its own event loop in a background thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.server = Server(settings)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> RunningServer:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(60)
+        return self
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    @property
+    def mllp_port(self) -> int:
+        return self.server.mllp_port
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.http_port}"
+
+    @property
+    def db(self) -> Database:
+        assert self.server.services is not None
+        return self.server.services.db
+
+
+@pytest.fixture
+def server(settings: Settings) -> Iterator[RunningServer]:
+    running = RunningServer(settings).start()
+    yield running
+    running.stop()
