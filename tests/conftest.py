@@ -140,3 +140,22 @@ def server(settings: Settings) -> Iterator[RunningServer]:
     running = RunningServer(settings).start()
     yield running
     running.stop()
+
+
+@pytest.fixture
+def start_server(settings: Settings) -> Iterator:
+    """Start a server with changed settings: ``start_server(mllp={"max_message_bytes": 2000})``."""
+    started: list[RunningServer] = []
+
+    def start(**changes: object) -> RunningServer:
+        update = {}
+        for key, value in changes.items():
+            current = getattr(settings, key)
+            update[key] = current.model_copy(update=value) if isinstance(value, dict) else value
+        running = RunningServer(settings.model_copy(update=update)).start()
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()

@@ -209,6 +209,8 @@ def header_from_raw(raw: bytes) -> Header:
         return Header()
     first = raw.replace(b"\n", b"\r").split(b"\r", 1)[0].decode("latin-1")
     separator = first[3]
+    if separator.isalnum() or separator.isspace():
+        return Header()
     fields = first.split(separator)
     component = fields[1][0] if len(fields) > 1 and fields[1] else "^"
 

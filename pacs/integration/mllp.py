@@ -79,7 +79,7 @@ def python_codec(charset: str) -> str | None:
 def declared_charset(raw: bytes) -> str:
     """MSH-18's first repetition, read from the bytes before decoding (every charset in table
     0211 that senders use for MSH keeps ASCII bytes as ASCII)."""
-    if not raw.startswith(b"MSH") or len(raw) < 4:
+    if not raw.startswith(b"MSH") or len(raw) < 4 or not _is_delimiter(raw[3:4]):
         return ""
     end = raw.find(b"\r")
     header = raw[: end if end >= 0 else len(raw)].split(b"\n", 1)[0]
@@ -89,6 +89,10 @@ def declared_charset(raw: bytes) -> str:
         return ""
     repetition = raw[5:6] if len(raw) > 5 else b"~"
     return fields[17].split(repetition, 1)[0].decode("ascii", "replace").strip()
+
+
+def _is_delimiter(byte: bytes) -> bool:
+    return bool(byte) and not byte.isalnum() and byte not in b" \r\n\t"
 
 
 def decode(raw: bytes, default_charset: str) -> tuple[str, str]:
