@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from datetime import tzinfo
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, Field
 from pydantic_settings import (
@@ -103,6 +105,9 @@ class Settings(BaseSettings):
 
     uid_root: str | None = None
     """Root for UIDs this system assigns (e.g. study instance UIDs at scheduling); pydicom's if unset."""
+    timezone: str | None = None
+    """The hospital's time zone (IANA name, e.g. Asia/Shanghai) for clinical times given with an
+    offset (FHIR); HL7 v2 and DICOM times are local already. Default: the system's zone."""
     accession_prefix: str = "A"
     """Prefix of the accession numbers assigned to orders that arrive without one."""
 
@@ -136,6 +141,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'pacs.db').resolve()}"
+
+    @property
+    def zone(self) -> tzinfo | None:
+        """The hospital's time zone, or None for the system's local zone."""
+        return ZoneInfo(self.timezone) if self.timezone else None
 
     def peer(self, ae_title: str) -> Peer | None:
         for peer in self.peers:

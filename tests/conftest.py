@@ -99,6 +99,7 @@ def settings(tmp_path: Path, database_url: str, mappings_dir: Path) -> Settings:
         http_port=0,
         dicom_port=0,
         mappings_poll_seconds=0.2,
+        timezone="Asia/Shanghai",
     )
 
 

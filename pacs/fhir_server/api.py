@@ -104,11 +104,11 @@ def read_patient(patient_id: str, session: SessionDep) -> Response:
 
 
 @router.get("/ServiceRequest/{order_id}")
-def read_service_request(order_id: str, session: SessionDep) -> Response:
+def read_service_request(order_id: str, session: SessionDep, services: ServicesDep) -> Response:
     row = session.get(ImagingOrder, int(order_id)) if order_id.isdigit() else None
     if row is None:
         return outcome.response(404, f"ServiceRequest/{order_id} does not exist", code="not-found")
-    return fhir_json(service_request_resource(session, row), headers={"ETag": _etag(row)})
+    return fhir_json(service_request_resource(session, row, services.settings.zone), headers={"ETag": _etag(row)})
 
 
 @router.post("/ServiceRequest")
@@ -128,7 +128,7 @@ async def create_service_request(
                 return outcome.response(412, f"If-None-Exist {if_none_exist} matches {len(found)} orders",
                                         code="duplicate")
             if found:
-                return fhir_json(service_request_resource(session, found[0]), 200,
+                return fhir_json(service_request_resource(session, found[0], services.settings.zone), 200,
                                  {"ETag": _etag(found[0]), "Location": f"/fhir/ServiceRequest/{found[0].id}"})
     result = await _submit(services, request, body)
     if result.error is not None:
@@ -136,7 +136,7 @@ async def create_service_request(
     orders = _orders_of(result)
     with services.db.session() as session:
         order = session.get_one(ImagingOrder, orders[0]["id"])
-        return fhir_json(service_request_resource(session, order), 201 if orders[0]["created"] else 200,
+        return fhir_json(service_request_resource(session, order, services.settings.zone), 201 if orders[0]["created"] else 200,
                          {"ETag": _etag(order), "Location": f"/fhir/ServiceRequest/{order.id}/_history/{version_of(order)}"})
 
 
@@ -175,7 +175,7 @@ async def update_service_request(
                                 code="conflict", expression="ServiceRequest.identifier")
     with services.db.session() as session:
         order = session.get_one(ImagingOrder, int(order_id))
-        return fhir_json(service_request_resource(session, order), 200, {"ETag": _etag(order)})
+        return fhir_json(service_request_resource(session, order, services.settings.zone), 200, {"ETag": _etag(order)})
 
 
 @router.post("")
@@ -187,18 +187,21 @@ async def transaction(request: Request, services: ServicesDep) -> Response:
     result = await _submit(services, request, body)
     if result.error is not None:
         return Response(result.response, status_code=int(result.ack_code), media_type=FHIR_JSON)
+    applied = result.applied or {}
+    items = applied.get("items", [])
     entries = []
     with services.db.session() as session:
-        for item in (result.applied or {}).get("items", []):
-            for order in item.get("orders", []):
+        for planned in applied.get("entries", []):
+            item = items[planned["item"]]
+            if planned["kind"] == "ServiceRequest":
+                order = item["orders"][0]
                 row = session.get_one(ImagingOrder, order["id"])
-                entries.append({"response": {
-                    "status": "201 Created" if order["created"] else "200 OK",
-                    "location": f"ServiceRequest/{row.id}/_history/{version_of(row)}",
-                    "etag": _etag(row)}})
-            if not item.get("orders"):
+                created, location = order["created"], f"ServiceRequest/{row.id}/_history/{version_of(row)}"
+            else:
                 patient = session.get_one(Patient, item["patient"])
-                entries.append({"response": {
-                    "status": "201 Created" if item.get("patient_created") else "200 OK",
-                    "location": f"Patient/{patient.id}/_history/{version_of(patient)}"}})
+                created = item.get("patient_created", False)
+                location = f"Patient/{patient.id}/_history/{version_of(patient)}"
+                row = patient
+            entries.append({"response": {"status": "201 Created" if created else "200 OK",
+                                         "location": location, "etag": _etag(row)}})
     return fhir_json({"resourceType": "Bundle", "type": "transaction-response", "entry": entries})

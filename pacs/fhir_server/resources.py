@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import tzinfo
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -92,7 +93,8 @@ def patient_resource(session: Session, patient: Patient) -> dict[str, Any]:
     return resource
 
 
-def service_request_resource(session: Session, order: ImagingOrder) -> dict[str, Any]:
+def service_request_resource(session: Session, order: ImagingOrder, zone: tzinfo | None = None) -> dict[str, Any]:
+    """``zone``: the hospital's time zone, in which scheduled times are kept (None: the system's)."""
     steps = session.exec(select(ProcedureStep).where(ProcedureStep.order == order.id)
                          .order_by(col(ProcedureStep.id))).all()
     identifiers = []
@@ -129,7 +131,8 @@ def service_request_resource(session: Session, order: ImagingOrder) -> dict[str,
         resource["orderDetail"] = [{"coding": [{"system": DCM, "code": m}]} for m in modalities]
     starts = [s.start for s in steps if s.start]
     if starts:
-        resource["occurrenceDateTime"] = min(starts).astimezone().isoformat()
+        first = min(starts)
+        resource["occurrenceDateTime"] = (first.replace(tzinfo=zone) if zone else first.astimezone()).isoformat()
     if order.reason:
         resource["reasonCode"] = [{"text": order.reason}]
     if order.requesting_physician:

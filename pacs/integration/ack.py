@@ -127,12 +127,25 @@ def next_control_id() -> str:
     return f"PACS{_prefix}{next(_counter):08d}"
 
 
-def _version_at_least_25(version: str) -> bool:
-    parts = version.split(".")
+def _version(version: str) -> tuple[int, ...]:
     try:
-        return (int(parts[0]), int(parts[1]) if len(parts) > 1 else 0) >= (2, 5)
+        return tuple(int(p) for p in version.split("."))
     except ValueError:
-        return True
+        return (2, 5)
+
+
+def _version_at_least_25(version: str) -> bool:
+    return _version(version) >= (2, 5)
+
+
+def _message_type(header: Header, enc: Encoding) -> str:
+    """MSH-9 of the ACK: ACK^trigger^ACK (the message structure component exists from v2.3.1)."""
+    if not header.trigger_event:
+        return "ACK"
+    parts = ["ACK", escape(header.trigger_event, enc)]
+    if _version(header.version) >= (2, 3, 1):
+        parts.append("ACK")
+    return enc.component.join(parts)
 
 
 def build_ack(
@@ -158,7 +171,7 @@ def build_ack(
         escape(header.sending_facility, enc),
         stamp,
         "",
-        enc.component.join(["ACK", escape(trigger, enc), "ACK"]) if trigger else "ACK",
+        _message_type(header, enc),
         next_control_id(),
         escape(header.processing_id, enc) or "P",
         escape(header.version, enc) or "2.5",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import date, datetime
+from datetime import date, datetime, tzinfo
 from typing import Any
 
 from pydantic import ValidationError
@@ -77,6 +77,10 @@ def _resources(data: dict[str, Any]) -> list[dict[str, Any]]:
 class FHIRMapper(BaseMapper):
     """Applies the FHIRPath field map to one ServiceRequest and its Patient."""
 
+    def __init__(self, mappings: Mappings, profile: Any, zone: tzinfo | None = None) -> None:
+        super().__init__(mappings, profile)
+        self.zone = zone
+
     def _holds(self, scope: dict[str, Any], rule: Rule) -> bool:
         import fhirpathpy
 
@@ -132,7 +136,7 @@ class FHIRMapper(BaseMapper):
         if kind == DATE:
             return _fhir_date(text, where)
         if kind == DATETIME:
-            return _fhir_datetime(text, where)
+            return _fhir_datetime(text, where, self.zone)
         if kind == INT:
             try:
                 return int(float(text))
@@ -235,13 +239,13 @@ def _fhir_date(text: str, where: str) -> date:
     raise MessageError.content(ErrorCode.DATA_TYPE_ERROR, where, f"{text!r} is not a FHIR date")
 
 
-def _fhir_datetime(text: str, where: str) -> datetime:
+def _fhir_datetime(text: str, where: str, zone: tzinfo | None) -> datetime:
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise MessageError.content(ErrorCode.DATA_TYPE_ERROR, where, f"{text!r} is not a FHIR dateTime") from None
     # Scheduling is in the hospital's local time, as HL7 v2 and DICOM carry it.
-    return moment.astimezone().replace(tzinfo=None) if moment.tzinfo else moment
+    return moment.astimezone(zone).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,24 +309,26 @@ def _subject(request: dict[str, Any], session: Session, bundle_patients: dict[st
                                "subject must reference a Patient (contained, Patient/id, or by identifier)")
 
 
-def _requests(data: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+def _requests(data: dict[str, Any]) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, tuple[int, dict[str, Any]]]]:
+    """(entry number, ServiceRequest) pairs and the Patients by every key a reference may use."""
     if data.get("resourceType") == "ServiceRequest":
-        return [data], {}
+        return [(0, data)], {}
     if data.get("type") != "transaction":
         raise MessageError.reject(ErrorCode.UNSUPPORTED_MESSAGE_TYPE,
                                   f"Bundle type {data.get('type')!r}: only transaction Bundles are accepted",
                                   "Bundle.type")
-    patients: dict[str, dict[str, Any]] = {}
-    requests: list[dict[str, Any]] = []
+    patients: dict[str, tuple[int, dict[str, Any]]] = {}
+    requests: list[tuple[int, dict[str, Any]]] = []
     for number, entry in enumerate(data.get("entry") or []):
         resource = entry.get("resource") or {}
         kind = resource.get("resourceType")
         if kind == "Patient":
-            for key in (entry.get("fullUrl"), f"Patient/{resource.get('id')}" if resource.get("id") else None):
+            for key in (entry.get("fullUrl"), f"Patient/{resource.get('id')}" if resource.get("id") else None,
+                        f"#entry{number}"):
                 if key:
-                    patients[key] = resource
+                    patients[key] = (number, resource)
         elif kind == "ServiceRequest":
-            requests.append(resource)
+            requests.append((number, resource))
         else:
             raise MessageError.reject(ErrorCode.UNSUPPORTED_MESSAGE_TYPE,
                                       f"entry {number}: {kind} is not accepted in an order transaction",
@@ -332,24 +338,31 @@ def _requests(data: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, dic
     return requests, patients
 
 
-def map_fhir(data: dict[str, Any], session: Session, mappings: Mappings) -> list[Mapped]:
-    """Map a ServiceRequest or transaction Bundle to registry input (one per patient)."""
+def map_fhir(data: dict[str, Any], session: Session, mappings: Mappings,
+             zone: tzinfo | None = None) -> tuple[list[Mapped], list[dict[str, Any]]]:
+    """Map a ServiceRequest or transaction Bundle to registry input (one item per request, plus
+    one per Patient no request refers to). The plan says, per Bundle entry, which item is its."""
     _validate(data)
     requests, patients = _requests(data)
-    mapper = FHIRMapper(mappings, mappings.profiles[FHIR_PROFILE])
-    results: list[Mapped] = []
-    used: set[int] = set()
-    for request in requests:
-        patient, known = _subject(request, session, patients)
-        if patient is not None:
-            used.add(id(patient))
-        results.append(mapper.map_request(request, patient, known))
-    for patient in patients.values():
-        if id(patient) not in used:
-            used.add(id(patient))
-            results.append(Mapped(event="Patient", action=Action.PATIENT_UPDATE,
-                                  patient=mapper.map_patient(patient, None)))
-    return results
+    by_key = {key: resource for key, (_n, resource) in patients.items()}
+    entry_of = {id(resource): number for number, resource in patients.values()}
+    mapper = FHIRMapper(mappings, mappings.profiles[FHIR_PROFILE], zone)
+    items: list[Mapped] = []
+    plan: dict[int, dict[str, Any]] = {}
+    patient_item: dict[int, int] = {}
+    for number, request in requests:
+        patient, known = _subject(request, session, by_key)
+        items.append(mapper.map_request(request, patient, known))
+        plan[number] = {"kind": "ServiceRequest", "item": len(items) - 1}
+        if patient is not None and id(patient) in entry_of:
+            patient_item.setdefault(id(patient), len(items) - 1)
+    for number, resource in {n: r for n, r in patients.values()}.items():
+        if id(resource) not in patient_item:
+            items.append(Mapped(event="Patient", action=Action.PATIENT_UPDATE,
+                                patient=mapper.map_patient(resource, None)))
+            patient_item[id(resource)] = len(items) - 1
+        plan[number] = {"kind": "Patient", "item": patient_item[id(resource)]}
+    return items, [plan[n] for n in sorted(plan)]
 
 
 def process(channel: Any, session: Session, row: StoredMessage) -> Any:
@@ -365,7 +378,7 @@ def process(channel: Any, session: Session, row: StoredMessage) -> Any:
         if not isinstance(data, dict) or "resourceType" not in data:
             raise MessageError.reject(ErrorCode.SEGMENT_SEQUENCE_ERROR, "body is not a FHIR resource (no resourceType)")
         row.stage = Stage.PARSED
-        mapped = map_fhir(data, session, mappings)
+        mapped, plan = map_fhir(data, session, mappings, channel.settings.zone)
         row.stage, row.status = Stage.MAPPED, Status.TRANSFORMED
         row.mapped = {"items": [m.model_dump(mode="json", exclude_none=True) for m in mapped]}
         first = mapped[0]
@@ -384,7 +397,7 @@ def process(channel: Any, session: Session, row: StoredMessage) -> Any:
                  service.Problem.DUPLICATE: ErrorCode.DUPLICATE_KEY_IDENTIFIER,
                  service.Problem.CONFLICT: ErrorCode.APPLICATION_INTERNAL_ERROR}[exc.problem],
                 mapper_source(exc.target), exc.text) from None
-        row.applied = {"items": results}
+        row.applied = {"items": results, "entries": plan}
         row.stage, row.status = Stage.APPLIED, Status.PROCESSED
         row.ack_code = "200"
         row.response = json.dumps(row.applied, default=str)

@@ -598,7 +598,8 @@ def load(root: Path) -> tuple[Mappings | None, list[str]]:
     if "fhir/servicerequest.yaml" not in profiles:
         problems.add(root / "fhir" / "servicerequest.yaml", 0, "FHIR ServiceRequest field map is missing")
     if problems:
-        return None, problems
+        # A file that others extend is read once per use; say each problem once.
+        return None, list(dict.fromkeys(problems))
     return (
         Mappings(root=root, profiles=profiles, senders=senders, default_sender=default, codes=codes,
                  procedures=procedures, names=names),

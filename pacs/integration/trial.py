@@ -114,7 +114,7 @@ def _try_fhir(raw: bytes, mappings: Mappings, settings: Settings) -> tuple[dict[
     try:
         with Session(engine) as session:  # read only: rolled back when closed
             try:
-                items = map_fhir(data, session, mappings)
+                items, _plan = map_fhir(data, session, mappings, settings.zone)
             except MessageError as exc:
                 return {"error": str(exc)}, False
             except Exception as exc:  # e.g. no database yet for a Patient/id reference

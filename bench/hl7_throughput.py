@@ -1,0 +1,885 @@
+#!/usr/bin/env python
+"""HL7 v2 throughput: ADT^A04 and ORM^O01 over MLLP to the ACK, on one connection and on several.
+
+Starts the real server (``pacs serve``) on a fresh data folder, sends new patients (ADT^A04,
+v2.5, UTF-8, Chinese names) each followed by an order (ORM^O01 NW, v2.3.1, procedure codes from
+``mappings/codes/procedures.csv``) from separate sender processes, one plain socket each with
+TCP_NODELAY, one message in flight per connection. For each connection count it prints
+messages/s, ACK latency p50/p95/p99/max and the AA count; afterwards it kills the server with
+SIGKILL and checks in the database that every AA'd message is PROCESSED and that its patient or
+order exists.
+
+Run from the project root::
+
+    .venv/bin/python bench/hl7_throughput.py                     # SQLite, 5,000 messages, 1 and 8
+    .venv/bin/python bench/hl7_throughput.py --connections 1,2,4,8 --messages 10000
+    .venv/bin/python bench/hl7_throughput.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
+    .venv/bin/python bench/hl7_throughput.py --profile cprofile  # where the server's time goes
+    .venv/bin/python bench/hl7_throughput.py --profile py-spy    # sampled; needs py-spy in the venv
+
+``--database-url`` names a PostgreSQL server to connect to as an administrator; the benchmark
+creates a database of its own there and drops it at the end. Without it the server uses its
+default SQLite file (WAL, synchronous=FULL) in the temporary data folder.
+
+``--profile cprofile`` runs the server under a small bootstrap that profiles the intake worker
+(where messages are stored, parsed, mapped, applied and committed) and the asyncio thread
+(MLLP reads and writes) only while the measured runs are going, then prints where the time goes
+per message. cProfile roughly doubles the cost of pure-Python code, so read its figures as
+shares, not as absolute times; the throughput figures of a profiled run are not the benchmark's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import multiprocessing as mp
+import os
+import platform
+import random
+import re
+import shlex
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PROCEDURES_CSV = ROOT / "mappings" / "codes" / "procedures.csv"
+
+# MLLP (HL7 v2.5.1 Appendix C): <VT> payload <FS><CR>
+START_BLOCK = b"\x0b"
+TRAILER = b"\x1c\x0d"
+
+GOAL_RATE = 1000.0  # messages/s
+GOAL_P99_MS = 50.0
+SERVER_START_TIMEOUT = 90.0
+ACK_TIMEOUT = 60.0
+
+SURNAMES = ["王", "李", "张", "刘", "陈", "杨", "黄", "赵", "吴", "周", "徐", "孙", "马", "朱", "胡", "郭",
+            "何", "高", "林", "罗", "郑", "梁", "谢", "宋", "唐", "许", "韩", "冯", "邓", "曹", "曾", "彭",
+            "单", "解", "欧阳", "司马", "诸葛", "上官"]
+GIVEN = ["伟", "芳", "娜", "秀英", "敏", "静", "丽", "强", "磊", "军", "洋", "勇", "艳", "杰", "娟", "涛",
+         "明", "超", "秀兰", "霞", "平", "刚", "桂英", "建华", "国强", "晓东", "子涵", "雨桐", "浩然", "思远",
+         "乐", "行", "长春", "重阳"]
+DISTRICTS = ["东城区东华门大街", "西城区金融街", "朝阳区建国路", "海淀区中关村大街", "丰台区丰台路",
+             "石景山区鲁谷路", "通州区新华大街", "昌平区府学路"]
+DOCTORS = ["D001^李^四", "D002^王^五", "D003^赵^六", "D010^曾^国藩", "D011^单^田芳"]
+DEPARTMENTS = ["RAD^放射科", "0301^呼吸内科", "0402^神经内科", "0501^骨科", "ED^急诊科"]
+REASONS = ["咳嗽两周", "头痛三天", "腰痛", "体检", "外伤", "发热待查", "胸闷气短", "膝关节疼痛"]
+
+
+# --------------------------------------------------------------------------------------------
+# Messages
+# --------------------------------------------------------------------------------------------
+
+
+def seg(name: str, fields: dict[int, str]) -> str:
+    """A segment from {field number: value} (MSH counts MSH-1 as the separator itself)."""
+    if name == "MSH":
+        values = [""] * (max(fields) - 1)
+        for number, value in fields.items():
+            values[number - 2] = value
+        return "MSH|" + "|".join(values)
+    values = [""] * max(fields)
+    for number, value in fields.items():
+        values[number - 1] = value
+    return name + "|" + "|".join(values)
+
+
+def msh(message_type: str, control: str, when: str, version: str) -> str:
+    return seg("MSH", {2: "^~\\&", 3: "HIS", 4: "IHE_OP", 5: "PACS", 6: "RADIOLOGY", 7: when,
+                       9: message_type, 10: control, 11: "P", 12: version, 15: "AL", 16: "NE",
+                       17: "CHN", 18: "UNICODE UTF-8"})
+
+
+def load_procedures() -> list[tuple[str, str, str]]:
+    """(code, modality, description) rows of the shipped procedure table."""
+    with PROCEDURES_CSV.open(encoding="utf-8", newline="") as handle:
+        lines = [line for line in handle if line.strip() and not line.lstrip().startswith("#")]
+    return [(row["code"], row["modality"], row["description"]) for row in csv.DictReader(lines)]
+
+
+@dataclass
+class Outbound:
+    control_id: str
+    kind: str  # "ADT" or "ORM"
+    key: str  # the patient ID (ADT) or placer order number (ORM) that must exist afterwards
+    frame: bytes
+
+
+def make_messages(tag: str, count: int, seed: int) -> list[Outbound]:
+    """``count`` distinct messages: a new patient (ADT^A04), then an order for it (ORM^O01 NW)."""
+    rng = random.Random(seed)
+    procedures = load_procedures()
+    out: list[Outbound] = []
+    base = datetime(2026, 11, 25, 7, 0, 0)
+    number = 0
+    while len(out) < count:
+        number += 1
+        patient_id = f"{tag}P{number:06d}"
+        when = (base + timedelta(seconds=number)).strftime("%Y%m%d%H%M%S")
+        family, given = rng.choice(SURNAMES), rng.choice(GIVEN) + rng.choice(["", *GIVEN])
+        sex = rng.choice("MF")
+        born = datetime(1930, 1, 1) + timedelta(days=rng.randrange(33000))
+        region = rng.choice(["110101", "310104", "440305", "510107"])
+        national = f"{region}{born:%Y%m%d}{rng.randrange(1000):03d}{rng.choice('0123456789X')}"
+        visit = f"{tag}V{number:06d}"
+        pid = seg("PID", {1: "1", 3: f"{patient_id}^^^HOSP^PI~{national}^^^CHN^NI",
+                          5: f"{family}^{given}^^^^^L^I", 7: f"{born:%Y%m%d}", 8: sex,
+                          11: f"{rng.choice(DISTRICTS)}{rng.randrange(1, 300)}号^^北京^^100006^CHN",
+                          13: f"^PRN^PH^^^^^^^^^139{rng.randrange(10**8):08d}"})
+        adt = [
+            msh("ADT^A04^ADT_A01", f"{tag}A{number:06d}", when, "2.5"),
+            seg("EVN", {1: "A04", 2: when}),
+            pid,
+            seg("PV1", {1: "1", 2: "O", 3: "OPD^^^HOSP", 7: rng.choice(DOCTORS), 19: visit, 44: when}),
+        ]
+        out.append(Outbound(f"{tag}A{number:06d}", "ADT", patient_id, _frame(adt)))
+        if len(out) >= count:
+            break
+        code, modality, description = rng.choice(procedures)
+        placer = f"{tag}PL{number:06d}"
+        start = (base + timedelta(hours=2, minutes=number % 600)).strftime("%Y%m%d%H%M%S")
+        doctor = rng.choice(DOCTORS)
+        orm = [
+            msh("ORM^O01", f"{tag}O{number:06d}", when, "2.3.1"),
+            seg("PID", {1: "1", 3: f"{patient_id}^^^HOSP^PI", 5: f"{family}^{given}^^^^^L^I",
+                        7: f"{born:%Y%m%d}", 8: sex}),
+            seg("PV1", {1: "1", 2: "O", 3: "OPD^^^HOSP", 8: rng.choice(DOCTORS), 19: visit}),
+            seg("ORC", {1: "NW", 2: f"{placer}^HIS", 5: "SC", 7: f"^^^{start}^^R", 9: when, 12: doctor,
+                        17: rng.choice(DEPARTMENTS)}),
+            seg("OBR", {1: "1", 2: f"{placer}^HIS", 4: f"{code}^{description}^HOSP", 16: doctor,
+                        18: f"{tag}ACC{number:06d}", 19: f"{tag}RP{number:06d}", 20: f"{tag}SPS{number:06d}",
+                        24: modality, 27: f"^^^{start}^^R", 31: f"^{rng.choice(REASONS)}"}),
+        ]
+        out.append(Outbound(f"{tag}O{number:06d}", "ORM", placer, _frame(orm)))
+    return out
+
+
+def _frame(segments: list[str]) -> bytes:
+    return START_BLOCK + ("\r".join(segments) + "\r").encode("utf-8") + TRAILER
+
+
+# --------------------------------------------------------------------------------------------
+# Senders: one OS process per connection
+# --------------------------------------------------------------------------------------------
+
+
+def _msa(ack: bytes) -> tuple[str, str]:
+    """MSA-1 (AA/AE/AR) and MSA-2 of an ACK payload."""
+    text = ack.decode("utf-8", "replace")
+    for segment in re.split(r"[\r\n]+", text):
+        if segment.startswith("MSA"):
+            fields = segment.split(segment[3]) if len(segment) > 3 else []
+            return (fields[1] if len(fields) > 1 else "", fields[2] if len(fields) > 2 else "")
+    return "", ""
+
+
+def sender(index: int, port: int, tag: str, count: int, seed: int, barrier: Any, results: Any) -> None:
+    """Connect, wait for the others, then send each message and wait for its ACK."""
+    report: dict[str, Any] = {"index": index, "latencies": [], "aa": [], "not_aa": 0, "first_not_aa": "",
+                              "error": "", "start": 0.0, "end": 0.0}
+    try:
+        messages = make_messages(tag, count, seed)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=ACK_TIMEOUT)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except Exception as exc:  # report it; the parent counts this sender as failed
+        report["error"] = f"{type(exc).__name__}: {exc}"
+        barrier.abort()
+        results.put(report)
+        return
+    latencies: list[float] = report["latencies"]
+    buffer = bytearray()
+    try:
+        barrier.wait()
+        report["start"] = time.perf_counter()
+        for message in messages:
+            sent = time.perf_counter()
+            sock.sendall(message.frame)
+            while (end := buffer.find(TRAILER)) < 0:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("server closed the connection before acknowledging")
+                buffer += chunk
+            latencies.append(time.perf_counter() - sent)
+            start = buffer.find(START_BLOCK)
+            ack = bytes(buffer[start + 1:end])
+            del buffer[:end + len(TRAILER)]
+            code, echoed = _msa(ack)
+            if code == "AA" and echoed == message.control_id:
+                report["aa"].append((message.control_id, message.kind, message.key))
+            else:
+                report["not_aa"] += 1
+                if not report["first_not_aa"]:
+                    report["first_not_aa"] = f"{message.control_id}: " + ack.decode("utf-8", "replace").replace(
+                        "\r", "\n    ")
+        report["end"] = time.perf_counter()
+    except Exception as exc:
+        report["error"] = f"{type(exc).__name__}: {exc}"
+        report["end"] = time.perf_counter()
+    finally:
+        sock.close()
+    results.put(report)
+
+
+@dataclass
+class RunResult:
+    name: str
+    connections: int
+    messages: int
+    seconds: float
+    latencies: list[float]
+    aa: list[tuple[str, str, str]]
+    not_aa: int
+    first_not_aa: str
+    errors: list[str]
+    server_cpu: float
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+    def percentile(self, p: float) -> float:
+        """Nearest-rank percentile, in milliseconds."""
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
+        return ordered[rank - 1] * 1000
+
+
+def run(name: str, port: int, connections: int, total: int, tag: str, server_pid: int) -> RunResult:
+    """Send ``total`` messages spread over ``connections`` sender processes, all starting together."""
+    context = mp.get_context("spawn")
+    barrier = context.Barrier(connections + 1)
+    results = context.Queue()
+    shares = [total // connections + (1 if i < total % connections else 0) for i in range(connections)]
+    processes = [
+        context.Process(target=sender, args=(i, port, f"{tag}{i:02d}", shares[i], zlib.crc32(f"{tag}{i}".encode()),
+                                             barrier, results), daemon=True)
+        for i in range(connections)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        barrier.wait(timeout=120)
+    except Exception:
+        pass  # a sender failed to connect; its report says why
+    cpu_before = process_cpu_seconds(server_pid)
+    reports = [results.get(timeout=ACK_TIMEOUT * max(shares) + 120) for _ in processes]
+    cpu_after = process_cpu_seconds(server_pid)
+    for process in processes:
+        process.join(10)
+    started = [r["start"] for r in reports if r["start"]]
+    ended = [r["end"] for r in reports if r["end"]]
+    return RunResult(
+        name=name, connections=connections, messages=total,
+        seconds=(max(ended) - min(started)) if started and ended else 0.0,
+        latencies=[x for r in reports for x in r["latencies"]],
+        aa=[x for r in reports for x in r["aa"]],
+        not_aa=sum(r["not_aa"] for r in reports),
+        first_not_aa=next((r["first_not_aa"] for r in reports if r["first_not_aa"]), ""),
+        errors=[f"sender {r['index']}: {r['error']}" for r in reports if r["error"]],
+        server_cpu=cpu_after - cpu_before,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The server under test
+# --------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its threads (from /proc), 0 where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def python_child(pid: int) -> int:
+    """The pid of the Python server when ``pid`` is a wrapper (py-spy) that started it."""
+    for _ in range(100):
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            return pid
+        if children:
+            return int(children[0])
+        time.sleep(0.05)
+    return pid
+
+
+# Runs `pacs serve` with instruments on the intake worker, switched on by SIGUSR1 and off (and
+# written out as <prefix><run>.*) by SIGUSR2, so start-up and warm-up are left out.
+#   stages:   perf_counter around the channel's stages, the registry services, the ORM session
+#             and the database driver (a few microseconds per call), only in the intake thread;
+#   cprofile: cProfile on the intake worker and on the event loop thread.
+PROFILE_BOOTSTRAP = r"""
+import cProfile, collections, functools, json, signal, sys, threading, time
+mode, prefix = sys.argv[1], sys.argv[2]
+del sys.argv[1:3]
+from sqlalchemy.engine.default import DefaultDialect
+from sqlalchemy.orm import Session
+from pacs.integration import channel, hl7v2, intake
+from pacs.registry import service
+
+local = threading.local()
+state = {"on": False, "run": 0, "in_batch": False}
+totals, batch_sizes, batches, profiles = {}, collections.Counter(), {}, {}
+
+def reset():
+    totals.clear(); batch_sizes.clear()
+    batches.update(count=0, messages=0, wall=0.0, cpu=0.0)
+    profiles.update(intake=cProfile.Profile(), loop=cProfile.Profile())
+
+def timed(name, function):
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        active = getattr(local, "active", None)
+        if active is None or name in active:
+            return function(*args, **kwargs)
+        active.add(name)
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            entry = totals.setdefault(name, [0, 0.0])
+            entry[0] += 1
+            entry[1] += time.perf_counter() - start
+            active.discard(name)
+    return wrapper
+
+if mode == "stages":
+    for owner, attribute in [
+        (channel.Channel, "receive"), (channel.Channel, "process"), (channel.Channel, "_parse"),
+        (hl7v2, "parse"), (channel, "find_processed"), (channel, "map_hl7"), (channel, "apply_mapped"),
+        (service, "upsert_patient"), (service, "resolve_patient"), (service, "_add_identifiers"),
+        (service, "person_name"), (service, "upsert_visit"), (service, "apply_order"),
+        (service, "find_order"), (service, "_new_order"), (channel.Channel, "_finish"),
+        (channel, "build_ack"), (Session, "commit"), (Session, "flush"), (Session, "execute"),
+        (Session, "begin_nested"), (DefaultDialect, "do_execute"),
+        (DefaultDialect, "do_execute_no_params"), (DefaultDialect, "do_commit"),
+    ]:
+        setattr(owner, attribute, timed(attribute, getattr(owner, attribute)))
+
+process_batch = intake.Intake._process_batch
+def profiled_batch(self, batch):
+    if not state["on"]:
+        return process_batch(self, batch)
+    state["in_batch"] = True
+    local.active = set()
+    if mode == "cprofile":
+        profiles["intake"].enable()
+    wall, cpu = time.perf_counter(), time.thread_time()
+    try:
+        return process_batch(self, batch)
+    finally:
+        if mode == "cprofile":
+            profiles["intake"].disable()
+        batches["wall"] += time.perf_counter() - wall
+        batches["cpu"] += time.thread_time() - cpu
+        batches["count"] += 1
+        batches["messages"] += len(batch)
+        batch_sizes[len(batch)] += 1
+        local.active = None
+        state["in_batch"] = False
+intake.Intake._process_batch = profiled_batch
+
+def start(signum, frame):
+    reset()
+    state["on"] = True
+    if mode == "cprofile":
+        profiles["loop"].enable()
+
+def stop(signum, frame):
+    state["on"] = False
+    deadline = time.monotonic() + 5
+    while state["in_batch"] and time.monotonic() < deadline:
+        time.sleep(0.001)
+    state["run"] += 1
+    base = f"{prefix}{state['run']}."
+    if mode == "cprofile":
+        profiles["loop"].disable()
+        profiles["loop"].dump_stats(base + "loop.prof")
+        profiles["intake"].dump_stats(base + "intake.prof")
+    with open(base + "json", "w") as out:
+        json.dump({"timers": totals, "batches": batches, "batch_sizes": batch_sizes}, out)
+    open(base + "done", "w").close()
+
+reset()
+signal.signal(signal.SIGUSR1, start)
+signal.signal(signal.SIGUSR2, stop)
+from pacs.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@dataclass
+class Server:
+    data_dir: Path
+    database_url: str | None
+    profile: str | None
+    process: subprocess.Popen[bytes] | None = None
+    mllp_port: int = 0
+    http_port: int = 0
+    pid: int = 0
+    log: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = self.data_dir.parent / "server.log"
+
+    @property
+    def profile_prefix(self) -> str:
+        return str(self.data_dir.parent / "profile-")
+
+    def command(self) -> list[str]:
+        python = str(Path(sys.executable))
+        serve = ["serve", "--data-dir", str(self.data_dir), "--mllp-port", str(self.mllp_port),
+                 "--http-port", str(self.http_port), "--dicom-port", str(free_port()), "--host", "127.0.0.1"]
+        if self.profile in ("stages", "cprofile"):
+            return [python, "-c", PROFILE_BOOTSTRAP, self.profile, self.profile_prefix, *serve]
+        if self.profile == "py-spy":
+            py_spy = Path(sys.executable).parent / "py-spy"
+            return [str(py_spy), "record", "--nonblocking", "--threads", "--rate", "200", "--format", "raw",
+                    "--output", self.profile_prefix + "py-spy.txt", "--", python, "-m", "pacs.cli", *serve]
+        return [python, "-m", "pacs.cli", *serve]
+
+    def start(self) -> None:
+        self.mllp_port, self.http_port = free_port(), free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
+        env["PACS_LOG_LEVEL"] = "WARNING"
+        if self.database_url:
+            env["PACS_DATABASE_URL"] = self.database_url
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                            cwd=ROOT, start_new_session=True)
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.tail()}")
+            if "pacs: serving" in self.log.read_text(errors="replace"):
+                break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError(f"the server did not say it was serving within {SERVER_START_TIMEOUT:.0f} s:\n"
+                               f"{self.tail()}")
+        with socket.create_connection(("127.0.0.1", self.mllp_port), timeout=5):
+            pass
+        self.pid = python_child(self.process.pid) if self.profile == "py-spy" else self.process.pid
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        """SIGKILL: nothing gets a chance to flush, so only what was committed survives."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+            if self.pid != self.process.pid:
+                self.process.wait(60)  # py-spy writes its profile when its child dies
+            self.process.wait(30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+
+
+# --------------------------------------------------------------------------------------------
+# Databases: the benchmark's own PostgreSQL database, and the durability check
+# --------------------------------------------------------------------------------------------
+
+
+def postgres_url(url: str, database: str) -> str:
+    head, _, _ = url.rpartition("/")
+    return f"{head}/{database}"
+
+
+def postgres_admin(url: str, statement: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        conn.execute(statement)
+
+
+def postgres_facts(url: str) -> str:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        version = conn.execute("SHOW server_version").fetchone()[0]
+        fsync = conn.execute("SHOW fsync").fetchone()[0]
+        sync_commit = conn.execute("SHOW synchronous_commit").fetchone()[0]
+        wal_sync = conn.execute("SHOW wal_sync_method").fetchone()[0]
+    return f"PostgreSQL {version} (fsync={fsync}, synchronous_commit={sync_commit}, wal_sync_method={wal_sync})"
+
+
+def query(database_url: str | None, data_dir: Path, sql: str) -> list[tuple[Any, ...]]:
+    if database_url:
+        import psycopg
+
+        with psycopg.connect(database_url) as conn:
+            return list(conn.execute(sql).fetchall())
+    with sqlite3.connect(data_dir / "pacs.db") as conn:
+        return list(conn.execute(sql).fetchall())
+
+
+def verify(database_url: str | None, data_dir: Path, acked: list[tuple[str, str, str]]) -> list[str]:
+    """Problems with the durability of what was acknowledged (empty when all is well)."""
+    status = {control: (s, ack) for control, s, ack in query(
+        database_url, data_dir,
+        "SELECT control_id, status, ack_code FROM message WHERE sending_facility = 'IHE_OP'")}
+    patients = {value for (value,) in query(database_url, data_dir, "SELECT value FROM patient_identifier")}
+    orders = {number for (number,) in query(database_url, data_dir,
+                                             "SELECT placer_number FROM imaging_order")}
+    steps = {number for (number,) in query(
+        database_url, data_dir,
+        "SELECT o.placer_number FROM procedure_step s JOIN imaging_order o ON s.\"order\" = o.id")}
+    problems: list[str] = []
+    missing = [c for c, _, _ in acked if c not in status]
+    not_processed = [f"{c} ({status[c][0]})" for c, _, _ in acked if c in status and status[c][0] != "PROCESSED"]
+    no_patient = [k for _, kind, k in acked if kind == "ADT" and k not in patients]
+    no_order = [k for _, kind, k in acked if kind == "ORM" and k not in orders]
+    no_step = [k for _, kind, k in acked if kind == "ORM" and k not in steps]
+    for what, items in (("acknowledged but not in the message store", missing),
+                        ("acknowledged but not PROCESSED", not_processed),
+                        ("ADT acknowledged but the patient is missing", no_patient),
+                        ("ORM acknowledged but the order is missing", no_order),
+                        ("ORM acknowledged but the worklist step is missing", no_step)):
+        if items:
+            problems.append(f"{len(items)} message(s) {what}, e.g. {', '.join(items[:5])}")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# Facts and profiles
+# --------------------------------------------------------------------------------------------
+
+
+def filesystem_of(path: Path) -> str:
+    best, kind = "", "?"
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            if len(parts) > 2 and str(path).startswith(parts[1]) and len(parts[1]) > len(best):
+                best, kind = parts[1], parts[2]
+    except OSError:
+        pass
+    return f"{kind} at {best or '?'}"
+
+
+def fsync_ms(folder: Path, rounds: int = 200) -> float:
+    """Median time of a 4 KB write + fsync in ``folder`` (the floor under every durable commit)."""
+    path = folder / "fsync-probe"
+    times = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for i in range(rounds):
+            os.pwrite(fd, os.urandom(4096), (i % 16) * 4096)
+            start = time.perf_counter()
+            os.fsync(fd)
+            times.append(time.perf_counter() - start)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return statistics.median(times) * 1000
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+# Named stages of the intake worker: (label, file suffix, function name); cumulative time.
+STAGES = [
+    ("whole batch (store, process, commit twice)", "integration/intake.py", "_process_batch"),
+    ("  receive: message-store row from the MSH", "integration/channel.py", "receive"),
+    ("  process: parse, filter, map, apply, ACK", "integration/channel.py", "process"),
+    ("    decode + parse + checks", "integration/channel.py", "_parse"),
+    ("      hl7v2.parse", "integration/hl7v2.py", "parse"),
+    ("    duplicate check (find_processed query)", "integration/message_store.py", "find_processed"),
+    ("    mapping (map_hl7)", "integration/mapping.py", "map_hl7"),
+    ("    mapped → JSON for the store (model_dump)", "pydantic/main.py", "model_dump"),
+    ("    destination: apply_mapped (registry)", "integration/channel.py", "apply_mapped"),
+    ("      upsert_patient", "registry/service.py", "upsert_patient"),
+    ("        resolve_patient (identifier lookups)", "registry/service.py", "resolve_patient"),
+    ("        person_name (pinyin)", "integration/names.py", "person_name"),
+    ("        _add_identifiers (lookups again)", "registry/service.py", "_add_identifiers"),
+    ("      upsert_visit", "registry/service.py", "upsert_visit"),
+    ("      apply_order", "registry/service.py", "apply_order"),
+    ("        find_order", "registry/service.py", "find_order"),
+    ("        _new_order", "registry/service.py", "_new_order"),
+    ("          generate_uid", "pydicom/uid.py", "generate_uid"),
+    ("    savepoint (begin_nested)", "orm/session.py", "begin_nested"),
+    ("    ACK + finish (_finish)", "integration/channel.py", "_finish"),
+    ("      build_ack", "integration/ack.py", "build_ack"),
+    ("  Session.commit (flush + COMMIT)", "orm/session.py", "commit"),
+    ("  Session.flush (all, incl. autoflush-free explicit flushes)", "orm/session.py", "flush"),
+    ("  sqlite3 Cursor.execute (C: SQL statements)", "~", "<method 'execute' of 'sqlite3.Cursor' objects>"),
+    ("  sqlite3 Connection.commit (C: COMMIT + fsync)", "~", "<method 'commit' of 'sqlite3.Connection' objects>"),
+    ("  psycopg execute (incl. COMMIT round trips)", "psycopg/cursor.py", "execute"),
+]
+
+
+def _stats_by_key(stats: Any) -> dict[tuple[str, str], tuple[int, float, float]]:
+    """(file, function) → (calls, own seconds, cumulative seconds), summed over line numbers."""
+    found: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
+    for (filename, _line, function), (_cc, calls, own, cumulative, _callers) in stats.stats.items():
+        entry = found[(filename, function)]
+        entry[0] += calls
+        entry[1] += own
+        entry[2] = max(entry[2], cumulative) if function.startswith("<") else entry[2] + cumulative
+    return {k: (int(v[0]), v[1], v[2]) for k, v in found.items()}
+
+
+def report_cprofile(prefix: str, messages: int, top: int) -> None:
+    import pstats
+
+    intake_path, loop_path = Path(prefix + "intake.prof"), Path(prefix + "loop.prof")
+    if not intake_path.exists():
+        print("  (no profile written)")
+        return
+    intake_stats = pstats.Stats(str(intake_path))
+    by_key = _stats_by_key(intake_stats)
+    batch = next((v for (f, fn), v in by_key.items() if f.endswith("integration/intake.py")
+                  and fn == "_process_batch"), (0, 0.0, 0.0))
+    print(f"\nIntake worker (one thread; stores, processes and commits every message): "
+          f"{batch[2]:.2f} s over {messages} messages in {batch[0]} batches "
+          f"(mean batch {messages / max(batch[0], 1):.1f}); under cProfile")
+    print(f"  {'stage':58} {'calls':>8} {'ms/msg':>8} {'share':>6}")
+    for label, suffix, function in STAGES:
+        matches = [v for (f, fn), v in by_key.items()
+                   if fn == function and (f.endswith(suffix) or suffix == "~" and f == "~")]
+        if not matches:
+            continue
+        calls = sum(m[0] for m in matches)
+        cumulative = sum(m[2] for m in matches)
+        share = cumulative / batch[2] * 100 if batch[2] else 0.0
+        print(f"  {label:58} {calls:>8} {cumulative / messages * 1000:>8.3f} {share:>5.1f}%")
+    print(f"\n  Intake worker, top {top} functions by own time:")
+    _print_top(intake_stats, "tottime", top, messages)
+    print(f"\n  Intake worker, top {top} functions by cumulative time:")
+    _print_top(intake_stats, "cumulative", top, messages)
+    if loop_path.exists():
+        loop_stats = pstats.Stats(str(loop_path))
+        total = sum(v[2] for v in loop_stats.stats.values())  # own times sum to the thread's busy time
+        print(f"\nEvent loop thread (MLLP reads/writes, futures, HTTP): {total:.2f} s busy "
+              f"(incl. waiting in epoll), top {top} by own time:")
+        _print_top(loop_stats, "tottime", top, messages)
+
+
+def _print_top(stats: Any, key: str, top: int, messages: int) -> None:
+    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2 if key == "tottime" else 3], reverse=True)[:top]
+    print(f"    {'calls':>8} {'own ms/msg':>10} {'cum ms/msg':>10}  function")
+    for (filename, line, function), (_cc, calls, own, cumulative, _callers) in rows:
+        where = function if filename == "~" else f"{_short(filename)}:{line}({function})"
+        print(f"    {calls:>8} {own / messages * 1000:>10.3f} {cumulative / messages * 1000:>10.3f}  {where}")
+
+
+def _short(filename: str) -> str:
+    for marker in ("/site-packages/", "/pacs/", "/lib/python"):
+        if marker in filename:
+            return filename.split(marker, 1)[1] if marker != "/pacs/" else "pacs/" + filename.split(marker, 1)[1]
+    return filename
+
+
+def report_py_spy(path: Path, top: int) -> None:
+    """Summarise py-spy's collapsed stacks: samples per thread and per function (inclusive/own)."""
+    if not path.exists():
+        print("  (py-spy wrote no profile)")
+        return
+    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    threads: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        threads[frames[0]] += count
+        total += count
+        seen = set()
+        for frame in frames[1:]:
+            name = re.sub(r"\s*\(([^)]*)\)", lambda m: f" ({_short(m.group(1))})", frame)
+            if name not in seen:
+                inclusive[name] += count
+                seen.add(name)
+        if len(frames) > 1:
+            own[re.sub(r"\s*\(([^)]*)\)", lambda m: f" ({_short(m.group(1))})", frames[-1])] += count
+    print(f"\npy-spy: {total} samples of busy threads (200/s, whole run incl. start-up and warm-up)")
+    for thread, count in threads.most_common():
+        print(f"  {count:>7}  {count / total * 100:5.1f}%  {thread}")
+    print(f"\n  top {top} by inclusive samples:")
+    for name, count in inclusive.most_common(top):
+        print(f"  {count:>7}  {count / total * 100:5.1f}%  {name}")
+    print(f"\n  top {top} by own samples:")
+    for name, count in own.most_common(top):
+        print(f"  {count:>7}  {count / total * 100:5.1f}%  {name}")
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=5000, help="messages per run (default 5000)")
+    parser.add_argument("--connections", default="1,8",
+                        help="comma-separated connection counts, one run each (default 1,8)")
+    parser.add_argument("--warmup", type=int, default=400, help="messages sent before measuring (default 400)")
+    parser.add_argument("--database-url", default=os.environ.get("PACS_DATABASE_URL"),
+                        help="PostgreSQL server to create a scratch database on, e.g. "
+                             "postgresql://postgres@127.0.0.1:5432/postgres (default: PACS_DATABASE_URL, "
+                             "else SQLite)")
+    parser.add_argument("--profile", choices=["cprofile", "py-spy"],
+                        help="profile the server during the measured runs and print where the time goes")
+    parser.add_argument("--top", type=int, default=25, help="functions listed per profile table (default 25)")
+    parser.add_argument("--tmp", type=Path, default=Path(tempfile.gettempdir()),
+                        help="where the server's scratch data folder goes (default the system temp folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch data folder")
+    args = parser.parse_args(argv)
+    args.connection_counts = [int(c) for c in args.connections.split(",") if c.strip()]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    scratch = Path(tempfile.mkdtemp(prefix="pacs-hl7-bench-", dir=args.tmp))
+    data_dir = scratch / "data"
+    tag = f"B{int(time.time()) % 100000:05d}"
+    database_url = None
+    database_name = ""
+    if args.database_url:
+        database_name = f"pacs_bench_{os.getpid()}"
+        admin = args.database_url
+        postgres_admin(admin, f'CREATE DATABASE "{database_name}"')
+        database_url = postgres_url(admin, database_name)
+    server = Server(data_dir, database_url, args.profile)
+
+    command = [".venv/bin/python", "bench/hl7_throughput.py", f"--messages={args.messages}",
+               f"--connections={args.connections}", f"--warmup={args.warmup}"]
+    if args.database_url:
+        command.append(f"--database-url={args.database_url}")
+    if args.profile:
+        command.append(f"--profile={args.profile}")
+    print(f"reproduce: cd {shlex.quote(str(ROOT))} && {shlex.join(command)}")
+    try:
+        import sqlalchemy
+
+        db_text = (postgres_facts(database_url) if database_url else
+                   f"SQLite {sqlite3.sqlite_version} (WAL, synchronous=FULL) on {filesystem_of(scratch)}")
+        print(f"machine: {os.cpu_count()} CPUs ({len(os.sched_getaffinity(0))} usable), {cpu_model()}; "
+              f"{platform.platform()}")
+        print(f"python: {platform.python_implementation()} {platform.python_version()}; "
+              f"SQLAlchemy {sqlalchemy.__version__}")
+        print(f"database: {db_text}")
+        print(f"fsync of a 4 KB write in the scratch folder: median {fsync_ms(scratch):.2f} ms")
+        print(f"messages: ADT^A04 v2.5 (new patient) then ORM^O01 NW v2.3.1 (its order), UTF-8, "
+              f"from IHE_OP; one in flight per connection; senders are separate processes")
+
+        server.start()
+        print(f"server: pid {server.pid}, MLLP {server.mllp_port}, data in {data_dir}"
+              + (f", profiled with {args.profile}" if args.profile else ""))
+        if args.warmup:
+            warm = run("warm-up", server.mllp_port, min(8, max(args.connection_counts)), args.warmup,
+                       f"{tag}W", server.pid)
+            if warm.errors or warm.not_aa:
+                print(f"warm-up: {warm.not_aa} not AA; {'; '.join(warm.errors)}\n  {warm.first_not_aa}")
+        if args.profile == "cprofile":
+            server.signal(signal.SIGUSR1)
+        results: list[RunResult] = []
+        print(f"\n{'conns':>5} {'messages':>8} {'seconds':>8} {'msg/s':>7} {'p50 ms':>7} {'p95 ms':>7} "
+              f"{'p99 ms':>7} {'max ms':>7} {'AA':>6} {'not AA':>6} {'srv CPU ms/msg':>14} {'srv CPU %':>9}")
+        for number, connections in enumerate(args.connection_counts):
+            result = run(f"{connections} connection(s)", server.mllp_port, connections, args.messages,
+                         f"{tag}R{number}", server.pid)
+            results.append(result)
+            done = max(len(result.latencies), 1)
+            print(f"{connections:>5} {len(result.latencies):>8} {result.seconds:>8.2f} {result.rate:>7.0f} "
+                  f"{result.percentile(50):>7.2f} {result.percentile(95):>7.2f} {result.percentile(99):>7.2f} "
+                  f"{max(result.latencies, default=0) * 1000:>7.2f} {len(result.aa):>6} {result.not_aa:>6} "
+                  f"{result.server_cpu / done * 1000:>14.2f} "
+                  f"{result.server_cpu / result.seconds * 100 if result.seconds else 0:>8.0f}%", flush=True)
+            for error in result.errors:
+                print(f"      {error}")
+            if result.first_not_aa:
+                print(f"      first ACK that was not AA: {result.first_not_aa}")
+        measured = sum(len(r.latencies) for r in results)
+        if args.profile == "cprofile":
+            server.signal(signal.SIGUSR2)
+            deadline = time.monotonic() + 60
+            while not Path(server.profile_prefix + "done").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+
+        # Durability: kill the server outright; only committed work survives.
+        server.kill()
+        acked = [x for r in results for x in r.aa]
+        problems = verify(database_url, data_dir, acked)
+        print(f"\ndurability (server killed with SIGKILL, then the database read): {len(acked)} AA'd messages "
+              + ("all PROCESSED, every patient, order and worklist step present" if not problems
+                 else "PROBLEMS:\n  " + "\n  ".join(problems)))
+
+        print(f"\ngoal: >= {GOAL_RATE:.0f} msg/s with p99 < {GOAL_P99_MS:.0f} ms, every message durable")
+        for result in results:
+            met = result.rate >= GOAL_RATE and result.percentile(99) < GOAL_P99_MS and not problems \
+                and not result.not_aa and not result.errors
+            print(f"  {result.name:>16}: {result.rate:7.0f} msg/s, p99 {result.percentile(99):6.2f} ms -> "
+                  f"{'met' if met else 'not met'}")
+        if args.profile == "cprofile":
+            report_cprofile(server.profile_prefix, measured, args.top)
+        elif args.profile == "py-spy":
+            report_py_spy(Path(server.profile_prefix + "py-spy.txt"), args.top)
+        failed = bool(problems) or any(r.not_aa or r.errors for r in results)
+        return 1 if failed else 0
+    finally:
+        server.kill()
+        if database_name:
+            try:
+                postgres_admin(args.database_url, f'DROP DATABASE IF EXISTS "{database_name}" WITH (FORCE)')
+            except Exception as exc:
+                print(f"could not drop database {database_name}: {exc}", file=sys.stderr)
+        if args.keep:
+            print(f"scratch folder kept: {scratch}")
+        else:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
