@@ -485,6 +485,19 @@ class Server:
             pass
         self.pid = python_child(self.process.pid) if self.profile == "py-spy" else self.process.pid
 
+    def collect_profile(self, run: int) -> dict[str, Any]:
+        """Switch the instruments off (SIGUSR2) and read what they recorded during run ``run``."""
+        import json
+
+        self.signal(signal.SIGUSR2)
+        base = f"{self.profile_prefix}{run}."
+        deadline = time.monotonic() + 60
+        while not Path(base + "done").exists():
+            if time.monotonic() > deadline or self.process is None or self.process.poll() is not None:
+                raise RuntimeError(f"the server wrote no profile for run {run}:\n{self.tail()}")
+            time.sleep(0.05)
+        return json.loads(Path(base + "json").read_text())
+
     def tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -621,82 +634,96 @@ def cpu_model() -> str:
     return platform.processor() or "?"
 
 
-# Named stages of the intake worker: (label, file suffix, function name); cumulative time.
-STAGES = [
-    ("whole batch (store, process, commit twice)", "integration/intake.py", "_process_batch"),
-    ("  receive: message-store row from the MSH", "integration/channel.py", "receive"),
-    ("  process: parse, filter, map, apply, ACK", "integration/channel.py", "process"),
-    ("    decode + parse + checks", "integration/channel.py", "_parse"),
-    ("      hl7v2.parse", "integration/hl7v2.py", "parse"),
-    ("    duplicate check (find_processed query)", "integration/message_store.py", "find_processed"),
-    ("    mapping (map_hl7)", "integration/mapping.py", "map_hl7"),
-    ("    mapped → JSON for the store (model_dump)", "pydantic/main.py", "model_dump"),
-    ("    destination: apply_mapped (registry)", "integration/channel.py", "apply_mapped"),
-    ("      upsert_patient", "registry/service.py", "upsert_patient"),
-    ("        resolve_patient (identifier lookups)", "registry/service.py", "resolve_patient"),
-    ("        person_name (pinyin)", "integration/names.py", "person_name"),
-    ("        _add_identifiers (lookups again)", "registry/service.py", "_add_identifiers"),
-    ("      upsert_visit", "registry/service.py", "upsert_visit"),
-    ("      apply_order", "registry/service.py", "apply_order"),
-    ("        find_order", "registry/service.py", "find_order"),
-    ("        _new_order", "registry/service.py", "_new_order"),
-    ("          generate_uid", "pydicom/uid.py", "generate_uid"),
-    ("    savepoint (begin_nested)", "orm/session.py", "begin_nested"),
-    ("    ACK + finish (_finish)", "integration/channel.py", "_finish"),
-    ("      build_ack", "integration/ack.py", "build_ack"),
-    ("  Session.commit (flush + COMMIT)", "orm/session.py", "commit"),
-    ("  Session.flush (all, incl. autoflush-free explicit flushes)", "orm/session.py", "flush"),
-    ("  sqlite3 Cursor.execute (C: SQL statements)", "~", "<method 'execute' of 'sqlite3.Cursor' objects>"),
-    ("  sqlite3 Connection.commit (C: COMMIT + fsync)", "~", "<method 'commit' of 'sqlite3.Connection' objects>"),
-    ("  psycopg execute (incl. COMMIT round trips)", "psycopg/cursor.py", "execute"),
+# The intake worker's stages as the stage timers see them: (depth, timer, label). Each parent's
+# time includes its children's; "(rest)" is what the parent spends outside the children listed.
+STAGE_TREE = [
+    (0, "_process_batch", "intake batch: store, process, commit twice"),
+    (1, "receive", "receive: message-store row from the MSH"),
+    (1, "process", "process (per message, inside the batch transaction)"),
+    (2, "_parse", "decode, parse, header checks"),
+    (3, "parse", "hl7v2.parse"),
+    (2, "find_processed", "duplicate check (SELECT message by MSH-10)"),
+    (2, "map_hl7", "mapping (map_hl7)"),
+    (2, "begin_nested", "SAVEPOINT (flushes the previous message's row first)"),
+    (2, "apply_mapped", "destination: registry services (apply_mapped)"),
+    (3, "upsert_patient", "upsert_patient (SELECTs, INSERT patient, flush)"),
+    (4, "resolve_patient", "resolve_patient (SELECT per PID-3 identifier)"),
+    (4, "person_name", "person_name (pinyin, PN groups)"),
+    (4, "_add_identifiers", "_add_identifiers (SELECT per identifier again)"),
+    (3, "upsert_visit", "upsert_visit (SELECT visit, INSERT/UPDATE, flush)"),
+    (3, "apply_order", "apply_order"),
+    (4, "find_order", "find_order (SELECTs by placer/filler/accession)"),
+    (4, "_new_order", "_new_order (INSERT order, flush, steps, event)"),
+    (2, "_finish", "ACK and final status (_finish)"),
+    (3, "build_ack", "build_ack"),
+    (1, "commit", "Session.commit x2 (flush, COMMIT)"),
+]
+CROSS_CUTTING = [
+    ("flush", "ORM flushes (unit of work: INSERT/UPDATE, outermost calls)"),
+    ("execute", "ORM Session.execute (SELECTs, incl. their driver time)"),
+    (("do_execute", "do_execute_no_params"), "driver: SQL statements (sqlite3/psycopg C code + I/O)"),
+    ("do_commit", "driver: COMMIT (SQLite: WAL append + fsync; PostgreSQL: round trip + WAL flush)"),
 ]
 
 
-def _stats_by_key(stats: Any) -> dict[tuple[str, str], tuple[int, float, float]]:
-    """(file, function) → (calls, own seconds, cumulative seconds), summed over line numbers."""
-    found: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
-    for (filename, _line, function), (_cc, calls, own, cumulative, _callers) in stats.stats.items():
-        entry = found[(filename, function)]
-        entry[0] += calls
-        entry[1] += own
-        entry[2] = max(entry[2], cumulative) if function.startswith("<") else entry[2] + cumulative
-    return {k: (int(v[0]), v[1], v[2]) for k, v in found.items()}
+def report_stages(data: dict[str, Any], server_cpu: float) -> None:
+    timers: dict[str, list[float]] = data["timers"]
+    batches = data["batches"]
+    messages = max(int(batches["messages"]), 1)
+    wall = batches["wall"]
+
+    def get(name: str | tuple[str, ...]) -> tuple[int, float]:
+        names = (name,) if isinstance(name, str) else name
+        return (int(sum(timers.get(n, [0, 0.0])[0] for n in names)),
+                sum(timers.get(n, [0, 0.0])[1] for n in names))
+
+    timers["_process_batch"] = [batches["count"], wall]
+    sizes = {int(k): v for k, v in data["batch_sizes"].items()}
+    print(f"  intake worker: {wall / messages * 1000:.3f} ms/msg wall, {batches['cpu'] / messages * 1000:.3f} ms/msg "
+          f"CPU (the rest is fsync, database round trips and waiting for the GIL); "
+          f"{batches['count']} batches, mean {messages / max(batches['count'], 1):.1f}, "
+          f"largest {max(sizes, default=0)} messages")
+    print(f"  server process CPU: {server_cpu / messages * 1000:.3f} ms/msg, of which outside the intake worker "
+          f"(event loop: MLLP reads/writes, futures; other threads): "
+          f"{(server_cpu - batches['cpu']) / messages * 1000:.3f} ms/msg")
+    print(f"    {'stage':62} {'calls/msg':>9} {'ms/msg':>8} {'share':>6}")
+    for index, (depth, name, label) in enumerate(STAGE_TREE):
+        calls, seconds = get(name)
+        print(f"    {'  ' * depth + label:62} {calls / messages:>9.2f} {seconds / messages * 1000:>8.3f} "
+              f"{seconds / wall * 100 if wall else 0:>5.1f}%")
+        children = []
+        for child_depth, child, _ in STAGE_TREE[index + 1:]:
+            if child_depth <= depth:
+                break
+            if child_depth == depth + 1:
+                children.append(child)
+        if children:
+            rest = seconds - sum(get(c)[1] for c in children)
+            print(f"    {'  ' * (depth + 1) + '(rest)':62} {'':>9} {rest / messages * 1000:>8.3f} "
+                  f"{rest / wall * 100 if wall else 0:>5.1f}%")
+    print(f"    {'across the stages above:':62}")
+    for name, label in CROSS_CUTTING:
+        calls, seconds = get(name)
+        print(f"    {'  ' + label:62} {calls / messages:>9.2f} {seconds / messages * 1000:>8.3f} "
+              f"{seconds / wall * 100 if wall else 0:>5.1f}%")
 
 
-def report_cprofile(prefix: str, messages: int, top: int) -> None:
+def report_cprofile(base: str, data: dict[str, Any], top: int) -> None:
     import pstats
 
-    intake_path, loop_path = Path(prefix + "intake.prof"), Path(prefix + "loop.prof")
-    if not intake_path.exists():
-        print("  (no profile written)")
-        return
-    intake_stats = pstats.Stats(str(intake_path))
-    by_key = _stats_by_key(intake_stats)
-    batch = next((v for (f, fn), v in by_key.items() if f.endswith("integration/intake.py")
-                  and fn == "_process_batch"), (0, 0.0, 0.0))
-    print(f"\nIntake worker (one thread; stores, processes and commits every message): "
-          f"{batch[2]:.2f} s over {messages} messages in {batch[0]} batches "
-          f"(mean batch {messages / max(batch[0], 1):.1f}); under cProfile")
-    print(f"  {'stage':58} {'calls':>8} {'ms/msg':>8} {'share':>6}")
-    for label, suffix, function in STAGES:
-        matches = [v for (f, fn), v in by_key.items()
-                   if fn == function and (f.endswith(suffix) or suffix == "~" and f == "~")]
-        if not matches:
-            continue
-        calls = sum(m[0] for m in matches)
-        cumulative = sum(m[2] for m in matches)
-        share = cumulative / batch[2] * 100 if batch[2] else 0.0
-        print(f"  {label:58} {calls:>8} {cumulative / messages * 1000:>8.3f} {share:>5.1f}%")
-    print(f"\n  Intake worker, top {top} functions by own time:")
-    _print_top(intake_stats, "tottime", top, messages)
-    print(f"\n  Intake worker, top {top} functions by cumulative time:")
-    _print_top(intake_stats, "cumulative", top, messages)
+    messages = max(int(data["batches"]["messages"]), 1)
+    intake_path, loop_path = Path(base + "intake.prof"), Path(base + "loop.prof")
+    print(f"  intake worker under cProfile: {data['batches']['wall'] / messages * 1000:.3f} ms/msg wall "
+          f"(cProfile inflates Python code; compare shares, not times)")
+    stats = pstats.Stats(str(intake_path))
+    print(f"  intake worker, top {top} by own time:")
+    _print_top(stats, "tottime", top, messages)
+    print(f"  intake worker, top {top} by cumulative time:")
+    _print_top(stats, "cumulative", top, messages)
     if loop_path.exists():
-        loop_stats = pstats.Stats(str(loop_path))
-        total = sum(v[2] for v in loop_stats.stats.values())  # own times sum to the thread's busy time
-        print(f"\nEvent loop thread (MLLP reads/writes, futures, HTTP): {total:.2f} s busy "
-              f"(incl. waiting in epoll), top {top} by own time:")
-        _print_top(loop_stats, "tottime", top, messages)
+        loop = pstats.Stats(str(loop_path))
+        print(f"  event loop thread, top {min(top, 12)} by own time (epoll is waiting, not work):")
+        _print_top(loop, "tottime", min(top, 12), messages)
 
 
 def _print_top(stats: Any, key: str, top: int, messages: int) -> None:
@@ -712,6 +739,12 @@ def _short(filename: str) -> str:
         if marker in filename:
             return filename.split(marker, 1)[1] if marker != "/pacs/" else "pacs/" + filename.split(marker, 1)[1]
     return filename
+
+
+def _py_spy_frame(frame: str) -> str:
+    """``function (file:line)`` → ``function (short file)``, so a function's lines add up."""
+    function, _, where = frame.partition(" (")
+    return f"{function} ({_short(where.rstrip(')').rsplit(':', 1)[0])})" if where else function
 
 
 def report_py_spy(path: Path, top: int) -> None:
@@ -731,14 +764,11 @@ def report_py_spy(path: Path, top: int) -> None:
         frames = stack.split(";")
         threads[frames[0]] += count
         total += count
-        seen = set()
-        for frame in frames[1:]:
-            name = re.sub(r"\s*\(([^)]*)\)", lambda m: f" ({_short(m.group(1))})", frame)
-            if name not in seen:
-                inclusive[name] += count
-                seen.add(name)
-        if len(frames) > 1:
-            own[re.sub(r"\s*\(([^)]*)\)", lambda m: f" ({_short(m.group(1))})", frames[-1])] += count
+        names = [_py_spy_frame(frame) for frame in frames[1:]]
+        for name in set(names):
+            inclusive[name] += count
+        if names:
+            own[names[-1]] += count
     print(f"\npy-spy: {total} samples of busy threads (200/s, whole run incl. start-up and warm-up)")
     for thread, count in threads.most_common():
         print(f"  {count:>7}  {count / total * 100:5.1f}%  {thread}")
@@ -766,12 +796,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="PostgreSQL server to create a scratch database on, e.g. "
                              "postgresql://postgres@127.0.0.1:5432/postgres (default: PACS_DATABASE_URL, "
                              "else SQLite)")
-    parser.add_argument("--profile", choices=["cprofile", "py-spy"],
-                        help="profile the server during the measured runs and print where the time goes")
-    parser.add_argument("--top", type=int, default=25, help="functions listed per profile table (default 25)")
+    parser.add_argument("--profile", choices=["stages", "cprofile", "py-spy"],
+                        help="where the server's time goes: stages (timers on the pipeline's stages, the "
+                             "ORM and the driver; little overhead), cprofile (every function, about 2x "
+                             "slower) or py-spy (sampling; pip install py-spy into the venv)")
+    parser.add_argument("--top", type=int, default=20, help="functions listed per profile table (default 20)")
     parser.add_argument("--tmp", type=Path, default=Path(tempfile.gettempdir()),
                         help="where the server's scratch data folder goes (default the system temp folder)")
-    parser.add_argument("--keep", action="store_true", help="keep the scratch data folder")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch data folder (and the PostgreSQL database)")
     args = parser.parse_args(argv)
     args.connection_counts = [int(c) for c in args.connections.split(",") if c.strip()]
     return args
@@ -820,12 +852,14 @@ def main(argv: list[str] | None = None) -> int:
                        f"{tag}W", server.pid)
             if warm.errors or warm.not_aa:
                 print(f"warm-up: {warm.not_aa} not AA; {'; '.join(warm.errors)}\n  {warm.first_not_aa}")
-        if args.profile == "cprofile":
-            server.signal(signal.SIGUSR1)
+        instrumented = args.profile in ("stages", "cprofile")
         results: list[RunResult] = []
+        profiles: list[dict[str, Any]] = []
         print(f"\n{'conns':>5} {'messages':>8} {'seconds':>8} {'msg/s':>7} {'p50 ms':>7} {'p95 ms':>7} "
               f"{'p99 ms':>7} {'max ms':>7} {'AA':>6} {'not AA':>6} {'srv CPU ms/msg':>14} {'srv CPU %':>9}")
         for number, connections in enumerate(args.connection_counts):
+            if instrumented:
+                server.signal(signal.SIGUSR1)
             result = run(f"{connections} connection(s)", server.mllp_port, connections, args.messages,
                          f"{tag}R{number}", server.pid)
             results.append(result)
@@ -839,12 +873,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"      {error}")
             if result.first_not_aa:
                 print(f"      first ACK that was not AA: {result.first_not_aa}")
-        measured = sum(len(r.latencies) for r in results)
-        if args.profile == "cprofile":
-            server.signal(signal.SIGUSR2)
-            deadline = time.monotonic() + 60
-            while not Path(server.profile_prefix + "done").exists() and time.monotonic() < deadline:
-                time.sleep(0.1)
+            if instrumented:
+                profiles.append(server.collect_profile(number + 1))
 
         # Durability: kill the server outright; only committed work survives.
         server.kill()
@@ -860,15 +890,21 @@ def main(argv: list[str] | None = None) -> int:
                 and not result.not_aa and not result.errors
             print(f"  {result.name:>16}: {result.rate:7.0f} msg/s, p99 {result.percentile(99):6.2f} ms -> "
                   f"{'met' if met else 'not met'}")
-        if args.profile == "cprofile":
-            report_cprofile(server.profile_prefix, measured, args.top)
-        elif args.profile == "py-spy":
+        for number, (result, profile) in enumerate(zip(results, profiles, strict=False)):
+            print(f"\nwhere the server's time goes, {result.name} ({args.profile}):")
+            if args.profile == "stages":
+                report_stages(profile, result.server_cpu)
+            else:
+                report_cprofile(f"{server.profile_prefix}{number + 1}.", profile, args.top)
+        if args.profile == "py-spy":
             report_py_spy(Path(server.profile_prefix + "py-spy.txt"), args.top)
         failed = bool(problems) or any(r.not_aa or r.errors for r in results)
         return 1 if failed else 0
     finally:
         server.kill()
-        if database_name:
+        if database_name and args.keep:
+            print(f"database kept: {database_url}")
+        elif database_name:
             try:
                 postgres_admin(args.database_url, f'DROP DATABASE IF EXISTS "{database_name}" WITH (FORCE)')
             except Exception as exc:

@@ -1,0 +1,65 @@
+"""`pacs serve` as a real process, for tests that kill, stop and restart it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServeProcess:
+    def __init__(self, data_dir: Path, database_url: str, **env: str) -> None:
+        self.data_dir = data_dir
+        self.database_url = database_url
+        self.mllp_port = free_port()
+        self.http_port = free_port()
+        self.dicom_port = free_port()
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir.parent / f"serve-{self.mllp_port}.log"
+
+    def start(self, timeout: float = 60) -> ServeProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PACS_DATABASE_URL": self.database_url, "PACS_TIMEZONE": "Asia/Shanghai", **self.env}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pacs.cli", "serve", "--host", "127.0.0.1", "--data-dir", str(self.data_dir),
+             "--mllp-port", str(self.mllp_port), "--http-port", str(self.http_port),
+             "--dicom-port", str(self.dicom_port)],
+            stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=env,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pacs serve exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.http_port), timeout=0.2).close()
+                socket.create_connection(("127.0.0.1", self.mllp_port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError(f"pacs serve did not start:\n{self.log.read_text()}")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def terminate(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
