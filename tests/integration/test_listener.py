@@ -199,3 +199,22 @@ def test_filtered_event_is_acknowledged(server):
     [row] = stored(server.db)
     assert row.status == Status.FILTERED and "A60" in row.error
     assert count(server.db, Patient) == 0
+
+
+def test_strict_mode_rejects_segments_that_break_their_definition(start_server):
+    server = start_server(hl7={"strict": True})
+    with MLLPClient(server.mllp_port) as client:
+        for name in ("adt_a01_ihe.hl7", "orm_o01_nw_ihe.hl7", "omi_o23_nw_ihe.hl7"):
+            assert ack_fields(client.send(load(name)))["code"] == "AA"  # Z-segments pass
+        bad_type = replace(load("adt_a08_ihe.hl7"), "|19900101|M|", "|1990-01-01|M|")
+        ack = ack_fields(client.send(bad_type))
+        assert ack["code"] == "AR" and ack["err"][2].startswith("PID^1") and "102" in ack["err"][3]
+        extra = load("adt_a08_ihe.hl7").replace(b"\rPV1|", b"|" * 60 + b"x\rPV1|")
+        ack = ack_fields(client.send(extra))
+        assert ack["code"] == "AR" and "more fields than PID" in ack["text"]
+
+
+def test_tolerant_mode_takes_what_strict_mode_rejects(server):
+    with MLLPClient(server.mllp_port) as client:
+        extra = load("adt_a08_ihe.hl7").replace(b"\rPV1|", b"|" * 60 + b"x\rPV1|")
+        assert ack_fields(client.send(extra))["code"] == "AA"
