@@ -6,6 +6,7 @@ from pacs.registry.models import (
     OrderEvent,
     Patient,
     PatientIdentifier,
+    PerformedProcedureStep,
     ProcedureStep,
     Visit,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "OrderEvent",
     "Patient",
     "PatientIdentifier",
+    "PerformedProcedureStep",
     "ProcedureStep",
     "StoredMessage",
     "Visit",

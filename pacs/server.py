@@ -13,6 +13,8 @@ import logging
 import signal
 from dataclasses import dataclass
 
+from pacs.archive.mpps import MPPSService
+from pacs.archive.worklist_service import WorklistService
 from pacs.db import Database
 from pacs.integration.channel import Channel
 from pacs.integration.intake import Intake
@@ -31,6 +33,8 @@ class Services:
     mappings: MappingHolder
     channel: Channel
     intake: Intake
+    worklist: WorklistService
+    mpps: MPPSService
 
     @classmethod
     def build(cls, settings: Settings, *, migrate: bool = True) -> Services:
@@ -41,7 +45,8 @@ class Services:
         mappings = MappingHolder(settings.mappings_dir, poll_seconds=settings.mappings_poll_seconds)
         channel = Channel(settings, mappings)
         intake = Intake(db, channel, batch_max=settings.hl7.batch_max)
-        return cls(settings=settings, db=db, mappings=mappings, channel=channel, intake=intake)
+        return cls(settings=settings, db=db, mappings=mappings, channel=channel, intake=intake,
+                   worklist=WorklistService(db, mappings, settings), mpps=MPPSService(db))
 
     def close(self) -> None:
         self.intake.stop()
@@ -66,6 +71,7 @@ class Server:
         self.services: Services | None = None
         self.mllp_port = 0
         self.http_port = 0
+        self.dicom_port = 0
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -77,6 +83,12 @@ class Server:
         settings = self.settings
         self.services = services = await asyncio.to_thread(Services.build, settings)
         await asyncio.to_thread(services.intake.start)
+
+        from pacs.archive.ae import DicomServer
+
+        self._dicom = DicomServer(settings, services.worklist, services.mpps)
+        await asyncio.to_thread(self._dicom.start, settings.host, settings.dicom_port)
+        self.dicom_port = self._dicom.port
 
         self._mllp = MLLPServer(settings, services.intake)
         await self._mllp.start(settings.host, settings.mllp_port)
@@ -94,12 +106,13 @@ class Server:
             await asyncio.sleep(0.01)
         self.http_port = self._http.servers[0].sockets[0].getsockname()[1]
         self._tasks.append(asyncio.create_task(_watch_mappings(services), name="mappings"))
-        log.info("PACS ready: MLLP %d, HTTP %d", self.mllp_port, self.http_port)
+        log.info("PACS ready: DICOM %d, MLLP %d, HTTP %d", self.dicom_port, self.mllp_port, self.http_port)
 
     async def stop(self) -> None:
         """Stop accepting, finish the messages in flight, close the database."""
         log.info("stopping: no new connections; finishing messages in flight")
         await self._mllp.stop()
+        await asyncio.to_thread(self._dicom.stop)
         self._http.should_exit = True
         for task in self._tasks:
             if task.get_name() == "mappings":
@@ -118,7 +131,8 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    print(f"pacs: serving MLLP on {server.mllp_port}, HTTP on {server.http_port}; "
+    print(f"pacs: serving DICOM {settings.ae_title} on {server.dicom_port}, MLLP on {server.mllp_port}, "
+          f"HTTP on {server.http_port}; "
           f"data in {settings.data_dir}", flush=True)
     await stop.wait()
     await server.stop()

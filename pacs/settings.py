@@ -68,6 +68,19 @@ class Peer(BaseModel):
     """Fix the character set this peer gets in query answers (e.g. "ISO_IR 192")."""
 
 
+class DicomSettings(BaseModel):
+    """The DICOM application entity (PS3.7, PS3.8)."""
+
+    accept_unknown_peers: bool = True
+    """Accept associations from calling AE titles not listed under [[peers]]."""
+    require_called_ae_title: bool = False
+    """Reject associations addressed to another AE title than ours."""
+    max_associations: int = 32
+    network_timeout_seconds: float = 60.0
+    dimse_timeout_seconds: float = 30.0
+    acse_timeout_seconds: float = 30.0
+
+
 class PublishSettings(BaseModel):
     fhir_base_url: str | None = None
     stable_after_seconds: float = 60.0
@@ -115,6 +128,7 @@ class Settings(BaseSettings):
     mappings_poll_seconds: float = 2.0
 
     mllp: MLLPSettings = Field(default_factory=MLLPSettings)
+    dicom: DicomSettings = Field(default_factory=DicomSettings)
     hl7: HL7Settings = Field(default_factory=HL7Settings)
     peers: list[Peer] = Field(default_factory=list)
     publish: PublishSettings = Field(default_factory=PublishSettings)

@@ -127,6 +127,10 @@ class RunningServer:
         return self.server.mllp_port
 
     @property
+    def dicom_port(self) -> int:
+        return self.server.dicom_port
+
+    @property
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.server.http_port}"
 

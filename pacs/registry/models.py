@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from enum import StrEnum
 
-from sqlalchemy import Column, DateTime, ForeignKey, Index, Integer, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, ForeignKey, Index, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from pacs.db import UTCDateTime, utcnow
@@ -158,6 +158,10 @@ class ProcedureStep(SQLModel, table=True):
     station_name: str = ""  # (0040,0010)
     location: str = ""  # (0040,0011)
     start: datetime | None = Field(default=None, sa_type=DateTime)  # (0040,0002)+(0040,0003), local
+    # The same start as DICOM strings, so that date and time ranges match as PS3.4 C.2.2.2.5
+    # says (independently) with plain string comparison on every database.
+    start_date: str = Field(default="", index=True)  # (0040,0002) DA YYYYMMDD
+    start_time: str = ""  # (0040,0003) TM HHMMSS
     duration_minutes: int | None = None
     protocol_code: str = ""  # (0040,0008) Scheduled Protocol Code Sequence
     protocol_scheme: str = ""
@@ -165,6 +169,38 @@ class ProcedureStep(SQLModel, table=True):
     description: str = ""  # (0040,0007)
     performing_physician: str = ""  # (0040,0006) PN
     status: str = Field(default=StepStatus.SCHEDULED)  # (0040,0020)
+
+
+class PerformedStepStatus(StrEnum):
+    """Performed Procedure Step Status (0040,0252), PS3.3 C.4.14."""
+
+    IN_PROGRESS = "IN PROGRESS"
+    COMPLETED = "COMPLETED"
+    DISCONTINUED = "DISCONTINUED"
+
+
+class PerformedProcedureStep(SQLModel, table=True):
+    """A Modality Performed Procedure Step (PS3.4 F.7, IHE RAD-6/RAD-7) as the modality reported it."""
+
+    __tablename__ = "performed_procedure_step"
+
+    id: int | None = Field(default=None, primary_key=True)
+    sop_instance_uid: str = Field(unique=True)  # (0000,1000) Affected SOP Instance UID
+    status: str = PerformedStepStatus.IN_PROGRESS  # (0040,0252)
+    calling_ae_title: str = ""
+    order: int | None = Field(default=None, foreign_key="imaging_order.id", index=True)
+    step_ids: list[int] = Field(default_factory=list, sa_type=JSON)  # the SPS it performs
+    patient_id: str = ""  # (0010,0020) as the modality sent it
+    modality: str = ""  # (0008,0060)
+    station_ae_title: str = ""  # (0040,0241) Performed Station AE Title
+    pps_id: str = ""  # (0040,0253) Performed Procedure Step ID
+    description: str = ""  # (0040,0254)
+    started: datetime | None = Field(default=None, sa_type=DateTime)  # (0040,0244)+(0040,0245), local
+    ended: datetime | None = Field(default=None, sa_type=DateTime)  # (0040,0250)+(0040,0251), local
+    performed_series: list[dict[str, object]] = Field(default_factory=list, sa_type=JSON)  # (0040,0340)
+    attributes: dict[str, object] = Field(default_factory=dict, sa_type=JSON)  # the last dataset, DICOM JSON
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
 class OrderEvent(SQLModel, table=True):

@@ -430,6 +430,8 @@ def _write_steps(session: Session, order: ImagingOrder, wanted: list[StepIn], cu
             unused.remove(step)
         for attribute in STEP_FIELDS:
             _set(step, attribute, getattr(data, attribute))
+        step.start_date = step.start.strftime("%Y%m%d") if step.start else ""
+        step.start_time = step.start.strftime("%H%M%S") if step.start else ""
         if not step.sps_id:
             step.sps_id = f"{order.requested_procedure_id}-{number}" if len(wanted) > 1 else order.requested_procedure_id
         session.add(step)

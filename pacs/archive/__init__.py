@@ -1,0 +1,1 @@
+"""The DICOM side: the application entity, the worklist, MPPS and (to come) the archive."""

@@ -1,0 +1,175 @@
+"""Attribute matching for C-FIND (PS3.4 C.2.2.2) as SQL conditions.
+
+Each function takes a column and the value of a query key and returns a SQLAlchemy condition,
+or ``None`` for universal matching (an empty value or a lone ``*``). Dates and times are stored
+as DICOM strings (YYYYMMDD, HHMMSS), so ranges compare as text on every database.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date
+
+from sqlalchemy import ColumnElement, and_, func, or_
+
+from pacs.archive.status import Status
+
+WILDCARDS = ("*", "?")
+_DATE = re.compile(r"^\d{8}$")
+_TIME = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(\.\d{1,6})?$")
+
+
+@dataclass
+class QueryError(Exception):
+    """A query the SCP can't run: answered with ``status``, the comment and the offending key."""
+
+    status: Status
+    comment: str
+    tag: int | None = None
+
+    def __str__(self) -> str:
+        return self.comment
+
+
+def is_universal(value: str | None) -> bool:
+    """PS3.4 C.2.2.2.3: a zero-length value (or ``*``) matches everything."""
+    return value is None or value.strip() in ("", "*")
+
+
+def match_single_value(column: ColumnElement, value: str) -> ColumnElement[bool]:  # PS3.4 C.2.2.2.1
+    return column == value
+
+
+def _like_pattern(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def match_wildcard(column: ColumnElement, value: str, *, fold_case: bool = False) -> ColumnElement[bool]:
+    """PS3.4 C.2.2.2.4: ``*`` any run of characters, ``?`` any one character."""
+    pattern = _like_pattern(value)
+    if fold_case:
+        return func.upper(column).like(pattern.upper(), escape="\\")
+    return column.like(pattern, escape="\\")
+
+
+def match_string(column: ColumnElement, value: str | None, *, fold_case: bool = False) -> ColumnElement[bool] | None:
+    """Single value or wildcard matching for a string key, or None when universal."""
+    if is_universal(value):
+        return None
+    assert value is not None
+    value = value.strip()
+    if any(w in value for w in WILDCARDS):
+        return match_wildcard(column, value, fold_case=fold_case)
+    if fold_case:
+        return func.upper(column) == value.upper()
+    return match_single_value(column, value)
+
+
+def match_uid_list(column: ColumnElement, value: str | None) -> ColumnElement[bool] | None:
+    """PS3.4 C.2.2.2.2: a backslash-separated list of UIDs matches any of them."""
+    if is_universal(value):
+        return None
+    assert value is not None
+    uids = [uid.strip() for uid in value.split("\\") if uid.strip()]
+    return column == uids[0] if len(uids) == 1 else column.in_(uids)
+
+
+def _check_date(text: str, tag: int | None) -> str:
+    if not _DATE.match(text):
+        raise QueryError(Status.UNABLE_TO_PROCESS, f"{text!r} is not a DICOM date (YYYYMMDD)", tag)
+    try:
+        date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+    except ValueError:
+        raise QueryError(Status.UNABLE_TO_PROCESS, f"{text!r} is not a calendar date", tag) from None
+    return text
+
+
+def match_date_range(column: ColumnElement, value: str | None, tag: int | None = None) -> ColumnElement[bool] | None:
+    """PS3.4 C.2.2.2.5 for DA: ``D``, ``D1-D2``, ``-D2``, ``D1-``."""
+    if is_universal(value):
+        return None
+    assert value is not None
+    value = value.strip().replace(".", "")  # ACR-NEMA style YYYY.MM.DD, still sent by old devices
+    if "-" not in value:
+        return column == _check_date(value, tag)
+    low, _, high = value.partition("-")
+    if not low and not high:
+        raise QueryError(Status.UNABLE_TO_PROCESS, "a date range needs at least one end", tag)
+    conditions = []
+    if low:
+        conditions.append(column >= _check_date(low, tag))
+    if high:
+        conditions.append(column <= _check_date(high, tag))
+    if low and high and low > high:
+        raise QueryError(Status.UNABLE_TO_PROCESS, f"date range {value} ends before it starts", tag)
+    return and_(*conditions, column != "")
+
+
+def _time_bound(text: str, tag: int | None, *, upper: bool) -> str:
+    match = _TIME.match(text.replace(":", ""))
+    if not match:
+        raise QueryError(Status.UNABLE_TO_PROCESS, f"{text!r} is not a DICOM time (HHMMSS)", tag)
+    hours, minutes, seconds = match.group(1), match.group(2), match.group(3)
+    if int(hours) > 23 or (minutes and int(minutes) > 59) or (seconds and int(seconds) > 60):
+        raise QueryError(Status.UNABLE_TO_PROCESS, f"{text!r} is not a time of day", tag)
+    fill = "59" if upper else "00"
+    return hours + (minutes or fill) + (seconds or fill)
+
+
+def match_time_range(column: ColumnElement, value: str | None, tag: int | None = None) -> ColumnElement[bool] | None:
+    """PS3.4 C.2.2.2.5 for TM: a single time matches that hour/minute/second; ranges inclusive."""
+    if is_universal(value):
+        return None
+    assert value is not None
+    value = value.strip()
+    if "-" not in value:
+        return and_(column >= _time_bound(value, tag, upper=False), column <= _time_bound(value, tag, upper=True))
+    low, _, high = value.partition("-")
+    if not low and not high:
+        raise QueryError(Status.UNABLE_TO_PROCESS, "a time range needs at least one end", tag)
+    conditions = []
+    if low:
+        conditions.append(column >= _time_bound(low, tag, upper=False))
+    if high:
+        conditions.append(column <= _time_bound(high, tag, upper=True))
+    if low and high and _time_bound(low, tag, upper=False) > _time_bound(high, tag, upper=True):
+        raise QueryError(Status.UNABLE_TO_PROCESS, f"time range {value} ends before it starts", tag)
+    return and_(*conditions, column != "")
+
+
+def normalise_pn(value: str) -> str:
+    """Drop empty trailing components (``ZHANG^SAN^^`` is ``ZHANG^SAN``)."""
+    return value.rstrip("^ ")
+
+
+def match_person_name(alphabetic: ColumnElement, ideographic: ColumnElement,
+                      value: str | None) -> ColumnElement[bool] | None:
+    """PN matching over the component groups (PS3.4 C.2.2.2.1, C.2.2.2.4; PS3.5 6.2.1).
+
+    A value with ``=`` matches each group given against its own group. A value without matches
+    either the alphabetic group (pinyin, case-insensitive) or the ideographic one (Han), so a
+    modality that types ``ZHANG*`` and one that types ``张*`` both find 张三. A family name alone
+    (``ZHANG``) matches as ``ZHANG^*``, as most worklist SCPs do.
+    """
+    if is_universal(value):
+        return None
+    assert value is not None
+    groups = value.split("=")
+    if len(groups) > 1:
+        conditions = [c for c in (
+            match_string(alphabetic, _pn_pattern(groups[0]), fold_case=True) if groups[0].strip() else None,
+            match_string(ideographic, _pn_pattern(groups[1])) if groups[1].strip() else None,
+        ) if c is not None]
+        return and_(*conditions) if conditions else None
+    pattern = _pn_pattern(value)
+    either = [match_string(alphabetic, pattern, fold_case=True), match_string(ideographic, pattern)]
+    return or_(*[c for c in either if c is not None])
+
+
+def _pn_pattern(value: str) -> str:
+    value = normalise_pn(value.strip())
+    if "^" not in value and not value.endswith("*"):
+        value += "*"  # a family name alone
+    return value
