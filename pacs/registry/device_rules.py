@@ -28,14 +28,14 @@ until one gives exactly one order:
   Name): the one in progress, else the one checked in, else the one scheduled step starting within
   ``window_minutes`` of the images. More than one in any tier is left to a person.
 
-Cancelled and discontinued orders never match. Example::
+Cancelled and discontinued orders never match. How the archive uses it::
 
-    >>> rules, problems = load_device_rules(Path("mappings"))
-    >>> keys = ImageKeys(calling_ae="DR_OLD", modality="DX", acquired_at=datetime(2024, 5, 6, 9, 12))
-    >>> with Session(engine) as session:
-    ...     found = match_order(session, rules, keys)
-    >>> found.order_id, found.strategy, found.reason
-    (17, 'room', 'room DR1: order 17 (accession A0017) is in progress there')
+    rules, problems = load_device_rules(settings.mappings_dir)
+    keys = keys_from_dataset(first_image, calling_ae=assoc.requestor.ae_title)
+    with db.session() as session:
+        found = match_order(session, rules, keys, now=local_now)
+    # found.order_id, found.step_id, found.strategy == 17, 41, "room"
+    # found.reason == "room DR1: order 17 (accession A0017) is in progress there"
 """
 
 from __future__ import annotations
