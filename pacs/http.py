@@ -31,6 +31,7 @@ SessionDep = Annotated[Session, Depends(get_session)]
 def create_app(services: Services) -> FastAPI:
     from pacs.fhir_server import router as fhir_router
     from pacs.integration.api import router as messages_router
+    from pacs.registry.api import router as orders_router
 
     app = FastAPI(
         title="PACS",
@@ -60,5 +61,6 @@ def create_app(services: Services) -> FastAPI:
         return JSONResponse(body, status_code=200 if healthy else 503)
 
     app.include_router(messages_router)
+    app.include_router(orders_router)
     app.include_router(fhir_router)
     return app

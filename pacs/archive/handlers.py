@@ -44,15 +44,22 @@ def handle_find(event: evt.Event, worklist: WorklistService) -> Iterator[tuple[i
     if event.request.AffectedSOPClassUID != ModalityWorklistInformationFind:
         yield failure(Status.SOP_CLASS_NOT_SUPPORTED, "only Modality Worklist queries are served"), None
         return
+    seen = False
+
+    def cancelled() -> bool:
+        # pynetdicom forgets a C-CANCEL once it has been asked about it: remember it here.
+        nonlocal seen
+        seen = seen or event.is_cancelled
+        return seen
+
     try:
         identifier = event.identifier
-        matches = worklist.find(identifier, _calling(event), cancelled=lambda: event.is_cancelled)
+        matches = worklist.find(identifier, _calling(event), cancelled=cancelled)
         for match in matches:
-            if event.is_cancelled:
-                yield Status.CANCEL, None
-                return
+            if cancelled():
+                break
             yield Status.PENDING, match
-        if event.is_cancelled:
+        if cancelled():
             yield Status.CANCEL, None
     except QueryError as exc:
         log.info("worklist query from %s refused: %s", _calling(event), exc)

@@ -16,7 +16,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
-from sqlalchemy import ColumnElement, and_
+from sqlalchemy import ColumnElement, and_, true
 from sqlmodel import Session, col, select
 
 from pacs.archive.charset import answer_charset, ascii_text
@@ -179,7 +179,7 @@ def find_rows(session: Session, identifier: Dataset) -> list[Row]:
         .join(Patient, Patient.id == ImagingOrder.patient)
         .outerjoin(Visit, Visit.id == ImagingOrder.visit)
         .where(col(ProcedureStep.status).in_(OPEN_STEPS), col(ImagingOrder.status).in_(OPEN_ORDERS),
-               and_(*conditions(identifier)))
+               and_(true(), *conditions(identifier)))
         .order_by(col(ProcedureStep.start_date), col(ProcedureStep.start_time), col(ProcedureStep.id))
         .limit(MAX_MATCHES)
     )

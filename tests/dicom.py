@@ -1,0 +1,58 @@
+"""DICOM clients for tests: pynetdicom as SCU, and DCMTK's command-line tools."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import ModalityPerformedProcedureStep, ModalityWorklistInformationFind, Verification
+
+DCMTK = shutil.which("findscu") is not None
+needs_dcmtk = pytest.mark.skipif(not DCMTK, reason="DCMTK is not installed (apt-get install dcmtk; .ci/run does)")
+
+
+def client(calling: str = "CT1", transfer_syntax: str | None = None) -> AE:
+    ae = AE(ae_title=calling)
+    for abstract in (ModalityWorklistInformationFind, ModalityPerformedProcedureStep, Verification):
+        if transfer_syntax:
+            ae.add_requested_context(abstract, [transfer_syntax])
+        else:
+            ae.add_requested_context(abstract)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    return ae
+
+
+def mwl_find(port: int, query: Dataset, calling: str = "CT1",
+             transfer_syntax: str | None = None) -> tuple[list[int], list[Dataset], Dataset | None]:
+    """(statuses, matches, the final status dataset) of one worklist C-FIND."""
+    assoc = client(calling, transfer_syntax).associate("127.0.0.1", port, ae_title="PACS")
+    assert assoc.is_established, "association rejected"
+    statuses, matches, final = [], [], None
+    try:
+        for status, identifier in assoc.send_c_find(query, ModalityWorklistInformationFind):
+            statuses.append(int(status.Status))
+            if status.Status in (0xFF00, 0xFF01):
+                matches.append(identifier)
+            else:
+                final = status
+    finally:
+        assoc.release()
+    return statuses, matches, final
+
+
+def findscu(port: int, keys: list[str], out: Path, calling: str = "FINDSCU") -> list[Dataset]:
+    """DCMTK findscu -W; every answer is written by findscu as a file and read back."""
+    out.mkdir(parents=True, exist_ok=True)
+    args = ["findscu", "-W", "-aet", calling, "-aec", "PACS", "-X", "-od", str(out)]
+    for key in keys:
+        args += ["-k", key]
+    result = subprocess.run(args + ["127.0.0.1", str(port)], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "TCP_NODELAY": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    return [dcmread(path) for path in sorted(out.glob("rsp*.dcm"))]
