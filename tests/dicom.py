@@ -56,3 +56,66 @@ def findscu(port: int, keys: list[str], out: Path, calling: str = "FINDSCU") -> 
                             env={**os.environ, "TCP_NODELAY": "1"})
     assert result.returncode == 0, result.stdout + result.stderr
     return [dcmread(path) for path in sorted(out.glob("rsp*.dcm"))]
+
+
+def mpps_attributes(*, study_uid: str, accession: str, sps_id: str = "", patient_id: str = "P10001",
+                    status: str = "IN PROGRESS", modality: str = "CT") -> Dataset:
+    """An N-CREATE attribute list as IHE RAD-6 asks a modality to send it."""
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ref = Dataset()
+    ref.StudyInstanceUID = study_uid
+    ref.AccessionNumber = accession
+    ref.RequestedProcedureID = ""
+    ref.ScheduledProcedureStepID = sps_id
+    ref.ScheduledProcedureStepDescription = ""
+    ref.ScheduledProtocolCodeSequence = []
+    ref.ReferencedStudySequence = []
+    ds.ScheduledStepAttributesSequence = [ref]
+    ds.PatientName = "ZHANG^SAN=张^三"
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = "19900101"
+    ds.PatientSex = "M"
+    ds.ReferencedPatientSequence = []
+    ds.PerformedProcedureStepID = "PPS-" + (sps_id or accession)
+    ds.PerformedStationAETitle = "CT1"
+    ds.PerformedStationName = "CT Room 1"
+    ds.PerformedLocation = ""
+    ds.PerformedProcedureStepStartDate = "20261125"
+    ds.PerformedProcedureStepStartTime = "100500"
+    ds.PerformedProcedureStepStatus = status
+    ds.PerformedProcedureStepDescription = "胸部CT"
+    ds.PerformedProcedureTypeDescription = ""
+    ds.ProcedureCodeSequence = []
+    ds.PerformedProcedureStepEndDate = None
+    ds.PerformedProcedureStepEndTime = None
+    ds.Modality = modality
+    ds.StudyID = "1"
+    ds.PerformedProtocolCodeSequence = []
+    ds.PerformedSeriesSequence = []
+    return ds
+
+
+def completion(status: str = "COMPLETED", series_uid: str = "1.2.3.4.5.6", instances: int = 3) -> Dataset:
+    """An N-SET modification list ending the step, with its performed series (IHE RAD-7)."""
+    ds = Dataset()
+    ds.PerformedProcedureStepStatus = status
+    ds.PerformedProcedureStepEndDate = "20261125"
+    ds.PerformedProcedureStepEndTime = "101500"
+    series = Dataset()
+    series.SeriesInstanceUID = series_uid
+    series.SeriesDescription = "Chest 1.25mm"
+    series.PerformingPhysicianName = ""
+    series.OperatorsName = "LI^SI"
+    series.ProtocolName = "Chest"
+    series.RetrieveAETitle = "PACS"
+    refs = []
+    for n in range(instances):
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        ref.ReferencedSOPInstanceUID = f"{series_uid}.{n + 1}"
+        refs.append(ref)
+    series.ReferencedImageSequence = refs
+    series.ReferencedNonImageCompositeSOPInstanceSequence = []
+    ds.PerformedSeriesSequence = [series] if instances else []
+    return ds
