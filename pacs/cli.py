@@ -54,6 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(again)
     again.add_argument("id", type=int)
 
+    box = sub.add_parser("outbox", help="outbound deliveries: list them, send one again")
+    osub = box.add_subparsers(dest="action", required=True)
+    olist = osub.add_parser("list", help="deliveries, newest first")
+    _common(olist)
+    olist.add_argument("--status", help="PENDING, RETRYING, SENT or DEAD")
+    olist.add_argument("--destination")
+    olist.add_argument("--limit", type=int, default=50)
+    oretry = osub.add_parser("retry", help="send a delivery again now")
+    _common(oretry)
+    oretry.add_argument("id", type=int)
+
     mappings = sub.add_parser("mappings", help="check and try the analyst-editable mappings")
     psub = mappings.add_subparsers(dest="action", required=True)
     check = psub.add_parser("check", help="validate every mapping file; problems as file:line: what")
@@ -76,7 +87,38 @@ def main(argv: list[str] | None = None) -> int:
         return _messages(args)
     if args.command == "mappings":
         return _mappings(args)
+    if args.command == "outbox":
+        return _outbox(args)
     return 2
+
+
+def _outbox(args: argparse.Namespace) -> int:
+    from pacs.db import Database
+    from pacs.integration import outbox
+
+    settings = _settings(args)
+    db = Database(settings.effective_database_url)
+    db.migrate()
+    try:
+        with db.session() as session:
+            if args.action == "list":
+                total, rows = outbox.search(session, status=args.status and args.status.upper(),
+                                            destination=args.destination, limit=args.limit)
+                print(f"{'ID':>6}  {'CREATED (UTC)':19}  {'TO':8}  {'STATUS':8}  {'TRIES':>5}  DESCRIPTION / LAST ERROR")
+                for r in rows:
+                    print(f"{r.id:>6}  {r.created_at:%Y-%m-%d %H:%M:%S}  {r.destination[:8]:8}  {r.status:8}  "
+                          f"{r.attempts:>5}  {r.description}{'  — ' + r.last_error if r.last_error else ''}")
+                print(f"{len(rows)} of {total} deliveries")
+                return 0
+            try:
+                item = outbox.retry(session, args.id)
+            except (LookupError, ValueError) as exc:
+                print(f"pacs: {exc}", file=sys.stderr)
+                return 1
+            print(f"outbox item {item.id} will be sent again ({item.description})")
+            return 0
+    finally:
+        db.dispose()
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 def create_app(services: Services) -> FastAPI:
     from pacs.fhir_server import router as fhir_router
+    from pacs.integration.api import outbox_router
     from pacs.integration.api import router as messages_router
     from pacs.registry.api import router as orders_router
 
@@ -62,5 +63,6 @@ def create_app(services: Services) -> FastAPI:
 
     app.include_router(messages_router)
     app.include_router(orders_router)
+    app.include_router(outbox_router)
     app.include_router(fhir_router)
     return app

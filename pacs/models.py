@@ -1,6 +1,7 @@
 """Every table of the system, imported in one place so that Alembic and tests see them all."""
 
 from pacs.integration.message_store import StoredMessage
+from pacs.integration.outbox import OutboxItem
 from pacs.registry.models import (
     ImagingOrder,
     OrderEvent,
@@ -14,6 +15,7 @@ from pacs.registry.models import (
 __all__ = [
     "ImagingOrder",
     "OrderEvent",
+    "OutboxItem",
     "Patient",
     "PatientIdentifier",
     "PerformedProcedureStep",

@@ -16,6 +16,10 @@ from dataclasses import dataclass
 from pacs.archive.mpps import MPPSService
 from pacs.archive.worklist_service import WorklistService
 from pacs.db import Database
+from pacs.integration import his
+from pacs.integration.his import HISNotifier
+from pacs.integration.outbox import OutboxWorker
+from pacs.registry import lifecycle
 from pacs.integration.channel import Channel
 from pacs.integration.intake import Intake
 from pacs.integration.mapping import MappingHolder
@@ -35,6 +39,8 @@ class Services:
     intake: Intake
     worklist: WorklistService
     mpps: MPPSService
+    notify: lifecycle.Notify | None
+    outbox: OutboxWorker | None
 
     @classmethod
     def build(cls, settings: Settings, *, migrate: bool = True) -> Services:
@@ -43,13 +49,22 @@ class Services:
         if migrate:
             db.migrate()
         mappings = MappingHolder(settings.mappings_dir, poll_seconds=settings.mappings_poll_seconds)
-        channel = Channel(settings, mappings)
+        notify, deliverers = None, {}
+        if settings.his.host and settings.his.port:
+            notify = HISNotifier(settings)
+            deliverers[his.DESTINATION] = his.mllp_deliverer(settings.his.host, settings.his.port)
+        outbox = OutboxWorker(db, deliverers, base_delay=settings.outbox.base_delay_seconds,
+                              max_delay=settings.outbox.max_delay_seconds) if deliverers else None
+        channel = Channel(settings, mappings, notify)
         intake = Intake(db, channel, batch_max=settings.hl7.batch_max)
         return cls(settings=settings, db=db, mappings=mappings, channel=channel, intake=intake,
-                   worklist=WorklistService(db, mappings, settings), mpps=MPPSService(db))
+                   worklist=WorklistService(db, mappings, settings), mpps=MPPSService(db, notify),
+                   notify=notify, outbox=outbox)
 
     def close(self) -> None:
         self.intake.stop()
+        if self.outbox is not None:
+            self.outbox.stop()
         self.db.dispose()
 
 
@@ -83,6 +98,8 @@ class Server:
         settings = self.settings
         self.services = services = await asyncio.to_thread(Services.build, settings)
         await asyncio.to_thread(services.intake.start)
+        if services.outbox is not None:
+            services.outbox.start()
 
         from pacs.archive.ae import DicomServer
 

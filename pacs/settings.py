@@ -86,6 +86,13 @@ class PublishSettings(BaseModel):
     stable_after_seconds: float = 60.0
 
 
+class OutboxSettings(BaseModel):
+    """Retries of outbound deliveries: exponential backoff from base to max."""
+
+    base_delay_seconds: float = 2.0
+    max_delay_seconds: float = 300.0
+
+
 class HISDestination(BaseModel):
     """Where status messages for the HIS go (IHE RAD-3/RAD-13), if anywhere."""
 
@@ -133,6 +140,7 @@ class Settings(BaseSettings):
     peers: list[Peer] = Field(default_factory=list)
     publish: PublishSettings = Field(default_factory=PublishSettings)
     his: HISDestination = Field(default_factory=HISDestination)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -96,8 +96,9 @@ def _series(ds: Dataset) -> list[dict[str, object]]:
 
 
 class MPPSService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, notify: lifecycle.Notify | None = None) -> None:
         self.db = db
+        self.notify = notify
 
     def create(self, sop_instance_uid: str | None, attributes: Dataset, calling_ae: str) -> Result:
         """N-CREATE (PS3.4 F.7.2.1)."""
@@ -216,4 +217,5 @@ class MPPSService:
                 log.warning("order %s is %s; MPPS %s does not move it to %s", order.accession_number,
                             order.status, status, target)
             return
-        lifecycle.transition(session, order, target, by=by, steps=every, note=f"MPPS {status}")
+        lifecycle.transition(session, order, target, by=by, steps=every, note=f"MPPS {status}",
+                             notify=self.notify)

@@ -10,9 +10,10 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
 
 from pacs.http import ServicesDep, SessionDep
-from pacs.integration import message_store
+from pacs.integration import message_store, outbox
 from pacs.integration.channel import Inbound
 from pacs.integration.message_store import MessageSummary, Status, StoredMessage
+from pacs.integration.outbox import OutboxStatus
 
 router = APIRouter(prefix="/api/messages", tags=["messages"])
 
@@ -92,3 +93,58 @@ async def reprocess_message(message_id: int, services: ServicesDep) -> MessageDe
     with services.db.session() as session:
         row = session.get_one(StoredMessage, outcome.message_id)
         return detail(row)
+
+
+outbox_router = APIRouter(prefix="/api/outbox", tags=["outbox"])
+
+
+class OutboxPublic(BaseModel):
+    id: int
+    destination: str
+    kind: str
+    description: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str
+    response: str
+    order: int | None
+    created_at: datetime
+    sent_at: datetime | None
+    payload: str
+
+
+class OutboxPage(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    items: list[OutboxPublic]
+
+
+@outbox_router.get("", response_model=OutboxPage)
+def list_outbox(
+    session: SessionDep,
+    status: Annotated[OutboxStatus | None, Query()] = None,
+    destination: Annotated[str | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> OutboxPage:
+    """Outbound deliveries, newest first: what was sent, what waits, what was refused."""
+    total, rows = outbox.search(session, status=status, destination=destination, limit=limit, offset=offset)
+    return OutboxPage(total=total, offset=offset, limit=limit,
+                      items=[OutboxPublic.model_validate(r, from_attributes=True) for r in rows])
+
+
+@outbox_router.post("/{item_id}/retry", response_model=OutboxPublic)
+def retry_outbox(item_id: int, session: SessionDep, services: ServicesDep) -> OutboxPublic:
+    """Send a delivery again now (one that was refused or is waiting for its next attempt)."""
+    try:
+        item = outbox.retry(session, item_id)
+    except LookupError as exc:
+        raise HTTPException(404, str(exc)) from None
+    except ValueError as exc:
+        raise HTTPException(409, str(exc)) from None
+    session.flush()
+    if services.outbox is not None:
+        services.outbox.wake()
+    return OutboxPublic.model_validate(item, from_attributes=True)

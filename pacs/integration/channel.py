@@ -35,7 +35,7 @@ from pacs.integration.ack import (
 from pacs.integration.hl7v2 import Address
 from pacs.integration.mapping import SUPPORTED_MESSAGE_CODES, Filtered, MappingHolder, Mappings, map_hl7
 from pacs.integration.message_store import Stage, Status, StoredMessage, find_processed
-from pacs.registry import service
+from pacs.registry import lifecycle, service
 from pacs.registry.models import VisitStatus
 from pacs.registry.schemas import Action, Mapped
 from pacs.settings import Settings
@@ -123,9 +123,11 @@ REGISTRY_ERRORS = {
 class Channel:
     """Runs one message through the pipeline inside the caller's session."""
 
-    def __init__(self, settings: Settings, mappings: MappingHolder) -> None:
+    def __init__(self, settings: Settings, mappings: MappingHolder,
+                 notify: lifecycle.Notify | None = None) -> None:
         self.settings = settings
         self.mappings = mappings
+        self.notify = notify
 
     # -- 1. receive ----------------------------------------------------------------------------
     def receive(self, inbound: Inbound) -> StoredMessage:
@@ -204,6 +206,7 @@ class Channel:
             uid_root=self.settings.uid_root,
             accession_prefix=self.settings.accession_prefix,
             source_message=row.id,
+            notify=self.notify,
         )
 
     def _parse(self, row: StoredMessage, mappings: Mappings) -> hl7v2.Message:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
 from sqlmodel import Session, col, func, select
 
-from pacs.http import SessionDep
+from pacs.http import ServicesDep, SessionDep
 from pacs.registry import lifecycle
 from pacs.registry.models import ImagingOrder, OrderEvent, OrderStatus, Patient, ProcedureStep, StepStatus
 
@@ -126,14 +126,15 @@ def show_order(order_id: int, session: SessionDep) -> OrderPublic:
 
 
 @router.post("/{order_id}/arrive", response_model=OrderPublic)
-def arrive(order_id: int, body: Transition, session: SessionDep) -> OrderPublic:
+def arrive(order_id: int, body: Transition, session: SessionDep, services: ServicesDep) -> OrderPublic:
     """Check the patient in for this procedure: scheduled → arrived."""
     order = session.get(ImagingOrder, order_id)
     if order is None:
         raise HTTPException(404, f"order {order_id} does not exist")
     steps = list(session.exec(select(ProcedureStep).where(ProcedureStep.order == order.id)))
     try:
-        lifecycle.transition(session, order, OrderStatus.ARRIVED, by=body.by, steps=steps, note=body.note or "checked in")
+        lifecycle.transition(session, order, OrderStatus.ARRIVED, by=body.by, steps=steps,
+                             note=body.note or "checked in", notify=services.notify)
     except lifecycle.InvalidTransition as exc:
         raise HTTPException(409, str(exc)) from None
     for step in steps:

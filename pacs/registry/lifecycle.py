@@ -8,6 +8,8 @@ attributed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlmodel import Session
 
 from pacs.db import utcnow
@@ -30,6 +32,9 @@ STEP_ON_ORDER: dict[OrderStatus, StepStatus] = {
     S.DISCONTINUED: StepStatus.DISCONTINUED,
 }
 OPEN_STEPS = {StepStatus.SCHEDULED, StepStatus.ARRIVED, StepStatus.STARTED}
+
+Notify = Callable[[Session, ImagingOrder, str, str, str], None]
+"""Told of every transition, in the same unit of work: (session, order, before, after, by)."""
 
 
 class InvalidTransition(ValueError):
@@ -55,6 +60,7 @@ def transition(
     by: str,
     steps: list[ProcedureStep] | None = None,
     note: str = "",
+    notify: Notify | None = None,
 ) -> bool:
     """Move ``order`` to ``to``; returns False when it is already there. Raises
     :class:`InvalidTransition` for a move the lifecycle forbids."""
@@ -63,7 +69,8 @@ def transition(
     if to not in ALLOWED[OrderStatus(order.status)]:
         raise InvalidTransition(order, to)
     now = utcnow()
-    session.add(OrderEvent(order=order.id, from_status=order.status, to_status=to, at=now, by=by, note=note))
+    before = order.status
+    session.add(OrderEvent(order=order.id, from_status=before, to_status=to, at=now, by=by, note=note))
     order.status = to
     order.updated_at = now
     session.add(order)
@@ -73,4 +80,6 @@ def transition(
             if step.status in OPEN_STEPS:
                 step.status = step_status
                 session.add(step)
+    if notify is not None:
+        notify(session, order, before, to, by)
     return True

@@ -57,6 +57,7 @@ class Context:
     uid_root: str | None = None
     accession_prefix: str = ""
     source_message: int | None = None
+    notify: lifecycle.Notify | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,7 +366,8 @@ def apply_order(session: Session, patient: Patient, visit: Visit | None, data: O
 
 def _move(session: Session, order: ImagingOrder, to: OrderStatus, ctx: Context, note: str = "") -> None:
     try:
-        lifecycle.transition(session, order, to, by=ctx.by, steps=steps_of(session, order), note=note)
+        lifecycle.transition(session, order, to, by=ctx.by, steps=steps_of(session, order), note=note,
+                             notify=ctx.notify)
     except lifecycle.InvalidTransition as exc:
         raise RegistryError(Problem.CONFLICT, "order.control", str(exc)) from None
 

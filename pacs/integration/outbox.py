@@ -1,0 +1,192 @@
+"""The outbox: every outbound delivery, written in the same transaction as the change it reports.
+
+A status change that the HIS must hear about is enqueued by the code that makes the change,
+inside its unit of work, so the two commit together or not at all (the transactional outbox).
+A worker delivers each destination's items in order, retries failures with exponential backoff,
+and gives up only on a definite refusal (an HL7 AE/AR) or after ``max_attempts``; what it gave up
+on stays visible and can be sent again (``pacs outbox retry``, ``POST /api/outbox/{id}/retry``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from sqlmodel import Field, Session, SQLModel, col, func, select
+
+from pacs.db import Database, UTCDateTime, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class OutboxStatus(StrEnum):
+    PENDING = "PENDING"  # not yet tried
+    RETRYING = "RETRYING"  # tried, failed for a reason that may pass; will be tried again
+    SENT = "SENT"  # delivered and accepted
+    DEAD = "DEAD"  # refused, or out of attempts: waits for a person
+
+
+class OutboxItem(SQLModel, table=True):
+    __tablename__ = "outbox"
+
+    id: int | None = Field(default=None, primary_key=True)
+    destination: str = Field(index=True)  # "his", "platform", a peer's AE title ...
+    kind: str  # "hl7v2", "fhir"
+    description: str = ""  # what it says, for people: "ORM^O01 SC IP for A00000042"
+    payload: str  # the message as it will be sent
+    status: str = Field(default=OutboxStatus.PENDING, index=True)
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    last_error: str = ""
+    response: str = ""
+    order: int | None = None  # the order it is about, if any
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+def enqueue(session: Session, *, destination: str, kind: str, payload: str, description: str = "",
+            order: int | None = None) -> OutboxItem:
+    """Add a delivery to the caller's unit of work (it is sent only if that commits)."""
+    item = OutboxItem(destination=destination, kind=kind, payload=payload, description=description, order=order)
+    session.add(item)
+    return item
+
+
+class DeliveryRefused(Exception):
+    """The receiver answered and said no: retrying the same content will not help."""
+
+    def __init__(self, reason: str, response: str = "") -> None:
+        super().__init__(reason)
+        self.response = response
+
+
+@dataclass
+class Delivered:
+    response: str = ""
+
+
+Deliver = Callable[[OutboxItem], Delivered]
+
+
+class OutboxWorker:
+    """Delivers due items, oldest first, one destination's queue at a time in order."""
+
+    def __init__(self, db: Database, deliverers: dict[str, Deliver], *, poll_seconds: float = 1.0,
+                 base_delay: float = 2.0, max_delay: float = 300.0, max_attempts: int = 1000) -> None:
+        self.db = db
+        self.deliverers = deliverers
+        self.poll_seconds = poll_seconds
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.max_attempts = max_attempts
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self.run_once()
+            except Exception:
+                log.exception("outbox pass failed")
+                busy = False
+            if not busy:
+                self._wake.wait(self.poll_seconds)
+                self._wake.clear()
+
+    def run_once(self, now: datetime | None = None) -> bool:
+        """Try the first due item of each destination; True if anything was attempted."""
+        now = now or utcnow()
+        attempted = False
+        with Session(self.db.engine) as session:
+            heads = session.exec(
+                select(OutboxItem).where(col(OutboxItem.status).in_([OutboxStatus.PENDING, OutboxStatus.RETRYING]))
+                .order_by(col(OutboxItem.id))
+            ).all()
+        seen: set[str] = set()
+        for item in heads:
+            if item.destination in seen:
+                continue  # strictly in order per destination
+            seen.add(item.destination)
+            if item.next_attempt_at > now or item.destination not in self.deliverers:
+                continue
+            attempted = True
+            self._attempt(item)
+        return attempted
+
+    def _attempt(self, item: OutboxItem) -> None:
+        deliver = self.deliverers[item.destination]
+        started = time.monotonic()
+        try:
+            result = deliver(item)
+        except DeliveryRefused as exc:
+            self._record(item, OutboxStatus.DEAD, error=str(exc), response=exc.response)
+            log.error("outbox %s to %s refused: %s", item.id, item.destination, exc)
+            return
+        except Exception as exc:  # network down, timeout, receiver error: try again later
+            attempts = item.attempts + 1
+            status = OutboxStatus.DEAD if attempts >= self.max_attempts else OutboxStatus.RETRYING
+            delay = min(self.base_delay * 2 ** min(attempts - 1, 20), self.max_delay)
+            self._record(item, status, error=f"{type(exc).__name__}: {exc}", delay=delay)
+            log.warning("outbox %s to %s failed (attempt %d, next in %.0f s): %s", item.id, item.destination,
+                        attempts, delay, exc)
+            return
+        self._record(item, OutboxStatus.SENT, response=result.response)
+        log.info("outbox %s delivered to %s in %.0f ms", item.id, item.destination,
+                 (time.monotonic() - started) * 1000)
+
+    def _record(self, item: OutboxItem, status: OutboxStatus, *, error: str = "", response: str = "",
+                delay: float = 0.0) -> None:
+        with self.db.session() as session:
+            row = session.get_one(OutboxItem, item.id)
+            row.status = status
+            row.attempts += 1
+            row.last_error = error
+            row.response = response or row.response
+            row.next_attempt_at = utcnow() + timedelta(seconds=delay)
+            if status == OutboxStatus.SENT:
+                row.sent_at = utcnow()
+            session.add(row)
+
+
+def search(session: Session, *, status: str | None = None, destination: str | None = None, limit: int = 50,
+           offset: int = 0) -> tuple[int, list[OutboxItem]]:
+    query = select(OutboxItem)
+    if status:
+        query = query.where(OutboxItem.status == status)
+    if destination:
+        query = query.where(OutboxItem.destination == destination)
+    total = session.exec(select(func.count()).select_from(query.subquery())).one()
+    rows = session.exec(query.order_by(col(OutboxItem.id).desc()).offset(offset).limit(limit)).all()
+    return total, list(rows)
+
+
+def retry(session: Session, item_id: int) -> OutboxItem:
+    """Send an item again (a DEAD one, or a RETRYING one without waiting for its backoff)."""
+    item = session.get(OutboxItem, item_id)
+    if item is None:
+        raise LookupError(f"outbox item {item_id} does not exist")
+    if item.status == OutboxStatus.SENT:
+        raise ValueError(f"outbox item {item_id} was delivered at {item.sent_at}")
+    item.status = OutboxStatus.RETRYING
+    item.next_attempt_at = utcnow()
+    session.add(item)
+    return item
