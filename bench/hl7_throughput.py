@@ -14,18 +14,22 @@ Run from the project root::
     .venv/bin/python bench/hl7_throughput.py                     # SQLite, 5,000 messages, 1 and 8
     .venv/bin/python bench/hl7_throughput.py --connections 1,2,4,8 --messages 10000
     .venv/bin/python bench/hl7_throughput.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
-    .venv/bin/python bench/hl7_throughput.py --profile cprofile  # where the server's time goes
+    .venv/bin/python bench/hl7_throughput.py --profile stages    # where the server's time goes
+    .venv/bin/python bench/hl7_throughput.py --profile cprofile  # every function (slower)
     .venv/bin/python bench/hl7_throughput.py --profile py-spy    # sampled; needs py-spy in the venv
 
 ``--database-url`` names a PostgreSQL server to connect to as an administrator; the benchmark
 creates a database of its own there and drops it at the end. Without it the server uses its
 default SQLite file (WAL, synchronous=FULL) in the temporary data folder.
 
-``--profile cprofile`` runs the server under a small bootstrap that profiles the intake worker
-(where messages are stored, parsed, mapped, applied and committed) and the asyncio thread
-(MLLP reads and writes) only while the measured runs are going, then prints where the time goes
-per message. cProfile roughly doubles the cost of pure-Python code, so read its figures as
-shares, not as absolute times; the throughput figures of a profiled run are not the benchmark's.
+``--profile stages`` and ``--profile cprofile`` run the server under a small bootstrap that
+instruments the intake worker (where messages are stored, parsed, mapped, applied and
+committed) only while each measured run is going, and print per run where the time goes per
+message. ``stages`` times the pipeline's stages, the ORM session and the database driver with
+perf_counter (a few microseconds per call, so its figures are close to the real ones);
+``cprofile`` sees every function but roughly doubles the cost of pure-Python code, so read its
+figures as shares. ``py-spy`` samples the whole server process from start to end. Throughput
+figures of a profiled run are not the benchmark's.
 """
 
 from __future__ import annotations
@@ -45,9 +49,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zlib
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -188,7 +193,7 @@ def _msa(ack: bytes) -> tuple[str, str]:
 def sender(index: int, port: int, tag: str, count: int, seed: int, barrier: Any, results: Any) -> None:
     """Connect, wait for the others, then send each message and wait for its ACK."""
     report: dict[str, Any] = {"index": index, "latencies": [], "aa": [], "not_aa": 0, "first_not_aa": "",
-                              "error": "", "start": 0.0, "end": 0.0}
+                              "error": "", "start": 0.0, "end": 0.0, "cpu": 0.0}
     try:
         messages = make_messages(tag, count, seed)
         sock = socket.create_connection(("127.0.0.1", port), timeout=ACK_TIMEOUT)
@@ -202,6 +207,7 @@ def sender(index: int, port: int, tag: str, count: int, seed: int, barrier: Any,
     buffer = bytearray()
     try:
         barrier.wait()
+        cpu = time.process_time()
         report["start"] = time.perf_counter()
         for message in messages:
             sent = time.perf_counter()
@@ -224,6 +230,7 @@ def sender(index: int, port: int, tag: str, count: int, seed: int, barrier: Any,
                     report["first_not_aa"] = f"{message.control_id}: " + ack.decode("utf-8", "replace").replace(
                         "\r", "\n    ")
         report["end"] = time.perf_counter()
+        report["cpu"] = time.process_time() - cpu
     except Exception as exc:
         report["error"] = f"{type(exc).__name__}: {exc}"
         report["end"] = time.perf_counter()
@@ -244,6 +251,7 @@ class RunResult:
     first_not_aa: str
     errors: list[str]
     server_cpu: float
+    client_cpu: float
 
     @property
     def rate(self) -> float:
@@ -273,7 +281,7 @@ def run(name: str, port: int, connections: int, total: int, tag: str, server_pid
         process.start()
     try:
         barrier.wait(timeout=120)
-    except Exception:
+    except threading.BrokenBarrierError:
         pass  # a sender failed to connect; its report says why
     cpu_before = process_cpu_seconds(server_pid)
     reports = [results.get(timeout=ACK_TIMEOUT * max(shares) + 120) for _ in processes]
@@ -291,6 +299,7 @@ def run(name: str, port: int, connections: int, total: int, tag: str, server_pid
         first_not_aa=next((r["first_not_aa"] for r in reports if r["first_not_aa"]), ""),
         errors=[f"sender {r['index']}: {r['error']}" for r in reports if r["error"]],
         server_cpu=cpu_after - cpu_before,
+        client_cpu=sum(r["cpu"] for r in reports),
     )
 
 
@@ -338,6 +347,7 @@ mode, prefix = sys.argv[1], sys.argv[2]
 del sys.argv[1:3]
 from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.session import SessionTransaction
 from pacs.integration import channel, hl7v2, intake
 from pacs.registry import service
 
@@ -350,11 +360,11 @@ def reset():
     batches.update(count=0, messages=0, wall=0.0, cpu=0.0)
     profiles.update(intake=cProfile.Profile(), loop=cProfile.Profile())
 
-def timed(name, function):
+def timed(name, function, unless=()):
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         active = getattr(local, "active", None)
-        if active is None or name in active:
+        if active is None or name in active or any(u in active for u in unless):
             return function(*args, **kwargs)
         active.add(name)
         start = time.perf_counter()
@@ -379,6 +389,9 @@ if mode == "stages":
         (DefaultDialect, "do_execute_no_params"), (DefaultDialect, "do_commit"),
     ]:
         setattr(owner, attribute, timed(attribute, getattr(owner, attribute)))
+    # A transaction's commit outside Session.commit and flush (which commits a subtransaction of
+    # its own) is a savepoint's RELEASE.
+    SessionTransaction.commit = timed("release", SessionTransaction.commit, unless=("commit", "flush"))
 
 process_batch = intake.Intake._process_batch
 def profiled_batch(self, batch):
@@ -441,6 +454,7 @@ class Server:
     mllp_port: int = 0
     http_port: int = 0
     pid: int = 0
+    command_line: list[str] = field(default_factory=list)
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -468,8 +482,12 @@ class Server:
         env["PACS_LOG_LEVEL"] = "WARNING"
         if self.database_url:
             env["PACS_DATABASE_URL"] = self.database_url
+        command = self.command()
+        self.command_line = list(command)
+        if self.profile in ("stages", "cprofile"):
+            self.command_line[2] = "<profiling bootstrap>"
         with self.log.open("wb") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                             cwd=ROOT, start_new_session=True)
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         while time.monotonic() < deadline:
@@ -624,6 +642,20 @@ def fsync_ms(folder: Path, rounds: int = 200) -> float:
     return statistics.median(times) * 1000
 
 
+def git_state() -> str:
+    """The commit the server runs, and whether the working tree differs from it."""
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"], check=False,
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "pacs"],
+                               check=False, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    if not commit:
+        return "unknown (not a git checkout)"
+    return commit + (" + uncommitted changes under pacs/" if dirty else "")
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -642,7 +674,7 @@ STAGE_TREE = [
     (1, "process", "process (per message, inside the batch transaction)"),
     (2, "_parse", "decode, parse, header checks"),
     (3, "parse", "hl7v2.parse"),
-    (2, "find_processed", "duplicate check (SELECT message by MSH-10)"),
+    (2, "find_processed", "duplicate check (SELECT by MSH-10; 1st of a batch also BEGINs)"),
     (2, "map_hl7", "mapping (map_hl7)"),
     (2, "begin_nested", "SAVEPOINT (flushes the previous message's row first)"),
     (2, "apply_mapped", "destination: registry services (apply_mapped)"),
@@ -654,6 +686,7 @@ STAGE_TREE = [
     (3, "apply_order", "apply_order"),
     (4, "find_order", "find_order (SELECTs by placer/filler/accession)"),
     (4, "_new_order", "_new_order (INSERT order, flush, steps, event)"),
+    (2, "release", "RELEASE SAVEPOINT (flushes the registry rows)"),
     (2, "_finish", "ACK and final status (_finish)"),
     (3, "build_ack", "build_ack"),
     (1, "commit", "Session.commit x2 (flush, COMMIT)"),
@@ -801,9 +834,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "ORM and the driver; little overhead), cprofile (every function, about 2x "
                              "slower) or py-spy (sampling; pip install py-spy into the venv)")
     parser.add_argument("--top", type=int, default=20, help="functions listed per profile table (default 20)")
-    parser.add_argument("--tmp", type=Path, default=Path(tempfile.gettempdir()),
+    parser.add_argument("--tmp", type=Path,
                         help="where the server's scratch data folder goes (default the system temp folder)")
-    parser.add_argument("--keep", action="store_true", help="keep the scratch data folder (and the PostgreSQL database)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the scratch data folder (and the PostgreSQL database)")
     args = parser.parse_args(argv)
     args.connection_counts = [int(c) for c in args.connections.split(",") if c.strip()]
     return args
@@ -811,7 +845,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    scratch = Path(tempfile.mkdtemp(prefix="pacs-hl7-bench-", dir=args.tmp))
+    scratch = Path(tempfile.mkdtemp(prefix="pacs-hl7-bench-", dir=args.tmp or tempfile.gettempdir()))
     data_dir = scratch / "data"
     tag = f"B{int(time.time()) % 100000:05d}"
     database_url = None
@@ -829,6 +863,8 @@ def main(argv: list[str] | None = None) -> int:
         command.append(f"--database-url={args.database_url}")
     if args.profile:
         command.append(f"--profile={args.profile}")
+    if args.tmp:
+        command.append(f"--tmp={args.tmp}")
     print(f"reproduce: cd {shlex.quote(str(ROOT))} && {shlex.join(command)}")
     try:
         import sqlalchemy
@@ -836,17 +872,19 @@ def main(argv: list[str] | None = None) -> int:
         db_text = (postgres_facts(database_url) if database_url else
                    f"SQLite {sqlite3.sqlite_version} (WAL, synchronous=FULL) on {filesystem_of(scratch)}")
         print(f"machine: {os.cpu_count()} CPUs ({len(os.sched_getaffinity(0))} usable), {cpu_model()}; "
-              f"{platform.platform()}")
+              f"{platform.platform()}; load average {os.getloadavg()[0]:.2f} before the run")
         print(f"python: {platform.python_implementation()} {platform.python_version()}; "
               f"SQLAlchemy {sqlalchemy.__version__}")
         print(f"database: {db_text}")
+        print(f"code: {git_state()}")
         print(f"fsync of a 4 KB write in the scratch folder: median {fsync_ms(scratch):.2f} ms")
-        print(f"messages: ADT^A04 v2.5 (new patient) then ORM^O01 NW v2.3.1 (its order), UTF-8, "
-              f"from IHE_OP; one in flight per connection; senders are separate processes")
+        print("messages: ADT^A04 v2.5 (new patient) then ORM^O01 NW v2.3.1 (its order), UTF-8, "
+              "from IHE_OP; one in flight per connection; senders are separate processes")
 
         server.start()
-        print(f"server: pid {server.pid}, MLLP {server.mllp_port}, data in {data_dir}"
-              + (f", profiled with {args.profile}" if args.profile else ""))
+        print(f"server: pid {server.pid}, MLLP {server.mllp_port}"
+              + (f", profiled with {args.profile}" if args.profile else "")
+              + f"\n  {shlex.join(server.command_line)}")
         if args.warmup:
             warm = run("warm-up", server.mllp_port, min(8, max(args.connection_counts)), args.warmup,
                        f"{tag}W", server.pid)
@@ -856,7 +894,9 @@ def main(argv: list[str] | None = None) -> int:
         results: list[RunResult] = []
         profiles: list[dict[str, Any]] = []
         print(f"\n{'conns':>5} {'messages':>8} {'seconds':>8} {'msg/s':>7} {'p50 ms':>7} {'p95 ms':>7} "
-              f"{'p99 ms':>7} {'max ms':>7} {'AA':>6} {'not AA':>6} {'srv CPU ms/msg':>14} {'srv CPU %':>9}")
+              f"{'p99 ms':>7} {'max ms':>7} {'AA':>6} {'not AA':>6} {'server CPU':>10} {'server':>6} "
+              f"{'client CPU':>10}")
+        print(f"{'':>72} {'ms/msg':>10} {'cores':>6} {'ms/msg':>10}")
         for number, connections in enumerate(args.connection_counts):
             if instrumented:
                 server.signal(signal.SIGUSR1)
@@ -867,8 +907,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{connections:>5} {len(result.latencies):>8} {result.seconds:>8.2f} {result.rate:>7.0f} "
                   f"{result.percentile(50):>7.2f} {result.percentile(95):>7.2f} {result.percentile(99):>7.2f} "
                   f"{max(result.latencies, default=0) * 1000:>7.2f} {len(result.aa):>6} {result.not_aa:>6} "
-                  f"{result.server_cpu / done * 1000:>14.2f} "
-                  f"{result.server_cpu / result.seconds * 100 if result.seconds else 0:>8.0f}%", flush=True)
+                  f"{result.server_cpu / done * 1000:>10.2f} "
+                  f"{result.server_cpu / result.seconds if result.seconds else 0:>6.2f} "
+                  f"{result.client_cpu / done * 1000:>10.2f}", flush=True)
             for error in result.errors:
                 print(f"      {error}")
             if result.first_not_aa:
@@ -878,9 +919,10 @@ def main(argv: list[str] | None = None) -> int:
 
         # Durability: kill the server outright; only committed work survives.
         server.kill()
-        acked = [x for r in results for x in r.aa]
+        acked = [x for r in results for x in r.aa] + (warm.aa if args.warmup else [])
         problems = verify(database_url, data_dir, acked)
-        print(f"\ndurability (server killed with SIGKILL, then the database read): {len(acked)} AA'd messages "
+        print("\ndurability (server killed with SIGKILL, then the database read): "
+              f"{len(acked)} AA'd messages, warm-up included: "
               + ("all PROCESSED, every patient, order and worklist step present" if not problems
                  else "PROBLEMS:\n  " + "\n  ".join(problems)))
 
@@ -898,6 +940,7 @@ def main(argv: list[str] | None = None) -> int:
                 report_cprofile(f"{server.profile_prefix}{number + 1}.", profile, args.top)
         if args.profile == "py-spy":
             report_py_spy(Path(server.profile_prefix + "py-spy.txt"), args.top)
+        print(f"\nload average {os.getloadavg()[0]:.2f} after the run (other work on the machine skews the figures)")
         failed = bool(problems) or any(r.not_aa or r.errors for r in results)
         return 1 if failed else 0
     finally:
