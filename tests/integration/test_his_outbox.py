@@ -72,13 +72,13 @@ def his():
     fake.close()
 
 
-def wait_for(predicate, timeout: float = 15.0) -> None:
+def wait_for(predicate, timeout: float = 30.0, describe=lambda: "") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(0.05)
-    raise AssertionError("condition not met in time")
+    raise AssertionError(f"condition not met in {timeout} s {describe()}")
 
 
 def run_procedure(server, ae_title="CT1", complete=True) -> None:
@@ -140,12 +140,13 @@ def test_refused_delivery_waits_for_a_person(start_server, his):
     server = start_server(his=HISDestination(host="127.0.0.1", port=his.port),
                           outbox=OutboxSettings(base_delay_seconds=0.1, max_delay_seconds=0.3))
     run_procedure(server, complete=False)
-    wait_for(lambda: httpx.get(server.http_url + "/api/outbox", params={"status": "DEAD"}).json()["total"] == 1)
+    wait_for(lambda: httpx.get(server.http_url + "/api/outbox", params={"status": "DEAD"}).json()["total"] == 1,
+             describe=lambda: httpx.get(server.http_url + "/api/outbox").json())
     dead = httpx.get(server.http_url + "/api/outbox", params={"status": "DEAD"}).json()["items"][0]
     assert "AE" in dead["last_error"] and "MSA|AE" in dead["response"]
     his.answer = "AA"
     retried = httpx.post(f"{server.http_url}/api/outbox/{dead['id']}/retry")
     assert retried.status_code == 200
-    wait_for(lambda: len(his.received) == 1)
+    wait_for(lambda: len(his.received) == 1, describe=lambda: httpx.get(server.http_url + "/api/outbox").json())
     assert httpx.post(f"{server.http_url}/api/outbox/{dead['id']}/retry").status_code in (200, 409)
     assert httpx.post(f"{server.http_url}/api/outbox/99999/retry").status_code == 404
