@@ -358,7 +358,7 @@ class Mappings:
     codes: dict[str, CodeTable]
     procedures: dict[str, Procedure]
     names: NameRules
-    fhir_profile: str = "fhir/servicerequest.yaml"
+    devices: Any = None  # pacs.registry.device_rules.DeviceRules: images from devices without a worklist
     loaded_at: float = field(default_factory=time.time)
 
     def sender(self, application: str, facility: str) -> Sender:
@@ -595,6 +595,10 @@ def load(root: Path) -> tuple[Mappings | None, list[str]]:
     senders, default = _load_facilities(root / "facilities.yaml", profiles, problems)
     names = NameRules.load(root)
     problems.extend(check_name_tables(root))
+    from pacs.registry.device_rules import load_device_rules
+
+    devices, device_problems = load_device_rules(root)
+    problems.extend(device_problems)
     if "fhir/servicerequest.yaml" not in profiles:
         problems.add(root / "fhir" / "servicerequest.yaml", 0, "FHIR ServiceRequest field map is missing")
     if problems:
@@ -602,7 +606,7 @@ def load(root: Path) -> tuple[Mappings | None, list[str]]:
         return None, list(dict.fromkeys(problems))
     return (
         Mappings(root=root, profiles=profiles, senders=senders, default_sender=default, codes=codes,
-                 procedures=procedures, names=names),
+                 procedures=procedures, names=names, devices=devices),
         problems,
     )
 

@@ -137,3 +137,14 @@ def test_server_reloads_changes_and_keeps_the_last_good_set(server, mappings_dir
     assert "problem" in health["mappings"]
     with MLLPClient(server.mllp_port) as client:  # the last good set is still in force
         assert ack_fields(client.send(load_message("adt_a01_ihe.hl7")))["code"] == "AA"
+
+
+def test_check_covers_device_rules_and_surnames(mappings_dir):
+    devices = mappings_dir / "devices.yaml"
+    edit(devices, "match: [accession, patient_id]", "match: [accession, telepathy]")
+    with (mappings_dir / "names" / "surnames.csv").open("a", encoding="utf-8") as handle:
+        handle.write("张,ZH4NG,bad pinyin\n")
+    result = pacs("mappings", "check", "--dir", str(mappings_dir))
+    assert result.returncode == 1
+    assert f"{devices}:{line_of(devices, 'telepathy')}:" in result.stdout and "telepathy" in result.stdout
+    assert "surnames.csv:" in result.stdout
