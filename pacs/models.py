@@ -1,5 +1,6 @@
 """Every table of the system, imported in one place so that Alembic and tests see them all."""
 
+from pacs.archive.index import Instance, InstanceFile, Series, Study
 from pacs.integration.message_store import StoredMessage
 from pacs.integration.outbox import OutboxItem
 from pacs.registry.models import (
@@ -13,6 +14,10 @@ from pacs.registry.models import (
 )
 
 __all__ = [
+    "Instance",
+    "InstanceFile",
+    "Series",
+    "Study",
     "ImagingOrder",
     "OrderEvent",
     "OutboxItem",

@@ -14,7 +14,9 @@ import signal
 from dataclasses import dataclass
 
 from pacs.archive.mpps import MPPSService
-from pacs.archive.worklist_service import WorklistService
+from pacs.archive.storage import FilesystemArea
+from pacs.archive.store import Archive, DuplicatePolicy, tidy_incoming
+from pacs.archive.query_service import QueryService
 from pacs.db import Database
 from pacs.integration import his
 from pacs.integration.his import HISNotifier
@@ -37,10 +39,11 @@ class Services:
     mappings: MappingHolder
     channel: Channel
     intake: Intake
-    worklist: WorklistService
+    queries: QueryService
     mpps: MPPSService
     notify: lifecycle.Notify | None
     outbox: OutboxWorker | None
+    archive: Archive
 
     @classmethod
     def build(cls, settings: Settings, *, migrate: bool = True) -> Services:
@@ -57,12 +60,16 @@ class Services:
                               max_delay=settings.outbox.max_delay_seconds) if deliverers else None
         channel = Channel(settings, mappings, notify)
         intake = Intake(db, channel, batch_max=settings.hl7.batch_max)
+        area = FilesystemArea("online", settings.storage_dir)
+        tidy_incoming(area)
+        archive = Archive(db, area, mappings, duplicates=DuplicatePolicy(settings.archive.duplicates), notify=notify)
         return cls(settings=settings, db=db, mappings=mappings, channel=channel, intake=intake,
-                   worklist=WorklistService(db, mappings, settings), mpps=MPPSService(db, notify),
-                   notify=notify, outbox=outbox)
+                   queries=QueryService(db, mappings, settings), mpps=MPPSService(db, notify),
+                   notify=notify, outbox=outbox, archive=archive)
 
     def close(self) -> None:
         self.intake.stop()
+        self.archive.stop()
         if self.outbox is not None:
             self.outbox.stop()
         self.db.dispose()
@@ -98,12 +105,13 @@ class Server:
         settings = self.settings
         self.services = services = await asyncio.to_thread(Services.build, settings)
         await asyncio.to_thread(services.intake.start)
+        services.archive.start()
         if services.outbox is not None:
             services.outbox.start()
 
         from pacs.archive.ae import DicomServer
 
-        self._dicom = DicomServer(settings, services.worklist, services.mpps)
+        self._dicom = DicomServer(settings, services.queries, services.mpps, services.archive)
         await asyncio.to_thread(self._dicom.start, settings.host, settings.dicom_port)
         self.dicom_port = self._dicom.port
 

@@ -81,6 +81,16 @@ class DicomSettings(BaseModel):
     acse_timeout_seconds: float = 30.0
 
 
+class ArchiveSettings(BaseModel):
+    """Where images are kept and what happens to the same instance twice."""
+
+    storage_dir: Path | None = None
+    """The online storage area (default: DATA_DIR/storage)."""
+    duplicates: Literal["ignore", "keep_newer", "reject"] = "ignore"
+    accept_unknown_storage_classes: bool = True
+    """Store objects of SOP classes this AE does not list (private or newer ones)."""
+
+
 class PublishSettings(BaseModel):
     fhir_base_url: str | None = None
     stable_after_seconds: float = 60.0
@@ -136,6 +146,7 @@ class Settings(BaseSettings):
 
     mllp: MLLPSettings = Field(default_factory=MLLPSettings)
     dicom: DicomSettings = Field(default_factory=DicomSettings)
+    archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
     hl7: HL7Settings = Field(default_factory=HL7Settings)
     peers: list[Peer] = Field(default_factory=list)
     publish: PublishSettings = Field(default_factory=PublishSettings)
@@ -168,6 +179,10 @@ class Settings(BaseSettings):
     def zone(self) -> tzinfo | None:
         """The hospital's time zone, or None for the system's local zone."""
         return ZoneInfo(self.timezone) if self.timezone else None
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.archive.storage_dir or self.data_dir / "storage"
 
     def peer(self, ae_title: str) -> Peer | None:
         for peer in self.peers:

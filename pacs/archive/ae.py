@@ -9,22 +9,50 @@ from __future__ import annotations
 
 import logging
 import socket
+import tempfile
 from typing import Any
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
-from pynetdicom.sop_class import ModalityPerformedProcedureStep, ModalityWorklistInformationFind, Verification
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom.sop_class import (
+    ModalityPerformedProcedureStep,
+    ModalityWorklistInformationFind,
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs.archive import handlers
 from pacs.archive.mpps import MPPSService
-from pacs.archive.worklist_service import WorklistService
+from pacs.archive.query_service import QueryService
+from pacs.archive.retrieve import ArchiveAE, Retriever
+from pacs.archive.store import Archive, incoming_dir
 from pacs.settings import Settings
 
 log = logging.getLogger("pacs.dicom")
 
+UNCOMPRESSED = ALL_TRANSFER_SYNTAXES[:4]
+SERVICES = (
+    Verification, ModalityWorklistInformationFind, ModalityPerformedProcedureStep,
+    PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet,
+)
 
-def make_ae(settings: Settings) -> AE:
-    ae = AE(ae_title=settings.ae_title)
+
+def make_ae(settings: Settings) -> ArchiveAE:
+    # Received objects stream to a temporary file instead of memory (a 2 GB study never sits in
+    # RAM) and are moved, not copied, into the storage area: pynetdicom writes them to the
+    # process's temporary folder, which the DICOM server points at the area's incoming folder.
+    # Objects sent from a file are streamed the same way.
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    _config.UNRESTRICTED_STORAGE_SERVICE = settings.archive.accept_unknown_storage_classes
+    ae = ArchiveAE(ae_title=settings.ae_title)
     ae.maximum_associations = settings.dicom.max_associations
     ae.network_timeout = settings.dicom.network_timeout_seconds
     ae.dimse_timeout = settings.dicom.dimse_timeout_seconds
@@ -33,15 +61,23 @@ def make_ae(settings: Settings) -> AE:
     ae.require_called_aet = settings.dicom.require_called_ae_title
     if not settings.dicom.accept_unknown_peers:
         ae.require_calling_aet = [peer.ae_title for peer in settings.peers] or [""]
-    for abstract in (Verification, ModalityWorklistInformationFind, ModalityPerformedProcedureStep):
-        ae.add_supported_context(abstract, ALL_TRANSFER_SYNTAXES[:4])
+    for abstract in SERVICES:
+        ae.add_supported_context(abstract, UNCOMPRESSED)
+    for context in AllStoragePresentationContexts:
+        # SCU and SCP roles both: C-GET's sub-operations run in storage contexts the requestor
+        # proposes with role selection (PS3.7 D.3.3.4).
+        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
     return ae
 
 
-def bindings(worklist: WorklistService, mpps: MPPSService) -> list[Any]:
+def bindings(queries: QueryService, mpps: MPPSService, archive: Archive, retriever: Retriever,
+             settings: Settings) -> list[Any]:
     return [
         (evt.EVT_C_ECHO, handlers.handle_echo),
-        (evt.EVT_C_FIND, handlers.handle_find, [worklist]),
+        (evt.EVT_C_STORE, handlers.handle_store, [archive]),
+        (evt.EVT_C_FIND, handlers.handle_find, [queries]),
+        (evt.EVT_C_MOVE, handlers.handle_move, [retriever, settings]),
+        (evt.EVT_C_GET, handlers.handle_get, [retriever]),
         (evt.EVT_N_CREATE, handlers.handle_n_create, [mpps]),
         (evt.EVT_N_SET, handlers.handle_n_set, [mpps]),
         (evt.EVT_ACCEPTED, handlers.log_association, ["accepted"]),
@@ -62,11 +98,15 @@ def _nodelay(event: evt.Event) -> None:
 class DicomServer:
     """The AE listening in its own threads (pynetdicom's threaded server)."""
 
-    def __init__(self, settings: Settings, worklist: WorklistService, mpps: MPPSService) -> None:
+    def __init__(self, settings: Settings, queries: QueryService, mpps: MPPSService, archive: Archive) -> None:
         self.settings = settings
         self.ae = make_ae(settings)
-        self._handlers = bindings(worklist, mpps)
+        self.retriever = Retriever(archive.db, {archive.area.name: archive.area})
+        self._handlers = bindings(queries, mpps, archive, self.retriever, settings)
         self._server: ThreadedAssociationServer | None = None
+        incoming = incoming_dir(archive.area)
+        if incoming is not None:
+            tempfile.tempdir = str(incoming)
 
     @property
     def port(self) -> int:

@@ -1,31 +1,54 @@
 """Thin pynetdicom event handlers: decode the request, call a service, answer a named status.
 
 Bound in :mod:`pacs.archive.ae` with their dependencies, as in pynetdicom's own apps:
-``(evt.EVT_C_FIND, handle_find, [worklist])``.
+``(evt.EVT_C_FIND, handle_find, [queries])``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
-from pynetdicom.sop_class import ModalityWorklistInformationFind
+from pynetdicom.sop_class import (
+    ModalityWorklistInformationFind,
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
 
 from pacs.archive.mpps import MPPSService
 from pacs.archive.query import QueryError
+from pacs.archive.query_service import QueryService
+from pacs.archive.retrieve import Retriever, accepted_syntaxes, last_sub_association
 from pacs.archive.status import Status
-from pacs.archive.worklist_service import WorklistService
+from pacs.archive.store import Archive
+from pacs.settings import Settings
 
 log = logging.getLogger("pacs.dicom")
+
+MODEL = {
+    PatientRootQueryRetrieveInformationModelFind: "PATIENT",
+    PatientRootQueryRetrieveInformationModelMove: "PATIENT",
+    PatientRootQueryRetrieveInformationModelGet: "PATIENT",
+    StudyRootQueryRetrieveInformationModelFind: "STUDY",
+    StudyRootQueryRetrieveInformationModelMove: "STUDY",
+    StudyRootQueryRetrieveInformationModelGet: "STUDY",
+}
+MOVE_DESTINATION_UNKNOWN = 0xA801  # PS3.4 C.4.2.1.5
+SUB_OPERATIONS_WARNING = 0xB000
 
 
 def _calling(event: evt.Event) -> str:
     return event.assoc.requestor.ae_title.strip()
 
 
-def failure(status: Status, comment: str, tag: int | None = None) -> Dataset:
+def failure(status: int, comment: str, tag: int | None = None) -> Dataset:
     """A failure status with Error Comment (0000,0902) and Offending Element (0000,0901)."""
     ds = Dataset()
     ds.Status = int(status)
@@ -35,26 +58,54 @@ def failure(status: Status, comment: str, tag: int | None = None) -> Dataset:
     return ds
 
 
-def handle_echo(event: evt.Event) -> int:  # PS3.4 A.4 Verification
-    return Status.SUCCESS
-
-
-def handle_find(event: evt.Event, worklist: WorklistService) -> Iterator[tuple[int | Dataset, Dataset | None]]:
-    """C-FIND (PS3.4 C.4.1.3.1, K.4.1.3); checks for C-CANCEL between matches."""
-    if event.request.AffectedSOPClassUID != ModalityWorklistInformationFind:
-        yield failure(Status.SOP_CLASS_NOT_SUPPORTED, "only Modality Worklist queries are served"), None
-        return
+def _cancel_watch(event: evt.Event) -> Callable[[], bool]:
+    """pynetdicom forgets a C-CANCEL once it has been asked about it: remember it."""
     seen = False
 
     def cancelled() -> bool:
-        # pynetdicom forgets a C-CANCEL once it has been asked about it: remember it here.
         nonlocal seen
         seen = seen or event.is_cancelled
         return seen
 
+    return cancelled
+
+
+def handle_echo(event: evt.Event) -> int:  # PS3.4 A.4 Verification
+    return Status.SUCCESS
+
+
+def handle_store(event: evt.Event, archive: Archive) -> int | Dataset:
+    """C-STORE (PS3.4 B.2.2): the object pynetdicom wrote to a temporary file goes to store()."""
+    result = archive.store(
+        event.dataset_path,
+        calling_ae=_calling(event),
+        sop_class=event.context.abstract_syntax,
+        sop_instance=event.request.AffectedSOPInstanceUID,
+        move=True,
+    )
+    if result.status == Status.SUCCESS:
+        return int(Status.SUCCESS)
+    ds = Dataset()
+    ds.Status = int(result.status)
+    if result.comment:
+        ds.ErrorComment = result.comment[:64]
+    return ds
+
+
+def handle_find(event: evt.Event, queries: QueryService) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+    """C-FIND (PS3.4 C.4.1.3.1, K.4.1.3) for the worklist and both Q/R models; checks for
+    C-CANCEL between matches."""
+    cancelled = _cancel_watch(event)
+    sop_class = event.request.AffectedSOPClassUID
     try:
         identifier = event.identifier
-        matches = worklist.find(identifier, _calling(event), cancelled=cancelled)
+        if sop_class == ModalityWorklistInformationFind:
+            matches = queries.worklist(identifier, _calling(event), cancelled)
+        elif sop_class in MODEL:
+            matches = queries.archive(identifier, _calling(event), MODEL[sop_class], cancelled)
+        else:
+            yield failure(Status.SOP_CLASS_NOT_SUPPORTED, f"{sop_class} is not a query this AE serves"), None
+            return
         for match in matches:
             if cancelled():
                 break
@@ -62,11 +113,69 @@ def handle_find(event: evt.Event, worklist: WorklistService) -> Iterator[tuple[i
         if cancelled():
             yield Status.CANCEL, None
     except QueryError as exc:
-        log.info("worklist query from %s refused: %s", _calling(event), exc)
+        log.info("query from %s refused: %s", _calling(event), exc)
         yield failure(exc.status, exc.comment, exc.tag), None
     except Exception as exc:  # an identifier pydicom can't decode, a database fault
-        log.exception("worklist query from %s failed", _calling(event))
+        log.exception("query from %s failed", _calling(event))
         yield failure(Status.UNABLE_TO_PROCESS, f"unable to process: {exc}"), None
+
+
+def _sub_operations(event: evt.Event, retriever: Retriever, items: list[Any],
+                    accepted: dict[str, set[str]]) -> Iterator[tuple[int | Dataset, Any]]:
+    cancelled = _cancel_watch(event)
+    truths: dict[int, tuple[dict[str, str], bool]] = {}
+    for item in items:
+        if cancelled():
+            yield Status.CANCEL, None
+            return
+        if item.study not in truths:
+            truths[item.study] = retriever.truth(item.study)
+        truth, corrected = truths[item.study]
+        try:
+            payload = retriever.prepare(item, accepted, truth, corrected)
+        except Exception:
+            log.exception("cannot prepare %s for sending", item.sop_instance_uid)
+            payload = None
+        # None makes pynetdicom count a failed sub-operation and list the instance as failed.
+        yield Status.PENDING, payload
+
+
+def handle_move(event: evt.Event, retriever: Retriever, settings: Settings) -> Iterator[Any]:
+    """C-MOVE (PS3.4 C.4.2): to a destination known from the config's [[peers]]."""
+    destination = event.move_destination.decode() if isinstance(event.move_destination, bytes) \
+        else str(event.move_destination)
+    peer = settings.peer(destination.strip())
+    if peer is None:
+        log.warning("C-MOVE from %s to unknown destination %r", _calling(event), destination)
+        yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
+        return
+    try:
+        items = retriever.select(event.identifier, MODEL[event.request.AffectedSOPClassUID])
+    except QueryError as exc:
+        yield peer.host, peer.port
+        yield failure(exc.status, exc.comment, exc.tag), None
+        return
+    yield peer.host, peer.port, {"contexts": retriever.contexts(items)} if items else {}
+    yield len(items)
+    association = last_sub_association()
+    accepted = accepted_syntaxes(association.accepted_contexts) if association is not None else {}
+    log.info("C-MOVE from %s: %d instance(s) to %s", _calling(event), len(items), peer.ae_title)
+    yield from _sub_operations(event, retriever, items, accepted)
+
+
+def handle_get(event: evt.Event, retriever: Retriever) -> Iterator[Any]:
+    """C-GET (PS3.4 C.4.3): sub-operations on the requestor's own association, in the
+    storage contexts it proposed with the SCP role."""
+    try:
+        items = retriever.select(event.identifier, MODEL[event.request.AffectedSOPClassUID])
+    except QueryError as exc:
+        yield 0
+        yield failure(exc.status, exc.comment, exc.tag), None
+        return
+    yield len(items)
+    accepted = accepted_syntaxes(event.assoc.accepted_contexts)
+    log.info("C-GET from %s: %d instance(s)", _calling(event), len(items))
+    yield from _sub_operations(event, retriever, items, accepted)
 
 
 def handle_n_create(event: evt.Event, mpps: MPPSService) -> tuple[int | Dataset, Dataset | None]:

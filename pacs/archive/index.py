@@ -1,0 +1,99 @@
+"""The archive index: studies, series, instances and the files that hold them.
+
+The index holds the truth a query or a retrieve answers with: the patient a study belongs to is
+the registry's patient (so an ADT update or merge changes what queries return without touching
+a file), and the values the modality sent are kept in ``Study.received``. Columns cite their tag;
+dates and times are DICOM strings so range matching is text comparison on every database.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, Index
+from sqlmodel import Field, SQLModel
+
+from pacs.db import UTCDateTime, utcnow
+
+
+class Study(SQLModel, table=True):
+    __tablename__ = "study"
+    __table_args__ = (Index("ix_study_date_time", "study_date", "study_time"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    study_instance_uid: str = Field(unique=True)  # (0020,000D) UI
+    patient: int = Field(foreign_key="patient.id", index=True)  # the registry's patient
+    order: int | None = Field(default=None, foreign_key="imaging_order.id", index=True)
+    accession_number: str = Field(default="", index=True)  # (0008,0050) SH
+    study_id: str = ""  # (0020,0010) SH
+    study_date: str = ""  # (0008,0020) DA
+    study_time: str = ""  # (0008,0030) TM
+    description: str = ""  # (0008,1030) LO
+    referring_physician: str = ""  # (0008,0090) PN, all component groups
+    modalities: str = ""  # (0008,0061) CS, backslash-separated
+    number_of_series: int = 0  # (0020,1206) IS
+    number_of_instances: int = 0  # (0020,1208) IS
+    size_bytes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    received: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)  # patient/order values as sent
+    charset: str = ""  # (0008,0005) of the first instance
+    reconciled_by: str = ""  # how the study found its order: study_uid, accession, a device rule ...
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
+
+
+class Series(SQLModel, table=True):
+    __tablename__ = "series"
+
+    id: int | None = Field(default=None, primary_key=True)
+    series_instance_uid: str = Field(unique=True)  # (0020,000E) UI
+    study: int = Field(foreign_key="study.id", index=True)
+    modality: str = Field(default="", index=True)  # (0008,0060) CS
+    series_number: int | None = None  # (0020,0011) IS
+    description: str = ""  # (0008,103E) LO
+    body_part: str = ""  # (0018,0015) CS
+    laterality: str = ""  # (0020,0060) CS
+    series_date: str = ""  # (0008,0021) DA
+    series_time: str = ""  # (0008,0031) TM
+    station_name: str = ""  # (0008,1010) SH
+    institution: str = ""  # (0008,0080) LO
+    performing_physician: str = ""  # (0008,1050) PN
+    operators: str = ""  # (0008,1070) PN
+    protocol: str = ""  # (0018,1030) LO
+    calling_ae_title: str = ""  # who sent it
+    number_of_instances: int = 0  # (0020,1209) IS
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Instance(SQLModel, table=True):
+    __tablename__ = "instance"
+
+    id: int | None = Field(default=None, primary_key=True)
+    sop_instance_uid: str = Field(unique=True)  # (0008,0018) UI
+    series: int = Field(foreign_key="series.id", index=True)
+    sop_class_uid: str = ""  # (0008,0016) UI
+    instance_number: int | None = None  # (0020,0013) IS
+    transfer_syntax_uid: str = ""  # (0002,0010) UI as stored
+    content_date: str = ""  # (0008,0023) DA
+    content_time: str = ""  # (0008,0033) TM
+    rows: int | None = None  # (0028,0010) US
+    columns: int | None = None  # (0028,0011) US
+    number_of_frames: int | None = None  # (0028,0008) IS
+    size: int = 0
+    checksum: str = ""  # SHA-256 of the file as stored
+    received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class InstanceFile(SQLModel, table=True):
+    """One copy of an instance in one storage area."""
+
+    __tablename__ = "instance_file"
+
+    id: int | None = Field(default=None, primary_key=True)
+    instance: int = Field(foreign_key="instance.id", index=True)
+    area: str
+    key: str
+    size: int = 0
+    checksum: str = ""
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -1,0 +1,527 @@
+"""store(): the one way an object enters the archive (C-STORE, import, STOW-RS, conversions).
+
+1. read the header and refuse what can't be archived (no or invalid UIDs, a SOP class other than
+   the one announced, a truncated object), answering with the DICOM status that says why;
+2. apply the duplicate policy (``[archive] duplicates``: ignore, keep newer, reject);
+3. write the object as received, byte for byte, into the storage area under an opaque key, and
+   fsync it;
+4. index it (patient, study, series, instance, file) in a group commit shared with every other
+   object arriving at the same moment; reconcile a new study with its order;
+5. answer success only after both; if indexing fails, the file is removed again.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import warnings
+from collections import OrderedDict
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from pacs.archive.index import Instance, InstanceFile, Series, Study
+from pacs.archive.status import Status
+from pacs.archive.storage import StorageArea, StorageFull, Stored
+from pacs.db import Database, utcnow
+from pacs.integration.mapping import MappingHolder
+from pacs.integration.names import person_name
+from pacs.registry import lifecycle, service
+from pacs.registry.models import ImagingOrder, OrderStatus, Patient, PatientIdentifier
+
+log = logging.getLogger(__name__)
+
+HEADER_DEFER = 1024  # values larger than this are not read when indexing
+
+
+class Outcome(StrEnum):
+    STORED = "stored"
+    ALREADY_STORED = "already stored"
+    REPLACED = "replaced"
+    REFUSED = "refused"
+    STORAGE_FULL = "storage full"
+    FAILED = "failed"
+
+
+class DuplicatePolicy(StrEnum):
+    IGNORE = "ignore"
+    KEEP_NEWER = "keep_newer"
+    REJECT = "reject"
+
+
+@dataclass
+class StoreResult:
+    outcome: Outcome
+    status: int
+    comment: str = ""
+    instance: int | None = None
+    study_instance_uid: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in (Outcome.STORED, Outcome.ALREADY_STORED, Outcome.REPLACED)
+
+
+# Storage Service Class statuses (PS3.4 B.2.3) this archive answers with
+WARNING_DUPLICATE = 0xB006  # Element discarded: an instance already held, ignored
+DUPLICATE_REFUSED = 0x0111  # Duplicate SOP Instance (PS3.7 C.5.4), under the reject policy
+CANNOT_UNDERSTAND = 0xC000
+DOES_NOT_MATCH_SOP_CLASS = Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS  # 0xA900
+OUT_OF_RESOURCES = Status.OUT_OF_RESOURCES  # 0xA700
+
+
+class Refused(Exception):
+    def __init__(self, status: int, comment: str) -> None:
+        super().__init__(comment)
+        self.status = status
+        self.comment = comment
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def read_header(path: Path) -> Dataset:
+    """The object's attributes without its bulk data; refuses objects that are not whole."""
+    size = path.stat().st_size
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(path, defer_size=HEADER_DEFER, force=True)
+    except Exception as exc:  # pydicom raises many kinds of errors for broken input
+        raise Refused(CANNOT_UNDERSTAND, f"cannot read the data set: {exc}") from None
+    if any("End of file" in str(w.message) for w in caught):
+        raise Refused(CANNOT_UNDERSTAND, "the data set is truncated (no sequence delimiter)")
+    for tag in ds._dict:
+        element = ds.get_item(tag)
+        if (isinstance(element, RawDataElement) and element.length != 0xFFFFFFFF
+                and element.value_tell is not None and element.value_tell + element.length > size):
+            raise Refused(CANNOT_UNDERSTAND, f"the data set is truncated in element {element.tag}")
+    pixels = ds.get_item(0x7FE00010) if 0x7FE00010 in ds._dict else None
+    if pixels is not None and not isinstance(pixels, RawDataElement):
+        expected = _native_pixel_bytes(ds)
+        value = pixels.value
+        if expected and isinstance(value, bytes) and len(value) < expected:
+            raise Refused(CANNOT_UNDERSTAND, f"Pixel Data holds {len(value)} of {expected} bytes: truncated")
+    return ds
+
+
+def _native_pixel_bytes(ds: Dataset) -> int:
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is not None and UID(syntax).is_compressed:
+        return 0
+    try:
+        bits = int(ds.BitsAllocated)
+        count = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
+        count *= int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return 0
+    return (count * bits + 7) // 8
+
+
+def check_identity(ds: Dataset, *, sop_class: str | None = None, sop_instance: str | None = None) -> None:
+    """UIDs present and valid (PS3.5 9.1), and the ones the command announced."""
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        value = _text(ds, keyword)
+        if not value:
+            raise Refused(CANNOT_UNDERSTAND if keyword != "SOPClassUID" else DOES_NOT_MATCH_SOP_CLASS,
+                          f"{keyword} is missing")
+        if not UID(value).is_valid:
+            raise Refused(CANNOT_UNDERSTAND, f"{keyword} {value!r} is not a valid UID")
+    if sop_class and _text(ds, "SOPClassUID") != sop_class:
+        raise Refused(DOES_NOT_MATCH_SOP_CLASS,
+                      f"SOP Class UID {_text(ds, 'SOPClassUID')} is not the context's {sop_class}")
+    if sop_instance and _text(ds, "SOPInstanceUID") != sop_instance:
+        raise Refused(DOES_NOT_MATCH_SOP_CLASS,
+                      f"SOP Instance UID {_text(ds, 'SOPInstanceUID')} is not the announced {sop_instance}")
+
+
+RECEIVED_KEYS = ("PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthDate", "PatientSex",
+                 "AccessionNumber", "ReferringPhysicianName", "StudyDescription")
+
+
+@dataclass
+class IndexJob:
+    """What the index writer needs of one object, read before it was filed."""
+
+    header: Dataset
+    stored: Stored
+    area: str
+    transfer_syntax: str
+    calling_ae: str
+    replace: int | None = None  # instance id whose file this one replaces (keep-newer policy)
+    future: Future[StoreResult] = field(default_factory=Future)
+
+
+_STOP = object()
+
+
+class Archive:
+    """The archive's context: an index (the database) and a storage area, and nothing else."""
+
+    def __init__(self, db: Database, area: StorageArea, mappings: MappingHolder, *,
+                 duplicates: DuplicatePolicy = DuplicatePolicy.IGNORE, notify: lifecycle.Notify | None = None,
+                 batch_max: int = 64) -> None:
+        self.db = db
+        self.area = area
+        self.mappings = mappings
+        self.duplicates = duplicates
+        self.notify = notify
+        self.batch_max = batch_max
+        self._queue: queue.Queue[object] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._studies: OrderedDict[str, int] = OrderedDict()  # study UID → id, recently used
+        self._series: OrderedDict[str, int] = OrderedDict()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join(60)
+            self._thread = None
+
+    # -- store() ------------------------------------------------------------------------------
+    def store(self, path: Path, *, calling_ae: str = "", sop_class: str | None = None,
+              sop_instance: str | None = None, move: bool = False) -> StoreResult:
+        """Archive the Part 10 file at ``path`` (moved into the storage area when ``move``)."""
+        try:
+            header = read_header(path)
+            check_identity(header, sop_class=sop_class, sop_instance=sop_instance)
+        except Refused as exc:
+            log.warning("refused an object from %s: %s", calling_ae or "import", exc.comment)
+            return StoreResult(Outcome.REFUSED, exc.status, exc.comment)
+        uid = _text(header, "SOPInstanceUID")
+        existing = self._existing(uid)
+        if existing is not None:
+            instance_id, checksum = existing
+            if self.duplicates == DuplicatePolicy.REJECT:
+                return StoreResult(Outcome.REFUSED, DUPLICATE_REFUSED, f"{uid} is already stored", instance_id)
+            if self.duplicates == DuplicatePolicy.IGNORE:
+                from pacs.archive.storage import sha256_file
+
+                if sha256_file(path) != checksum:
+                    log.warning("instance %s from %s differs from the copy already stored; the stored "
+                                "copy is kept (duplicates = ignore)", uid, calling_ae)
+                return StoreResult(Outcome.ALREADY_STORED, WARNING_DUPLICATE,
+                                   "instance already stored; this copy was ignored", instance_id,
+                                   _text(header, "StudyInstanceUID"))
+        syntax = str(header.file_meta.get("TransferSyntaxUID", "")) if hasattr(header, "file_meta") else ""
+        try:
+            stored = self.area.put_file(path, move=move)
+        except StorageFull as exc:
+            log.error("storage area %s is full: %s", self.area.name, exc)
+            return StoreResult(Outcome.STORAGE_FULL, OUT_OF_RESOURCES, "storage is full")
+        except OSError as exc:
+            log.error("writing %s failed: %s", uid, exc)
+            return StoreResult(Outcome.FAILED, OUT_OF_RESOURCES, f"could not write the object: {exc.strerror}")
+        job = IndexJob(header=header, stored=stored, area=self.area.name, transfer_syntax=syntax,
+                       calling_ae=calling_ae, replace=existing[0] if existing else None)
+        self._queue.put(job)
+        try:
+            return job.future.result()
+        except Exception as exc:
+            self.area.remove(stored.key)
+            log.error("indexing %s failed; the file was removed: %s", uid, exc)
+            return StoreResult(Outcome.FAILED, OUT_OF_RESOURCES, "could not index the object")
+
+    def _existing(self, uid: str) -> tuple[int, str] | None:
+        with Session(self.db.engine) as session:
+            row = session.exec(select(Instance.id, Instance.checksum).where(Instance.sop_instance_uid == uid)).first()
+        return (row[0], row[1]) if row else None
+
+    # -- the index writer ---------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            batch = [item]
+            stop = False
+            while len(batch) < self.batch_max:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP:
+                    stop = True
+                    break
+                batch.append(more)
+            self._index_batch(batch)  # type: ignore[arg-type]
+            if stop:
+                return
+
+    def _index_batch(self, batch: list[IndexJob]) -> None:
+        results: list[tuple[IndexJob, StoreResult | Exception]] = []
+        try:
+            with Session(self.db.engine, expire_on_commit=False, autoflush=False) as session:
+                counts: dict[int, list[int]] = {}
+                for job in batch:
+                    try:
+                        with session.begin_nested():
+                            result = self._index(session, job, counts)
+                        results.append((job, result))
+                    except IntegrityError:
+                        # Another association filed the same instance a moment ago.
+                        results.append((job, StoreResult(Outcome.ALREADY_STORED, WARNING_DUPLICATE,
+                                                         "instance already stored; this copy was ignored")))
+                        self.area.remove(job.stored.key)
+                    except Exception as exc:
+                        log.exception("indexing %s failed", _text(job.header, "SOPInstanceUID"))
+                        results.append((job, exc))
+                self._apply_counts(session, counts)
+                session.commit()
+        except Exception as exc:
+            log.exception("index batch of %d failed", len(batch))
+            self._studies.clear()
+            self._series.clear()
+            for job in batch:
+                job.future.set_exception(exc)
+            return
+        for job, result in results:
+            if isinstance(result, Exception):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)
+
+    def _index(self, session: Session, job: IndexJob, counts: dict[int, list[int]]) -> StoreResult:
+        ds = job.header
+        study_id, new_study = self._study(session, ds, job)
+        series_id, new_series = self._series_row(session, ds, study_id, job)
+        if job.replace is not None:
+            old = session.exec(select(InstanceFile).where(InstanceFile.instance == job.replace)).all()
+            instance = session.get_one(Instance, job.replace)
+            instance.series = series_id
+            instance.size, instance.checksum = job.stored.size, job.stored.checksum
+            instance.transfer_syntax_uid = job.transfer_syntax
+            instance.received_at = utcnow()
+            session.add(instance)
+            for row in old:
+                session.delete(row)
+                self.area.remove(row.key)  # the older copy goes once the newer is indexed
+            session.add(InstanceFile(instance=job.replace, area=job.area, key=job.stored.key,
+                                     size=job.stored.size, checksum=job.stored.checksum))
+            return StoreResult(Outcome.REPLACED, Status.SUCCESS, "", job.replace, _text(ds, "StudyInstanceUID"))
+        instance = Instance(
+            sop_instance_uid=_text(ds, "SOPInstanceUID"),
+            series=series_id,
+            sop_class_uid=_text(ds, "SOPClassUID"),
+            instance_number=_int(ds, "InstanceNumber"),
+            transfer_syntax_uid=job.transfer_syntax,
+            content_date=_text(ds, "ContentDate")[:8],
+            content_time=_text(ds, "ContentTime"),
+            rows=_int(ds, "Rows"),
+            columns=_int(ds, "Columns"),
+            number_of_frames=_int(ds, "NumberOfFrames"),
+            size=job.stored.size,
+            checksum=job.stored.checksum,
+        )
+        session.add(instance)
+        session.flush()
+        session.add(InstanceFile(instance=instance.id, area=job.area, key=job.stored.key, size=job.stored.size,
+                                 checksum=job.stored.checksum))
+        entry = counts.setdefault(study_id, [0, 0, 0])
+        entry[0] += 1
+        entry[1] += job.stored.size
+        entry[2] += 1 if new_series else 0
+        counts.setdefault(-series_id, [0, 0, 0])[0] += 1
+        return StoreResult(Outcome.STORED, Status.SUCCESS, "", instance.id, _text(ds, "StudyInstanceUID"))
+
+    def _apply_counts(self, session: Session, counts: dict[int, list[int]]) -> None:
+        now = utcnow()
+        for key, (instances, size, series) in counts.items():
+            if key < 0:
+                session.execute(update(Series).where(col(Series.id) == -key).values(
+                    number_of_instances=Series.number_of_instances + instances, updated_at=now))
+            else:
+                session.execute(update(Study).where(col(Study.id) == key).values(
+                    number_of_instances=Study.number_of_instances + instances,
+                    number_of_series=Study.number_of_series + series,
+                    size_bytes=Study.size_bytes + size, updated_at=now))
+
+    # -- study and series rows ----------------------------------------------------------------
+    def _study(self, session: Session, ds: Dataset, job: IndexJob) -> tuple[int, bool]:
+        uid = _text(ds, "StudyInstanceUID")
+        if uid in self._studies:
+            self._studies.move_to_end(uid)
+            return self._studies[uid], False
+        found = session.exec(select(Study.id).where(Study.study_instance_uid == uid)).first()
+        if found is not None:
+            self._remember(self._studies, uid, found)
+            return found, False
+        patient, order, how = self.reconcile(session, ds, job.calling_ae)
+        study = Study(
+            study_instance_uid=uid,
+            patient=patient.id,  # type: ignore[arg-type]
+            order=order.id if order else None,
+            accession_number=(order.accession_number if order else _text(ds, "AccessionNumber"))[:64],
+            study_id=_text(ds, "StudyID"),
+            study_date=_text(ds, "StudyDate")[:8],
+            study_time=_text(ds, "StudyTime"),
+            description=_text(ds, "StudyDescription") or (order.procedure_text if order else ""),
+            referring_physician=(order.referring_physician if order and order.referring_physician
+                                 else _text(ds, "ReferringPhysicianName")),
+            modalities=_text(ds, "Modality"),
+            received={k: _text(ds, k) for k in RECEIVED_KEYS if k in ds},
+            charset=_text(ds, "SpecificCharacterSet"),
+            reconciled_by=how,
+        )
+        session.add(study)
+        session.flush()
+        assert study.id is not None
+        if order is not None and order.status in (OrderStatus.SCHEDULED, OrderStatus.ARRIVED,
+                                                  OrderStatus.IN_PROGRESS, OrderStatus.COMPLETED):
+            lifecycle.transition(session, order, OrderStatus.IMAGES_RECEIVED, by=f"archive:{job.calling_ae}",
+                                 steps=service.steps_of(session, order), note=f"first image of study {uid}",
+                                 notify=self.notify)
+        self._remember(self._studies, uid, study.id)
+        return study.id, True
+
+    def _series_row(self, session: Session, ds: Dataset, study_id: int, job: IndexJob) -> tuple[int, bool]:
+        uid = _text(ds, "SeriesInstanceUID")
+        if uid in self._series:
+            self._series.move_to_end(uid)
+            return self._series[uid], False
+        found = session.exec(select(Series.id).where(Series.series_instance_uid == uid)).first()
+        if found is not None:
+            self._remember(self._series, uid, found)
+            return found, False
+        modality = _text(ds, "Modality")
+        series = Series(
+            series_instance_uid=uid, study=study_id, modality=modality, series_number=_int(ds, "SeriesNumber"),
+            description=_text(ds, "SeriesDescription"), body_part=_text(ds, "BodyPartExamined"),
+            laterality=_text(ds, "Laterality"), series_date=_text(ds, "SeriesDate")[:8],
+            series_time=_text(ds, "SeriesTime"), station_name=_text(ds, "StationName"),
+            institution=_text(ds, "InstitutionName"), performing_physician=_text(ds, "PerformingPhysicianName"),
+            operators=_text(ds, "OperatorsName"), protocol=_text(ds, "ProtocolName"),
+            calling_ae_title=job.calling_ae,
+        )
+        session.add(series)
+        session.flush()
+        assert series.id is not None
+        study = session.get_one(Study, study_id)
+        modalities = [m for m in study.modalities.split("\\") if m]
+        if modality and modality not in modalities:
+            study.modalities = "\\".join(sorted(modalities + [modality]))
+            session.add(study)
+        self._remember(self._series, uid, series.id)
+        return series.id, True
+
+    @staticmethod
+    def _remember(cache: OrderedDict[str, int], uid: str, row_id: int) -> None:
+        cache[uid] = row_id
+        if len(cache) > 10000:
+            cache.popitem(last=False)
+
+    # -- reconciliation (IHE PIR; "worklist coercion") ------------------------------------------
+    def reconcile(self, session: Session, ds: Dataset, calling_ae: str) -> tuple[Patient, ImagingOrder | None, str]:
+        """The order and patient a new study belongs to: by Study Instance UID, by Accession
+        Number, then by the device rules of mappings/devices.yaml; the patient by Patient ID
+        (and issuer) when no order is found, created from the images when unknown."""
+        order, how = None, ""
+        uid = _text(ds, "StudyInstanceUID")
+        order = session.exec(select(ImagingOrder).where(ImagingOrder.study_instance_uid == uid)).first()
+        if order is not None:
+            how = "study_uid"
+        accession = _text(ds, "AccessionNumber")
+        if order is None and accession:
+            order = session.exec(select(ImagingOrder).where(ImagingOrder.accession_number == accession)
+                                 .where(col(ImagingOrder.status).not_in([OrderStatus.CANCELLED]))).first()
+            how = "accession" if order is not None else ""
+        rules = self.mappings.current().devices
+        if order is None and rules is not None:
+            from pacs.registry.device_rules import keys_from_dataset, match_order
+
+            match = match_order(session, rules, keys_from_dataset(ds, calling_ae))
+            if match.order_id is not None:
+                order = session.get(ImagingOrder, match.order_id)
+                how = f"device rule {match.strategy} ({match.device})"
+            else:
+                log.info("study %s from %s matched no order: %s", uid, calling_ae, match.reason)
+        if order is not None:
+            patient = service._root(session, session.get_one(Patient, order.patient))
+            return patient, order, how
+        return self._patient_from_images(session, ds), None, "patient_id" if _text(ds, "PatientID") else "none"
+
+    def _patient_from_images(self, session: Session, ds: Dataset) -> Patient:
+        patient_id = _text(ds, "PatientID") or f"UNKNOWN-{_text(ds, 'StudyInstanceUID')[-16:]}"
+        issuer = _text(ds, "IssuerOfPatientID")
+        found = service.patient_by_id(session, patient_id, issuer if issuer else None)
+        if found is not None:
+            return found
+        pn = ds.get("PatientName")
+        alphabetic = ideographic = ""
+        if pn is not None:
+            groups = [pn.alphabetic, pn.ideographic] if hasattr(pn, "alphabetic") else [str(pn), ""]
+            alphabetic, ideographic = str(groups[0] or ""), str(groups[1] or "")
+        source = ideographic or alphabetic
+        parts = source.split("^")
+        name = person_name(parts[0], parts[1] if len(parts) > 1 else "",
+                           pinyin=alphabetic if ideographic and alphabetic else None,
+                           rules=self.mappings.current().names)
+        birth = _text(ds, "PatientBirthDate")
+        from datetime import date
+
+        try:
+            birth_date = date(int(birth[:4]), int(birth[4:6]), int(birth[6:8])) if len(birth) >= 8 else None
+        except ValueError:
+            birth_date = None
+        patient = Patient(patient_id=patient_id, issuer=issuer, family_name=name.family, given_name=name.given,
+                          name_alphabetic=name.alphabetic, name_ideographic=name.ideographic,
+                          sex=_text(ds, "PatientSex")[:1], birth_date=birth_date)
+        session.add(patient)
+        session.flush()
+        session.add(PatientIdentifier(patient=patient.id, value=patient_id, authority=issuer))  # type: ignore[arg-type]
+        return patient
+
+
+def move_studies_on_merge(session: Session, old: Patient, target: Patient) -> None:
+    """A merged patient's studies follow it (ADT A40): queries and retrieves answer with the
+    surviving patient from now on; no file is rewritten."""
+    session.execute(update(Study).where(col(Study.patient) == old.id).values(patient=target.id))
+
+
+service.MERGE_HOOKS.append(move_studies_on_merge)
+
+
+def incoming_dir(area: StorageArea) -> Path | None:
+    """Where pynetdicom should write received objects so they can be moved, not copied."""
+    path = getattr(area, "incoming", None)
+    return path if isinstance(path, Path) else None
+
+
+def tidy_incoming(area: StorageArea) -> int:
+    """Remove leftovers of objects that never reached the index (the process stopped mid-way)."""
+    folder = incoming_dir(area)
+    removed = 0
+    if folder is not None:
+        for leftover in folder.iterdir():
+            leftover.unlink(missing_ok=True)
+            removed += 1
+    return removed
