@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(again)
     again.add_argument("id", type=int)
 
+    imp = sub.add_parser("import", help="import a folder or a DICOMDIR into the archive")
+    _common(imp)
+    imp.add_argument("path", type=Path)
+    imp.add_argument("--quiet", action="store_true", help="no progress bar")
+
     box = sub.add_parser("outbox", help="outbound deliveries: list them, send one again")
     osub = box.add_subparsers(dest="action", required=True)
     olist = osub.add_parser("list", help="deliveries, newest first")
@@ -89,7 +94,28 @@ def main(argv: list[str] | None = None) -> int:
         return _mappings(args)
     if args.command == "outbox":
         return _outbox(args)
+    if args.command == "import":
+        return _import(args)
     return 2
+
+
+def _import(args: argparse.Namespace) -> int:
+    from pacs.archive.importer import import_path
+    from pacs.server import Services
+
+    if not args.path.exists():
+        print(f"pacs: {args.path} does not exist", file=sys.stderr)
+        return 1
+    services = Services.build(_settings(args))
+    services.archive.start()
+    try:
+        counts = import_path(services.archive, args.path, progress=not args.quiet)
+    finally:
+        services.archive.stop()
+        services.db.dispose()
+    summary = ", ".join(f"{count} {outcome}" for outcome, count in sorted(counts.items())) or "nothing found"
+    print(f"import of {args.path}: {summary}")
+    return 0 if not counts.get("failed") and not counts.get("storage full") else 1
 
 
 def _outbox(args: argparse.Namespace) -> int:

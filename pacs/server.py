@@ -13,6 +13,7 @@ import logging
 import signal
 from dataclasses import dataclass
 
+from pacs.archive import commitment
 from pacs.archive.mpps import MPPSService
 from pacs.archive.storage import FilesystemArea
 from pacs.archive.store import Archive, DuplicatePolicy, tidy_incoming
@@ -42,7 +43,7 @@ class Services:
     queries: QueryService
     mpps: MPPSService
     notify: lifecycle.Notify | None
-    outbox: OutboxWorker | None
+    outbox: OutboxWorker
     archive: Archive
 
     @classmethod
@@ -52,17 +53,19 @@ class Services:
         if migrate:
             db.migrate()
         mappings = MappingHolder(settings.mappings_dir, poll_seconds=settings.mappings_poll_seconds)
-        notify, deliverers = None, {}
+        notify = None
+        deliverers = {commitment.DESTINATION_PREFIX: commitment.commitment_deliverer(settings)}
         if settings.his.host and settings.his.port:
             notify = HISNotifier(settings)
             deliverers[his.DESTINATION] = his.mllp_deliverer(settings.his.host, settings.his.port)
         outbox = OutboxWorker(db, deliverers, base_delay=settings.outbox.base_delay_seconds,
-                              max_delay=settings.outbox.max_delay_seconds) if deliverers else None
+                              max_delay=settings.outbox.max_delay_seconds)
         channel = Channel(settings, mappings, notify)
         intake = Intake(db, channel, batch_max=settings.hl7.batch_max)
         area = FilesystemArea("online", settings.storage_dir)
         tidy_incoming(area)
-        archive = Archive(db, area, mappings, duplicates=DuplicatePolicy(settings.archive.duplicates), notify=notify)
+        archive = Archive(db, area, mappings, duplicates=DuplicatePolicy(settings.archive.duplicates), notify=notify,
+                          min_free_bytes=settings.archive.min_free_bytes)
         return cls(settings=settings, db=db, mappings=mappings, channel=channel, intake=intake,
                    queries=QueryService(db, mappings, settings), mpps=MPPSService(db, notify),
                    notify=notify, outbox=outbox, archive=archive)
@@ -70,8 +73,7 @@ class Services:
     def close(self) -> None:
         self.intake.stop()
         self.archive.stop()
-        if self.outbox is not None:
-            self.outbox.stop()
+        self.outbox.stop()
         self.db.dispose()
 
 
@@ -106,8 +108,7 @@ class Server:
         self.services = services = await asyncio.to_thread(Services.build, settings)
         await asyncio.to_thread(services.intake.start)
         services.archive.start()
-        if services.outbox is not None:
-            services.outbox.start()
+        services.outbox.start()
 
         from pacs.archive.ae import DicomServer
 

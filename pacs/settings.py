@@ -89,6 +89,8 @@ class ArchiveSettings(BaseModel):
     duplicates: Literal["ignore", "keep_newer", "reject"] = "ignore"
     accept_unknown_storage_classes: bool = True
     """Store objects of SOP classes this AE does not list (private or newer ones)."""
+    min_free_bytes: int = 1024 * 1024 * 1024
+    """Refuse new objects (0xA700, out of resources) when the storage area has less free space."""
 
 
 class PublishSettings(BaseModel):

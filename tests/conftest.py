@@ -100,6 +100,7 @@ def settings(tmp_path: Path, database_url: str, mappings_dir: Path) -> Settings:
         dicom_port=0,
         mappings_poll_seconds=0.2,
         timezone="Asia/Shanghai",
+        archive={"min_free_bytes": 0},
     )
 
 

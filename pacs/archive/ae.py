@@ -19,6 +19,7 @@ from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
+    StorageCommitmentPushModel,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
@@ -27,6 +28,7 @@ from pynetdicom.sop_class import (
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs.archive import handlers
+from pacs.archive.commitment import Commitment
 from pacs.archive.mpps import MPPSService
 from pacs.archive.query_service import QueryService
 from pacs.archive.retrieve import ArchiveAE, Retriever
@@ -41,6 +43,7 @@ SERVICES = (
     PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove,
     PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet,
+    StorageCommitmentPushModel,
 )
 
 
@@ -71,8 +74,9 @@ def make_ae(settings: Settings) -> ArchiveAE:
 
 
 def bindings(queries: QueryService, mpps: MPPSService, archive: Archive, retriever: Retriever,
-             settings: Settings) -> list[Any]:
+             commitment: Commitment, settings: Settings) -> list[Any]:
     return [
+        (evt.EVT_N_ACTION, handlers.handle_n_action, [commitment]),
         (evt.EVT_C_ECHO, handlers.handle_echo),
         (evt.EVT_C_STORE, handlers.handle_store, [archive]),
         (evt.EVT_C_FIND, handlers.handle_find, [queries]),
@@ -101,8 +105,10 @@ class DicomServer:
     def __init__(self, settings: Settings, queries: QueryService, mpps: MPPSService, archive: Archive) -> None:
         self.settings = settings
         self.ae = make_ae(settings)
-        self.retriever = Retriever(archive.db, {archive.area.name: archive.area})
-        self._handlers = bindings(queries, mpps, archive, self.retriever, settings)
+        areas = {archive.area.name: archive.area}
+        self.retriever = Retriever(archive.db, areas)
+        self.commitment = Commitment(archive.db, areas, settings)
+        self._handlers = bindings(queries, mpps, archive, self.retriever, self.commitment, settings)
         self._server: ThreadedAssociationServer | None = None
         incoming = incoming_dir(archive.area)
         if incoming is not None:

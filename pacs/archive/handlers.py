@@ -22,6 +22,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from pacs.archive.commitment import Commitment
 from pacs.archive.mpps import MPPSService
 from pacs.archive.query import QueryError
 from pacs.archive.query_service import QueryService
@@ -176,6 +177,11 @@ def handle_get(event: evt.Event, retriever: Retriever) -> Iterator[Any]:
     accepted = accepted_syntaxes(event.assoc.accepted_contexts)
     log.info("C-GET from %s: %d instance(s)", _calling(event), len(items))
     yield from _sub_operations(event, retriever, items, accepted)
+
+
+def handle_n_action(event: evt.Event, commitment: Commitment) -> tuple[int | Dataset, Dataset | None]:
+    """N-ACTION Request Storage Commitment (PS3.4 J.3.2)."""
+    return commitment.request(event)
 
 
 def handle_n_create(event: evt.Event, mpps: MPPSService) -> tuple[int | Dataset, Dataset | None]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import warnings
 from collections import OrderedDict
 from concurrent.futures import Future
@@ -109,7 +110,7 @@ def read_header(path: Path) -> Dataset:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = pydicom.dcmread(path, defer_size=HEADER_DEFER, force=True)
+            ds = pydicom.dcmread(path, defer_size=HEADER_DEFER)
     except Exception as exc:  # pydicom raises many kinds of errors for broken input
         raise Refused(CANNOT_UNDERSTAND, f"cannot read the data set: {exc}") from None
     if any("End of file" in str(w.message) for w in caught):
@@ -145,6 +146,9 @@ def _native_pixel_bytes(ds: Dataset) -> int:
 def check_identity(ds: Dataset, *, sop_class: str | None = None, sop_instance: str | None = None) -> None:
     """UIDs present and valid (PS3.5 9.1), and the ones the command announced."""
     for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        element = ds.get_item(keyword) if keyword in ds else None
+        if element is not None and element.VR not in (None, "UI", "UN"):  # None: implicit VR
+            raise Refused(CANNOT_UNDERSTAND, f"{keyword} has VR {element.VR}, not UI")
         value = _text(ds, keyword)
         if not value:
             raise Refused(CANNOT_UNDERSTAND if keyword != "SOPClassUID" else DOES_NOT_MATCH_SOP_CLASS,
@@ -184,13 +188,16 @@ class Archive:
 
     def __init__(self, db: Database, area: StorageArea, mappings: MappingHolder, *,
                  duplicates: DuplicatePolicy = DuplicatePolicy.IGNORE, notify: lifecycle.Notify | None = None,
-                 batch_max: int = 64) -> None:
+                 batch_max: int = 64, min_free_bytes: int = 0) -> None:
         self.db = db
         self.area = area
         self.mappings = mappings
         self.duplicates = duplicates
         self.notify = notify
         self.batch_max = batch_max
+        self.min_free_bytes = min_free_bytes
+        self._free_checked = 0.0
+        self._free = 0
         self._queue: queue.Queue[object] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._studies: OrderedDict[str, int] = OrderedDict()  # study UID → id, recently used
@@ -217,6 +224,9 @@ class Archive:
         except Refused as exc:
             log.warning("refused an object from %s: %s", calling_ae or "import", exc.comment)
             return StoreResult(Outcome.REFUSED, exc.status, exc.comment)
+        except Exception as exc:  # values pydicom cannot decode when they are read
+            log.warning("refused an object from %s: %s", calling_ae or "import", exc)
+            return StoreResult(Outcome.REFUSED, CANNOT_UNDERSTAND, f"cannot read the data set: {exc}")
         uid = _text(header, "SOPInstanceUID")
         existing = self._existing(uid)
         if existing is not None:
@@ -233,6 +243,10 @@ class Archive:
                                    "instance already stored; this copy was ignored", instance_id,
                                    _text(header, "StudyInstanceUID"))
         syntax = str(header.file_meta.get("TransferSyntaxUID", "")) if hasattr(header, "file_meta") else ""
+        if self._short_of_space(path):
+            log.error("storage area %s has less than %d bytes free; refusing %s", self.area.name,
+                      self.min_free_bytes, uid)
+            return StoreResult(Outcome.STORAGE_FULL, OUT_OF_RESOURCES, "storage is full")
         try:
             stored = self.area.put_file(path, move=move)
         except StorageFull as exc:
@@ -250,6 +264,17 @@ class Archive:
             self.area.remove(stored.key)
             log.error("indexing %s failed; the file was removed: %s", uid, exc)
             return StoreResult(Outcome.FAILED, OUT_OF_RESOURCES, "could not index the object")
+
+    def _short_of_space(self, path: Path) -> bool:
+        """Below the free-space watermark? (checked at most once a second)"""
+        if not self.min_free_bytes:
+            return False
+        now = time.monotonic()
+        if now - self._free_checked > 1.0:
+            free = getattr(self.area, "free_bytes", None)
+            self._free = free() if callable(free) else 1 << 62
+            self._free_checked = now
+        return self._free - path.stat().st_size < self.min_free_bytes
 
     def _existing(self, uid: str) -> tuple[int, str] | None:
         with Session(self.db.engine) as session:

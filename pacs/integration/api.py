@@ -145,6 +145,5 @@ def retry_outbox(item_id: int, session: SessionDep, services: ServicesDep) -> Ou
     except ValueError as exc:
         raise HTTPException(409, str(exc)) from None
     session.flush()
-    if services.outbox is not None:
-        services.outbox.wake()
+    services.outbox.wake()
     return OutboxPublic.model_validate(item, from_attributes=True)

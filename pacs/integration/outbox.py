@@ -126,14 +126,21 @@ class OutboxWorker:
             if item.destination in seen:
                 continue  # strictly in order per destination
             seen.add(item.destination)
-            if item.next_attempt_at > now or item.destination not in self.deliverers:
+            deliver = self.deliverer(item.destination)
+            if item.next_attempt_at > now or deliver is None:
                 continue
             attempted = True
-            self._attempt(item)
+            self._attempt(item, deliver)
         return attempted
 
-    def _attempt(self, item: OutboxItem) -> None:
-        deliver = self.deliverers[item.destination]
+    def deliverer(self, destination: str) -> Deliver | None:
+        """The deliverer for a destination, by its full name or its kind ("dicom:CT1" → "dicom:")."""
+        found = self.deliverers.get(destination)
+        if found is None and ":" in destination:
+            found = self.deliverers.get(destination.split(":", 1)[0] + ":")
+        return found
+
+    def _attempt(self, item: OutboxItem, deliver: Deliver) -> None:
         started = time.monotonic()
         try:
             result = deliver(item)

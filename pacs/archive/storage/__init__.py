@@ -136,6 +136,9 @@ class FilesystemArea:
     def open(self, key: str) -> BinaryIO:
         return self.path(key).open("rb")
 
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
     def read(self, key: str) -> bytes:
         return self.path(key).read_bytes()
 
