@@ -9,6 +9,7 @@ processed at the next start), and exits.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from dataclasses import dataclass
@@ -132,6 +133,11 @@ class Server:
             await asyncio.sleep(0.01)
         self.http_port = self._http.servers[0].sockets[0].getsockname()[1]
         self._tasks.append(asyncio.create_task(_watch_mappings(services), name="mappings"))
+        # The objects loaded at start-up (modules, mappings, code tables) live as long as the
+        # process: move them out of the collector's generations, so that full collections stay
+        # short instead of stalling every front end while they walk them all.
+        gc.collect()
+        gc.freeze()
         log.info("PACS ready: DICOM %d, MLLP %d, HTTP %d", self.dicom_port, self.mllp_port, self.http_port)
 
     async def stop(self) -> None:
