@@ -153,7 +153,9 @@ def handle_move(event: evt.Event, retriever: Retriever, settings: Settings) -> I
     try:
         items = retriever.select(event.identifier, MODEL[event.request.AffectedSOPClassUID])
     except QueryError as exc:
+        # pynetdicom reads a failure only after the destination and a non-zero count.
         yield peer.host, peer.port
+        yield 1
         yield failure(exc.status, exc.comment, exc.tag), None
         return
     yield peer.host, peer.port, {"contexts": retriever.contexts(items)} if items else {}
@@ -170,7 +172,7 @@ def handle_get(event: evt.Event, retriever: Retriever) -> Iterator[Any]:
     try:
         items = retriever.select(event.identifier, MODEL[event.request.AffectedSOPClassUID])
     except QueryError as exc:
-        yield 0
+        yield 1  # pynetdicom reads a failure only after a non-zero count
         yield failure(exc.status, exc.comment, exc.tag), None
         return
     yield len(items)

@@ -151,7 +151,8 @@ class Retriever:
                             item.transfer_syntax)
                 return None
             if UID(item.transfer_syntax).is_compressed:
-                ds.decompress()  # pydicom's plugins: pylibjpeg (JPEG, JPEG-LS, JPEG 2000), RLE
+                # The same image in another encoding keeps its identity (no new SOP Instance UID).
+                ds.decompress(generate_instance_uid=False)
         return ds
 
 

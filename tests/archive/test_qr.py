@@ -1,0 +1,284 @@
+"""Query/Retrieve over loopback: DCMTK findscu at every level, movescu to a storescp, getscu;
+pynetdicom for transcoding and C-CANCEL; Chinese names in both character sets."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, build_role, evt
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+from pacs.settings import Peer
+from tests.archive.corpus import build, storescu
+from tests.dicom import needs_dcmtk
+
+pytestmark = needs_dcmtk
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def receiver_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def archive(start_server, receiver_port, tmp_path):
+    server = start_server(peers=[Peer(ae_title="STORESCP", host="127.0.0.1", port=receiver_port),
+                                 Peer(ae_title="NOWHERE", host="127.0.0.1", port=free_port())])
+    corpus = build(tmp_path / "corpus")
+    result = storescu(server.dicom_port, corpus)
+    assert result.returncode == 0, result.stdout + result.stderr
+    server.corpus = corpus
+    return server
+
+
+def findscu(port: int, model: str, keys: list[str], out: Path) -> list[Dataset]:
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("rsp*.dcm"):
+        old.unlink()
+    args = ["findscu", model, "-aec", "PACS", "-X", "-od", str(out)]
+    for key in keys:
+        args += ["-k", key]
+    result = subprocess.run(args + ["127.0.0.1", str(port)], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "TCP_NODELAY": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    return [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+
+
+def test_findscu_at_every_level(archive, tmp_path):
+    ct = next(c for c in archive.corpus if c.source == "CT_small.dcm")
+    patients = findscu(archive.dicom_port, "-P", ["QueryRetrieveLevel=PATIENT", "PatientID", "PatientName",
+                                                  "NumberOfPatientRelatedStudies"], tmp_path / "p")
+    assert len(patients) == len({c.path for c in archive.corpus}) - 0 or len(patients) >= 2
+    assert all(int(p.NumberOfPatientRelatedStudies) >= 1 for p in patients)
+    studies = findscu(archive.dicom_port, "-S", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={ct.study_instance_uid}",
+                                                 "PatientID", "ModalitiesInStudy", "NumberOfStudyRelatedInstances",
+                                                 "StudyDate"], tmp_path / "s")
+    [study] = studies
+    assert study.ModalitiesInStudy == "CT" and int(study.NumberOfStudyRelatedInstances) == 1
+    series = findscu(archive.dicom_port, "-S", ["QueryRetrieveLevel=SERIES", f"StudyInstanceUID={ct.study_instance_uid}",
+                                                "SeriesInstanceUID", "Modality", "NumberOfSeriesRelatedInstances"],
+                     tmp_path / "r")
+    assert [s.Modality for s in series] == ["CT"]
+    images = findscu(archive.dicom_port, "-S", ["QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={ct.study_instance_uid}",
+                                                "SOPInstanceUID", "SOPClassUID", "InstanceNumber"], tmp_path / "i")
+    assert [i.SOPInstanceUID for i in images] == [ct.sop_instance_uid]
+    by_modality = findscu(archive.dicom_port, "-S", ["QueryRetrieveLevel=STUDY", "ModalitiesInStudy=MR",
+                                                     "StudyInstanceUID"], tmp_path / "m")
+    assert len(by_modality) == sum(1 for c in archive.corpus if pydicom.dcmread(c.path).Modality == "MR")
+
+
+def cfind(port: int, identifier: Dataset, model=StudyRootQueryRetrieveInformationModelFind) -> tuple[list[Dataset], Dataset]:
+    ae = AE(ae_title="VIEWER")
+    ae.add_requested_context(model)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
+    matches, final = [], None
+    for status, found in assoc.send_c_find(identifier, model):
+        if status.Status in (0xFF00, 0xFF01):
+            matches.append(found)
+        else:
+            final = status
+    assoc.release()
+    return matches, final
+
+
+def name_query(name: str, charset: str | None) -> Dataset:
+    ds = Dataset()
+    if charset:
+        ds.SpecificCharacterSet = charset
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.PatientName = name
+    ds.PatientID = ""
+    ds.StudyInstanceUID = ""
+    return ds
+
+
+def test_chinese_names_in_both_character_sets(archive):
+    matches, _ = cfind(archive.dicom_port, name_query("王*", "ISO_IR 192"))
+    assert len(matches) == 2  # chrX1 (ISO_IR 192) and chrX2 (GB18030)
+    assert {str(m.PatientName) for m in matches} == {"WANG^XIAODONG=王^小東", "WANG^XIAODONG=王^小东"} or \
+        {str(m.PatientName).split("=")[1] for m in matches} == {"王^小東", "王^小东"}
+    latin, _ = cfind(archive.dicom_port, name_query("wang*", None))
+    assert len(latin) == 2 and all("=" not in str(m.PatientName) for m in latin)
+    gb, _ = cfind(archive.dicom_port, name_query("*小东", "GB18030"))
+    assert len(gb) == 1 and gb[0].SpecificCharacterSet == "GB18030"
+
+
+def test_query_errors(archive):
+    bad_level = Dataset()
+    bad_level.QueryRetrieveLevel = "NONSENSE"
+    bad_level.PatientID = ""
+    _, final = cfind(archive.dicom_port, bad_level)
+    assert final.Status == 0xA900
+    patient_in_study_root = Dataset()
+    patient_in_study_root.QueryRetrieveLevel = "PATIENT"
+    _, final = cfind(archive.dicom_port, patient_in_study_root)
+    assert final.Status == 0xA900
+    dates = name_query("*", None)
+    dates.StudyDate = "20261231-20260101"
+    _, final = cfind(archive.dicom_port, dates)
+    assert final.Status == 0xC000
+
+
+@pytest.fixture
+def storescp(receiver_port, tmp_path):
+    out = tmp_path / "received"
+    out.mkdir()
+    process = subprocess.Popen(["storescp", "-aet", "STORESCP", "-od", str(out), str(receiver_port)],
+                               env={**os.environ, "TCP_NODELAY": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", receiver_port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield out
+    process.terminate()
+    process.wait(10)
+
+
+def movescu(port: int, destination: str, keys: list[str]) -> subprocess.CompletedProcess[str]:
+    args = ["movescu", "-v", "-S", "-aec", "PACS", "-aem", destination]
+    for key in keys:
+        args += ["-k", key]
+    return subprocess.run(args + ["127.0.0.1", str(port)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TCP_NODELAY": "1"})
+
+
+def test_movescu_to_storescp(archive, storescp):
+    for item in archive.corpus[:4]:
+        result = movescu(archive.dicom_port, "STORESCP", ["QueryRetrieveLevel=STUDY",
+                                                           f"StudyInstanceUID={item.study_instance_uid}"])
+        assert result.returncode == 0 and "Success" in result.stdout + result.stderr, result.stdout + result.stderr
+    received = {pydicom.dcmread(p).SOPInstanceUID: p for p in storescp.iterdir()}
+    for item in archive.corpus[:4]:
+        got = pydicom.dcmread(received[item.sop_instance_uid])
+        assert numpy.array_equal(got.pixel_array, pydicom.dcmread(item.path).pixel_array), item.source
+
+
+def test_move_to_unknown_destination(archive):
+    result = movescu(archive.dicom_port, "STRANGER", ["QueryRetrieveLevel=STUDY",
+                                                      f"StudyInstanceUID={archive.corpus[0].study_instance_uid}"])
+    assert "Refused: MoveDestinationUnknown" in result.stdout + result.stderr
+
+
+def test_move_to_destination_that_is_down(archive):
+    result = movescu(archive.dicom_port, "NOWHERE", ["QueryRetrieveLevel=STUDY",
+                                                     f"StudyInstanceUID={archive.corpus[0].study_instance_uid}"])
+    assert "Success" not in result.stdout.split("Final Move Response")[-1]
+
+
+def test_getscu(archive, tmp_path):
+    out = tmp_path / "got"
+    out.mkdir()
+    item = next(c for c in archive.corpus if c.source == "MR_small_RLE.dcm")
+    result = subprocess.run(["getscu", "-S", "-aec", "PACS", "-od", str(out), "-k", "QueryRetrieveLevel=SERIES",
+                             "-k", f"StudyInstanceUID={item.study_instance_uid}", "-k",
+                             f"SeriesInstanceUID={pydicom.dcmread(item.path).SeriesInstanceUID}",
+                             "127.0.0.1", str(archive.dicom_port)], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "TCP_NODELAY": "1"})
+    [got] = list(out.iterdir())
+    assert pydicom.dcmread(got).SOPInstanceUID == item.sop_instance_uid, result.stdout + result.stderr
+    assert numpy.array_equal(pydicom.dcmread(got).pixel_array, pydicom.dcmread(item.path).pixel_array)
+
+
+def cget(port: int, identifier: Dataset, accept: dict[str, list[str]]) -> tuple[list[Dataset], Dataset]:
+    """pynetdicom C-GET, offering each storage class only the given transfer syntaxes."""
+    received: list[Dataset] = []
+
+    def on_store(event):
+        received.append(event.dataset)
+        return 0x0000
+
+    ae = AE(ae_title="VIEWER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    roles = []
+    for sop_class, syntaxes in accept.items():
+        ae.add_requested_context(sop_class, syntaxes)
+        roles.append(build_role(sop_class, scp_role=True))
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACS", ext_neg=roles,
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    final = None
+    for status, _ in assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet):
+        if status and status.Status not in (0xFF00,):
+            final = status
+    assoc.release()
+    return received, final
+
+
+@pytest.mark.parametrize("source", ["JPEG2000.dcm", "MR_small_jpeg_ls_lossless.dcm", "SC_rgb_jpeg_gdcm.dcm",
+                                    "MR_small_RLE.dcm", "SC_rgb_dcmtk_+eb+cr.dcm"])
+def test_transcodes_for_a_viewer_that_takes_only_uncompressed(archive, source):
+    item = next(c for c in archive.corpus if c.source == source)
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = item.study_instance_uid
+    received, final = cget(archive.dicom_port, identifier, {item.sop_class_uid: [ExplicitVRLittleEndian,
+                                                                                 ImplicitVRLittleEndian]})
+    assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == 1
+    [got] = received
+    assert not got.file_meta.TransferSyntaxUID.is_compressed
+    original = pydicom.dcmread(item.path)
+    assert numpy.array_equal(got.pixel_array, original.pixel_array)
+
+
+def test_get_in_the_stored_syntax_keeps_it(archive):
+    item = next(c for c in archive.corpus if c.source == "JPEG2000.dcm")
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "IMAGE"
+    identifier.StudyInstanceUID = item.study_instance_uid
+    identifier.SOPInstanceUID = item.sop_instance_uid
+    received, final = cget(archive.dicom_port, identifier, {item.sop_class_uid: [item.transfer_syntax]})
+    assert final.Status == 0 and received[0].file_meta.TransferSyntaxUID == item.transfer_syntax
+    assert received[0].PixelData == pydicom.dcmread(item.path).PixelData
+
+
+def test_retrieve_needs_the_unique_key(archive):
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.PatientName = "*"
+    received, final = cget(archive.dicom_port, identifier, {})
+    assert not received and final.Status == 0xA900
+
+
+def test_patient_root_find(archive):
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "PATIENT"
+    identifier.PatientID = archive.corpus[0].path and pydicom.dcmread(archive.corpus[0].path).PatientID
+    identifier.PatientName = ""
+    matches, final = cfind(archive.dicom_port, identifier, PatientRootQueryRetrieveInformationModelFind)
+    assert final.Status == 0 and len(matches) == 1
+
+
+def test_c_move_with_pynetdicom_counts_sub_operations(archive, storescp):
+    ae = AE(ae_title="VIEWER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = ae.associate("127.0.0.1", archive.dicom_port, ae_title="PACS")
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = "\\".join(c.study_instance_uid for c in archive.corpus[:3])
+    statuses = [s for s, _ in assoc.send_c_move(identifier, "STORESCP", StudyRootQueryRetrieveInformationModelMove)]
+    assoc.release()
+    final = statuses[-1]
+    assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == 3
+    assert [s.NumberOfRemainingSuboperations for s in statuses[:-1]] == [2, 1, 0]
