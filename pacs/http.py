@@ -29,7 +29,7 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 
 def create_app(services: Services) -> FastAPI:
-    from pacs.fhir_server import router as fhir_router
+    from pacs.fhir_server.api import router as fhir_router
     from pacs.integration.api import outbox_router
     from pacs.integration.api import router as messages_router
     from pacs.registry.api import router as orders_router

@@ -20,7 +20,7 @@ from pacs.archive.storage import FilesystemArea
 from pacs.archive.store import Archive, DuplicatePolicy, tidy_incoming
 from pacs.archive.query_service import QueryService
 from pacs.db import Database
-from pacs.integration import his
+from pacs.integration import his, publisher
 from pacs.integration.his import HISNotifier
 from pacs.integration.outbox import OutboxWorker
 from pacs.registry import lifecycle
@@ -46,6 +46,7 @@ class Services:
     notify: lifecycle.Notify | None
     outbox: OutboxWorker
     archive: Archive
+    publisher: publisher.Publisher | None
 
     @classmethod
     def build(cls, settings: Settings, *, migrate: bool = True) -> Services:
@@ -59,8 +60,11 @@ class Services:
         if settings.his.host and settings.his.port:
             notify = HISNotifier(settings)
             deliverers[his.DESTINATION] = his.mllp_deliverer(settings.his.host, settings.his.port)
+        if settings.publish.fhir_base_url:
+            deliverers[publisher.DESTINATION] = publisher.fhir_deliverer(settings.publish.fhir_base_url)
         outbox = OutboxWorker(db, deliverers, base_delay=settings.outbox.base_delay_seconds,
                               max_delay=settings.outbox.max_delay_seconds)
+        publishing = publisher.Publisher(db, settings, outbox.wake) if settings.publish.fhir_base_url else None
         channel = Channel(settings, mappings, notify)
         intake = Intake(db, channel, batch_max=settings.hl7.batch_max)
         area = FilesystemArea("online", settings.storage_dir)
@@ -69,9 +73,11 @@ class Services:
                           min_free_bytes=settings.archive.min_free_bytes)
         return cls(settings=settings, db=db, mappings=mappings, channel=channel, intake=intake,
                    queries=QueryService(db, mappings, settings), mpps=MPPSService(db, notify),
-                   notify=notify, outbox=outbox, archive=archive)
+                   notify=notify, outbox=outbox, archive=archive, publisher=publishing)
 
     def close(self) -> None:
+        if self.publisher is not None:
+            self.publisher.stop()
         self.intake.stop()
         self.archive.stop()
         self.outbox.stop()
@@ -110,6 +116,8 @@ class Server:
         await asyncio.to_thread(services.intake.start)
         services.archive.start()
         services.outbox.start()
+        if services.publisher is not None:
+            services.publisher.start()
 
         from pacs.archive.ae import DicomServer
 

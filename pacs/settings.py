@@ -140,6 +140,9 @@ class Settings(BaseSettings):
     timezone: str | None = None
     """The hospital's time zone (IANA name, e.g. Asia/Shanghai) for clinical times given with an
     offset (FHIR); HL7 v2 and DICOM times are local already. Default: the system's zone."""
+    public_url: str | None = None
+    """How other systems reach this server's HTTP side (e.g. https://pacs.hospital.cn); used in
+    the DICOMweb endpoint and the URLs published to the platform."""
     accession_prefix: str = "A"
     """Prefix of the accession numbers assigned to orders that arrive without one."""
 

@@ -38,6 +38,8 @@ class Study(SQLModel, table=True):
     received: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)  # patient/order values as sent
     charset: str = ""  # (0008,0005) of the first instance
     reconciled_by: str = ""  # how the study found its order: study_uid, accession, a device rule ...
+    published_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # last ImagingStudy sent
+    publish_hash: str = ""  # SHA-256 of the ImagingStudy last sent, so an unchanged one isn't resent
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
 

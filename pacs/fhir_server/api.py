@@ -17,9 +17,15 @@ from sqlmodel import Session, or_, select
 from pacs import __version__
 from pacs.fhir_server import outcome
 from pacs.fhir_server.outcome import FHIR_JSON
-from pacs.fhir_server.resources import patient_resource, service_request_resource, version_of
+from pacs.fhir_server.common import version_of
+from pacs.fhir_server.imaging_study import endpoint_resource, imaging_study_resource
+from pacs.fhir_server.patient import patient_resource
+from pacs.fhir_server.providers import Context, included, providers
+from pacs.fhir_server.search import SearchError, bundle, parse
+from pacs.fhir_server.service_request import service_request_resource
 from pacs.http import ServicesDep, SessionDep
 from pacs.integration.channel import Inbound, Outcome
+from pacs.archive.index import Study
 from pacs.registry.models import ImagingOrder, Patient
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
@@ -72,26 +78,54 @@ def _find_by_identifier(session: Session, query: str) -> list[ImagingOrder]:
     ))).all())
 
 
+def context(services: Any) -> Context:
+    settings = services.settings
+
+    def systems(system: str) -> list[str]:
+        table = services.mappings.current().codes.get("identifier_systems")
+        mapped = table.lookup(system) if table is not None else None
+        return [system] + ([mapped] if mapped and mapped != "*" else [])
+
+    return Context(zone=settings.zone, dicomweb_url=dicomweb_url(services), systems=systems)
+
+
+def dicomweb_url(services: Any) -> str:
+    base = services.settings.public_url or f"http://localhost:{services.settings.http_port}"
+    return base.rstrip("/") + "/dicomweb"
+
+
+def fhir_base(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/fhir"
+
+
 @router.get("/metadata")
-def metadata() -> JSONResponse:
-    """The CapabilityStatement."""
+def metadata(services: ServicesDep) -> JSONResponse:
+    """The CapabilityStatement, generated from the providers' declarations."""
+    resources = []
+    for provider in providers(context(services)).values():
+        resources.append({
+            "type": provider.type,
+            "interaction": [{"code": i} for i in provider.interactions],
+            "versioning": "versioned",
+            "readHistory": False,
+            **({"conditionalCreate": True, "conditionalUpdate": False} if "create" in provider.interactions else {}),
+            "searchInclude": sorted(provider.includes),
+            "searchRevInclude": sorted(provider.revincludes),
+            "searchParam": [{"name": p.name, "type": p.type, **({"documentation": p.documentation}
+                                                                 if p.documentation else {})}
+                            for p in provider.params.values()],
+        })
+    resources.append({"type": "Endpoint", "interaction": [{"code": "read"}, {"code": "search-type"}]})
     return fhir_json({
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": "2026-11-25",
         "kind": "instance",
         "software": {"name": "pacs", "version": __version__},
+        "implementation": {"description": "PACS FHIR R4 server"},
         "fhirVersion": "4.0.1",
-        "format": ["application/fhir+json"],
-        "rest": [{
-            "mode": "server",
-            "resource": [
-                {"type": "Patient", "interaction": [{"code": "read"}]},
-                {"type": "ServiceRequest", "interaction": [{"code": "read"}, {"code": "create"}, {"code": "update"}],
-                 "conditionalCreate": True},
-            ],
-            "interaction": [{"code": "transaction"}],
-        }],
+        "format": ["application/fhir+json", "json"],
+        "rest": [{"mode": "server", "resource": resources, "interaction": [{"code": "transaction"}]}],
     })
 
 
@@ -205,3 +239,47 @@ async def transaction(request: Request, services: ServicesDep) -> Response:
             entries.append({"response": {"status": "201 Created" if created else "200 OK",
                                          "location": location, "etag": _etag(row)}})
     return fhir_json({"resourceType": "Bundle", "type": "transaction-response", "entry": entries})
+
+
+@router.get("/ImagingStudy/{study_id}")
+def read_imaging_study(study_id: str, session: SessionDep, services: ServicesDep) -> Response:
+    row = session.get(Study, int(study_id)) if study_id.isdigit() else None
+    if row is None:
+        return outcome.response(404, f"ImagingStudy/{study_id} does not exist", code="not-found")
+    resource = imaging_study_resource(session, row, zone=services.settings.zone)
+    return fhir_json(resource, headers={"ETag": f'W/"{resource["meta"]["versionId"]}"'})
+
+
+@router.get("/Endpoint/{endpoint_id}")
+def read_endpoint(endpoint_id: str, services: ServicesDep) -> Response:
+    if endpoint_id != "dicomweb":
+        return outcome.response(404, f"Endpoint/{endpoint_id} does not exist", code="not-found")
+    return fhir_json(endpoint_resource(dicomweb_url(services)))
+
+
+@router.get("/{resource_type}")
+def search(resource_type: str, request: Request, session: SessionDep, services: ServicesDep,
+           prefer: Annotated[str | None, Header()] = None) -> Response:
+    """Search (FHIR R4 search.html): Bundle searchset with total and paging links."""
+    ctx = context(services)
+    if resource_type == "Endpoint":
+        endpoint = endpoint_resource(ctx.dicomweb_url)
+        return fhir_json({"resourceType": "Bundle", "type": "searchset", "total": 1,
+                          "entry": [{"fullUrl": f"{fhir_base(request)}/Endpoint/dicomweb", "resource": endpoint,
+                                     "search": {"mode": "match"}}]})
+    every = providers(ctx)
+    provider = every.get(resource_type)
+    if provider is None:
+        return outcome.response(404, f"resource type {resource_type} is not served here", code="not-supported")
+    strict = "handling=strict" in (prefer or "").replace(" ", "")
+    params = list(request.query_params.multi_items())
+    try:
+        query = parse(params, provider.params, strict=strict, sortable=set(provider.sortable),
+                      includes=set(provider.includes), revincludes=set(provider.revincludes))
+        total, rows = provider.search(session, query)
+    except SearchError as exc:
+        return outcome.response(400, str(exc), code="invalid", expression=exc.expression)
+    matches = [provider.build(session, row, ctx) for row in rows]
+    extra = included(session, every, provider, rows, query, ctx)
+    return fhir_json(bundle(base=fhir_base(request), resource_type=resource_type, params=params, query=query,
+                            total=total, matches=matches, included=extra))

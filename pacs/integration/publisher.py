@@ -1,0 +1,129 @@
+"""Publishing studies to the hospital platform as FHIR ImagingStudy (the design's last step).
+
+A study is published once it is stable: its MPPS completed, or no new instance for
+``[publish] stable_after_seconds``. It is published again whenever what the ImagingStudy says
+changes: new instances, an ADT update or merge of its patient, a cancelled order. Each version
+is sent as a conditional update on the study-UID identifier (FHIR R4 http.html#cond-update)
+through the outbox, so it is retried while the platform is down and survives restarts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import or_
+from sqlmodel import Session, col, select
+
+from pacs.archive.index import Study
+from pacs.db import Database, utcnow
+from pacs.fhir_server.imaging_study import imaging_study_resource
+from pacs.integration.outbox import Delivered, DeliveryRefused, OutboxItem, enqueue
+from pacs.registry.models import ImagingOrder, Patient, PerformedProcedureStep, PerformedStepStatus
+from pacs.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DESTINATION = "platform"
+RETRYABLE = {408, 425, 429}
+
+
+def conditional_url(study_instance_uid: str) -> str:
+    return f"ImagingStudy?identifier=urn:dicom:uid|urn:oid:{study_instance_uid}"
+
+
+class Publisher:
+    def __init__(self, db: Database, settings: Settings, wake_outbox: Any = None, poll_seconds: float = 1.0) -> None:
+        self.db = db
+        self.settings = settings
+        self.wake_outbox = wake_outbox
+        self.poll_seconds = poll_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                if self.run_once() and self.wake_outbox is not None:
+                    self.wake_outbox()
+            except Exception:
+                log.exception("publication pass failed")
+
+    def run_once(self, now: datetime | None = None) -> int:
+        """Queue an ImagingStudy for every study that is stable and changed; returns how many."""
+        now = now or utcnow()
+        quiet_since = now - timedelta(seconds=self.settings.publish.stable_after_seconds)
+        queued = 0
+        with Session(self.db.engine, expire_on_commit=False) as session:
+            changed = or_(col(Study.published_at).is_(None), Study.updated_at > Study.published_at,
+                          Patient.updated_at > Study.published_at, ImagingOrder.updated_at > Study.published_at)
+            candidates = session.exec(
+                select(Study).join(Patient, Patient.id == Study.patient)
+                .outerjoin(ImagingOrder, ImagingOrder.id == Study.order)
+                .where(changed).order_by(col(Study.updated_at)).limit(500)
+            ).all()
+            for study in candidates:
+                if study.updated_at > quiet_since and not self._performed(session, study):
+                    continue  # instances may still be coming
+                resource = imaging_study_resource(session, study, zone=self.settings.zone, logical=True,
+                                                  dicomweb_url=self._dicomweb())
+                content = {k: v for k, v in resource.items() if k not in ("id", "meta")}
+                digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+                study.published_at = now
+                if digest != study.publish_hash:
+                    study.publish_hash = digest
+                    enqueue(session, destination=DESTINATION, kind="fhir", order=study.order,
+                            payload=json.dumps({"method": "PUT", "url": conditional_url(study.study_instance_uid),
+                                                "resource": content}, ensure_ascii=False),
+                            description=f"ImagingStudy {study.study_instance_uid} "
+                                        f"({content['status']}, {study.number_of_instances} instances)")
+                    queued += 1
+                session.add(study)
+            session.commit()
+        if queued:
+            log.info("queued %d ImagingStudy update(s) for the platform", queued)
+        return queued
+
+    @staticmethod
+    def _performed(session: Session, study: Study) -> bool:
+        """Its order's modality said it is done (every MPPS completed)."""
+        if study.order is None:
+            return False
+        statuses = session.exec(select(PerformedProcedureStep.status)
+                                .where(PerformedProcedureStep.order == study.order)).all()
+        return bool(statuses) and all(s == PerformedStepStatus.COMPLETED for s in statuses)
+
+    def _dicomweb(self) -> str:
+        base = self.settings.public_url or f"http://localhost:{self.settings.http_port}"
+        return base.rstrip("/") + "/dicomweb"
+
+
+def fhir_deliverer(base_url: str, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+    """PUT the resource to the platform; 2xx delivered, 4xx refused (but 408/425/429), else retried."""
+    client = httpx.Client(base_url=base_url.rstrip("/") + "/", timeout=timeout,
+                          headers={"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"})
+
+    def deliver(item: OutboxItem) -> Delivered:
+        request = json.loads(item.payload)
+        response = client.request(request["method"], request["url"], json=request["resource"])
+        if 200 <= response.status_code < 300:
+            return Delivered(response=f"{response.status_code} {response.headers.get('location', '')}".strip())
+        if 400 <= response.status_code < 500 and response.status_code not in RETRYABLE:
+            raise DeliveryRefused(f"the platform answered {response.status_code}", response.text[:2000])
+        raise ConnectionError(f"the platform answered {response.status_code}")
+
+    return deliver
