@@ -29,6 +29,7 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 
 def create_app(services: Services) -> FastAPI:
+    from pacs.archive.dicomweb import router as dicomweb_router
     from pacs.fhir_server.api import router as fhir_router
     from pacs.integration.api import outbox_router
     from pacs.integration.api import router as messages_router
@@ -65,4 +66,5 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(orders_router)
     app.include_router(outbox_router)
     app.include_router(fhir_router)
+    app.include_router(dicomweb_router)
     return app

@@ -1,0 +1,288 @@
+"""Media types, Accept negotiation and multipart/related bodies for DICOMweb (PS3.18 8.7, 8.6.1.2).
+
+An Accept header is a list of media ranges, each with parameters (``type``, ``transfer-syntax``,
+``q``); :func:`accept` parses it and the services pick the first range they can satisfy, best
+quality first, in the order the client wrote them (PS3.18 8.7.4). A multipart/related body
+(RFC 2387) is written part by part by :func:`multipart_chunks`, so a study goes out one chunk
+of one file at a time, and read part by part by :class:`MultipartReader`, each part's body going
+to a file as it arrives.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from fastapi.responses import JSONResponse
+
+DICOM = "application/dicom"
+DICOM_JSON = "application/dicom+json"
+OCTET_STREAM = "application/octet-stream"
+MULTIPART = "multipart/related"
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"  # the default transfer syntax, PS3.18 8.7.3.5.2
+CHUNK = 1024 * 1024
+
+# Media types of the compressed pixel data (frames, bulk data) in each transfer syntax
+# (PS3.18 Table 8.7.3-2)
+PIXEL_MEDIA_TYPES = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg",
+    "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg",
+    "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls",
+    "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.4.92": "image/jpx",
+    "1.2.840.10008.1.2.4.93": "image/jpx",
+    "1.2.840.10008.1.2.5": "image/dicom-rle",
+}
+
+
+class DicomwebError(Exception):
+    """A request answered with an HTTP error status and a JSON body that says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"status": self.status, "message": self.message}, status_code=self.status)
+
+
+def bad_request(message: str) -> DicomwebError:
+    return DicomwebError(400, message)  # 400 Bad Request
+
+
+def not_found(message: str) -> DicomwebError:
+    return DicomwebError(404, message)  # 404 Not Found
+
+
+def not_acceptable(message: str) -> DicomwebError:
+    return DicomwebError(406, message)  # 406 Not Acceptable
+
+
+def unsupported_media_type(message: str) -> DicomwebError:
+    return DicomwebError(415, message)  # 415 Unsupported Media Type
+
+
+# -- header values ---------------------------------------------------------------------------
+
+_SPLIT_COMMA = re.compile(r',(?=(?:[^"]*"[^"]*")*[^"]*$)')
+_SPLIT_SEMICOLON = re.compile(r';(?=(?:[^"]*"[^"]*")*[^"]*$)')
+
+
+@dataclass
+class MediaRange:
+    """One media range of an Accept header, or a Content-Type."""
+
+    type: str
+    params: dict[str, str] = field(default_factory=dict)
+    quality: float = 1.0
+
+    @property
+    def part_type(self) -> str:
+        """The ``type`` parameter of a multipart range (the media type of its parts)."""
+        return self.params.get("type", "").lower()
+
+    @property
+    def transfer_syntax(self) -> str | None:
+        return self.params.get("transfer-syntax")
+
+    def matches(self, media_type: str) -> bool:
+        """Whether this range covers ``media_type`` (``*/*``, ``image/*`` or the type itself)."""
+        if self.type in ("*/*", media_type):
+            return True
+        major, _, minor = self.type.partition("/")
+        return minor == "*" and media_type.startswith(major + "/")
+
+
+def parse_media_type(value: str) -> MediaRange:
+    """``multipart/related; type="application/dicom"; boundary=x`` → its type and parameters."""
+    head, *rest = [p.strip() for p in _SPLIT_SEMICOLON.split(value)]
+    params: dict[str, str] = {}
+    quality = 1.0
+    for item in rest:
+        name, _, raw = item.partition("=")
+        name, raw = name.strip().lower(), raw.strip().strip('"')
+        if name == "q":
+            try:
+                quality = float(raw)
+            except ValueError:
+                raise bad_request(f"the quality value q={raw!r} in Accept is not a number") from None
+        elif name:
+            params[name] = raw
+    return MediaRange(head.lower(), params, quality)
+
+
+def accept(header: str | None) -> list[MediaRange]:
+    """The ranges of an Accept header, best first (RFC 9110 12.5.1); ``*/*`` when absent."""
+    if not header or not header.strip():
+        return [MediaRange("*/*")]
+    ranges = [parse_media_type(item) for item in _SPLIT_COMMA.split(header) if item.strip()]
+    ranges = [r for r in ranges if r.quality > 0]
+    return sorted(ranges, key=lambda r: -r.quality)  # stable: the client's order within a quality
+
+
+def require_json(header: str | None) -> None:
+    """QIDO-RS and metadata answer application/dicom+json only (PS3.18 8.7.3.4; no XML here)."""
+    for item in accept(header):
+        if item.matches(DICOM_JSON) or item.type in ("application/json", "application/*"):
+            return
+    raise not_acceptable(f"this resource is available as {DICOM_JSON} only (Accept: {header})")
+
+
+# -- multipart/related out -------------------------------------------------------------------
+
+def new_boundary() -> str:
+    return uuid.uuid4().hex
+
+
+def multipart_type(part_type: str, boundary: str) -> str:
+    return f'{MULTIPART}; type="{part_type}"; boundary={boundary}'
+
+
+@dataclass
+class Part:
+    """One part to send: its Content-Type and the chunks of its body (produced when sent)."""
+
+    content_type: str
+    chunks: Iterable[bytes]
+    location: str = ""
+
+
+def multipart_chunks(parts: Iterable[Part], boundary: str) -> Iterator[bytes]:
+    """The body of a multipart/related message (RFC 2046 5.1.1), one chunk at a time."""
+    for part in parts:
+        head = f"--{boundary}\r\nContent-Type: {part.content_type}\r\n"
+        if part.location:
+            head += f"Content-Location: {part.location}\r\n"
+        yield (head + "\r\n").encode("ascii")
+        yield from part.chunks
+        yield b"\r\n"
+    yield f"--{boundary}--\r\n".encode("ascii")
+
+
+def file_chunks(handle: BinaryIO, start: int = 0, length: int | None = None) -> Iterator[bytes]:
+    """A file (or a range of it) in chunks of :data:`CHUNK` bytes; closes the file at the end."""
+    with handle:
+        handle.seek(start)
+        left = length
+        while left is None or left > 0:
+            chunk = handle.read(CHUNK if left is None else min(CHUNK, left))
+            if not chunk:
+                return
+            if left is not None:
+                left -= len(chunk)
+            yield chunk
+
+
+# -- multipart/related in --------------------------------------------------------------------
+
+MAX_PART_HEADERS = 16 * 1024
+
+
+@dataclass
+class ReceivedPart:
+    """A part of a request, its body in a file of its own."""
+
+    headers: dict[str, str]
+    path: Path
+    size: int
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "")
+
+
+class MultipartReader:
+    """Reads a multipart/related request body (RFC 2046 5.1) from its chunks as they arrive,
+    writing each part's body to a new file in ``folder``; nothing is held beyond a chunk.
+
+    >>> async for part in MultipartReader(request.stream(), boundary, folder):  # doctest: +SKIP
+    ...     store(part.path)
+    """
+
+    def __init__(self, chunks: AsyncIterator[bytes], boundary: str, folder: Path) -> None:
+        self.chunks = chunks.__aiter__()
+        self.delimiter = b"\r\n--" + boundary.encode("latin-1")
+        self.folder = folder
+        self.buffer = bytearray(b"\r\n")  # so that a body starting with the boundary finds it
+        self.ended = False
+
+    async def _more(self) -> bool:
+        if self.ended:
+            return False
+        try:
+            chunk = await self.chunks.__anext__()
+        except StopAsyncIteration:
+            self.ended = True
+            return False
+        self.buffer += chunk
+        return True
+
+    async def _until(self, marker: bytes, limit: int | None = None) -> int:
+        start = 0
+        while (index := self.buffer.find(marker, start)) < 0:
+            if limit is not None and len(self.buffer) > limit:
+                raise bad_request("a multipart part's headers are too long")
+            start = max(0, len(self.buffer) - len(marker) + 1)
+            if not await self._more():
+                raise bad_request("the multipart body ended early: a boundary or a part is missing")
+        return index
+
+    def __aiter__(self) -> AsyncIterator[ReceivedPart]:
+        return self._parts()
+
+    async def _parts(self) -> AsyncIterator[ReceivedPart]:
+        index = await self._until(self.delimiter)  # the preamble, discarded
+        del self.buffer[:index + len(self.delimiter)]
+        while True:
+            while len(self.buffer) < 2 and await self._more():
+                pass
+            if self.buffer.startswith(b"--"):
+                return  # the close delimiter; the epilogue is ignored
+            index = await self._until(b"\r\n", MAX_PART_HEADERS)  # transport padding
+            del self.buffer[:index + 2]
+            headers: dict[str, str] = {}
+            while len(self.buffer) < 2 and await self._more():
+                pass
+            if self.buffer.startswith(b"\r\n"):
+                del self.buffer[:2]
+            else:
+                index = await self._until(b"\r\n\r\n", MAX_PART_HEADERS)
+                for line in bytes(self.buffer[:index]).decode("latin-1").split("\r\n"):
+                    name, _, value = line.partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                del self.buffer[:index + 4]
+            yield await self._body(headers)
+
+    async def _body(self, headers: dict[str, str]) -> ReceivedPart:
+        path = self.folder / f"stow-{uuid.uuid4().hex}.part"
+        size = 0
+        keep = len(self.delimiter) - 1
+        try:
+            with path.open("wb") as handle:
+                while True:
+                    index = self.buffer.find(self.delimiter)
+                    if index >= 0:
+                        handle.write(self.buffer[:index])
+                        size += index
+                        del self.buffer[:index + len(self.delimiter)]
+                        return ReceivedPart(headers, path, size)
+                    if len(self.buffer) > keep:
+                        cut = len(self.buffer) - keep
+                        handle.write(self.buffer[:cut])
+                        size += cut
+                        del self.buffer[:cut]
+                    if not await self._more():
+                        raise bad_request("the multipart body ended inside a part (no closing boundary)")
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+

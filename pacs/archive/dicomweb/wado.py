@@ -1,0 +1,416 @@
+"""WADO-RS (PS3.18 10.4): studies, series and instances as DICOM, their metadata, bulk data and
+frames, read from the storage area.
+
+What streams and what doesn't:
+
+- an instance that goes out as stored (its transfer syntax accepted, its patient and order
+  values what the index says) is copied from its file one chunk at a time, so a study of any
+  size passes through a few megabytes of memory;
+- an instance that must change is re-encoded alone, in memory, when its turn comes: corrected
+  (:func:`pacs.archive.retrieve.correct`: the registry's patient, the order's accession number,
+  while the file keeps what the modality sent), or transcoded to Explicit VR Little Endian
+  because the client did not accept its stored syntax (PS3.18 8.7.3.5.2 makes that the default;
+  compressed pixel data is decoded by pydicom's plugins, keeping the SOP Instance UID);
+- metadata is written instance by instance as a JSON array; bulk data and uncompressed frames
+  of a natively encoded object are copied from their byte range of the file.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any, BinaryIO
+
+import numpy as np
+import pydicom
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from sqlmodel import Session, col, select
+
+from pacs.archive.dicomweb.dicomjson import dumps, element_json
+from pacs.archive.dicomweb.media import (
+    DICOM,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    MULTIPART,
+    OCTET_STREAM,
+    PIXEL_MEDIA_TYPES,
+    DicomwebError,
+    MediaRange,
+    Part,
+    bad_request,
+    file_chunks,
+    not_acceptable,
+    not_found,
+)
+from pacs.archive.index import Instance, InstanceFile, Series, Study
+from pacs.archive.retrieve import Retriever, correct
+from pacs.archive.storage import StorageArea
+from pacs.db import Database
+
+log = logging.getLogger(__name__)
+
+PIXEL_DATA = Tag(0x7FE00010)
+BULK_THRESHOLD = 1024  # values longer than this are given as a BulkDataURI (PS3.18 F.2.6)
+BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
+TRANSCODE_TARGETS = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
+@dataclass(frozen=True)
+class Located:
+    """One stored instance a request names, and where its file is."""
+
+    study_id: int
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    instance_number: int | None
+    rows: int | None
+    number_of_frames: int | None
+    area: str
+    key: str
+
+    @property
+    def frames(self) -> int:
+        return self.number_of_frames or 1
+
+
+def locate(session: Session, areas: dict[str, StorageArea], *, study: str, series: str | None = None,
+           instance: str | None = None) -> list[Located]:
+    """The instances of a study, series or instance, in series and instance-number order; 404
+    naming the first UID the archive does not hold."""
+    query = (select(Study.id, Study.study_instance_uid, Series.series_instance_uid, Instance.sop_instance_uid,
+                    Instance.sop_class_uid, Instance.transfer_syntax_uid, Instance.instance_number, Instance.rows,
+                    Instance.number_of_frames, InstanceFile.area, InstanceFile.key)
+             .join(Series, Series.study == Study.id).join(Instance, Instance.series == Series.id)
+             .join(InstanceFile, InstanceFile.instance == Instance.id)
+             .where(Study.study_instance_uid == study))
+    if series is not None:
+        query = query.where(Series.series_instance_uid == series)
+    if instance is not None:
+        query = query.where(Instance.sop_instance_uid == instance)
+    rows = session.exec(query.order_by(col(Series.series_number), col(Series.id), col(Instance.instance_number),
+                                       col(Instance.id))).all()
+    seen: set[str] = set()
+    found = []
+    for row in rows:
+        item = Located(*row)
+        if item.sop_instance_uid in seen or item.area not in areas:
+            continue  # one copy is enough
+        seen.add(item.sop_instance_uid)
+        found.append(item)
+    if not found:
+        raise not_found(_missing(session, study, series, instance))
+    return found
+
+
+def _missing(session: Session, study: str, series: str | None, instance: str | None) -> str:
+    if session.exec(select(Study.id).where(Study.study_instance_uid == study)).first() is None:
+        return f"study {study} is not in the archive"
+    if series is not None and session.exec(
+            select(Series.id).join(Study, Study.id == Series.study).where(
+                Study.study_instance_uid == study, Series.series_instance_uid == series)).first() is None:
+        return f"series {series} is not in study {study}"
+    return f"instance {instance} is not in series {series} of study {study}"
+
+
+def decodable(syntax: str) -> bool:
+    """Whether pydicom can produce uncompressed pixel data from ``syntax``."""
+    uid = UID(syntax)
+    if not uid.is_encapsulated:
+        return True
+    try:
+        from pydicom.pixels import get_decoder
+
+        return bool(get_decoder(uid).is_available)
+    except (NotImplementedError, ValueError):
+        return False
+
+
+# -- Accept for DICOM (PS3.18 8.7.3.5) -------------------------------------------------------
+
+@dataclass
+class DicomAccept:
+    syntaxes: list[str]  # transfer syntaxes in the client's order of preference; "*": as stored
+    single_part: bool = False  # bare application/dicom (one instance only)
+
+    def choose(self, stored: str) -> str | None:
+        """The transfer syntax an instance stored in ``stored`` goes out in, or None."""
+        for syntax in self.syntaxes:
+            if syntax in ("*", stored):
+                return stored
+            if syntax in TRANSCODE_TARGETS and decodable(stored) and stored != ExplicitVRBigEndian:
+                return syntax
+        return None
+
+
+def dicom_accept(ranges: list[MediaRange], *, single_allowed: bool) -> DicomAccept:
+    """What a retrieve may send: ``multipart/related; type="application/dicom"`` with the
+    transfer syntaxes asked for (Explicit VR Little Endian when none is named), or for one
+    instance a bare ``application/dicom``; 406 otherwise."""
+    syntaxes: list[str] = []
+    single: list[str] = []
+    for item in ranges:
+        if (item.type == MULTIPART and item.part_type in ("", DICOM)) or item.type in ("*/*", "multipart/*"):
+            syntaxes.append(item.transfer_syntax or EXPLICIT_VR_LITTLE_ENDIAN)
+        elif item.type == DICOM and single_allowed:
+            single.append(item.transfer_syntax or EXPLICIT_VR_LITTLE_ENDIAN)
+    if syntaxes:
+        return DicomAccept(syntaxes)
+    if single:
+        return DicomAccept(single, single_part=True)
+    raise not_acceptable(f'this resource is available as {MULTIPART}; type="{DICOM}" (with a transfer-syntax '
+                         'parameter, or * for the stored one)')
+
+
+# -- the service -----------------------------------------------------------------------------
+
+class Wado:
+    """Reads stored instances for one request."""
+
+    def __init__(self, db: Database, areas: dict[str, StorageArea], base_url: str) -> None:
+        self.areas = areas
+        self.base_url = base_url
+        self.retriever = Retriever(db, areas)
+        self._truths: dict[int, tuple[dict[str, str], bool]] = {}
+
+    def truth(self, item: Located) -> dict[str, str] | None:
+        """The index's patient and order values when the file's differ, else None."""
+        if item.study_id not in self._truths:
+            self._truths[item.study_id] = self.retriever.truth(item.study_id)
+        values, corrected = self._truths[item.study_id]
+        return values if corrected else None
+
+    def instance_url(self, item: Located) -> str:
+        return (f"{self.base_url}/studies/{item.study_uid}/series/{item.series_uid}"
+                f"/instances/{item.sop_instance_uid}")
+
+    def _source(self, item: Located) -> Any:
+        area = self.areas[item.area]
+        path = area.local_path(item.key)
+        return str(path) if path is not None else BytesIO(area.read(item.key))
+
+    def dataset(self, item: Located) -> Dataset:
+        """The whole stored object, as the modality sent it."""
+        return pydicom.dcmread(self._source(item))
+
+    def _open(self, item: Located) -> BinaryIO:
+        return self.areas[item.area].open(item.key)
+
+    # -- instances as DICOM -----------------------------------------------------------------
+    def check_syntaxes(self, items: list[Located], wanted: DicomAccept) -> list[str]:
+        """The transfer syntax of each instance; 406 before anything is sent if one can't be made."""
+        chosen = []
+        for item in items:
+            syntax = wanted.choose(item.transfer_syntax)
+            if syntax is None:
+                raise not_acceptable(f"instance {item.sop_instance_uid} is stored as {item.transfer_syntax}, which "
+                                     f"can't be sent as {', '.join(wanted.syntaxes)}; accept transfer-syntax=* or "
+                                     f"{EXPLICIT_VR_LITTLE_ENDIAN}")
+            chosen.append(syntax)
+        return chosen
+
+    def dicom_parts(self, items: list[Located], syntaxes: list[str]) -> Iterator[Part]:
+        """One part per instance; an instance that can't be re-encoded (pixel data no installed
+        decoder reads) is left out and logged, as the response has already begun."""
+        for item, syntax in zip(items, syntaxes, strict=True):
+            try:
+                yield self.dicom_part(item, syntax)
+            except DicomwebError as exc:
+                log.error("left out of a WADO-RS response: %s", exc.message)
+
+    def dicom_part(self, item: Located, syntax: str) -> Part:
+        """The Part 10 bytes of one instance: the file itself, chunk by chunk, or re-encoded in
+        memory when it must change (corrected values, another transfer syntax)."""
+        truth = self.truth(item)
+        content_type = f"{DICOM}; transfer-syntax={syntax}"
+        if syntax == item.transfer_syntax and truth is None:
+            return Part(content_type, file_chunks(self._open(item)), location=self.instance_url(item))
+        try:
+            encoded = self.encode(item, syntax, truth)
+        except Exception as exc:  # pydicom's decoders raise many kinds of errors
+            raise not_acceptable(f"instance {item.sop_instance_uid} ({item.transfer_syntax}) can't be sent as "
+                                 f"{syntax}: {exc}; accept transfer-syntax=* to get it as stored") from None
+        return Part(content_type, iter([encoded]), location=self.instance_url(item))
+
+    def encode(self, item: Located, syntax: str, truth: dict[str, str] | None) -> bytes:
+        ds = self.dataset(item)
+        if truth is not None:
+            correct(ds, truth)
+        stored = str(ds.file_meta.TransferSyntaxUID)
+        if syntax != stored:
+            if UID(stored).is_encapsulated:
+                # The same image in another encoding keeps its identity (no new SOP Instance UID).
+                ds.decompress(generate_instance_uid=False)
+            ds.file_meta.TransferSyntaxUID = UID(syntax)
+        out = BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        return out.getvalue()
+
+    # -- metadata (PS3.18 10.4.1.1.2, F.2) --------------------------------------------------
+    def metadata_chunks(self, items: list[Located]) -> Iterator[bytes]:
+        """A JSON array of the instances' attributes, written one instance at a time."""
+        yield b"["
+        for number, item in enumerate(items):
+            yield (b"," if number else b"") + dumps(self.metadata(item))
+        yield b"]"
+
+    def metadata(self, item: Located) -> dict[str, Any]:
+        ds = pydicom.dcmread(self._source(item), defer_size=BULK_THRESHOLD, stop_before_pixels=True)
+        truth = self.truth(item)
+        if truth is not None:
+            correct(ds, truth)
+        url = self.instance_url(item)
+        out: dict[str, Any] = {}
+        for tag in ds.keys():
+            raw = ds._dict.get(tag)
+            key = f"{tag:08X}"
+            if isinstance(raw, RawDataElement) and raw.value is None and raw.length > BULK_THRESHOLD:
+                vr = raw.VR or _dictionary_vr(tag)
+                if vr in BULK_VRS:  # not read at all: named by URI
+                    out[key] = {"vr": vr, "BulkDataURI": f"{url}/bulkdata/{key}"}
+                    continue
+            element = ds[tag]
+            big = (element.VR in BULK_VRS and element.value is not None
+                   and len(element.value) > BULK_THRESHOLD)
+            out[key] = element_json(element, f"{url}/bulkdata/{key}" if big else None)
+        if "Rows" in ds and "BitsAllocated" in ds:
+            compressed = UID(item.transfer_syntax).is_encapsulated
+            out[f"{PIXEL_DATA:08X}"] = {"vr": "OB" if compressed or int(ds.BitsAllocated) <= 8 else "OW",
+                                        "BulkDataURI": f"{url}/bulkdata/{PIXEL_DATA:08X}"}
+        return out
+
+    # -- bulk data (PS3.18 10.4.1.1.4) ------------------------------------------------------
+    def bulkdata_part(self, item: Located, tag_text: str) -> Part:
+        try:
+            tag = Tag(int(tag_text, 16)) if len(tag_text) == 8 else None
+        except ValueError:
+            tag = None
+        if tag is None:
+            raise bad_request(f"bulk data {tag_text!r}: name the element by its tag, ggggeeee in hex")
+        if tag == PIXEL_DATA:
+            frames = list(range(1, item.frames + 1))
+            return Part(OCTET_STREAM, (c for part in self.native_frame_parts(item, frames) for c in part.chunks))
+        ds = pydicom.dcmread(self._source(item), defer_size=BULK_THRESHOLD, stop_before_pixels=True)
+        if tag not in ds:
+            raise not_found(f"instance {item.sop_instance_uid} has no element {tag_text}")
+        value = ds[tag].value
+        if not isinstance(value, bytes):
+            raise not_found(f"element {tag_text} of instance {item.sop_instance_uid} is not bulk data")
+        return Part(OCTET_STREAM, iter([value]))
+
+    # -- frames (PS3.18 10.4.1.1.3) ---------------------------------------------------------
+    def frame_numbers(self, item: Located, text: str) -> list[int]:
+        try:
+            numbers = [int(n) for n in text.split(",")]
+        except ValueError:
+            raise bad_request(f"frames {text!r}: give frame numbers separated by commas, e.g. 1,2,3") from None
+        if any(n < 1 for n in numbers):
+            raise bad_request("frame numbers start at 1")
+        beyond = [n for n in numbers if n > item.frames]
+        if beyond:
+            raise not_found(f"instance {item.sop_instance_uid} has {item.frames} frame(s); there is no frame "
+                            f"{beyond[0]}")
+        return numbers
+
+    def frames_media(self, item: Located, ranges: list[MediaRange]) -> str:
+        """``application/octet-stream`` (uncompressed) or the stored compressed media type,
+        whichever the client asks for first (PS3.18 8.7.3.3, Table 8.7.3-2)."""
+        stored_media = PIXEL_MEDIA_TYPES.get(item.transfer_syntax)
+        for r in ranges:
+            if r.type == MULTIPART:
+                part = MediaRange(r.part_type or "*/*")
+            elif r.type in ("*/*", "multipart/*"):
+                part = MediaRange("*/*")
+            else:
+                continue
+            syntax = r.transfer_syntax
+            if stored_media and part.matches(stored_media) and (syntax in ("*", item.transfer_syntax) or (
+                    syntax is None and part.type == stored_media)):
+                return stored_media
+            if part.matches(OCTET_STREAM) and (syntax in (None, EXPLICIT_VR_LITTLE_ENDIAN) or (
+                    syntax == "*" and not stored_media)) and decodable(item.transfer_syntax):
+                return OCTET_STREAM
+        raise not_acceptable(f'frames are available as {MULTIPART}; type="{OCTET_STREAM}" (uncompressed)'
+                             + (f' or type="{stored_media}"; transfer-syntax={item.transfer_syntax} (as stored)'
+                                if stored_media else ""))
+
+    def frame_parts(self, item: Located, numbers: list[int], media: str) -> Iterator[Part]:
+        """The frames asked for, uncompressed or as the stored compressed bitstreams."""
+        if media == OCTET_STREAM:
+            return self.native_frame_parts(item, numbers)
+        from pydicom.encaps import get_frame
+
+        ds = self.dataset(item)
+        content_type = f"{media}; transfer-syntax={item.transfer_syntax}"
+        url = self.instance_url(item)
+        return (Part(content_type, iter([get_frame(ds.PixelData, n - 1, number_of_frames=item.frames)]),
+                     location=f"{url}/frames/{n}") for n in numbers)
+
+    def native_frame_parts(self, item: Located, numbers: list[int]) -> Iterator[Part]:
+        """Uncompressed frames: byte ranges of the file when it is natively encoded little endian,
+        else decoded by pydicom one frame at a time (the first before the response begins, so
+        pixel data no installed decoder reads is a 406, not a broken response)."""
+        url = self.instance_url(item)
+        layout = self._native_layout(item)
+        if layout is not None:
+            offset, size = layout
+            return (Part(OCTET_STREAM, file_chunks(self._open(item), offset + (n - 1) * size, size),
+                         location=f"{url}/frames/{n}") for n in numbers)
+        ds = self.dataset(item)
+        first = self._decoded_frame(ds, item, numbers[0])
+
+        def parts() -> Iterator[Part]:
+            yield Part(OCTET_STREAM, iter([first]), location=f"{url}/frames/{numbers[0]}")
+            for number in numbers[1:]:
+                yield Part(OCTET_STREAM, iter([self._decoded_frame(ds, item, number)]),
+                           location=f"{url}/frames/{number}")
+
+        return parts()
+
+    @staticmethod
+    def _decoded_frame(ds: Dataset, item: Located, number: int) -> bytes:
+        from pydicom.pixels import pixel_array
+
+        try:
+            frame = pixel_array(ds, index=number - 1)
+        except Exception as exc:  # pydicom's decoders raise many kinds of errors
+            raise not_acceptable(f"the pixel data of {item.sop_instance_uid} ({item.transfer_syntax}) can't be "
+                                 f"decoded here: {exc}; ask for it as stored") from None
+        return np.ascontiguousarray(frame).astype(frame.dtype.newbyteorder("<")).tobytes()
+
+    def _native_layout(self, item: Located) -> tuple[int, int] | None:
+        """(file offset of the pixel data, bytes per frame), when frames are byte ranges of the file."""
+        syntax = UID(item.transfer_syntax)
+        if syntax.is_encapsulated or syntax.is_deflated or syntax == ExplicitVRBigEndian:
+            return None
+        ds = pydicom.dcmread(self._source(item), defer_size=BULK_THRESHOLD)
+        raw = ds._dict.get(PIXEL_DATA)
+        if not isinstance(raw, RawDataElement) or raw.value is not None or raw.value_tell is None:
+            return None
+        try:
+            bits = int(ds.BitsAllocated)
+            size = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * bits // 8
+        except (AttributeError, TypeError, ValueError):
+            return None
+        if bits % 8 or size * item.frames > raw.length:
+            return None
+        return raw.value_tell, size
+
+
+def _dictionary_vr(tag: int) -> str:
+    try:
+        return dictionary_VR(tag).split(" or ")[0]
+    except KeyError:
+        return "UN"
