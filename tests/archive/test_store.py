@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pydicom
@@ -169,8 +170,14 @@ def test_sop_class_not_matching_the_context(server, tmp_path):
     request.AffectedSOPInstanceUID = ds.SOPInstanceUID
     request.Priority = 2
     request.DataSet = BytesIO(encoded.getvalue())  # holds: CT
+    # As pynetdicom's own send_c_store does: pause the association's reactor so that the
+    # response waits for us instead of being taken as unexpected.
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.0001)
     assoc.dimse.send_msg(request, context.context_id)
     _, response = assoc.dimse.get_msg(block=True)
+    assoc._reactor_checkpoint.set()
     assoc.release()
     assert response.Status == 0xA900
     assert_nothing_kept(server)
