@@ -83,9 +83,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template
     return pg_database
 
 
+def mappings_dir_default() -> Path:
+    return SHIPPED_MAPPINGS
+
+
 @pytest.fixture
 def mappings_dir() -> Path:
-    return SHIPPED_MAPPINGS
+    return mappings_dir_default()
 
 
 @pytest.fixture

@@ -35,20 +35,41 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def receiver_port() -> int:
     return free_port()
 
 
-@pytest.fixture
-def archive(start_server, receiver_port, tmp_path):
-    server = start_server(peers=[Peer(ae_title="STORESCP", host="127.0.0.1", port=receiver_port),
-                                 Peer(ae_title="NOWHERE", host="127.0.0.1", port=free_port())])
-    corpus = build(tmp_path / "corpus")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def archive(request, tmp_path_factory, sqlite_template, pg_database, receiver_port):
+    """One archive holding the corpus for the whole module (these tests only read it)."""
+    import shutil
+
+    from pacs.settings import Settings
+    from tests.conftest import RunningServer, _truncate, mappings_dir_default
+
+    folder = tmp_path_factory.mktemp(f"qr-{request.param}")
+    if request.param == "sqlite":
+        (folder / "db").mkdir()
+        shutil.copy(sqlite_template, folder / "db" / "pacs.db")
+        url = f"sqlite:///{folder / 'db' / 'pacs.db'}"
+    else:
+        if pg_database is None:
+            pytest.skip("PostgreSQL run: set PACS_TEST_DATABASE_URL (as .ci/run does) to run this on PostgreSQL too")
+        _truncate(pg_database)
+        url = pg_database
+    settings = Settings(data_dir=folder / "data", database_url=url, mappings_dir=mappings_dir_default(),
+                        host="127.0.0.1", mllp_port=0, http_port=0, dicom_port=0, timezone="Asia/Shanghai",
+                        archive={"min_free_bytes": 0},
+                        peers=[Peer(ae_title="STORESCP", host="127.0.0.1", port=receiver_port),
+                               Peer(ae_title="NOWHERE", host="127.0.0.1", port=free_port())])
+    server = RunningServer(settings).start()
+    corpus = build(folder / "corpus")
     result = storescu(server.dicom_port, corpus)
     assert result.returncode == 0, result.stdout + result.stderr
     server.corpus = corpus
-    return server
+    yield server
+    server.stop()
 
 
 def findscu(port: int, model: str, keys: list[str], out: Path) -> list[Dataset]:
