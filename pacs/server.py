@@ -14,7 +14,7 @@ import logging
 import signal
 from dataclasses import dataclass
 
-from pacs.archive import commitment
+from pacs.archive import commitment, ian
 from pacs.archive.mpps import MPPSService
 from pacs.archive.storage import FilesystemArea
 from pacs.archive.store import Archive, DuplicatePolicy, tidy_incoming
@@ -62,9 +62,12 @@ class Services:
             deliverers[his.DESTINATION] = his.mllp_deliverer(settings.his.host, settings.his.port)
         if settings.publish.fhir_base_url:
             deliverers[publisher.DESTINATION] = publisher.fhir_deliverer(settings.publish.fhir_base_url)
+        if settings.publish.ian_peers:
+            deliverers[ian.DESTINATION_PREFIX] = ian.ian_deliverer(settings)
         outbox = OutboxWorker(db, deliverers, base_delay=settings.outbox.base_delay_seconds,
                               max_delay=settings.outbox.max_delay_seconds)
-        publishing = publisher.Publisher(db, settings, outbox.wake) if settings.publish.fhir_base_url else None
+        publishing = (publisher.Publisher(db, settings, outbox.wake)
+                      if settings.publish.fhir_base_url or settings.publish.ian_peers else None)
         channel = Channel(settings, mappings, notify)
         intake = Intake(db, channel, batch_max=settings.hl7.batch_max)
         area = FilesystemArea("online", settings.storage_dir)

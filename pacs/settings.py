@@ -94,8 +94,12 @@ class ArchiveSettings(BaseModel):
 
 
 class PublishSettings(BaseModel):
+    """Where stable studies are announced: the platform (FHIR), DICOM peers (IAN)."""
+
     fhir_base_url: str | None = None
     stable_after_seconds: float = 60.0
+    ian_peers: list[str] = Field(default_factory=list)
+    """AE titles (under [[peers]]) sent an Instance Availability Notification (IHE RAD-49)."""
 
 
 class OutboxSettings(BaseModel):
@@ -113,6 +117,8 @@ class HISDestination(BaseModel):
     version: str = "2.4"
     application: str = "HIS"
     facility: str = "HOSPITAL"
+    notify_images_available: bool = False
+    """Also tell the HIS when an order's first images arrive (ORC-5 = A, some results available)."""
 
 
 class Settings(BaseSettings):

@@ -30,6 +30,7 @@ ORDER_STATUS_OUT = {
     OrderStatus.DISCONTINUED: "DC",
 }
 FROM_THE_HIS = ("mllp:", "fhir:", "reprocess:")
+IMAGES_AVAILABLE = "A"  # HL7 table 0038: some, but not all, results available
 
 
 def _v25(version: str) -> bool:
@@ -107,6 +108,8 @@ class HISNotifier:
 
     def __call__(self, session: Session, order: ImagingOrder, before: str, after: str, by: str) -> None:
         status = ORDER_STATUS_OUT.get(OrderStatus(after))
+        if after == OrderStatus.IMAGES_RECEIVED and self.settings.his.notify_images_available:
+            status = IMAGES_AVAILABLE
         if status is None or by.startswith(FROM_THE_HIS):
             return  # nothing to say, or the HIS said it first
         payload = status_message(session, order, status, self.settings.his, self.settings)

@@ -86,11 +86,17 @@ class Publisher:
                 study.published_at = now
                 if digest != study.publish_hash:
                     study.publish_hash = digest
-                    enqueue(session, destination=DESTINATION, kind="fhir", order=study.order,
-                            payload=json.dumps({"method": "PUT", "url": conditional_url(study.study_instance_uid),
-                                                "resource": content}, ensure_ascii=False),
-                            description=f"ImagingStudy {study.study_instance_uid} "
-                                        f"({content['status']}, {study.number_of_instances} instances)")
+                    if self.settings.publish.fhir_base_url:
+                        enqueue(session, destination=DESTINATION, kind="fhir", order=study.order,
+                                payload=json.dumps({"method": "PUT",
+                                                    "url": conditional_url(study.study_instance_uid),
+                                                    "resource": content}, ensure_ascii=False),
+                                description=f"ImagingStudy {study.study_instance_uid} "
+                                            f"({content['status']}, {study.number_of_instances} instances)")
+                    if self.settings.publish.ian_peers:
+                        from pacs.archive.ian import enqueue_notifications
+
+                        enqueue_notifications(session, study, self.settings)
                     queued += 1
                 session.add(study)
             session.commit()

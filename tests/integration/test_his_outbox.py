@@ -150,3 +150,22 @@ def test_refused_delivery_waits_for_a_person(start_server, his):
     wait_for(lambda: len(his.received) == 1, describe=lambda: httpx.get(server.http_url + "/api/outbox").json())
     assert httpx.post(f"{server.http_url}/api/outbox/{dead['id']}/retry").status_code in (200, 409)
     assert httpx.post(f"{server.http_url}/api/outbox/99999/retry").status_code == 404
+
+
+def test_his_hears_that_images_are_available(start_server, his, tmp_path):
+    import pydicom
+
+    from tests.archive.corpus import build
+    from tests.archive.test_store import send_file
+
+    server = start_server(his=HISDestination(host="127.0.0.1", port=his.port, notify_images_available=True),
+                          outbox=OutboxSettings(base_delay_seconds=0.1, max_delay_seconds=0.3))
+    with MLLPClient(server.mllp_port) as mllp:
+        assert ack_fields(mllp.send(load("orm_o01_nw_ihe.hl7")))["code"] == "AA"
+    ds = pydicom.dcmread(build(tmp_path / "c", [("CT_small.dcm", "")])[0].path)
+    ds.StudyInstanceUID = STUDY
+    ds.save_as(tmp_path / "ct.dcm", enforce_file_format=True)
+    assert send_file(server.dicom_port, tmp_path / "ct.dcm").Status == 0
+    wait_for(lambda: len(his.received) == 1)
+    message = parse(his.received[0])
+    assert message.get("ORC-1") == "SC" and message.get("ORC-5") == "A" and message.get("ORC-2.1") == "PL0001"

@@ -143,3 +143,41 @@ def test_completed_mpps_publishes_at_once(start_server, platform, tmp_path):
     assert assoc.send_n_set(completion(), ModalityPerformedProcedureStep, "1.2.3.9")[0].Status == 0
     assoc.release()
     wait_for(lambda: platform.latest(STUDY_UID) is not None, timeout=15)
+
+
+def test_instance_availability_notification_to_a_dicom_peer(start_server, tmp_path):
+    """IHE RAD-49: a RIS configured under [publish] ian_peers hears which instances are online."""
+    import socket
+
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import InstanceAvailabilityNotification
+
+    from pacs.settings import Peer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    heard: list = []
+
+    def on_create(event):
+        heard.append(event.attribute_list)
+        return 0x0000, None
+
+    ris = AE(ae_title="RIS")
+    ris.add_supported_context(InstanceAvailabilityNotification)
+    listener = ris.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_N_CREATE, on_create)])
+    try:
+        server = start_server(peers=[Peer(ae_title="RIS", host="127.0.0.1", port=port)],
+                              publish=PublishSettings(ian_peers=["RIS"], stable_after_seconds=0.5),
+                              outbox=OutboxSettings(base_delay_seconds=0.2, max_delay_seconds=0.5))
+        path = image(tmp_path, "one.dcm")
+        assert send_file(server.dicom_port, path).Status == 0
+        wait_for(lambda: bool(heard))
+        [notice] = heard
+        assert notice.StudyInstanceUID == STUDY_UID
+        [series] = notice.ReferencedSeriesSequence
+        [sop] = series.ReferencedSOPSequence
+        assert sop.ReferencedSOPInstanceUID == pydicom.dcmread(path).SOPInstanceUID
+        assert sop.InstanceAvailability == "ONLINE" and sop.RetrieveAETitle == "PACS"
+    finally:
+        listener.shutdown()
