@@ -12,6 +12,9 @@ from __future__ import annotations
 import unicodedata
 from functools import lru_cache
 
+from pacs.integration.names import NameRules, person_name
+from pacs.registry.models import Patient
+
 UNICODE = "ISO_IR 192"
 GB18030 = "GB18030"
 FULL_REPERTOIRES = {UNICODE, GB18030, "GBK"}
@@ -55,3 +58,33 @@ def ascii_text(value: str) -> str:
             decomposed = unicodedata.normalize("NFKD", word)
             out.append("".join(c for c in decomposed if c.isascii()))
     return " ".join("".join(out).split())
+
+
+class Answer:
+    """Values of one C-FIND answer in its character set: everything for a modality that reads
+    Unicode or GB 18030, pinyin and ASCII text for one that does not."""
+
+    def __init__(self, charset: str | None, names: NameRules) -> None:
+        self.charset = charset
+        self.names = names
+
+    def text(self, value: str) -> str:
+        return value if self.charset else ascii_text(value)
+
+    def person(self, value: str) -> str:
+        """A stored PN (as sent: family^given, possibly Han, or already in groups) in the answer's form."""
+        if not value:
+            return ""
+        if "=" in value:  # PN groups as a modality sent them
+            return value if self.charset else value.split("=")[0]
+        parts = value.split("^")
+        name = person_name(parts[0], parts[1] if len(parts) > 1 else "", rules=self.names)
+        return name.to_dicom(ascii_only=self.charset is None)
+
+    def patient_name(self, patient: Patient) -> str:
+        if self.charset is None:
+            return patient.name_alphabetic
+        groups = [patient.name_alphabetic, patient.name_ideographic, patient.name_phonetic]
+        while len(groups) > 1 and not groups[-1]:
+            groups.pop()
+        return "=".join(groups)

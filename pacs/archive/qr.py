@@ -18,7 +18,8 @@ from pydicom.dataset import Dataset
 from sqlalchemy import ColumnElement, and_, func, true
 from sqlmodel import Session, col, select
 
-from pacs.archive.charset import answer_charset, ascii_text
+from pacs.archive.charset import Answer as BaseAnswer
+from pacs.archive.charset import answer_charset
 from pacs.archive.index import Instance, Series, Study
 from pacs.archive.query import (
     QueryError,
@@ -30,7 +31,7 @@ from pacs.archive.query import (
 )
 from pacs.archive.status import Status
 from pacs.archive.worklist import _birth_date_text, _check_vr, _value
-from pacs.integration.names import NameRules, person_name
+from pacs.integration.names import NameRules
 from pacs.registry.models import Patient
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
@@ -133,30 +134,8 @@ def find_rows(session: Session, identifier: Dataset, level: str) -> list[Found]:
     return [Found(p, s, r, i) for p, s, r, i in session.exec(query)]
 
 
-class Answer:
-    def __init__(self, charset: str | None, names: NameRules) -> None:
-        self.charset = charset
-        self.names = names
-
-    def text(self, value: str) -> str:
-        return value if self.charset else ascii_text(value)
-
-    def patient_name(self, patient: Patient) -> str:
-        if self.charset is None:
-            return patient.name_alphabetic
-        groups = [patient.name_alphabetic, patient.name_ideographic, patient.name_phonetic]
-        while len(groups) > 1 and not groups[-1]:
-            groups.pop()
-        return "=".join(groups)
-
-    def person(self, value: str) -> str:
-        if not value:
-            return ""
-        if "=" in value:  # already PN groups as the modality sent them
-            return value if self.charset else value.split("=")[0]
-        parts = value.split("^")
-        return person_name(parts[0], parts[1] if len(parts) > 1 else "", rules=self.names).to_dicom(
-            ascii_only=self.charset is None)
+class Answer(BaseAnswer):
+    """C-FIND answers of the Q/R models in one character set."""
 
     def values(self, found: Found, level: str) -> dict[str, Any]:
         p = found.patient

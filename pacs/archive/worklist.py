@@ -19,7 +19,8 @@ from pydicom.tag import Tag
 from sqlalchemy import ColumnElement, and_, true
 from sqlmodel import Session, col, select
 
-from pacs.archive.charset import answer_charset, ascii_text
+from pacs.archive.charset import Answer as BaseAnswer
+from pacs.archive.charset import answer_charset
 from pacs.archive.query import (
     QueryError,
     match_date_range,
@@ -29,7 +30,7 @@ from pacs.archive.query import (
     match_uid_list,
 )
 from pacs.archive.status import Status
-from pacs.integration.names import NameRules, PersonName, person_name
+from pacs.integration.names import NameRules
 from pacs.registry.models import ImagingOrder, OrderStatus, Patient, ProcedureStep, StepStatus, Visit
 
 OPEN_ORDERS = (OrderStatus.SCHEDULED, OrderStatus.ARRIVED, OrderStatus.IN_PROGRESS)
@@ -186,33 +187,8 @@ def find_rows(session: Session, identifier: Dataset) -> list[Row]:
     return [Row(*found) for found in session.exec(query).all()]
 
 
-class Answer:
+class Answer(BaseAnswer):
     """Builds worklist items in one character set."""
-
-    def __init__(self, charset: str | None, names: NameRules) -> None:
-        self.charset = charset
-        self.names = names
-
-    def text(self, value: str) -> str:
-        return value if self.charset else ascii_text(value)
-
-    def pn(self, name: PersonName) -> str:
-        return name.to_dicom(ascii_only=self.charset is None)
-
-    def person(self, value: str) -> str:
-        """A stored PN (as sent, family^given, possibly Han) in the answer's form."""
-        if not value:
-            return ""
-        parts = value.split("^")
-        return self.pn(person_name(parts[0], parts[1] if len(parts) > 1 else "", rules=self.names))
-
-    def patient_name(self, patient: Patient) -> str:
-        if self.charset is None:
-            return patient.name_alphabetic
-        groups = [patient.name_alphabetic, patient.name_ideographic, patient.name_phonetic]
-        while len(groups) > 1 and not groups[-1]:
-            groups.pop()
-        return "=".join(groups)
 
     def item(self, row: Row) -> Dataset:
         step, order, patient, visit = row.step, row.order, row.patient, row.visit
