@@ -26,7 +26,7 @@ from datetime import tzinfo
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -91,6 +91,80 @@ class ArchiveSettings(BaseModel):
     """Store objects of SOP classes this AE does not list (private or newer ones)."""
     min_free_bytes: int = 1024 * 1024 * 1024
     """Refuse new objects (0xA700, out of resources) when the storage area has less free space."""
+
+
+class StorageAreaSettings(BaseModel):
+    """One storage area: where copies of objects are kept (``[[storage.areas]]``)."""
+
+    name: str
+    kind: Literal["filesystem", "s3", "container"] = "filesystem"
+    """filesystem: a folder; s3: an S3-compatible bucket (MinIO, Ceph, a cloud); container: one
+    tar file per study on a slow volume (tape-like)."""
+    tier: Literal["online", "nearline", "offline"] = "online"
+    path: Path | None = None
+    """The folder of a filesystem or container area."""
+    bucket: str | None = None
+    endpoint_url: str | None = None
+    prefix: str = ""
+    access_key: str | None = None
+    secret_key: str | None = None
+    region: str | None = None
+
+
+class StorageRule(BaseModel):
+    """A migration rule (``[[storage.rules]]``): studies in ``from`` matching every condition
+    given move to ``to``."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str = ""
+    from_: str = Field(alias="from")
+    to: str
+    older_than_days: float | None = None
+    """Study date at least this many days ago."""
+    not_accessed_days: float | None = None
+    """Not retrieved (C-MOVE, C-GET, WADO, viewer) for this many days (else since it arrived)."""
+    modality: list[str] | None = None
+    """Only studies holding one of these modalities."""
+    min_study_bytes: int | None = None
+    when_free_below_bytes: int | None = None
+    """Only while the ``from`` area has less free space than this; oldest-accessed first, until
+    it has this much again."""
+    compress: Literal["none", "jpeg-ls", "jpeg2000"] = "none"
+    """Lossless compression on the way (pixel data checked bit-exact after decoding)."""
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.from_}->{self.to}"
+
+
+class StorageSettings(BaseModel):
+    """Storage areas, tiers, migration rules, replication, recall cache and scrubbing."""
+
+    areas: list[StorageAreaSettings] = Field(default_factory=list)
+    """Without an area named "online", a filesystem area "online" at [archive] storage_dir is added."""
+    write: list[str] = Field(default_factory=lambda: ["online"])
+    """Areas every new object is written to: the first before the ACK, the others by the
+    background replicator."""
+    cache: str = "online"
+    """The online area recalled studies land in."""
+    cache_max_bytes: int | None = None
+    """Evict recalled copies, least recently used study first, above this many bytes."""
+    cache_min_free_bytes: int | None = None
+    """... or while the cache area has less free space than this."""
+    rules: list[StorageRule] = Field(default_factory=list)
+    rules_interval_seconds: float = 3600.0
+    """How often the scheduler applies the rules (0: only ``pacs storage migrate``)."""
+    scrub_interval_seconds: float = 86400.0
+    """How often every copy is verified and repaired (0: only ``pacs storage scrub``)."""
+    replicate_interval_seconds: float = 5.0
+    """How often pending replicas are retried when nothing new arrives."""
+    prefetch: bool = True
+    """Recall a patient's prior studies (same modality or body part) when an order arrives."""
+    prefetch_max_studies: int = 5
+    prefetch_poll_seconds: float = 2.0
+    recall_workers: int = 8
+    """Parallel reads when recalling a study from an object store or a folder."""
 
 
 class PublishSettings(BaseModel):
@@ -163,6 +237,7 @@ class Settings(BaseSettings):
     publish: PublishSettings = Field(default_factory=PublishSettings)
     his: HISDestination = Field(default_factory=HISDestination)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
 
     @classmethod
     def settings_customise_sources(
