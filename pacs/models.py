@@ -1,6 +1,7 @@
 """Every table of the system, imported in one place so that Alembic and tests see them all."""
 
 from pacs.archive.index import Instance, InstanceFile, Series, Study
+from pacs.archive.storage.tables import PendingReplica, ScrubRun
 from pacs.integration.message_store import StoredMessage
 from pacs.integration.outbox import OutboxItem
 from pacs.registry.models import (
@@ -21,6 +22,8 @@ __all__ = [
     "ImagingOrder",
     "OrderEvent",
     "OutboxItem",
+    "PendingReplica",
+    "ScrubRun",
     "Patient",
     "PatientIdentifier",
     "PerformedProcedureStep",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from pacs.archive import commitment, ian
 from pacs.archive.mpps import MPPSService
-from pacs.archive.storage import FilesystemArea
+from pacs.archive.storage.manager import StorageManager
 from pacs.archive.store import Archive, DuplicatePolicy, tidy_incoming
 from pacs.archive.query_service import QueryService
 from pacs.db import Database
@@ -47,6 +47,7 @@ class Services:
     outbox: OutboxWorker
     archive: Archive
     publisher: publisher.Publisher | None
+    storage: StorageManager | None = None
 
     @classmethod
     def build(cls, settings: Settings, *, migrate: bool = True) -> Services:
@@ -70,17 +71,22 @@ class Services:
                       if settings.publish.fhir_base_url or settings.publish.ian_peers else None)
         channel = Channel(settings, mappings, notify)
         intake = Intake(db, channel, batch_max=settings.hl7.batch_max)
-        area = FilesystemArea("online", settings.storage_dir)
+        storage = StorageManager.from_settings(settings, db)
+        storage.prepare_areas()
+        area = storage.areas[storage.write[0]]
         tidy_incoming(area)
         archive = Archive(db, area, mappings, duplicates=DuplicatePolicy(settings.archive.duplicates), notify=notify,
                           min_free_bytes=settings.archive.min_free_bytes)
+        storage.attach(archive)
         return cls(settings=settings, db=db, mappings=mappings, channel=channel, intake=intake,
                    queries=QueryService(db, mappings, settings), mpps=MPPSService(db, notify),
-                   notify=notify, outbox=outbox, archive=archive, publisher=publishing)
+                   notify=notify, outbox=outbox, archive=archive, publisher=publishing, storage=storage)
 
     def close(self) -> None:
         if self.publisher is not None:
             self.publisher.stop()
+        if self.storage is not None:
+            self.storage.stop()
         self.intake.stop()
         self.archive.stop()
         self.outbox.stop()
@@ -118,6 +124,8 @@ class Server:
         self.services = services = await asyncio.to_thread(Services.build, settings)
         await asyncio.to_thread(services.intake.start)
         services.archive.start()
+        if services.storage is not None:
+            services.storage.start()
         services.outbox.start()
         if services.publisher is not None:
             services.publisher.start()

@@ -105,9 +105,8 @@ class DicomServer:
     def __init__(self, settings: Settings, queries: QueryService, mpps: MPPSService, archive: Archive) -> None:
         self.settings = settings
         self.ae = make_ae(settings)
-        areas = {archive.area.name: archive.area}
-        self.retriever = Retriever(archive.db, areas)
-        self.commitment = Commitment(archive.db, areas, settings)
+        self.retriever = Retriever(archive.db, archive.readable)  # online areas; recalls the rest
+        self.commitment = Commitment(archive.db, archive.areas, settings)  # a good copy in any area
         self._handlers = bindings(queries, mpps, archive, self.retriever, self.commitment, settings)
         self._server: ThreadedAssociationServer | None = None
         incoming = incoming_dir(archive.area)

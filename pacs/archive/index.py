@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index
+from sqlalchemy import JSON, BigInteger, Column, Index, func
 from sqlmodel import Field, SQLModel
 
 from pacs.db import UTCDateTime, utcnow
@@ -40,6 +40,7 @@ class Study(SQLModel, table=True):
     reconciled_by: str = ""  # how the study found its order: study_uid, accession, a device rule ...
     published_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # last ImagingStudy sent
     publish_hash: str = ""  # SHA-256 of the ImagingStudy last sent, so an unchanged one isn't resent
+    last_accessed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # last retrieve (storage rules)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
 
@@ -91,6 +92,7 @@ class InstanceFile(SQLModel, table=True):
     """One copy of an instance in one storage area."""
 
     __tablename__ = "instance_file"
+    __table_args__ = (Index("ix_instance_file_area", "area", "instance"),)
 
     id: int | None = Field(default=None, primary_key=True)
     instance: int = Field(foreign_key="instance.id", index=True)
@@ -99,3 +101,10 @@ class InstanceFile(SQLModel, table=True):
     size: int = 0
     checksum: str = ""
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    transfer_syntax_uid: str = ""  # (0002,0010) of this copy when it differs (lossless compression)
+    cached: bool = False  # a recalled copy the cache may evict while another copy exists
+    verified_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # last checksum verified
+
+
+# The transfer syntax a copy is in: its own when lossless migration re-encoded it, else the instance's.
+COPY_SYNTAX = func.coalesce(func.nullif(InstanceFile.transfer_syntax_uid, ""), Instance.transfer_syntax_uid)

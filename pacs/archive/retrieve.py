@@ -24,7 +24,7 @@ from sqlmodel import Session, col, select
 
 from pacs.archive import qr
 from pacs.archive.charset import FULL_REPERTOIRES
-from pacs.archive.index import Instance, InstanceFile, Series, Study
+from pacs.archive.index import COPY_SYNTAX, Instance, InstanceFile, Series, Study
 from pacs.archive.query import QueryError
 from pacs.archive.status import Status
 from pacs.archive.storage import StorageArea
@@ -79,14 +79,20 @@ class Retriever:
             raise QueryError(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
                              f"a {level} level retrieve needs {unique}", None)
         with Session(self.db.engine) as session:
-            query = (select(Instance.sop_instance_uid, Instance.sop_class_uid, Instance.transfer_syntax_uid,
+            query = (select(Instance.sop_instance_uid, Instance.sop_class_uid, COPY_SYNTAX,
                             Study.id, InstanceFile.area, InstanceFile.key)
                      .join(Series, Series.id == Instance.series).join(Study, Study.id == Series.study)
                      .join(Patient, Patient.id == Study.patient)
                      .join(InstanceFile, InstanceFile.instance == Instance.id))
             for condition in qr.conditions(identifier, level):
                 query = query.where(condition)
-            rows = session.exec(query.order_by(col(Series.id), col(Instance.instance_number), col(Instance.id))).all()
+            query = query.order_by(col(Series.id), col(Instance.instance_number), col(Instance.id))
+            rows = session.exec(query).all()
+            # Studies on a nearline or offline tier come back to the online cache first.
+            ensure = getattr(self.areas, "ensure", None)
+            if ensure is not None and ensure((row[0], row[3], row[4]) for row in rows):
+                session.rollback()  # a new snapshot, which sees the recalled copies
+                rows = session.exec(query).all()
         seen: set[str] = set()
         items = []
         for uid, sop_class, syntax, study, area, key in rows:

@@ -18,6 +18,7 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -202,6 +203,12 @@ class Archive:
         self._thread: threading.Thread | None = None
         self._studies: OrderedDict[str, int] = OrderedDict()  # study UID → id, recently used
         self._series: OrderedDict[str, int] = OrderedDict()
+        # Every area by name (copies replaced under keep_newer are removed from theirs), the
+        # areas readers open copies from, and hooks run in the transaction that indexes an
+        # instance (the storage manager queues replicas there).
+        self.areas: dict[str, StorageArea] = {area.name: area}
+        self.readable: dict[str, StorageArea] = self.areas
+        self.index_hooks: list[Callable[[Session, int, bool], None]] = []  # (session, instance, replaced)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -349,9 +356,12 @@ class Archive:
             session.add(instance)
             for row in old:
                 session.delete(row)
-                self.area.remove(row.key)  # the older copy goes once the newer is indexed
+                if row.area in self.areas:
+                    self.areas[row.area].remove(row.key)  # the older copy goes once the newer is indexed
             session.add(InstanceFile(instance=job.replace, area=job.area, key=job.stored.key,
                                      size=job.stored.size, checksum=job.stored.checksum))
+            for hook in self.index_hooks:
+                hook(session, job.replace, True)
             return StoreResult(Outcome.REPLACED, Status.SUCCESS, "", job.replace, _text(ds, "StudyInstanceUID"))
         instance = Instance(
             sop_instance_uid=_text(ds, "SOPInstanceUID"),
@@ -371,6 +381,8 @@ class Archive:
         session.flush()
         session.add(InstanceFile(instance=instance.id, area=job.area, key=job.stored.key, size=job.stored.size,
                                  checksum=job.stored.checksum))
+        for hook in self.index_hooks:
+            hook(session, instance.id, False)  # type: ignore[arg-type]
         entry = counts.setdefault(study_id, [0, 0, 0])
         entry[0] += 1
         entry[1] += job.stored.size

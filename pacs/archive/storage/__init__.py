@@ -68,6 +68,12 @@ class StorageArea(Protocol):
 
     def keys(self) -> Iterator[str]: ...
 
+    def free_bytes(self) -> int:
+        """Space left for new objects (an object store without a quota: a very large number)."""
+
+
+UNLIMITED = 1 << 62  # free_bytes() of an area without a limit
+
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
