@@ -195,6 +195,44 @@ class HISDestination(BaseModel):
     """Also tell the HIS when an order's first images arrive (ORC-5 = A, some results available)."""
 
 
+class AuditSettings(BaseModel):
+    """The audit log (IHE ATNA, DICOM PS3.15 A.5): retention and forwarding to a syslog collector."""
+
+    retention_days: float = 0
+    """Entries older than this are purged daily (0: keep every entry)."""
+    syslog: str | None = None
+    """Forward every entry to an audit record repository, RFC 5424 over UDP or TCP:
+    "udp://host:514" or "tcp://host:514"."""
+    syslog_poll_seconds: float = 1.0
+    source_id: str | None = None
+    """AuditSourceID of the messages (default: the AE title)."""
+    enterprise_site_id: str = ""
+    coalesce_seconds: float = 60.0
+    """Repeated reads of one study by one client over HTTP within this are one entry."""
+
+
+class BackupSettings(BaseModel):
+    """Scheduled backups: ``pacs backup DEST`` run by the server."""
+
+    dest: Path | None = None
+    interval_hours: float = 0
+    """How often the server backs up to ``dest`` (0: only ``pacs backup``)."""
+    keep: int = 7
+    """Database snapshots kept in ``dest`` (images are shared between them)."""
+
+
+class RetentionSettings(BaseModel):
+    """Retention and deletion: rejected instances wait in the trash before they are removed."""
+
+    trash_days: float = 30
+    """Days a rejected or expired instance stays in the trash before it is removed."""
+    per_modality: dict[str, float] = Field(default_factory=dict)
+    """Days since the study date after which a study of a modality expires, e.g.
+    ``{ MG = 7300, CT = 3650 }``; a study with several listed modalities keeps the longest."""
+    interval_hours: float = 24
+    """How often the server applies the periods and empties the trash (0: only ``pacs retention run``)."""
+
+
 class Settings(BaseSettings):
     """Everything the system can be told. See the module docstring for precedence."""
 
@@ -238,6 +276,9 @@ class Settings(BaseSettings):
     his: HISDestination = Field(default_factory=HISDestination)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    backup: BackupSettings = Field(default_factory=BackupSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @classmethod
     def settings_customise_sources(
