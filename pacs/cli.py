@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     trial.add_argument("--dir", type=Path, help="mappings folder (PACS_MAPPINGS_DIR)")
     fields = psub.add_parser("fields", help="list every target a mapping row can feed")
     _common(fields)
+
+    from pacs.archive.storage import commands as storage_commands
+
+    storage_commands.add_parser(sub, _common)
     return parser
 
 
@@ -96,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         return _outbox(args)
     if args.command == "import":
         return _import(args)
+    if args.command == "storage":
+        from pacs.archive.storage import commands as storage_commands
+
+        return storage_commands.run(args, _settings(args))
     return 2
 
 

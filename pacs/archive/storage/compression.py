@@ -12,6 +12,8 @@ Objects that are already encapsulated, have no pixel data, or that the encoder w
 from __future__ import annotations
 
 import logging
+import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -23,6 +25,9 @@ from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, UID
 log = logging.getLogger(__name__)
 
 METHODS = {"jpeg-ls": (JPEGLSLossless, "pyjpegls"), "jpeg2000": (JPEG2000Lossless, "pylibjpeg")}
+# pylibjpeg-openjpeg's encoder crashes the process when two threads encode at once (2.6.0):
+# one encoding at a time. CharLS (pyjpegls) encodes in parallel safely.
+_SERIAL = {"jpeg2000": threading.Lock()}
 
 
 class NotLossless(Exception):
@@ -47,7 +52,8 @@ def compress(source: Path | bytes, method: str) -> Compressed | None:
         return None
     try:
         original = ds.pixel_array.copy()
-        ds.compress(syntax, encoding_plugin=plugin, generate_instance_uid=False)
+        with _SERIAL.get(method, nullcontext()):
+            ds.compress(syntax, encoding_plugin=plugin, generate_instance_uid=False)
     except Exception as exc:  # the encoder's own reasons: bit depth, photometric interpretation ...
         log.debug("%s stays uncompressed: %s", ds.get("SOPInstanceUID", "?"), exc)
         return None
