@@ -33,6 +33,7 @@ from pacs.archive.dicomweb.media import (
     require_json,
 )
 from pacs.archive.dicomweb.stow import Stow, boundary_of
+from pacs.archive.store import incoming_dir
 from pacs.http import ServicesDep, SessionDep
 from pacs.server import Services
 
@@ -60,10 +61,14 @@ router = APIRouter(prefix=PREFIX, tags=["dicomweb"], route_class=DicomwebRoute)
 def base_url(request: Request) -> str:
     """The absolute /dicomweb URL that RetrieveURL and BulkDataURI values start with.
 
-    From the request's Host (or a proxy's X-Forwarded-Host and -Proto). A Host without a port
-    on a direct connection gets the port the request arrived on: some clients (dicomweb-client,
-    for one) send ``Host: 127.0.0.1`` to a server on port 8080.
+    The configured ``public_url`` when there is one; else the request's Host (or a proxy's
+    X-Forwarded-Host and -Proto). A Host without a port on a direct connection gets the port the
+    request arrived on: some clients (dicomweb-client, for one) send ``Host: 127.0.0.1`` to a
+    server on port 8080.
     """
+    public = getattr(request.app.state.services.settings, "public_url", None)
+    if public:
+        return str(public).rstrip("/") + PREFIX
     url = request.base_url
     headers = request.headers
     forwarded_host = headers.get("x-forwarded-host", "").split(",")[0].strip()
@@ -234,6 +239,8 @@ def retrieve_bulkdata(study: str, series: str, instance: str, tag: str, request:
 
 def _rendered(request: Request, services: Services, item: wado.Located, frame: int, *,
               thumbnail: bool = False) -> Response:
+    if not item.rows:
+        raise DicomwebError(406, f"instance {item.sop_instance_uid} has no pixel data: only images are rendered")
     media = render.rendered_media(accept(request.headers.get("accept")))
     params = render.parse_params(list(request.query_params.multi_items()), thumbnail=thumbnail)
     ds = wado.Wado(services.db, _areas(services), base_url(request)).dataset(item)
@@ -296,7 +303,7 @@ async def _store(request: Request, services: Services, study: str | None) -> Res
     boundary = boundary_of(request.headers.get("content-type"))
     archive = services.archive
     stow = Stow(archive, base_url(request), study)
-    reader = MultipartReader(request.stream(), boundary, archive.area.incoming)
+    reader = MultipartReader(request.stream(), boundary, incoming_dir(archive.area) or services.settings.data_dir)
     try:
         async for part in reader:
             await asyncio.to_thread(stow.store_part, part)

@@ -14,7 +14,9 @@ attribute at all, or a value of the wrong VR, is refused with 400.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
@@ -24,7 +26,6 @@ from sqlmodel import Session
 
 from pacs.archive import qr
 from pacs.archive.charset import UNICODE
-from pacs.archive.dicomweb.dicomjson import tidy
 from pacs.archive.dicomweb.media import bad_request
 from pacs.archive.query import QueryError
 from pacs.integration.names import NameRules
@@ -126,19 +127,22 @@ def parse(params: list[tuple[str, str]], resource: str, *, study: str | None = N
                 continue
             values.setdefault(tag, []).append(value)
     if study is not None:
-        values[Tag(tag_for_keyword("StudyInstanceUID"))] = [study]
+        values[Tag("StudyInstanceUID")] = [study]
     if series is not None:
-        values[Tag(tag_for_keyword("SeriesInstanceUID"))] = [series]
+        values[Tag("SeriesInstanceUID")] = [series]
     identifier = query.identifier
     for tag, given in values.items():
         vr = dictionary_VR(tag)
-        parts = [p for v in given for p in (v.split(",") if vr == "UI" else [v])]
+        listed = vr == "UI" or tag == Tag("ModalitiesInStudy")  # value lists, comma-separated (8.3.4.1)
+        parts = [p for v in given for p in (v.split(",") if listed else [v])]
         text = "\\".join(p.strip() if vr != "PN" else p for p in parts)
         if not text.isascii():
             identifier.SpecificCharacterSet = UNICODE
         try:
-            identifier.add_new(tag, vr, text)
-        except (ValueError, TypeError, OverflowError) as exc:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # pydicom warns about an invalid value: refuse it
+                identifier.add_new(tag, vr, text)
+        except (ValueError, TypeError, OverflowError, UserWarning) as exc:
             raise bad_request(f"{keyword_for_tag(tag)}={text!r} is not a valid {vr} value: {exc}") from None
     identifier.QueryRetrieveLevel = level
     if unsupported:
@@ -205,23 +209,55 @@ def retrieve_url(base_url: str, found: qr.Found, level: str) -> str:
     return url
 
 
+@lru_cache(maxsize=512)
+def _tag_and_vr(keyword: str) -> tuple[int, str] | None:
+    tag = tag_for_keyword(keyword)
+    return (tag, dictionary_VR(tag).split(" or ")[0]) if tag is not None else None
+
+
 def _json(keywords: list[str], values: dict[str, Any]) -> dict[str, Any]:
-    ds = Dataset()
-    ds.SpecificCharacterSet = UNICODE
+    """The answer's attributes in the DICOM JSON Model (PS3.18 F.2), tags in ascending order;
+    an attribute without a value is present with its VR alone (F.2.5)."""
+    out = {}
     for keyword in keywords:
-        value = values.get(keyword)
-        tag = tag_for_keyword(keyword)
-        if tag is None:
+        found = _tag_and_vr(keyword)
+        if found is None:
             continue
-        vr = dictionary_VR(tag)
-        if vr == "SQ":
-            ds.add_new(tag, vr, [])
-            continue
-        if value in (None, "") or value == []:
-            ds.add_new(tag, vr.split(" or ")[0], None)
-            continue
-        try:
-            ds.add_new(tag, vr.split(" or ")[0], value)
-        except (ValueError, TypeError):
-            ds.add_new(tag, vr.split(" or ")[0], None)
-    return tidy(ds.to_json_dict())
+        tag, vr = found
+        out[tag] = element(vr, values.get(keyword))
+    return {f"{tag:08X}": out[tag] for tag in sorted(out)}
+
+
+def element(vr: str, value: Any) -> dict[str, Any]:
+    """One attribute in the DICOM JSON Model: PN as component groups (F.2.2), numbers as
+    numbers (F.2.3), multiple values of a backslash-separated string as a list."""
+    if vr == "SQ":
+        return {"vr": vr, "Value": []}
+    if value is None or value == "" or value == []:
+        return {"vr": vr}
+    if isinstance(value, list):
+        items = value
+    elif isinstance(value, str) and vr not in _SINGLE_VALUED:
+        items = value.split("\\")
+    else:
+        items = [value]
+    if vr == "PN":
+        return {"vr": vr, "Value": [_person_name(v) for v in items]}
+    try:
+        if vr in _INTEGER_VRS:
+            return {"vr": vr, "Value": [int(v) for v in items]}
+        if vr in _DECIMAL_VRS:
+            return {"vr": vr, "Value": [float(v) for v in items]}
+    except (TypeError, ValueError):
+        return {"vr": vr}
+    return {"vr": vr, "Value": [str(v) for v in items]}
+
+
+_SINGLE_VALUED = {"LT", "ST", "UT", "UR"}  # a backslash is text in these (PS3.5 6.2)
+_INTEGER_VRS = {"IS", "SL", "SS", "SV", "UL", "US", "UV"}
+_DECIMAL_VRS = {"DS", "FL", "FD"}
+_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
+
+
+def _person_name(value: str) -> dict[str, str]:
+    return {group: text for group, text in zip(_GROUPS, str(value).split("="), strict=False) if text}

@@ -17,7 +17,13 @@ from io import BytesIO
 import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, apply_windowing, pixel_array
+from pydicom.pixels import (
+    apply_color_lut,
+    apply_modality_lut,
+    apply_voi_lut,
+    apply_windowing,
+    pixel_array,
+)
 
 from pacs.archive.dicomweb.media import MediaRange, bad_request, not_acceptable
 

@@ -21,7 +21,14 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from pacs.archive.dicomweb.dicomjson import dataset_json
-from pacs.archive.dicomweb.media import DICOM, MULTIPART, ReceivedPart, parse_media_type, unsupported_media_type
+from pacs.archive.dicomweb.media import (
+    DICOM,
+    MULTIPART,
+    ReceivedPart,
+    bad_request,
+    parse_media_type,
+    unsupported_media_type,
+)
 from pacs.archive.store import CANNOT_UNDERSTAND, DOES_NOT_MATCH_SOP_CLASS, Archive, StoreResult
 
 log = logging.getLogger(__name__)
@@ -43,7 +50,7 @@ def boundary_of(content_type: str | None) -> str:
                                      "bulk data) is not supported")
     boundary = media.params.get("boundary", "")
     if not boundary:
-        raise unsupported_media_type(f"the {MULTIPART} Content-Type has no boundary parameter")
+        raise bad_request(f"the {MULTIPART} Content-Type has no boundary parameter")
     return boundary
 
 

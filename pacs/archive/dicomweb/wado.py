@@ -35,6 +35,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
+from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, select
 
 from pacs.archive.dicomweb.dicomjson import dumps, element_json
@@ -90,18 +91,19 @@ def locate(session: Session, areas: dict[str, StorageArea], *, study: str, serie
            instance: str | None = None) -> list[Located]:
     """The instances of a study, series or instance, in series and instance-number order; 404
     naming the first UID the archive does not hold."""
-    query = (select(Study.id, Study.study_instance_uid, Series.series_instance_uid, Instance.sop_instance_uid,
-                    Instance.sop_class_uid, Instance.transfer_syntax_uid, Instance.instance_number, Instance.rows,
-                    Instance.number_of_frames, InstanceFile.area, InstanceFile.key)
-             .join(Series, Series.study == Study.id).join(Instance, Instance.series == Series.id)
-             .join(InstanceFile, InstanceFile.instance == Instance.id)
-             .where(Study.study_instance_uid == study))
+    query = (sql_select(col(Study.id), col(Study.study_instance_uid), col(Series.series_instance_uid),
+                        col(Instance.sop_instance_uid), col(Instance.sop_class_uid), col(Instance.transfer_syntax_uid),
+                        col(Instance.instance_number), col(Instance.rows), col(Instance.number_of_frames),
+                        col(InstanceFile.area), col(InstanceFile.key))
+             .join(Series, col(Series.study) == col(Study.id)).join(Instance, col(Instance.series) == col(Series.id))
+             .join(InstanceFile, col(InstanceFile.instance) == col(Instance.id))
+             .where(col(Study.study_instance_uid) == study))
     if series is not None:
-        query = query.where(Series.series_instance_uid == series)
+        query = query.where(col(Series.series_instance_uid) == series)
     if instance is not None:
-        query = query.where(Instance.sop_instance_uid == instance)
-    rows = session.exec(query.order_by(col(Series.series_number), col(Series.id), col(Instance.instance_number),
-                                       col(Instance.id))).all()
+        query = query.where(col(Instance.sop_instance_uid) == instance)
+    rows = session.execute(query.order_by(col(Series.series_number), col(Series.id), col(Instance.instance_number),
+                                          col(Instance.id))).all()
     seen: set[str] = set()
     found = []
     for row in rows:
@@ -119,7 +121,7 @@ def _missing(session: Session, study: str, series: str | None, instance: str | N
     if session.exec(select(Study.id).where(Study.study_instance_uid == study)).first() is None:
         return f"study {study} is not in the archive"
     if series is not None and session.exec(
-            select(Series.id).join(Study, Study.id == Series.study).where(
+            select(Series.id).join(Study, col(Study.id) == col(Series.study)).where(
                 Study.study_instance_uid == study, Series.series_instance_uid == series)).first() is None:
         return f"series {series} is not in study {study}"
     return f"instance {instance} is not in series {series} of study {study}"
@@ -273,7 +275,7 @@ class Wado:
             correct(ds, truth)
         url = self.instance_url(item)
         out: dict[str, Any] = {}
-        for tag in ds.keys():
+        for tag in sorted(ds._dict):
             raw = ds._dict.get(tag)
             key = f"{tag:08X}"
             if isinstance(raw, RawDataElement) and raw.value is None and raw.length > BULK_THRESHOLD:
@@ -281,10 +283,13 @@ class Wado:
                 if vr in BULK_VRS:  # not read at all: named by URI
                     out[key] = {"vr": vr, "BulkDataURI": f"{url}/bulkdata/{key}"}
                     continue
-            element = ds[tag]
-            big = (element.VR in BULK_VRS and element.value is not None
-                   and len(element.value) > BULK_THRESHOLD)
-            out[key] = element_json(element, f"{url}/bulkdata/{key}" if big else None)
+            try:
+                element = ds[tag]
+                big = (element.VR in BULK_VRS and element.value is not None
+                       and len(element.value) > BULK_THRESHOLD)
+                out[key] = element_json(element, f"{url}/bulkdata/{key}" if big else None)
+            except Exception as exc:  # a value pydicom can't decode must not break the whole answer
+                log.warning("metadata of %s: element %s left out: %s", item.sop_instance_uid, key, exc)
         if "Rows" in ds and "BitsAllocated" in ds:
             compressed = UID(item.transfer_syntax).is_encapsulated
             out[f"{PIXEL_DATA:08X}"] = {"vr": "OB" if compressed or int(ds.BitsAllocated) <= 8 else "OW",

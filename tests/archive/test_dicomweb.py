@@ -1,0 +1,459 @@
+"""DICOMweb (PS3.18) with dicomweb-client as the client: STOW-RS of the varied corpus, QIDO-RS at
+three levels, WADO-RS of studies, series, instances, metadata, bulk data, frames, rendered images
+and thumbnails, values corrected from the order on the way out, transcoding, streaming, and bad
+requests answered 4xx with nothing stored."""
+
+from __future__ import annotations
+
+import io
+import re
+import tracemalloc
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pydicom
+import pytest
+import requests
+from dicomweb_client import DICOMwebClient
+from PIL import Image
+from pydicom.encaps import get_frame
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from pacs.archive.index import Instance
+from tests.archive.corpus import build, source_path
+from tests.archive.test_reconcile import STUDY_UID, ct_for
+from tests.archive.test_store import assert_nothing_kept, count, stored_path
+from tests.helpers import send_all
+
+DICOM_ANY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+UNDECODABLE = "JPEG-lossy.dcm"  # 12-bit JPEG extended: no installed plugin decodes it
+
+
+def dicomweb(server) -> DICOMwebClient:
+    return DICOMwebClient(url=server.http_url + "/dicomweb")
+
+
+def stow(server, paths, study: str | None = None):
+    return dicomweb(server).store_instances([pydicom.dcmread(p) for p in paths], study_instance_uid=study)
+
+
+def value(item: dict, tag: str):
+    """The first value of an attribute of a DICOM JSON object (PS3.18 F.2)."""
+    return item[tag]["Value"][0] if item.get(tag, {}).get("Value") else None
+
+
+def multipart(response: httpx.Response) -> list[tuple[dict[str, str], bytes]]:
+    """The parts of a multipart/related response: their headers and bodies."""
+    boundary = re.search(r'boundary="?([^";]+)"?', response.headers["content-type"]).group(1).encode()
+    parts = []
+    for chunk in response.content.split(b"--" + boundary)[1:]:
+        if chunk.startswith(b"--"):
+            break
+        head, _, body = chunk.partition(b"\r\n\r\n")
+        headers = dict(line.split(": ", 1) for line in head.decode().strip().split("\r\n"))
+        parts.append(({k.lower(): v for k, v in headers.items()}, body[:-2]))
+    return parts
+
+
+def multipart_body(parts: list[bytes], boundary: str = "b0undary") -> bytes:
+    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + part + b"\r\n"
+                    for part in parts)
+    return body + b"--" + boundary.encode() + b"--\r\n"
+
+
+STOW_TYPE = 'multipart/related; type="application/dicom"; boundary=b0undary'
+
+
+def one_study(tmp_path: Path, sources: list[str], *, series_of=lambda n: n // 2) -> list[Path]:
+    """Corpus files made into one study: same patient, series by ``series_of(position)``."""
+    study, series = generate_uid(), {}
+    paths = []
+    for number, item in enumerate(build(tmp_path / "study", [(name, "") for name in sources])):
+        ds = pydicom.dcmread(item.path)
+        ds.StudyInstanceUID = study
+        ds.SeriesInstanceUID = series.setdefault(series_of(number), generate_uid())
+        ds.PatientID, ds.PatientName = "WEB001", "LI^SI"
+        ds.InstanceNumber = number + 1
+        ds.save_as(item.path, enforce_file_format=True)
+        paths.append(item.path)
+    return paths
+
+
+# -- STOW-RS and QIDO-RS ---------------------------------------------------------------------
+
+def test_stow_corpus_and_qido_at_three_levels(server, tmp_path):
+    corpus = build(tmp_path / "corpus")
+    result = stow(server, [c.path for c in corpus])
+    assert "FailedSOPSequence" not in result
+    assert sorted(i.ReferencedSOPInstanceUID for i in result.ReferencedSOPSequence) == sorted(
+        c.sop_instance_uid for c in corpus)
+    assert all(i.RetrieveURL.startswith(server.http_url + "/dicomweb/studies/") for i in result.ReferencedSOPSequence)
+    assert count(server.db, Instance) == len(corpus)
+    with_uids = {c.sop_instance_uid: c for c in corpus}
+    for uid, item in with_uids.items():  # kept byte for byte, as for C-STORE
+        assert stored_path(server, uid).read_bytes() == item.path.read_bytes(), item.source
+    client = dicomweb(server)
+    headers = [pydicom.dcmread(c.path, stop_before_pixels=True) for c in corpus]
+
+    studies = client.search_for_studies()
+    assert len(studies) == len(corpus)
+    assert {value(s, "0020000D") for s in studies} == {c.study_instance_uid for c in corpus}
+    assert all(value(s, "00081190").endswith("/dicomweb/studies/" + value(s, "0020000D")) for s in studies)
+
+    # Chinese names: every PN group intact, found by pinyin and by Han characters
+    for query in ("WANG*", "王*", "Wang^XiaoDong"):
+        found = client.search_for_studies(search_filters={"PatientName": query})
+        assert sorted(value(s, "00100020") for s in found) == ["X1EXAMPLE", "X2EXAMPLE"], query
+    [x1] = client.search_for_studies(search_filters={"00100020": "X1EXAMPLE"})
+    assert value(x1, "00100010") == {"Alphabetic": "WANG^XIAODONG", "Ideographic": "王^小東"}
+    [x2] = client.search_for_studies(search_filters={"PatientID": "X2EXAMPLE"})
+    assert value(x2, "00100010")["Ideographic"] == "王^小东"
+
+    # Date ranges, modalities in study, includefield, limit and offset
+    dates = [str(h.get("StudyDate", "")) for h in headers]
+    low = sorted(d for d in dates if d)[len([d for d in dates if d]) // 2]
+    in_range = client.search_for_studies(search_filters={"StudyDate": f"{low}-20991231"})
+    assert len(in_range) == sum(1 for d in dates if d and d >= low) > 0
+    mr = client.search_for_studies(search_filters={"ModalitiesInStudy": "MR"})
+    assert len(mr) == sum(1 for h in headers if h.Modality == "MR") > 0
+    mr_or_ct = client.search_for_studies(search_filters={"ModalitiesInStudy": "MR,CT"})
+    assert len(mr_or_ct) == sum(1 for h in headers if h.Modality in ("MR", "CT")) > len(mr)
+    [ct] = client.search_for_studies(search_filters={"StudyInstanceUID": corpus[0].study_instance_uid},
+                                     fields=["StudyDescription", "00200010"])
+    assert "00081030" in ct and value(ct, "00200010") == (str(headers[0].get("StudyID", "")) or None)
+    first = client.search_for_studies(limit=5)
+    rest = client.search_for_studies(offset=5)
+    assert len(first) == 5 and len(rest) == len(corpus) - 5
+    assert {value(s, "0020000D") for s in first + rest} == {c.study_instance_uid for c in corpus}
+    assert client.search_for_studies(search_filters={"PatientID": "NOBODY"}) == []
+
+    # Series: of a study, and across studies with relational keys
+    series_uid = str(headers[0].SeriesInstanceUID)
+    [series] = client.search_for_series(corpus[0].study_instance_uid)
+    assert value(series, "0020000E") == series_uid and value(series, "00080060") == headers[0].Modality
+    assert value(series, "00081190").endswith(f"/studies/{corpus[0].study_instance_uid}/series/{series_uid}")
+    assert "00100020" not in series  # the study is in the path: no study attributes by default
+    ct_series = client.search_for_series(search_filters={"Modality": "CT"}, fields=["ProtocolName"])
+    assert len(ct_series) == sum(1 for h in headers if h.Modality == "CT")
+    assert all("00181030" in s and "0020000D" in s for s in ct_series)
+    assert len(client.search_for_series(search_filters={"PatientName": "王*", "Modality": "OT"})) == 2
+
+    # Instances: of a series, of a study, everywhere with includefield=all
+    [instance] = client.search_for_instances(corpus[0].study_instance_uid, series_uid)
+    assert value(instance, "00080018") == corpus[0].sop_instance_uid
+    assert value(instance, "00280010") == headers[0].Rows
+    assert value(instance, "00081190").endswith(f"/series/{series_uid}/instances/{corpus[0].sop_instance_uid}")
+    assert len(client.search_for_instances(corpus[1].study_instance_uid)) == 1
+    everything = client.search_for_instances(fields=["all"])
+    assert {value(i, "00080018"): value(i, "00083002") for i in everything} == {
+        c.sop_instance_uid: c.transfer_syntax for c in corpus}
+    mr_class = client.search_for_instances(search_filters={"SOPClassUID": "1.2.840.10008.5.1.4.1.1.4"})
+    assert len(mr_class) == sum(1 for h in headers if h.SOPClassUID == "1.2.840.10008.5.1.4.1.1.4")
+
+    # Keys the index does not match on are ignored, with a Warning header
+    response = httpx.get(server.http_url + "/dicomweb/studies", params={"InstitutionName": "X", "fuzzymatching": "true"})
+    assert response.status_code == 200 and len(response.json()) == len(corpus)
+    assert "InstitutionName" in response.headers["warning"] and "fuzzymatching" in response.headers["warning"]
+
+
+# -- WADO-RS ---------------------------------------------------------------------------------
+
+def test_wado_study_series_instance_as_stored_and_transcoded(server, tmp_path):
+    paths = one_study(tmp_path, ["CT_small.dcm", "MR_small_implicit.dcm", "MR_small_jpeg_ls_lossless.dcm",
+                                 "MR_small_RLE.dcm", "SC_rgb_dcmtk_+eb+cr.dcm"])
+    stow(server, paths)
+    originals = {str(ds.SOPInstanceUID): ds for ds in (pydicom.dcmread(p) for p in paths)}
+    study = str(next(iter(originals.values())).StudyInstanceUID)
+    client = dicomweb(server)
+
+    # As stored (transfer-syntax=*): the stored files themselves, part by part
+    got = client.retrieve_study(study, media_types=(("application/dicom", "*"),))
+    assert sorted(str(ds.SOPInstanceUID) for ds in got) == sorted(originals)
+    for ds in got:
+        original = originals[str(ds.SOPInstanceUID)]
+        assert ds.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+        assert ds.PixelData == original.PixelData
+    response = httpx.get(f"{server.http_url}/dicomweb/studies/{study}", headers={"Accept": DICOM_ANY})
+    parts = multipart(response)
+    assert [h["content-type"].split("transfer-syntax=")[1] for h, _ in parts] == [
+        str(pydicom.dcmread(io.BytesIO(b)).file_meta.TransferSyntaxUID) for _, b in parts]
+    for _, body in parts:  # byte for byte what was stored
+        uid = str(pydicom.dcmread(io.BytesIO(body), stop_before_pixels=True).SOPInstanceUID)
+        assert body == stored_path(server, uid).read_bytes()
+
+    # Default Accept: Explicit VR Little Endian, compressed objects decoded, UIDs kept
+    first = pydicom.dcmread(paths[2])
+    series = client.retrieve_series(study, str(first.SeriesInstanceUID))
+    assert len(series) == 2
+    for ds in series:
+        original = originals[str(ds.SOPInstanceUID)]
+        assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert np.array_equal(ds.pixel_array, original.pixel_array)
+    for uid, original in originals.items():
+        ds = client.retrieve_instance(study, str(original.SeriesInstanceUID), uid,
+                                      media_types=(("application/dicom", ExplicitVRLittleEndian),))
+        assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian and ds.SOPInstanceUID == uid
+        assert np.array_equal(ds.pixel_array, original.pixel_array)
+        assert ds.PatientID == "WEB001"
+
+    # A bare application/dicom for one instance is one part, not multipart
+    response = httpx.get(f"{server.http_url}/dicomweb/studies/{study}/series/{first.SeriesInstanceUID}/instances/"
+                         f"{first.SOPInstanceUID}", headers={"Accept": "application/dicom; transfer-syntax=*"})
+    assert response.headers["content-type"].startswith("application/dicom")
+    assert response.content == stored_path(server, str(first.SOPInstanceUID)).read_bytes()
+
+
+def test_metadata_bulk_data_and_chinese_names(server, tmp_path):
+    paths = one_study(tmp_path, ["CT_small.dcm", "MR_small_jpeg_ls_lossless.dcm"], series_of=lambda n: n)
+    chinese = build(tmp_path / "chinese", [("chrX1.dcm", ""), ("chrX2.dcm", "")])
+    stow(server, paths + [c.path for c in chinese])
+    client = dicomweb(server)
+    ct, mr = (pydicom.dcmread(p) for p in paths)
+
+    metadata = client.retrieve_study_metadata(str(ct.StudyInstanceUID))
+    assert sorted(value(m, "00080018") for m in metadata) == sorted([ct.SOPInstanceUID, mr.SOPInstanceUID])
+    for item in metadata:
+        original = ct if value(item, "00080018") == ct.SOPInstanceUID else mr
+        assert value(item, "00100020") == "WEB001" and value(item, "00280010") == original.Rows
+        uri = item["7FE00010"]["BulkDataURI"]
+        assert uri.startswith(server.http_url + "/dicomweb/studies/")  # an absolute, working URL
+        [pixels] = client.retrieve_bulkdata(uri)
+        assert pixels == original.pixel_array.astype(original.pixel_array.dtype.newbyteorder("<")).tobytes()
+        assert "InlineBinary" not in item.get("7FE00010", {})
+    one = client.retrieve_series_metadata(str(ct.StudyInstanceUID), str(ct.SeriesInstanceUID))
+    assert [value(m, "00080018") for m in one] == [ct.SOPInstanceUID]
+
+    for item, ideographic in zip(chinese, ["王^小東", "王^小东"], strict=True):
+        ds = pydicom.dcmread(item.path, stop_before_pixels=True)
+        meta = client.retrieve_instance_metadata(item.study_instance_uid, str(ds.SeriesInstanceUID),
+                                                 item.sop_instance_uid)
+        assert value(meta, "00100010") == {"Alphabetic": "Wang^XiaoDong", "Ideographic": ideographic}
+        assert pydicom.Dataset.from_json(meta, lambda uri: b"").PatientName.ideographic == ideographic
+
+
+def test_frames_rendered_and_thumbnails(server, tmp_path):
+    corpus = build(tmp_path / "frames", [("rtdose.dcm", ""), ("SC_rgb_rle_2frame.dcm", ""),
+                                         ("examples_ybr_color.dcm", ""), ("CT_small.dcm", "")])
+    stow(server, [c.path for c in corpus])
+    client = dicomweb(server)
+    dose, rle, ybr, ct = (pydicom.dcmread(c.path) for c in corpus)
+
+    def uids(ds):
+        return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+
+    # Uncompressed frames: a byte range of a native file, decoded frames of a compressed one
+    frames = client.retrieve_instance_frames(*uids(dose), frame_numbers=[1, 3, 15])
+    assert frames == [dose.pixel_array[i].tobytes() for i in (0, 2, 14)]
+    [second] = client.retrieve_instance_frames(*uids(rle), frame_numbers=[2])
+    assert second == rle.pixel_array[1].tobytes()
+    # The stored JPEG bitstream when the client asks for image/jpeg
+    jpeg = client.retrieve_instance_frames(*uids(ybr), frame_numbers=[1, 30],
+                                           media_types=(("image/jpeg", "1.2.840.10008.1.2.4.50"),))
+    assert jpeg == [get_frame(ybr.PixelData, i, number_of_frames=30) for i in (0, 29)]
+    base = f"{server.http_url}/dicomweb/studies/{ybr.StudyInstanceUID}/series/{ybr.SeriesInstanceUID}" \
+           f"/instances/{ybr.SOPInstanceUID}"
+    assert httpx.get(base + "/frames/31").status_code == 404
+    assert httpx.get(base + "/frames/one").status_code == 400
+
+    # Rendered: JPEG by default, PNG on request, windowed, scaled to a viewport
+    default = Image.open(io.BytesIO(client.retrieve_instance_rendered(*uids(ct))))
+    assert default.format == "JPEG" and default.size == (ct.Columns, ct.Rows) and default.mode == "L"
+    png = Image.open(io.BytesIO(client.retrieve_instance_rendered(*uids(ct), media_types=("image/png",))))
+    assert png.format == "PNG" and png.size == (ct.Columns, ct.Rows)
+    narrow = Image.open(io.BytesIO(client.retrieve_instance_rendered(
+        *uids(ct), media_types=("image/png",), params={"window": "1000,1,linear"})))
+    assert set(np.unique(np.asarray(narrow))) <= {0, 255} and np.asarray(narrow).std() > 0
+    assert not np.array_equal(np.asarray(narrow), np.asarray(png))
+    small = Image.open(io.BytesIO(client.retrieve_instance_rendered(*uids(ct), params={"viewport": "64,64"})))
+    assert small.size == (64, 64)
+    frame = Image.open(io.BytesIO(client.retrieve_instance_frames_rendered(*uids(ybr), frame_numbers=[5])))
+    assert frame.mode == "RGB" and frame.size == (ybr.Columns, ybr.Rows)
+    assert httpx.get(base + "/rendered", params={"window": "40,0,linear"}).status_code == 400
+    assert httpx.get(base + "/rendered", headers={"Accept": "image/gif"}).status_code == 406
+
+    # Thumbnails of a study, a series and an instance: small JPEGs
+    for url in (f"{server.http_url}/dicomweb/studies/{ct.StudyInstanceUID}/thumbnail",
+                f"{server.http_url}/dicomweb/studies/{ct.StudyInstanceUID}/series/{ct.SeriesInstanceUID}/thumbnail",
+                base + "/thumbnail"):
+        response = httpx.get(url)
+        assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg", url
+        thumbnail = Image.open(io.BytesIO(response.content))
+        assert thumbnail.format == "JPEG" and max(thumbnail.size) <= 128
+
+
+def test_retrieve_carries_the_values_corrected_from_the_order(server, tmp_path):
+    assert [a["code"] for a in send_all(server.mllp_port, ["orm_o01_nw_ihe.hl7"])] == ["AA"]
+    # The radiographer typed the wrong patient ID; the study UID came from the worklist.
+    path = ct_for(tmp_path, StudyInstanceUID=STUDY_UID, PatientID="WRONG123", PatientName="ZHNG^SAN",
+                  AccessionNumber="")
+    second = ct_for(tmp_path, "ct2.dcm", StudyInstanceUID=STUDY_UID, PatientID="WRONG123", PatientName="ZHNG^SAN",
+                    AccessionNumber="", SeriesInstanceUID=pydicom.dcmread(path).SeriesInstanceUID)
+    assert "FailedSOPSequence" not in stow(server, [path, second])
+    ds = pydicom.dcmread(path)
+    client = dicomweb(server)
+
+    [study] = client.search_for_studies(search_filters={"StudyInstanceUID": STUDY_UID})
+    assert value(study, "00100020") == "P10001" and value(study, "00080050") == "ACC0001"
+    for got in client.retrieve_study(STUDY_UID, media_types=(("application/dicom", "*"),)):
+        assert got.PatientID == "P10001" and got.AccessionNumber == "ACC0001"
+        assert got.PatientName.alphabetic == "ZHANG^SAN" and got.PatientName.ideographic == "张^三"
+        assert got.SpecificCharacterSet == "ISO_IR 192"
+    got = client.retrieve_instance(STUDY_UID, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
+    assert got.PatientID == "P10001" and got.PixelData == ds.PixelData
+    meta = client.retrieve_instance_metadata(STUDY_UID, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
+    assert value(meta, "00100020") == "P10001"
+    assert value(meta, "00100010") == {"Alphabetic": "ZHANG^SAN", "Ideographic": "张^三"}
+    assert pydicom.dcmread(stored_path(server, str(ds.SOPInstanceUID))).PatientID == "WRONG123"  # file as sent
+
+
+# -- bad requests ----------------------------------------------------------------------------
+
+def test_bad_requests_are_4xx_with_nothing_stored(server, tmp_path):
+    url = server.http_url + "/dicomweb"
+    good = build(tmp_path / "good", [("CT_small.dcm", "")])[0]
+    not_dicom = b"this is a radiology report, not a DICOM object\n" * 20
+
+    response = httpx.post(url + "/studies", content=multipart_body([not_dicom]), headers={"Content-Type": STOW_TYPE})
+    assert response.status_code == 409 and response.headers["content-type"] == "application/dicom+json"
+    [failed] = pydicom.Dataset.from_json(response.json()).FailedSOPSequence
+    assert failed.FailureReason == 0xC000 and "ReferencedSOPSequence" not in response.json()
+    other_study = generate_uid()
+    response = httpx.post(f"{url}/studies/{other_study}", content=multipart_body([good.path.read_bytes()]),
+                          headers={"Content-Type": STOW_TYPE})
+    assert response.status_code == 409
+    [failed] = pydicom.Dataset.from_json(response.json()).FailedSOPSequence
+    assert failed.FailureReason == 0xA900 and failed.ReferencedSOPInstanceUID == good.sop_instance_uid
+    for content_type in ("application/json", 'multipart/related; type="application/dicom+json"; boundary=b0undary'):
+        response = httpx.post(url + "/studies", content=multipart_body([good.path.read_bytes()]),
+                              headers={"Content-Type": content_type})
+        assert response.status_code == 415 and response.json()["message"], content_type
+    response = httpx.post(url + "/studies", content=multipart_body([good.path.read_bytes()]),
+                          headers={"Content-Type": 'multipart/related; type="application/dicom"'})
+    assert response.status_code == 400 and "boundary" in response.json()["message"]
+    truncated = multipart_body([good.path.read_bytes()])[:-200]
+    response = httpx.post(url + "/studies", content=truncated, headers={"Content-Type": STOW_TYPE})
+    assert response.status_code == 400 and "ended" in response.json()["message"]
+    assert_nothing_kept(server)
+
+    # One good part and one bad: 202, the good one stored
+    response = httpx.post(url + "/studies", content=multipart_body([good.path.read_bytes(), not_dicom]),
+                          headers={"Content-Type": STOW_TYPE})
+    assert response.status_code == 202
+    body = pydicom.Dataset.from_json(response.json())
+    assert [i.ReferencedSOPInstanceUID for i in body.ReferencedSOPSequence] == [good.sop_instance_uid]
+    assert [i.FailureReason for i in body.FailedSOPSequence] == [0xC000]
+    assert count(server.db, Instance) == 1
+    # The same again: stored already, a warning (PS3.18 10.5.3), still one copy
+    response = httpx.post(url + "/studies", content=multipart_body([good.path.read_bytes()]),
+                          headers={"Content-Type": STOW_TYPE})
+    assert response.status_code == 202 and count(server.db, Instance) == 1
+    assert pydicom.Dataset.from_json(response.json()).ReferencedSOPSequence[0].WarningReason == 0xB006
+
+    # QIDO and WADO: bad parameters 400, JSON only 406, unknown UIDs 404, each saying why
+    series = str(pydicom.dcmread(good.path).SeriesInstanceUID)
+    cases = [
+        ("/studies", {"NotAnAttribute": "1"}, {}, 400),
+        ("/studies", {"StudyDate": "2026-13-01"}, {}, 400),
+        ("/studies", {"limit": "-1"}, {}, 400),
+        ("/studies", {"InstanceNumber": "x"}, {}, 200),  # not a study-level key: ignored, with a warning
+        ("/series", {"SeriesNumber": "abc"}, {}, 400),
+        ("/studies", {}, {"Accept": "application/dicom+xml"}, 406),
+        (f"/studies/{good.study_instance_uid}/metadata", {}, {"Accept": "application/dicom+xml"}, 406),
+        (f"/studies/{good.study_instance_uid}", {}, {"Accept": "application/json"}, 406),
+        (f"/studies/{generate_uid()}", {}, {}, 404),
+        (f"/studies/{generate_uid()}/metadata", {}, {}, 404),
+        (f"/studies/{good.study_instance_uid}/series/{generate_uid()}", {}, {}, 404),
+        (f"/studies/{good.study_instance_uid}/series/{series}/instances/{generate_uid()}/rendered", {}, {}, 404),
+        (f"/studies/{good.study_instance_uid}/series/{series}/instances/{good.sop_instance_uid}/bulkdata/xyz",
+         {}, {}, 400),
+    ]
+    for path, params, headers, status in cases:
+        response = httpx.get(url + path, params=params, headers=headers)
+        assert response.status_code == status, (path, params, headers, response.text)
+        if status >= 400:
+            assert response.json()["message"], path
+    with pytest.raises(requests.HTTPError) as error:
+        dicomweb(server).retrieve_study(generate_uid())
+    assert error.value.response.status_code == 404
+    assert count(server.db, Instance) == 1
+
+
+def test_an_undecodable_object_is_406_unless_taken_as_stored(server, tmp_path):
+    lossy, ct = one_study(tmp_path, [UNDECODABLE, "CT_small.dcm"], series_of=lambda n: 0)
+    stow(server, [lossy, ct])
+    ds = pydicom.dcmread(lossy)
+    uids = (str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
+    client = dicomweb(server)
+    with pytest.raises(requests.HTTPError) as error:
+        client.retrieve_instance(*uids, media_types=(("application/dicom", ExplicitVRLittleEndian),))
+    assert error.value.response.status_code == 406 and "transfer-syntax=*" in error.value.response.json()["message"]
+    assert client.retrieve_instance(*uids).PixelData == ds.PixelData  # as stored: fine
+    with pytest.raises(requests.HTTPError) as error:
+        client.retrieve_instance_frames(*uids, frame_numbers=[1])
+    assert error.value.response.status_code == 406
+    # Within a study the response has begun: the object is left out, the others still come.
+    got = client.retrieve_study(uids[0])
+    assert [g.SOPInstanceUID for g in got] == [pydicom.dcmread(ct).SOPInstanceUID]
+    assert len(client.retrieve_study(uids[0], media_types=(("application/dicom", "*"),))) == 2
+
+
+# -- streaming -------------------------------------------------------------------------------
+
+def big_study(folder: Path, count_: int, size: int = 512) -> list[Path]:
+    """``count_`` CT slices of ``size``×``size`` 16-bit pixels, one study, one series."""
+    folder.mkdir(parents=True)
+    template = pydicom.dcmread(source_path("CT_small.dcm"))
+    study, series = generate_uid(), generate_uid()
+    paths = []
+    for number in range(count_):
+        ds = template.copy()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series, generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = number + 1
+        ds.Rows = ds.Columns = size
+        ds.PixelData = ((np.arange(size * size, dtype=np.uint16) + number) % 4096).tobytes()
+        path = folder / f"{number:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def test_a_large_study_streams_in_and_out(server, tmp_path):
+    paths = big_study(tmp_path / "big", 50)
+    total = sum(p.stat().st_size for p in paths)  # about 26 MB
+    boundary = "streaming-boundary"
+
+    def body():
+        for path in paths:
+            yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            with path.open("rb") as handle:
+                while chunk := handle.read(256 * 1024):
+                    yield chunk
+            yield b"\r\n"
+        yield f"--{boundary}--\r\n".encode()
+
+    study = str(pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        with httpx.Client(timeout=60) as client:
+            response = client.post(server.http_url + "/dicomweb/studies", content=body(),
+                                   headers={"Content-Type": f'multipart/related; type="application/dicom"; '
+                                                            f'boundary={boundary}'})
+        stow_peak = tracemalloc.get_traced_memory()[1] - before
+        assert response.status_code == 200, response.text
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        received = 0
+        with httpx.Client(timeout=60) as client, client.stream(
+                "GET", f"{server.http_url}/dicomweb/studies/{study}", headers={"Accept": DICOM_ANY}) as answer:
+            for chunk in answer.iter_bytes():
+                received += len(chunk)
+        wado_peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert count(server.db, Instance) == 50 and received > total
+    # Neither the request nor the response was ever held whole (both are ~26 MB).
+    assert stow_peak < total / 3, f"STOW-RS peak {stow_peak} bytes for {total}"
+    assert wado_peak < total / 3, f"WADO-RS peak {wado_peak} bytes for {total}"
