@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +36,7 @@ from pacs.integration.ack import (
 )
 from pacs.integration.hl7v2 import Address
 from pacs.integration.mapping import SUPPORTED_MESSAGE_CODES, Filtered, MappingHolder, Mappings, map_hl7
-from pacs.integration.message_store import Stage, Status, StoredMessage, find_processed
+from pacs.integration.message_store import MessageRow, Stage, Status, find_processed, save_result
 from pacs.registry import lifecycle, service
 from pacs.registry.models import VisitStatus
 from pacs.registry.schemas import Action, Mapped
@@ -130,10 +132,10 @@ class Channel:
         self.notify = notify
 
     # -- 1. receive ----------------------------------------------------------------------------
-    def receive(self, inbound: Inbound) -> StoredMessage:
+    def receive(self, inbound: Inbound) -> MessageRow:
         """The message-store row for ``inbound``: raw bytes and what the header says."""
-        row = StoredMessage(raw=inbound.raw, source=inbound.source, peer=inbound.peer,
-                            endpoint=inbound.endpoint, reprocess_of=inbound.reprocess_of)
+        row = MessageRow(raw=inbound.raw, source=inbound.source, peer=inbound.peer,
+                         endpoint=inbound.endpoint, reprocess_of=inbound.reprocess_of)
         if is_fhir(row):
             from pacs.integration import fhir_intake
 
@@ -152,8 +154,9 @@ class Channel:
         return row
 
     # -- 2 to 5 --------------------------------------------------------------------------------
-    def process(self, session: Session, row: StoredMessage, inbound: Inbound) -> Outcome:
+    def process(self, session: Session, row: MessageRow, inbound: Inbound) -> Outcome:
         """Parse, filter, map and apply ``row`` (already stored). Never raises for bad input."""
+        _forget_instances(session)
         if is_fhir(row):
             from pacs.integration import fhir_intake
 
@@ -179,7 +182,7 @@ class Channel:
                 row.accession_number = (mapped.orders[0].accession_number or "")[:64]
             ctx = self.context(row, mappings)
             try:
-                with session.begin_nested():
+                with applying(session):
                     row.applied = apply_mapped(session, mapped, ctx)
             except service.RegistryError as exc:
                 raise MessageError.content(REGISTRY_ERRORS[exc.problem], sources.get(exc.target), exc.text) from None
@@ -198,7 +201,7 @@ class Channel:
             row.status, row.error = Status.ERROR, str(error)
             return self._finish(session, row, header, error)
 
-    def context(self, row: StoredMessage, mappings: Mappings) -> service.Context:
+    def context(self, row: MessageRow, mappings: Mappings) -> service.Context:
         who = f"{row.sending_application}/{row.sending_facility}".strip("/") or row.peer or row.source
         return service.Context(
             by=f"{row.source}:{who}#{row.control_id or row.id}",
@@ -209,7 +212,7 @@ class Channel:
             notify=self.notify,
         )
 
-    def _parse(self, row: StoredMessage, mappings: Mappings) -> hl7v2.Message:
+    def _parse(self, row: MessageRow, mappings: Mappings) -> hl7v2.Message:
         sender = mappings.sender(row.sending_application, row.sending_facility)
         default_charset = sender.charset or self.settings.mllp.default_charset
         try:
@@ -247,7 +250,7 @@ class Channel:
             _validate_strictly(text, message)
         return message
 
-    def _finish(self, session: Session, row: StoredMessage, header: Header, error: MessageError | None,
+    def _finish(self, session: Session, row: MessageRow, header: Header, error: MessageError | None,
                 response: str | None = None, mapped: Mapped | None = None) -> Outcome:
         if response is None:
             ack = AckCode.ACCEPT if error is None else error.ack
@@ -256,7 +259,7 @@ class Channel:
             row.ack_code = ack.value
             row.response = response
         row.processed_at = utcnow()
-        session.add(row)
+        save_result(session, row)
         charset = row.charset if mllp.python_codec(row.charset or "") else "ASCII"
         return Outcome(
             message_id=row.id,
@@ -269,7 +272,39 @@ class Channel:
         )
 
 
-def is_fhir(row: StoredMessage) -> bool:
+@contextmanager
+def applying(session: Session) -> Iterator[None]:
+    """The savepoint around one message's effect: if applying it fails, everything it changed is
+    undone, and the message's row (written afterwards) says why.
+
+    Plain SAVEPOINT statements, the same on SQLite and PostgreSQL (``Session.begin_nested``
+    compiles both clauses anew for every message); on failure the session forgets its ORM
+    instances, as a rolled-back nested transaction would have it do."""
+    connection = session.connection()
+    connection.exec_driver_sql("SAVEPOINT message")
+    try:
+        yield
+        if session.new or session.dirty or session.deleted:
+            session.flush()
+    except BaseException:
+        connection.exec_driver_sql("ROLLBACK TO SAVEPOINT message")
+        connection.exec_driver_sql("RELEASE SAVEPOINT message")
+        session.expunge_all()
+        raise
+    connection.exec_driver_sql("RELEASE SAVEPOINT message")
+
+
+def _forget_instances(session: Session) -> None:
+    """Start each message with an empty identity map. The registry's per-message paths write
+    with Core statements, which leave ORM instances loaded for an earlier message (by a merge,
+    a status transition, a FHIR subject look-up) stale; the rare ORM paths flush before they
+    return, so there is nothing pending to lose."""
+    if session.identity_map:
+        session.flush()
+        session.expunge_all()
+
+
+def is_fhir(row: MessageRow) -> bool:
     """FHIR resources arrive as JSON over HTTP; everything else is HL7 v2."""
     return row.endpoint.split(" ", 1)[0] in ("POST", "PUT") or row.raw.lstrip()[:1] == b"{"
 

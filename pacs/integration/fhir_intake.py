@@ -36,7 +36,7 @@ from pacs.integration.mapping import (
     Sourced,
     enrich,
 )
-from pacs.integration.message_store import Stage, Status, StoredMessage
+from pacs.integration.message_store import MessageRow, Stage, Status, save_result
 from pacs.registry import service
 from pacs.registry.models import Patient
 from pacs.registry.schemas import Action, IdentifierIn, Mapped, OrderAction, OrderIn, PatientIn, StepIn, VisitIn
@@ -47,7 +47,7 @@ CONTROL_FOR_STATUS = {"active": "NW", "draft": "NW", "on-hold": "XO", "revoked":
                       "entered-in-error": "CA", "completed": "SC"}
 
 
-def describe(row: StoredMessage) -> None:
+def describe(row: MessageRow) -> None:
     """Fill the message-store columns a listing shows, from the JSON (best effort)."""
     row.charset = "UNICODE UTF-8"
     row.sending_application = "FHIR"
@@ -365,9 +365,9 @@ def map_fhir(data: dict[str, Any], session: Session, mappings: Mappings,
     return items, [plan[n] for n in sorted(plan)]
 
 
-def process(channel: Any, session: Session, row: StoredMessage) -> Any:
+def process(channel: Any, session: Session, row: MessageRow) -> Any:
     """The channel's stages for a FHIR message; the response is JSON for the HTTP layer."""
-    from pacs.integration.channel import Outcome, apply_mapped
+    from pacs.integration.channel import Outcome, apply_mapped, applying
 
     mappings = channel.mappings.current()
     try:
@@ -388,7 +388,7 @@ def process(channel: Any, session: Session, row: StoredMessage) -> Any:
         ctx = channel.context(row, mappings)
         results = []
         try:
-            with session.begin_nested():
+            with applying(session):
                 for item in mapped:
                     results.append(apply_mapped(session, item, ctx))
         except service.RegistryError as exc:
@@ -418,7 +418,7 @@ def process(channel: Any, session: Session, row: StoredMessage) -> Any:
         row.response = json.dumps({"resourceType": "OperationOutcome", "issue": [
             {"severity": "error", "code": "exception", "diagnostics": error.text}]})
     row.processed_at = utcnow()
-    session.add(row)
+    save_result(session, row)
     return Outcome(message_id=row.id, status=Status(row.status), ack_code=row.ack_code,
                    response=row.response.encode(), error=error, applied=row.applied)
 

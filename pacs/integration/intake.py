@@ -22,7 +22,7 @@ from sqlmodel import Session, col, select
 
 from pacs.db import Database
 from pacs.integration.channel import Channel, Inbound, Outcome
-from pacs.integration.message_store import Status, StoredMessage
+from pacs.integration.message_store import Status, StoredMessage, load_row, store_raw
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,8 @@ class Intake:
         try:
             with Session(self.db.engine, expire_on_commit=False, autoflush=False) as session:
                 rows = [self.channel.receive(inbound) for inbound, _ in batch]
-                session.add_all(rows)
+                for row in rows:
+                    store_raw(session, row)
                 session.commit()  # 1. raw content durable
                 for (inbound, _), row in zip(batch, rows, strict=True):
                     outcomes.append(self.channel.process(session, row, inbound))
@@ -126,8 +127,8 @@ class Intake:
                 .order_by(col(StoredMessage.id))
             ).all()
         for message_id in pending:
-            with Session(self.db.engine, expire_on_commit=False) as session:
-                row = session.get_one(StoredMessage, message_id)
+            with Session(self.db.engine, expire_on_commit=False, autoflush=False) as session:
+                row = load_row(session, message_id)
                 self.channel.process(session, row, Inbound(raw=row.raw, source=row.source, peer=row.peer,
                                                            endpoint=row.endpoint))
                 session.commit()

@@ -8,11 +8,13 @@ are kept on the same row, so any message can be shown and reprocessed later.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, LargeBinary
+from sqlalchemy import JSON, Column, Index, LargeBinary, Table, bindparam, insert, update
+from sqlalchemy import select as core_select
 from sqlmodel import Field, Session, SQLModel, col, func, select
 
 from pacs.db import UTCDateTime, utcnow
@@ -66,6 +68,82 @@ class StoredMessage(SQLModel, table=True):
     processed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
+MESSAGE: Table = StoredMessage.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(slots=True, eq=False)
+class MessageRow:
+    """A message on its way through the channel: the columns of its :class:`StoredMessage` row,
+    held in a plain object and written with one INSERT when it arrives (:func:`store_raw`) and
+    one UPDATE when it is done (:func:`save_result`)."""
+
+    raw: bytes
+    source: str = "mllp"
+    peer: str = ""
+    endpoint: str = ""
+    reprocess_of: int | None = None
+    id: int | None = None
+    received_at: datetime = field(default_factory=utcnow)
+    sending_application: str = ""
+    sending_facility: str = ""
+    receiving_application: str = ""
+    receiving_facility: str = ""
+    control_id: str = ""
+    message_type: str = ""
+    version: str = ""
+    charset: str = ""
+    status: str = Status.RECEIVED
+    stage: str = Stage.RECEIVED
+    error: str | None = None
+    mapped: dict[str, Any] | None = None
+    applied: dict[str, Any] | None = None
+    ack_code: str = ""
+    response: str = ""
+    patient_id: str = ""
+    accession_number: str = ""
+    processed_at: datetime | None = None
+
+
+ROW_COLUMNS = tuple(c.name for c in MESSAGE.columns if c.name != "id")
+# What processing a message may change; the rest is fixed when it is stored.
+RESULT_COLUMNS = ("charset", "status", "stage", "error", "mapped", "applied", "ack_code", "response",
+                  "patient_id", "accession_number", "processed_at")
+_INSERT = insert(MESSAGE)
+_SAVE_RESULT = update(MESSAGE).where(MESSAGE.c.id == bindparam("row_id"))
+_BY_ID = core_select(MESSAGE).where(MESSAGE.c.id == bindparam("row_id"))
+_PROCESSED = (
+    core_select(MESSAGE.c.id, MESSAGE.c.ack_code, MESSAGE.c.response)
+    .where(MESSAGE.c.sending_application == bindparam("application"),
+           MESSAGE.c.sending_facility == bindparam("facility"),
+           MESSAGE.c.control_id == bindparam("control_id"),
+           MESSAGE.c.status == Status.PROCESSED.value,
+           MESSAGE.c.id < bindparam("before"))
+    .order_by(MESSAGE.c.id)
+    .limit(1)
+)
+
+
+def store_raw(session: Session, row: MessageRow) -> int:
+    """INSERT the message as received (status RECEIVED); sets and returns its id. The caller
+    commits before parsing it."""
+    values = {name: getattr(row, name) for name in ROW_COLUMNS}
+    row.id = session.connection().execute(_INSERT, values).inserted_primary_key[0]  # type: ignore[index]
+    return row.id  # type: ignore[return-value]
+
+
+def save_result(session: Session, row: MessageRow) -> None:
+    """UPDATE the stored message with what processing made of it (status, stages, response)."""
+    values = {name: getattr(row, name) for name in RESULT_COLUMNS}
+    values["row_id"] = row.id
+    session.connection().execute(_SAVE_RESULT, values)
+
+
+def load_row(session: Session, message_id: int) -> MessageRow:
+    """A stored message as a :class:`MessageRow`, to process it again (recovery at start-up)."""
+    stored = session.connection().execute(_BY_ID, {"row_id": message_id}).one()
+    return MessageRow(**stored._mapping)
+
+
 class MessageSummary(SQLModel):
     """One line of a message listing (no raw content)."""
 
@@ -94,21 +172,15 @@ def decoded(message: StoredMessage) -> str:
 
 def find_processed(
     session: Session, *, sending_application: str, sending_facility: str, control_id: str, before: int
-) -> StoredMessage | None:
-    """An earlier message from the same sender with the same MSH-10 that was applied."""
+) -> Any:
+    """An earlier message from the same sender with the same MSH-10 that was applied: its
+    ``id``, ``ack_code`` and ``response``, or None."""
     if not control_id:
         return None
-    return session.exec(
-        select(StoredMessage)
-        .where(
-            StoredMessage.sending_application == sending_application,
-            StoredMessage.sending_facility == sending_facility,
-            StoredMessage.control_id == control_id,
-            col(StoredMessage.status).in_([Status.PROCESSED]),
-            col(StoredMessage.id) < before,
-        )
-        .order_by(col(StoredMessage.id))
-    ).first()
+    return session.connection().execute(_PROCESSED, {
+        "application": sending_application, "facility": sending_facility, "control_id": control_id,
+        "before": before,
+    }).first()
 
 
 def search(

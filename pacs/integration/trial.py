@@ -70,12 +70,12 @@ def try_file(path: Path, mappings: Mappings, settings: Settings) -> tuple[dict[s
 
 def _try_hl7(raw: bytes, mappings: Mappings, settings: Settings) -> tuple[dict[str, Any], bool]:
     from pacs.integration.channel import Channel
-    from pacs.integration.message_store import StoredMessage
+    from pacs.integration.message_store import MessageRow
 
     header = header_from_raw(raw)
     sender = mappings.sender(header.sending_application, header.sending_facility)
-    row = StoredMessage(raw=raw, sending_application=header.sending_application,
-                        sending_facility=header.sending_facility)
+    row = MessageRow(raw=raw, sending_application=header.sending_application,
+                     sending_facility=header.sending_facility)
     channel = Channel(settings, mappings=None)  # type: ignore[arg-type]
     result: dict[str, Any] = {"sender": {"application": header.sending_application,
                                          "facility": header.sending_facility,

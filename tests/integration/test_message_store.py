@@ -83,3 +83,11 @@ def test_cli_list_show_reprocess(server, settings):
         client.send(load("orm_o01_nw_ihe.hl7"))
     fixed = pacs(settings, "messages", "reprocess", message_id)
     assert fixed.returncode == 0 and "PROCESSED" in fixed.stdout, fixed.stdout + fixed.stderr
+
+
+def test_a_message_row_has_every_column_of_the_message_store():
+    from dataclasses import fields
+
+    from pacs.integration.message_store import MESSAGE, MessageRow
+
+    assert {f.name for f in fields(MessageRow)} == set(MESSAGE.columns.keys())

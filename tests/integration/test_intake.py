@@ -1,0 +1,70 @@
+"""The intake worker: a batch of messages in one transaction gives what one message at a time
+gives, and a message that fails part-way leaves nothing of itself behind."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+
+import pytest
+from sqlmodel import Session, col, func, select
+
+from pacs.integration.channel import Inbound, Outcome
+from pacs.integration.message_store import Status, StoredMessage
+from pacs.registry.models import ImagingOrder, OrderEvent, Patient, ProcedureStep
+from tests.helpers import golden, load, snapshot
+from tests.integration.test_hl7_golden import SCENARIOS
+
+
+def one_batch(server, messages: list[bytes]) -> list[Outcome]:
+    """Process ``messages`` as one batch of the intake worker (one transaction, two commits)."""
+    intake = server.server.services.intake
+    return intake._process_batch([(Inbound(raw, "mllp", "test"), Future()) for raw in messages])
+
+
+def count(db, model) -> int:
+    with Session(db.engine) as session:
+        return session.exec(select(func.count()).select_from(model)).one()
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_a_scenario_in_one_batch_gives_its_golden_result(server, scenario):
+    outcomes = one_batch(server, [load(name) for name in SCENARIOS[scenario]])
+    assert [o.ack_code for o in outcomes] == ["AA"] * len(outcomes), [o.response for o in outcomes]
+    golden(f"hl7_{scenario}", snapshot(server.db))
+
+
+def _order_groups(controls: list[str], control_id: str = "ORM0004") -> bytes:
+    """One ORM^O01 whose order groups all name order PL0002 with the given order controls."""
+    message = load("orm_o01_nw2_ihe.hl7").decode("utf-8").replace("|ORM0004|", f"|{control_id}|").split("\r")
+    head, group = message[:2], message[2:4]
+    groups = [line.replace("ORC|NW|", f"ORC|{control}|", 1) if line.startswith("ORC") else line
+              for control in controls for line in group]
+    return "\r".join([*head, *groups, ""]).encode("utf-8")
+
+
+def test_a_message_failing_part_way_leaves_nothing_applied(server):
+    # NW creates the order (Core), CA cancels it (the lifecycle, ORM), XO then finds it cancelled
+    message = _order_groups(["NW", "CA", "XO"])
+    [outcome] = one_batch(server, [message])
+    assert outcome.ack_code == "AE" and "cancelled" in outcome.response.decode()
+    assert count(server.db, Patient) == count(server.db, ImagingOrder) == 0
+    assert count(server.db, ProcedureStep) == count(server.db, OrderEvent) == 0
+    with Session(server.db.engine) as session:
+        [row] = session.exec(select(StoredMessage)).all()
+    assert row.status == Status.ERROR and row.raw == message and "cancelled" in (row.error or "")
+
+
+def test_a_failing_message_in_a_batch_leaves_the_others_applied(server):
+    failing = _order_groups(["NW", "CA", "XO"])
+    cancel = load("orm_o01_ca_ihe.hl7")  # PL0002 again: created and cancelled in the same batch
+    outcomes = one_batch(server, [load("adt_a01_ihe.hl7"), failing, _order_groups(["NW"], "ORM0009"), cancel])
+    assert [o.ack_code for o in outcomes] == ["AA", "AE", "AA", "AA"]
+    with Session(server.db.engine) as session:
+        [order] = session.exec(select(ImagingOrder)).all()
+        events = session.exec(select(OrderEvent).order_by(col(OrderEvent.id))).all()
+        steps = session.exec(select(ProcedureStep)).all()
+        statuses = [m.status for m in session.exec(select(StoredMessage).order_by(col(StoredMessage.id)))]
+    assert order.placer_number == "PL0002" and order.status == "cancelled"
+    assert [(e.from_status, e.to_status) for e in events] == [("", "scheduled"), ("scheduled", "cancelled")]
+    assert [s.status for s in steps] == ["CANCELLED"]
+    assert statuses == [Status.PROCESSED, Status.ERROR, Status.PROCESSED, Status.PROCESSED]
