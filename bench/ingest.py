@@ -48,7 +48,8 @@ read-back, Core INSERTs for the index rows, no per-commit counters, pynetdicom p
 all of them; see ``VARIANTS``) and the one-association ingest runs on a fresh archive with each;
 then four associations on one process and on two processes sharing the DICOM port with
 ``SO_REUSEPORT``. Most of them drop a guarantee the archive keeps, so they are upper bounds of what
-a change that keeps it could gain, not proposals as they stand.
+a change that keeps it could gain, not proposals as they stand. ``--variant-rounds N`` repeats the
+plan and prints medians.
 """
 
 from __future__ import annotations
@@ -1108,10 +1109,11 @@ ALL_CHANGES = ",".join(name for name, _ in VARIANTS)
 def run_variants(args: argparse.Namespace, corpus: Corpus, scratch: Path, databases: Databases,
                  start: Any, finish: Any) -> None:
     """The one-association ingest as it is and with each change; then four associations on one
-    process and on two processes sharing the port."""
+    process and on two processes sharing the port. With ``--variant-rounds`` > 1 the whole plan
+    repeats (so each change is measured between unchanged runs) and a summary gives medians."""
     plan: list[tuple[str, str, int, int]] = [("as is", "", 1, 1)]
     plan += [(name, name, 1, 1) for name, _ in VARIANTS]
-    plan += [("all of the above", ALL_CHANGES, 1, 1), ("as is (again)", "", 1, 1), ("as is", "", 4, 1),
+    plan += [("all of the above", ALL_CHANGES, 1, 1), ("as is", "", 1, 1), ("as is", "", 4, 1),
              ("2 processes, SO_REUSEPORT", "reuseport", 4, 2),
              ("2 processes + all of the above", "reuseport," + ALL_CHANGES, 4, 2)]
     print("\nwhat-if variants (fresh archive each; applied at start by the bootstrap; nothing in pacs/ changes):")
@@ -1119,28 +1121,45 @@ def run_variants(args: argparse.Namespace, corpus: Corpus, scratch: Path, databa
         print(f"  {name:11} {describe}")
     print(f"  {'variant':32} {'assoc':>5} {'seconds':>8} {'inst/s':>8} {'ms/inst':>8} {'vs as is':>9} "
           f"{'server CPU':>10}  verified")
-    baseline: dict[int, list[float]] = {}
-    for number, (name, changes, associations, processes) in enumerate(plan):
-        folder = scratch / f"variant-{number}"
-        url = databases.new(f"v{number}")
-        if processes > 1:
-            target: Any = ServerGroup([OurServer(folder, url, changes=changes, tag=f"-{i}") for i in range(processes)])
-        else:
-            target = OurServer(folder, url, changes=changes)
-        start(target)
-        warm_up(target, corpus, scratch / "warmup.log")
-        result = send(target, corpus, associations, scratch / f"variant-{number}.storescu.log",
-                      corpus.warmup_count + len(corpus.files), label=name)
-        finish(target, result)
-        if name.startswith("as is"):
-            baseline.setdefault(associations, []).append(result.rate)
-        reference = statistics.mean(baseline.get(associations, [result.rate]))
-        check = "all indexed and filed" if result.complete else "PROBLEMS: " + "; ".join(result.failures)
-        n = max(result.instances, 1)
-        print(f"  {name:32} {associations:>5} {result.seconds:>8.2f} {result.rate:>8.1f} "
-              f"{1000 / result.rate if result.rate else 0:>8.2f} {result.rate / reference - 1:>+9.0%} "
-              f"{result.server_cpu / n * 1000:>10.2f}  {check}", flush=True)
-    print("  ('vs as is': against the mean of the unchanged runs with the same association count so far)")
+    rates: dict[tuple[str, int], list[SendResult]] = {}
+    runs = 0
+    for round_number in range(args.variant_rounds):
+        for name, changes, associations, processes in plan:
+            runs += 1
+            folder = scratch / f"variant-{runs}"
+            url = databases.new(f"v{runs}")
+            if processes > 1:
+                target: Any = ServerGroup([OurServer(folder, url, changes=changes, tag=f"-{i}")
+                                           for i in range(processes)])
+            else:
+                target = OurServer(folder, url, changes=changes)
+            start(target)
+            warm_up(target, corpus, scratch / "warmup.log")
+            result = send(target, corpus, associations, scratch / f"variant-{runs}.storescu.log",
+                          corpus.warmup_count + len(corpus.files), label=name)
+            finish(target, result)
+            rates.setdefault((name, associations), []).append(result)
+            reference = statistics.median(r.rate for r in rates.get(("as is", associations), [result]))
+            check = "all indexed and filed" if result.complete else "PROBLEMS: " + "; ".join(result.failures)
+            n = max(result.instances, 1)
+            print(f"  {name:32} {associations:>5} {result.seconds:>8.2f} {result.rate:>8.1f} "
+                  f"{1000 / result.rate if result.rate else 0:>8.2f} {result.rate / reference - 1:>+9.0%} "
+                  f"{result.server_cpu / n * 1000:>10.2f}  {check}", flush=True)
+    print("  ('vs as is': against the median of the unchanged runs with the same association count so far)")
+    if args.variant_rounds > 1:
+        print(f"\n  medians over {args.variant_rounds} rounds:")
+        print(f"  {'variant':32} {'assoc':>5} {'inst/s':>8} {'ms/inst':>8} {'vs as is':>9} {'server CPU':>10} "
+              f"{'vs as is':>9}  {'runs':>4}")
+        for (name, associations), results in rates.items():
+            base = rates[("as is", associations)]
+            rate = statistics.median(r.rate for r in results)
+            cpu = statistics.median(r.server_cpu / max(r.instances, 1) * 1000 for r in results)
+            base_rate = statistics.median(r.rate for r in base)
+            base_cpu = statistics.median(r.server_cpu / max(r.instances, 1) * 1000 for r in base)
+            bad = sum(not r.complete for r in results)
+            print(f"  {name:32} {associations:>5} {rate:>8.1f} {1000 / rate if rate else 0:>8.2f} "
+                  f"{rate / base_rate - 1:>+9.0%} {cpu:>10.2f} {cpu / base_cpu - 1:>+9.0%}  {len(results):>4}"
+                  + (f"  {bad} run(s) lost instances" if bad else ""))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1289,6 +1308,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also measure what-if changes applied at start (see VARIANTS in the source): "
                              "one-association ingest with each, and four associations on two processes "
                              "sharing the port with SO_REUSEPORT")
+    parser.add_argument("--variant-rounds", type=int, default=1,
+                        help="repeat the --variants plan this many times and summarise with medians (default 1)")
     parser.add_argument("--top", type=int, default=25, help="functions per cProfile table (default 25)")
     parser.add_argument("--seed", type=int, default=1, help="corpus seed (different UIDs and patients)")
     parser.add_argument("--cache", type=Path, help="corpus cache folder (default: <temp>/pacs-bench-ingest)")
