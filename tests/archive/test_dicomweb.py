@@ -18,9 +18,10 @@ import requests
 from dicomweb_client import DICOMwebClient
 from PIL import Image
 from pydicom.encaps import get_frame
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
+from sqlmodel import Session, select
 
-from pacs.archive.index import Instance
+from pacs.archive.index import Instance, InstanceFile, Study
 from tests.archive.corpus import build, source_path
 from tests.archive.test_reconcile import STUDY_UID, ct_for
 from tests.archive.test_store import assert_nothing_kept, count, stored_path
@@ -305,6 +306,32 @@ def test_retrieve_carries_the_values_corrected_from_the_order(server, tmp_path):
     assert value(meta, "00100020") == "P10001"
     assert value(meta, "00100010") == {"Alphabetic": "ZHANG^SAN", "Ideographic": "张^三"}
     assert pydicom.dcmread(stored_path(server, str(ds.SOPInstanceUID))).PatientID == "WRONG123"  # file as sent
+
+
+def test_a_study_on_an_offline_tier_is_recalled_for_wado(start_server, tmp_path):
+    """Migrated to a tape container, compressed losslessly on the way: WADO-RS recalls it, as
+    C-MOVE does, and sends the copy's own syntax as stored or decodes it to the default."""
+    from pacs.settings import StorageSettings
+
+    server = start_server(storage=StorageSettings(
+        areas=[{"name": "tape", "kind": "container", "tier": "offline", "path": tmp_path / "tape"}],
+        rules_interval_seconds=0, scrub_interval_seconds=0))
+    paths = big_study(tmp_path / "study", 3, size=64)
+    stow(server, paths)
+    originals = {str(ds.SOPInstanceUID): ds for ds in (pydicom.dcmread(p) for p in paths)}
+    study = str(next(iter(originals.values())).StudyInstanceUID)
+    with Session(server.db.engine) as session:
+        study_id = session.exec(select(Study.id).where(Study.study_instance_uid == study)).one()
+    server.server.services.storage.migrate_study(study_id, "online", "tape", compress_with="jpeg2000")
+    with Session(server.db.engine) as session:
+        assert set(session.exec(select(InstanceFile.area)).all()) == {"tape"}
+
+    client = dicomweb(server)
+    as_kept = client.retrieve_study(study, media_types=(("application/dicom", "*"),))
+    assert {str(ds.file_meta.TransferSyntaxUID) for ds in as_kept} == {JPEG2000Lossless}
+    for ds in client.retrieve_study(study) + as_kept:  # decoded to the default, and as kept: bit-exact
+        assert np.array_equal(ds.pixel_array, originals[str(ds.SOPInstanceUID)].pixel_array)
+    assert len(client.retrieve_study_metadata(study)) == 3
 
 
 # -- bad requests ----------------------------------------------------------------------------

@@ -84,7 +84,8 @@ def base_url(request: Request) -> str:
 
 
 def _areas(services: Services) -> dict[str, Any]:
-    return {services.archive.area.name: services.archive.area}
+    """The areas copies are read from (online ones; reading a study elsewhere recalls it)."""
+    return services.archive.readable
 
 
 def _warning_header(warnings: list[str]) -> dict[str, str]:

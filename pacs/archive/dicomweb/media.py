@@ -171,7 +171,8 @@ def multipart_chunks(parts: Iterable[Part], boundary: str) -> Iterator[bytes]:
 def file_chunks(handle: BinaryIO, start: int = 0, length: int | None = None) -> Iterator[bytes]:
     """A file (or a range of it) in chunks of :data:`CHUNK` bytes; closes the file at the end."""
     with handle:
-        handle.seek(start)
+        if start:
+            handle.seek(start)
         left = length
         while left is None or left > 0:
             chunk = handle.read(CHUNK if left is None else min(CHUNK, left))

@@ -53,7 +53,7 @@ from pacs.archive.dicomweb.media import (
     not_acceptable,
     not_found,
 )
-from pacs.archive.index import Instance, InstanceFile, Series, Study
+from pacs.archive.index import COPY_SYNTAX, Instance, InstanceFile, Series, Study
 from pacs.archive.retrieve import Retriever, correct
 from pacs.archive.storage import StorageArea
 from pacs.db import Database
@@ -75,7 +75,7 @@ class Located:
     series_uid: str
     sop_instance_uid: str
     sop_class_uid: str
-    transfer_syntax: str
+    transfer_syntax: str  # of the copy read (lossless migration may have re-encoded it)
     instance_number: int | None
     rows: int | None
     number_of_frames: int | None
@@ -89,10 +89,11 @@ class Located:
 
 def locate(session: Session, areas: dict[str, StorageArea], *, study: str, series: str | None = None,
            instance: str | None = None) -> list[Located]:
-    """The instances of a study, series or instance, in series and instance-number order; 404
-    naming the first UID the archive does not hold."""
+    """The instances of a study, series or instance, in series and instance-number order, each
+    with a copy in a readable area (a study on a nearline or offline tier is recalled into the
+    online cache first, as for C-MOVE); 404 naming the first UID the archive does not hold."""
     query = (sql_select(col(Study.id), col(Study.study_instance_uid), col(Series.series_instance_uid),
-                        col(Instance.sop_instance_uid), col(Instance.sop_class_uid), col(Instance.transfer_syntax_uid),
+                        col(Instance.sop_instance_uid), col(Instance.sop_class_uid), COPY_SYNTAX,
                         col(Instance.instance_number), col(Instance.rows), col(Instance.number_of_frames),
                         col(InstanceFile.area), col(InstanceFile.key))
              .join(Series, col(Series.study) == col(Study.id)).join(Instance, col(Instance.series) == col(Series.id))
@@ -102,8 +103,13 @@ def locate(session: Session, areas: dict[str, StorageArea], *, study: str, serie
         query = query.where(col(Series.series_instance_uid) == series)
     if instance is not None:
         query = query.where(col(Instance.sop_instance_uid) == instance)
-    rows = session.execute(query.order_by(col(Series.series_number), col(Series.id), col(Instance.instance_number),
-                                          col(Instance.id))).all()
+    query = query.order_by(col(Series.series_number), col(Series.id), col(Instance.instance_number),
+                           col(Instance.id))
+    rows = session.execute(query).all()
+    ensure = getattr(areas, "ensure", None)
+    if rows and ensure is not None and ensure((row[3], row[0], row[9]) for row in rows):
+        session.rollback()  # a new snapshot, which sees the recalled copies
+        rows = session.execute(query).all()
     seen: set[str] = set()
     found = []
     for row in rows:
@@ -112,8 +118,11 @@ def locate(session: Session, areas: dict[str, StorageArea], *, study: str, serie
             continue  # one copy is enough
         seen.add(item.sop_instance_uid)
         found.append(item)
-    if not found:
+    if not rows:
         raise not_found(_missing(session, study, series, instance))
+    if not found:
+        raise DicomwebError(503, "no copy of the instances asked for can be read now (a storage tier is "
+                                 "unavailable); try again later")  # 503 Service Unavailable
     return found
 
 
@@ -400,6 +409,8 @@ class Wado:
         syntax = UID(item.transfer_syntax)
         if syntax.is_encapsulated or syntax.is_deflated or syntax == ExplicitVRBigEndian:
             return None
+        if self.areas[item.area].local_path(item.key) is None:
+            return None  # ranges of a local file only
         ds = pydicom.dcmread(self._source(item), defer_size=BULK_THRESHOLD)
         raw = ds._dict.get(PIXEL_DATA)
         if not isinstance(raw, RawDataElement) or raw.value is not None or raw.value_tell is None:
