@@ -30,6 +30,8 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 def create_app(services: Services) -> FastAPI:
     from pacs.archive.dicomweb import router as dicomweb_router
+    from pacs.audit.api import router as audit_router
+    from pacs.audit.http import AuditMiddleware
     from pacs.fhir_server.api import router as fhir_router
     from pacs.integration.api import outbox_router
     from pacs.integration.api import router as messages_router
@@ -67,4 +69,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(outbox_router)
     app.include_router(fhir_router)
     app.include_router(dicomweb_router)
+    app.include_router(audit_router)
+    if services.audit is not None:  # who read, searched or stored what (IHE ATNA)
+        app.add_middleware(AuditMiddleware, auditor=services.audit)
     return app

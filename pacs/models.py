@@ -2,6 +2,7 @@
 
 from pacs.archive.index import Instance, InstanceFile, Series, Study
 from pacs.archive.storage.tables import PendingReplica, ScrubRun
+from pacs.audit.tables import AuditCursor, AuditEvent, AuditObject
 from pacs.integration.message_store import StoredMessage
 from pacs.integration.outbox import OutboxItem
 from pacs.registry.models import (
@@ -15,6 +16,9 @@ from pacs.registry.models import (
 )
 
 __all__ = [
+    "AuditCursor",
+    "AuditEvent",
+    "AuditObject",
     "Instance",
     "InstanceFile",
     "Series",

@@ -14,11 +14,14 @@ import logging
 import signal
 from dataclasses import dataclass
 
+from pacs import housekeeping
 from pacs.archive import commitment, ian
+from pacs.archive.retention import Retention
 from pacs.archive.mpps import MPPSService
 from pacs.archive.storage.manager import StorageManager
 from pacs.archive.store import Archive, DuplicatePolicy, tidy_incoming
 from pacs.archive.query_service import QueryService
+from pacs.audit import Auditor
 from pacs.db import Database
 from pacs.integration import his, publisher
 from pacs.integration.his import HISNotifier
@@ -27,6 +30,7 @@ from pacs.registry import lifecycle
 from pacs.integration.channel import Channel
 from pacs.integration.intake import Intake
 from pacs.integration.mapping import MappingHolder
+from pacs.housekeeping import Housekeeping
 from pacs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,6 +52,9 @@ class Services:
     archive: Archive
     publisher: publisher.Publisher | None
     storage: StorageManager | None = None
+    audit: Auditor | None = None
+    retention: Retention | None = None
+    housekeeping: Housekeeping | None = None
 
     @classmethod
     def build(cls, settings: Settings, *, migrate: bool = True) -> Services:
@@ -78,9 +85,11 @@ class Services:
         archive = Archive(db, area, mappings, duplicates=DuplicatePolicy(settings.archive.duplicates), notify=notify,
                           min_free_bytes=settings.archive.min_free_bytes)
         storage.attach(archive)
-        return cls(settings=settings, db=db, mappings=mappings, channel=channel, intake=intake,
-                   queries=QueryService(db, mappings, settings), mpps=MPPSService(db, notify),
-                   notify=notify, outbox=outbox, archive=archive, publisher=publishing, storage=storage)
+        services = cls(settings=settings, db=db, mappings=mappings, channel=channel, intake=intake,
+                       queries=QueryService(db, mappings, settings), mpps=MPPSService(db, notify),
+                       notify=notify, outbox=outbox, archive=archive, publisher=publishing, storage=storage)
+        housekeeping.wire(services)  # audit log, IOCM rejections, retention, scheduled jobs
+        return services
 
     def close(self) -> None:
         if self.publisher is not None:
@@ -90,6 +99,7 @@ class Services:
         self.intake.stop()
         self.archive.stop()
         self.outbox.stop()
+        housekeeping.stop(self)
         self.db.dispose()
 
 
@@ -122,6 +132,7 @@ class Server:
 
         settings = self.settings
         self.services = services = await asyncio.to_thread(Services.build, settings)
+        await asyncio.to_thread(housekeeping.start, services)
         await asyncio.to_thread(services.intake.start)
         services.archive.start()
         if services.storage is not None:
@@ -132,7 +143,7 @@ class Server:
 
         from pacs.archive.ae import DicomServer
 
-        self._dicom = DicomServer(settings, services.queries, services.mpps, services.archive)
+        self._dicom = DicomServer(settings, services.queries, services.mpps, services.archive, audit=services.audit)
         await asyncio.to_thread(self._dicom.start, settings.host, settings.dicom_port)
         self.dicom_port = self._dicom.port
 

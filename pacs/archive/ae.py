@@ -102,12 +102,17 @@ def _nodelay(event: evt.Event) -> None:
 class DicomServer:
     """The AE listening in its own threads (pynetdicom's threaded server)."""
 
-    def __init__(self, settings: Settings, queries: QueryService, mpps: MPPSService, archive: Archive) -> None:
+    def __init__(self, settings: Settings, queries: QueryService, mpps: MPPSService, archive: Archive,
+                 audit: Any = None) -> None:
         self.settings = settings
         self.ae = make_ae(settings)
         self.retriever = Retriever(archive.db, archive.readable)  # online areas; recalls the rest
         self.commitment = Commitment(archive.db, archive.areas, settings)  # a good copy in any area
         self._handlers = bindings(queries, mpps, archive, self.retriever, self.commitment, settings)
+        if audit is not None:  # C-STORE, C-FIND, C-MOVE and C-GET audited around the thin handlers
+            from pacs.audit.dicom import DicomAudit
+
+            self._handlers = DicomAudit(audit).wrap(self._handlers)
         self._server: ThreadedAssociationServer | None = None
         incoming = incoming_dir(archive.area)
         if incoming is not None:

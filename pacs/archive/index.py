@@ -86,6 +86,8 @@ class Instance(SQLModel, table=True):
     size: int = 0
     checksum: str = ""  # SHA-256 of the file as stored
     received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    rejected_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)  # in the trash since (IOCM)
+    rejection_code: str = ""  # (0040,A043) of the rejection note: DCM 113001, 113037, 113038, 113039
 
 
 class InstanceFile(SQLModel, table=True):
@@ -105,6 +107,9 @@ class InstanceFile(SQLModel, table=True):
     cached: bool = False  # a recalled copy the cache may evict while another copy exists
     verified_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # last checksum verified
 
+
+# Instances queries and retrieves answer with: not rejected (IOCM) nor expired, i.e. not in the trash.
+NOT_REJECTED = Instance.rejected_at.is_(None)  # type: ignore[union-attr]
 
 # The transfer syntax a copy is in: its own when lossless migration re-encoded it, else the instance's.
 COPY_SYNTAX = func.coalesce(func.nullif(InstanceFile.transfer_syntax_uid, ""), Instance.transfer_syntax_uid)

@@ -20,7 +20,7 @@ from sqlmodel import Session, col, select
 
 from pacs.archive.charset import Answer as BaseAnswer
 from pacs.archive.charset import answer_charset
-from pacs.archive.index import Instance, Series, Study
+from pacs.archive.index import NOT_REJECTED, Instance, Series, Study
 from pacs.archive.query import (
     QueryError,
     match_date_range,
@@ -108,7 +108,19 @@ def conditions(identifier: Dataset, level: str) -> list[ColumnElement[bool]]:
             match_uid_list(Instance.sop_class_uid, v("SOPClassUID")),
             (Instance.instance_number == int(number)) if number and number.strip().isdigit() else None,
         ]
+    found += trash_excluded(level)
     return [c for c in found if c is not None]
+
+
+def trash_excluded(level: str) -> list[ColumnElement[bool]]:
+    """Rejected and expired instances are in the trash: they, and studies and series left with
+    nothing else, are not answered (IHE IOCM); the counts already leave them out."""
+    visible: list[ColumnElement[bool]] = [Study.number_of_instances > 0]
+    if level in ("SERIES", "IMAGE"):
+        visible.append(Series.number_of_instances > 0)
+    if level == "IMAGE":
+        visible.append(NOT_REJECTED)
+    return visible
 
 
 def find_rows(session: Session, identifier: Dataset, level: str) -> list[Found]:

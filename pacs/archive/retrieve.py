@@ -24,7 +24,7 @@ from sqlmodel import Session, col, select
 
 from pacs.archive import qr
 from pacs.archive.charset import FULL_REPERTOIRES
-from pacs.archive.index import COPY_SYNTAX, Instance, InstanceFile, Series, Study
+from pacs.archive.index import COPY_SYNTAX, NOT_REJECTED, Instance, InstanceFile, Series, Study
 from pacs.archive.query import QueryError
 from pacs.archive.status import Status
 from pacs.archive.storage import StorageArea
@@ -86,6 +86,7 @@ class Retriever:
                      .join(InstanceFile, InstanceFile.instance == Instance.id))
             for condition in qr.conditions(identifier, level):
                 query = query.where(condition)
+            query = query.where(NOT_REJECTED)  # nothing from the trash
             query = query.order_by(col(Series.id), col(Instance.instance_number), col(Instance.id))
             rows = session.exec(query).all()
             # Studies on a nearline or offline tier come back to the online cache first.

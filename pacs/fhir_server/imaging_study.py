@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from pacs.archive.index import Instance, Series, Study
+from pacs.archive.index import NOT_REJECTED, Instance, Series, Study
 from pacs.registry.models import ImagingOrder, OrderStatus, Patient
 
 DICOM_UID = "urn:dicom:uid"
@@ -57,7 +57,7 @@ def imaging_study_resource(session: Session, study: Study, *, zone: tzinfo | Non
                            logical: bool = False, dicomweb_url: str | None = None) -> dict[str, Any]:
     patient = session.get_one(Patient, study.patient)
     order = session.get(ImagingOrder, study.order) if study.order else None
-    series_rows = session.exec(select(Series).where(Series.study == study.id)
+    series_rows = session.exec(select(Series).where(Series.study == study.id, Series.number_of_instances > 0)
                                .order_by(col(Series.series_number), col(Series.id))).all()
     identifiers: list[dict[str, Any]] = [{"system": DICOM_UID, "value": f"urn:oid:{study.study_instance_uid}"}]
     if study.accession_number:
@@ -112,7 +112,7 @@ def imaging_study_resource(session: Session, study: Study, *, zone: tzinfo | Non
             {"display": f"DICOMweb {dicomweb_url}"}]
     series_out = []
     for series in series_rows:
-        instances = session.exec(select(Instance).where(Instance.series == series.id)
+        instances = session.exec(select(Instance).where(Instance.series == series.id, NOT_REJECTED)
                                  .order_by(col(Instance.instance_number), col(Instance.id))).all()
         item: dict[str, Any] = {
             "uid": series.series_instance_uid,

@@ -130,6 +130,7 @@ class Channel:
         self.settings = settings
         self.mappings = mappings
         self.notify = notify
+        self.audit: Any = None  # called with (session, row) before a result is saved (the audit log)
 
     # -- 1. receive ----------------------------------------------------------------------------
     def receive(self, inbound: Inbound) -> MessageRow:
@@ -259,6 +260,8 @@ class Channel:
             row.ack_code = ack.value
             row.response = response
         row.processed_at = utcnow()
+        if self.audit is not None:
+            self.audit(session, row)
         save_result(session, row)
         charset = row.charset if mllp.python_codec(row.charset or "") else "ASCII"
         return Outcome(

@@ -418,6 +418,8 @@ def process(channel: Any, session: Session, row: MessageRow) -> Any:
         row.response = json.dumps({"resourceType": "OperationOutcome", "issue": [
             {"severity": "error", "code": "exception", "diagnostics": error.text}]})
     row.processed_at = utcnow()
+    if channel.audit is not None:
+        channel.audit(session, row)
     save_result(session, row)
     return Outcome(message_id=row.id, status=Status(row.status), ack_code=row.ack_code,
                    response=row.response.encode(), error=error, applied=row.applied)

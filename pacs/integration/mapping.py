@@ -1084,10 +1084,12 @@ class MappingHolder:
     """The mappings in force; reloads when a file changes and keeps the last good set."""
 
     def __init__(self, root: Path, *, poll_seconds: float = 2.0,
-                 on_change: Callable[[Mappings], None] | None = None) -> None:
+                 on_change: Callable[[Mappings], None] | None = None,
+                 on_refused: Callable[[list[str]], None] | None = None) -> None:
         self.root = root
         self.poll_seconds = poll_seconds
         self.on_change = on_change
+        self.on_refused = on_refused  # a changed set was refused (the last good one stays)
         self._lock = threading.Lock()
         self._checked = 0.0
         self._stamp = self._fingerprint()
@@ -1127,6 +1129,8 @@ class MappingHolder:
                 self.last_problems = problems
                 log.error("mappings in %s have %d problem(s); keeping the last good mappings:\n  %s",
                           self.root, len(problems), "\n  ".join(problems))
+                if self.on_refused is not None:
+                    self.on_refused(problems)
                 return False
             self.last_problems = []
             self._current = mappings
