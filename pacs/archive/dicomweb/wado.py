@@ -53,7 +53,7 @@ from pacs.archive.dicomweb.media import (
     not_acceptable,
     not_found,
 )
-from pacs.archive.index import COPY_SYNTAX, Instance, InstanceFile, Series, Study
+from pacs.archive.index import COPY_SYNTAX, NOT_REJECTED, Instance, InstanceFile, Series, Study
 from pacs.archive.retrieve import Retriever, correct
 from pacs.archive.storage import StorageArea
 from pacs.db import Database
@@ -98,7 +98,7 @@ def locate(session: Session, areas: dict[str, StorageArea], *, study: str, serie
                         col(InstanceFile.area), col(InstanceFile.key))
              .join(Series, col(Series.study) == col(Study.id)).join(Instance, col(Instance.series) == col(Series.id))
              .join(InstanceFile, col(InstanceFile.instance) == col(Instance.id))
-             .where(col(Study.study_instance_uid) == study))
+             .where(col(Study.study_instance_uid) == study, NOT_REJECTED))  # nothing from the trash (IOCM)
     if series is not None:
         query = query.where(col(Series.series_instance_uid) == series)
     if instance is not None:
