@@ -190,7 +190,10 @@ class StorageManager:
         """Create missing buckets, tidy unfinished container writes."""
         for area in self.areas.values():
             if hasattr(area, "ensure_bucket"):
-                area.ensure_bucket()
+                try:
+                    area.ensure_bucket()
+                except Exception as exc:  # unreachable now: replicas wait, recalls try other copies
+                    log.error("storage area %s cannot be reached: %s", area.name, exc)
             if isinstance(area, ContainerArea):
                 area.tidy()
 
@@ -687,11 +690,13 @@ class StorageManager:
             session.add(PendingReplica(instance=instance_id, area=area))
         if not session.info.get("replica_wake"):
             session.info["replica_wake"] = True
-            event.listen(session, "after_commit", self._after_commit, once=True)
+            event.listen(session, "after_transaction_end", self._after_transaction)
 
-    def _after_commit(self, session: Session) -> None:
-        session.info.pop("replica_wake", None)
-        self._wake_replicator.set()
+    def _after_transaction(self, session: Session, transaction: Any) -> None:
+        """Wake the replicator when the outermost transaction ends (a savepoint's end, which
+        SQLAlchemy also reports as a commit, is not yet visible to other connections)."""
+        if transaction.parent is None and session.info.pop("replica_wake", None):
+            self._wake_replicator.set()
 
     def replicate_pending(self, limit: int = 256) -> int:
         """Write the replicas still owed (returns how many were written); a failure is retried

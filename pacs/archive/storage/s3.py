@@ -46,7 +46,8 @@ class S3Area:
                     from botocore.config import Config
 
                     config = Config(max_pool_connections=self._max_connections,
-                                    retries={"max_attempts": 5, "mode": "standard"},
+                                    retries={"max_attempts": 3, "mode": "standard"},
+                                    connect_timeout=10, read_timeout=60,
                                     s3={"addressing_style": "path"})
                     self._client = boto3.client("s3", config=config, **self._options)
         return self._client

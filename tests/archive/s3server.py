@@ -1,0 +1,60 @@
+"""A loopback S3 server for the storage tests: moto's server mode (``moto_server`` from
+``moto[server]``) on a free port, as a separate process."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+MOTO = Path(sys.executable).parent / "moto_server"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class MotoServer:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen([str(MOTO), "-H", "127.0.0.1", "-p", str(self.port)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(self.url, timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"moto_server did not start on port {self.port}") from None
+                time.sleep(0.1)
+
+    def area_settings(self, name: str, bucket: str, tier: str = "nearline") -> dict[str, object]:
+        return {"name": name, "kind": "s3", "tier": tier, "bucket": bucket, "endpoint_url": self.url,
+                "access_key": "testing", "secret_key": "testing", "region": "us-east-1"}
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[MotoServer]:
+    if not MOTO.exists():
+        pytest.skip("moto_server is missing: pip install -e '.[test]' installs moto[server]")
+    server = MotoServer()
+    yield server
+    server.stop()
