@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pacs.archive.storage import commands as storage_commands
 
     storage_commands.add_parser(sub, _common)
+    from pacs import operations
+
+    operations.add_parsers(sub, _common)  # backup, restore, audit, retention
     return parser
 
 
@@ -104,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         from pacs.archive.storage import commands as storage_commands
 
         return storage_commands.run(args, _settings(args))
+    from pacs import operations
+
+    if args.command in operations.COMMANDS:
+        return operations.run(args, _settings(args))
     return 2
 
 
@@ -116,8 +123,11 @@ def _import(args: argparse.Namespace) -> int:
         return 1
     services = Services.build(_settings(args))
     services.archive.start()
+    from pacs.operations import audit_import
+
     try:
-        counts = import_path(services.archive, args.path, progress=not args.quiet)
+        with audit_import(services, args.path) as counts:  # an "Import" audit entry (110107)
+            counts.update(import_path(services.archive, args.path, progress=not args.quiet))
     finally:
         services.archive.stop()
         services.db.dispose()
