@@ -48,7 +48,11 @@ class S3Area:
                     config = Config(max_pool_connections=self._max_connections,
                                     retries={"max_attempts": 3, "mode": "standard"},
                                     connect_timeout=10, read_timeout=60,
-                                    s3={"addressing_style": "path"})
+                                    s3={"addressing_style": "path"},
+                                    # The archive sends Content-MD5 and checks SHA-256 itself; botocore's
+                                    # own CRC32 on every request and response would halve throughput.
+                                    request_checksum_calculation="when_required",
+                                    response_checksum_validation="when_required")
                     self._client = boto3.client("s3", config=config, **self._options)
         return self._client
 
