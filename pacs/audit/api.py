@@ -31,6 +31,8 @@ def _filters(since: datetime | None, until: datetime | None, event: str | None, 
     for moment in (since, until):
         if moment is not None and moment.tzinfo is None:
             raise HTTPException(422, "since/until need a time zone (e.g. 2026-11-25T08:00:00+08:00 or Z)")
+    if outcome not in (None, 0, 4, 8, 12):
+        raise HTTPException(422, "outcome is 0 (success), 4 (minor), 8 (serious) or 12 (major failure)")
     return Filters(since=since, until=until, event_id=event, action=action, patient_id=patient_id,
                    study_uid=study_uid, user=user, outcome=outcome)
 
@@ -42,7 +44,7 @@ ActionQ = Annotated[Literal["C", "R", "U", "D", "E"] | None, Query(description="
 PatientQ = Annotated[str | None, Query(description="Patient ID")]
 StudyQ = Annotated[str | None, Query(description="Study Instance UID")]
 UserQ = Annotated[str | None, Query(description="who: AE title, HL7 sender, client address or user")]
-OutcomeQ = Annotated[Literal[0, 4, 8, 12] | None, Query(description="EventOutcomeIndicator")]
+OutcomeQ = Annotated[int | None, Query(description="EventOutcomeIndicator: 0, 4, 8 or 12")]
 
 
 @router.get("", response_model=AuditPage)
