@@ -91,7 +91,12 @@ def _disable_pysqlite_begin(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN")
+    """Writers take SQLite's write lock when they begin (BEGIN IMMEDIATE): a deferred transaction
+    that reads, then writes after another writer committed, fails at once with SQLITE_BUSY
+    (the busy timeout does not apply to it). Readers opt out with the ``sqlite_deferred``
+    execution option (:attr:`Database.reader`), so a long query never holds the write lock."""
+    deferred = conn.get_execution_options().get("sqlite_deferred", False)
+    conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
 
 def migrate(engine: Engine) -> None:
@@ -112,6 +117,8 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
+        # For units of work that only read: no write lock on SQLite.
+        self.reader = self.engine.execution_options(sqlite_deferred=True)
 
     @property
     def is_sqlite(self) -> bool:
@@ -121,9 +128,9 @@ class Database:
         migrate(self.engine)
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
+    def session(self, *, read_only: bool = False) -> Iterator[Session]:
         """A unit of work: committed on success, rolled back on error."""
-        with Session(self.engine, expire_on_commit=False) as session:
+        with Session(self.reader if read_only else self.engine, expire_on_commit=False) as session:
             try:
                 yield session
                 session.commit()

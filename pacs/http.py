@@ -20,8 +20,9 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_session(services: ServicesDep):  # type: ignore[no-untyped-def]
-    with services.db.session() as session:
+def get_session(services: ServicesDep, request: Request):  # type: ignore[no-untyped-def]
+    """One unit of work per request; GET and HEAD only read, so they take no write lock."""
+    with services.db.session(read_only=request.method in ("GET", "HEAD")) as session:
         yield session
 
 

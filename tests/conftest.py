@@ -32,8 +32,11 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("template") / "pacs.db"
     db = Database(f"sqlite:///{path}")
     db.migrate()
-    with db.engine.connect() as connection:
-        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    raw = db.engine.raw_connection()  # outside any transaction: a checkpoint can't run inside one
+    try:
+        raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        raw.close()
     db.dispose()
     return path
 

@@ -91,7 +91,7 @@ class Commitment:
     def verify(self, transaction_uid: str, references: list[tuple[str, str]]) -> Report:
         """Committed: indexed, and a copy whose bytes still have the recorded checksum."""
         committed, failed = [], []
-        with Session(self.db.engine) as session:
+        with Session(self.db.reader) as session:
             for sop_class, sop_instance in references:
                 row = session.exec(select(Instance).where(Instance.sop_instance_uid == sop_instance)).first()
                 if row is None:

@@ -25,13 +25,13 @@ class QueryService:
 
     def worklist(self, identifier: Dataset, calling_ae: str,
                  cancelled: Callable[[], bool] = lambda: False) -> Iterator[Dataset]:
-        with self.db.session() as session:
+        with self.db.session(read_only=True) as session:
             yield from worklist.find(session, identifier, names=self.mappings.current().names,
                                      peer_charset=self._peer_charset(calling_ae), cancelled=cancelled)
 
     def archive(self, identifier: Dataset, calling_ae: str, model: str,
                 cancelled: Callable[[], bool] = lambda: False) -> Iterator[Dataset]:
-        with self.db.session() as session:
+        with self.db.session(read_only=True) as session:
             yield from qr.find(session, identifier, model=model, names=self.mappings.current().names,
                                retrieve_ae=self.settings.ae_title, peer_charset=self._peer_charset(calling_ae),
                                cancelled=cancelled)

@@ -78,7 +78,7 @@ class Retriever:
         if not str(identifier.get(unique, "") or "").strip():
             raise QueryError(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
                              f"a {level} level retrieve needs {unique}", None)
-        with Session(self.db.engine) as session:
+        with Session(self.db.reader) as session:
             query = (select(Instance.sop_instance_uid, Instance.sop_class_uid, COPY_SYNTAX,
                             Study.id, InstanceFile.area, InstanceFile.key)
                      .join(Series, Series.id == Instance.series).join(Study, Study.id == Series.study)
@@ -120,7 +120,7 @@ class Retriever:
     def truth(self, study_id: int) -> tuple[dict[str, str], bool]:
         """The patient and order attributes the index holds for a study, and whether the stored
         files carry other values (then they are corrected on the way out)."""
-        with Session(self.db.engine) as session:
+        with Session(self.db.reader) as session:
             study = session.get_one(Study, study_id)
             patient = session.get_one(Patient, study.patient)
             groups = [patient.name_alphabetic, patient.name_ideographic, patient.name_phonetic]
