@@ -3,15 +3,28 @@
 Every function takes the session of the caller's unit of work and never commits: the interface
 engine commits a message's effect together with its status, so an ACK always reflects what is
 on disk.
+
+The paths every message takes (patient, visit and order upserts, steps, order events) are
+written with SQLAlchemy Core statements on the session's connection: they read only the columns
+they need, write only what changed and return :class:`Record` objects rather than ORM
+instances. The rare paths (merge, identifier change, status transitions, which call the
+lifecycle's notify hook) use the ORM and flush before returning, so the statements that follow
+in the same message see their effect.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from types import SimpleNamespace
+from typing import Any
 
+from pydantic_core import PydanticUndefined
 from pydicom.uid import generate_uid
-from sqlmodel import Session, col, select
+from sqlalchemy import Connection, Table, and_, bindparam, case, insert, or_, update
+from sqlalchemy import select as core_select
+from sqlmodel import Session, SQLModel, col, select
 
 from pacs.db import utcnow
 from pacs.integration.names import NameRules, person_name
@@ -61,6 +74,72 @@ class Context:
 
 
 # --------------------------------------------------------------------------------------------
+# Rows as plain records
+# --------------------------------------------------------------------------------------------
+
+
+class Record(SimpleNamespace):
+    """One registry row, its columns as attributes (``patient.id``, ``order.accession_number``):
+    what the per-message paths read and return instead of ORM instances."""
+
+
+def _table(model: type[SQLModel]) -> Table:
+    return model.__table__  # type: ignore[attr-defined,no-any-return]
+
+
+PATIENT = _table(Patient)
+IDENTIFIER = _table(PatientIdentifier)
+VISIT = _table(Visit)
+ORDER = _table(ImagingOrder)
+STEP = _table(ProcedureStep)
+EVENT = _table(OrderEvent)
+
+
+def _defaults(model: type[SQLModel]) -> dict[str, Any]:
+    """The value each column of ``model`` takes when not given (as the model's constructor would
+    set it; timestamps are set by the code that writes the row)."""
+    out: dict[str, Any] = {}
+    for column in _table(model).columns:
+        info = model.model_fields.get(column.name)
+        default = None if info is None else info.default
+        out[column.name] = None if default is PydanticUndefined else default  # a default_factory's
+    return out
+
+
+PATIENT_DEFAULTS = _defaults(Patient)
+VISIT_DEFAULTS = _defaults(Visit)
+ORDER_DEFAULTS = _defaults(ImagingOrder)
+STEP_DEFAULTS = _defaults(ProcedureStep)
+
+
+def _record(row: Any) -> Record:
+    return Record(**row._mapping)
+
+
+# Statements are built once: SQLAlchemy then finds their compiled form in its cache at once.
+_INSERTS = {table.name: insert(table) for table in (PATIENT, IDENTIFIER, VISIT, ORDER, STEP, EVENT)}
+_UPDATES = {table.name: update(table).where(table.c.id == bindparam("row_id"))
+            for table in (PATIENT, IDENTIFIER, VISIT, ORDER, STEP)}
+
+
+def _insert(conn: Connection, table: Table, record: Record) -> int:
+    """INSERT every column of ``record`` but its id; sets and returns the new id."""
+    values = vars(record).copy()
+    del values["id"]
+    record.id = conn.execute(_INSERTS[table.name], values).inserted_primary_key[0]  # type: ignore[index]
+    return record.id  # type: ignore[no-any-return]
+
+
+def _update(conn: Connection, table: Table, row_id: int, changes: dict[str, Any]) -> None:
+    """UPDATE the columns in ``changes`` of one row."""
+    conn.execute(_UPDATES[table.name], {**changes, "row_id": row_id})
+
+
+def _changes(record: Record, before: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in vars(record).items() if before.get(name) != value}
+
+
+# --------------------------------------------------------------------------------------------
 # Patients
 # --------------------------------------------------------------------------------------------
 
@@ -82,17 +161,63 @@ def find_identifier(session: Session, identifier: IdentifierIn) -> PatientIdenti
     ).first()
 
 
-def resolve_patient(session: Session, identifiers: list[IdentifierIn]) -> Patient | None:
-    """The current patient any of ``identifiers`` belongs to (following merges).
+_IDENTIFIERS_WITH_PATIENTS = (
+    core_select(IDENTIFIER.c.id.label("identifier_id"), IDENTIFIER.c.value.label("identifier_value"),
+                IDENTIFIER.c.authority.label("identifier_authority"),
+                IDENTIFIER.c.type_code.label("identifier_type_code"), PATIENT)
+    .join(PATIENT, PATIENT.c.id == IDENTIFIER.c.patient)
+    .where(IDENTIFIER.c.value.in_(bindparam("values", expanding=True)))
+)
+_PATIENT_BY_ID = core_select(PATIENT).where(PATIENT.c.id == bindparam("pk"))
 
-    Raises :class:`RegistryError` when they point at different patients.
-    """
-    found: dict[int, Patient] = {}
+
+@dataclass
+class KnownIdentifier:
+    """A stored identifier that matched one sent in a message."""
+
+    id: int
+    patient: Record  # the row the identifier points at (perhaps merged into another)
+    type_code: str
+
+
+def _known_identifiers(conn: Connection,
+                       identifiers: Sequence[IdentifierIn]) -> dict[tuple[str, str], KnownIdentifier]:
+    """The stored identifiers among ``identifiers``, by (value, authority), with their patients:
+    one query for all of them."""
+    if not identifiers:
+        return {}
+    wanted = {(i.value, i.authority) for i in identifiers}
+    known: dict[tuple[str, str], KnownIdentifier] = {}
+    patients: dict[int, Record] = {}
+    for row in conn.execute(_IDENTIFIERS_WITH_PATIENTS, {"values": sorted({v for v, _ in wanted})}):
+        key = (row.identifier_value, row.identifier_authority)
+        if key not in wanted:
+            continue
+        values = dict(row._mapping)
+        identifier_id = values.pop("identifier_id")
+        type_code = values.pop("identifier_type_code")
+        del values["identifier_value"], values["identifier_authority"]
+        patient = patients.setdefault(values["id"], Record(**values))
+        known[key] = KnownIdentifier(identifier_id, patient, type_code)
+    return known
+
+
+def _root_record(conn: Connection, patient: Record) -> Record:
+    """The patient ``patient`` was merged into, following merges (as :func:`_root`)."""
+    seen = set()
+    while patient.merged_into is not None and patient.id not in seen:
+        seen.add(patient.id)
+        patient = _record(conn.execute(_PATIENT_BY_ID, {"pk": patient.merged_into}).one())
+    return patient
+
+
+def _resolve(conn: Connection, identifiers: Iterable[IdentifierIn],
+             known: dict[tuple[str, str], KnownIdentifier]) -> Record | None:
+    found: dict[int, Record] = {}
     for identifier in identifiers:
-        row = find_identifier(session, identifier)
-        if row is not None:
-            patient = _root(session, session.get_one(Patient, row.patient))
-            assert patient.id is not None
+        match = known.get((identifier.value, identifier.authority))
+        if match is not None:
+            patient = _root_record(conn, match.patient)
             found[patient.id] = patient
     if len(found) > 1:
         ids = ", ".join(sorted(p.patient_id for p in found.values()))
@@ -101,6 +226,15 @@ def resolve_patient(session: Session, identifiers: list[IdentifierIn]) -> Patien
             f"the identifiers sent belong to different patients ({ids}); merge them first (ADT A40)",
         )
     return next(iter(found.values()), None)
+
+
+def resolve_patient(session: Session, identifiers: list[IdentifierIn]) -> Record | None:
+    """The current patient any of ``identifiers`` belongs to (following merges).
+
+    Raises :class:`RegistryError` when they point at different patients.
+    """
+    conn = session.connection()
+    return _resolve(conn, identifiers, _known_identifiers(conn, identifiers))
 
 
 def patient_by_id(session: Session, value: str, authority: str | None = None) -> Patient | None:
@@ -119,7 +253,7 @@ def _set(obj: object, attribute: str, value: object) -> bool:
     return True
 
 
-def _apply_name(patient: Patient, data: PatientIn, names: NameRules) -> None:
+def _apply_name(patient: Any, data: PatientIn, names: NameRules) -> None:
     family = data.family_name if data.family_name is not None else patient.family_name
     given = data.given_name if data.given_name is not None else patient.given_name
     if data.family_name is None and data.given_name is None and data.name_pinyin is None:
@@ -134,48 +268,77 @@ def _apply_name(patient: Patient, data: PatientIn, names: NameRules) -> None:
     patient.name_phonetic = name.phonetic
 
 
-def upsert_patient(session: Session, data: PatientIn, ctx: Context) -> tuple[Patient, bool]:
+PATIENT_DETAILS = ("sex", "birth_date", "address", "phone", "national_id")
+
+
+def upsert_patient(session: Session, data: PatientIn, ctx: Context) -> tuple[Record, bool]:
     """Create the patient or update what the message sent. Returns (patient, created)."""
-    patient = resolve_patient(session, data.identifiers)
+    conn = session.connection()
+    known = _known_identifiers(conn, data.identifiers)
+    patient = _resolve(conn, data.identifiers, known)
     created = patient is None
     chosen = data.patient_id or (data.identifiers[0] if data.identifiers else None)
     if patient is None:
         if chosen is None:
             raise RegistryError(Problem.UNKNOWN, "patient.identifiers", "no patient identifier was sent")
-        patient = Patient(patient_id=chosen.value, issuer=chosen.authority)
-    elif chosen is not None and data.patient_id is not None:
-        _set(patient, "patient_id", chosen.value)
-        _set(patient, "issuer", chosen.authority)
-    for attribute in ("sex", "birth_date", "address", "phone", "national_id"):
+        patient = Record(**PATIENT_DEFAULTS)
+        patient.patient_id, patient.issuer = chosen.value, chosen.authority
+        before: dict[str, Any] = {}
+    else:
+        before = vars(patient).copy()
+        if chosen is not None and data.patient_id is not None:
+            _set(patient, "patient_id", chosen.value)
+            _set(patient, "issuer", chosen.authority)
+    for attribute in PATIENT_DETAILS:
         _set(patient, attribute, getattr(data, attribute))
     if data.national_id is None:
         for identifier in data.identifiers:
             if identifier.type_code == "NI" and not patient.national_id:
                 patient.national_id = identifier.value
     _apply_name(patient, data, ctx.names)
-    patient.updated_at = utcnow()
-    session.add(patient)
-    session.flush()
-    _add_identifiers(session, patient, data.identifiers)
+    if created:
+        patient.created_at = patient.updated_at = utcnow()
+        _insert(conn, PATIENT, patient)
+    else:
+        changes = _changes(patient, before)
+        if changes:  # a message that repeats what is stored writes nothing
+            patient.updated_at = changes["updated_at"] = utcnow()
+            _update(conn, PATIENT, patient.id, changes)
+    _add_identifiers(session, patient, data.identifiers, known)
     return patient, created
 
 
-def _add_identifiers(session: Session, patient: Patient, identifiers: list[IdentifierIn]) -> None:
-    assert patient.id is not None
+def _add_identifiers(session: Session, patient: Any, identifiers: list[IdentifierIn],
+                     known: dict[tuple[str, str], KnownIdentifier] | None = None) -> None:
+    """Store the identifiers the patient doesn't have yet; take a new identifier type for those
+    it has. ``known`` is what :func:`_known_identifiers` found for them, if already looked up."""
+    conn = session.connection()
+    if known is None:
+        known = _known_identifiers(conn, identifiers)
+    added: list[dict[str, Any]] = []
+    types: dict[str, str] = {}  # as sent last, per known identifier of this patient
     for identifier in identifiers:
-        row = find_identifier(session, identifier)
+        key = (identifier.value, identifier.authority)
+        row = known.get(key)
         if row is None:
-            session.add(PatientIdentifier(patient=patient.id, value=identifier.value,
-                                          authority=identifier.authority, type_code=identifier.type_code))
-        elif row.patient == patient.id and identifier.type_code and row.type_code != identifier.type_code:
+            added.append({"patient": patient.id, "value": identifier.value, "authority": identifier.authority,
+                          "type_code": identifier.type_code, "active": True})
+            known[key] = KnownIdentifier(0, patient, identifier.type_code)  # sent twice: stored once
+        elif row.patient.id == patient.id and identifier.type_code and row.type_code != identifier.type_code:
             row.type_code = identifier.type_code
-            session.add(row)
+            if row.id:
+                types[key] = identifier.type_code
+    if added:
+        conn.execute(_INSERTS[IDENTIFIER.name], added)
+    for key, type_code in types.items():
+        _update(conn, IDENTIFIER, known[key].id, {"type_code": type_code})
 
 
 def merge_patients(session: Session, surviving: PatientIn, prior: list[IdentifierIn], ctx: Context) -> Patient:
     """ADT A40 (IHE PIR, RAD-12): the prior patient's orders, visits and identifiers move to the
     surviving patient; the prior record stays, pointing onward, so old identifiers resolve."""
-    target, _ = upsert_patient(session, surviving, ctx)
+    found, _ = upsert_patient(session, surviving, ctx)
+    target = session.get_one(Patient, found.id, populate_existing=True)
     assert target.id is not None
     for identifier in prior:
         row = find_identifier(session, identifier)
@@ -188,6 +351,7 @@ def merge_patients(session: Session, surviving: PatientIn, prior: list[Identifie
         if old.id == target.id:
             continue
         move_patient_records(session, old, target, ctx)
+    session.flush()
     return target
 
 
@@ -241,12 +405,13 @@ def change_identifier(session: Session, data: PatientIn, prior: list[IdentifierI
     if patient.patient_id == prior[0].value:
         patient.patient_id = new.value
         patient.issuer = new.authority
-    update = data.model_copy(update={"identifiers": [], "patient_id": None})
-    for attribute in ("sex", "birth_date", "address", "phone", "national_id"):
-        _set(patient, attribute, getattr(update, attribute))
-    _apply_name(patient, update, ctx.names)
+    update_ = data.model_copy(update={"identifiers": [], "patient_id": None})
+    for attribute in PATIENT_DETAILS:
+        _set(patient, attribute, getattr(update_, attribute))
+    _apply_name(patient, update_, ctx.names)
     patient.updated_at = utcnow()
     session.add(patient)
+    session.flush()
     return patient
 
 
@@ -254,45 +419,63 @@ def change_identifier(session: Session, data: PatientIn, prior: list[IdentifierI
 # Visits
 # --------------------------------------------------------------------------------------------
 
+_VISIT_BY_NUMBER = (core_select(VISIT).where(VISIT.c.patient == bindparam("patient"),
+                                             VISIT.c.visit_number == bindparam("number"))
+                    .order_by(VISIT.c.id.desc()).limit(1))
+_ACTIVE_VISIT = (core_select(VISIT).where(VISIT.c.patient == bindparam("patient"),
+                                          VISIT.c.status == VisitStatus.ACTIVE.value)
+                 .order_by(VISIT.c.id.desc()).limit(1))
+_LATEST_VISIT = core_select(VISIT).where(VISIT.c.patient == bindparam("patient")).order_by(VISIT.c.id.desc()).limit(1)
 
-def _find_visit(session: Session, patient: Patient, visit_number: str | None) -> Visit | None:
-    query = select(Visit).where(Visit.patient == patient.id)
+
+def _find_visit(conn: Connection, patient_id: int, visit_number: str | None) -> Record | None:
     if visit_number:
-        query = query.where(Visit.visit_number == visit_number)
+        row = conn.execute(_VISIT_BY_NUMBER, {"patient": patient_id, "number": visit_number}).first()
     else:
-        query = query.where(Visit.status == VisitStatus.ACTIVE)
-    return session.exec(query.order_by(col(Visit.id).desc())).first()
+        row = conn.execute(_ACTIVE_VISIT, {"patient": patient_id}).first()
+    return None if row is None else _record(row)
 
 
-def upsert_visit(session: Session, patient: Patient, data: VisitIn) -> Visit:
-    visit = _find_visit(session, patient, data.visit_number)
+def upsert_visit(session: Session, patient: Any, data: VisitIn) -> Record:
+    conn = session.connection()
+    visit = _find_visit(conn, patient.id, data.visit_number)
+    sent = data.model_dump(exclude_none=True)
     if visit is None:
-        visit = Visit(patient=patient.id)  # type: ignore[arg-type]
-    for attribute, value in data.model_dump(exclude_none=True).items():
-        setattr(visit, attribute, value)
-    visit.updated_at = utcnow()
-    session.add(visit)
-    session.flush()
+        visit = Record(**VISIT_DEFAULTS)
+        visit.patient = patient.id
+        visit.__dict__.update(sent)
+        visit.updated_at = utcnow()
+        _insert(conn, VISIT, visit)
+        return visit
+    changes = {name: value for name, value in sent.items() if getattr(visit, name) != value}
+    if changes:  # a message that repeats what is stored writes nothing
+        changes["updated_at"] = utcnow()
+        visit.__dict__.update(changes)
+        _update(conn, VISIT, visit.id, changes)
     return visit
 
 
-def end_visit(session: Session, patient: Patient, data: VisitIn | None, status: VisitStatus) -> Visit:
+def end_visit(session: Session, patient: Any, data: VisitIn | None, status: VisitStatus) -> Record:
     """A03 (discharge), A11 (cancel admit) and A13 (cancel discharge)."""
+    conn = session.connection()
     number = data.visit_number if data else None
-    visit = _find_visit(session, patient, number)
+    visit = _find_visit(conn, patient.id, number)
     if visit is None and not number:
-        visit = session.exec(select(Visit).where(Visit.patient == patient.id).order_by(col(Visit.id).desc())).first()
+        row = conn.execute(_LATEST_VISIT, {"patient": patient.id}).first()
+        visit = None if row is None else _record(row)
     if visit is None:
         raise RegistryError(Problem.UNKNOWN, "visit.visit_number",
                             f"no visit {number or ''} for patient {patient.patient_id}".replace("  ", " "))
+    before = vars(visit).copy()
     if data is not None:
-        for attribute, value in data.model_dump(exclude_none=True).items():
-            setattr(visit, attribute, value)
+        visit.__dict__.update(data.model_dump(exclude_none=True))
     visit.status = status
     if status == VisitStatus.ACTIVE:
         visit.discharged_at = None
-    visit.updated_at = utcnow()
-    session.add(visit)
+    changes = _changes(visit, before)
+    if changes:
+        visit.updated_at = changes["updated_at"] = utcnow()
+        _update(conn, VISIT, visit.id, changes)
     return visit
 
 
@@ -300,30 +483,59 @@ def end_visit(session: Session, patient: Patient, data: VisitIn | None, status: 
 # Orders
 # --------------------------------------------------------------------------------------------
 
+_ORDER_QUERIES: dict[tuple[bool, bool, bool, bool], Any] = {}
 
-def find_order(session: Session, data: OrderIn) -> ImagingOrder | None:
+
+def _order_query(placer: bool, authority: bool, filler: bool, accession: bool) -> Any:
+    """One SELECT for :func:`find_order`: every order any of the numbers sent names, ranked
+    placer number first (newest), then filler number, then accession number (oldest first)."""
+    key = (placer, authority, filler, accession)
+    query = _ORDER_QUERIES.get(key)
+    if query is not None:
+        return query
+    ranked = []
+    if placer:
+        condition = ORDER.c.placer_number == bindparam("placer")
+        if authority:
+            condition = and_(condition, ORDER.c.placer_authority == bindparam("authority"))
+        ranked.append((condition, 0))
+    if filler:
+        ranked.append((ORDER.c.filler_number == bindparam("filler"), 1))
+    if accession:
+        ranked.append((ORDER.c.accession_number == bindparam("accession"), 2))
+    if len(ranked) == 1:
+        condition, rank = ranked[0]
+        query = core_select(ORDER).where(condition).order_by(ORDER.c.id.desc() if rank == 0 else ORDER.c.id)
+    else:
+        rank_of = case(*ranked, else_=3)
+        query = (core_select(ORDER).where(or_(*(c for c, _ in ranked)))
+                 .order_by(rank_of, case((rank_of == 0, -ORDER.c.id), else_=ORDER.c.id)))
+    query = _ORDER_QUERIES[key] = query.limit(1)
+    return query
+
+
+def find_order(session: Session, data: OrderIn) -> Record | None:
     """By placer number (and namespace), else filler number, else accession number."""
-    if data.placer_number:
-        query = select(ImagingOrder).where(ImagingOrder.placer_number == data.placer_number)
-        if data.placer_authority:
-            query = query.where(ImagingOrder.placer_authority == data.placer_authority)
-        found = session.exec(query.order_by(col(ImagingOrder.id).desc())).first()
-        if found is not None:
-            return found
-    if data.filler_number:
-        found = session.exec(select(ImagingOrder).where(ImagingOrder.filler_number == data.filler_number)).first()
-        if found is not None:
-            return found
-    if data.accession_number:
-        return session.exec(
-            select(ImagingOrder).where(ImagingOrder.accession_number == data.accession_number)
-        ).first()
-    return None
+    placer, filler, accession = bool(data.placer_number), bool(data.filler_number), bool(data.accession_number)
+    if not (placer or filler or accession):
+        return None
+    authority = placer and bool(data.placer_authority)
+    params = {"placer": data.placer_number, "authority": data.placer_authority, "filler": data.filler_number,
+              "accession": data.accession_number}
+    row = session.connection().execute(_order_query(placer, authority, filler, accession), params).first()
+    return None if row is None else _record(row)
 
 
 def steps_of(session: Session, order: ImagingOrder) -> list[ProcedureStep]:
     return list(session.exec(select(ProcedureStep).where(ProcedureStep.order == order.id)
                              .order_by(col(ProcedureStep.id))))
+
+
+_STEPS = core_select(STEP).where(STEP.c.order == bindparam("order")).order_by(STEP.c.id)
+
+
+def _step_records(conn: Connection, order_id: int) -> list[Record]:
+    return [_record(row) for row in conn.execute(_STEPS, {"order": order_id})]
 
 
 ORDER_FIELDS = (
@@ -334,8 +546,8 @@ ORDER_FIELDS = (
 STEP_FIELDS = tuple(StepIn.model_fields)
 
 
-def apply_order(session: Session, patient: Patient, visit: Visit | None, data: OrderIn,
-                ctx: Context) -> tuple[ImagingOrder, bool]:
+def apply_order(session: Session, patient: Any, visit: Any, data: OrderIn,
+                ctx: Context) -> tuple[Record | ImagingOrder, bool]:
     """Carry out one order group's control code (NW, XO, CA, DC, SC, ...).
 
     Returns the order and whether it was created."""
@@ -355,57 +567,77 @@ def apply_order(session: Session, patient: Patient, visit: Visit | None, data: O
     if data.action == OrderAction.CHANGE:
         return _change_order(session, existing, patient, visit, data, ctx), False
     if data.action == OrderAction.CANCEL:
-        _move(session, existing, OrderStatus.CANCELLED, ctx, note=f"order control {data.control}")
-    elif data.action == OrderAction.DISCONTINUE:
-        _move(session, existing, OrderStatus.DISCONTINUED, ctx, note=f"order control {data.control}")
-    elif data.action == OrderAction.STATUS:
-        if data.status:
-            _move(session, existing, OrderStatus(data.status), ctx, note=f"order status {data.status}")
+        return _move(session, existing, OrderStatus.CANCELLED, ctx, note=f"order control {data.control}"), False
+    if data.action == OrderAction.DISCONTINUE:
+        return _move(session, existing, OrderStatus.DISCONTINUED, ctx, note=f"order control {data.control}"), False
+    if data.action == OrderAction.STATUS and data.status:
+        return _move(session, existing, OrderStatus(data.status), ctx, note=f"order status {data.status}"), False
     return existing, False
 
 
-def _move(session: Session, order: ImagingOrder, to: OrderStatus, ctx: Context, note: str = "") -> None:
+def _move(session: Session, found: Record, to: OrderStatus, ctx: Context, note: str = "") -> ImagingOrder:
+    """A status transition through the lifecycle (which writes the OrderEvent and tells the
+    notify hook), on ORM instances read fresh, flushed before returning."""
+    order = session.get_one(ImagingOrder, found.id, populate_existing=True)
+    steps = list(session.exec(select(ProcedureStep).where(ProcedureStep.order == order.id)
+                              .order_by(col(ProcedureStep.id)).execution_options(populate_existing=True)))
     try:
-        lifecycle.transition(session, order, to, by=ctx.by, steps=steps_of(session, order), note=note,
-                             notify=ctx.notify)
+        lifecycle.transition(session, order, to, by=ctx.by, steps=steps, note=note, notify=ctx.notify)
     except lifecycle.InvalidTransition as exc:
         raise RegistryError(Problem.CONFLICT, "order.control", str(exc)) from None
-
-
-def _new_order(session: Session, patient: Patient, visit: Visit | None, data: OrderIn, ctx: Context) -> ImagingOrder:
-    if data.study_instance_uid:
-        clash = session.exec(select(ImagingOrder.id).where(
-            ImagingOrder.study_instance_uid == data.study_instance_uid)).first()
-        if clash is not None:
-            raise RegistryError(Problem.DUPLICATE, "order.study_instance_uid",
-                                f"study instance UID {data.study_instance_uid} belongs to another order")
-    order = ImagingOrder(
-        patient=patient.id,  # type: ignore[arg-type]
-        visit=visit.id if visit else None,
-        study_instance_uid=data.study_instance_uid or generate_uid(prefix=ctx.uid_root),
-        source_message=ctx.source_message,
-        **{f: getattr(data, f) for f in ORDER_FIELDS if getattr(data, f) is not None},
-    )
-    session.add(order)
     session.flush()
-    if not order.accession_number:
-        order.accession_number = f"{ctx.accession_prefix}{order.id:08d}"
-    if not order.requested_procedure_id:
-        order.requested_procedure_id = order.accession_number
-    _write_steps(session, order, data.steps, [])
-    session.add(OrderEvent(order=order.id, from_status="", to_status=OrderStatus.SCHEDULED, by=ctx.by,
-                           note=f"order control {data.control}"))
     return order
 
 
-def _change_order(session: Session, order: ImagingOrder, patient: Patient, visit: Visit | None,
-                  data: OrderIn, ctx: Context) -> ImagingOrder:
+_STUDY_UID_TAKEN = core_select(ORDER.c.id).where(ORDER.c.study_instance_uid == bindparam("uid")).limit(1)
+
+
+def _event(conn: Connection, order_id: int, before: str, after: str, by: str, note: str) -> None:
+    conn.execute(_INSERTS[EVENT.name], {"order": order_id, "step": None, "from_status": before, "to_status": after,
+                                 "at": utcnow(), "by": by, "note": note})
+
+
+def _new_order(session: Session, patient: Any, visit: Any, data: OrderIn, ctx: Context) -> Record:
+    conn = session.connection()
+    if data.study_instance_uid:
+        clash = conn.execute(_STUDY_UID_TAKEN, {"uid": data.study_instance_uid}).first()
+        if clash is not None:
+            raise RegistryError(Problem.DUPLICATE, "order.study_instance_uid",
+                                f"study instance UID {data.study_instance_uid} belongs to another order")
+    order = Record(**ORDER_DEFAULTS)
+    order.patient = patient.id
+    order.visit = visit.id if visit else None
+    order.study_instance_uid = data.study_instance_uid or generate_uid(prefix=ctx.uid_root)
+    order.source_message = ctx.source_message
+    for name in ORDER_FIELDS:
+        value = getattr(data, name)
+        if value is not None:
+            setattr(order, name, value)
+    if order.accession_number and not order.requested_procedure_id:
+        order.requested_procedure_id = order.accession_number
+    order.created_at = order.updated_at = utcnow()
+    _insert(conn, ORDER, order)
+    if not order.accession_number:  # assigned from the new row's id
+        order.accession_number = f"{ctx.accession_prefix}{order.id:08d}"
+        changes = {"accession_number": order.accession_number}
+        if not order.requested_procedure_id:
+            order.requested_procedure_id = changes["requested_procedure_id"] = order.accession_number
+        _update(conn, ORDER, order.id, changes)
+    _write_steps(session, order, data.steps, [])
+    _event(conn, order.id, "", OrderStatus.SCHEDULED, ctx.by, f"order control {data.control}")
+    return order
+
+
+def _change_order(session: Session, order: Record, patient: Any, visit: Any,
+                  data: OrderIn, ctx: Context) -> Record:
     if order.status not in (OrderStatus.SCHEDULED, OrderStatus.ARRIVED):
         raise RegistryError(Problem.CONFLICT, "order.control",
                             f"order {order.accession_number} is {order.status} and can no longer be changed")
     if order.patient != patient.id:
         raise RegistryError(Problem.CONFLICT, "patient.identifiers",
                             f"order {order.accession_number} belongs to another patient; send A40/A47 to move it")
+    conn = session.connection()
+    before = vars(order).copy()
     changed = [f for f in ORDER_FIELDS if _set(order, f, getattr(data, f))]
     if visit is not None and order.visit != visit.id:
         order.visit = visit.id
@@ -413,31 +645,43 @@ def _change_order(session: Session, order: ImagingOrder, patient: Patient, visit
         raise RegistryError(Problem.CONFLICT, "order.study_instance_uid",
                             "the study instance UID of a scheduled order can't change")
     order.updated_at = utcnow()
-    session.add(order)
-    _write_steps(session, order, data.steps, steps_of(session, order))
-    session.add(OrderEvent(order=order.id, from_status=order.status, to_status=order.status, by=ctx.by,
-                           note=f"order control {data.control}: " + (", ".join(changed) or "no change")))
+    _update(conn, ORDER, order.id, _changes(order, before))
+    _write_steps(session, order, data.steps, _step_records(conn, order.id))
+    _event(conn, order.id, order.status, order.status, ctx.by,
+           f"order control {data.control}: " + (", ".join(changed) or "no change"))
     return order
 
 
-def _write_steps(session: Session, order: ImagingOrder, wanted: list[StepIn], current: list[ProcedureStep]) -> None:
+def _write_steps(session: Session, order: Any, wanted: list[StepIn], current: list[Any]) -> None:
     """Make the order's open steps match ``wanted`` (matched by SPS ID, else by position)."""
+    conn = session.connection()
     by_id = {s.sps_id: s for s in current if s.sps_id}
     unused = [s for s in current if s.status == StepStatus.SCHEDULED]
+    added: list[dict[str, Any]] = []
     for number, data in enumerate(wanted, 1):
         step = by_id.get(data.sps_id or "") or (unused[0] if unused and not data.sps_id else None)
         if step is None:
-            step = ProcedureStep(order=order.id)  # type: ignore[arg-type]
-        if step in unused:
-            unused.remove(step)
+            step = Record(**STEP_DEFAULTS)
+            step.order = order.id
+        unused = [s for s in unused if s is not step]
+        before = vars(step).copy()
         for attribute in STEP_FIELDS:
             _set(step, attribute, getattr(data, attribute))
         step.start_date = step.start.strftime("%Y%m%d") if step.start else ""
         step.start_time = step.start.strftime("%H%M%S") if step.start else ""
         if not step.sps_id:
             step.sps_id = f"{order.requested_procedure_id}-{number}" if len(wanted) > 1 else order.requested_procedure_id
-        session.add(step)
+        if step.id is None:
+            values = vars(step).copy()
+            del values["id"]
+            added.append(values)
+        else:
+            changes = _changes(step, before)
+            if changes:
+                _update(conn, STEP, step.id, changes)
+    if added:
+        conn.execute(_INSERTS[STEP.name], added)
     for step in unused:
         if current and wanted:
             step.status = StepStatus.CANCELLED
-            session.add(step)
+            _update(conn, STEP, step.id, {"status": step.status})
