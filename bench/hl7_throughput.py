@@ -345,9 +345,9 @@ PROFILE_BOOTSTRAP = r"""
 import cProfile, collections, functools, json, signal, sys, threading, time
 mode, prefix = sys.argv[1], sys.argv[2]
 del sys.argv[1:3]
+from sqlalchemy.engine import Connection
 from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.session import SessionTransaction
 from pacs.integration import channel, hl7v2, intake
 from pacs.registry import service
 
@@ -379,19 +379,16 @@ def timed(name, function, unless=()):
 
 if mode == "stages":
     for owner, attribute in [
-        (channel.Channel, "receive"), (channel.Channel, "process"), (channel.Channel, "_parse"),
-        (hl7v2, "parse"), (channel, "find_processed"), (channel, "map_hl7"), (channel, "apply_mapped"),
-        (service, "upsert_patient"), (service, "resolve_patient"), (service, "_add_identifiers"),
-        (service, "person_name"), (service, "upsert_visit"), (service, "apply_order"),
-        (service, "find_order"), (service, "_new_order"), (channel.Channel, "_finish"),
-        (channel, "build_ack"), (Session, "commit"), (Session, "flush"), (Session, "execute"),
-        (Session, "begin_nested"), (DefaultDialect, "do_execute"),
-        (DefaultDialect, "do_execute_no_params"), (DefaultDialect, "do_commit"),
+        (channel.Channel, "receive"), (intake, "store_raw"), (channel.Channel, "process"),
+        (channel.Channel, "_parse"), (hl7v2, "parse"), (channel, "find_processed"), (channel, "map_hl7"),
+        (channel, "apply_mapped"), (service, "upsert_patient"), (service, "_known_identifiers"),
+        (service, "_add_identifiers"), (service, "person_name"), (service, "upsert_visit"),
+        (service, "apply_order"), (service, "find_order"), (service, "_new_order"),
+        (channel.Channel, "_finish"), (channel, "build_ack"), (channel, "save_result"), (Session, "commit"),
+        (Session, "flush"), (Session, "execute"), (Connection, "execute"), (Connection, "exec_driver_sql"),
+        (DefaultDialect, "do_execute"), (DefaultDialect, "do_execute_no_params"), (DefaultDialect, "do_commit"),
     ]:
         setattr(owner, attribute, timed(attribute, getattr(owner, attribute)))
-    # A transaction's commit outside Session.commit and flush (which commits a subtransaction of
-    # its own) is a savepoint's RELEASE.
-    SessionTransaction.commit = timed("release", SessionTransaction.commit, unless=("commit", "flush"))
 
 process_batch = intake.Intake._process_batch
 def profiled_batch(self, batch):
@@ -671,29 +668,30 @@ def cpu_model() -> str:
 STAGE_TREE = [
     (0, "_process_batch", "intake batch: store, process, commit twice"),
     (1, "receive", "receive: message-store row from the MSH"),
+    (1, "store_raw", "store_raw: INSERT the raw message (1st of a batch also BEGINs)"),
     (1, "process", "process (per message, inside the batch transaction)"),
     (2, "_parse", "decode, parse, header checks"),
     (3, "parse", "hl7v2.parse"),
     (2, "find_processed", "duplicate check (SELECT by MSH-10; 1st of a batch also BEGINs)"),
     (2, "map_hl7", "mapping (map_hl7)"),
-    (2, "begin_nested", "SAVEPOINT (flushes the previous message's row first)"),
     (2, "apply_mapped", "destination: registry services (apply_mapped)"),
-    (3, "upsert_patient", "upsert_patient (SELECTs, INSERT patient, flush)"),
-    (4, "resolve_patient", "resolve_patient (SELECT per PID-3 identifier)"),
+    (3, "upsert_patient", "upsert_patient (SELECT, INSERT or UPDATE if changed)"),
+    (4, "_known_identifiers", "identifiers and their patients (one SELECT)"),
     (4, "person_name", "person_name (pinyin, PN groups)"),
-    (4, "_add_identifiers", "_add_identifiers (SELECT per identifier again)"),
-    (3, "upsert_visit", "upsert_visit (SELECT visit, INSERT/UPDATE, flush)"),
+    (4, "_add_identifiers", "_add_identifiers (INSERT the new ones)"),
+    (3, "upsert_visit", "upsert_visit (SELECT, INSERT or UPDATE if changed)"),
     (3, "apply_order", "apply_order"),
-    (4, "find_order", "find_order (SELECTs by placer/filler/accession)"),
-    (4, "_new_order", "_new_order (INSERT order, flush, steps, event)"),
-    (2, "release", "RELEASE SAVEPOINT (flushes the registry rows)"),
+    (4, "find_order", "find_order (one SELECT by placer/filler/accession)"),
+    (4, "_new_order", "_new_order (INSERT order, steps, event)"),
     (2, "_finish", "ACK and final status (_finish)"),
     (3, "build_ack", "build_ack"),
-    (1, "commit", "Session.commit x2 (flush, COMMIT)"),
+    (3, "save_result", "save_result: UPDATE the message row"),
+    (1, "commit", "Session.commit x2 (COMMIT)"),
 ]
 CROSS_CUTTING = [
-    ("flush", "ORM flushes (unit of work: INSERT/UPDATE, outermost calls)"),
-    ("execute", "ORM Session.execute (SELECTs, incl. their driver time)"),
+    ("flush", "ORM flushes (merge, A47, status transitions)"),
+    ("execute", "SQLAlchemy statements (Session/Connection.execute, incl. driver time)"),
+    ("exec_driver_sql", "plain statements: BEGIN, SAVEPOINT, RELEASE"),
     (("do_execute", "do_execute_no_params"), "driver: SQL statements (sqlite3/psycopg C code + I/O)"),
     ("do_commit", "driver: COMMIT (SQLite: WAL append + fsync; PostgreSQL: round trip + WAL flush)"),
 ]
