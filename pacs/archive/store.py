@@ -298,18 +298,7 @@ class Archive:
             with Session(self.db.engine, expire_on_commit=False, autoflush=False) as session:
                 counts: dict[int, list[int]] = {}
                 for job in batch:
-                    try:
-                        with session.begin_nested():
-                            result = self._index(session, job, counts)
-                        results.append((job, result))
-                    except IntegrityError:
-                        # Another association filed the same instance a moment ago.
-                        results.append((job, StoreResult(Outcome.ALREADY_STORED, WARNING_DUPLICATE,
-                                                         "instance already stored; this copy was ignored")))
-                        self.area.remove(job.stored.key)
-                    except Exception as exc:
-                        log.exception("indexing %s failed", _text(job.header, "SOPInstanceUID"))
-                        results.append((job, exc))
+                    results.append((job, self._index_one(session, job, counts)))
                 self._apply_counts(session, counts)
                 session.commit()
         except Exception as exc:
@@ -324,6 +313,24 @@ class Archive:
                 job.future.set_exception(result)
             else:
                 job.future.set_result(result)
+
+    def _index_one(self, session: Session, job: IndexJob, counts: dict[int, list[int]]) -> StoreResult | Exception:
+        """Index one object under its own savepoint. A unique-key clash means another writer (a
+        second receiver process, an import) filed the same study, series or instance at the same
+        moment: the object is indexed again, now seeing that writer's rows."""
+        for attempt in range(3):
+            try:
+                with session.begin_nested():
+                    return self._index(session, job, counts)
+            except IntegrityError:
+                self._studies.clear()
+                self._series.clear()
+                log.info("index clash for %s (attempt %d); trying again", _text(job.header, "SOPInstanceUID"),
+                         attempt + 1)
+            except Exception as exc:
+                log.exception("indexing %s failed", _text(job.header, "SOPInstanceUID"))
+                return exc
+        return RuntimeError("the index kept clashing with another writer")
 
     def _duplicate(self, session: Session, job: IndexJob) -> StoreResult | None:
         """Apply ``[archive] duplicates`` to an instance already indexed (None: file it)."""
