@@ -237,7 +237,7 @@ def _audit(args: argparse.Namespace, settings: Settings) -> int:
                                         study_uid=args.study_uid, user=args.user, outcome=args.outcome)
         described = _describe(args)
         if args.action == "search":
-            with db.engine.connect() as connection:
+            with audit_service.reader(db).connect() as connection:
                 total, rows = audit_service.search(connection, filters, limit=args.limit, offset=args.offset)
             auditor.used(user=user, user_kind="user", address="localhost",
                          description=f"pacs audit search {described}".strip())
@@ -257,7 +257,7 @@ def _audit(args: argparse.Namespace, settings: Settings) -> int:
         out = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
         count = 0
         try:
-            with db.engine.connect() as connection:
+            with audit_service.reader(db).connect() as connection:
                 for line in audit_service.export_lines(connection, filters, args.format, source):
                     out.write(line)
                     count += 1

@@ -47,6 +47,7 @@ from sqlmodel import Session, SQLModel, col, select
 from pacs.archive.index import Instance, InstanceFile, Series, Study
 from pacs.archive.storage import StorageArea
 from pacs.audit import Event, codes, record
+from pacs.audit.service import lock_for_writing
 from pacs.audit.codes import Action, Code
 from pacs.db import Database, utcnow
 from pacs.registry.models import Patient
@@ -303,6 +304,8 @@ class Retention:
     def expire(self, *, today: date, now: datetime | None = None, dry_run: bool = False, user: str = "retention",
                user_kind: str = "system") -> tuple[list[str], int]:
         with Session(self.db.engine) as session:
+            if not dry_run:
+                lock_for_writing(session.connection())
             studies = expired_studies(session, self.settings.retention.per_modality, today)
             uids = [k[0] for k in _study_keys(session, studies).values()]
             if dry_run or not studies:
@@ -328,8 +331,9 @@ class Retention:
                 return result
             while True:
                 with Session(self.db.engine) as session:
+                    lock_for_writing(session.connection())
                     ids = list(session.exec(select(Instance.id).where(col(Instance.rejected_at).is_not(None),
-                                                                     col(Instance.rejected_at) < cutoff)
+                                                                     col(Instance.rejected_at) <= cutoff)
                                             .order_by(col(Instance.id)).limit(BATCH)).all())
                     if not ids:
                         return result

@@ -54,7 +54,7 @@ def search_audit(services: ServicesDep, since: Since = None, until: Until = None
                  offset: Annotated[int, Query(ge=0)] = 0) -> AuditPage:
     """Audit entries, newest first, filtered by every parameter given."""
     filters = _filters(since, until, event, action, patient_id, study_uid, user, outcome)
-    with services.db.engine.connect() as connection:
+    with service.reader(services.db).connect() as connection:
         total, rows = service.search(connection, filters, limit=limit, offset=offset)
     return AuditPage(total=total, offset=offset, limit=limit, items=[service.as_json(r) for r in rows])
 
@@ -70,7 +70,7 @@ def export_audit(services: ServicesDep, format: Annotated[Literal["jsonl", "xml"
     source = services.audit.source
 
     def lines():  # type: ignore[no-untyped-def]
-        with services.db.engine.connect() as connection:
+        with service.reader(services.db).connect() as connection:
             for line in service.export_lines(connection, filters, format, source):
                 yield line.encode("utf-8")
 

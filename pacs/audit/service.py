@@ -70,6 +70,20 @@ class Event:
 
 # -- writing ----------------------------------------------------------------------------------
 
+def lock_for_writing(connection: Connection) -> None:
+    """On SQLite, take the write lock before the first read of a unit of work that will write:
+    a deferred transaction that has read cannot write once another connection has committed
+    (SQLITE_BUSY at once, without waiting). A write that changes nothing takes the lock, and
+    waits for it as long as the busy timeout allows."""
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("UPDATE audit_cursor SET name = name WHERE 0")
+
+
+def reader(db: Database) -> Any:
+    """The engine for units of work that only read (no write lock on SQLite), where there is one."""
+    return getattr(db, "reader", db.engine)
+
+
 def _resolve(connection: Connection, event: Event) -> None:
     from pacs.archive.index import Instance, Series, Study
     from pacs.registry.models import ImagingOrder, Patient
@@ -277,12 +291,14 @@ class Auditor:
     def _write(self, events: list[Event]) -> None:
         try:
             with self.db.engine.begin() as connection:
+                lock_for_writing(connection)
                 write(connection, events)
         except Exception:
             log.exception("%d audit event(s) could not be written; trying one by one", len(events))
             for event in events:
                 try:
                     with self.db.engine.begin() as connection:
+                        lock_for_writing(connection)
                         write(connection, [event])
                 except Exception:
                     log.error("audit event lost: %s %s by %s: %s", event.event_id.meaning, event.action,
@@ -320,7 +336,7 @@ class Auditor:
         Security Alert (110113) with the differences when they changed. Returns whether they did."""
         current = effective_settings(settings)
         digest = _digest(current)
-        with self.db.engine.connect() as connection:
+        with reader(self.db).connect() as connection:
             last = connection.execute(
                 select(EVENT.c.details).where(EVENT.c.event_id == codes.SECURITY_ALERT.value,
                                               EVENT.c.user_id == CONFIGURATION)
@@ -370,7 +386,7 @@ class Auditor:
             log.exception("refused mapping reload not audited")
 
     def _last_mappings(self) -> dict[str, str] | None:
-        with self.db.engine.connect() as connection:
+        with reader(self.db).connect() as connection:
             rows = connection.execute(
                 select(EVENT.c.details).where(EVENT.c.event_id == codes.SECURITY_ALERT.value,
                                               EVENT.c.user_id == MAPPINGS, EVENT.c.outcome == 0)
@@ -609,6 +625,7 @@ def purge(db: Database, retention_days: float, *, now: datetime | None = None, c
     removed = 0
     while True:
         with db.engine.begin() as connection:
+            lock_for_writing(connection)
             ids = [r[0] for r in connection.execute(select(EVENT.c.id).where(EVENT.c.recorded_at < cutoff)
                                                     .order_by(EVENT.c.id).limit(chunk))]
             if not ids:

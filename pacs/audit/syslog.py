@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import select
 
 from pacs.audit.message import Source, to_xml
+from pacs.audit.service import lock_for_writing
 from pacs.audit.tables import AuditCursor, AuditEvent, AuditObject
 from pacs.db import Database, utcnow
 
@@ -122,11 +123,12 @@ class Forwarder:
         self._wake = threading.Event()
         self.delay = 1.0
         self.sent = 0
+        self._last: int | None = None
 
     def start(self) -> None:
         """Start forwarding; a first start takes the newest entry as the point to send after."""
         with self.db.engine.begin() as connection:
-            self._cursor(connection)
+            self._last = self._cursor(connection)
         self._thread = threading.Thread(target=self._run, name="audit-syslog", daemon=True)
         self._thread.start()
 
@@ -164,6 +166,7 @@ class Forwarder:
                 self._wake.clear()
 
     def _cursor(self, connection) -> int:  # type: ignore[no-untyped-def]
+        lock_for_writing(connection)
         row = connection.execute(select(CURSOR.c.last_id).where(CURSOR.c.name == self.NAME)).first()
         if row is not None:
             return int(row[0])
@@ -174,8 +177,11 @@ class Forwarder:
 
     def forward_once(self) -> int:
         """Send what was committed since the last call; returns how many were sent."""
-        with self.db.engine.begin() as connection:
-            last = self._cursor(connection)
+        if self._last is None:
+            with self.db.engine.begin() as connection:
+                self._last = self._cursor(connection)
+        last = self._last
+        with getattr(self.db, "reader", self.db.engine).connect() as connection:
             rows = [dict(r._mapping) for r in connection.execute(
                 select(EVENT).where(EVENT.c.id > last).order_by(EVENT.c.id).limit(self.batch))]
             objects: dict[int, list[tuple[str, str]]] = {}
@@ -203,6 +209,7 @@ class Forwarder:
         return sent
 
     def _advance(self, last_id: int) -> None:
+        self._last = last_id
         with self.db.engine.begin() as connection:
             connection.execute(CURSOR.update().where(CURSOR.c.name == self.NAME)
                                .values(last_id=last_id, updated_at=utcnow()))
