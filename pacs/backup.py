@@ -149,8 +149,16 @@ def storage_areas(settings: Settings, db: Database | None = None) -> dict[str, S
     """Every configured storage area by name, as the server builds them."""
     from pacs.archive.storage.manager import StorageManager
 
-    manager = StorageManager.from_settings(settings, db or Database("sqlite://"))
-    return dict(manager.areas)
+    own = db is None
+    db = db or Database(settings.effective_database_url)  # not connected to: the manager only keeps it
+    try:
+        manager = StorageManager.from_settings(settings, db)
+        areas = dict(manager.areas)
+        manager.stop()
+        return areas
+    finally:
+        if own:
+            db.dispose()
 
 
 def _is_container(area: StorageArea) -> bool:
