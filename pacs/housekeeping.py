@@ -128,7 +128,7 @@ def wire(services: Any) -> None:
     """Give a process's services their audit log, rejection handling, retention and jobs."""
     settings = services.settings
     services.audit = audit = Auditor(services.db, settings)
-    services.archive.index_hooks.append(Rejections(services.archive).on_indexed)
+    services.archive.object_hooks.append(Rejections(services.archive).on_indexed)
     services.retention = Retention(services.db, services.archive.areas, settings)
     services.channel.audit = audit_message
     mappings = services.mappings

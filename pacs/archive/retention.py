@@ -159,49 +159,42 @@ def _audit_rejection(session: Session, rejected: dict[int, int], code: Code, *, 
 
 
 class Rejections:
-    """The archive's index hook (``archive.index_hooks``): applies a rejection note in the
-    transaction that indexes it."""
+    """The archive's object hook (``archive.object_hooks``): applies a rejection note in the
+    transaction that indexes it. Other objects cost one comparison of their SOP Class UID."""
 
     def __init__(self, archive: Any) -> None:
         self.archive = archive
 
-    def on_indexed(self, session: Session, instance_id: int, replaced: bool = False) -> None:
-        instance = session.get(Instance, instance_id)  # in the session's identity map: no query
-        if instance is None or instance.sop_class_uid != KEY_OBJECT_SELECTION:
+    def on_indexed(self, session: Session, instance_id: int, job: Any) -> None:
+        if str(job.header.get("SOPClassUID", "")).strip() != KEY_OBJECT_SELECTION:
             return
-        ds = self._read(session, instance_id)
+        ds = self._read(job)
         code = rejection_title(ds) if ds is not None else None
         if code is None:
             return
-        uids = [uid for _study, _series, uid in referenced_instances(ds)]  # type: ignore[arg-type]
-        ids = [r for r in session.exec(select(Instance.id).where(col(Instance.sop_instance_uid).in_(uids),
-                                                                 col(Instance.id) != instance_id)).all()] if uids else []
+        named = {uid for _study, _series, uid in referenced_instances(ds)}  # type: ignore[arg-type]
+        named.discard(str(job.header.get("SOPInstanceUID", "")))
+        ids = list(session.exec(select(Instance.id).where(col(Instance.sop_instance_uid).in_(named)))) if named else []
+        missing = len(named) - len(ids)
         if code == codes.RETENTION_EXPIRED:
             ids.append(instance_id)  # the note goes with what it names
-        series = session.get(Series, instance.series)
-        calling = series.calling_ae_title if series is not None else ""
+        calling = job.calling_ae or "import"
         rejected = reject(session, ids, code)
         log.info("rejection note %s (%s) from %s: %d instance(s) rejected, %d named but not held",
-                 instance.sop_instance_uid, code.meaning, calling or "import", sum(rejected.values()),
-                 len(set(uids)) - len(ids) + (1 if code == codes.RETENTION_EXPIRED else 0))
-        _audit_rejection(session, rejected, code, user=calling or "import", user_kind="dicom",
-                         note=instance.sop_instance_uid,
-                         missing=len(set(uids)) - len(ids) + (1 if code == codes.RETENTION_EXPIRED else 0))
+                 job.header.get("SOPInstanceUID", ""), code.meaning, calling, sum(rejected.values()), missing)
+        _audit_rejection(session, rejected, code, user=calling, user_kind="dicom",
+                         note=str(job.header.get("SOPInstanceUID", "")), missing=missing)
 
-    def _read(self, session: Session, instance_id: int) -> Dataset | None:
-        copies = [obj for obj in session.new if isinstance(obj, InstanceFile) and obj.instance == instance_id]
-        if not copies:
-            copies = list(session.exec(select(InstanceFile).where(InstanceFile.instance == instance_id)).all())
-        for copy in copies:
-            area = self.archive.areas.get(copy.area)
-            if area is None:
-                continue
-            try:
-                path = area.local_path(copy.key)
-                return pydicom.dcmread(path if path is not None else BytesIO(area.read(copy.key)))
-            except Exception as exc:
-                log.warning("cannot read key object selection %s/%s: %s", copy.area, copy.key, exc)
-        return None
+    def _read(self, job: Any) -> Dataset | None:
+        area = self.archive.areas.get(job.area)
+        if area is None:
+            return None
+        try:
+            path = area.local_path(job.stored.key)
+            return pydicom.dcmread(path if path is not None else BytesIO(area.read(job.stored.key)))
+        except Exception as exc:
+            log.warning("cannot read key object selection %s/%s: %s", job.area, job.stored.key, exc)
+            return None
 
 
 # -- retention periods ------------------------------------------------------------------------

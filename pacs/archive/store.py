@@ -209,6 +209,7 @@ class Archive:
         self.areas: dict[str, StorageArea] = {area.name: area}
         self.readable: dict[str, StorageArea] = self.areas
         self.index_hooks: list[Callable[[Session, int, bool], None]] = []  # (session, instance, replaced)
+        self.object_hooks: list[Callable[[Session, int, IndexJob], None]] = []  # (session, instance, its header)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -375,6 +376,8 @@ class Archive:
                                      size=job.stored.size, checksum=job.stored.checksum))
             for hook in self.index_hooks:
                 hook(session, job.replace, True)
+            for object_hook in self.object_hooks:
+                object_hook(session, job.replace, job)
             return StoreResult(Outcome.REPLACED, Status.SUCCESS, "", job.replace, _text(ds, "StudyInstanceUID"))
         # Plain INSERTs: the ORM's unit of work costs more than the statements here.
         now = utcnow()
@@ -398,6 +401,8 @@ class Archive:
                                                    created_at=now))
         for hook in self.index_hooks:
             hook(session, instance_id, False)
+        for object_hook in self.object_hooks:  # e.g. an IOCM rejection note applied (pacs.archive.retention)
+            object_hook(session, instance_id, job)
         entry = counts.setdefault(study_id, [0, 0, 0])
         entry[0] += 1
         entry[1] += job.stored.size
