@@ -181,7 +181,7 @@ class StorageManager:
         archive.readable = self.readable
         if len(self.write) > 1:
             archive.index_hooks.append(self.on_indexed)
-        with Session(self.db.engine) as session:
+        with Session(self.db.reader) as session:
             from pacs.registry.models import ImagingOrder
 
             self._order_watermark = session.exec(select(func.max(ImagingOrder.id))).one() or 0
@@ -288,7 +288,7 @@ class StorageManager:
         return out
 
     def study_id(self, study_uid: str) -> int | None:
-        with Session(self.db.engine) as session:
+        with Session(self.db.reader) as session:
             return session.exec(select(Study.id).where(Study.study_instance_uid == study_uid)).first()
 
     def _rank(self, copy: InstanceFile) -> tuple[int, int]:
@@ -296,7 +296,7 @@ class StorageManager:
         return TIERS.index(self.tiers[copy.area]), 2 if isinstance(area, ContainerArea) else 0
 
     def needs_recall(self, study_id: int) -> bool:
-        with Session(self.db.engine) as session:
+        with Session(self.db.reader) as session:
             copies = self._copies(session, study_id)
         return any(not any(c.area in self.readable for c in group) for group in copies.values())
 
@@ -317,7 +317,7 @@ class StorageManager:
     def _recall(self, study_id: int) -> RecallResult:
         started = time.perf_counter()
         result = RecallResult(study_id)
-        with Session(self.db.engine) as session:
+        with Session(self.db.reader) as session:
             copies = self._copies(session, study_id)
         wanted: dict[int, list[InstanceFile]] = {}
         for instance, group in copies.items():
@@ -441,7 +441,7 @@ class StorageManager:
         if not self._evicting:
             return 0
         keep = keep or set()
-        with Session(self.db.engine) as session:
+        with Session(self.db.reader) as session:
             held = session.exec(select(func.coalesce(func.sum(InstanceFile.size), 0))
                                 .where(InstanceFile.area == self.cache.name, col(InstanceFile.cached))).one()
             studies = session.exec(
@@ -496,7 +496,7 @@ class StorageManager:
         """Where ``migrate --study --to`` takes copies from when ``--from`` is not given: moving
         down, the study's online areas; moving up, its nearline and offline areas. Replica areas
         (the second and later ``write`` areas) are never a default source."""
-        with Session(self.db.engine) as session:
+        with Session(self.db.reader) as session:
             copies = self._copies(session, study_id)
         held = {c.area for group in copies.values() for c in group if c.area in self.areas}
         replicas = set(self.write[1:])
@@ -522,7 +522,7 @@ class StorageManager:
         started = time.perf_counter()
         result = MigrateResult(study_id, sources, target_name, dry_run=dry_run)
         target = self.areas[target_name]
-        with Session(self.db.engine) as session:
+        with Session(self.db.reader) as session:
             copies = self._copies(session, study_id)
         moving: list[InstanceFile] = []  # copies to remove once the target holds the instance
         to_copy: list[InstanceFile] = []  # one source copy per instance the target lacks
@@ -644,7 +644,7 @@ class StorageManager:
         if rule.min_study_bytes is not None:
             query = query.where(Study.size_bytes >= rule.min_study_bytes)
         query = query.order_by(func.coalesce(Study.last_accessed_at, Study.created_at), col(Study.id))
-        with Session(self.db.engine) as session:
+        with Session(self.db.reader) as session:
             return list(session.exec(query).all())
 
     def apply_rule(self, rule: StorageRule, *, dry_run: bool = False, progress: Progress | None = None,
@@ -703,7 +703,7 @@ class StorageManager:
         later with a growing delay."""
         total = 0
         while not self._stop.is_set():
-            with Session(self.db.engine) as session:
+            with Session(self.db.reader) as session:
                 pending = session.exec(select(PendingReplica).where(col(PendingReplica.next_attempt_at) <= utcnow())
                                        .order_by(col(PendingReplica.id)).limit(limit)).all()
                 session.expunge_all()
@@ -721,7 +721,7 @@ class StorageManager:
         try:
             if target is None:
                 raise ValueError(f"area {pending.area} is no longer configured")
-            with Session(self.db.engine) as session:
+            with Session(self.db.reader) as session:
                 copies = session.exec(select(InstanceFile).where(InstanceFile.instance == pending.instance)
                                       .order_by(col(InstanceFile.id))).all()
                 session.expunge_all()
@@ -777,7 +777,7 @@ class StorageManager:
             session.expunge(run)
         last = 0
         while not self._stop.is_set():
-            with Session(self.db.engine) as session:
+            with Session(self.db.reader) as session:
                 rows = session.exec(select(InstanceFile).where(col(InstanceFile.id) > last)
                                     .order_by(col(InstanceFile.id)).limit(batch)).all()
                 session.expunge_all()
@@ -834,7 +834,7 @@ class StorageManager:
         """Replace a bad copy with the bytes of a good one, in the same area."""
         target = self.areas[bad.area]
         with self._lock(-bad.instance):
-            with Session(self.db.engine) as session:
+            with Session(self.db.reader) as session:
                 copies = session.exec(select(InstanceFile).where(InstanceFile.instance == bad.instance)).all()
                 session.expunge_all()
             if not any(c.id == bad.id for c in copies):
@@ -867,7 +867,7 @@ class StorageManager:
     def _count_orphans(self) -> int:
         orphans = 0
         for name, area in self.areas.items():
-            with Session(self.db.engine) as session:
+            with Session(self.db.reader) as session:
                 known = set(session.exec(select(InstanceFile.key).where(InstanceFile.area == name)).all())
             try:
                 orphans += sum(1 for key in area.keys() if key not in known)
@@ -880,7 +880,7 @@ class StorageManager:
         """Queue the recall of prior studies for every order created since the last look."""
         from pacs.registry.models import ImagingOrder
 
-        with Session(self.db.engine) as session:
+        with Session(self.db.reader) as session:
             if self._order_watermark is None:
                 self._order_watermark = session.exec(select(func.max(ImagingOrder.id))).one() or 0
                 return 0
@@ -938,7 +938,7 @@ class StorageManager:
 
     # -- status ---------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        with Session(self.db.engine) as session:
+        with Session(self.db.reader) as session:
             per_area = session.exec(select(InstanceFile.area, col(InstanceFile.cached), func.count(),
                                            func.coalesce(func.sum(InstanceFile.size), 0))
                                     .group_by(InstanceFile.area, InstanceFile.cached)).all()
