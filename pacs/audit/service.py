@@ -139,6 +139,10 @@ def _resolve(connection: Connection, event: Event) -> None:
         event.patients.extend(r[0] for r in rows)
 
 
+_INSERT_EVENT = insert(EVENT)
+_INSERT_OBJECT = insert(OBJECT)
+
+
 def write(connection: Connection, events: list[Event]) -> None:
     """Insert ``events`` (and their patients and studies) on ``connection``."""
     for event in events:
@@ -157,19 +161,18 @@ def write(connection: Connection, events: list[Event]) -> None:
             "description": event.description[:2000],
             "details": event.details,
         }
-        event_id = connection.execute(insert(EVENT).values(**_bind(row))).inserted_primary_key[0]
+        try:
+            result = connection.execute(_INSERT_EVENT, row)
+        except (TypeError, ValueError):  # a value JSON does not know (before anything reached the database)
+            row["details"] = json.loads(json.dumps(event.details, default=str))
+            result = connection.execute(_INSERT_EVENT, row)
+        event_id = result.inserted_primary_key[0]  # type: ignore[index]
         objects = [{"event": event_id, "kind": "patient", "value": v[:256]}
                    for v in dict.fromkeys(p for p in event.patients if p)]
         objects += [{"event": event_id, "kind": "study", "value": v[:128]}
                     for v in dict.fromkeys(s for s in event.studies if s)]
         if objects:
-            connection.execute(insert(OBJECT), objects[:MAX_OBJECTS])
-
-
-def _bind(row: dict[str, Any]) -> dict[str, Any]:
-    # The column type turns aware datetimes into naive UTC; JSON needs plain values.
-    row["details"] = json.loads(json.dumps(row["details"], default=str))
-    return row
+            connection.execute(_INSERT_OBJECT, objects[:MAX_OBJECTS])
 
 
 def record(session: Session | Connection, event: Event) -> bool:
