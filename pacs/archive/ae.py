@@ -38,6 +38,17 @@ from pacs.settings import Settings
 log = logging.getLogger("pacs.dicom")
 
 UNCOMPRESSED = ALL_TRANSFER_SYNTAXES[:4]
+# What modalities send (PS3.5 Annex A): uncompressed, deflate, JPEG, JPEG-LS, JPEG 2000 and
+# HTJ2K, RLE, MPEG-2, MPEG-4/H.264 and HEVC video. Listing these rather than every syntax
+# pynetdicom knows keeps the per-association copy of the contexts small.
+STORAGE_SYNTAXES = [s for s in ALL_TRANSFER_SYNTAXES if s in {
+    "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99",
+    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203", "1.2.840.10008.1.2.5",
+    "1.2.840.10008.1.2.4.100", "1.2.840.10008.1.2.4.101", "1.2.840.10008.1.2.4.102", "1.2.840.10008.1.2.4.103",
+    "1.2.840.10008.1.2.4.104", "1.2.840.10008.1.2.4.105", "1.2.840.10008.1.2.4.106", "1.2.840.10008.1.2.4.107",
+    "1.2.840.10008.1.2.4.108"}]
 SERVICES = (
     Verification, ModalityWorklistInformationFind, ModalityPerformedProcedureStep,
     PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind,
@@ -55,6 +66,11 @@ def make_ae(settings: Settings) -> ArchiveAE:
     _config.STORE_RECV_CHUNKED_DATASET = True
     _config.STORE_SEND_CHUNKED_DATASET = True
     _config.UNRESTRICTED_STORAGE_SERVICE = settings.archive.accept_unknown_storage_classes
+    # pynetdicom pretty-prints every request and answer for its log even when nothing is
+    # logged; our handlers log what matters.
+    _config.LOG_HANDLER_LEVEL = "none"
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
     ae = ArchiveAE(ae_title=settings.ae_title)
     ae.maximum_associations = settings.dicom.max_associations
     ae.network_timeout = settings.dicom.network_timeout_seconds
@@ -69,7 +85,7 @@ def make_ae(settings: Settings) -> ArchiveAE:
     for context in AllStoragePresentationContexts:
         # SCU and SCP roles both: C-GET's sub-operations run in storage contexts the requestor
         # proposes with role selection (PS3.7 D.3.3.4).
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+        ae.add_supported_context(context.abstract_syntax, STORAGE_SYNTAXES, scu_role=True, scp_role=True)
     return ae
 
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom import config
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from sqlalchemy import ColumnElement, and_, true
 from sqlmodel import Session, col, select
@@ -187,94 +189,113 @@ def find_rows(session: Session, identifier: Dataset) -> list[Row]:
     return [Row(*found) for found in session.exec(query).all()]
 
 
+# Longest values of the VRs that carry text here, in characters (PS3.5 Table 6.2-1).
+MAX_LENGTH = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "LT": 10240, "PN": 64}
+
+
+@lru_cache(maxsize=512)
+def _tag_vr(keyword: str) -> tuple[int, str]:
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword
+    return tag, dictionary_VR(tag).split(" or ")[0]
+
+
+def _element(keyword: str, value: object) -> DataElement:
+    tag, vr = _tag_vr(keyword)
+    if isinstance(value, str) and vr in MAX_LENGTH and vr != "PN" and len(value) > MAX_LENGTH[vr]:
+        value = value[:MAX_LENGTH[vr]]  # transliterated text can outgrow the VR (SH is 16)
+    return DataElement(tag, vr, value, validation_mode=config.IGNORE)
+
+
+def _code(code: str, scheme: str, meaning: str) -> list[Dataset]:
+    if not code:
+        return []
+    item = Dataset()
+    item.add(_element("CodeValue", code))
+    item.add(_element("CodingSchemeDesignator", scheme or "L"))
+    item.add(_element("CodeMeaning", meaning or code))
+    return [item]
+
+
+def _location(answer: Answer, row: Row) -> str:
+    visit = row.visit
+    return answer.text("/".join(p for p in (visit.ward, visit.room, visit.bed) if p)) if visit else ""
+
+
+# Return keys of the Scheduled Procedure Step Sequence (PS3.4 Table K.6-1) and how to fill them.
+SPS_VALUES: dict[str, Callable[[Answer, Row], object]] = {
+    "ScheduledStationAETitle": lambda a, r: r.step.station_ae_title,
+    "ScheduledProcedureStepStartDate": lambda a, r: r.step.start_date,
+    "ScheduledProcedureStepStartTime": lambda a, r: r.step.start_time,
+    "Modality": lambda a, r: r.step.modality,
+    "ScheduledPerformingPhysicianName": lambda a, r: a.person(r.step.performing_physician),
+    "ScheduledProcedureStepDescription": lambda a, r: a.text(r.step.description or r.order.procedure_text),
+    "ScheduledProtocolCodeSequence": lambda a, r: _code(r.step.protocol_code, r.step.protocol_scheme,
+                                                        a.text(r.step.protocol_text)),
+    "ScheduledProcedureStepID": lambda a, r: r.step.sps_id,
+    "ScheduledStationName": lambda a, r: a.text(r.step.station_name),
+    "ScheduledProcedureStepLocation": lambda a, r: a.text(r.step.location),
+    "ScheduledProcedureStepStatus": lambda a, r: SPS_STATUS_OUT.get(StepStatus(r.step.status), "SCHEDULED"),
+    "PreMedication": lambda a, r: "",
+    "RequestedContrastAgent": lambda a, r: "",
+    "CommentsOnTheScheduledProcedureStep": lambda a, r: "",
+}
+
+# The other return keys the worklist has values for; any other key of the model goes out empty.
+VALUES: dict[str, Callable[[Answer, Row], object]] = {
+    "RequestedProcedureID": lambda a, r: r.order.requested_procedure_id,
+    "RequestedProcedureDescription": lambda a, r: a.text(r.order.procedure_text),
+    "RequestedProcedureCodeSequence": lambda a, r: _code(r.order.procedure_code, r.order.procedure_scheme,
+                                                         a.text(r.order.procedure_text)),
+    "StudyInstanceUID": lambda a, r: r.order.study_instance_uid,
+    "RequestedProcedurePriority": lambda a, r: PRIORITY_OUT.get(r.order.priority, "ROUTINE"),
+    "ReasonForTheRequestedProcedure": lambda a, r: a.text(r.order.reason),
+    "AccessionNumber": lambda a, r: r.order.accession_number,
+    "RequestingPhysician": lambda a, r: a.person(r.order.requesting_physician),
+    "RequestingService": lambda a, r: a.text(r.order.department),
+    "ReferringPhysicianName": lambda a, r: a.person(r.order.referring_physician),
+    "PlacerOrderNumberImagingServiceRequest": lambda a, r: r.order.placer_number,
+    "FillerOrderNumberImagingServiceRequest": lambda a, r: r.order.filler_number,
+    "AdmissionID": lambda a, r: r.visit.visit_number if r.visit else "",
+    "CurrentPatientLocation": _location,
+    "PatientName": lambda a, r: a.patient_name(r.patient),
+    "PatientID": lambda a, r: r.patient.patient_id,
+    "IssuerOfPatientID": lambda a, r: r.patient.issuer,
+    "PatientBirthDate": lambda a, r: r.patient.birth_date.strftime("%Y%m%d") if r.patient.birth_date else "",
+    "PatientSex": lambda a, r: r.patient.sex,
+    "PatientAddress": lambda a, r: a.text(r.patient.address),
+    "PatientTelephoneNumbers": lambda a, r: r.patient.phone,
+}
+
+
 class Answer(BaseAnswer):
-    """Builds worklist items in one character set."""
+    """Worklist answers in one character set, each holding exactly the keys the query asked for
+    (PS3.4 C.2.2.1.2; a zero-length sequence key returns the whole sequence, C.2.2.2.6)."""
 
-    def item(self, row: Row) -> Dataset:
-        step, order, patient, visit = row.step, row.order, row.patient, row.visit
-        ds = Dataset()
+    def respond(self, row: Row, query: Dataset) -> Dataset:
+        out = Dataset()
         if self.charset:
-            ds.SpecificCharacterSet = self.charset
-        sps = Dataset()
-        sps.ScheduledStationAETitle = step.station_ae_title
-        sps.ScheduledProcedureStepStartDate = step.start_date
-        sps.ScheduledProcedureStepStartTime = step.start_time
-        sps.Modality = step.modality
-        sps.ScheduledPerformingPhysicianName = self.person(step.performing_physician)
-        sps.ScheduledProcedureStepDescription = self.text(step.description or order.procedure_text)
-        protocol = Dataset()
-        if step.protocol_code:
-            protocol.CodeValue = step.protocol_code
-            protocol.CodingSchemeDesignator = step.protocol_scheme or "L"
-            protocol.CodeMeaning = self.text(step.protocol_text or step.protocol_code)
-        sps.ScheduledProtocolCodeSequence = Sequence([protocol] if step.protocol_code else [])
-        sps.ScheduledProcedureStepID = step.sps_id
-        sps.ScheduledStationName = self.text(step.station_name)
-        sps.ScheduledProcedureStepLocation = self.text(step.location)
-        sps.ScheduledProcedureStepStatus = SPS_STATUS_OUT.get(StepStatus(step.status), "SCHEDULED")
-        sps.PreMedication = ""
-        sps.RequestedContrastAgent = ""
-        sps.CommentsOnTheScheduledProcedureStep = ""
-        ds.ScheduledProcedureStepSequence = Sequence([sps])
-
-        ds.RequestedProcedureID = order.requested_procedure_id
-        ds.RequestedProcedureDescription = self.text(order.procedure_text)
-        code = Dataset()
-        if order.procedure_code:
-            code.CodeValue = order.procedure_code
-            code.CodingSchemeDesignator = order.procedure_scheme or "L"
-            code.CodeMeaning = self.text(order.procedure_text or order.procedure_code)
-        ds.RequestedProcedureCodeSequence = Sequence([code] if order.procedure_code else [])
-        ds.StudyInstanceUID = order.study_instance_uid
-        ds.ReferencedStudySequence = Sequence([])
-        ds.RequestedProcedurePriority = PRIORITY_OUT.get(order.priority, "ROUTINE")
-        ds.PatientTransportArrangements = ""
-        ds.ReasonForTheRequestedProcedure = self.text(order.reason)
-        ds.RequestedProcedureComments = ""
-        ds.AccessionNumber = order.accession_number
-        ds.RequestingPhysician = self.person(order.requesting_physician)
-        ds.RequestingService = self.text(order.department)
-        ds.ReferringPhysicianName = self.person(order.referring_physician)
-        ds.PlacerOrderNumberImagingServiceRequest = order.placer_number
-        ds.FillerOrderNumberImagingServiceRequest = order.filler_number
-        ds.ImagingServiceRequestComments = ""
-        ds.AdmissionID = visit.visit_number if visit else ""
-        ds.CurrentPatientLocation = self.text("/".join(p for p in (visit.ward, visit.room, visit.bed) if p)) if visit else ""
-        ds.PatientName = self.patient_name(patient)
-        ds.PatientID = patient.patient_id
-        ds.IssuerOfPatientID = patient.issuer
-        ds.PatientBirthDate = patient.birth_date.strftime("%Y%m%d") if patient.birth_date else ""
-        ds.PatientSex = patient.sex
-        ds.PatientAddress = self.text(patient.address)
-        ds.PatientTelephoneNumbers = patient.phone
-        for empty in ("PatientWeight", "PatientSize", "MedicalAlerts", "Allergies", "PregnancyStatus",
-                      "SpecialNeeds", "PatientState", "ConfidentialityConstraintOnPatientDataDescription",
-                      "OtherPatientIDsSequence", "PatientComments", "StudyDate", "StudyTime"):
-            setattr(ds, empty, Sequence([]) if empty.endswith("Sequence") else None)
-        return ds
-
-
-def returned(item: Dataset, query: Dataset, charset: str | None) -> Dataset:
-    """The answer to one match: the keys the query asked for, with the item's values
-    (PS3.4 C.2.2.1.2; an empty sequence key returns the whole sequence, C.2.2.2.6)."""
-    out = Dataset()
-    if charset:
-        out.SpecificCharacterSet = charset
-    for element in query:
-        if element.tag.is_private or element.keyword in ("SpecificCharacterSet", "QueryRetrieveLevel", ""):
-            continue
-        keyword = element.keyword
-        if element.VR == "SQ":
-            ours = item[keyword] if keyword in item else None
-            if ours is None:
-                setattr(out, keyword, Sequence([]))
-            elif element.value and len(element.value[0]) > 0:
-                setattr(out, keyword, Sequence([returned(i, element.value[0], None) for i in ours.value]))
+            out.add(_element("SpecificCharacterSet", self.charset))
+        for element in query:
+            keyword = element.keyword
+            if element.tag.is_private or keyword in ("SpecificCharacterSet", "QueryRetrieveLevel", ""):
+                continue
+            if keyword == "ScheduledProcedureStepSequence":
+                asked = element.value[0] if element.value and len(element.value[0]) > 0 else None
+                keys = [e.keyword for e in asked if not e.tag.is_private] if asked is not None else list(SPS_VALUES)
+                sps = Dataset()
+                for key in keys:
+                    builder = SPS_VALUES.get(key)
+                    sps.add(_element(key, builder(self, row) if builder else ([] if key.endswith("Sequence")
+                                                                              else None)))
+                out.add(_element(keyword, [sps]))
+                continue
+            builder = VALUES.get(keyword)
+            if builder is not None:
+                out.add(_element(keyword, builder(self, row)))
             else:
-                setattr(out, keyword, ours.value)
-        else:
-            setattr(out, keyword, item[keyword].value if keyword in item else None)
-    return out
+                out.add(_element(keyword, [] if element.VR == "SQ" else None))
+        return out
 
 
 def find(session: Session, identifier: Dataset, *, names: NameRules, peer_charset: str | None = None,
@@ -286,4 +307,4 @@ def find(session: Session, identifier: Dataset, *, names: NameRules, peer_charse
     for row in find_rows(session, identifier):
         if cancelled():
             return
-        yield returned(answer.item(row), identifier, charset)
+        yield answer.respond(row, identifier)
