@@ -216,7 +216,10 @@ def _snapshot_sqlite(source: Path, target: Path) -> None:
     src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=60)
     dst = sqlite3.connect(target)
     try:
-        src.backup(dst, pages=4096)
+        # In one step: a read transaction on the WAL snapshot, which writers do not disturb (a
+        # stepwise backup starts over whenever another connection writes, and a busy archive
+        # always writes).
+        src.backup(dst)
         dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
     finally:
         dst.close()
@@ -247,15 +250,15 @@ def _snapshot_postgresql(url: str, target: Path) -> list[tuple[str, str, str, in
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1)
                            if url.startswith("postgresql://") else url)
     try:
-        with engine.connect() as connection:
-            connection.exec_driver_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            snapshot = connection.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
-            copies = [tuple(r) for r in connection.execute(text(
-                "SELECT area, key, checksum, size, instance FROM instance_file ORDER BY id"))]
-            libpq, env = _pg_url(url)
-            done = subprocess.run(["pg_dump", "-Fc", "--no-owner", f"--snapshot={snapshot}", "-f", str(target), libpq],
-                                  capture_output=True, text=True, env=env)
-            connection.exec_driver_sql("COMMIT")
+        with engine.connect().execution_options(isolation_level="REPEATABLE READ",
+                                                postgresql_readonly=True) as connection:
+            with connection.begin():  # one snapshot for the list of copies and for pg_dump
+                snapshot = connection.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
+                copies = [tuple(r) for r in connection.execute(text(
+                    "SELECT area, key, checksum, size, instance FROM instance_file ORDER BY id"))]
+                libpq, env = _pg_url(url)
+                done = subprocess.run(["pg_dump", "-Fc", "--no-owner", f"--snapshot={snapshot}", "-f", str(target),
+                                       libpq], capture_output=True, text=True, env=env)
     finally:
         engine.dispose()
     if done.returncode != 0:

@@ -21,12 +21,13 @@ Example TOML file::
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from datetime import tzinfo
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -203,6 +204,13 @@ class AuditSettings(BaseModel):
     syslog: str | None = None
     """Forward every entry to an audit record repository, RFC 5424 over UDP or TCP:
     "udp://host:514" or "tcp://host:514"."""
+
+    @field_validator("syslog")
+    @classmethod
+    def _syslog_url(cls, value: str | None) -> str | None:
+        if value and not re.fullmatch(r"(udp|tcp)://[^\s:/]+(:\d+)?/?", value.strip()):
+            raise ValueError(f"[audit] syslog = {value!r}: write udp://host:514 or tcp://host:514")
+        return value.strip() if value else None
     syslog_poll_seconds: float = 1.0
     source_id: str | None = None
     """AuditSourceID of the messages (default: the AE title)."""

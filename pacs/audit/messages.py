@@ -29,8 +29,8 @@ PROCESSED, ERROR = "PROCESSED", "ERROR"
 def _who(row: Any) -> tuple[str, str]:
     sender = "/".join(p for p in (row.sending_application, row.sending_facility) if p)
     if row.source in ("fhir", "http") or (row.endpoint or "").split(" ", 1)[0] in ("POST", "PUT"):
-        return sender or row.peer or "fhir", "fhir"
-    return sender or row.peer or row.source, "hl7"
+        return sender or _host(row.peer or "") or "fhir", "fhir"
+    return sender or _host(row.peer or "") or row.source, "hl7"
 
 
 def _host(peer: str) -> str:
