@@ -475,3 +475,27 @@ def test_auditing_never_fails_the_clinical_action(server, tmp_path, monkeypatch)
     assert httpx.get(f"{server.http_url}/dicomweb/studies").status_code == 200
     monkeypatch.undo()
     assert not entries(server, event_id="110110")  # nothing was written, and nothing failed
+
+
+def test_procedure_steps_are_procedure_records(server):
+    """MPPS N-CREATE and N-SET: Procedure Record (110111), C then U."""
+    from pynetdicom.sop_class import ModalityPerformedProcedureStep
+
+    from tests.dicom import client, completion, mpps_attributes
+
+    study = "1.2.840.113619.2.55.3.1234567.20261125.1"
+    with MLLPClient(server.mllp_port) as mllp:
+        assert ack_fields(mllp.send(load("orm_o01_nw_ihe.hl7")))["code"] == "AA"
+    assoc = client("CT1").associate("127.0.0.1", server.dicom_port, ae_title="PACS")
+    uid = "1.2.826.0.1.3680043.8.498.1001"
+    status, _ = assoc.send_n_create(mpps_attributes(study_uid=study, accession="ACC0001", sps_id="SPS0001",
+                                                    patient_id="P10001"), ModalityPerformedProcedureStep, uid)
+    assert status.Status == 0
+    status, _ = assoc.send_n_set(completion(), ModalityPerformedProcedureStep, uid)
+    assert status.Status == 0
+    assoc.release()
+    created, updated = reversed(wait_for_entries(server, event_id="110111",
+                                                 where=lambda e: True) or [None, None])
+    assert created["action"] == "C" and updated["action"] == "U" and created["user"] == "CT1"
+    assert created["studies"] == [study] and created["patients"] == ["P10001"]
+    assert created["details"]["accession_numbers"] == ["ACC0001"] and updated["details"]["status"] == "COMPLETED"

@@ -9,7 +9,8 @@
 - C-FIND: one "Query" (110112) per request, with the identifier as sent (PS3.15 A.5.3.12) and
   the number of matches;
 - C-MOVE and C-GET: one "DICOM Instances Transferred" (110104, R) per request, with the
-  destination, the studies and patients sent and the sub-operations the receiver acknowledged.
+  destination, the studies and patients sent and the sub-operations the receiver acknowledged;
+- MPPS N-CREATE and N-SET: "Procedure Record" (110111), C and U.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class DicomAudit:
         wrappers: dict[Any, Callable[..., Any]] = {
             evt.EVT_C_STORE: self._store, evt.EVT_C_FIND: self._find,
             evt.EVT_C_MOVE: self._move, evt.EVT_C_GET: self._get,
+            evt.EVT_N_CREATE: self._mpps, evt.EVT_N_SET: self._mpps,
         }
         out = []
         for binding in bindings:
@@ -90,6 +92,33 @@ class DicomAudit:
                 out.append((binding[0], wrapper, [binding[1], list(binding[2]) if len(binding) > 2 else []]))
         out.append((evt.EVT_CONN_CLOSE, self._closed))
         return out
+
+    # -- MPPS: N-CREATE and N-SET ---------------------------------------------------------------
+    def _mpps(self, event: evt.Event, handler: Callable[..., Any], args: list[Any]) -> Any:
+        """Procedure Record (110111): C for an N-CREATE, U for an N-SET of a performed procedure step."""
+        answer = handler(event, *args)
+        try:
+            creating = event.event == evt.EVT_N_CREATE
+            attributes = event.attribute_list if creating else event.modification_list
+            user, address = _peer(event)
+            steps = attributes.get("ScheduledStepAttributesSequence") or []
+            studies = [str(s.get("StudyInstanceUID", "") or "") for s in steps]
+            accessions = [str(s.get("AccessionNumber", "") or "") for s in steps]
+            status = str(attributes.get("PerformedProcedureStepStatus", "") or "")
+            uid = str(event.request.AffectedSOPInstanceUID if creating else event.request.RequestedSOPInstanceUID)
+            code = _status(answer[0] if isinstance(answer, tuple) else answer)
+            patient = str(attributes.get("PatientID", "") or "")
+            self.auditor.record(Event(
+                codes.PROCEDURE_RECORD, Action.CREATE if creating else Action.UPDATE, _failure_outcome(code),
+                user=user, user_kind="dicom", address=address, patients=[patient] if patient else [],
+                studies=[s for s in studies if s], resolve_patients=not patient,
+                description=f"MPPS {'N-CREATE' if creating else 'N-SET'} {uid}: {status or 'changed'}"
+                            + (f", status 0x{code:04X}" if code else ""),
+                details={"service": "N-CREATE" if creating else "N-SET", "mpps": uid, "status": status,
+                         "accession_numbers": [a for a in accessions if a]}))
+        except Exception:
+            log.exception("MPPS not audited")
+        return answer
 
     # -- C-STORE ------------------------------------------------------------------------------
     def _store(self, event: evt.Event, handler: Callable[..., Any], args: list[Any]) -> Any:
