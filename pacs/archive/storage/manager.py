@@ -136,6 +136,9 @@ class StorageManager:
             if name not in areas:
                 raise ValueError(f"[storage] names area {name!r}, which no [[storage.areas]] entry defines "
                                  f"(areas: {', '.join(areas)})")
+        if not config.write or tiers[config.write[0]] != "online":
+            raise ValueError("[storage] write must start with an online area (objects are read from there until "
+                             f"a rule moves them); it is {config.write!r}")
         if tiers[config.cache] != "online":
             raise ValueError(f"[storage] cache = {config.cache!r} is a {tiers[config.cache]} area; "
                              "recalls must land in an online area")
