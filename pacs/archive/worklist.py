@@ -13,9 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
-from pydicom import config
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from sqlalchemy import ColumnElement, and_, true
@@ -23,6 +21,7 @@ from sqlmodel import Session, col, select
 
 from pacs.archive.charset import Answer as BaseAnswer
 from pacs.archive.charset import answer_charset
+from pacs.archive.encoding import Element, Encoded
 from pacs.archive.query import (
     QueryError,
     match_date_range,
@@ -200,21 +199,18 @@ def _tag_vr(keyword: str) -> tuple[int, str]:
     return tag, dictionary_VR(tag).split(" or ")[0]
 
 
-def _element(keyword: str, value: object) -> DataElement:
+def _element(keyword: str, value: object) -> Element:
     tag, vr = _tag_vr(keyword)
     if isinstance(value, str) and vr in MAX_LENGTH and vr != "PN" and len(value) > MAX_LENGTH[vr]:
         value = value[:MAX_LENGTH[vr]]  # transliterated text can outgrow the VR (SH is 16)
-    return DataElement(tag, vr, value, validation_mode=config.IGNORE)
+    return (tag, vr, value)
 
 
-def _code(code: str, scheme: str, meaning: str) -> list[Dataset]:
+def _code(code: str, scheme: str, meaning: str) -> list[list[Element]]:
     if not code:
         return []
-    item = Dataset()
-    item.add(_element("CodeValue", code))
-    item.add(_element("CodingSchemeDesignator", scheme or "L"))
-    item.add(_element("CodeMeaning", meaning or code))
-    return [item]
+    return [[_element("CodeValue", code), _element("CodingSchemeDesignator", scheme or "L"),
+             _element("CodeMeaning", meaning or code)]]
 
 
 def _location(answer: Answer, row: Row) -> str:
@@ -270,12 +266,13 @@ VALUES: dict[str, Callable[[Answer, Row], object]] = {
 
 class Answer(BaseAnswer):
     """Worklist answers in one character set, each holding exactly the keys the query asked for
-    (PS3.4 C.2.2.1.2; a zero-length sequence key returns the whole sequence, C.2.2.2.6)."""
+    (PS3.4 C.2.2.1.2; a zero-length sequence key returns the whole sequence, C.2.2.2.6), in the
+    compact form :mod:`pacs.archive.encoding` sends without pydicom's writer."""
 
-    def respond(self, row: Row, query: Dataset) -> Dataset:
-        out = Dataset()
+    def respond(self, row: Row, query: Dataset) -> Encoded:
+        out: list[Element] = []
         if self.charset:
-            out.add(_element("SpecificCharacterSet", self.charset))
+            out.append(_element("SpecificCharacterSet", self.charset))
         for element in query:
             keyword = element.keyword
             if element.tag.is_private or keyword in ("SpecificCharacterSet", "QueryRetrieveLevel", ""):
@@ -283,19 +280,19 @@ class Answer(BaseAnswer):
             if keyword == "ScheduledProcedureStepSequence":
                 asked = element.value[0] if element.value and len(element.value[0]) > 0 else None
                 keys = [e.keyword for e in asked if not e.tag.is_private] if asked is not None else list(SPS_VALUES)
-                sps = Dataset()
+                sps = []
                 for key in keys:
                     builder = SPS_VALUES.get(key)
-                    sps.add(_element(key, builder(self, row) if builder else ([] if key.endswith("Sequence")
-                                                                              else None)))
-                out.add(_element(keyword, [sps]))
+                    sps.append(_element(key, builder(self, row) if builder else
+                                        ([] if key.endswith("Sequence") else None)))
+                out.append(_element(keyword, [sps]))
                 continue
             builder = VALUES.get(keyword)
             if builder is not None:
-                out.add(_element(keyword, builder(self, row)))
+                out.append(_element(keyword, builder(self, row)))
             else:
-                out.add(_element(keyword, [] if element.VR == "SQ" else None))
-        return out
+                out.append(_element(keyword, [] if element.VR == "SQ" else None))
+        return Encoded(out, self.charset)
 
 
 def find(session: Session, identifier: Dataset, *, names: NameRules, peer_charset: str | None = None,

@@ -1,0 +1,110 @@
+"""A small, fast encoder for C-FIND answers (PS3.5 §7.1: implicit and explicit VR little endian).
+
+pydicom's general writer costs more per answer than everything else a worklist query does;
+answers are flat text elements and short sequences, so they are encoded here directly. An
+:class:`Encoded` is a pydicom Dataset that carries its elements in this compact form; pynetdicom's
+``encode`` is wrapped (:func:`install`) so that such answers skip pydicom's writer, while every
+other dataset is encoded as before.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+Element = tuple[int, str, Any]  # (tag, VR, value): str, or list[list[Element]] for SQ
+
+CODECS = {None: "ascii", "ISO_IR 192": "utf-8", "GB18030": "gb18030"}
+LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}  # 4-byte length
+UNDEFINED = 0xFFFFFFFF
+ITEM = 0xFFFEE000
+ITEM_END = 0xFFFEE00D
+SEQUENCE_END = 0xFFFEE0DD
+
+
+def _tag(tag: int) -> bytes:
+    return struct.pack("<HH", tag >> 16, tag & 0xFFFF)
+
+
+def _value(vr: str, value: Any, codec: str) -> bytes:
+    if value is None:
+        return b""
+    if vr == "US":
+        return struct.pack("<H", int(value))
+    if vr == "UL":
+        return struct.pack("<I", int(value))
+    data = str(value).encode(codec, errors="replace")
+    if len(data) % 2:
+        data += b"\0" if vr == "UI" else b" "
+    return data
+
+
+def encode_elements(elements: list[Element], *, implicit: bool, codec: str) -> bytes:
+    out = bytearray()
+    for tag, vr, value in sorted(elements, key=lambda e: e[0]):
+        out += _tag(tag)
+        if vr == "SQ":
+            body = bytearray()
+            for item in value or []:
+                encoded = encode_elements(item, implicit=implicit, codec=codec)
+                body += _tag(ITEM) + struct.pack("<I", len(encoded)) + encoded
+            if implicit:
+                out += struct.pack("<I", len(body))
+            else:
+                out += b"SQ\0\0" + struct.pack("<I", len(body))
+            out += body
+            continue
+        data = _value(vr, value, codec)
+        if implicit:
+            out += struct.pack("<I", len(data))
+        elif vr in LONG_VRS:
+            out += vr.encode() + b"\0\0" + struct.pack("<I", len(data))
+        else:
+            out += vr.encode() + struct.pack("<H", len(data))
+        out += data
+    return bytes(out)
+
+
+class Encoded(Dataset):
+    """An answer held as (tag, VR, value) elements, encoded on demand by :func:`encode`."""
+
+    def __init__(self, elements: list[Element], charset: str | None) -> None:
+        super().__init__()
+        object.__setattr__(self, "_pacs_elements", elements)
+        object.__setattr__(self, "_pacs_codec", CODECS.get(charset, "utf-8"))
+
+    def __len__(self) -> int:  # pynetdicom tests an identifier's truth value
+        return len(self._pacs_elements)
+
+    def encoded(self, implicit: bool) -> bytes:
+        return encode_elements(self._pacs_elements, implicit=implicit, codec=self._pacs_codec)
+
+    def dataset(self) -> Dataset:
+        """The same answer as an ordinary pydicom Dataset (for code that inspects it)."""
+        from pydicom.filebase import DicomBytesIO
+        from pydicom.filereader import read_dataset
+
+        buffer = DicomBytesIO(self.encoded(True))
+        buffer.is_little_endian, buffer.is_implicit_VR = True, True
+        return read_dataset(buffer, is_implicit_VR=True, is_little_endian=True)
+
+
+def install() -> None:
+    """Let pynetdicom send :class:`Encoded` answers without pydicom's writer (idempotent)."""
+    import pynetdicom.service_class as service_class
+
+    original = service_class.encode
+    if getattr(original, "_pacs_fast", False):
+        return
+
+    def encode(ds: Dataset, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False) -> bytes | None:
+        if isinstance(ds, Encoded) and is_little_endian and not deflated:
+            return ds.encoded(is_implicit_vr)
+        if isinstance(ds, Encoded):
+            ds = ds.dataset()
+        return original(ds, is_implicit_vr, is_little_endian, deflated)
+
+    encode._pacs_fast = True  # type: ignore[attr-defined]
+    service_class.encode = encode
