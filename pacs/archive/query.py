@@ -46,22 +46,40 @@ def _like_pattern(value: str) -> str:
     return escaped.replace("*", "%").replace("?", "_")
 
 
-def match_wildcard(column: ColumnElement, value: str, *, fold_case: bool = False) -> ColumnElement[bool]:
-    """PS3.4 C.2.2.2.4: ``*`` any run of characters, ``?`` any one character."""
+def match_prefix(column: ColumnElement, prefix: str) -> ColumnElement[bool]:
+    """``prefix*`` as a range, so the column's index is used (a LIKE with upper() can't be)."""
+    upper_bound = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    return and_(column >= prefix, column < upper_bound)
+
+
+def match_wildcard(column: ColumnElement, value: str, *, fold_case: bool = False,
+                   stored_upper: bool = False) -> ColumnElement[bool]:
+    """PS3.4 C.2.2.2.4: ``*`` any run of characters, ``?`` any one character.
+
+    ``stored_upper``: the column holds upper-case text already, so a case-insensitive prefix
+    match becomes an indexed range."""
+    if value.endswith("*") and not any(w in value[:-1] for w in WILDCARDS) and len(value) > 1:
+        if stored_upper:
+            return match_prefix(column, value[:-1].upper())
+        if not fold_case:
+            return match_prefix(column, value[:-1])
     pattern = _like_pattern(value)
     if fold_case:
         return func.upper(column).like(pattern.upper(), escape="\\")
     return column.like(pattern, escape="\\")
 
 
-def match_string(column: ColumnElement, value: str | None, *, fold_case: bool = False) -> ColumnElement[bool] | None:
+def match_string(column: ColumnElement, value: str | None, *, fold_case: bool = False,
+                 stored_upper: bool = False) -> ColumnElement[bool] | None:
     """Single value or wildcard matching for a string key, or None when universal."""
     if is_universal(value):
         return None
     assert value is not None
     value = value.strip()
     if any(w in value for w in WILDCARDS):
-        return match_wildcard(column, value, fold_case=fold_case)
+        return match_wildcard(column, value, fold_case=fold_case, stored_upper=stored_upper)
+    if stored_upper:
+        return column == value.upper()
     if fold_case:
         return func.upper(column) == value.upper()
     return match_single_value(column, value)
@@ -149,7 +167,8 @@ def match_person_name(alphabetic: ColumnElement, ideographic: ColumnElement,
     """PN matching over the component groups (PS3.4 C.2.2.2.1, C.2.2.2.4; PS3.5 6.2.1).
 
     A value with ``=`` matches each group given against its own group. A value without matches
-    either the alphabetic group (pinyin, case-insensitive) or the ideographic one (Han), so a
+    either the alphabetic group (pinyin or a Latin name, without regard to case) or the ideographic
+    one (Han), so a
     modality that types ``ZHANG*`` and one that types ``张*`` both find 张三. A family name alone
     (``ZHANG``) matches as ``ZHANG^*``, as most worklist SCPs do.
     """
