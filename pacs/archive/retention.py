@@ -296,21 +296,22 @@ class Retention:
 
     def expire(self, *, today: date, now: datetime | None = None, dry_run: bool = False, user: str = "retention",
                user_kind: str = "system") -> tuple[list[str], int]:
-        with Session(self.db.engine) as session:
-            if not dry_run:
-                lock_for_writing(session.connection())
+        with Session(getattr(self.db, "reader", self.db.engine)) as session:
             studies = expired_studies(session, self.settings.retention.per_modality, today)
             uids = [k[0] for k in _study_keys(session, studies).values()]
-            if dry_run or not studies:
-                return uids, 0
-            total = 0
-            for study in studies:
+        if dry_run or not studies:
+            return uids, 0
+        total = 0
+        for study in studies:  # a transaction each: ingest waits for one study at most
+            with Session(self.db.engine) as session:
+                lock_for_writing(session.connection())
                 ids = list(session.exec(select(Instance.id).join(Series, col(Series.id) == Instance.series)
                                         .where(Series.study == study, col(Instance.rejected_at).is_(None))).all())
                 rejected = reject(session, ids, codes.RETENTION_EXPIRED, now=now)
-                _audit_rejection(session, rejected, codes.RETENTION_EXPIRED, user=user, user_kind=user_kind)
-                total += sum(rejected.values())
-            session.commit()
+                if rejected:
+                    _audit_rejection(session, rejected, codes.RETENTION_EXPIRED, user=user, user_kind=user_kind)
+                session.commit()
+            total += sum(rejected.values())
         log.info("retention: %d stud(ies) expired (%d instance(s) to the trash)", len(studies), total)
         return uids, total
 

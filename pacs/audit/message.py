@@ -130,15 +130,18 @@ def build(event: Any, objects: list[tuple[str, str]], source: Source) -> ET.Elem
 
     requestor_role, own_role, target_role = ROLES.get((event_id, action), (None, None, None))
     user, kind = get("user_id") or "", get("user_kind") or ""
-    own = {"UserID": source.ae_title, "alternative": str(os.getpid())}
-    if kind == "system":
-        # The archive acted on its own (start, stop, a scheduled job): it is the requestor.
-        _participant(root, source.ae_title, True, own_role, address=source.host, alternative=own["alternative"])
-        if user and user != source.ae_title:
-            _participant(root, user, False, requestor_role)
+    pid = str(os.getpid())
+    if kind == "system" and event_id == codes.APPLICATION_ACTIVITY.value:
+        # Start and stop (PS3.15 A.5.3.1): the application, and who launched it, the requestor.
+        _participant(root, source.ae_title, False, own_role, address=source.host, alternative=pid)
+        _participant(root, user, True, requestor_role)
+    elif kind == "system":
+        # The archive acted on its own (a scheduled job, a configuration check): it is the requestor,
+        # named after the part that acted (retention, backup, configuration, mappings).
+        _participant(root, source.ae_title, True, own_role, address=source.host, alternative=pid, name=user)
     else:
         _participant(root, user, True, requestor_role, address=get("address") or "")
-        _participant(root, source.ae_title, False, own_role, address=source.host, alternative=own["alternative"])
+        _participant(root, source.ae_title, False, own_role, address=source.host, alternative=pid)
     if get("target"):
         _participant(root, get("target"), False, target_role or codes.ROLE_DESTINATION)
 

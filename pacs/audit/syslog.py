@@ -138,10 +138,11 @@ class Forwarder:
         if self._thread is not None:
             self._thread.join(30)
             self._thread = None
-        try:
-            self.forward_once()  # what was recorded while stopping (application stop)
-        except Exception:
-            log.warning("audit entries left for the next start: the collector is unreachable")
+        if self.delay == 1.0:  # the collector answered last time: send what came while stopping
+            try:
+                self.forward_once()
+            except Exception:
+                log.warning("audit entries left for the next start: the collector is unreachable")
         self.sender.close()
 
     def wake(self) -> None:
