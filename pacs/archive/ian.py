@@ -12,7 +12,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import InstanceAvailabilityNotification
 from sqlmodel import Session, col, select
 
-from pacs.archive.index import Instance, Series, Study
+from pacs.archive.index import NOT_REJECTED, Instance, Series, Study
 from pacs.integration.outbox import Delivered, DeliveryRefused, OutboxItem, enqueue
 from pacs.registry.models import PerformedProcedureStep
 from pacs.settings import Settings
@@ -36,11 +36,13 @@ def notification(session: Session, study: Study, retrieve_ae: str) -> dict[str, 
         refs.append(ref)
     ds.ReferencedPerformedProcedureStepSequence = refs
     series_items = []
-    for series in session.exec(select(Series).where(Series.study == study.id).order_by(col(Series.id))):
+    for series in session.exec(select(Series).where(Series.study == study.id, Series.number_of_instances > 0)
+                               .order_by(col(Series.id))):
         item = Dataset()
         item.SeriesInstanceUID = series.series_instance_uid
         instances = []
-        for instance in session.exec(select(Instance).where(Instance.series == series.id).order_by(col(Instance.id))):
+        for instance in session.exec(select(Instance).where(Instance.series == series.id, NOT_REJECTED)
+                                     .order_by(col(Instance.id))):
             sop = Dataset()
             sop.ReferencedSOPClassUID = instance.sop_class_uid
             sop.ReferencedSOPInstanceUID = instance.sop_instance_uid
