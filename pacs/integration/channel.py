@@ -36,7 +36,7 @@ from pacs.integration.ack import (
 )
 from pacs.integration.hl7v2 import Address
 from pacs.integration.mapping import SUPPORTED_MESSAGE_CODES, Filtered, MappingHolder, Mappings, map_hl7
-from pacs.integration.message_store import MessageRow, Stage, Status, find_processed, save_result
+from pacs.integration.message_store import AppliedIndex, MessageRow, Stage, Status, find_processed, save_result
 from pacs.registry import lifecycle, service
 from pacs.registry.models import VisitStatus
 from pacs.registry.schemas import Action, Mapped
@@ -76,6 +76,7 @@ class Outcome:
 def apply_mapped(session: Session, mapped: Mapped, ctx: service.Context) -> dict[str, Any]:
     """The destination: carry out a mapped message in the registry. Returns what it changed."""
     result: dict[str, Any] = {"action": mapped.action.value}
+    created = False
     if mapped.action == Action.PATIENT_MERGE:
         patient = service.merge_patients(session, mapped.patient, mapped.prior_identifiers, ctx)
         result["merged"] = [i.value for i in mapped.prior_identifiers]
@@ -95,7 +96,7 @@ def apply_mapped(session: Session, mapped: Mapped, ctx: service.Context) -> dict
         }[mapped.action]
         visit = service.end_visit(session, patient, mapped.visit, status)
     elif mapped.visit is not None and any(v is not None for v in mapped.visit.model_dump().values()):
-        visit = service.upsert_visit(session, patient, mapped.visit)
+        visit = service.upsert_visit(session, patient, mapped.visit, new_patient=created)
     if visit is not None:
         result["visit"] = visit.id
     orders = []
@@ -155,8 +156,11 @@ class Channel:
         return row
 
     # -- 2 to 5 --------------------------------------------------------------------------------
-    def process(self, session: Session, row: MessageRow, inbound: Inbound) -> Outcome:
-        """Parse, filter, map and apply ``row`` (already stored). Never raises for bad input."""
+    def process(self, session: Session, row: MessageRow, inbound: Inbound,
+                applied: AppliedIndex | None = None) -> Outcome:
+        """Parse, filter, map and apply ``row`` (already stored). Never raises for bad input.
+
+        ``applied`` answers the duplicate check for a batch (else it is one SELECT)."""
         _forget_instances(session)
         if is_fhir(row):
             from pacs.integration import fhir_intake
@@ -167,10 +171,15 @@ class Channel:
         try:
             message = self._parse(row, mappings)
             header = Header.of(message)
-            duplicate = None if inbound.source == "reprocess" else find_processed(
-                session, sending_application=row.sending_application, sending_facility=row.sending_facility,
-                control_id=row.control_id, before=row.id or 0,
-            )
+            if inbound.source == "reprocess":
+                duplicate = None
+            elif applied is not None:
+                duplicate = applied.find(row)
+            else:
+                duplicate = find_processed(
+                    session, sending_application=row.sending_application, sending_facility=row.sending_facility,
+                    control_id=row.control_id, before=row.id or 0,
+                )
             if duplicate is not None:
                 row.status, row.error = Status.FILTERED, f"duplicate of message {duplicate.id}; not applied again"
                 row.ack_code, row.response = duplicate.ack_code, duplicate.response

@@ -22,7 +22,7 @@ from sqlmodel import Session, col, select
 
 from pacs.db import Database
 from pacs.integration.channel import Channel, Inbound, Outcome
-from pacs.integration.message_store import Status, StoredMessage, load_row, store_raw
+from pacs.integration.message_store import AppliedIndex, Status, StoredMessage, load_row, store_raw
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +104,14 @@ class Intake:
         try:
             with Session(self.db.engine, expire_on_commit=False, autoflush=False) as session:
                 rows = [self.channel.receive(inbound) for inbound, _ in batch]
-                for row in rows:
-                    store_raw(session, row)
+                store_raw(session, rows)
                 session.commit()  # 1. raw content durable
+                applied = AppliedIndex(session, rows)
                 for (inbound, _), row in zip(batch, rows, strict=True):
-                    outcomes.append(self.channel.process(session, row, inbound))
+                    outcome = self.channel.process(session, row, inbound, applied)
+                    if outcome.status == Status.PROCESSED:
+                        applied.add(row)
+                    outcomes.append(outcome)
                 session.commit()  # 2. effects durable
         except Exception as exc:
             for _, future in batch:

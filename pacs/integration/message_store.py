@@ -108,7 +108,7 @@ ROW_COLUMNS = tuple(c.name for c in MESSAGE.columns if c.name != "id")
 # What processing a message may change; the rest is fixed when it is stored.
 RESULT_COLUMNS = ("charset", "status", "stage", "error", "mapped", "applied", "ack_code", "response",
                   "patient_id", "accession_number", "processed_at")
-_INSERT = insert(MESSAGE)
+_INSERT_MANY = insert(MESSAGE).returning(MESSAGE.c.id, sort_by_parameter_order=True)
 _SAVE_RESULT = update(MESSAGE).where(MESSAGE.c.id == bindparam("row_id"))
 _BY_ID = core_select(MESSAGE).where(MESSAGE.c.id == bindparam("row_id"))
 _PROCESSED = (
@@ -123,12 +123,13 @@ _PROCESSED = (
 )
 
 
-def store_raw(session: Session, row: MessageRow) -> int:
-    """INSERT the message as received (status RECEIVED); sets and returns its id. The caller
-    commits before parsing it."""
-    values = {name: getattr(row, name) for name in ROW_COLUMNS}
-    row.id = session.connection().execute(_INSERT, values).inserted_primary_key[0]  # type: ignore[index]
-    return row.id  # type: ignore[return-value]
+def store_raw(session: Session, rows: list[MessageRow]) -> None:
+    """INSERT the messages as received (status RECEIVED), all in one statement, and set their
+    ids. The caller commits before parsing them."""
+    values = [{name: getattr(row, name) for name in ROW_COLUMNS} for row in rows]
+    ids = session.connection().execute(_INSERT_MANY, values).scalars().all()
+    for row, row_id in zip(rows, ids, strict=True):
+        row.id = row_id
 
 
 def save_result(session: Session, row: MessageRow) -> None:
@@ -181,6 +182,57 @@ def find_processed(
         "application": sending_application, "facility": sending_facility, "control_id": control_id,
         "before": before,
     }).first()
+
+
+_PROCESSED_ANY = (
+    core_select(MESSAGE.c.id, MESSAGE.c.sending_application, MESSAGE.c.sending_facility, MESSAGE.c.control_id,
+                MESSAGE.c.ack_code, MESSAGE.c.response)
+    .where(MESSAGE.c.control_id.in_(bindparam("control_ids", expanding=True)),
+           MESSAGE.c.status == Status.PROCESSED.value,
+           MESSAGE.c.id < bindparam("before"))
+    .order_by(MESSAGE.c.id)
+)
+
+
+@dataclass(slots=True)
+class Applied:
+    """An applied message, as the duplicate check needs it."""
+
+    id: int
+    ack_code: str
+    response: str
+
+
+class AppliedIndex:
+    """:func:`find_processed` for a batch of stored messages: one SELECT for the whole batch,
+    then the batch's own messages as they are applied (:meth:`add`), so a message sent twice in
+    one batch is applied once."""
+
+    def __init__(self, session: Session, rows: list[MessageRow]) -> None:
+        self._by_key: dict[tuple[str, str, str], list[Applied]] = {}
+        control_ids = sorted({row.control_id for row in rows if row.control_id})
+        if not control_ids:
+            return
+        before = max(row.id or 0 for row in rows)
+        found = session.connection().execute(_PROCESSED_ANY, {"control_ids": control_ids, "before": before})
+        for hit in found:
+            key = (hit.sending_application, hit.sending_facility, hit.control_id)
+            self._by_key.setdefault(key, []).append(Applied(hit.id, hit.ack_code, hit.response))
+
+    def find(self, row: MessageRow) -> Applied | None:
+        """The first message applied before ``row`` with its sender and MSH-10, or None."""
+        if not row.control_id:
+            return None
+        for earlier in self._by_key.get((row.sending_application, row.sending_facility, row.control_id), ()):
+            if earlier.id < (row.id or 0):
+                return earlier
+        return None
+
+    def add(self, row: MessageRow) -> None:
+        """``row`` was applied (PROCESSED)."""
+        if row.control_id and row.id is not None:
+            key = (row.sending_application, row.sending_facility, row.control_id)
+            self._by_key.setdefault(key, []).append(Applied(row.id, row.ack_code, row.response))
 
 
 def search(

@@ -436,9 +436,11 @@ def _find_visit(conn: Connection, patient_id: int, visit_number: str | None) -> 
     return None if row is None else _record(row)
 
 
-def upsert_visit(session: Session, patient: Any, data: VisitIn) -> Record:
+def upsert_visit(session: Session, patient: Any, data: VisitIn, *, new_patient: bool = False) -> Record:
+    """Create the visit or update what the message sent (``new_patient``: the patient was just
+    created, so it has no visit to look for)."""
     conn = session.connection()
-    visit = _find_visit(conn, patient.id, data.visit_number)
+    visit = None if new_patient else _find_visit(conn, patient.id, data.visit_number)
     sent = data.model_dump(exclude_none=True)
     if visit is None:
         visit = Record(**VISIT_DEFAULTS)

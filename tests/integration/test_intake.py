@@ -68,3 +68,13 @@ def test_a_failing_message_in_a_batch_leaves_the_others_applied(server):
     assert [(e.from_status, e.to_status) for e in events] == [("", "scheduled"), ("scheduled", "cancelled")]
     assert [s.status for s in steps] == ["CANCELLED"]
     assert statuses == [Status.PROCESSED, Status.ERROR, Status.PROCESSED, Status.PROCESSED]
+
+
+def test_a_message_sent_twice_in_one_batch_is_applied_once(server):
+    order = load("orm_o01_nw_ihe.hl7")
+    first, again, later = one_batch(server, [order, order, order])
+    assert first.status == Status.PROCESSED and first.ack_code == "AA"
+    assert again.status == later.status == Status.FILTERED and again.response == later.response == first.response
+    assert count(server.db, ImagingOrder) == 1 and count(server.db, OrderEvent) == 1
+    [next_batch] = one_batch(server, [order])
+    assert next_batch.status == Status.FILTERED and next_batch.response == first.response
