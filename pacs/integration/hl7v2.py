@@ -100,12 +100,13 @@ class Address:
 class Segment:
     """One segment: its name and raw field strings, split further only when asked."""
 
-    __slots__ = ("name", "fields", "encoding")
+    __slots__ = ("name", "fields", "encoding", "_repetitions")
 
     def __init__(self, name: str, fields: list[str], encoding: Encoding) -> None:
         self.name = name
         self.fields = fields  # fields[0] is the name; fields[n] is SEG-n (MSH is shifted, see below)
         self.encoding = encoding
+        self._repetitions: dict[int, list[str]] = {}  # split once: mappings read a field many times
 
     def raw(self, field: int) -> str:
         """The raw (still escaped) text of field ``field``, or "" if absent."""
@@ -114,12 +115,18 @@ class Segment:
         return ""
 
     def repetitions(self, field: int) -> list[str]:
-        raw = self.raw(field)
-        if not raw:
-            return []
-        if self.name == "MSH" and field in (1, 2):
-            return [raw]
-        return raw.split(self.encoding.repetition)
+        """The raw repetitions of field ``field`` (do not modify the list: it is kept)."""
+        found = self._repetitions.get(field)
+        if found is None:
+            raw = self.raw(field)
+            if not raw:
+                found = []
+            elif self.name == "MSH" and field in (1, 2):
+                found = [raw]
+            else:
+                found = raw.split(self.encoding.repetition)
+            self._repetitions[field] = found
+        return found
 
     def value(
         self,

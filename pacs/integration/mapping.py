@@ -327,6 +327,17 @@ class Profile:
     order_group: str = "ORC"
     step_segment: str = ""
     events: dict[str, str] = field(default_factory=dict)
+    _by_prefix: dict[str, list[tuple[str, Target, str, list[Rule]]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+
+    def rules_for(self, prefix: str) -> list[tuple[str, Target, str, list[Rule]]]:
+        """(target name, target, attribute, rules) of every target under ``prefix`` ("patient."),
+        in file order; worked out once per prefix."""
+        found = self._by_prefix.get(prefix)
+        if found is None:
+            found = self._by_prefix[prefix] = [(name, TARGETS[name], name.split(".", 1)[1], rules)
+                                               for name, rules in self.rules.items() if name.startswith(prefix)]
+        return found
 
 
 @dataclass
@@ -761,11 +772,7 @@ class BaseMapper:
         return found
 
     def fill(self, scope: Any, prefix: str, out: dict[str, Any]) -> None:
-        for name, rules in self.profile.rules.items():
-            if not name.startswith(prefix):
-                continue
-            target = TARGETS[name]
-            attribute = name.split(".", 1)[1]
+        for name, target, attribute, rules in self.profile.rules_for(prefix):
             for rule in rules:
                 if not self._holds(scope, rule):
                     continue

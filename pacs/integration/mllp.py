@@ -127,7 +127,8 @@ class FrameReader:
         self._buffer = bytearray()
 
     async def _fill(self) -> bool:
-        chunk = await asyncio.wait_for(self.reader.read(READ_CHUNK), self.idle_timeout)
+        async with asyncio.timeout(self.idle_timeout):  # no task per read, as wait_for makes
+            chunk = await self.reader.read(READ_CHUNK)
         if not chunk:
             return False
         self._buffer += chunk
