@@ -75,6 +75,15 @@ def drop_caches() -> bool:
         return False
 
 
+def _process_cpu(pid: int) -> float:
+    """User + system CPU seconds of another process (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def start_moto() -> tuple[subprocess.Popen[bytes], str]:
     import socket
     import urllib.request
@@ -105,6 +114,8 @@ def main() -> int:
     parser.add_argument("--cold", action="store_true", help="drop the page cache before each recall (root)")
     parser.add_argument("--tmp", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--keep", action="store_true", help="keep the data folder")
+    parser.add_argument("--recall-workers", type=int, default=16, help="[storage] recall_workers")
+    parser.add_argument("--only-s3", action="store_true", help="only the S3 round trip (for tuning)")
     args = parser.parse_args()
 
     import logging
@@ -134,7 +145,7 @@ def main() -> int:
                    {"name": "s3", "kind": "s3", "tier": "nearline", "bucket": "bench", "endpoint_url": moto_url,
                     "access_key": "bench", "secret_key": "bench"},
                    {"name": "tape", "kind": "container", "tier": "offline", "path": work / "tape"}],
-            rules_interval_seconds=0, scrub_interval_seconds=0, prefetch=False)
+            rules_interval_seconds=0, scrub_interval_seconds=0, prefetch=False, recall_workers=args.recall_workers)
         settings = Settings(data_dir=work / "data", database_url=database_url, storage=storage,
                             archive={"min_free_bytes": 0})
         services = Services.build(settings)
@@ -169,18 +180,28 @@ def main() -> int:
 
         def recall(what: str, tier: str | None) -> None:
             cold = drop_caches() if args.cold else False
+            cpu = os.times()
+            moto_cpu = _process_cpu(moto.pid)
             result = manager.recall(study)
+            cpu_after = os.times()
+            cpu_note = (f"; CPU: this process {cpu_after.user + cpu_after.system - cpu.user - cpu.system:.2f} s, "
+                        f"S3 server {_process_cpu(moto.pid) - moto_cpu:.2f} s" if args.only_s3 else "")
             assert result.recalled == len(paths) and result.failed == 0, result
             goal = GOALS.get(tier or "")
             verdict = f"  goal < {goal:.0f} s: {'met' if result.seconds < goal else 'NOT met'}" if goal else ""
             rows.append((f"recall from {what}", f"{result.seconds:7.2f} s      "
                                                  f"({result.bytes / 1e6 / result.seconds:.0f} MB/s"
-                                                 f"{', cold cache' if cold else ''}){verdict}"))
+                                                 f"{', cold cache' if cold else ''}{cpu_note}){verdict}"))
             print(f"{rows[-1][0]:42} {rows[-1][1]}", flush=True)
             manager.config.cache_max_bytes = 0  # evict the recalled copies again
             manager.evict()
             manager.config.cache_max_bytes = None
 
+        if args.only_s3:
+            migrate("online", "s3")
+            for _ in range(3):
+                recall("nearline S3 (moto server)", "nearline")
+            raise SystemExit(0)
         migrate("online", "nearline")
         recall("nearline folder", "nearline")
         migrate("nearline", "s3")

@@ -164,7 +164,7 @@ class StorageSettings(BaseModel):
     """Recall a patient's prior studies (same modality or body part) when an order arrives."""
     prefetch_max_studies: int = 5
     prefetch_poll_seconds: float = 2.0
-    recall_workers: int = 8
+    recall_workers: int = 16
     """Parallel reads when recalling a study from an object store or a folder."""
 
 
