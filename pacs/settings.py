@@ -156,8 +156,8 @@ class StorageSettings(BaseModel):
     rules: list[StorageRule] = Field(default_factory=list)
     rules_interval_seconds: float = 3600.0
     """How often the scheduler applies the rules (0: only ``pacs storage migrate``)."""
-    scrub_interval_seconds: float = 86400.0
-    """How often every copy is verified and repaired (0: only ``pacs storage scrub``)."""
+    scrub_interval_seconds: float = 604800.0
+    """How often every copy is verified and repaired, weekly by default (0: only ``pacs storage scrub``)."""
     replicate_interval_seconds: float = 5.0
     """How often pending replicas are retried when nothing new arrives."""
     prefetch: bool = True

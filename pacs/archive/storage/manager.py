@@ -216,7 +216,7 @@ class StorageManager:
             thread = threading.Thread(target=self._loop, args=(name, work, interval, wake), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-        if self.config.prefetch:
+        if self._prefetching:
             thread = threading.Thread(target=self._prefetch_worker, name="storage-prefetch", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -249,9 +249,14 @@ class StorageManager:
             except Exception:
                 log.exception("%s failed; trying again in %.0f s", name, interval)
 
+    @property
+    def _prefetching(self) -> bool:
+        """Prefetch is on and there is a tier to prefetch from."""
+        return self.config.prefetch and len(self.online) < len(self.areas)
+
     def _housekeeping(self) -> None:
         self._flush_touches()
-        if self.config.prefetch:
+        if self._prefetching:
             self.queue_prefetch()
 
     # -- locks and access -----------------------------------------------------------------------
