@@ -184,11 +184,14 @@ def find_processed(
     }).first()
 
 
-_PROCESSED_ANY = (
-    core_select(MESSAGE.c.id, MESSAGE.c.sending_application, MESSAGE.c.sending_facility, MESSAGE.c.control_id,
-                MESSAGE.c.ack_code, MESSAGE.c.response)
-    .where(MESSAGE.c.control_id.in_(bindparam("control_ids", expanding=True)),
-           MESSAGE.c.status == Status.PROCESSED.value,
+# One sender's messages with any of the control IDs. The status is checked on the rows found: a
+# condition on it would let SQLite choose the status index and scan every processed message
+# instead of the (sending application, sending facility, control ID) index.
+_SENT_BEFORE = (
+    core_select(MESSAGE.c.id, MESSAGE.c.control_id, MESSAGE.c.status, MESSAGE.c.ack_code, MESSAGE.c.response)
+    .where(MESSAGE.c.sending_application == bindparam("application"),
+           MESSAGE.c.sending_facility == bindparam("facility"),
+           MESSAGE.c.control_id.in_(bindparam("control_ids", expanding=True)),
            MESSAGE.c.id < bindparam("before"))
     .order_by(MESSAGE.c.id)
 )
@@ -204,20 +207,25 @@ class Applied:
 
 
 class AppliedIndex:
-    """:func:`find_processed` for a batch of stored messages: one SELECT for the whole batch,
+    """:func:`find_processed` for a batch of stored messages: one SELECT per sender in the batch,
     then the batch's own messages as they are applied (:meth:`add`), so a message sent twice in
     one batch is applied once."""
 
     def __init__(self, session: Session, rows: list[MessageRow]) -> None:
         self._by_key: dict[tuple[str, str, str], list[Applied]] = {}
-        control_ids = sorted({row.control_id for row in rows if row.control_id})
-        if not control_ids:
-            return
-        before = max(row.id or 0 for row in rows)
-        found = session.connection().execute(_PROCESSED_ANY, {"control_ids": control_ids, "before": before})
-        for hit in found:
-            key = (hit.sending_application, hit.sending_facility, hit.control_id)
-            self._by_key.setdefault(key, []).append(Applied(hit.id, hit.ack_code, hit.response))
+        senders: dict[tuple[str, str], set[str]] = {}
+        for row in rows:
+            if row.control_id:
+                senders.setdefault((row.sending_application, row.sending_facility), set()).add(row.control_id)
+        before = min((row.id or 0 for row in rows), default=0)  # the batch's own come from add()
+        for (application, facility), control_ids in senders.items():
+            found = session.connection().execute(_SENT_BEFORE, {
+                "application": application, "facility": facility, "control_ids": sorted(control_ids),
+                "before": before})
+            for hit in found:
+                if hit.status == Status.PROCESSED:
+                    key = (application, facility, hit.control_id)
+                    self._by_key.setdefault(key, []).append(Applied(hit.id, hit.ack_code, hit.response))
 
     def find(self, row: MessageRow) -> Applied | None:
         """The first message applied before ``row`` with its sender and MSH-10, or None."""
