@@ -7,8 +7,9 @@ outcome. The worker takes whatever is queued (up to ``hl7.batch_max``) as one ba
 2. process each through the channel under its own savepoint, then **commit** again;
 3. only then hand back the outcomes, so every ACK describes what is on disk.
 
-Batching gives group commit: eight connections sending at once share two fsyncs instead of
-paying sixteen, while a lone sender still gets its ACK after its own two commits.
+The two commits are pipelined: the commit that makes one batch's effects durable also stores the
+raw messages of the next batch (whatever arrived meanwhile), so under load each batch costs one
+commit, not two, and a lone sender still gets its ACK after its own two commits.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import queue
 import threading
 from concurrent.futures import Future
+from dataclasses import dataclass
 
 from sqlmodel import Session, col, select
 
@@ -27,6 +29,18 @@ from pacs.integration.message_store import AppliedIndex, Status, StoredMessage, 
 log = logging.getLogger(__name__)
 
 _STOP = object()
+
+Batch = list[tuple[Inbound, Future[Outcome]]]
+
+
+@dataclass
+class Processed:
+    """A batch run through the channel whose effects wait, in ``session``'s open transaction,
+    for the next commit; its outcomes are handed back after that commit."""
+
+    session: Session
+    batch: Batch
+    outcomes: list[Outcome]
 
 
 class Intake:
@@ -76,51 +90,73 @@ class Intake:
         return self._process_batch([(inbound, Future())])[0]
 
     # -- the worker -----------------------------------------------------------------------------
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            batch = [item]
-            stop = False
-            while len(batch) < self.batch_max:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is _STOP:
-                    stop = True
-                    break
-                batch.append(more)
+    def _take(self, wait: bool) -> tuple[Batch, bool]:
+        """What is queued (up to ``batch_max``; waiting for a first message if ``wait``), and
+        whether the worker is to stop after it."""
+        batch: Batch = []
+        while len(batch) < self.batch_max:
             try:
-                self._process_batch(batch)  # type: ignore[arg-type]
-            except Exception:
-                log.exception("intake batch of %d failed; no message in it was acknowledged", len(batch))
-            if stop:
-                return
+                item = self._queue.get() if wait and not batch else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)  # type: ignore[arg-type]
+        return batch, False
 
-    def _process_batch(self, batch: list[tuple[Inbound, Future[Outcome]]]) -> list[Outcome]:
-        outcomes: list[Outcome] = []
+    def _run(self) -> None:
+        processed: Processed | None = None
+        stop = False
+        while not stop or processed is not None:
+            # With a batch's effects waiting, commit them now with whatever else has arrived.
+            batch, stopping = self._take(wait=processed is None) if not stop else ([], True)
+            stop = stop or stopping
+            try:
+                processed = self._cycle(batch, processed)
+            except Exception:
+                processed = None
+                log.exception("intake batch failed; no message in it was acknowledged")
+
+    def _cycle(self, batch: Batch, processed: Processed | None) -> Processed | None:
+        """One commit: the effects of ``processed`` and the raw content of ``batch``. Then hand
+        back the outcomes of ``processed`` and run ``batch`` through the channel; its effects
+        wait for the next cycle's commit."""
+        session = processed.session if processed is not None else Session(
+            self.db.engine, expire_on_commit=False, autoflush=False)
+        waiting = (processed.batch if processed is not None else []) + batch
         try:
-            with Session(self.db.engine, expire_on_commit=False, autoflush=False) as session:
-                rows = [self.channel.receive(inbound) for inbound, _ in batch]
+            rows = [self.channel.receive(inbound) for inbound, _ in batch]
+            if rows:
                 store_raw(session, rows)
-                session.commit()  # 1. raw content durable
-                applied = AppliedIndex(session, rows)
-                for (inbound, _), row in zip(batch, rows, strict=True):
-                    outcome = self.channel.process(session, row, inbound, applied)
-                    if outcome.status == Status.PROCESSED:
-                        applied.add(row)
-                    outcomes.append(outcome)
-                session.commit()  # 2. effects durable
+            session.commit()  # the processed batch's effects and this batch's raw content are durable
         except Exception as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            session.close()
+            _fail(waiting, exc)
             raise
-        for (_, future), outcome in zip(batch, outcomes, strict=True):
-            future.set_result(outcome)
-        return outcomes
+        if processed is not None:
+            for (_, future), outcome in zip(processed.batch, processed.outcomes, strict=True):
+                future.set_result(outcome)
+        if not batch:
+            session.close()
+            return None
+        try:
+            outcomes: list[Outcome] = []
+            applied = AppliedIndex(session, rows)
+            for (inbound, _), row in zip(batch, rows, strict=True):
+                outcome = self.channel.process(session, row, inbound, applied)
+                if outcome.status == Status.PROCESSED:
+                    applied.add(row)
+                outcomes.append(outcome)
+        except Exception as exc:
+            session.close()  # rolls back: the raw messages stay stored, RECEIVED, for recovery
+            _fail(batch, exc)
+            raise
+        return Processed(session, batch, outcomes)
+
+    def _process_batch(self, batch: Batch) -> list[Outcome]:
+        """Store, commit, process and commit ``batch`` on the calling thread; its outcomes."""
+        self._cycle([], self._cycle(batch, None))
+        return [future.result() for _, future in batch]
 
     def recover(self) -> int:
         """Process messages stored but never finished (the process stopped between the commits)."""
@@ -149,3 +185,9 @@ def reprocess(intake: Intake, db: Database, message_id: int) -> Outcome:
         inbound = Inbound(raw=original.raw, source="reprocess", peer=original.peer, reprocess_of=message_id,
                           endpoint=original.endpoint)
     return intake.process_now(inbound)
+
+
+def _fail(batch: Batch, exc: BaseException) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)

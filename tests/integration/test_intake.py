@@ -78,3 +78,28 @@ def test_a_message_sent_twice_in_one_batch_is_applied_once(server):
     assert count(server.db, ImagingOrder) == 1 and count(server.db, OrderEvent) == 1
     [next_batch] = one_batch(server, [order])
     assert next_batch.status == Status.FILTERED and next_batch.response == first.response
+
+
+def test_each_commit_holds_one_batch_effects_and_the_next_batch_raw_messages(server):
+    intake = server.server.services.intake
+    first = [(Inbound(load("adt_a01_ihe.hl7"), "mllp", "test"), Future())]
+    second = [(Inbound(load("orm_o01_nw_ihe.hl7"), "mllp", "test"), Future())]
+
+    def stored() -> list[str]:  # read as another connection would: only what is committed
+        with Session(server.db.reader) as session:
+            return [m.status for m in session.exec(select(StoredMessage).order_by(col(StoredMessage.id)))]
+
+    def committed(model) -> int:
+        with Session(server.db.reader) as session:
+            return session.exec(select(func.count()).select_from(model)).one()
+
+    processed = intake._cycle(first, None)
+    # the raw message was committed before it was processed; its effect is not committed yet
+    assert stored() == [Status.RECEIVED] and committed(Patient) == 0
+    assert not first[0][1].done()  # so it is not acknowledged
+    processed = intake._cycle(second, processed)
+    assert stored() == [Status.PROCESSED, Status.RECEIVED] and committed(Patient) == 1
+    assert first[0][1].result().ack_code == "AA" and not second[0][1].done()
+    assert intake._cycle([], processed) is None
+    assert stored() == [Status.PROCESSED, Status.PROCESSED] and committed(ImagingOrder) == 1
+    assert second[0][1].result().ack_code == "AA"
