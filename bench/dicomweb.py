@@ -998,6 +998,7 @@ def decompose_qido(url: str, kinds: list[Kind], facts: Facts, rounds: int, seed:
     from sqlmodel import col, select
 
     from pacs.archive import qr
+    from pacs.archive.charset import UNICODE
     from pacs.archive.dicomweb import qido
     from pacs.archive.dicomweb.dicomjson import dumps
     from pacs.archive.index import Study
@@ -1024,19 +1025,26 @@ def decompose_qido(url: str, kinds: list[Kind], facts: Facts, rounds: int, seed:
                 t1 = time.perf_counter()
                 rows = qr.find_rows(session, query.identifier, query.level)
                 t2 = time.perf_counter()
-                session.expunge_all()
-            with db.session() as session:
-                t3 = time.perf_counter()
-                result = qido.search(session, query, names=names, base_url="http://127.0.0.1/dicomweb")
-                t4 = time.perf_counter()
-                body = dumps(result.items)
+                # what qido.search does with the rows: slice the page, values, DICOM JSON
+                answer = qr.Answer(UNICODE, names)
+                wanted = list(dict.fromkeys(qido._wanted(query, study=None, series=None)))
+                items = []
+                for found in rows[query.offset:][:query.limit]:
+                    values = answer.values(found, query.level)
+                    values.pop("QueryRetrieveLevel", None)
+                    values["SpecificCharacterSet"] = UNICODE
+                    values["InstanceAvailability"] = "ONLINE"
+                    values["RetrieveURL"] = qido.retrieve_url("http://127.0.0.1/dicomweb", found, query.level)
+                    items.append(qido._json(wanted, values))
+                t3 = t4 = time.perf_counter()
+                body = dumps(items)
                 t5 = time.perf_counter()
             fetched.append(len(rows))
             parts["parse"].append(t1 - t0)
             parts["rows"].append(t2 - t1)
-            parts["build"].append(max(0.0, (t4 - t3) - (t2 - t1)))
+            parts["build"].append(t3 - t2)
             parts["encode"].append(t5 - t4)
-            parts["total"].append((t1 - t0) + (t4 - t3) + (t5 - t4))
+            parts["total"].append(t5 - t0)
             where = and_(true(), *qr.conditions(query.identifier, "STUDY"))
             statement = (select(Patient, Study).join(Study, Study.patient == Patient.id).where(where)
                          .order_by(col(Study.study_date).desc(), col(Study.id)))
@@ -1293,11 +1301,17 @@ def profile_server(ours: Any, corpus: Corpus, kinds: list[Kind], facts: Facts, s
 #              to the event loop in batches of ~8 MB, one worker-thread hop per batch, instead of one
 #              hop (and one h11 send) per chunk: header, file, CRLF of every instance;
 #   pagelimit: QIDO-RS asks the database for offset+limit rows instead of qr.MAX_MATCHES (10,000)
-#              and slicing them in Python.
+#              and slicing them in Python;
+#   httptools: uvicorn's httptools protocol (C) instead of h11 (pure Python): uvicorn picks it when it
+#              can import it; the folder --extra-site names (pip install --target DIR httptools) is put
+#              on sys.path of this server only, so the project's environment does not change.
 VARIANT_BOOTSTRAP = r"""
-import sys
+import os, sys
 changes = set(filter(None, sys.argv[1].split(","))) - {"none"}
 del sys.argv[1]
+if "httptools" in changes:
+    sys.path.insert(0, os.environ["BENCH_EXTRA_SITE"])
+    import httptools  # noqa: F401  (fails loudly when the folder lacks it)
 from pacs.archive.dicomweb import api, qido
 if "batched" in changes:
     import anyio
@@ -1344,6 +1358,7 @@ sys.exit(main(sys.argv[1:]))
 VARIANTS = [
     ("batched", "streamed bodies handed over in ~8 MB batches, one thread hop each (WADO-RS, metadata)"),
     ("pagelimit", "QIDO-RS: LIMIT offset+limit in SQL instead of 10,000 rows sliced in Python"),
+    ("httptools", "uvicorn's httptools HTTP protocol instead of h11 (only with --extra-site)"),
 ]
 
 
@@ -1358,7 +1373,8 @@ def run_variants(ours: Ours, corpus: Corpus, kinds: list[Kind], facts: Facts, re
         print(f"  {name:10} {describe}")
     print(f"  {'variant':18} {'WADO MB/s':>10} {'metadata s':>11} " + " ".join(f"{k.name[:13]:>13}" for k in kinds)
           + "   (QIDO p50 ms)")
-    plan = [("as is", ""), *[(name, name) for name, _ in VARIANTS], ("as is", "")]
+    names = [name for name, _ in VARIANTS if name != "httptools" or os.environ.get("BENCH_EXTRA_SITE")]
+    plan = [("as is", ""), *[(name, name) for name in names], ("as is", "")]
     for label, changes in plan:
         stop(ours)
         ours.changes = changes
@@ -1405,6 +1421,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-decompose", action="store_true", help="skip the in-process split of the work")
     parser.add_argument("--variants", action="store_true",
                         help="measure what proposed changes would gain (server restarted with each; see VARIANTS)")
+    parser.add_argument("--extra-site", type=Path,
+                        help="a folder from 'pip install --target DIR httptools': adds the httptools variant")
     parser.add_argument("--top", type=int, default=12, help="functions listed per profile (12)")
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--database-url", help="PostgreSQL admin URL; a scratch database is created and dropped")
@@ -1414,6 +1432,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.repeat = args.repeat or (3 if args.quick else 5)
     args.queries = args.queries or (100 if args.quick else 200)
+    if args.extra_site:
+        os.environ["BENCH_EXTRA_SITE"] = str(args.extra_site.resolve())
     args.sizes = [int(s) for s in (args.studies or ("10000" if args.quick else "10000,100000")).split(",") if s]
     return args
 
@@ -1550,7 +1570,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  in this process, {len(facts):,} studies:")
                 decompose_qido(ours.url, kinds, facts, 20, args.seed, explain=size == max(args.sizes))
         if args.analyze:
-            ingest.sql(ours.url, "ANALYZE")
+            analyze(ours.url)
             print(f"\nafter ANALYZE (planner statistics), {len(facts):,} studies, in this process:")
             decompose_qido(ours.url, kinds, facts, 10, args.seed, explain=True)
         if args.variants:
@@ -1588,6 +1608,20 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(scratch, ignore_errors=True)
         else:
             print(f"scratch folder kept: {scratch}")
+
+
+def analyze(url: str) -> None:
+    """ANALYZE the whole database (planner statistics)."""
+    if url.startswith("sqlite:///"):
+        import sqlite3
+
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+            conn.execute("ANALYZE")
+        return
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        conn.execute("ANALYZE")
 
 
 def surname_pinyin() -> dict[str, str]:
