@@ -86,11 +86,9 @@ def conditions(identifier: Dataset, level: str) -> list[ColumnElement[bool]]:
         ]
         modalities = v("ModalitiesInStudy")
         if modalities and modalities.strip() not in ("", "*"):
-            either = [func.upper(Study.modalities).like(f"%{m.strip().upper()}%")
-                      for m in modalities.split("\\") if m.strip()]
-            from sqlalchemy import or_
-
-            found.append(or_(*either))
+            # Whole values: a study with any series of one of the modalities (CT is not OCT).
+            wanted = [m.strip().upper() for m in modalities.replace(",", "\\").split("\\") if m.strip()]
+            found.append(col(Study.id).in_(select(Series.study).where(col(Series.modality).in_(wanted))))
     if level in ("SERIES", "IMAGE"):
         number = v("SeriesNumber")
         found += [
@@ -123,26 +121,29 @@ def trash_excluded(level: str) -> list[ColumnElement[bool]]:
     return visible
 
 
-def find_rows(session: Session, identifier: Dataset, level: str) -> list[Found]:
+def find_rows(session: Session, identifier: Dataset, level: str, *, limit: int = MAX_MATCHES,
+              offset: int = 0) -> list[Found]:
+    """Matches in a stable order; ``limit`` and ``offset`` page through them in the database."""
+    limit = min(limit, MAX_MATCHES + 1)
     where = and_(true(), *conditions(identifier, level))
     if level == "PATIENT":
         query = (select(Patient, func.count(func.distinct(Study.id)), func.coalesce(func.sum(Study.number_of_series), 0),
                         func.coalesce(func.sum(Study.number_of_instances), 0))
                  .join(Study, Study.patient == Patient.id).where(col(Patient.merged_into).is_(None), where)
-                 .group_by(Patient.id).order_by(col(Patient.id)).limit(MAX_MATCHES))
+                 .group_by(Patient.id).order_by(col(Patient.id)).offset(offset).limit(limit))
         return [Found(p, counts=(int(a), int(b), int(c))) for p, a, b, c in session.exec(query)]
     if level == "STUDY":
         query = (select(Patient, Study).join(Study, Study.patient == Patient.id).where(where)
-                 .order_by(col(Study.study_date).desc(), col(Study.id)).limit(MAX_MATCHES))
+                 .order_by(col(Study.study_date).desc(), col(Study.id)).offset(offset).limit(limit))
         return [Found(p, s) for p, s in session.exec(query)]
     if level == "SERIES":
         query = (select(Patient, Study, Series).join(Study, Study.patient == Patient.id)
                  .join(Series, Series.study == Study.id).where(where)
-                 .order_by(col(Study.id), col(Series.series_number), col(Series.id)).limit(MAX_MATCHES))
+                 .order_by(col(Study.id), col(Series.series_number), col(Series.id)).offset(offset).limit(limit))
         return [Found(p, s, r) for p, s, r in session.exec(query)]
     query = (select(Patient, Study, Series, Instance).join(Study, Study.patient == Patient.id)
              .join(Series, Series.study == Study.id).join(Instance, Instance.series == Series.id).where(where)
-             .order_by(col(Series.id), col(Instance.instance_number), col(Instance.id)).limit(MAX_MATCHES))
+             .order_by(col(Series.id), col(Instance.instance_number), col(Instance.id)).offset(offset).limit(limit))
     return [Found(p, s, r, i) for p, s, r, i in session.exec(query)]
 
 

@@ -61,8 +61,9 @@ def match_wildcard(column: ColumnElement, value: str, *, fold_case: bool = False
     if value.endswith("*") and not any(w in value[:-1] for w in WILDCARDS) and len(value) > 1:
         if stored_upper:
             return match_prefix(column, value[:-1].upper())
-        if not fold_case:
-            return match_prefix(column, value[:-1])
+        if fold_case:  # a range on upper(column), which an expression index can serve
+            return match_prefix(func.upper(column), value[:-1].upper())
+        return match_prefix(column, value[:-1])
     pattern = _like_pattern(value)
     if fold_case:
         return func.upper(column).like(pattern.upper(), escape="\\")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, Column, DateTime, ForeignKey, Index, Integer, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, ForeignKey, Index, Integer, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from pacs.db import UTCDateTime, utcnow
@@ -59,6 +59,8 @@ class Patient(SQLModel, table=True):
     """A person the department images. A merged patient keeps its row and points onward."""
 
     __tablename__ = "patient"
+    # Name wildcards ignore case: ZHANG* is a range on this index, not a scan (migration 0008).
+    __table_args__ = (Index("ix_patient_name_alphabetic_upper", text("upper(name_alphabetic)")),)
 
     id: int | None = Field(default=None, primary_key=True)
     patient_id: str = Field(index=True)  # (0010,0020) LO, the identifier the PACS presents

@@ -162,16 +162,16 @@ def search(session: Session, query: Query, *, names: NameRules, base_url: str,
     """Matches of ``query`` as DICOM JSON (PS3.18 F.2), in the index's order."""
     try:
         qr.validate(query.identifier)
-        rows = qr.find_rows(session, query.identifier, query.level)
+        # The page is cut in the database; one row more tells whether the maximum was passed.
+        limit = min(query.limit if query.limit is not None else qr.MAX_MATCHES, qr.MAX_MATCHES)
+        rows = qr.find_rows(session, query.identifier, query.level, limit=limit + 1, offset=query.offset)
     except QueryError as exc:
         raise bad_request(str(exc)) from None
     warnings = list(query.warnings)
-    if len(rows) >= qr.MAX_MATCHES:
+    if len(rows) > limit and query.limit is None:
         warnings.append(f"The number of results exceeded the maximum supported by the server ({qr.MAX_MATCHES}). "
                         "Narrow the query.")
-    rows = rows[query.offset:]
-    if query.limit is not None:
-        rows = rows[:query.limit]
+    rows = rows[:limit]
     answer = qr.Answer(UNICODE, names)
     wanted = _wanted(query, study=study, series=series)
     items = []
