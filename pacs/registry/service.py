@@ -315,21 +315,22 @@ def _add_identifiers(session: Session, patient: Any, identifiers: list[Identifie
     conn = session.connection()
     if known is None:
         known = _known_identifiers(conn, identifiers)
-    added: list[dict[str, Any]] = []
-    types: dict[str, str] = {}  # as sent last, per known identifier of this patient
+    added: dict[tuple[str, str], dict[str, Any]] = {}
+    types: dict[tuple[str, str], str] = {}  # the type sent last, per stored identifier of this patient
     for identifier in identifiers:
         key = (identifier.value, identifier.authority)
+        if key in added:  # sent twice: stored once, with the type sent last
+            if identifier.type_code:
+                added[key]["type_code"] = identifier.type_code
+            continue
         row = known.get(key)
         if row is None:
-            added.append({"patient": patient.id, "value": identifier.value, "authority": identifier.authority,
-                          "type_code": identifier.type_code, "active": True})
-            known[key] = KnownIdentifier(0, patient, identifier.type_code)  # sent twice: stored once
+            added[key] = {"patient": patient.id, "value": identifier.value, "authority": identifier.authority,
+                          "type_code": identifier.type_code, "active": True}
         elif row.patient.id == patient.id and identifier.type_code and row.type_code != identifier.type_code:
-            row.type_code = identifier.type_code
-            if row.id:
-                types[key] = identifier.type_code
+            row.type_code = types[key] = identifier.type_code
     if added:
-        conn.execute(_INSERTS[IDENTIFIER.name], added)
+        conn.execute(_INSERTS[IDENTIFIER.name], list(added.values()))
     for key, type_code in types.items():
         _update(conn, IDENTIFIER, known[key].id, {"type_code": type_code})
 
@@ -405,10 +406,10 @@ def change_identifier(session: Session, data: PatientIn, prior: list[IdentifierI
     if patient.patient_id == prior[0].value:
         patient.patient_id = new.value
         patient.issuer = new.authority
-    update_ = data.model_copy(update={"identifiers": [], "patient_id": None})
+    details = data.model_copy(update={"identifiers": [], "patient_id": None})
     for attribute in PATIENT_DETAILS:
-        _set(patient, attribute, getattr(update_, attribute))
-    _apply_name(patient, update_, ctx.names)
+        _set(patient, attribute, getattr(details, attribute))
+    _apply_name(patient, details, ctx.names)
     patient.updated_at = utcnow()
     session.add(patient)
     session.flush()

@@ -57,11 +57,11 @@ def test_identifier_type_follows_the_sender(server):
     assert {i.patient for i in identifiers} == {patient.id}
 
 
-def test_an_identifier_sent_twice_is_stored_once(server):
+def test_an_identifier_sent_twice_is_stored_once_with_the_type_sent_last(server):
     admit = load("adt_a01_ihe.hl7")
     send(server, again(admit, "ADT0009", ("P10001^^^HOSP^PI~110101199001011234^^^CHN^NI",
-                                          "P20002^^^HOSP^PI~P20002^^^HOSP^PI")))
+                                          "P20002^^^HOSP^PI~P20002^^^HOSP^MR~P20002^^^HOSP")))
     [patient], _, identifiers = registry(server.db)
     assert patient.patient_id == "P20002"
     assert [(i.value, i.authority, i.type_code, i.patient) for i in identifiers] == [
-        ("P20002", "HOSP", "PI", patient.id)]
+        ("P20002", "HOSP", "MR", patient.id)]

@@ -833,9 +833,9 @@ class StorageManager:
             actual = area.checksum(copy.key)
         except (FileNotFoundError, KeyError):
             return "missing"
-        except Exception as exc:
-            log.warning("scrub: %s/%s cannot be read: %s", copy.area, copy.key, exc)
-            return "missing"
+        except Exception as exc:  # the area is unreachable (network, permissions): not this copy's fault
+            log.warning("scrub: %s/%s cannot be read now, skipped: %s", copy.area, copy.key, exc)
+            return None
         return "ok" if actual == copy.checksum else "corrupt"
 
     def _repair(self, bad: InstanceFile) -> bool:
