@@ -46,10 +46,11 @@ def mwl_find(port: int, query: Dataset, calling: str = "CT1",
     return statuses, matches, final
 
 
-def findscu(port: int, keys: list[str], out: Path, calling: str = "FINDSCU") -> list[Dataset]:
+def findscu(port: int, keys: list[str], out: Path, calling: str = "FINDSCU",
+            options: tuple[str, ...] = ()) -> list[Dataset]:
     """DCMTK findscu -W; every answer is written by findscu as a file and read back."""
     out.mkdir(parents=True, exist_ok=True)
-    args = ["findscu", "-W", "-aet", calling, "-aec", "PACS", "-X", "-od", str(out)]
+    args = ["findscu", "-W", "-aet", calling, "-aec", "PACS", "-X", "-od", str(out), *options]
     for key in keys:
         args += ["-k", key]
     result = subprocess.run(args + ["127.0.0.1", str(port)], capture_output=True, text=True, timeout=60,
