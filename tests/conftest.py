@@ -127,8 +127,13 @@ class RunningServer:
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(60)
+        # what asyncio.run does on the way out: the loop's worker threads and its selector go too,
+        # or each test would leave them behind in the test process
+        asyncio.run_coroutine_threadsafe(self.loop.shutdown_default_executor(), self.loop).result(60)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        if not self.thread.is_alive():
+            self.loop.close()
 
     @property
     def mllp_port(self) -> int:

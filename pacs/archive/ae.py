@@ -131,6 +131,10 @@ class DicomServer:
 
             self._handlers = DicomAudit(audit).wrap(self._handlers)
         self._server: ThreadedAssociationServer | None = None
+        # pynetdicom spools each received dataset to a temporary file (STORE_RECV_CHUNKED_DATASET):
+        # on the storage area's own file system it is renamed into place instead of copied.
+        # tempfile.tempdir is the process's; stop() gives the previous value back.
+        self._tempdir = tempfile.tempdir
         incoming = incoming_dir(archive.area)
         if incoming is not None:
             tempfile.tempdir = str(incoming)
@@ -148,3 +152,4 @@ class DicomServer:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        tempfile.tempdir = self._tempdir
