@@ -22,6 +22,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from pacs.archive import dul
 from pacs.archive.commitment import Commitment
 from pacs.archive.mpps import MPPSService
 from pacs.archive.query import QueryError
@@ -43,6 +44,7 @@ MODEL = {
 }
 MOVE_DESTINATION_UNKNOWN = 0xA801  # PS3.4 C.4.2.1.5
 SUB_OPERATIONS_WARNING = 0xB000
+DEFAULT_HOLD_BACK = 30.0  # seconds a C-FIND answer waits for the DUL to send earlier ones, without a DIMSE timeout
 
 
 def _calling(event: evt.Event) -> str:
@@ -108,6 +110,7 @@ def handle_find(event: evt.Event, queries: QueryService) -> Iterator[tuple[int |
             yield failure(Status.SOP_CLASS_NOT_SUPPORTED, f"{sop_class} is not a query this AE serves"), None
             return
         for match in matches:
+            dul.hold_back(event.assoc, event.assoc.dimse_timeout or DEFAULT_HOLD_BACK)
             if cancelled():
                 break
             yield Status.PENDING, match

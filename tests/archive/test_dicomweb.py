@@ -25,7 +25,7 @@ from pacs.archive.index import Instance, InstanceFile, Study
 from tests.archive.corpus import build, source_path
 from tests.archive.test_reconcile import STUDY_UID, ct_for
 from tests.archive.test_store import assert_nothing_kept, count, stored_path
-from tests.helpers import send_all
+from tests.helpers import MLLPClient, ack_fields, send_all
 
 DICOM_ANY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 UNDECODABLE = "JPEG-lossy.dcm"  # 12-bit JPEG extended: no installed plugin decodes it
@@ -306,6 +306,39 @@ def test_retrieve_carries_the_values_corrected_from_the_order(server, tmp_path):
     assert value(meta, "00100020") == "P10001"
     assert value(meta, "00100010") == {"Alphabetic": "ZHANG^SAN", "Ideographic": "张^三"}
     assert pydicom.dcmread(stored_path(server, str(ds.SOPInstanceUID))).PatientID == "WRONG123"  # file as sent
+
+
+def test_metadata_is_kept_once_built_and_follows_patient_updates(server, tmp_path):
+    assert [a["code"] for a in send_all(server.mllp_port, ["orm_o01_nw_ihe.hl7"])] == ["AA"]
+    path = ct_for(tmp_path, StudyInstanceUID=STUDY_UID, PatientID="P10001", PatientName="ZHANG^SAN=张^三",
+                  SpecificCharacterSet="ISO_IR 192", AccessionNumber="ACC0001")
+    stow(server, [path])
+    ds = pydicom.dcmread(path)
+    client = dicomweb(server)
+    first = client.retrieve_study_metadata(STUDY_UID)
+    assert value(first[0], "00100010") == {"Alphabetic": "ZHANG^SAN", "Ideographic": "张^三"}
+    [cached] = (server.settings.data_dir / "cache" / "metadata").rglob("*.json")
+    assert b'"BulkDataURI":"bulkdata/7FE00010"' in cached.read_bytes()  # the instance URL is put in per request
+
+    # Served from what was kept: a changed kept copy shows (the file itself is not read again)
+    cached.write_bytes(cached.read_bytes().replace(b'"00080060":{"vr":"CS","Value":["CT"]}',
+                                                   b'"00080060":{"vr":"CS","Value":["OT"]}'))
+    assert value(client.retrieve_study_metadata(STUDY_UID)[0], "00080060") == "OT"
+
+    # An ADT update of the patient's name shows at once, over the kept copy
+    update = (Path(__file__).parents[1] / "data" / "hl7" / "adt_a08_ihe.hl7").read_bytes()
+    update = update.replace("张^三".encode(), "张^山".encode()).replace(b"ZHANG^SAN", b"ZHANG^SHAN")
+    with MLLPClient(server.mllp_port) as mllp:
+        assert ack_fields(mllp.send(update))["code"] == "AA"
+    meta = client.retrieve_instance_metadata(STUDY_UID, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
+    assert value(meta, "00100010") == {"Alphabetic": "ZHANG^SHAN", "Ideographic": "张^山"}
+    assert meta["7FE00010"]["BulkDataURI"].startswith(server.http_url + "/dicomweb/studies/")
+
+    # Whatever happens to the kept copies, the answer is rebuilt from the file
+    cached.unlink()
+    again = client.retrieve_study_metadata(STUDY_UID)
+    assert value(again[0], "00080060") == "CT" and value(again[0], "00100010")["Alphabetic"] == "ZHANG^SHAN"
+    assert len(list((server.settings.data_dir / "cache" / "metadata").rglob("*.json"))) == 1
 
 
 def test_a_study_on_an_offline_tier_is_recalled_for_wado(start_server, tmp_path):

@@ -18,6 +18,7 @@ from fastapi.responses import Response, StreamingResponse
 from fastapi.routing import APIRoute
 
 from pacs.archive.dicomweb import qido, render, wado
+from pacs.archive.dicomweb.cache import MetadataCache
 from pacs.archive.dicomweb.dicomjson import dumps
 from pacs.archive.dicomweb.media import (
     DICOM,
@@ -81,6 +82,10 @@ def base_url(request: Request) -> str:
         if host and ":" not in host.rpartition("]")[2] and server and server[1] not in (80, 443):
             url = url.replace(netloc=f"{host}:{server[1]}")
     return str(url).rstrip("/") + PREFIX
+
+
+def _metadata_cache(services: Services) -> MetadataCache:
+    return MetadataCache(services.settings.data_dir / "cache" / "metadata")
 
 
 def _areas(services: Services) -> dict[str, Any]:
@@ -165,7 +170,7 @@ def _metadata(request: Request, services: Services, session: Any, *, study: str,
               instance: str | None = None) -> Response:
     require_json(request.headers.get("accept"))
     items = wado.locate(session, _areas(services), study=study, series=series, instance=instance)
-    service = wado.Wado(services.db, _areas(services), base_url(request))
+    service = wado.Wado(services.db, _areas(services), base_url(request), _metadata_cache(services))
     return StreamingResponse(service.metadata_chunks(items), media_type=DICOM_JSON)
 
 

@@ -17,11 +17,12 @@ What streams and what doesn't:
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 import pydicom
@@ -38,6 +39,8 @@ from pydicom.uid import (
 from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, select
 
+from pacs.archive.charset import FULL_REPERTOIRES
+from pacs.archive.dicomweb.cache import MetadataCache, absolute
 from pacs.archive.dicomweb.dicomjson import dumps, element_json
 from pacs.archive.dicomweb.media import (
     DICOM,
@@ -61,6 +64,7 @@ from pacs.db import Database
 log = logging.getLogger(__name__)
 
 PIXEL_DATA = Tag(0x7FE00010)
+SPECIFIC_CHARACTER_SET = Tag(0x00080005)
 BULK_THRESHOLD = 1024  # values longer than this are given as a BulkDataURI (PS3.18 F.2.6)
 BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 TRANSCODE_TARGETS = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
@@ -190,9 +194,11 @@ def dicom_accept(ranges: list[MediaRange], *, single_allowed: bool) -> DicomAcce
 class Wado:
     """Reads stored instances for one request."""
 
-    def __init__(self, db: Database, areas: dict[str, StorageArea], base_url: str) -> None:
+    def __init__(self, db: Database, areas: dict[str, StorageArea], base_url: str,
+                 cache: MetadataCache | None = None) -> None:
         self.areas = areas
         self.base_url = base_url
+        self.cache = cache
         self.retriever = Retriever(db, areas)
         self._truths: dict[int, tuple[dict[str, str], bool]] = {}
 
@@ -274,15 +280,28 @@ class Wado:
         """A JSON array of the instances' attributes, written one instance at a time."""
         yield b"["
         for number, item in enumerate(items):
-            yield (b"," if number else b"") + dumps(self.metadata(item))
+            yield (b"," if number else b"") + self.metadata_json(item)
         yield b"]"
 
-    def metadata(self, item: Located) -> dict[str, Any]:
-        ds = pydicom.dcmread(self._source(item), defer_size=BULK_THRESHOLD, stop_before_pixels=True)
+    def metadata_json(self, item: Located) -> bytes:
+        """One instance's DICOM JSON: from the cache when it has been built before."""
+        stored = self.cache.get(item.sop_instance_uid, item.transfer_syntax, item.key) if self.cache else None
+        if stored is None:
+            stored = dumps(self.stored_metadata(item))
+            if self.cache is not None:
+                self.cache.put(item.sop_instance_uid, item.transfer_syntax, item.key, stored)
         truth = self.truth(item)
         if truth is not None:
-            correct(ds, truth)
-        url = self.instance_url(item)
+            stored = dumps(corrected_json(json.loads(stored), truth))
+        return absolute(stored, self.instance_url(item))
+
+    def metadata(self, item: Located) -> dict[str, Any]:
+        """One instance's DICOM JSON as a dict, corrected and with absolute bulk data URIs."""
+        return cast(dict[str, Any], json.loads(self.metadata_json(item)))
+
+    def stored_metadata(self, item: Located) -> dict[str, Any]:
+        """The DICOM JSON of the stored object, bulk data URIs relative to the instance."""
+        ds = pydicom.dcmread(self._source(item), defer_size=BULK_THRESHOLD, stop_before_pixels=True)
         out: dict[str, Any] = {}
         for tag in sorted(ds._dict):
             raw = ds._dict.get(tag)
@@ -290,19 +309,19 @@ class Wado:
             if isinstance(raw, RawDataElement) and raw.value is None and raw.length > BULK_THRESHOLD:
                 vr = raw.VR or _dictionary_vr(tag)
                 if vr in BULK_VRS:  # not read at all: named by URI
-                    out[key] = {"vr": vr, "BulkDataURI": f"{url}/bulkdata/{key}"}
+                    out[key] = {"vr": vr, "BulkDataURI": f"bulkdata/{key}"}
                     continue
             try:
                 element = ds[tag]
                 big = (element.VR in BULK_VRS and element.value is not None
                        and len(element.value) > BULK_THRESHOLD)
-                out[key] = element_json(element, f"{url}/bulkdata/{key}" if big else None)
+                out[key] = element_json(element, f"bulkdata/{key}" if big else None)
             except Exception as exc:  # a value pydicom can't decode must not break the whole answer
                 log.warning("metadata of %s: element %s left out: %s", item.sop_instance_uid, key, exc)
         if "Rows" in ds and "BitsAllocated" in ds:
             compressed = UID(item.transfer_syntax).is_encapsulated
             out[f"{PIXEL_DATA:08X}"] = {"vr": "OB" if compressed or int(ds.BitsAllocated) <= 8 else "OW",
-                                        "BulkDataURI": f"{url}/bulkdata/{PIXEL_DATA:08X}"}
+                                        "BulkDataURI": f"bulkdata/{PIXEL_DATA:08X}"}
         return out
 
     # -- bulk data (PS3.18 10.4.1.1.4) ------------------------------------------------------
@@ -423,6 +442,22 @@ class Wado:
         if bits % 8 or size * item.frames > raw.length:
             return None
         return raw.value_tell, size
+
+
+def corrected_json(attributes: dict[str, Any], truth: dict[str, str]) -> dict[str, Any]:
+    """DICOM JSON with the index's patient and order values, as
+    :func:`pacs.archive.retrieve.correct` puts them into a file."""
+    patch = Dataset()
+    for keyword, value in truth.items():
+        if value or f"{Tag(keyword):08X}" in attributes:
+            setattr(patch, keyword, value)
+    if any(not v.isascii() for v in truth.values()):
+        charset = attributes.get(f"{SPECIFIC_CHARACTER_SET:08X}", {}).get("Value", [""])[0] or ""
+        if str(charset).upper() not in FULL_REPERTOIRES:
+            patch.SpecificCharacterSet = "ISO_IR 192"
+    for element in patch:
+        attributes[f"{element.tag:08X}"] = element_json(element, None)
+    return dict(sorted(attributes.items()))
 
 
 def _dictionary_vr(tag: int) -> str:
