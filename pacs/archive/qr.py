@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
-from sqlalchemy import ColumnElement, and_, func, true
+from sqlalchemy import ColumnElement, and_, exists, func, true
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from pacs.archive.charset import Answer as BaseAnswer
@@ -88,7 +89,10 @@ def conditions(identifier: Dataset, level: str) -> list[ColumnElement[bool]]:
         if modalities and modalities.strip() not in ("", "*"):
             # Whole values: a study with any series of one of the modalities (CT is not OCT).
             wanted = [m.strip().upper() for m in modalities.replace(",", "\\").split("\\") if m.strip()]
-            found.append(col(Study.id).in_(select(Series.study).where(col(Series.modality).in_(wanted))))
+            # Asked per study (EXISTS), so that a date range can lead with the study-date index
+            # rather than every series of a common modality being gathered first.
+            other = aliased(Series)
+            found.append(exists().where(other.study == Study.id, other.modality.in_(wanted)))
     if level in ("SERIES", "IMAGE"):
         number = v("SeriesNumber")
         found += [
