@@ -117,6 +117,17 @@ def _nodelay(event: evt.Event) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+class SharedContexts(list):  # type: ignore[type-arg]
+    """The server's presentation contexts, shared by its associations.
+
+    pynetdicom deep-copies them for every association it accepts (about 25 ms for the archive's
+    180 contexts and their transfer syntaxes, on every association a modality opens);
+    negotiation (PS3.8 9.3.2.2) only reads them, so a new list of the same contexts will do."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        return list(self)
+
+
 class DicomServer:
     """The AE listening in its own threads (pynetdicom's threaded server)."""
 
@@ -147,6 +158,7 @@ class DicomServer:
 
     def start(self, host: str, port: int) -> None:
         self._server = self.ae.start_server((host, port), block=False, evt_handlers=self._handlers)
+        self._server.contexts = SharedContexts(self._server.contexts)
         log.info("DICOM %s listening on %s:%d", self.settings.ae_title, host, self.port)
 
     def stop(self) -> None:
