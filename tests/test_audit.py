@@ -29,6 +29,7 @@ from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
+    Verification,
 )
 from sqlmodel import Session, select
 
@@ -499,3 +500,21 @@ def test_procedure_steps_are_procedure_records(server):
     assert created["action"] == "C" and updated["action"] == "U" and created["user"] == "CT1"
     assert created["studies"] == [study] and created["patients"] == ["P10001"]
     assert created["details"]["accession_numbers"] == ["ACC0001"] and updated["details"]["status"] == "COMPLETED"
+
+
+def test_a_refused_association_is_a_node_authentication_alert(start_server):
+    server = start_server(dicom={"accept_unknown_peers": False},
+                          peers=[Peer(ae_title="CT1", host="127.0.0.1", port=104)])
+    ae = AE(ae_title="NOBODY")
+    ae.add_requested_context(Verification)
+    assert ae.associate("127.0.0.1", server.dicom_port, ae_title="PACS").is_rejected
+    known = AE(ae_title="CT1")
+    known.add_requested_context(Verification)
+    assoc = known.associate("127.0.0.1", server.dicom_port, ae_title="PACS")
+    assert assoc.is_established
+    assoc.release()
+    [alert] = wait_for_entries(server, event_id="110113", user="NOBODY")
+    assert [t["code"] for t in alert["event_type"]] == ["110126"]  # Node Authentication
+    assert alert["outcome"] == 4 and alert["address"] == "127.0.0.1"
+    assert alert["details"] == {"calling_ae": "NOBODY", "called_ae": "PACS"}
+    assert not entries(server, event_id="110113", user="CT1")  # an accepted peer raises nothing

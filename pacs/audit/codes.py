@@ -71,6 +71,7 @@ APPLICATION_START = dcm("110120", "Application Start")
 APPLICATION_STOP = dcm("110121", "Application Stop")
 LOGIN = dcm("110122", "Login")
 LOGOUT = dcm("110123", "Logout")
+NODE_AUTHENTICATION = dcm("110126", "Node Authentication")
 NETWORK_CONFIGURATION = dcm("110128", "Network Configuration")
 SECURITY_CONFIGURATION = dcm("110129", "Security Configuration")
 SOFTWARE_CONFIGURATION = dcm("110131", "Software Configuration")
@@ -78,7 +79,8 @@ AUDIT_RECORDING_STOPPED = dcm("110133", "Audit Recording Stopped")
 AUDIT_RECORDING_STARTED = dcm("110134", "Audit Recording Started")
 
 EVENT_TYPES = {code.value: code for code in (
-    APPLICATION_START, APPLICATION_STOP, LOGIN, LOGOUT, NETWORK_CONFIGURATION, SECURITY_CONFIGURATION,
+    APPLICATION_START, APPLICATION_STOP, LOGIN, LOGOUT, NODE_AUTHENTICATION, NETWORK_CONFIGURATION,
+    SECURITY_CONFIGURATION,
     SOFTWARE_CONFIGURATION, AUDIT_RECORDING_STOPPED, AUDIT_RECORDING_STARTED)}
 
 # -- Active participant roles: PS3.16 CID 402 -------------------------------------------------

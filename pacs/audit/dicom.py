@@ -91,7 +91,23 @@ class DicomAudit:
             else:
                 out.append((binding[0], wrapper, [binding[1], list(binding[2]) if len(binding) > 2 else []]))
         out.append((evt.EVT_CONN_CLOSE, self._closed))
+        out.append((evt.EVT_REJECTED, self._rejected))
         return out
+
+    # -- association refused: the DICOM node's "login" failed (PS3.15 A.5.3.11) ------------------
+    def _rejected(self, event: evt.Event) -> None:
+        """Security Alert (110113) of type Node Authentication (110126): a peer asked for an
+        association and was refused (an unknown calling AE title, a wrong called one)."""
+        try:
+            user, address = _peer(event)
+            called = event.assoc.acceptor.ae_title.strip()
+            self.auditor.record(Event(
+                codes.SECURITY_ALERT, Action.EXECUTE, Outcome.MINOR_FAILURE, types=(codes.NODE_AUTHENTICATION,),
+                user=user, user_kind="dicom", address=address,
+                description=f"association from {user or '(no AE title)'} at {address} to {called} refused",
+                details={"calling_ae": user, "called_ae": called}))
+        except Exception:
+            log.exception("refused association not audited")
 
     # -- MPPS: N-CREATE and N-SET ---------------------------------------------------------------
     def _mpps(self, event: evt.Event, handler: Callable[..., Any], args: list[Any]) -> Any:
