@@ -5,7 +5,9 @@ runs on a schedule:
 - retention (expire by ``[retention] per_modality``, empty the trash after ``trash_days``) every
   ``[retention] interval_hours``;
 - a backup to ``[backup] dest`` every ``[backup] interval_hours`` (counted from the newest snapshot
-  there, so restarts do not postpone it).
+  there, so restarts do not postpone it);
+- the WADO-RS metadata of studies that became stable, every ``[archive] metadata_warm_seconds``
+  (:mod:`pacs.archive.dicomweb.warm`).
 
 Jobs run one at a time in their own thread; a job that fails is logged and tried again at its next
 turn.
@@ -53,7 +55,9 @@ class Housekeeping:
             Job("retention", self.retention, lambda: settings.retention.interval_hours * 3600.0),
             Job("backup", self.backup, lambda: settings.backup.interval_hours * 3600.0,
                 due=lambda _now: _backup_due(settings)),
+            Job("metadata", self.warm_metadata, lambda: settings.archive.metadata_warm_seconds),
         ]
+        self.warmer: Any = None
         now = time.monotonic()
         for job in self.jobs:  # each job's first turn comes first_run_delay after start
             job.last = now + first_run_delay - job.interval()
@@ -105,6 +109,17 @@ class Housekeeping:
 
     def retention(self) -> Any:
         return self.services.retention.run()
+
+    def warm_metadata(self) -> int:
+        if self.warmer is None:
+            from pacs.archive.dicomweb.cache import MetadataCache, folder
+            from pacs.archive.dicomweb.warm import MetadataWarmer
+
+            services = self.services
+            self.warmer = MetadataWarmer(services.db, services.archive.readable,
+                                         MetadataCache(folder(services.settings.data_dir)),
+                                         services.settings.publish.stable_after_seconds)
+        return int(self.warmer.run())
 
     def backup(self) -> Any:
         from pacs.backup import backup

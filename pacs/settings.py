@@ -92,6 +92,10 @@ class ArchiveSettings(BaseModel):
     """Store objects of SOP classes this AE does not list (private or newer ones)."""
     min_free_bytes: int = 1024 * 1024 * 1024
     """Refuse new objects (0xA700, out of resources) when the storage area has less free space."""
+    metadata_warm_seconds: float = 30.0
+    """Every so many seconds, build the kept WADO-RS metadata of the studies that became stable
+    (``[publish] stable_after_seconds``) since the last pass, so that a viewer's first look at a
+    new study is as quick as the next; 0 builds it on the first request only."""
 
 
 class StorageAreaSettings(BaseModel):

@@ -341,6 +341,28 @@ def test_metadata_is_kept_once_built_and_follows_patient_updates(server, tmp_pat
     assert len(list((server.settings.data_dir / "cache" / "metadata").rglob("*.json"))) == 1
 
 
+def test_metadata_of_a_stable_study_is_built_before_anyone_asks(start_server, tmp_path):
+    server = start_server(publish={"stable_after_seconds": 0})
+    paths = one_study(tmp_path, ["CT_small.dcm", "MR_small_jpeg_ls_lossless.dcm"], series_of=lambda n: n)
+    stow(server, paths)
+    study = str(pydicom.dcmread(paths[0]).StudyInstanceUID)
+    kept = server.settings.data_dir / "cache" / "metadata"
+    assert not list(kept.rglob("*.json"))  # nothing built at store time
+    housekeeping = server.server.services.housekeeping
+    [job] = [job for job in housekeeping.jobs if job.name == "metadata"]
+    assert job.interval() == server.settings.archive.metadata_warm_seconds > 0
+    assert job.run() == 2  # the scheduled job's pass, run now rather than in a minute
+    built = sorted(kept.rglob("*.json"))
+    assert len(built) == 2
+    assert job.run() == 0  # a pass builds a study once
+    # what the request then answers is what was built, with its absolute URLs
+    answer = dicomweb(server).retrieve_study_metadata(study)
+    assert sorted(value(m, "00080018") for m in answer) == sorted(
+        str(pydicom.dcmread(p).SOPInstanceUID) for p in paths)
+    assert sorted(kept.rglob("*.json")) == built
+    assert all(m["7FE00010"]["BulkDataURI"].startswith(server.http_url) for m in answer)
+
+
 def test_a_study_on_an_offline_tier_is_recalled_for_wado(start_server, tmp_path):
     """Migrated to a tape container, compressed losslessly on the way: WADO-RS recalls it, as
     C-MOVE does, and sends the copy's own syntax as stored or decodes it to the default."""

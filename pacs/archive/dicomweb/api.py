@@ -18,6 +18,7 @@ from fastapi.responses import Response, StreamingResponse
 from fastapi.routing import APIRoute
 
 from pacs.archive.dicomweb import qido, render, wado
+from pacs.archive.dicomweb import cache
 from pacs.archive.dicomweb.cache import MetadataCache
 from pacs.archive.dicomweb.dicomjson import dumps
 from pacs.archive.dicomweb.media import (
@@ -85,7 +86,7 @@ def base_url(request: Request) -> str:
 
 
 def _metadata_cache(services: Services) -> MetadataCache:
-    return MetadataCache(services.settings.data_dir / "cache" / "metadata")
+    return MetadataCache(cache.folder(services.settings.data_dir))
 
 
 def _areas(services: Services) -> dict[str, Any]:

@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 RELATIVE_BULK = b'"BulkDataURI":"bulkdata/'
 
 
+def folder(data_dir: Path) -> Path:
+    """Where a process with data folder ``data_dir`` keeps the JSON."""
+    return data_dir / "cache" / "metadata"
+
+
 class MetadataCache:
     """JSON bytes of one instance each, as built by :meth:`pacs.archive.dicomweb.wado.Wado.metadata`."""
 
