@@ -27,7 +27,7 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from pacs.archive import dul, encoding, handlers
+from pacs.archive import dimse, dul, encoding, handlers
 from pacs.archive.commitment import Commitment
 from pacs.archive.mpps import MPPSService
 from pacs.archive.query_service import QueryService
@@ -73,6 +73,7 @@ def make_ae(settings: Settings) -> ArchiveAE:
     _config.LOG_RESPONSE_IDENTIFIERS = False
     encoding.install()  # worklist answers skip pydicom's writer
     dul.install()  # a C-CANCEL is read while answers stream
+    dimse.install()  # pending C-FIND responses without pydicom's command-set writer
     ae = ArchiveAE(ae_title=settings.ae_title)
     ae.maximum_associations = settings.dicom.max_associations
     ae.network_timeout = settings.dicom.network_timeout_seconds

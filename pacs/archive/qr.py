@@ -24,11 +24,13 @@ from pacs.archive.charset import answer_charset
 from pacs.archive.index import NOT_REJECTED, Instance, Series, Study
 from pacs.archive.query import (
     QueryError,
+    columns,
     match_date_range,
     match_person_name,
     match_string,
     match_time_range,
     match_uid_list,
+    records,
 )
 from pacs.archive.status import Status
 from pacs.archive.worklist import _birth_date_text, _check_vr, _value
@@ -127,57 +129,31 @@ def trash_excluded(level: str) -> list[ColumnElement[bool]]:
     return visible
 
 
-class Record:
-    """One table's columns of a result row as attributes: what an answer reads, without the
-    bookkeeping of an ORM object (a page of matches is read, answered and forgotten)."""
-
-    def __init__(self, names: tuple[str, ...], values: Any) -> None:
-        self.__dict__.update(zip(names, values, strict=True))
-
-
-def _records(session: Session, models: tuple[Any, ...], query: Any) -> Iterator[list[Any]]:
-    """Each row of ``query`` (which selects every column of ``models``, in order, and then any
-    extra values) as one :class:`Record` per model followed by the extra values."""
-    names = [tuple(column.key for column in model.__table__.columns) for model in models]
-    for row in session.execute(query):
-        out: list[Any] = []
-        start = 0
-        for keys in names:
-            out.append(Record(keys, row[start:start + len(keys)]))
-            start += len(keys)
-        out.extend(row[start:])
-        yield out
-
-
-def _columns(*models: Any) -> list[Any]:
-    return [column for model in models for column in model.__table__.columns]
-
-
 def find_rows(session: Session, identifier: Dataset, level: str, *, limit: int = MAX_MATCHES,
               offset: int = 0) -> list[Found]:
     """Matches in a stable order; ``limit`` and ``offset`` page through them in the database."""
     limit = min(limit, MAX_MATCHES + 1)
     where = and_(true(), *conditions(identifier, level))
     if level == "PATIENT":
-        query = (select(*_columns(Patient), func.count(func.distinct(Study.id)),
+        query = (select(*columns(Patient), func.count(func.distinct(Study.id)),
                         func.coalesce(func.sum(Study.number_of_series), 0),
                         func.coalesce(func.sum(Study.number_of_instances), 0))
                  .join(Study, Study.patient == Patient.id).where(col(Patient.merged_into).is_(None), where)
                  .group_by(col(Patient.id)).order_by(col(Patient.id)).offset(offset).limit(limit))
-        return [Found(p, counts=(int(a), int(b), int(c))) for p, a, b, c in _records(session, (Patient,), query)]
+        return [Found(p, counts=(int(a), int(b), int(c))) for p, a, b, c in records(session, (Patient,), query)]
     if level == "STUDY":
-        query = (select(*_columns(Patient, Study)).join(Study, Study.patient == Patient.id).where(where)
+        query = (select(*columns(Patient, Study)).join(Study, Study.patient == Patient.id).where(where)
                  .order_by(col(Study.study_date).desc(), col(Study.id)).offset(offset).limit(limit))
-        return [Found(p, s) for p, s in _records(session, (Patient, Study), query)]
+        return [Found(p, s) for p, s in records(session, (Patient, Study), query)]
     if level == "SERIES":
-        query = (select(*_columns(Patient, Study, Series)).join(Study, Study.patient == Patient.id)
+        query = (select(*columns(Patient, Study, Series)).join(Study, Study.patient == Patient.id)
                  .join(Series, Series.study == Study.id).where(where)
                  .order_by(col(Study.id), col(Series.series_number), col(Series.id)).offset(offset).limit(limit))
-        return [Found(p, s, r) for p, s, r in _records(session, (Patient, Study, Series), query)]
-    query = (select(*_columns(Patient, Study, Series, Instance)).join(Study, Study.patient == Patient.id)
+        return [Found(p, s, r) for p, s, r in records(session, (Patient, Study, Series), query)]
+    query = (select(*columns(Patient, Study, Series, Instance)).join(Study, Study.patient == Patient.id)
              .join(Series, Series.study == Study.id).join(Instance, Instance.series == Series.id).where(where)
              .order_by(col(Series.id), col(Instance.instance_number), col(Instance.id)).offset(offset).limit(limit))
-    return [Found(p, s, r, i) for p, s, r, i in _records(session, (Patient, Study, Series, Instance), query)]
+    return [Found(p, s, r, i) for p, s, r, i in records(session, (Patient, Study, Series, Instance), query)]
 
 
 class Answer(BaseAnswer):

@@ -8,8 +8,10 @@ as DICOM strings (YYYYMMDD, HHMMSS), so ranges compare as text on every database
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, or_
 
@@ -193,3 +195,38 @@ def _pn_pattern(value: str) -> str:
     if "^" not in value and not value.endswith("*"):
         value += "*"  # a family name alone
     return value
+
+
+# -- reading matches -----------------------------------------------------------------------------
+
+class Record:
+    """One table's columns of a result row as attributes: what an answer reads, without the
+    bookkeeping of an ORM object (a page of matches is read, answered and forgotten)."""
+
+    def __init__(self, names: tuple[str, ...], values: Any) -> None:
+        self.__dict__.update(zip(names, values, strict=True))
+
+
+def columns(*models: Any) -> list[Any]:
+    """Every column of each model's table, in order: what :func:`records` expects selected."""
+    return [column for model in models for column in model.__table__.columns]
+
+
+def records(session: Any, models: tuple[Any, ...], query: Any) -> Iterator[list[Any]]:
+    """Each row of ``query`` (which selects :func:`columns` of ``models``, then any extra values)
+    as one :class:`Record` per model, or None for an outer-joined model without a row (its
+    primary key is NULL), followed by the extra values."""
+    layout = []
+    for model in models:
+        keys = tuple(column.key for column in model.__table__.columns)
+        primary = [column.key for column in model.__table__.primary_key.columns]
+        layout.append((keys, keys.index(primary[0])))
+    for row in session.execute(query):
+        out: list[Any] = []
+        start = 0
+        for keys, primary_at in layout:
+            values = row[start:start + len(keys)]
+            out.append(None if values[primary_at] is None else Record(keys, values))
+            start += len(keys)
+        out.extend(row[start:])
+        yield out

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
@@ -24,15 +25,24 @@ from pacs.archive.charset import answer_charset
 from pacs.archive.encoding import Element, Encoded
 from pacs.archive.query import (
     QueryError,
+    columns,
     match_date_range,
     match_person_name,
     match_string,
     match_time_range,
     match_uid_list,
+    records,
 )
 from pacs.archive.status import Status
 from pacs.integration.names import NameRules
-from pacs.registry.models import ImagingOrder, OrderStatus, Patient, ProcedureStep, StepStatus, Visit
+from pacs.registry.models import (
+    ImagingOrder,
+    OrderStatus,
+    Patient,
+    ProcedureStep,
+    StepStatus,
+    Visit,
+)
 
 OPEN_ORDERS = (OrderStatus.SCHEDULED, OrderStatus.ARRIVED, OrderStatus.IN_PROGRESS)
 OPEN_STEPS = (StepStatus.SCHEDULED, StepStatus.ARRIVED, StepStatus.STARTED)
@@ -78,10 +88,12 @@ TOP_KEYS = {
 
 @dataclass
 class Row:
-    step: ProcedureStep
-    order: ImagingOrder
-    patient: Patient
-    visit: Visit | None
+    """One worklist item: the columns of its step, order, patient and visit (if any)."""
+
+    step: Any
+    order: Any
+    patient: Any
+    visit: Any
 
 
 def _offending(tag: int, comment: str, status: Status = Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS) -> QueryError:
@@ -176,7 +188,7 @@ def _birth_date_text() -> ColumnElement[str]:
 
 def find_rows(session: Session, identifier: Dataset) -> list[Row]:
     query = (
-        select(ProcedureStep, ImagingOrder, Patient, Visit)
+        select(*columns(ProcedureStep, ImagingOrder, Patient, Visit))
         .join(ImagingOrder, ImagingOrder.id == ProcedureStep.order)
         .join(Patient, Patient.id == ImagingOrder.patient)
         .outerjoin(Visit, Visit.id == ImagingOrder.visit)
@@ -185,7 +197,7 @@ def find_rows(session: Session, identifier: Dataset) -> list[Row]:
         .order_by(col(ProcedureStep.start_date), col(ProcedureStep.start_time), col(ProcedureStep.id))
         .limit(MAX_MATCHES)
     )
-    return [Row(*found) for found in session.exec(query).all()]
+    return [Row(*found) for found in records(session, (ProcedureStep, ImagingOrder, Patient, Visit), query)]
 
 
 # Longest values of the VRs that carry text here, in characters (PS3.5 Table 6.2-1).

@@ -1,0 +1,69 @@
+"""Pending C-FIND responses written without pydicom: byte for byte what pynetdicom would send."""
+
+from __future__ import annotations
+
+from io import BytesIO
+
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom.dimse_messages import C_FIND_RSP, DIMSEMessage
+from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.dsutils import encode
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.sop_class import ModalityWorklistInformationFind, StudyRootQueryRetrieveInformationModelFind
+
+from pacs.archive.dimse import find_response_command, pdata
+
+
+def _identifier() -> bytes:
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.PatientName = "ZHANG^SAN=张^三"
+    ds.PatientID = "P10001"
+    ds.AccessionNumber = "ACC0001"
+    return encode(ds, True, True)
+
+
+def _wire(primitives) -> list[bytes]:
+    out = []
+    for primitive in primitives:
+        pdu = P_DATA_TF()
+        pdu.from_primitive(primitive)
+        out.append(pdu.encode())
+    return out
+
+
+def _received(primitives) -> tuple[Dataset, bytes]:
+    """What pynetdicom's DIMSE provider makes of P-DATA as it receives them."""
+    message = DIMSEMessage()
+    complete = [message.decode_msg(primitive) for primitive in primitives]
+    assert complete[-1] and not any(complete[:-1])
+    return message.command_set, message.data_set.getvalue()
+
+
+def _library(sop_class: str, status: int, identifier: bytes, max_pdu: int) -> list:
+    primitive = C_FIND()
+    primitive.MessageIDBeingRespondedTo = 7
+    primitive.AffectedSOPClassUID = sop_class
+    primitive.Status = status
+    primitive.Identifier = BytesIO(identifier)
+    message = C_FIND_RSP()
+    message.primitive_to_message(primitive)
+    return list(message.encode_msg(3, max_pdu))
+
+
+@pytest.mark.parametrize("sop_class", [ModalityWorklistInformationFind, StudyRootQueryRetrieveInformationModelFind])
+@pytest.mark.parametrize("status", [0xFF00, 0xFF01])
+@pytest.mark.parametrize("max_pdu", [0, 16382, 64, 7 + 6])
+def test_received_as_pynetdicom_would_have_sent_it(sop_class, status, max_pdu):
+    identifier = _identifier()
+    expected = _library(sop_class, status, identifier, max_pdu)
+    ours = list(pdata(3, find_response_command(sop_class, 7, status), identifier, max_pdu))
+    command, data_set = _received(ours)
+    assert command == _received(expected)[0] and data_set == identifier
+    assert command.CommandField == 0x8020 and command.Status == status and command.MessageIDBeingRespondedTo == 7
+    if max_pdu in (0, 16382):  # command and identifier in one PDU
+        [pdu] = _wire(ours)
+        assert len(pdu) == sum(len(p) for p in _wire(expected)) - 6  # one PDU header fewer
+    else:  # fragmented exactly as pynetdicom fragments
+        assert _wire(ours) == _wire(expected) and len(ours) > 2
