@@ -436,7 +436,7 @@ Archive._index_batch = index_batch
 if "nodirsync" in changes:
     storage._fsync_dir = lambda path: None
 if "noexisting" in changes:
-    Archive._existing = lambda self, uid: None
+    Archive._duplicate = lambda self, session, job: None
 if "nohash" in changes:
     storage.sha256_file = lambda path: "0" * 64
 if "nocounts" in changes:
@@ -490,7 +490,7 @@ if mode == "stages":
     from sqlalchemy.orm import Session
     handlers.handle_store = timed("handle_store", handlers.handle_store)
     for owner, attribute in [
-        (Archive, "store"), (store, "read_header"), (store, "check_identity"), (Archive, "_existing"),
+        (Archive, "store"), (store, "read_header"), (store, "check_identity"), (Archive, "_duplicate"),
         (Archive, "_short_of_space"), (FilesystemArea, "put_file"), (storage, "sha256_file"),
         (storage, "_fsync_dir"), (Archive, "_index"), (Archive, "_apply_counts"), (Session, "commit"),
         (DULServiceProvider, "_read_pdu_data"), (DIMSEMessage, "decode_msg"), (AssociationSocket, "recv"),
@@ -1096,7 +1096,7 @@ def print_facts(scratch: Path, args: argparse.Namespace) -> None:
 VARIANTS = [
     ("nodirsync", "no fsync of the directory after each file's rename (bound for one directory "
                   "fsync per group commit, or directories made durable once)"),
-    ("noexisting", "no duplicate SELECT before filing (the index writer's unique constraint decides)"),
+    ("noexisting", "no duplicate SELECT in the index writer (the unique constraint alone decides)"),
     ("nohash", "no SHA-256 read-back of the stored file (bound for hashing while the data arrive)"),
     ("coreindex", "instance and file rows as two Core INSERTs when study and series are known (no ORM)"),
     ("nocounts", "study/series counters not updated per commit (bound for counting at query time or later)"),
@@ -1205,7 +1205,6 @@ def report_stages(data: dict[str, Any], result: SendResult) -> None:
             line("Archive.store", "Archive.store", depth=2)
             line("read_header (pydicom dcmread, defer_size=1024)", "pacs.archive.store.read_header", depth=3)
             line("check_identity", "pacs.archive.store.check_identity", depth=3)
-            line("_existing (SELECT by SOP Instance UID)", "Archive._existing", depth=3)
             line("_short_of_space", "Archive._short_of_space", depth=3)
             line("FilesystemArea.put_file", "FilesystemArea.put_file", depth=3)
             fsyncs = timers.get("os.fsync", [0, 0.0, 0.0])
@@ -1216,7 +1215,7 @@ def report_stages(data: dict[str, Any], result: SendResult) -> None:
                  depth=4)
             line("os.replace", "os.replace", depth=4)
             line("sha256_file (reads the file back)", "pacs.archive.storage.sha256_file", depth=4)
-            parts = ["pacs.archive.store.read_header", "pacs.archive.store.check_identity", "Archive._existing",
+            parts = ["pacs.archive.store.read_header", "pacs.archive.store.check_identity",
                      "Archive._short_of_space", "FilesystemArea.put_file"]
             _, store_wall, store_cpu = t("Archive.store")
             rest_wall = store_wall - sum(t(p)[1] for p in parts)
@@ -1231,7 +1230,8 @@ def report_stages(data: dict[str, Any], result: SendResult) -> None:
             line("DIMSEMessage.decode_msg (append PDV to the temp file)", "DIMSEMessage.decode_msg", depth=1)
             line("AssociationSocket.send (C-STORE-RSP)", "AssociationSocket.send", depth=1)
     line("index writer: _index_batch (group commit)", "_index_batch")
-    line("_index (rows of one instance, ORM + flush)", "Archive._index", depth=1)
+    line("_duplicate (SELECT by SOP Instance UID)", "Archive._duplicate", depth=1)
+    line("_index (rows of one instance)", "Archive._index", depth=1)
     line("_apply_counts (study/series counters)", "Archive._apply_counts", depth=1)
     line("Session.commit (flush + COMMIT; SQLite WAL fsync)", "Session.commit", depth=1)
     batches = sum(sizes.values())

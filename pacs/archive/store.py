@@ -23,11 +23,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+
 import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from sqlalchemy import insert, update
+from sqlalchemy import bindparam, insert, update
+from sqlalchemy import select as sql_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -183,6 +185,20 @@ class IndexJob:
 
 _STOP = object()
 
+# The index writer's statements, built once (Core, on the session's connection)
+_INSTANCE, _FILE, _SERIES, _STUDY = (Instance.__table__, InstanceFile.__table__,  # type: ignore[attr-defined]
+                                     Series.__table__, Study.__table__)  # type: ignore[attr-defined]
+FIND_INSTANCE = sql_select(_INSTANCE.c.id, _INSTANCE.c.checksum).where(_INSTANCE.c.sop_instance_uid == bindparam("uid"))
+INSERT_INSTANCE = insert(_INSTANCE).returning(_INSTANCE.c.id)
+INSERT_FILE = insert(_FILE)
+COUNT_SERIES = (update(_SERIES).where(_SERIES.c.id == bindparam("row"))
+                .values(number_of_instances=_SERIES.c.number_of_instances + bindparam("instances"),
+                        updated_at=bindparam("now")))
+COUNT_STUDY = (update(_STUDY).where(_STUDY.c.id == bindparam("row"))
+               .values(number_of_instances=_STUDY.c.number_of_instances + bindparam("instances"),
+                       number_of_series=_STUDY.c.number_of_series + bindparam("series"),
+                       size_bytes=_STUDY.c.size_bytes + bindparam("size"), updated_at=bindparam("now")))
+
 
 class Archive:
     """The archive's context: an index (the database) and a storage area, and nothing else."""
@@ -336,8 +352,7 @@ class Archive:
     def _duplicate(self, session: Session, job: IndexJob) -> StoreResult | None:
         """Apply ``[archive] duplicates`` to an instance already indexed (None: file it)."""
         uid = _text(job.header, "SOPInstanceUID")
-        existing = session.execute(select(Instance.id, Instance.checksum)
-                                   .where(Instance.sop_instance_uid == uid)).first()
+        existing = session.connection().execute(FIND_INSTANCE, {"uid": uid}).first()
         if existing is None:
             return None
         instance_id, checksum = existing
@@ -379,26 +394,28 @@ class Archive:
             for object_hook in self.object_hooks:
                 object_hook(session, job.replace, job)
             return StoreResult(Outcome.REPLACED, Status.SUCCESS, "", job.replace, _text(ds, "StudyInstanceUID"))
-        # Plain INSERTs: the ORM's unit of work costs more than the statements here.
+        # Core statements on the session's connection: the ORM's unit of work, and even its
+        # ORM-enabled INSERT, cost more than the statements themselves.
         now = utcnow()
-        instance_id = session.execute(insert(Instance).values(
-            sop_instance_uid=_text(ds, "SOPInstanceUID"),
-            series=series_id,
-            sop_class_uid=_text(ds, "SOPClassUID"),
-            instance_number=_int(ds, "InstanceNumber"),
-            transfer_syntax_uid=job.transfer_syntax,
-            content_date=_text(ds, "ContentDate")[:8],
-            content_time=_text(ds, "ContentTime"),
-            rows=_int(ds, "Rows"),
-            columns=_int(ds, "Columns"),
-            number_of_frames=_int(ds, "NumberOfFrames"),
-            size=job.stored.size,
-            checksum=job.stored.checksum,
-            received_at=now,
-        ).returning(Instance.id)).scalar_one()
-        session.execute(insert(InstanceFile).values(instance=instance_id, area=job.area, key=job.stored.key,
-                                                   size=job.stored.size, checksum=job.stored.checksum,
-                                                   created_at=now))
+        connection = session.connection()
+        instance_id = connection.execute(INSERT_INSTANCE, {
+            "sop_instance_uid": _text(ds, "SOPInstanceUID"),
+            "series": series_id,
+            "sop_class_uid": _text(ds, "SOPClassUID"),
+            "instance_number": _int(ds, "InstanceNumber"),
+            "transfer_syntax_uid": job.transfer_syntax,
+            "content_date": _text(ds, "ContentDate")[:8],
+            "content_time": _text(ds, "ContentTime"),
+            "rows": _int(ds, "Rows"),
+            "columns": _int(ds, "Columns"),
+            "number_of_frames": _int(ds, "NumberOfFrames"),
+            "size": job.stored.size,
+            "checksum": job.stored.checksum,
+            "received_at": now,
+        }).scalar_one()
+        connection.execute(INSERT_FILE, {"instance": instance_id, "area": job.area, "key": job.stored.key,
+                                         "size": job.stored.size, "checksum": job.stored.checksum,
+                                         "created_at": now})
         for hook in self.index_hooks:
             hook(session, instance_id, False)
         for object_hook in self.object_hooks:  # e.g. an IOCM rejection note applied (pacs.archive.retention)
@@ -412,17 +429,13 @@ class Archive:
 
     def _apply_counts(self, session: Session, counts: dict[int, list[int]]) -> None:
         now = utcnow()
+        connection = session.connection()
         for key, (instances, size, series) in counts.items():
             if key < 0:
-                session.execute(update(Series).where(col(Series.id) == -key).values(
-                    number_of_instances=Series.number_of_instances + instances, updated_at=now)
-                    .execution_options(synchronize_session=False))
+                connection.execute(COUNT_SERIES, {"row": -key, "instances": instances, "now": now})
             else:
-                session.execute(update(Study).where(col(Study.id) == key).values(
-                    number_of_instances=Study.number_of_instances + instances,
-                    number_of_series=Study.number_of_series + series,
-                    size_bytes=Study.size_bytes + size, updated_at=now)
-                    .execution_options(synchronize_session=False))
+                connection.execute(COUNT_STUDY, {"row": key, "instances": instances, "series": series,
+                                                 "size": size, "now": now})
 
     # -- study and series rows ----------------------------------------------------------------
     def _study(self, session: Session, ds: Dataset, job: IndexJob) -> tuple[int, bool]:
