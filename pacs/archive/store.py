@@ -33,6 +33,7 @@ from sqlalchemy import select as sql_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from pacs import batching
 from pacs.archive.index import Instance, InstanceFile, Series, Study
 from pacs.archive.status import Status
 from pacs.archive.storage import StorageArea, StorageFull, Stored
@@ -183,7 +184,6 @@ class IndexJob:
     future: Future[StoreResult] = field(default_factory=Future)
 
 
-_STOP = object()
 
 # The index writer's statements, built once (Core, on the session's connection)
 _INSTANCE, _FILE, _SERIES, _STUDY = (Instance.__table__, InstanceFile.__table__,  # type: ignore[attr-defined]
@@ -234,7 +234,7 @@ class Archive:
 
     def stop(self) -> None:
         if self._thread is not None:
-            self._queue.put(_STOP)
+            self._queue.put(batching.STOP)
             self._thread.join(60)
             self._thread = None
 
@@ -291,21 +291,9 @@ class Archive:
     # -- the index writer ---------------------------------------------------------------------
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            batch = [item]
-            stop = False
-            while len(batch) < self.batch_max:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is _STOP:
-                    stop = True
-                    break
-                batch.append(more)
-            self._index_batch(batch)  # type: ignore[arg-type]
+            batch, stop = batching.take(self._queue, self.batch_max)
+            if batch:
+                self._index_batch(batch)
             if stop:
                 return
 

@@ -32,6 +32,7 @@ from sqlalchemy import Connection, and_, delete, func, insert, select
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
+from pacs import batching
 from pacs.audit import codes
 from pacs.audit.codes import Action, Code, Outcome
 from pacs.audit.message import Source
@@ -200,7 +201,6 @@ def record(session: Session | Connection, event: Event) -> bool:
     return True
 
 
-_STOP = object()
 
 
 class Auditor:
@@ -240,7 +240,7 @@ class Auditor:
 
     def stop(self) -> None:
         if self._thread is not None:
-            self._queue.put(_STOP)
+            self._queue.put(batching.STOP)
             self._thread.join(30)
             self._thread = None
         if self.forwarder is not None:
@@ -268,26 +268,14 @@ class Auditor:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            batch = [item]
-            stop = False
-            while len(batch) < self.batch_max:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is _STOP:
-                    stop = True
-                    break
-                batch.append(more)
-            self._write(batch)  # type: ignore[arg-type]
-            if self.forwarder is not None:
-                self.forwarder.wake()
-            with self._idle:
-                self._pending -= len(batch)
-                self._idle.notify_all()
+            batch, stop = batching.take(self._queue, self.batch_max)
+            if batch:
+                self._write(batch)
+                if self.forwarder is not None:
+                    self.forwarder.wake()
+                with self._idle:
+                    self._pending -= len(batch)
+                    self._idle.notify_all()
             if stop:
                 return
 

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 
 from sqlmodel import Session, col, select
 
+from pacs import batching
 from pacs.db import Database
 from pacs.integration.channel import Channel, Inbound, Outcome
 from pacs.integration.message_store import AppliedIndex, Status, StoredMessage, load_row, store_raw
 
 log = logging.getLogger(__name__)
 
-_STOP = object()
 
 Batch = list[tuple[Inbound, Future[Outcome]]]
 
@@ -73,7 +73,7 @@ class Intake:
         """Finish what is queued, then stop. Messages not yet stored are refused."""
         self._accepting = False
         if self._thread is not None:
-            self._queue.put(_STOP)
+            self._queue.put(batching.STOP)
             self._thread.join(timeout)
             self._thread = None
 
@@ -90,26 +90,13 @@ class Intake:
         return self._process_batch([(inbound, Future())])[0]
 
     # -- the worker -----------------------------------------------------------------------------
-    def _take(self, wait: bool) -> tuple[Batch, bool]:
-        """What is queued (up to ``batch_max``; waiting for a first message if ``wait``), and
-        whether the worker is to stop after it."""
-        batch: Batch = []
-        while len(batch) < self.batch_max:
-            try:
-                item = self._queue.get() if wait and not batch else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is _STOP:
-                return batch, True
-            batch.append(item)  # type: ignore[arg-type]
-        return batch, False
-
     def _run(self) -> None:
         processed: Processed | None = None
         stop = False
         while not stop or processed is not None:
             # With a batch's effects waiting, commit them now with whatever else has arrived.
-            batch, stopping = self._take(wait=processed is None) if not stop else ([], True)
+            batch, stopping = (batching.take(self._queue, self.batch_max, wait=processed is None)
+                               if not stop else ([], True))
             stop = stop or stopping
             try:
                 processed = self._cycle(batch, processed)
