@@ -59,6 +59,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+
+from common import cpu_model, free_port, git_state  # noqa: E402  (bench/common.py)
 PROCEDURES_CSV = ROOT / "mappings" / "codes" / "procedures.csv"
 
 # MLLP (HL7 v2.5.1 Appendix C): <VT> payload <FS><CR>
@@ -306,12 +308,6 @@ def run(name: str, port: int, connections: int, total: int, tag: str, server_pid
 # --------------------------------------------------------------------------------------------
 # The server under test
 # --------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -640,30 +636,6 @@ def fsync_ms(folder: Path, rounds: int = 200) -> float:
         os.close(fd)
         path.unlink()
     return statistics.median(times) * 1000
-
-
-def git_state() -> str:
-    """The commit the server runs, and whether the working tree differs from it."""
-    try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"], check=False,
-                                capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "pacs"],
-                               check=False, capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (no git)"
-    if not commit:
-        return "unknown (not a git checkout)"
-    return commit + (" + uncommitted changes under pacs/" if dirty else "")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 # The intake worker's stages as the stage timers see them: (depth, timer, label). Each parent's

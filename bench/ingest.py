@@ -78,6 +78,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
+from common import cpu_model, free_port, git_state, memory_gb  # noqa: E402  (bench/common.py)
+
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 OUR_AE = "PACS"
@@ -313,12 +315,6 @@ def warm_page_cache(files: list[Path]) -> float:
 # --------------------------------------------------------------------------------------------
 # Servers
 # --------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
@@ -1001,26 +997,6 @@ def bulk_index(url: str, *, instances: int, per_study: int, patients: int) -> tu
 # --------------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
-
-
-def memory_gb() -> float:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) / 1024 / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 def filesystem_of(path: Path) -> str:
     best, kind = "", "?"
     try:
@@ -1048,17 +1024,6 @@ def fsync_ms(folder: Path, rounds: int = 100) -> float:
         os.close(fd)
         path.unlink()
     return statistics.median(times) * 1000
-
-
-def git_state() -> str:
-    try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"], check=False,
-                                capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "pacs"],
-                               check=False, capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (no git)"
-    return (commit or "unknown") + (" + uncommitted changes under pacs/" if dirty else "")
 
 
 def tool_version(command: list[str]) -> str:

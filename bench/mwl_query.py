@@ -82,6 +82,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import DOCTORS, GIVEN_NAMES, SURNAMES, cpu_model, free_port, git_state, load_average  # noqa: E402
+
 GOAL_P50_MS = 10.0
 GOAL_P99_MS = 50.0
 SERVER_START_TIMEOUT = 90.0
@@ -107,30 +109,6 @@ STATIONS = [
 
 # Common surnames with their approximate share (per mille, 2020 census order of magnitude), plus
 # a few whose surname reading differs from plain pinyin and some compound ones.
-SURNAMES = [
-    ("王", 71), ("李", 70), ("张", 67), ("刘", 54), ("陈", 46), ("杨", 31), ("黄", 25), ("赵", 23),
-    ("吴", 20), ("周", 19), ("徐", 15), ("孙", 14), ("马", 13), ("朱", 12), ("胡", 12), ("郭", 11),
-    ("何", 10), ("林", 10), ("高", 10), ("罗", 9), ("郑", 8), ("梁", 8), ("谢", 7), ("宋", 6), ("唐", 6),
-    ("许", 6), ("韩", 6), ("冯", 5), ("邓", 5), ("曹", 5), ("彭", 5), ("曾", 5), ("肖", 5), ("田", 4),
-    ("董", 4), ("潘", 4), ("袁", 4), ("蔡", 4), ("蒋", 4), ("余", 4), ("于", 4), ("杜", 4), ("叶", 4),
-    ("程", 3), ("魏", 3), ("苏", 3), ("吕", 3), ("丁", 3), ("任", 3), ("卢", 3), ("姚", 3), ("沈", 3),
-    ("钟", 3), ("姜", 3), ("崔", 3), ("谭", 3), ("陆", 3), ("范", 2), ("汪", 2), ("廖", 2), ("石", 2),
-    ("金", 2), ("韦", 2), ("贾", 2), ("夏", 2), ("付", 2), ("方", 2), ("邹", 2), ("熊", 2), ("白", 2),
-    ("孟", 2), ("秦", 2), ("邱", 2), ("侯", 2), ("江", 2), ("尹", 2), ("薛", 2), ("闫", 2), ("段", 2),
-    ("雷", 2), ("龙", 1), ("黎", 1), ("史", 1), ("陶", 1), ("贺", 1), ("毛", 1), ("郝", 1), ("顾", 1),
-    ("龚", 1), ("邵", 1), ("万", 1), ("覃", 1), ("武", 1), ("钱", 1), ("戴", 1), ("严", 1), ("莫", 1),
-    ("孔", 1), ("向", 1), ("常", 1), ("章", 1), ("单", 1), ("解", 1), ("欧阳", 1), ("司马", 1),
-    ("诸葛", 1), ("上官", 1),
-]
-GIVEN_NAMES = [
-    "伟", "芳", "敏", "静", "丽", "强", "磊", "军", "洋", "勇", "艳", "杰", "娟", "涛", "明", "超", "霞",
-    "平", "刚", "辉", "玲", "婷", "雪", "琳", "浩", "宇", "欣", "颖", "慧", "丹", "鹏", "斌", "秀英",
-    "秀兰", "桂英", "建华", "国强", "晓东", "子涵", "雨桐", "浩然", "思远", "欣怡", "梓轩", "一诺",
-    "宇航", "佳怡", "俊杰", "文博", "晨曦", "建国", "淑珍", "玉兰", "志强", "海燕", "红梅", "德明",
-    "春燕", "立新", "永刚", "美玲", "嘉怡", "子轩", "天佑", "长春", "重阳", "娜", "楠",
-]
-DOCTORS = ["单^田芳", "王^建国", "李^红", "陈^立新", "刘^晓东", "张^永刚", "杨^美玲", "周^德明",
-           "吴^春燕", "赵^志强", "孙^海燕", "徐^文博"]
 DEPARTMENTS = ["呼吸内科", "心内科", "消化内科", "神经内科", "骨科", "普外科", "急诊科", "体检中心",
                "肿瘤科", "妇产科", "儿科", "泌尿外科"]
 REASONS = ["发热咳嗽", "胸痛待查", "腹痛", "头痛头晕", "膝关节疼痛", "外伤", "体检", "术后复查",
@@ -874,12 +852,6 @@ VARIANTS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Server:
     data_dir: Path
@@ -1088,34 +1060,6 @@ def _short(filename: str) -> str:
 # --------------------------------------------------------------------------------------------
 # Reporting
 # --------------------------------------------------------------------------------------------
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "?"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
-
-
-def git_state() -> str:
-    try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"], check=False,
-                                capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "pacs"],
-                               check=False, capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (commit or "unknown") + (" + uncommitted changes under pacs/" if dirty else "")
 
 
 def database_facts(url: str) -> str:
