@@ -334,6 +334,11 @@ def test_metadata_is_kept_once_built_and_follows_patient_updates(server, tmp_pat
     assert value(meta, "00100010") == {"Alphabetic": "ZHANG^SHAN", "Ideographic": "张^山"}
     assert meta["7FE00010"]["BulkDataURI"].startswith(server.http_url + "/dicomweb/studies/")
 
+    # A damaged kept copy is never sent: the answer is rebuilt from the file, and kept again
+    cached.write_bytes(b'{"00080060":{"vr":"CS","Val')
+    damaged = client.retrieve_study_metadata(STUDY_UID)
+    assert value(damaged[0], "00080060") == "CT" and cached.read_bytes().endswith(b"}")
+
     # Whatever happens to the kept copies, the answer is rebuilt from the file
     cached.unlink()
     again = client.retrieve_study_metadata(STUDY_UID)
@@ -361,6 +366,17 @@ def test_metadata_of_a_stable_study_is_built_before_anyone_asks(start_server, tm
         str(pydicom.dcmread(p).SOPInstanceUID) for p in paths)
     assert sorted(kept.rglob("*.json")) == built
     assert all(m["7FE00010"]["BulkDataURI"].startswith(server.http_url) for m in answer)
+
+
+def test_a_file_that_cannot_be_read_does_not_stop_the_metadata_job(start_server, tmp_path):
+    server = start_server(publish={"stable_after_seconds": 0})
+    paths = one_study(tmp_path, ["CT_small.dcm", "MR_small_jpeg_ls_lossless.dcm"], series_of=lambda n: n)
+    stow(server, paths)
+    broken = stored_path(server, str(pydicom.dcmread(paths[0]).SOPInstanceUID))
+    broken.write_bytes(b"not DICOM at all")  # damaged on disk: the scrubber's to report
+    [job] = [job for job in server.server.services.housekeeping.jobs if job.name == "metadata"]
+    assert job.run() == 1  # the other instance is built; the damaged one is logged and left
+    assert len(list((server.settings.data_dir / "cache" / "metadata").rglob("*.json"))) == 1
 
 
 def test_a_study_on_an_offline_tier_is_recalled_for_wado(start_server, tmp_path):

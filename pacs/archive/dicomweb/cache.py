@@ -47,10 +47,16 @@ class MetadataCache:
         return self.folder / name[:2] / f"{name}.json"
 
     def get(self, sop_instance_uid: str, transfer_syntax: str, key: str) -> bytes | None:
+        """The kept JSON, or None when there is none or what is there is not a whole JSON object
+        (a damaged file is rebuilt from the stored object, never sent)."""
         try:
-            return self._path(sop_instance_uid, transfer_syntax, key).read_bytes()
+            content = self._path(sop_instance_uid, transfer_syntax, key).read_bytes()
         except OSError:
             return None
+        if not (content.startswith(b'{"') and content.endswith(b"}")):
+            log.warning("metadata cache: %s is damaged; rebuilt", self._path(sop_instance_uid, transfer_syntax, key))
+            return None
+        return content
 
     def put(self, sop_instance_uid: str, transfer_syntax: str, key: str, content: bytes) -> None:
         path = self._path(sop_instance_uid, transfer_syntax, key)
