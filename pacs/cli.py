@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from datetime import datetime
@@ -167,13 +166,13 @@ def _outbox(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from pacs.integration.mapping import MappingsInvalid
-    from pacs.server import configure_logging, serve
+    from pacs.server import configure_logging, run, serve
 
     settings = _settings(args, host=args.host, dicom_port=args.dicom_port, mllp_port=args.mllp_port,
                          http_port=args.http_port, ae_title=args.ae_title)
     configure_logging(settings.log_level)
     try:
-        asyncio.run(serve(settings))
+        run(serve(settings))
     except MappingsInvalid as exc:
         print(f"pacs: refusing to start: {exc}", file=sys.stderr)
         return 1

@@ -12,7 +12,9 @@ import asyncio
 import gc
 import logging
 import signal
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from pacs import housekeeping
 from pacs.archive import commitment, ian
@@ -183,6 +185,23 @@ class Server:
         if self.services is not None:
             await asyncio.to_thread(self.services.close)
         log.info("stopped")
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The event loop every front end runs on: uvloop (libuv) where it is installed, as it is with
+    uvicorn's standard extras on Linux; its sockets and thread hand-offs cost a fraction of the
+    standard loop's, which shows on every HL7 message and every WADO-RS chunk."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop has no Windows build
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run`` on :func:`new_event_loop`."""
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(main)
 
 
 async def serve(settings: Settings) -> None:

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from pacs.db import Database
-from pacs.server import Server
+from pacs.server import Server, new_event_loop
 from pacs.settings import SHIPPED_MAPPINGS, Settings
 
 PG_URL = os.environ.get("PACS_TEST_DATABASE_URL")
@@ -117,7 +117,7 @@ class RunningServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.server = Server(settings)
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def start(self) -> RunningServer:

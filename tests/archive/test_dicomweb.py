@@ -176,6 +176,9 @@ def test_wado_study_series_instance_as_stored_and_transcoded(server, tmp_path):
         assert ds.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
         assert ds.PixelData == original.PixelData
     response = httpx.get(f"{server.http_url}/dicomweb/studies/{study}", headers={"Accept": DICOM_ANY})
+    # files sent as stored: the length is known before the first byte, no chunked coding
+    assert int(response.headers["content-length"]) == len(response.content)
+    assert "transfer-encoding" not in response.headers
     parts = multipart(response)
     assert [h["content-type"].split("transfer-syntax=")[1] for h, _ in parts] == [
         str(pydicom.dcmread(io.BytesIO(b)).file_meta.TransferSyntaxUID) for _, b in parts]
@@ -203,6 +206,24 @@ def test_wado_study_series_instance_as_stored_and_transcoded(server, tmp_path):
                          f"{first.SOPInstanceUID}", headers={"Accept": "application/dicom; transfer-syntax=*"})
     assert response.headers["content-type"].startswith("application/dicom")
     assert response.content == stored_path(server, str(first.SOPInstanceUID)).read_bytes()
+    assert int(response.headers["content-length"]) == len(response.content)
+
+
+def test_a_stored_file_shorter_than_its_record_breaks_the_response_not_the_data(server, tmp_path):
+    """A study goes out with the Content-Length its files' recorded sizes give; a file found
+    shorter than recorded must not pass for a whole answer (the client sees an incomplete body),
+    and the server goes on serving."""
+    paths = one_study(tmp_path, ["CT_small.dcm", "MR_small.dcm"])
+    stow(server, paths)
+    study = str(pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
+    damaged = stored_path(server, str(pydicom.dcmread(paths[1], stop_before_pixels=True).SOPInstanceUID))
+    whole = damaged.read_bytes()
+    damaged.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(httpx.RemoteProtocolError):
+        httpx.get(f"{server.http_url}/dicomweb/studies/{study}", headers={"Accept": DICOM_ANY})
+    damaged.write_bytes(whole)
+    response = httpx.get(f"{server.http_url}/dicomweb/studies/{study}", headers={"Accept": DICOM_ANY})
+    assert response.status_code == 200 and len(multipart(response)) == 2
 
 
 def test_metadata_bulk_data_and_chinese_names(server, tmp_path):

@@ -10,7 +10,7 @@ STOW-RS body that is not multipart/related of application/dicom.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -29,9 +29,8 @@ from pacs.archive.dicomweb.media import (
     MultipartReader,
     Part,
     accept,
-    multipart_chunks,
-    multipart_type,
-    new_boundary,
+    in_batches,
+    multipart_response,
     require_json,
 )
 from pacs.archive.dicomweb.stow import Stow, boundary_of
@@ -102,9 +101,8 @@ def _warning_header(warnings: list[str]) -> dict[str, str]:
     return {"Warning": ", ".join(f'299 pacs "{t}"' for t in texts)}
 
 
-def _multipart(parts: Iterator[Part], part_type: str) -> StreamingResponse:
-    boundary = new_boundary()
-    return StreamingResponse(multipart_chunks(parts, boundary), media_type=multipart_type(part_type, boundary))
+def _multipart(parts: Iterable[Part], part_type: str) -> StreamingResponse:
+    return multipart_response(parts, part_type)
 
 
 # -- QIDO-RS (PS3.18 10.6) ---------------------------------------------------------------------
@@ -162,8 +160,9 @@ def _retrieve(request: Request, services: Services, session: Any, *, study: str,
     if len(items) == 1:  # prepared before the response begins, so a failure is still a status
         part = service.dicom_part(items[0], syntaxes[0])
         if wanted.single_part:
-            return StreamingResponse(part.chunks, media_type=part.content_type)
-        return _multipart(iter([part]), DICOM)
+            headers = {"Content-Length": str(part.size)} if part.size is not None else None
+            return StreamingResponse(in_batches(part.chunks), headers=headers, media_type=part.content_type)
+        return _multipart([part], DICOM)
     return _multipart(service.dicom_parts(items, syntaxes), DICOM)
 
 
@@ -172,7 +171,7 @@ def _metadata(request: Request, services: Services, session: Any, *, study: str,
     require_json(request.headers.get("accept"))
     items = wado.locate(session, _areas(services), study=study, series=series, instance=instance)
     service = wado.Wado(services.db, _areas(services), base_url(request), _metadata_cache(services))
-    return StreamingResponse(service.metadata_chunks(items), media_type=DICOM_JSON)
+    return StreamingResponse(in_batches(service.metadata_chunks(items)), media_type=DICOM_JSON)
 
 
 @router.get("/studies/{study}", summary="Retrieve a study (WADO-RS)")
@@ -239,7 +238,7 @@ def retrieve_bulkdata(study: str, series: str, instance: str, tag: str, request:
     [item] = wado.locate(session, _areas(services), study=study, series=series, instance=instance)
     service = wado.Wado(services.db, _areas(services), base_url(request))
     part = service.bulkdata_part(item, tag.upper())
-    return _multipart(iter([part]), OCTET_STREAM)
+    return _multipart([part], OCTET_STREAM)
 
 
 # -- WADO-RS: rendered and thumbnails (PS3.18 10.4.1.1.5, 10.4.1.1.6) --------------------------

@@ -5,7 +5,10 @@ An Accept header is a list of media ranges, each with parameters (``type``, ``tr
 quality first, in the order the client wrote them (PS3.18 8.7.4). A multipart/related body
 (RFC 2387) is written part by part by :func:`multipart_chunks`, so a study goes out one chunk
 of one file at a time, and read part by part by :class:`MultipartReader`, each part's body going
-to a file as it arrives.
+to a file as it arrives. :func:`multipart_response` sends one: the files are read in a worker
+thread several megabytes at a time (one thread hand-off per batch, not per chunk), and when every
+part's length is known beforehand (stored files sent as they are) the response has a
+Content-Length rather than chunked transfer coding, so each chunk goes to the socket as read.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from fastapi.responses import JSONResponse
+import anyio.to_thread
+from fastapi.responses import JSONResponse, StreamingResponse
 
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
@@ -25,6 +29,7 @@ OCTET_STREAM = "application/octet-stream"
 MULTIPART = "multipart/related"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"  # the default transfer syntax, PS3.18 8.7.3.5.2
 CHUNK = 1024 * 1024
+BATCH = 2 * CHUNK  # read per worker-thread hand-off while a response streams
 
 # Media types of the compressed pixel data (frames, bulk data) in each transfer syntax
 # (PS3.18 Table 8.7.3-2)
@@ -154,22 +159,75 @@ class Part:
     content_type: str
     chunks: Iterable[bytes]
     location: str = ""
+    size: int | None = None  # the body's length, when known before it is read (a stored file)
+
+    def head(self, boundary: str) -> bytes:
+        """The delimiter line and the part's headers (RFC 2046 5.1.1), up to the empty line."""
+        head = f"--{boundary}\r\nContent-Type: {self.content_type}\r\n"
+        if self.location:
+            head += f"Content-Location: {self.location}\r\n"
+        return (head + "\r\n").encode("ascii")
+
+
+def _close_delimiter(boundary: str) -> bytes:
+    return f"--{boundary}--\r\n".encode("ascii")
 
 
 def multipart_chunks(parts: Iterable[Part], boundary: str) -> Iterator[bytes]:
     """The body of a multipart/related message (RFC 2046 5.1.1), one chunk at a time."""
     for part in parts:
-        head = f"--{boundary}\r\nContent-Type: {part.content_type}\r\n"
-        if part.location:
-            head += f"Content-Location: {part.location}\r\n"
-        yield (head + "\r\n").encode("ascii")
+        yield part.head(boundary)
         yield from part.chunks
         yield b"\r\n"
-    yield f"--{boundary}--\r\n".encode("ascii")
+    yield _close_delimiter(boundary)
+
+
+def multipart_length(parts: list[Part], boundary: str) -> int | None:
+    """The length of :func:`multipart_chunks` of ``parts``, or None if a part's size is unknown."""
+    if any(part.size is None for part in parts):
+        return None
+    return sum(len(part.head(boundary)) + (part.size or 0) + 2 for part in parts) + len(_close_delimiter(boundary))
+
+
+async def in_batches(chunks: Iterable[bytes], size: int = BATCH) -> AsyncIterator[bytes]:
+    """The chunks of a synchronous producer (file reads, decoding), drawn in a worker thread about
+    ``size`` bytes at a time so that the event loop is neither blocked nor handed work chunk by
+    chunk; the producer is closed (its files with it) however the response ends."""
+    iterator = iter(chunks)
+
+    def take() -> list[bytes]:
+        batch: list[bytes] = []
+        total = 0
+        for chunk in iterator:
+            batch.append(chunk)
+            total += len(chunk)
+            if total >= size:
+                break
+        return batch
+
+    try:
+        while batch := await anyio.to_thread.run_sync(take):
+            for chunk in batch:
+                yield chunk
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+
+
+def multipart_response(parts: Iterable[Part], part_type: str) -> StreamingResponse:
+    """A streamed multipart/related response of ``parts``; a list of parts whose sizes are all
+    known is sent with a Content-Length."""
+    boundary = new_boundary()
+    length = multipart_length(parts, boundary) if isinstance(parts, list) else None
+    headers = {"Content-Length": str(length)} if length is not None else None
+    return StreamingResponse(in_batches(multipart_chunks(parts, boundary)), headers=headers,
+                             media_type=multipart_type(part_type, boundary))
 
 
 def file_chunks(handle: BinaryIO, start: int = 0, length: int | None = None) -> Iterator[bytes]:
-    """A file (or a range of it) in chunks of :data:`CHUNK` bytes; closes the file at the end."""
+    """A file (or a range of it) in chunks of :data:`CHUNK` bytes; closes the file at the end.
+    With ``length``, a file that ends before it is an error (a response announced its length)."""
     with handle:
         if start:
             handle.seek(start)
@@ -177,6 +235,8 @@ def file_chunks(handle: BinaryIO, start: int = 0, length: int | None = None) -> 
         while left is None or left > 0:
             chunk = handle.read(CHUNK if left is None else min(CHUNK, left))
             if not chunk:
+                if left:
+                    raise OSError(f"stored file ended {left} bytes short of its recorded size")
                 return
             if left is not None:
                 left -= len(chunk)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, BinaryIO, cast
@@ -85,6 +85,7 @@ class Located:
     number_of_frames: int | None
     area: str
     key: str
+    size: int  # of the stored file, bytes
 
     @property
     def frames(self) -> int:
@@ -99,7 +100,7 @@ def locate(session: Session, areas: dict[str, StorageArea], *, study: str, serie
     query = (sql_select(col(Study.id), col(Study.study_instance_uid), col(Series.series_instance_uid),
                         col(Instance.sop_instance_uid), col(Instance.sop_class_uid), COPY_SYNTAX,
                         col(Instance.instance_number), col(Instance.rows), col(Instance.number_of_frames),
-                        col(InstanceFile.area), col(InstanceFile.key))
+                        col(InstanceFile.area), col(InstanceFile.key), col(InstanceFile.size))
              .join(Series, col(Series.study) == col(Study.id)).join(Instance, col(Instance.series) == col(Series.id))
              .join(InstanceFile, col(InstanceFile.instance) == col(Instance.id))
              .where(col(Study.study_instance_uid) == study, NOT_REJECTED))  # nothing from the trash (IOCM)
@@ -238,28 +239,46 @@ class Wado:
             chosen.append(syntax)
         return chosen
 
-    def dicom_parts(self, items: list[Located], syntaxes: list[str]) -> Iterator[Part]:
-        """One part per instance; an instance that can't be re-encoded (pixel data no installed
-        decoder reads) is left out and logged, as the response has already begun."""
+    def dicom_parts(self, items: list[Located], syntaxes: list[str]) -> Iterable[Part]:
+        """One part per instance. When every instance goes out as stored, a list whose sizes are
+        known (each file opened as its turn comes); otherwise parts made as they are sent, and an
+        instance that can't be re-encoded (pixel data no installed decoder reads) is left out and
+        logged, as the response has already begun."""
+        if all(syntax == item.transfer_syntax and self.truth(item) is None
+               for item, syntax in zip(items, syntaxes, strict=True)):
+            return [self.stored_part(item, lazy=True) for item in items]
+        return self._made_parts(items, syntaxes)
+
+    def _made_parts(self, items: list[Located], syntaxes: list[str]) -> Iterator[Part]:
         for item, syntax in zip(items, syntaxes, strict=True):
             try:
                 yield self.dicom_part(item, syntax)
             except DicomwebError as exc:
                 log.error("left out of a WADO-RS response: %s", exc.message)
 
+    def stored_part(self, item: Located, *, lazy: bool = False) -> Part:
+        """The stored file as it is, chunk by chunk; ``lazy`` opens it only when its turn comes."""
+        size = item.size or None  # a size of 0 would be a row written without one: read to the end
+
+        def chunks() -> Iterator[bytes]:
+            yield from file_chunks(self._open(item), 0, size)
+        return Part(f"{DICOM}; transfer-syntax={item.transfer_syntax}",
+                    chunks() if lazy else file_chunks(self._open(item), 0, size),
+                    location=self.instance_url(item), size=size)
+
     def dicom_part(self, item: Located, syntax: str) -> Part:
         """The Part 10 bytes of one instance: the file itself, chunk by chunk, or re-encoded in
         memory when it must change (corrected values, another transfer syntax)."""
         truth = self.truth(item)
-        content_type = f"{DICOM}; transfer-syntax={syntax}"
         if syntax == item.transfer_syntax and truth is None:
-            return Part(content_type, file_chunks(self._open(item)), location=self.instance_url(item))
+            return self.stored_part(item)
         try:
             encoded = self.encode(item, syntax, truth)
         except Exception as exc:  # pydicom's decoders raise many kinds of errors
             raise not_acceptable(f"instance {item.sop_instance_uid} ({item.transfer_syntax}) can't be sent as "
                                  f"{syntax}: {exc}; accept transfer-syntax=* to get it as stored") from None
-        return Part(content_type, iter([encoded]), location=self.instance_url(item))
+        return Part(f"{DICOM}; transfer-syntax={syntax}", iter([encoded]), location=self.instance_url(item),
+                    size=len(encoded))
 
     def encode(self, item: Located, syntax: str, truth: dict[str, str] | None) -> bytes:
         ds = self.dataset(item)
