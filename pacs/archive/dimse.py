@@ -1,4 +1,5 @@
-"""C-FIND pending responses (PS3.7 9.3.2.2) sent without pydicom building their command set.
+"""C-FIND pending responses (PS3.7 9.3.2.2) sent without pydicom building their command set, and
+several at a time.
 
 pynetdicom turns every response it sends into a pydicom Dataset of command elements and writes
 it with pydicom's writer: about a third of a millisecond each, most of what a worklist answer of
@@ -8,6 +9,12 @@ encoding command sets always use (PS3.7 6.3.1), and send command and identifier 
 items of one P-DATA-TF PDU where they fit (PS3.8 9.3.5, E.2). Anything else — final and failure responses, a response
 carrying an Error Comment, a DIMSE-sent handler that wants the message as a Dataset — goes the
 library's way.
+
+:class:`PendingSender` goes further for answers already encoded (:class:`~pacs.archive.encoding.Encoded`):
+a handler hands it the matches and it writes each one's P-DATA-TF PDUs itself (PS3.8 9.3.5), a
+few answers to a write, so that pynetdicom's per-response loop and its DUL's per-PDU turn are paid
+once per batch instead of once per match. The PDUs are the ones pynetdicom would send, one
+message after another; only the final response still goes the library's way.
 """
 
 from __future__ import annotations
@@ -17,15 +24,22 @@ from collections.abc import Iterator
 from io import BytesIO
 from typing import Any
 
-from pynetdicom import evt
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import evt, fsm
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
+
+from pacs.archive.encoding import Encoded
 
 C_FIND_RSP = 0x8020  # Command Field (PS3.7 E.1)
 DATA_SET_PRESENT = 0x0001  # Command Data Set Type: anything but 0x0101 (as pynetdicom sends it)
 PENDING = (0xFF00, 0xFF01)
 PDV_HEADER = 6  # item length (4), presentation context ID (1), message control header (1)
+P_DATA_TF_TYPE = 0x04  # PS3.8 Table 9-22
+BATCH = 8  # answers per write of the direct path
+DATA_TRANSFER_ACTION = "DT-1"  # PS3.8 Table 9-7: send a P-DATA-TF PDU (Sta6 + Evt9)
 # Message control header (PS3.8 E.2): bit 0 command, bit 1 last fragment
 COMMAND_LAST, COMMAND_MORE, DATA_LAST, DATA_MORE = b"\x03", b"\x01", b"\x02", b"\x00"
 
@@ -75,6 +89,75 @@ def pdata(context_id: int, command: bytes, data_set: bytes, max_pdu: int) -> Ite
             yield primitive
 
 
+def encode_pdu(primitive: P_DATA) -> bytes:
+    """A P-DATA-TF PDU (PS3.8 9.3.5): type, reserved, length, then each PDV item as item length,
+    presentation context ID and the value (message control header and fragment)."""
+    items = b"".join(struct.pack(">IB", len(value) + 1, context_id) + value
+                     for context_id, value in primitive.presentation_data_value_list)
+    return struct.pack(">BBI", P_DATA_TF_TYPE, 0, len(items)) + items
+
+
+class EncodedPData(P_DATA):
+    """The P-DATA-TF PDUs of several messages, encoded: the DUL writes them as they are."""
+
+    def __init__(self, encoded: bytes) -> None:
+        super().__init__()
+        self.encoded = encoded
+
+
+class PendingSender:
+    """Pending C-FIND responses of one request written as PDUs, :data:`BATCH` answers to a write.
+
+    :meth:`for_event` gives one when the request allows it (a little-endian, uncompressed
+    transfer syntax; no handler watching sent messages or PDUs), else None and the handler yields
+    its answers to pynetdicom as usual."""
+
+    def __init__(self, assoc: Any, context_id: int, implicit: bool, sop_class_uid: str, message_id: int) -> None:
+        self.dul = assoc.dul
+        self.context_id = context_id
+        self.implicit = implicit
+        self.max_pdu = assoc.dimse.maximum_pdu_size
+        self.command = find_response_command(sop_class_uid, message_id, PENDING[0])
+        self.waiting: list[bytes] = []
+
+    @classmethod
+    def for_event(cls, event: Any) -> PendingSender | None:
+        syntax = str(event.context.transfer_syntax)
+        assoc = event.assoc
+        if syntax not in (ImplicitVRLittleEndian, ExplicitVRLittleEndian) or any(
+                assoc.get_handlers(e) for e in (evt.EVT_DIMSE_SENT, evt.EVT_PDU_SENT)):
+            return None
+        return cls(assoc, event.context.context_id, syntax == ImplicitVRLittleEndian,
+                   str(event.request.AffectedSOPClassUID), int(event.request.MessageID))
+
+    def add(self, answer: Encoded) -> bool:
+        """Queue one answer; True when a batch is ready for :meth:`flush`."""
+        encoded = answer.encoded(self.implicit)
+        self.waiting.extend(encode_pdu(primitive)
+                            for primitive in pdata(self.context_id, self.command, encoded, self.max_pdu))
+        return len(self.waiting) >= BATCH
+
+    def flush(self) -> None:
+        """Hand the queued answers' PDUs to the DUL as one write."""
+        if self.waiting:
+            self.dul.send_pdu(EncodedPData(b"".join(self.waiting)))
+            self.waiting = []
+
+    def discard(self) -> None:
+        self.waiting = []
+
+
+def _send_data(dul: Any) -> str:
+    """DT-1 (PS3.8 9.2): send the P-DATA-TF PDU(s) of the next P-DATA request; stays in Sta6."""
+    primitive = dul.to_provider_queue.get(False)
+    if isinstance(primitive, EncodedPData):
+        if dul.socket is not None:
+            dul.socket.send(primitive.encoded)
+    else:
+        dul._send(P_DATA_TF(primitive))
+    return "Sta6"
+
+
 def _fast(provider: DIMSEServiceProvider, primitive: Any) -> bool:
     return (isinstance(primitive, C_FIND) and primitive.MessageIDBeingRespondedTo is not None
             and primitive.Status in PENDING and isinstance(primitive.Identifier, BytesIO)
@@ -83,7 +166,8 @@ def _fast(provider: DIMSEServiceProvider, primitive: Any) -> bool:
 
 
 def install() -> None:
-    """Send pending C-FIND responses through :func:`find_response_command` (idempotent)."""
+    """Send pending C-FIND responses through :func:`find_response_command`, and let the DUL
+    write the PDUs of a :class:`PendingSender` as they are (idempotent)."""
     original = DIMSEServiceProvider.send_msg
     if getattr(original, "_pacs_fast", False):
         return
@@ -99,3 +183,5 @@ def install() -> None:
 
     send_msg._pacs_fast = True  # type: ignore[attr-defined]
     DIMSEServiceProvider.send_msg = send_msg  # type: ignore[method-assign]
+    description, _, next_state = fsm.ACTIONS[DATA_TRANSFER_ACTION]
+    fsm.ACTIONS[DATA_TRANSFER_ACTION] = (description, _send_data, next_state)

@@ -22,8 +22,9 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from pacs.archive import dul
+from pacs.archive import dimse, dul
 from pacs.archive.commitment import Commitment
+from pacs.archive.encoding import Encoded
 from pacs.archive.mpps import MPPSService
 from pacs.archive.query import QueryError
 from pacs.archive.query_service import QueryService
@@ -109,11 +110,27 @@ def handle_find(event: evt.Event, queries: QueryService) -> Iterator[tuple[int |
         else:
             yield failure(Status.SOP_CLASS_NOT_SUPPORTED, f"{sop_class} is not a query this AE serves"), None
             return
+        direct = dimse.PendingSender.for_event(event)
         for match in matches:
+            if direct is not None and isinstance(match, Encoded):
+                if not direct.add(match):
+                    continue
+                dul.hold_back(event.assoc, event.assoc.dimse_timeout or DEFAULT_HOLD_BACK)
+                if cancelled():
+                    break
+                direct.flush()
+                continue
+            if direct is not None:
+                direct.flush()  # answers go out in order, whichever way each goes
             dul.hold_back(event.assoc, event.assoc.dimse_timeout or DEFAULT_HOLD_BACK)
             if cancelled():
                 break
             yield Status.PENDING, match
+        if direct is not None:
+            if cancelled():
+                direct.discard()
+            else:
+                direct.flush()
         if cancelled():
             yield Status.CANCEL, None
     except QueryError as exc:

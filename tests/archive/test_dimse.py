@@ -12,7 +12,7 @@ from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import ModalityWorklistInformationFind, StudyRootQueryRetrieveInformationModelFind
 
-from pacs.archive.dimse import find_response_command, pdata
+from pacs.archive.dimse import encode_pdu, find_response_command, pdata
 
 
 def _identifier() -> bytes:
@@ -67,3 +67,29 @@ def test_received_as_pynetdicom_would_have_sent_it(sop_class, status, max_pdu):
         assert len(pdu) == sum(len(p) for p in _wire(expected)) - 6  # one PDU header fewer
     else:  # fragmented exactly as pynetdicom fragments
         assert _wire(ours) == _wire(expected) and len(ours) > 2
+
+
+@pytest.mark.parametrize("max_pdu", [0, 64])
+def test_pdus_written_directly_are_the_ones_pynetdicom_writes(max_pdu):
+    """The direct path (PendingSender) writes each P-DATA-TF PDU itself: byte for byte
+    pynetdicom's, and a run of them read back PDU by PDU gives every message whole, in order."""
+    identifiers = [_identifier(), _identifier()[:-8] + b"ACC0002\0", _identifier()]
+    messages = [list(pdata(3, find_response_command(ModalityWorklistInformationFind, 7, 0xFF00), ident, max_pdu))
+                for ident in identifiers]
+    for primitives in messages:
+        assert [encode_pdu(p) for p in primitives] == _wire(primitives)
+    stream = b"".join(encode_pdu(p) for primitives in messages for p in primitives)
+    read_back, offset = [], 0
+    while offset < len(stream):  # PS3.8 9.3.1: type, reserved, 4-byte big-endian length
+        assert stream[offset] == 0x04
+        length = int.from_bytes(stream[offset + 2:offset + 6], "big")
+        pdu = P_DATA_TF()
+        pdu.decode(stream[offset:offset + 6 + length])
+        read_back.append(pdu.to_primitive())
+        offset += 6 + length
+    got, message = [], DIMSEMessage()
+    for primitive in read_back:
+        if message.decode_msg(primitive):
+            got.append(message.data_set.getvalue())
+            message = DIMSEMessage()
+    assert got == identifiers
