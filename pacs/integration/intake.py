@@ -20,6 +20,7 @@ import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+from sqlalchemy import Connection
 from sqlmodel import Session, col, select
 
 from pacs import batching
@@ -93,23 +94,37 @@ class Intake:
     def _run(self) -> None:
         processed: Processed | None = None
         stop = False
-        while not stop or processed is not None:
-            # With a batch's effects waiting, commit them now with whatever else has arrived.
-            batch, stopping = (batching.take(self._queue, self.batch_max, wait=processed is None)
-                               if not stop else ([], True))
-            stop = stop or stopping
-            try:
-                processed = self._cycle(batch, processed)
-            except Exception:
-                processed = None
-                log.exception("intake batch failed; no message in it was acknowledged")
+        # The worker keeps one connection from cycle to cycle rather than take one from the
+        # pool for each commit; after a failure it starts again on a fresh one.
+        connection: Connection | None = None
+        try:
+            while not stop or processed is not None:
+                # With a batch's effects waiting, commit them now with whatever else has arrived.
+                batch, stopping = (batching.take(self._queue, self.batch_max, wait=processed is None)
+                                   if not stop else ([], True))
+                stop = stop or stopping
+                try:
+                    if connection is None:
+                        connection = self.db.engine.connect()
+                    processed = self._cycle(batch, processed, connection)
+                except Exception:
+                    processed = None
+                    log.exception("intake batch failed; no message in it was acknowledged")
+                    if connection is not None:
+                        connection.invalidate()  # whatever state it was left in goes with it
+                        connection.close()
+                        connection = None
+        finally:
+            if connection is not None:
+                connection.close()
 
-    def _cycle(self, batch: Batch, processed: Processed | None) -> Processed | None:
+    def _cycle(self, batch: Batch, processed: Processed | None,
+               bind: Connection | None = None) -> Processed | None:
         """One commit: the effects of ``processed`` and the raw content of ``batch``. Then hand
         back the outcomes of ``processed`` and run ``batch`` through the channel; its effects
         wait for the next cycle's commit."""
         session = processed.session if processed is not None else Session(
-            self.db.engine, expire_on_commit=False, autoflush=False)
+            bind if bind is not None else self.db.engine, expire_on_commit=False, autoflush=False)
         waiting = (processed.batch if processed is not None else []) + batch
         try:
             rows = [self.channel.receive(inbound) for inbound, _ in batch]

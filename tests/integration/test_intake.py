@@ -103,3 +103,26 @@ def test_each_commit_holds_one_batch_effects_and_the_next_batch_raw_messages(ser
     assert intake._cycle([], processed) is None
     assert stored() == [Status.PROCESSED, Status.PROCESSED] and committed(ImagingOrder) == 1
     assert second[0][1].result().ack_code == "AA"
+
+
+def test_the_worker_goes_on_after_a_failed_cycle_on_a_fresh_connection(server, monkeypatch):
+    """A cycle that fails (here the commit) acknowledges nothing of its batch; the worker drops
+    the connection it kept and serves the next message on a new one."""
+    intake = server.server.services.intake
+    real_commit = Session.commit
+    failures = []
+
+    def failing_commit(self):
+        if not failures:
+            failures.append(self.connection())
+            raise RuntimeError("disk went away")
+        return real_commit(self)
+
+    monkeypatch.setattr(Session, "commit", failing_commit)
+    refused = intake.submit(Inbound(load("adt_a01_ihe.hl7"), "mllp", "test"))
+    with pytest.raises(RuntimeError, match="disk went away"):
+        refused.result(30)
+    outcome = intake.submit(Inbound(load("orm_o01_nw_ihe.hl7"), "mllp", "test")).result(30)
+    assert outcome.ack_code == "AA"
+    assert failures[0].invalidated or failures[0].closed  # the kept connection was let go
+    assert count(server.db, ImagingOrder) == 1
