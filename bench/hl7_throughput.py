@@ -389,16 +389,16 @@ if mode == "stages":
 # One cycle of the intake worker: a commit (the previous batch's effects and this batch's raw
 # messages), then this batch through the channel.
 cycle = intake.Intake._cycle
-def profiled_cycle(self, batch, processed):
+def profiled_cycle(self, batch, processed, *rest):
     if not state["on"]:
-        return cycle(self, batch, processed)
+        return cycle(self, batch, processed, *rest)
     state["in_batch"] = True
     local.active = set()
     if mode == "cprofile":
         profiles["intake"].enable()
     wall, cpu = time.perf_counter(), time.thread_time()
     try:
-        return cycle(self, batch, processed)
+        return cycle(self, batch, processed, *rest)
     finally:
         if mode == "cprofile":
             profiles["intake"].disable()
