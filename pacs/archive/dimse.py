@@ -143,9 +143,6 @@ class PendingSender:
             self.dul.send_pdu(EncodedPData(b"".join(self.waiting)))
             self.waiting = []
 
-    def discard(self) -> None:
-        self.waiting = []
-
 
 def _send_data(dul: Any) -> str:
     """DT-1 (PS3.8 9.2): send the P-DATA-TF PDU(s) of the next P-DATA request; stays in Sta6."""

@@ -112,25 +112,20 @@ def handle_find(event: evt.Event, queries: QueryService) -> Iterator[tuple[int |
             return
         direct = dimse.PendingSender.for_event(event)
         for match in matches:
-            if direct is not None and isinstance(match, Encoded):
-                if not direct.add(match):
-                    continue
-                dul.hold_back(event.assoc, event.assoc.dimse_timeout or DEFAULT_HOLD_BACK)
-                if cancelled():
-                    break
-                direct.flush()
-                continue
-            if direct is not None:
+            written = direct is not None and isinstance(match, Encoded)
+            if written and not direct.add(match):
+                continue  # its batch is not full yet
+            if direct is not None and not written:
                 direct.flush()  # answers go out in order, whichever way each goes
             dul.hold_back(event.assoc, event.assoc.dimse_timeout or DEFAULT_HOLD_BACK)
             if cancelled():
                 break
-            yield Status.PENDING, match
-        if direct is not None:
-            if cancelled():
-                direct.discard()
-            else:
+            if written:
                 direct.flush()
+            else:
+                yield Status.PENDING, match
+        if direct is not None and not cancelled():
+            direct.flush()
         if cancelled():
             yield Status.CANCEL, None
     except QueryError as exc:

@@ -10,15 +10,14 @@ STOW-RS body that is not multipart/related of application/dicom.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from fastapi.routing import APIRoute
 
-from pacs.archive.dicomweb import qido, render, wado
-from pacs.archive.dicomweb import cache
+from pacs.archive.dicomweb import cache, qido, render, wado
 from pacs.archive.dicomweb.cache import MetadataCache
 from pacs.archive.dicomweb.dicomjson import dumps
 from pacs.archive.dicomweb.media import (
@@ -27,11 +26,11 @@ from pacs.archive.dicomweb.media import (
     OCTET_STREAM,
     DicomwebError,
     MultipartReader,
-    Part,
     accept,
     in_batches,
     multipart_response,
     require_json,
+    single_part_response,
 )
 from pacs.archive.dicomweb.stow import Stow, boundary_of
 from pacs.archive.store import incoming_dir
@@ -101,10 +100,6 @@ def _warning_header(warnings: list[str]) -> dict[str, str]:
     return {"Warning": ", ".join(f'299 pacs "{t}"' for t in texts)}
 
 
-def _multipart(parts: Iterable[Part], part_type: str) -> StreamingResponse:
-    return multipart_response(parts, part_type)
-
-
 # -- QIDO-RS (PS3.18 10.6) ---------------------------------------------------------------------
 
 def _search(request: Request, services: Services, session: Any, resource: str, *, study: str | None = None,
@@ -160,10 +155,9 @@ def _retrieve(request: Request, services: Services, session: Any, *, study: str,
     if len(items) == 1:  # prepared before the response begins, so a failure is still a status
         part = service.dicom_part(items[0], syntaxes[0])
         if wanted.single_part:
-            headers = {"Content-Length": str(part.size)} if part.size is not None else None
-            return StreamingResponse(in_batches(part.chunks), headers=headers, media_type=part.content_type)
-        return _multipart([part], DICOM)
-    return _multipart(service.dicom_parts(items, syntaxes), DICOM)
+            return single_part_response(part)
+        return multipart_response([part], DICOM)
+    return multipart_response(service.dicom_parts(items, syntaxes), DICOM)
 
 
 def _metadata(request: Request, services: Services, session: Any, *, study: str, series: str | None = None,
@@ -223,7 +217,7 @@ def retrieve_frames(study: str, series: str, instance: str, frames: str, request
     service = wado.Wado(services.db, _areas(services), base_url(request))
     numbers = service.frame_numbers(item, frames)
     media = service.frames_media(item, accept(request.headers.get("accept")))
-    return _multipart(service.frame_parts(item, numbers, media), media)
+    return multipart_response(service.frame_parts(item, numbers, media), media)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag}",
@@ -238,7 +232,7 @@ def retrieve_bulkdata(study: str, series: str, instance: str, tag: str, request:
     [item] = wado.locate(session, _areas(services), study=study, series=series, instance=instance)
     service = wado.Wado(services.db, _areas(services), base_url(request))
     part = service.bulkdata_part(item, tag.upper())
-    return _multipart([part], OCTET_STREAM)
+    return multipart_response([part], OCTET_STREAM)
 
 
 # -- WADO-RS: rendered and thumbnails (PS3.18 10.4.1.1.5, 10.4.1.1.6) --------------------------

@@ -225,6 +225,12 @@ def multipart_response(parts: Iterable[Part], part_type: str) -> StreamingRespon
                              media_type=multipart_type(part_type, boundary))
 
 
+def single_part_response(part: Part) -> StreamingResponse:
+    """One part as the whole body (a bare ``application/dicom``), with its length when known."""
+    headers = {"Content-Length": str(part.size)} if part.size is not None else None
+    return StreamingResponse(in_batches(part.chunks), headers=headers, media_type=part.content_type)
+
+
 def file_chunks(handle: BinaryIO, start: int = 0, length: int | None = None) -> Iterator[bytes]:
     """A file (or a range of it) in chunks of :data:`CHUNK` bytes; closes the file at the end.
     With ``length``, a file that ends before it is an error (a response announced its length)."""
