@@ -380,7 +380,7 @@ if mode == "stages":
         (channel, "apply_mapped"), (service, "upsert_patient"), (service, "_known_identifiers"),
         (service, "_add_identifiers"), (service, "person_name"), (service, "upsert_visit"),
         (service, "apply_order"), (service, "find_order"), (service, "_new_order"),
-        (channel.Channel, "_finish"), (channel, "build_ack"), (channel, "save_result"), (Session, "commit"),
+        (channel.Channel, "_finish"), (channel, "build_ack"), (channel.Channel, "save"), (Session, "commit"),
         (Session, "flush"), (Session, "execute"), (Connection, "execute"), (Connection, "exec_driver_sql"),
         (DefaultDialect, "do_execute"), (DefaultDialect, "do_execute_no_params"), (DefaultDialect, "do_commit"),
     ]:
@@ -660,7 +660,7 @@ STAGE_TREE = [
     (4, "_new_order", "_new_order (INSERT order, steps, event)"),
     (2, "_finish", "ACK and final status (_finish)"),
     (3, "build_ack", "build_ack"),
-    (3, "save_result", "save_result: UPDATE the message row"),
+    (1, "save", "save: the batch's message-row UPDATEs and audit entries"),
     (1, "commit", "Session.commit (one per cycle)"),
 ]
 CROSS_CUTTING = [

@@ -1,5 +1,6 @@
 """Audit entries for what the interface engine applies: one per HL7 v2 message or FHIR request,
-written in the channel's unit of work so it commits with the change it describes.
+written in the channel's unit of work (a batch of messages at a time) so it commits with the
+change it describes.
 
 - patient created or updated (ADT A01/A04/A08 ...): Patient Record (110110), C or U;
 - merge (A40) and identifier change (A47): Patient Record, U, naming the surviving and the prior
@@ -21,7 +22,7 @@ from sqlmodel import Session
 
 from pacs.audit import codes
 from pacs.audit.codes import Action, Outcome
-from pacs.audit.service import Event, record
+from pacs.audit.service import Event, record_all
 
 PROCESSED, ERROR = "PROCESSED", "ERROR"
 
@@ -79,14 +80,19 @@ def event_for(row: Any) -> Event | None:
                  description=description[:2000], details=details)
 
 
-def audit_message(session: Session, row: Any) -> None:
-    """The channel's hook, called before a message's result is saved: never raises."""
-    try:
-        event = event_for(row)
-    except Exception:
-        import logging
+def audit_message(session: Session, rows: list[Any]) -> None:
+    """The channel's hook, called before the results of finished messages are saved (a batch
+    at a time): never raises."""
+    events = []
+    for row in rows:
+        try:
+            event = event_for(row)
+        except Exception:
+            import logging
 
-        logging.getLogger("pacs.audit").exception("message %s not audited", getattr(row, "id", "?"))
-        return
-    if event is not None:
-        record(session, event)
+            logging.getLogger("pacs.audit").exception("message %s not audited", getattr(row, "id", "?"))
+            continue
+        if event is not None:
+            events.append(event)
+    if events:
+        record_all(session, events)

@@ -140,16 +140,18 @@ def _resolve(connection: Connection, event: Event) -> None:
         event.patients.extend(r[0] for r in rows)
 
 
-_INSERT_EVENT = insert(EVENT)
+_INSERT_EVENTS = insert(EVENT).returning(EVENT.c.id, sort_by_parameter_order=True)
 _INSERT_OBJECT = insert(OBJECT)
 
 
 def write(connection: Connection, events: list[Event]) -> None:
-    """Insert ``events`` (and their patients and studies) on ``connection``."""
+    """Insert ``events`` (and their patients and studies) on ``connection``: one statement for
+    the events, one for the objects they name."""
+    rows = []
     for event in events:
         if event.instances or event.fhir or event.resolve_patients:
             _resolve(connection, event)
-        row = {
+        rows.append({
             "recorded_at": event.at,
             "event_id": event.event_id.value,
             "event_type": "\\".join(t.value for t in event.types),
@@ -161,19 +163,24 @@ def write(connection: Connection, events: list[Event]) -> None:
             "target": event.target[:1024],
             "description": event.description[:2000],
             "details": event.details,
-        }
-        try:
-            result = connection.execute(_INSERT_EVENT, row)
-        except (TypeError, ValueError):  # a value JSON does not know (before anything reached the database)
-            row["details"] = json.loads(json.dumps(event.details, default=str))
-            result = connection.execute(_INSERT_EVENT, row)
-        event_id = result.inserted_primary_key[0]  # type: ignore[index]
-        objects = [{"event": event_id, "kind": "patient", "value": v[:256]}
-                   for v in dict.fromkeys(p for p in event.patients if p)]
-        objects += [{"event": event_id, "kind": "study", "value": v[:128]}
-                    for v in dict.fromkeys(s for s in event.studies if s)]
-        if objects:
-            connection.execute(_INSERT_OBJECT, objects[:MAX_OBJECTS])
+        })
+    if not rows:
+        return
+    try:
+        ids = connection.execute(_INSERT_EVENTS, rows).scalars().all()
+    except (TypeError, ValueError):  # a value JSON does not know (before anything reached the database)
+        for row in rows:
+            row["details"] = json.loads(json.dumps(row["details"], default=str))
+        ids = connection.execute(_INSERT_EVENTS, rows).scalars().all()
+    objects: list[dict[str, Any]] = []
+    for event_id, event in zip(ids, events, strict=True):
+        named = [{"event": event_id, "kind": "patient", "value": v[:256]}
+                 for v in dict.fromkeys(p for p in event.patients if p)]
+        named += [{"event": event_id, "kind": "study", "value": v[:128]}
+                  for v in dict.fromkeys(s for s in event.studies if s)]
+        objects += named[:MAX_OBJECTS]
+    if objects:
+        connection.execute(_INSERT_OBJECT, objects)
 
 
 def record(session: Session | Connection, event: Event) -> bool:
@@ -181,16 +188,22 @@ def record(session: Session | Connection, event: Event) -> bool:
 
     Under a savepoint: a fault in auditing is logged and rolled back alone, and the caller's
     transaction goes on. Returns whether the event was written."""
+    return record_all(session, [event])
+
+
+def record_all(session: Session | Connection, events: list[Event]) -> bool:
+    """:func:`record` for several events at once, under one savepoint."""
     connection = session.connection() if isinstance(session, Session) else session
+    what = ", ".join(sorted({f"{e.event_id.meaning} {e.action}" for e in events}))
     try:
         connection.exec_driver_sql("SAVEPOINT audit")
     except Exception:
-        log.exception("cannot audit %s %s: no savepoint", event.event_id.meaning, event.action)
+        log.exception("cannot audit %s: no savepoint", what)
         return False
     try:
-        write(connection, [event])
+        write(connection, events)
     except Exception:
-        log.exception("audit entry %s %s not written", event.event_id.meaning, event.action)
+        log.exception("audit entries %s not written", what)
         try:
             connection.exec_driver_sql("ROLLBACK TO SAVEPOINT audit")
             connection.exec_driver_sql("RELEASE SAVEPOINT audit")
@@ -199,8 +212,6 @@ def record(session: Session | Connection, event: Event) -> bool:
         return False
     connection.exec_driver_sql("RELEASE SAVEPOINT audit")
     return True
-
-
 
 
 class Auditor:

@@ -36,7 +36,7 @@ from pacs.integration.ack import (
 )
 from pacs.integration.hl7v2 import Address
 from pacs.integration.mapping import SUPPORTED_MESSAGE_CODES, Filtered, MappingHolder, Mappings, map_hl7
-from pacs.integration.message_store import AppliedIndex, MessageRow, Stage, Status, find_processed, save_result
+from pacs.integration.message_store import AppliedIndex, MessageRow, Stage, Status, find_processed, save_results
 from pacs.registry import lifecycle, service
 from pacs.registry.models import VisitStatus
 from pacs.registry.schemas import Action, Mapped
@@ -131,7 +131,7 @@ class Channel:
         self.settings = settings
         self.mappings = mappings
         self.notify = notify
-        self.audit: Any = None  # called with (session, row) before a result is saved (the audit log)
+        self.audit: Any = None  # called with (session, rows) before their results are saved (the audit log)
 
     # -- 1. receive ----------------------------------------------------------------------------
     def receive(self, inbound: Inbound) -> MessageRow:
@@ -157,10 +157,12 @@ class Channel:
 
     # -- 2 to 5 --------------------------------------------------------------------------------
     def process(self, session: Session, row: MessageRow, inbound: Inbound,
-                applied: AppliedIndex | None = None) -> Outcome:
+                applied: AppliedIndex | None = None, finished: list[MessageRow] | None = None) -> Outcome:
         """Parse, filter, map and apply ``row`` (already stored). Never raises for bad input.
 
-        ``applied`` answers the duplicate check for a batch (else it is one SELECT)."""
+        ``applied`` answers the duplicate check for a batch (else it is one SELECT). With
+        ``finished``, the row's result and audit entry are left there for the caller to
+        :meth:`save` with the rest of its batch, in the same transaction; else they are saved now."""
         _forget_instances(session)
         if is_fhir(row):
             from pacs.integration import fhir_intake
@@ -183,7 +185,7 @@ class Channel:
             if duplicate is not None:
                 row.status, row.error = Status.FILTERED, f"duplicate of message {duplicate.id}; not applied again"
                 row.ack_code, row.response = duplicate.ack_code, duplicate.response
-                return self._finish(session, row, header, None, duplicate.response)
+                return self._finish(session, row, header, None, finished, duplicate.response)
             mapped, sources = map_hl7(message, mappings)
             row.stage, row.status = Stage.MAPPED, Status.TRANSFORMED
             row.mapped = mapped.model_dump(mode="json", exclude_none=True)
@@ -197,19 +199,19 @@ class Channel:
             except service.RegistryError as exc:
                 raise MessageError.content(REGISTRY_ERRORS[exc.problem], sources.get(exc.target), exc.text) from None
             row.stage, row.status = Stage.APPLIED, Status.PROCESSED
-            return self._finish(session, row, header, None, mapped=mapped)
+            return self._finish(session, row, header, None, finished, mapped=mapped)
         except Filtered as exc:
             row.status, row.error = Status.FILTERED, str(exc)
-            return self._finish(session, row, header, None)
+            return self._finish(session, row, header, None, finished)
         except MessageError as exc:
             row.status, row.error = Status.ERROR, str(exc)
-            return self._finish(session, row, header, exc)
+            return self._finish(session, row, header, exc, finished)
         except Exception as exc:  # a fault of ours: keep the message for reprocessing, say so
             log.exception("message %s failed", row.id)
             error = MessageError.content(ErrorCode.APPLICATION_INTERNAL_ERROR, None,
                                          f"internal error, message kept for reprocessing: {exc}")
             row.status, row.error = Status.ERROR, str(error)
-            return self._finish(session, row, header, error)
+            return self._finish(session, row, header, error, finished)
 
     def context(self, row: MessageRow, mappings: Mappings) -> service.Context:
         who = f"{row.sending_application}/{row.sending_facility}".strip("/") or row.peer or row.source
@@ -260,8 +262,17 @@ class Channel:
             _validate_strictly(text, message)
         return message
 
+    def save(self, session: Session, rows: list[MessageRow]) -> None:
+        """Write the results of finished messages and their audit entries (a few statements for
+        a whole batch, not a few per message); they commit with the messages' effects."""
+        if rows:
+            if self.audit is not None:
+                self.audit(session, rows)
+            save_results(session, rows)
+
     def _finish(self, session: Session, row: MessageRow, header: Header, error: MessageError | None,
-                response: str | None = None, mapped: Mapped | None = None) -> Outcome:
+                finished: list[MessageRow] | None, response: str | None = None,
+                mapped: Mapped | None = None) -> Outcome:
         if response is None:
             ack = AckCode.ACCEPT if error is None else error.ack
             response = build_ack(header, ack, application=self.settings.hl7.application,
@@ -269,9 +280,10 @@ class Channel:
             row.ack_code = ack.value
             row.response = response
         row.processed_at = utcnow()
-        if self.audit is not None:
-            self.audit(session, row)
-        save_result(session, row)
+        if finished is not None:
+            finished.append(row)
+        else:
+            self.save(session, [row])
         charset = row.charset if mllp.python_codec(row.charset or "") else "ASCII"
         return Outcome(
             message_id=row.id,

@@ -36,7 +36,7 @@ from pacs.integration.mapping import (
     Sourced,
     enrich,
 )
-from pacs.integration.message_store import MessageRow, Stage, Status, save_result
+from pacs.integration.message_store import MessageRow, Stage, Status
 from pacs.registry import service
 from pacs.registry.models import Patient
 from pacs.registry.schemas import Action, IdentifierIn, Mapped, OrderAction, OrderIn, PatientIn, StepIn, VisitIn
@@ -418,9 +418,7 @@ def process(channel: Any, session: Session, row: MessageRow) -> Any:
         row.response = json.dumps({"resourceType": "OperationOutcome", "issue": [
             {"severity": "error", "code": "exception", "diagnostics": error.text}]})
     row.processed_at = utcnow()
-    if channel.audit is not None:
-        channel.audit(session, row)
-    save_result(session, row)
+    channel.save(session, [row])
     return Outcome(message_id=row.id, status=Status(row.status), ack_code=row.ack_code,
                    response=row.response.encode(), error=error, applied=row.applied)
 

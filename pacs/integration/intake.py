@@ -4,7 +4,8 @@ Front ends (the MLLP listener, the FHIR intake, ``reprocess``) submit messages a
 outcome. The worker takes whatever is queued (up to ``hl7.batch_max``) as one batch:
 
 1. store every raw message and **commit** (the raw content is durable before parsing);
-2. process each through the channel under its own savepoint, then **commit** again;
+2. process each through the channel under its own savepoint, write the batch's results and
+   audit entries together, then **commit** again;
 3. only then hand back the outcomes, so every ACK describes what is on disk.
 
 The two commits are pipelined: the commit that makes one batch's effects durable also stores the
@@ -26,7 +27,7 @@ from sqlmodel import Session, col, select
 from pacs import batching
 from pacs.db import Database
 from pacs.integration.channel import Channel, Inbound, Outcome
-from pacs.integration.message_store import AppliedIndex, Status, StoredMessage, load_row, store_raw
+from pacs.integration.message_store import AppliedIndex, MessageRow, Status, StoredMessage, load_row, store_raw
 
 log = logging.getLogger(__name__)
 
@@ -144,11 +145,13 @@ class Intake:
         try:
             outcomes: list[Outcome] = []
             applied = AppliedIndex(session, rows)
+            finished: list[MessageRow] = []
             for (inbound, _), row in zip(batch, rows, strict=True):
-                outcome = self.channel.process(session, row, inbound, applied)
+                outcome = self.channel.process(session, row, inbound, applied, finished)
                 if outcome.status == Status.PROCESSED:
                     applied.add(row)
                 outcomes.append(outcome)
+            self.channel.save(session, finished)
         except Exception as exc:
             session.close()  # rolls back: the raw messages stay stored, RECEIVED, for recovery
             _fail(batch, exc)

@@ -75,7 +75,7 @@ MESSAGE: Table = StoredMessage.__table__  # type: ignore[attr-defined]
 class MessageRow:
     """A message on its way through the channel: the columns of its :class:`StoredMessage` row,
     held in a plain object and written with one INSERT when it arrives (:func:`store_raw`) and
-    one UPDATE when it is done (:func:`save_result`)."""
+    one UPDATE when it is done (:func:`save_results`)."""
 
     raw: bytes
     source: str = "mllp"
@@ -132,11 +132,12 @@ def store_raw(session: Session, rows: list[MessageRow]) -> None:
         row.id = row_id
 
 
-def save_result(session: Session, row: MessageRow) -> None:
-    """UPDATE the stored message with what processing made of it (status, stages, response)."""
-    values = {name: getattr(row, name) for name in RESULT_COLUMNS}
-    values["row_id"] = row.id
-    session.connection().execute(_SAVE_RESULT, values)
+def save_results(session: Session, rows: list[MessageRow]) -> None:
+    """UPDATE the stored messages with what processing made of them (status, stages, response):
+    one statement, executed for every row (a batch's results are written together)."""
+    if rows:
+        session.connection().execute(_SAVE_RESULT, [
+            {**{name: getattr(row, name) for name in RESULT_COLUMNS}, "row_id": row.id} for row in rows])
 
 
 def load_row(session: Session, message_id: int) -> MessageRow:

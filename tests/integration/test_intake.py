@@ -126,3 +126,26 @@ def test_the_worker_goes_on_after_a_failed_cycle_on_a_fresh_connection(server, m
     assert outcome.ack_code == "AA"
     assert failures[0].invalidated or failures[0].closed  # the kept connection was let go
     assert count(server.db, ImagingOrder) == 1
+
+
+def test_a_batch_saves_each_message_result_and_audit_entry(server):
+    """The results and audit entries of a batch are written together, each still its own: one
+    entry per message, naming its message, patient and outcome."""
+    from pacs.audit.tables import AuditEvent, AuditObject
+
+    messages = [load("adt_a01_ihe.hl7"), _order_groups(["NW", "CA", "XO"]), _order_groups(["NW"], "ORM0009")]
+    outcomes = one_batch(server, messages)
+    assert [o.ack_code for o in outcomes] == ["AA", "AE", "AA"]
+    with Session(server.db.engine) as session:
+        rows = session.exec(select(StoredMessage).order_by(col(StoredMessage.id))).all()
+        events = session.exec(select(AuditEvent).order_by(col(AuditEvent.id))).all()
+        named = {(o.event, o.kind, o.value) for o in session.exec(select(AuditObject))}
+    assert [r.status for r in rows] == [Status.PROCESSED, Status.ERROR, Status.PROCESSED]
+    assert all(r.processed_at is not None and r.response for r in rows)
+    assert [r.ack_code for r in rows] == ["AA", "AE", "AA"]
+    by_message = {e.details["message"]: e for e in events if "message" in (e.details or {})}
+    assert sorted(by_message) == [r.id for r in rows]
+    for row in rows:
+        event = by_message[row.id]
+        assert event.outcome == (0 if row.status == Status.PROCESSED else 4)
+        assert (event.id, "patient", row.patient_id) in named and row.patient_id
