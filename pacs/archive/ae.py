@@ -27,7 +27,7 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from pacs.archive import dimse, dul, encoding, handlers
+from pacs.archive import dimse, dul, encoding, handlers, spool
 from pacs.archive.commitment import Commitment
 from pacs.archive.mpps import MPPSService
 from pacs.archive.query_service import QueryService
@@ -74,6 +74,7 @@ def make_ae(settings: Settings) -> ArchiveAE:
     encoding.install()  # worklist answers skip pydicom's writer
     dul.install()  # a C-CANCEL is read while answers stream
     dimse.install()  # pending C-FIND responses without pydicom's command-set writer
+    spool.install()  # received objects hashed as they are spooled
     ae = ArchiveAE(ae_title=settings.ae_title)
     ae.maximum_associations = settings.dicom.max_associations
     ae.network_timeout = settings.dicom.network_timeout_seconds

@@ -22,7 +22,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from pacs.archive import dimse, dul
+from pacs.archive import dimse, dul, spool
 from pacs.archive.commitment import Commitment
 from pacs.archive.encoding import Encoded
 from pacs.archive.mpps import MPPSService
@@ -86,6 +86,7 @@ def handle_store(event: evt.Event, archive: Archive) -> int | Dataset:
         sop_class=event.context.abstract_syntax,
         sop_instance=event.request.AffectedSOPInstanceUID,
         move=True,
+        received=spool.checksum_of(event.request),
     )
     if result.status == Status.SUCCESS:
         return int(Status.SUCCESS)

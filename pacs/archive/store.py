@@ -108,6 +108,14 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
+def _known_checksum(path: Path, received: tuple[str, int] | None) -> str | None:
+    """The checksum hashed on arrival, if it describes the file as it is now."""
+    if received is None:
+        return None
+    checksum, size = received
+    return checksum if path.stat().st_size == size else None
+
+
 def read_header(path: Path) -> Dataset:
     """The object's attributes without its bulk data; refuses objects that are not whole."""
     size = path.stat().st_size
@@ -240,8 +248,13 @@ class Archive:
 
     # -- store() ------------------------------------------------------------------------------
     def store(self, path: Path, *, calling_ae: str = "", sop_class: str | None = None,
-              sop_instance: str | None = None, move: bool = False) -> StoreResult:
-        """Archive the Part 10 file at ``path`` (moved into the storage area when ``move``)."""
+              sop_instance: str | None = None, move: bool = False,
+              received: tuple[str, int] | None = None) -> StoreResult:
+        """Archive the Part 10 file at ``path`` (moved into the storage area when ``move``).
+
+        ``received`` is the SHA-256 and size of the file as it was written on arrival
+        (:mod:`pacs.archive.spool`); an area that renames the file into place takes it instead of
+        reading the file back."""
         try:
             header = read_header(path)
             check_identity(header, sop_class=sop_class, sop_instance=sop_instance)
@@ -258,7 +271,7 @@ class Archive:
                       self.min_free_bytes, uid)
             return StoreResult(Outcome.STORAGE_FULL, OUT_OF_RESOURCES, "storage is full")
         try:
-            stored = self.area.put_file(path, move=move)
+            stored = self.area.put_file(path, move=move, checksum=_known_checksum(path, received))
         except StorageFull as exc:
             log.error("storage area %s is full: %s", self.area.name, exc)
             return StoreResult(Outcome.STORAGE_FULL, OUT_OF_RESOURCES, "storage is full")

@@ -66,6 +66,29 @@ def test_objects_are_kept_exactly_as_received(server, tmp_path):
 
 
 @needs_dcmtk
+def test_received_objects_are_hashed_as_they_arrive(server, tmp_path, monkeypatch):
+    """The SHA-256 the index keeps of each object received by C-STORE is the stored file's, and
+    comes from the bytes as they arrived: no stored file is read back to hash it."""
+    import hashlib
+
+    from pacs.archive import storage
+
+    read_back: list[Path] = []
+    original = storage.sha256_file
+    monkeypatch.setattr(storage, "sha256_file", lambda path: read_back.append(path) or original(path))
+    corpus = build(tmp_path / "corpus")
+    result = storescu(server.dicom_port, corpus)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert read_back == []
+    with Session(server.db.engine) as session:
+        rows = session.exec(select(Instance.sop_instance_uid, Instance.checksum, InstanceFile.checksum)
+                            .join(InstanceFile, InstanceFile.instance == Instance.id)).all()
+    assert len(rows) == len(corpus)
+    for uid, checksum, file_checksum in rows:
+        assert checksum == file_checksum == hashlib.sha256(stored_path(server, uid).read_bytes()).hexdigest()
+
+
+@needs_dcmtk
 def test_same_instance_twice_is_ignored_with_a_warning(server, tmp_path):
     corpus = build(tmp_path / "corpus", [("CT_small.dcm", "")])
     assert storescu(server.dicom_port, corpus).returncode == 0

@@ -46,8 +46,10 @@ def sha256_file(path: Path) -> str:
 class StorageArea(Protocol):
     name: str
 
-    def put_file(self, source: Path, *, move: bool = False) -> Stored:
-        """Store the file at ``source`` (moving it when allowed) under a new key, durably."""
+    def put_file(self, source: Path, *, move: bool = False, checksum: str | None = None) -> Stored:
+        """Store the file at ``source`` (moving it when allowed) under a new key, durably.
+        ``checksum``, the SHA-256 of ``source`` when the caller knows it, spares reading back a
+        file that is renamed into place; a copy is always hashed as written."""
 
     def put_bytes(self, data: bytes) -> Stored: ...
 
@@ -98,15 +100,17 @@ class FilesystemArea:
     def local_path(self, key: str) -> Path | None:
         return self.path(key)
 
-    def put_file(self, source: Path, *, move: bool = False) -> Stored:
+    def put_file(self, source: Path, *, move: bool = False, checksum: str | None = None) -> Stored:
         key = new_key()
         target = self.path(key)
+        renamed = False
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             if move and source.stat().st_dev == self.root.stat().st_dev:
                 with source.open("rb+") as handle:
                     os.fsync(handle.fileno())
                 os.replace(source, target)
+                renamed = True
             else:
                 staging = self.incoming / key
                 shutil.copyfile(source, staging)
@@ -118,7 +122,7 @@ class FilesystemArea:
             if exc.errno == 28:  # ENOSPC
                 raise StorageFull(exc.errno, f"storage area {self.name} is full") from exc
             raise
-        return Stored(key, target.stat().st_size, sha256_file(target))
+        return Stored(key, target.stat().st_size, checksum if renamed and checksum else sha256_file(target))
 
     def put_bytes(self, data: bytes) -> Stored:
         key = new_key()
