@@ -338,12 +338,20 @@ def tail(path: Path, lines: int = 25) -> str:
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and all its threads (from /proc), 0 where unavailable."""
+    """User + system CPU of a process, all its threads and the processes it started (the DICOM
+    receivers of ``[dicom] processes``), from /proc; 0 where unavailable."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children: list[str] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children += (task / "children").read_text().split()
+        except OSError:
+            pass
+    return own + sum(process_cpu_seconds(int(child)) for child in children)
 
 
 def nodelay_env() -> dict[str, str]:
@@ -531,6 +539,7 @@ class OurServer:
     ae_title: str = OUR_AE
     changes: str = ""  # what-if changes applied by the bootstrap (see VARIANTS)
     tag: str = ""  # tells apart the logs of processes sharing a data folder
+    processes: int = 1  # [dicom] processes: receivers sharing the DICOM port
 
     @property
     def log(self) -> Path:
@@ -568,6 +577,7 @@ class OurServer:
             self.command_line = command
         env = nodelay_env()
         env["PACS_LOG_LEVEL"] = "WARNING"
+        env["PACS_DICOM__PROCESSES"] = str(self.processes)
         if self.database_url:
             env["PACS_DATABASE_URL"] = self.database_url
         with self.log.open("wb") as log:
@@ -1264,6 +1274,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="300 instances, a 100,000-row index and 100 queries (a couple of minutes)")
     parser.add_argument("--no-orthanc", action="store_true", help="measure only this archive")
+    parser.add_argument("--dicom-processes", type=int, default=os.cpu_count() or 1,
+                        help="our [dicom] processes: processes serving the DICOM port (default: the CPU count, "
+                             "as Orthanc's threads use every core; 1 = a single process)")
     parser.add_argument("--profile", nargs="?", const="stages", choices=["stages", "cprofile"],
                         help="one more one-association ingest with our server instrumented: stages (timers on "
                              "store()'s steps, fsync, index writer, PDU reading; default) or cprofile (every "
@@ -1386,6 +1399,8 @@ def main(argv: list[str] | None = None) -> int:
               f"warm-up study first")
         print("every server and storescu runs with TCP_NODELAY=1; storescu -nh +sd +sp '*.dcm', one process per "
               "association, the corpus split in contiguous parts")
+        print(f"ours: [dicom] processes = {args.dicom_processes} (processes serving the DICOM port; server CPU "
+              f"counts them all)")
 
         def start(target: Any) -> Any:
             running.append(target)
@@ -1410,7 +1425,8 @@ def main(argv: list[str] | None = None) -> int:
             orthanc_config_shown = False
             for round_number, associations in [(r, a) for r in range(args.rounds) for a in args.association_counts]:
                 first = round_number == 0 and associations == args.association_counts[0]
-                ours = start(OurServer(scratch / f"ours-{associations}", databases.new(f"a{associations}")))
+                ours = start(OurServer(scratch / f"ours-{associations}", databases.new(f"a{associations}"),
+                                       processes=args.dicom_processes))
                 warm_up(ours, corpus, scratch / "warmup.log")
                 result = send(ours, corpus, associations, scratch / f"ours-{associations}.storescu.log",
                               corpus.warmup_count + len(corpus.files))
@@ -1451,7 +1467,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\nlarge index: {args.index_instances:,} instance rows ({studies:,} "
                       f"studies x {args.index_per_study}, 2 series each) written with SQLAlchemy Core into a fresh "
                       f"archive's database ...", flush=True)
-                big = OurServer(scratch / "ours-1m", databases.new("big"))
+                big = OurServer(scratch / "ours-1m", databases.new("big"), processes=args.dicom_processes)
                 big.data_dir.mkdir(parents=True)
                 patients = max(1, args.index_instances // args.index_per_study // 2)
                 bulk_ids, bulk_seconds = bulk_index(big.url, instances=args.index_instances,

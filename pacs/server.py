@@ -20,6 +20,7 @@ from pacs import housekeeping
 from pacs.archive import commitment, ian
 from pacs.archive.retention import Retention
 from pacs.archive.mpps import MPPSService
+from pacs.archive.receivers import Receivers
 from pacs.archive.storage.manager import StorageManager
 from pacs.archive.store import Archive, DuplicatePolicy, tidy_incoming
 from pacs.archive.query_service import QueryService
@@ -59,7 +60,9 @@ class Services:
     housekeeping: Housekeeping | None = None
 
     @classmethod
-    def build(cls, settings: Settings, *, migrate: bool = True) -> Services:
+    def build(cls, settings: Settings, *, migrate: bool = True, receiver: bool = False) -> Services:
+        """The services of ``pacs serve``; with ``receiver``, those of a DICOM receiver process
+        (:mod:`pacs.archive.receivers`), which leaves the incoming folder to the main process."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.effective_database_url)
         if migrate:
@@ -83,7 +86,8 @@ class Services:
         storage = StorageManager.from_settings(settings, db)
         storage.prepare_areas()
         area = storage.areas[storage.write[0]]
-        tidy_incoming(area)
+        if not receiver:
+            tidy_incoming(area)  # a receiver starts while the main process receives into it
         archive = Archive(db, area, mappings, duplicates=DuplicatePolicy(settings.archive.duplicates), notify=notify,
                           min_free_bytes=settings.archive.min_free_bytes)
         storage.attach(archive)
@@ -146,8 +150,12 @@ class Server:
         from pacs.archive.ae import DicomServer
 
         self._dicom = DicomServer(settings, services.queries, services.mpps, services.archive, audit=services.audit)
-        await asyncio.to_thread(self._dicom.start, settings.host, settings.dicom_port)
+        shared = settings.dicom.processes > 1
+        await asyncio.to_thread(self._dicom.start, settings.host, settings.dicom_port, share_port=shared)
         self.dicom_port = self._dicom.port
+        self._receivers = Receivers(settings, self.dicom_port)
+        if shared:
+            await asyncio.to_thread(self._receivers.start)
 
         self._mllp = MLLPServer(settings, services.intake)
         await self._mllp.start(settings.host, settings.mllp_port)
@@ -176,6 +184,7 @@ class Server:
         """Stop accepting, finish the messages in flight, close the database."""
         log.info("stopping: no new connections; finishing messages in flight")
         await self._mllp.stop()
+        await asyncio.to_thread(self._receivers.stop)
         await asyncio.to_thread(self._dicom.stop)
         self._http.should_exit = True
         for task in self._tasks:
@@ -207,11 +216,11 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT."""
     server = Server(settings)
-    await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in (signal.SIGTERM, signal.SIGINT):  # a stop asked for while starting waits for the start
         loop.add_signal_handler(signum, stop.set)
+    await server.start()
     print(f"pacs: serving DICOM {settings.ae_title} on {server.dicom_port}, MLLP on {server.mllp_port}, "
           f"HTTP on {server.http_port}; "
           f"data in {settings.data_dir}", flush=True)

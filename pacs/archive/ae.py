@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import tempfile
+import threading
 from typing import Any
 
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
@@ -130,6 +131,15 @@ class SharedContexts(list):  # type: ignore[type-arg]
         return list(self)
 
 
+class SharedPortServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server on a port other processes may listen on too (SO_REUSEPORT):
+    the kernel spreads new connections over the listeners."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
 class DicomServer:
     """The AE listening in its own threads (pynetdicom's threaded server)."""
 
@@ -158,9 +168,15 @@ class DicomServer:
         assert self._server is not None
         return int(self._server.server_address[1])
 
-    def start(self, host: str, port: int) -> None:
-        self._server = self.ae.start_server((host, port), block=False, evt_handlers=self._handlers)
-        self._server.contexts = SharedContexts(self._server.contexts)
+    def start(self, host: str, port: int, *, share_port: bool = False) -> None:
+        """Listen (in pynetdicom's acceptor thread); ``share_port`` lets other processes listen
+        on the same port (SO_REUSEPORT, :mod:`pacs.archive.receivers`)."""
+        server = self.ae.make_server((host, port), evt_handlers=self._handlers,
+                                     server_class=SharedPortServer if share_port else ThreadedAssociationServer)
+        server.contexts = SharedContexts(server.contexts)
+        threading.Thread(target=server.serve_forever, name=f"dicom-acceptor-{port}", daemon=True).start()
+        self.ae._servers.append(server)
+        self._server = server
         log.info("DICOM %s listening on %s:%d", self.settings.ae_title, host, self.port)
 
     def stop(self) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pydicom
@@ -42,6 +41,23 @@ def make_instances(folder: Path) -> dict[str, Path]:
     return out
 
 
+def assert_kept(database_url: str, storage: Path, acknowledged: list[str], files: dict[str, Path]) -> list[str]:
+    """Every acknowledged instance indexed, its file holding the bytes sent; the UIDs indexed."""
+    db = Database(database_url)
+    try:
+        with Session(db.engine) as session:
+            for uid in acknowledged:
+                key = session.exec(select(InstanceFile.key).join(Instance, Instance.id == InstanceFile.instance)
+                                   .where(Instance.sop_instance_uid == uid)).first()
+                assert key is not None, f"{uid} was acknowledged but is not indexed"
+                assert dataset_bytes(storage / key[:2] / key[2:4] / key) == dataset_bytes(files[uid])
+            indexed = list(session.exec(select(Instance.sop_instance_uid)).all())
+    finally:
+        db.dispose()
+    assert set(acknowledged) <= set(indexed)
+    return indexed
+
+
 @needs_dcmtk
 def test_sigkill_during_storescu(tmp_path, database_url):
     files = make_instances(tmp_path / "in")
@@ -67,17 +83,8 @@ def test_sigkill_during_storescu(tmp_path, database_url):
 
     restarted = ServeProcess(tmp_path / "data", database_url, PACS_ARCHIVE__MIN_FREE_BYTES="0").start()
     try:
-        db = Database(database_url)
         storage = tmp_path / "data" / "storage"
-        with Session(db.engine) as session:
-            for uid in acknowledged:
-                row = session.exec(select(InstanceFile.key).join(Instance, Instance.id == InstanceFile.instance)
-                                   .where(Instance.sop_instance_uid == uid)).first()
-                assert row is not None, f"{uid} was acknowledged but is not indexed"
-                assert dataset_bytes(storage / row[:2] / row[2:4] / row) == dataset_bytes(files[uid])
-            indexed = session.exec(select(Instance.sop_instance_uid)).all()
-        db.dispose()
-        assert set(acknowledged) <= set(indexed)
+        indexed = assert_kept(database_url, storage, acknowledged, files)
         assert list((storage / ".incoming").iterdir()) == []  # leftovers of the kill are gone
         # and the archive takes the rest
         rest = [str(files[uid]) for uid in files if uid not in set(indexed)]

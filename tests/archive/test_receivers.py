@@ -1,0 +1,197 @@
+"""``[dicom] processes``: receiver processes share the DICOM port with ``pacs serve``.
+
+Associations arriving together are served by different processes (the kernel spreads them over
+the listeners, SO_REUSEPORT); objects of one study sent over several associations at once end up
+in one study, every one kept byte for byte; the receivers stop with the server, die with it when
+it is killed, and nothing they acknowledged is lost."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage, Verification
+from sqlmodel import Session, func, select
+
+from pacs.archive.index import Instance, InstanceFile, Series, Study
+from pacs.db import Database
+from tests.archive.corpus import dataset_bytes
+from tests.archive.test_durability import COUNT, assert_kept, make_instances
+from tests.dicom import needs_dcmtk
+from tests.process import ServeProcess
+
+ENV = {"PACS_DICOM__PROCESSES": "2", "PACS_ARCHIVE__MIN_FREE_BYTES": "0"}
+
+
+def receivers(parent: int) -> list[int]:
+    """The receiver processes ``pacs serve`` started (multiprocessing's spawned interpreters)."""
+    found = []
+    for task in Path(f"/proc/{parent}/task").glob("*"):
+        for child in (task / "children").read_text().split():
+            try:
+                command = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"spawn_main" in command:
+                found.append(int(child))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def serving_process(server_port: int, client_port: int, candidates: list[int]) -> int | None:
+    """Which of ``candidates`` holds the server end of the TCP connection from ``client_port``."""
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1], fields[2]
+        if int(local.split(":")[1], 16) == server_port and int(remote.split(":")[1], 16) == client_port:
+            inode = fields[9]
+    if inode is None:
+        return None
+    for pid in candidates:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+def test_associations_are_spread_over_the_processes_and_every_object_is_kept(tmp_path, database_url):
+    files = make_instances(tmp_path / "in")  # one study, one series
+    server = ServeProcess(tmp_path / "data", database_url, **ENV).start()
+    try:
+        children = receivers(server.proc.pid)
+        assert len(children) == 1 and alive(children[0])
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        ae.add_requested_context(Verification)
+        associations = [ae.associate("127.0.0.1", server.dicom_port, ae_title="PACS") for _ in range(16)]
+        assert all(a.is_established for a in associations)
+        served_by = [serving_process(server.dicom_port, a.dul.socket.socket.getsockname()[1],
+                                     [server.proc.pid, *children]) for a in associations]
+        assert set(served_by) == {server.proc.pid, children[0]}, served_by  # 16 connections: both serve
+
+        paths = list(files.values())
+        statuses: list[int] = []
+
+        def send(assoc, part):  # type: ignore[no-untyped-def]
+            for path in part:
+                statuses.append(int(assoc.send_c_store(path).Status))
+            assert int(assoc.send_c_echo().Status) == 0
+            assoc.release()
+
+        threads = [threading.Thread(target=send, args=(a, paths[i::16])) for i, a in enumerate(associations)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert statuses == [0] * len(paths)
+
+        db = Database(database_url)
+        with Session(db.engine) as session:
+            assert session.exec(select(func.count()).select_from(Study)).one() == 1  # one study, whoever filed first
+            assert session.exec(select(func.count()).select_from(Series)).one() == 1
+            study = session.exec(select(Study)).one()
+            assert study.number_of_instances == len(files)
+            rows = session.exec(select(Instance.sop_instance_uid, InstanceFile.key)
+                                .join(InstanceFile, InstanceFile.instance == Instance.id)).all()
+        db.dispose()
+        storage = tmp_path / "data" / "storage"
+        assert {uid for uid, _ in rows} == set(files)
+        for uid, key in rows:
+            assert dataset_bytes(storage / key[:2] / key[2:4] / key) == dataset_bytes(files[uid])
+        assert list((storage / ".incoming").iterdir()) == []
+    finally:
+        assert server.terminate() == 0
+    assert not any(alive(pid) for pid in children)  # stopped with the server
+
+
+@needs_dcmtk
+def test_nothing_acknowledged_by_any_process_is_lost_when_the_server_is_killed(tmp_path, database_url):
+    files = make_instances(tmp_path / "in")
+    by_path = {str(p): uid for uid, p in files.items()}
+    ordered = sorted(by_path)
+    server = ServeProcess(tmp_path / "data", database_url, **ENV).start()
+    children = receivers(server.proc.pid)
+    assert len(children) == 1
+    senders = [subprocess.Popen(["storescu", "-v", "-aec", "PACS", "127.0.0.1", str(server.dicom_port), *part],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "TCP_NODELAY": "1"})
+               for part in (ordered[i::4] for i in range(4))]
+    acknowledged: list[str] = []
+    lock = threading.Lock()
+    killed = threading.Event()
+
+    def read(sender: subprocess.Popen[str]) -> None:
+        current = None
+        assert sender.stdout is not None
+        for line in sender.stdout:
+            if "Sending file:" in line:
+                current = line.split("Sending file:", 1)[1].strip()
+            elif "Received Store Response (Success)" in line and current:
+                with lock:
+                    acknowledged.append(by_path[current])
+                    if len(acknowledged) >= COUNT // 3 and not killed.is_set():
+                        killed.set()
+                        server.kill()  # mid-stream, objects in flight in both processes
+
+    readers = [threading.Thread(target=read, args=(s,)) for s in senders]
+    for thread in readers:
+        thread.start()
+    for thread in readers:
+        thread.join(120)
+    for sender in senders:
+        sender.wait(60)
+    assert killed.is_set() and COUNT // 3 <= len(acknowledged) < COUNT
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in children)  # the receiver died with the server
+
+    restarted = ServeProcess(tmp_path / "data", database_url, **ENV)
+    restarted.dicom_port = server.dicom_port  # the same port again: nothing holds it
+    restarted.start()
+    try:
+        assert_kept(database_url, tmp_path / "data" / "storage", acknowledged, files)
+    finally:
+        assert restarted.terminate() == 0
+
+
+def test_a_receiver_that_cannot_listen_stops_the_start(tmp_path, database_url):
+    """Another program on the DICOM port without SO_REUSEPORT: the server says so and exits."""
+    import socket
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    try:
+        server = ServeProcess(tmp_path / "data", database_url, **ENV)
+        server.dicom_port = blocker.getsockname()[1]
+        with pytest.raises(RuntimeError, match="exited"):
+            server.start(timeout=60)
+        assert "Address already in use" in server.log.read_text()
+    finally:
+        blocker.close()
+
+
+def test_one_process_by_default(tmp_path, database_url):
+    server = ServeProcess(tmp_path / "data", database_url, PACS_ARCHIVE__MIN_FREE_BYTES="0").start()
+    try:
+        assert receivers(server.proc.pid) == []
+    finally:
+        assert server.terminate() == 0
