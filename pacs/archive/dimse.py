@@ -1,14 +1,16 @@
-"""C-FIND pending responses (PS3.7 9.3.2.2) sent without pydicom building their command set, and
-several at a time.
+"""C-FIND pending responses (PS3.7 9.3.2.2) and C-STORE responses (PS3.7 9.3.1.2) sent without
+pydicom building their command set; C-FIND answers several at a time.
 
 pynetdicom turns every response it sends into a pydicom Dataset of command elements and writes
 it with pydicom's writer: about a third of a millisecond each, most of what a worklist answer of
 thirty steps costs the server. A pending C-FIND-RSP always has the same five command elements,
 so :func:`install` lets the DIMSE provider write them directly, in the Implicit VR Little Endian
 encoding command sets always use (PS3.7 6.3.1), and send command and identifier as the two PDV
-items of one P-DATA-TF PDU where they fit (PS3.8 9.3.5, E.2). Anything else — final and failure responses, a response
-carrying an Error Comment, a DIMSE-sent handler that wants the message as a Dataset — goes the
-library's way.
+items of one P-DATA-TF PDU where they fit (PS3.8 9.3.5, E.2). A C-STORE-RSP without an Error
+Comment, the answer to every object an archive receives, is written the same way (six command
+elements, no data set). Anything else — final C-FIND and failure responses, a response carrying
+an Error Comment, a DIMSE-sent handler that wants the message as a Dataset — goes the library's
+way.
 
 :class:`PendingSender` goes further for answers already encoded (:class:`~pacs.archive.encoding.Encoded`):
 a handler hands it the matches and it writes each one's P-DATA-TF PDUs itself (PS3.8 9.3.5), a
@@ -27,14 +29,16 @@ from typing import Any
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import evt, fsm
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.dimse_primitives import C_FIND, C_STORE
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 
 from pacs.archive.encoding import Encoded
 
 C_FIND_RSP = 0x8020  # Command Field (PS3.7 E.1)
+C_STORE_RSP = 0x8001
 DATA_SET_PRESENT = 0x0001  # Command Data Set Type: anything but 0x0101 (as pynetdicom sends it)
+NO_DATA_SET = 0x0101
 PENDING = (0xFF00, 0xFF01)
 PDV_HEADER = 6  # item length (4), presentation context ID (1), message control header (1)
 P_DATA_TF_TYPE = 0x04  # PS3.8 Table 9-22
@@ -48,13 +52,15 @@ def _element(element: int, value: bytes) -> bytes:
     return struct.pack("<HHI", 0x0000, element, len(value)) + value
 
 
+def _uid(value: str) -> bytes:
+    uid = value.encode("ascii")
+    return uid + b"\x00" if len(uid) % 2 else uid  # UI values are padded with a NUL to an even length (PS3.5 6.2)
+
+
 def find_response_command(sop_class_uid: str, message_id: int, status: int) -> bytes:
     """The command set of a C-FIND-RSP with an identifier, Implicit VR Little Endian."""
-    uid = sop_class_uid.encode("ascii")
-    if len(uid) % 2:
-        uid += b"\x00"  # UI values are padded with a NUL to an even length (PS3.5 6.2)
     body = b"".join((
-        _element(0x0002, uid),  # Affected SOP Class UID
+        _element(0x0002, _uid(sop_class_uid)),  # Affected SOP Class UID
         _element(0x0100, struct.pack("<H", C_FIND_RSP)),  # Command Field
         _element(0x0120, struct.pack("<H", message_id)),  # Message ID Being Responded To
         _element(0x0800, struct.pack("<H", DATA_SET_PRESENT)),  # Command Data Set Type
@@ -63,17 +69,37 @@ def find_response_command(sop_class_uid: str, message_id: int, status: int) -> b
     return _element(0x0000, struct.pack("<I", len(body))) + body  # Command Group Length first
 
 
+def store_response_command(sop_class_uid: str, sop_instance_uid: str, message_id: int, status: int) -> bytes:
+    """The command set of a C-STORE-RSP (PS3.7 9.3.1.2), Implicit VR Little Endian."""
+    body = b"".join((
+        _element(0x0002, _uid(sop_class_uid)),  # Affected SOP Class UID
+        _element(0x0100, struct.pack("<H", C_STORE_RSP)),  # Command Field
+        _element(0x0120, struct.pack("<H", message_id)),  # Message ID Being Responded To
+        _element(0x0800, struct.pack("<H", NO_DATA_SET)),  # Command Data Set Type
+        _element(0x0900, struct.pack("<H", status)),  # Status
+        _element(0x1000, _uid(sop_instance_uid)),  # Affected SOP Instance UID
+    ))
+    return _element(0x0000, struct.pack("<I", len(body))) + body
+
+
 def _fragments(payload: bytes, max_pdu: int) -> Iterator[bytes]:
     size = len(payload) if max_pdu == 0 else max_pdu - PDV_HEADER
     for start in range(0, max(len(payload), 1), max(size, 1)):
         yield payload[start:start + size]
 
 
-def pdata(context_id: int, command: bytes, data_set: bytes, max_pdu: int) -> Iterator[P_DATA]:
-    """The P-DATA primitives of one message. When the command and the identifier fit in one
-    P-DATA-TF PDU of the peer's maximum length they go as its two PDV items (PS3.8 9.3.5 allows
-    any number): one PDU for the DUL to send instead of two. Otherwise one fragment each, as
-    pynetdicom fragments them."""
+def pdata(context_id: int, command: bytes, data_set: bytes | None, max_pdu: int) -> Iterator[P_DATA]:
+    """The P-DATA primitives of one message (``data_set`` None: a command alone). When the command
+    and the identifier fit in one P-DATA-TF PDU of the peer's maximum length they go as its two
+    PDV items (PS3.8 9.3.5 allows any number): one PDU for the DUL to send instead of two.
+    Otherwise one fragment each, as pynetdicom fragments them."""
+    if data_set is None:
+        for number, piece in enumerate(pieces := list(_fragments(command, max_pdu)), 1):
+            primitive = P_DATA()
+            primitive.presentation_data_value_list.append(
+                (context_id, (COMMAND_LAST if number == len(pieces) else COMMAND_MORE) + piece))
+            yield primitive
+        return
     if max_pdu == 0 or len(command) + len(data_set) + 2 * PDV_HEADER <= max_pdu:
         primitive = P_DATA()
         primitive.presentation_data_value_list.append((context_id, COMMAND_LAST + command))
@@ -155,28 +181,40 @@ def _send_data(dul: Any) -> str:
     return "Sta6"
 
 
-def _fast(provider: DIMSEServiceProvider, primitive: Any) -> bool:
-    return (isinstance(primitive, C_FIND) and primitive.MessageIDBeingRespondedTo is not None
-            and primitive.Status in PENDING and isinstance(primitive.Identifier, BytesIO)
-            and primitive.AffectedSOPClassUID is not None and primitive.ErrorComment is None
-            and primitive.OffendingElement is None and not provider.assoc.get_handlers(evt.EVT_DIMSE_SENT))
+def _fast(provider: DIMSEServiceProvider, primitive: Any) -> bytes | None:
+    """The command set of a response that can go without pydicom, or None."""
+    if (primitive.MessageIDBeingRespondedTo is None or primitive.AffectedSOPClassUID is None
+            or primitive.Status is None or provider.assoc.get_handlers(evt.EVT_DIMSE_SENT)):
+        return None
+    if (isinstance(primitive, C_FIND) and primitive.Status in PENDING and isinstance(primitive.Identifier, BytesIO)
+            and primitive.ErrorComment is None and primitive.OffendingElement is None):
+        return find_response_command(str(primitive.AffectedSOPClassUID), int(primitive.MessageIDBeingRespondedTo),
+                                     int(primitive.Status))
+    if (isinstance(primitive, C_STORE) and primitive.AffectedSOPInstanceUID is not None
+            and primitive.ErrorComment is None and primitive.OffendingElement is None):
+        return store_response_command(str(primitive.AffectedSOPClassUID), str(primitive.AffectedSOPInstanceUID),
+                                      int(primitive.MessageIDBeingRespondedTo), int(primitive.Status))
+    return None
 
 
 def install() -> None:
-    """Send pending C-FIND responses through :func:`find_response_command`, and let the DUL
+    """Send pending C-FIND responses through :func:`find_response_command` and plain C-STORE
+    responses through :func:`store_response_command`, and let the DUL
     write the PDUs of a :class:`PendingSender` as they are (idempotent)."""
     original = DIMSEServiceProvider.send_msg
     if getattr(original, "_pacs_fast", False):
         return
 
     def send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
-        if not _fast(self, primitive):
+        command = _fast(self, primitive)
+        if command is None:
             original(self, primitive, context_id)
-            return
-        command = find_response_command(str(primitive.AffectedSOPClassUID),
-                                        int(primitive.MessageIDBeingRespondedTo), int(primitive.Status))
-        for item in pdata(context_id, command, primitive.Identifier.getvalue(), self.maximum_pdu_size):
-            self.dul.send_pdu(item)
+        elif isinstance(primitive, C_STORE):
+            for item in pdata(context_id, command, None, self.maximum_pdu_size):
+                self.dul.send_pdu(item)
+        else:
+            for item in pdata(context_id, command, primitive.Identifier.getvalue(), self.maximum_pdu_size):
+                self.dul.send_pdu(item)
 
     send_msg._pacs_fast = True  # type: ignore[attr-defined]
     DIMSEServiceProvider.send_msg = send_msg  # type: ignore[method-assign]

@@ -1,4 +1,4 @@
-"""Pending C-FIND responses written without pydicom: byte for byte what pynetdicom would send."""
+"""Responses and received-object framing written without pydicom: byte for byte what pynetdicom and pydicom give."""
 
 from __future__ import annotations
 
@@ -93,3 +93,48 @@ def test_pdus_written_directly_are_the_ones_pynetdicom_writes(max_pdu):
             got.append(message.data_set.getvalue())
             message = DIMSEMessage()
     assert got == identifiers
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xB006, 0xA700])
+@pytest.mark.parametrize("max_pdu", [0, 16382, 40])
+def test_a_store_response_is_the_one_pynetdicom_would_send(status, max_pdu):
+    """C-STORE-RSP (PS3.7 9.3.1.2): the same command set, fragmented the same way."""
+    from pynetdicom.dimse_messages import C_STORE_RSP
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.sop_class import CTImageStorage
+
+    from pacs.archive.dimse import store_response_command
+
+    for instance in ("1.2.3.4.5", "1.2.3.4.56"):  # odd and even length: padding
+        primitive = C_STORE()
+        primitive.MessageIDBeingRespondedTo = 7
+        primitive.AffectedSOPClassUID = CTImageStorage
+        primitive.AffectedSOPInstanceUID = instance
+        primitive.Status = status
+        message = C_STORE_RSP()
+        message.primitive_to_message(primitive)
+        expected = list(message.encode_msg(3, max_pdu))
+        ours = list(pdata(3, store_response_command(CTImageStorage, instance, 7, status), None, max_pdu))
+        assert _wire(ours) == _wire(expected)
+        decoded = DIMSEMessage()
+        assert [decoded.decode_msg(p) for p in ours][-1]
+        assert decoded.command_set.CommandField == 0x8001 and decoded.command_set.Status == status
+        assert decoded.command_set.AffectedSOPInstanceUID == instance
+
+
+@pytest.mark.parametrize("instance", ["1.2.3.4.5", "1.2.3.4.56"])
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.50"])
+def test_the_file_meta_of_a_received_object_is_pydicom_s(instance, syntax):
+    """The File Meta Information written before a received data set (PS3.10 7.1): the bytes
+    pynetdicom's create_file_meta and pydicom's write_file_meta_info give."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+    from pynetdicom.dsutils import create_file_meta
+    from pynetdicom.sop_class import CTImageStorage
+
+    from pacs.archive.spool import FileMeta, file_meta_bytes
+
+    expected = DicomBytesIO()
+    write_file_meta_info(expected, create_file_meta(sop_class_uid=CTImageStorage, sop_instance_uid=instance,
+                                                    transfer_syntax=syntax))
+    assert file_meta_bytes(FileMeta(CTImageStorage, instance, syntax)) == expected.getvalue()
