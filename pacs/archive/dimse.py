@@ -57,29 +57,30 @@ def _uid(value: str) -> bytes:
     return uid + b"\x00" if len(uid) % 2 else uid  # UI values are padded with a NUL to an even length (PS3.5 6.2)
 
 
-def find_response_command(sop_class_uid: str, message_id: int, status: int) -> bytes:
-    """The command set of a C-FIND-RSP with an identifier, Implicit VR Little Endian."""
+def _response_command(sop_class_uid: str, command_field: int, message_id: int, data_set_type: int, status: int,
+                      *more: bytes) -> bytes:
+    """A response's command set, Implicit VR Little Endian: the Command Group Length, then the
+    elements every response has, then ``more``, in tag order."""
     body = b"".join((
         _element(0x0002, _uid(sop_class_uid)),  # Affected SOP Class UID
-        _element(0x0100, struct.pack("<H", C_FIND_RSP)),  # Command Field
+        _element(0x0100, struct.pack("<H", command_field)),  # Command Field
         _element(0x0120, struct.pack("<H", message_id)),  # Message ID Being Responded To
-        _element(0x0800, struct.pack("<H", DATA_SET_PRESENT)),  # Command Data Set Type
+        _element(0x0800, struct.pack("<H", data_set_type)),  # Command Data Set Type
         _element(0x0900, struct.pack("<H", status)),  # Status
+        *more,
     ))
-    return _element(0x0000, struct.pack("<I", len(body))) + body  # Command Group Length first
+    return _element(0x0000, struct.pack("<I", len(body))) + body
+
+
+def find_response_command(sop_class_uid: str, message_id: int, status: int) -> bytes:
+    """The command set of a C-FIND-RSP with an identifier (PS3.7 9.3.2.2)."""
+    return _response_command(sop_class_uid, C_FIND_RSP, message_id, DATA_SET_PRESENT, status)
 
 
 def store_response_command(sop_class_uid: str, sop_instance_uid: str, message_id: int, status: int) -> bytes:
-    """The command set of a C-STORE-RSP (PS3.7 9.3.1.2), Implicit VR Little Endian."""
-    body = b"".join((
-        _element(0x0002, _uid(sop_class_uid)),  # Affected SOP Class UID
-        _element(0x0100, struct.pack("<H", C_STORE_RSP)),  # Command Field
-        _element(0x0120, struct.pack("<H", message_id)),  # Message ID Being Responded To
-        _element(0x0800, struct.pack("<H", NO_DATA_SET)),  # Command Data Set Type
-        _element(0x0900, struct.pack("<H", status)),  # Status
-        _element(0x1000, _uid(sop_instance_uid)),  # Affected SOP Instance UID
-    ))
-    return _element(0x0000, struct.pack("<I", len(body))) + body
+    """The command set of a C-STORE-RSP (PS3.7 9.3.1.2)."""
+    return _response_command(sop_class_uid, C_STORE_RSP, message_id, NO_DATA_SET, status,
+                             _element(0x1000, _uid(sop_instance_uid)))  # Affected SOP Instance UID
 
 
 def _fragments(payload: bytes, max_pdu: int) -> Iterator[bytes]:
