@@ -109,15 +109,17 @@ def bindings(queries: QueryService, mpps: MPPSService, archive: Archive, retriev
         (evt.EVT_REJECTED, handlers.log_association, ["rejected"]),
         (evt.EVT_RELEASED, handlers.log_association, ["released"]),
         (evt.EVT_ABORTED, handlers.log_association, ["aborted"]),
-        (evt.EVT_CONN_OPEN, _nodelay),
+        (evt.EVT_CONN_OPEN, _connection_opened),
     ]
 
 
-def _nodelay(event: evt.Event) -> None:
-    """Nagle's algorithm costs ~40 ms per DIMSE exchange on loopback (DESIGN.md)."""
+def _connection_opened(event: evt.Event) -> None:
+    """Nagle's algorithm costs ~40 ms per DIMSE exchange on loopback (DESIGN.md); the reactors
+    wake when there is work instead of polling alone (:func:`pacs.archive.dul.wake_up`)."""
     sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    dul.wake_up(event.assoc)
 
 
 class SharedContexts(list):  # type: ignore[type-arg]

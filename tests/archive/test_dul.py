@@ -1,0 +1,85 @@
+"""The reactors' sleeps end when there is work (pacs.archive.dul.wake_up), and serving over a
+woken association is what it was: every exchange answered, release and abort seen."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
+
+from pacs.archive import dul
+
+LONG = 5.0  # seconds a sleep would last if nothing woke it
+
+
+def _sleeping(setup) -> tuple[threading.Thread, list[float]]:  # type: ignore[no-untyped-def]
+    took: list[float] = []
+
+    def run() -> None:
+        setup(threading.current_thread())
+        start = time.monotonic()
+        dul._sleep(LONG)
+        took.append(time.monotonic() - start)
+
+    thread = threading.Thread(target=run)
+    return thread, took
+
+
+def test_an_association_thread_sleeps_until_woken():
+    wake = threading.Event()
+    thread, took = _sleeping(lambda t: setattr(t, "_pacs_wake", wake))
+    thread.start()
+    time.sleep(0.05)
+    wake.set()  # what every DUL state-machine action does
+    thread.join(LONG)
+    assert took and took[0] < LONG / 2 and not wake.is_set()  # woken, and the event cleared for the next sleep
+
+
+def test_a_dul_thread_sleeps_until_data_arrives_or_something_is_to_be_sent():
+    server, client = socket.socketpair()
+    fd = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        class Wrapped:  # pynetdicom's AssociationSocket keeps the socket as .socket
+            socket = server
+
+        def setup(thread):  # type: ignore[no-untyped-def]
+            thread._pacs_wake_fd = fd
+            thread.socket = Wrapped()
+
+        thread, took = _sleeping(setup)
+        thread.start()
+        time.sleep(0.05)
+        client.send(b"\x04")  # a PDU begins to arrive
+        thread.join(LONG)
+        assert took and took[0] < LONG / 2
+        server.recv(1)
+
+        thread, took = _sleeping(setup)
+        thread.start()
+        time.sleep(0.05)
+        os.eventfd_write(fd, 1)  # what send_pdu does
+        thread.join(LONG)
+        assert took and took[0] < LONG / 2
+    finally:
+        os.close(fd)
+        server.close()
+        client.close()
+
+
+def test_a_woken_association_serves_as_before(server):
+    ae = AE(ae_title="ECHOSCU")
+    ae.add_requested_context(Verification)
+    handlers = [(evt.EVT_CONN_OPEN, lambda event: dul.wake_up(event.assoc))]  # the requestor woken too
+    for ending in ("release", "abort"):
+        assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title="PACS", evt_handlers=handlers)
+        assert assoc.is_established and hasattr(assoc, "_pacs_wake")
+        assert [int(assoc.send_c_echo().Status) for _ in range(50)] == [0] * 50
+        getattr(assoc, ending)()
+        assert not assoc.is_established
+    assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title="PACS")  # and one that only polls
+    assert int(assoc.send_c_echo().Status) == 0
+    assoc.release()
