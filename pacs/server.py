@@ -150,12 +150,12 @@ class Server:
         from pacs.archive.ae import DicomServer
 
         self._dicom = DicomServer(settings, services.queries, services.mpps, services.archive, audit=services.audit)
-        shared = settings.dicom.processes > 1
-        await asyncio.to_thread(self._dicom.start, settings.host, settings.dicom_port, share_port=shared)
-        self.dicom_port = self._dicom.port
-        self._receivers = Receivers(settings, self.dicom_port)
-        if shared:
+        self._receivers = Receivers(settings)
+        if settings.dicom.processes > 1:
             await asyncio.to_thread(self._receivers.start)
+        await asyncio.to_thread(self._dicom.start, settings.host, settings.dicom_port,
+                                hand_off=self._receivers.hand_off)
+        self.dicom_port = self._dicom.port
 
         self._mllp = MLLPServer(settings, services.intake)
         await self._mllp.start(settings.host, settings.mllp_port)
@@ -184,8 +184,8 @@ class Server:
         """Stop accepting, finish the messages in flight, close the database."""
         log.info("stopping: no new connections; finishing messages in flight")
         await self._mllp.stop()
+        await asyncio.to_thread(self._dicom.stop)  # no new connections, for us or the receivers
         await asyncio.to_thread(self._receivers.stop)
-        await asyncio.to_thread(self._dicom.stop)
         self._http.should_exit = True
         for task in self._tasks:
             if task.get_name() == "mappings":

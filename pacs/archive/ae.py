@@ -11,6 +11,7 @@ import logging
 import socket
 import tempfile
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
@@ -133,13 +134,16 @@ class SharedContexts(list):  # type: ignore[type-arg]
         return list(self)
 
 
-class SharedPortServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server on a port other processes may listen on too (SO_REUSEPORT):
-    the kernel spreads new connections over the listeners."""
+class HandingServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server that may give a new connection to another process to serve
+    (:meth:`pacs.archive.receivers.Receivers.hand_off`) instead of serving it itself."""
 
-    def server_bind(self) -> None:
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+    hand_off: Callable[[socket.socket, Any], bool] | None = None
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if self.hand_off is not None and isinstance(request, socket.socket) and self.hand_off(request, client_address):
+            return
+        super().process_request(request, client_address)
 
 
 class DicomServer:
@@ -170,19 +174,36 @@ class DicomServer:
         assert self._server is not None
         return int(self._server.server_address[1])
 
-    def start(self, host: str, port: int, *, share_port: bool = False) -> None:
-        """Listen (in pynetdicom's acceptor thread); ``share_port`` lets other processes listen
-        on the same port (SO_REUSEPORT, :mod:`pacs.archive.receivers`)."""
-        server = self.ae.make_server((host, port), evt_handlers=self._handlers,
-                                     server_class=SharedPortServer if share_port else ThreadedAssociationServer)
+    def start(self, host: str, port: int, *,
+              hand_off: Callable[[socket.socket, Any], bool] | None = None) -> None:
+        """Listen (in pynetdicom's acceptor thread); ``hand_off`` may give a new connection to
+        another process (:mod:`pacs.archive.receivers`)."""
+        server = self.ae.make_server((host, port), evt_handlers=self._handlers, server_class=HandingServer)
+        server.hand_off = hand_off
         server.contexts = SharedContexts(server.contexts)
         threading.Thread(target=server.serve_forever, name=f"dicom-acceptor-{port}", daemon=True).start()
         self.ae._servers.append(server)
         self._server = server
         log.info("DICOM %s listening on %s:%d", self.settings.ae_title, host, self.port)
 
+    def start_handed_off(self) -> None:
+        """Serve only connections handed over by :meth:`serve_connection` (a receiver process):
+        the server listens on a loopback port of its own that nobody is told of."""
+        server = self.ae.make_server(("127.0.0.1", 0), evt_handlers=self._handlers,
+                                     server_class=ThreadedAssociationServer)
+        server.contexts = SharedContexts(server.contexts)
+        self._server = server
+
+    def serve_connection(self, connection: socket.socket, client_address: Any) -> None:
+        """Serve a connection another process accepted, as if this server had accepted it."""
+        assert self._server is not None
+        self._server.process_request(connection, client_address)
+
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
+            if isinstance(self._server, HandingServer):
+                self._server.shutdown()  # ends serve_forever and closes
+            else:  # a server of handed-off connections runs no serve_forever
+                self._server.server_close()
             self._server = None
         tempfile.tempdir = self._tempdir
