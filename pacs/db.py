@@ -66,8 +66,8 @@ class WriterConnection(sqlite3.Connection):
 
     SQLite lets one writer in at a time; a writer that finds the database locked sleeps in
     SQLite's busy handler by steps of 1, 2, 5, 10 ms and more before it tries again, however soon
-    the other writer finishes. Writers of one database are several threads and, with
-    ``[dicom] processes``, several processes: queueing them on an advisory lock beside the
+    the other writer finishes. With ``[dicom] processes`` the index writers of several processes
+    meet there at every commit: queueing them on an advisory lock beside the
     database file (flock(2), released by the kernel if its holder dies) hands the database from
     one writer to the next within tens of microseconds instead. The lock only orders writers
     that SQLite would serialise anyway: when it cannot be had in :data:`WRITER_TIMEOUT`, the
@@ -141,14 +141,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
-    """Create the process's engine for ``url`` (SQLite file or PostgreSQL)."""
+def make_engine(url: str, *, writer_lock: bool = False) -> Engine:
+    """Create the process's engine for ``url`` (SQLite file or PostgreSQL); ``writer_lock``:
+    SQLite writers take turns through :class:`WriterConnection` (for several processes writing
+    at once: with one, the lock costs more than SQLite's own waiting)."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         connect_args: dict[str, Any] = {"check_same_thread": False, "timeout": 30}
-        if path and path != ":memory:":
+        if writer_lock and path and path != ":memory:":
             connect_args["factory"] = _connection_class(path)
         engine = create_engine(
             url,
@@ -208,9 +210,9 @@ def migrate(engine: Engine) -> None:
 class Database:
     """The process's engine and its sessions."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, writer_lock: bool = False) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, writer_lock=writer_lock)
         # For units of work that only read: no write lock on SQLite.
         self.reader = self.engine.execution_options(sqlite_deferred=True)
 

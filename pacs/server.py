@@ -64,7 +64,7 @@ class Services:
         """The services of ``pacs serve``; with ``receiver``, those of a DICOM receiver process
         (:mod:`pacs.archive.receivers`), which leaves the incoming folder to the main process."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        db = Database(settings.effective_database_url)
+        db = Database(settings.effective_database_url, writer_lock=settings.dicom.processes > 1)
         if migrate:
             db.migrate()
         mappings = MappingHolder(settings.mappings_dir, poll_seconds=settings.mappings_poll_seconds)

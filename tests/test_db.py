@@ -1,4 +1,5 @@
-"""SQLite writers take turns through the lock file beside the database (pacs.db.WriterConnection):
+"""SQLite writers take turns through the lock file beside the database (pacs.db.WriterConnection,
+used when several processes write: ``[dicom] processes``):
 a write transaction holds it from BEGIN to COMMIT or ROLLBACK, a read-only one never takes it,
 and a lock that cannot be had does not stop the transaction, which SQLite's own locking then
 orders."""
@@ -20,7 +21,7 @@ from pacs.db import Database
 
 @pytest.fixture
 def database(tmp_path: Path):  # type: ignore[no-untyped-def]
-    database = Database(f"sqlite:///{tmp_path / 'pacs.db'}")
+    database = Database(f"sqlite:///{tmp_path / 'pacs.db'}", writer_lock=True)
     with database.engine.begin() as connection:
         connection.exec_driver_sql("CREATE TABLE t (n INTEGER)")
     yield database
