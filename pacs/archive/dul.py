@@ -21,8 +21,8 @@ its response up to a third to be written: about 1.5 ms on average added to every
 as soon as there is work: the DUL thread waits in select() on its socket and an eventfd that
 :meth:`~pynetdicom.dul.DULServiceProvider.send_pdu` signals, and the association thread waits on
 an event that every DUL state-machine action sets (a complete DIMSE message, a release or abort
-request). The sleeps keep their length as the longest wait, so timers (ARTIM, idle) behave as
-before.
+request) unless a request of ours on that association is waiting for its response. The sleeps
+keep their length as the longest wait, so timers (ARTIM, idle) behave as before.
 """
 
 from __future__ import annotations
@@ -138,8 +138,13 @@ def install_wakeups() -> None:
         try:
             do_action(self, event)
         finally:
-            wake = getattr(self.dul.assoc, "_pacs_wake", None)
-            if wake is not None:
+            assoc = self.dul.assoc
+            wake = getattr(assoc, "_pacs_wake", None)
+            # Not while a thread of ours has paused the reactor to send a request and wait for
+            # its response (pynetdicom's send_* methods): the reactor then polls as pynetdicom
+            # has it, so waking it early cannot hand it the response in a narrow window of
+            # its pause check (pynetdicom issue #875).
+            if wake is not None and assoc._reactor_checkpoint.is_set():
                 wake.set()
 
     DULServiceProvider.send_pdu = send_pdu_waking  # type: ignore[method-assign]
