@@ -57,6 +57,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 WRITER_WAIT = 0.00005, 0.001  # seconds between two tries for the writer lock: first, and at most
+SQLITE_CACHE_KIB = 65536  # page cache per connection (SQLite's default is 2 MiB): the index B-trees of a large archive
 WRITER_TIMEOUT = 30.0  # then BEGIN IMMEDIATE goes ahead and SQLite's busy timeout decides
 
 
@@ -138,6 +139,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
     cursor.close()
 
 

@@ -79,8 +79,9 @@ class DicomSettings(BaseModel):
     max_associations: int = 32
     """Associations served at once, per process."""
     processes: int = Field(default=1, ge=1, le=64)
-    """Processes serving the DICOM port (SO_REUSEPORT; see pacs.archive.receivers): more than one
-    lets associations arriving together use more than one core. About the number of cores."""
+    """Processes serving DICOM associations (the main process hands new connections out in turn;
+    see pacs.archive.receivers): more than one lets associations arriving together use more than
+    one core. About the number of cores."""
     network_timeout_seconds: float = 60.0
     dimse_timeout_seconds: float = 30.0
     acse_timeout_seconds: float = 30.0
