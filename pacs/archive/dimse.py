@@ -53,7 +53,7 @@ def _element(element: int, value: bytes) -> bytes:
 
 
 def _uid(value: str) -> bytes:
-    uid = value.encode("ascii")
+    uid = value.encode("latin-1", "replace")  # never raises on a peer's bad UID
     return uid + b"\x00" if len(uid) % 2 else uid  # UI values are padded with a NUL to an even length (PS3.5 6.2)
 
 

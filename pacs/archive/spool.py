@@ -67,7 +67,7 @@ def _short(tag: int, vr: bytes, value: bytes) -> bytes:
 
 
 def _padded(value: str, pad: bytes) -> bytes:
-    encoded = value.encode("ascii")
+    encoded = value.encode("latin-1", "replace")  # as pydicom writes text; a bad UID is refused later, not here
     return encoded + pad if len(encoded) % 2 else encoded
 
 

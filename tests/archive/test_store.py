@@ -264,3 +264,17 @@ def test_import_dicomdir(settings, tmp_path, database_url):
     result = subprocess.run([PACS, "import", str(tmp_path / "media" / "DICOMDIR"),
                              "--quiet"], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0 and "2 stored" in result.stdout, result.stdout + result.stderr
+
+
+def test_a_uid_with_bytes_no_uid_may_hold(server, tmp_path):
+    """A SOP Instance UID with a non-ASCII byte, in the data set and so in the C-STORE-RQ
+    command: refused as invalid with 0xC000, the AE still serving."""
+    path = ct(tmp_path, "bad-uid.dcm")
+    raw = path.read_bytes()
+    uid = str(pydicom.dcmread(path).SOPInstanceUID).encode()
+    bad = uid[:-1] + b"\xe9"  # same length, the last digit a Latin-1 é
+    path.write_bytes(raw.replace(uid, bad))
+    status = send_file(server.dicom_port, path)
+    assert status.Status == 0xC000 and status.ErrorComment.startswith("SOPInstanceUID")  # "... is not a valid UID"
+    assert_nothing_kept(server)
+    still_serving(server, tmp_path)
