@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -58,26 +59,37 @@ def assert_kept(database_url: str, storage: Path, acknowledged: list[str], files
     return indexed
 
 
-@needs_dcmtk
-def test_sigkill_during_storescu(tmp_path, database_url):
-    files = make_instances(tmp_path / "in")
-    by_path = {str(p): uid for uid, p in files.items()}
-    server = ServeProcess(tmp_path / "data", database_url, PACS_ARCHIVE__MIN_FREE_BYTES="0").start()
-    sender = subprocess.Popen(["storescu", "-v", "-aec", "PACS", "127.0.0.1", str(server.dicom_port),
-                               *sorted(by_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env={**os.environ, "TCP_NODELAY": "1"})
-    acknowledged: list[str] = []
+def verbose_storescu(port: int, paths: list[str]) -> subprocess.Popen[str]:
+    """DCMTK storescu sending ``paths``, saying what it sends and what each answer was."""
+    return subprocess.Popen(["storescu", "-v", "-aec", "PACS", "127.0.0.1", str(port), *paths],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "TCP_NODELAY": "1"})
+
+
+def successes(sender: subprocess.Popen[str]) -> Iterator[str]:
+    """Each file ``sender`` got a success status for, as the status arrives."""
     current = None
-    killed = False
     assert sender.stdout is not None
     for line in sender.stdout:
         if "Sending file:" in line:
             current = line.split("Sending file:", 1)[1].strip()
         elif "Received Store Response (Success)" in line and current:
-            acknowledged.append(by_path[current])
-            if len(acknowledged) == COUNT // 3 and not killed:
-                server.kill()  # mid-stream, with objects in flight
-                killed = True
+            yield current
+
+
+@needs_dcmtk
+def test_sigkill_during_storescu(tmp_path, database_url):
+    files = make_instances(tmp_path / "in")
+    by_path = {str(p): uid for uid, p in files.items()}
+    server = ServeProcess(tmp_path / "data", database_url, PACS_ARCHIVE__MIN_FREE_BYTES="0").start()
+    sender = verbose_storescu(server.dicom_port, sorted(by_path))
+    acknowledged: list[str] = []
+    killed = False
+    for path in successes(sender):
+        acknowledged.append(by_path[path])
+        if len(acknowledged) == COUNT // 3 and not killed:
+            server.kill()  # mid-stream, with objects in flight
+            killed = True
     sender.wait(60)
     assert killed and COUNT // 3 <= len(acknowledged) < COUNT
 

@@ -22,7 +22,13 @@ from sqlmodel import Session, func, select
 from pacs.archive.index import Instance, InstanceFile, Series, Study
 from pacs.db import Database
 from tests.archive.corpus import dataset_bytes
-from tests.archive.test_durability import COUNT, assert_kept, make_instances
+from tests.archive.test_durability import (
+    COUNT,
+    assert_kept,
+    make_instances,
+    successes,
+    verbose_storescu,
+)
 from tests.dicom import needs_dcmtk
 from tests.process import ServeProcess
 
@@ -129,26 +135,18 @@ def test_nothing_acknowledged_by_any_process_is_lost_when_the_server_is_killed(t
     server = ServeProcess(tmp_path / "data", database_url, **ENV).start()
     children = receivers(server.proc.pid)
     assert len(children) == 1
-    senders = [subprocess.Popen(["storescu", "-v", "-aec", "PACS", "127.0.0.1", str(server.dicom_port), *part],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, "TCP_NODELAY": "1"})
-               for part in (ordered[i::4] for i in range(4))]
+    senders = [verbose_storescu(server.dicom_port, ordered[i::4]) for i in range(4)]
     acknowledged: list[str] = []
     lock = threading.Lock()
     killed = threading.Event()
 
     def read(sender: subprocess.Popen[str]) -> None:
-        current = None
-        assert sender.stdout is not None
-        for line in sender.stdout:
-            if "Sending file:" in line:
-                current = line.split("Sending file:", 1)[1].strip()
-            elif "Received Store Response (Success)" in line and current:
-                with lock:
-                    acknowledged.append(by_path[current])
-                    if len(acknowledged) >= COUNT // 3 and not killed.is_set():
-                        killed.set()
-                        server.kill()  # mid-stream, objects in flight in both processes
+        for path in successes(sender):
+            with lock:
+                acknowledged.append(by_path[path])
+                if len(acknowledged) >= COUNT // 3 and not killed.is_set():
+                    killed.set()
+                    server.kill()  # mid-stream, objects in flight in both processes
 
     readers = [threading.Thread(target=read, args=(s,)) for s in senders]
     for thread in readers:
