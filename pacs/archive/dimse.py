@@ -6,17 +6,17 @@ it with pydicom's writer: about a third of a millisecond each, most of what a wo
 thirty steps costs the server. A pending C-FIND-RSP always has the same five command elements,
 so :func:`install` lets the DIMSE provider write them directly, in the Implicit VR Little Endian
 encoding command sets always use (PS3.7 6.3.1), and send command and identifier as the two PDV
-items of one P-DATA-TF PDU where they fit (PS3.8 9.3.5, E.2). A C-STORE-RSP without an Error
-Comment, the answer to every object an archive receives, is written the same way (six command
-elements, no data set). Anything else — final C-FIND and failure responses, a response carrying
-an Error Comment, a DIMSE-sent handler that wants the message as a Dataset — goes the library's
-way.
+items of one P-DATA-TF PDU where they fit (PS3.8 9.3.5, E.2). The final C-FIND-RSP (Success or
+Cancel: five elements, no identifier) and a C-STORE-RSP without an Error Comment, the answer to
+every object an archive receives (six elements, no data set), are written the same way. Anything
+else — failure responses, a response carrying an Error Comment, a DIMSE-sent handler that wants
+the message as a Dataset — goes the library's way.
 
 :class:`PendingSender` goes further for answers already encoded (:class:`~pacs.archive.encoding.Encoded`):
 a handler hands it the matches and it writes each one's P-DATA-TF PDUs itself (PS3.8 9.3.5), a
 few answers to a write, so that pynetdicom's per-response loop and its DUL's per-PDU turn are paid
 once per batch instead of once per match. The PDUs are the ones pynetdicom would send, one
-message after another; only the final response still goes the library's way.
+message after another; the final response follows through the DIMSE provider.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ C_STORE_RSP = 0x8001
 DATA_SET_PRESENT = 0x0001  # Command Data Set Type: anything but 0x0101 (as pynetdicom sends it)
 NO_DATA_SET = 0x0101
 PENDING = (0xFF00, 0xFF01)
+FINAL = (0x0000, 0xFE00)  # Success; Cancel (PS3.4 C.4.1.1.4)
 PDV_HEADER = 6  # item length (4), presentation context ID (1), message control header (1)
 P_DATA_TF_TYPE = 0x04  # PS3.8 Table 9-22
 BATCH = 8  # answers per write of the direct path
@@ -75,6 +76,11 @@ def _response_command(sop_class_uid: str, command_field: int, message_id: int, d
 def find_response_command(sop_class_uid: str, message_id: int, status: int) -> bytes:
     """The command set of a C-FIND-RSP with an identifier (PS3.7 9.3.2.2)."""
     return _response_command(sop_class_uid, C_FIND_RSP, message_id, DATA_SET_PRESENT, status)
+
+
+def find_final_command(sop_class_uid: str, message_id: int, status: int) -> bytes:
+    """The command set of the final C-FIND-RSP, without an identifier (PS3.7 9.3.2.2)."""
+    return _response_command(sop_class_uid, C_FIND_RSP, message_id, NO_DATA_SET, status)
 
 
 def store_response_command(sop_class_uid: str, sop_instance_uid: str, message_id: int, status: int) -> bytes:
@@ -191,6 +197,10 @@ def _fast(provider: DIMSEServiceProvider, primitive: Any) -> bytes | None:
             and primitive.ErrorComment is None and primitive.OffendingElement is None):
         return find_response_command(str(primitive.AffectedSOPClassUID), int(primitive.MessageIDBeingRespondedTo),
                                      int(primitive.Status))
+    if (isinstance(primitive, C_FIND) and primitive.Status in FINAL and primitive.Identifier is None
+            and primitive.ErrorComment is None and primitive.OffendingElement is None):
+        return find_final_command(str(primitive.AffectedSOPClassUID), int(primitive.MessageIDBeingRespondedTo),
+                                  int(primitive.Status))
     if (isinstance(primitive, C_STORE) and primitive.AffectedSOPInstanceUID is not None
             and primitive.ErrorComment is None and primitive.OffendingElement is None):
         return store_response_command(str(primitive.AffectedSOPClassUID), str(primitive.AffectedSOPInstanceUID),
@@ -210,7 +220,7 @@ def install() -> None:
         command = _fast(self, primitive)
         if command is None:
             original(self, primitive, context_id)
-        elif isinstance(primitive, C_STORE):
+        elif isinstance(primitive, C_STORE) or primitive.Identifier is None:  # no data set
             for item in pdata(context_id, command, None, self.maximum_pdu_size):
                 self.dul.send_pdu(item)
         else:

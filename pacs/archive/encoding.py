@@ -24,8 +24,14 @@ ITEM_END = 0xFFFEE00D
 SEQUENCE_END = 0xFFFEE0DD
 
 
+_TAG = struct.Struct("<HH")
+_SHORT = struct.Struct("<2sH")  # explicit VR with a 2-byte length
+_LONG = struct.Struct("<2s2xI")  # explicit VR with a 4-byte length
+_LENGTH = struct.Struct("<I")
+
+
 def _tag(tag: int) -> bytes:
-    return struct.pack("<HH", tag >> 16, tag & 0xFFFF)
+    return _TAG.pack(tag >> 16, tag & 0xFFFF)
 
 
 def _value(vr: str, value: Any, codec: str) -> bytes:
@@ -41,45 +47,48 @@ def _value(vr: str, value: Any, codec: str) -> bytes:
     return data
 
 
-def encode_elements(elements: list[Element], *, implicit: bool, codec: str) -> bytes:
+def encode_elements(elements: list[Element], *, implicit: bool, codec: str, ordered: bool = False) -> bytes:
+    """The elements (and their sequences' items) in tag order; ``ordered`` says they already are."""
     out = bytearray()
-    for tag, vr, value in sorted(elements, key=lambda e: e[0]):
-        out += _tag(tag)
+    for tag, vr, value in (elements if ordered else sorted(elements, key=lambda e: e[0])):
+        out += _TAG.pack(tag >> 16, tag & 0xFFFF)
         if vr == "SQ":
             body = bytearray()
             for item in value or []:
-                encoded = encode_elements(item, implicit=implicit, codec=codec)
-                body += _tag(ITEM) + struct.pack("<I", len(encoded)) + encoded
-            if implicit:
-                out += struct.pack("<I", len(body))
-            else:
-                out += b"SQ\0\0" + struct.pack("<I", len(body))
+                encoded = encode_elements(item, implicit=implicit, codec=codec, ordered=ordered)
+                body += _ITEM_TAG + _LENGTH.pack(len(encoded)) + encoded
+            out += _LENGTH.pack(len(body)) if implicit else _LONG.pack(b"SQ", len(body))
             out += body
             continue
         data = _value(vr, value, codec)
         if implicit:
-            out += struct.pack("<I", len(data))
+            out += _LENGTH.pack(len(data))
         elif vr in LONG_VRS:
-            out += vr.encode() + b"\0\0" + struct.pack("<I", len(data))
+            out += _LONG.pack(vr.encode(), len(data))
         else:
-            out += vr.encode() + struct.pack("<H", len(data))
+            out += _SHORT.pack(vr.encode(), len(data))
         out += data
     return bytes(out)
+
+
+_ITEM_TAG = _tag(ITEM)
 
 
 class Encoded(Dataset):
     """An answer held as (tag, VR, value) elements, encoded on demand by :func:`encode`."""
 
-    def __init__(self, elements: list[Element], charset: str | None) -> None:
+    def __init__(self, elements: list[Element], charset: str | None, *, ordered: bool = False) -> None:
         super().__init__()
         object.__setattr__(self, "_pacs_elements", elements)
         object.__setattr__(self, "_pacs_codec", CODECS.get(charset, "utf-8"))
+        object.__setattr__(self, "_pacs_ordered", ordered)
 
     def __len__(self) -> int:  # pynetdicom tests an identifier's truth value
         return len(self._pacs_elements)
 
     def encoded(self, implicit: bool) -> bytes:
-        return encode_elements(self._pacs_elements, implicit=implicit, codec=self._pacs_codec)
+        return encode_elements(self._pacs_elements, implicit=implicit, codec=self._pacs_codec,
+                               ordered=self._pacs_ordered)
 
     def dataset(self) -> Dataset:
         """The same answer as an ordinary pydicom Dataset (for code that inspects it)."""

@@ -207,18 +207,28 @@ class Record:
         self.__dict__.update(zip(names, values, strict=True))
 
 
-def columns(*models: Any) -> list[Any]:
-    """Every column of each model's table, in order: what :func:`records` expects selected."""
-    return [column for model in models for column in model.__table__.columns]
+Only = dict[Any, tuple[str, ...]]  # model → the columns to read of its table (its primary key among them)
 
 
-def records(session: Any, models: tuple[Any, ...], query: Any) -> Iterator[list[Any]]:
+def _table_columns(model: Any, only: Only | None) -> list[Any]:
+    keys = (only or {}).get(model)
+    table = model.__table__
+    return list(table.columns) if keys is None else [table.c[key] for key in keys]
+
+
+def columns(*models: Any, only: Only | None = None) -> list[Any]:
+    """The columns of each model's table, in order (every one, or those ``only`` names): what
+    :func:`records` expects selected."""
+    return [column for model in models for column in _table_columns(model, only)]
+
+
+def records(session: Any, models: tuple[Any, ...], query: Any, only: Only | None = None) -> Iterator[list[Any]]:
     """Each row of ``query`` (which selects :func:`columns` of ``models``, then any extra values)
     as one :class:`Record` per model, or None for an outer-joined model without a row (its
     primary key is NULL), followed by the extra values."""
     layout = []
     for model in models:
-        keys = tuple(column.key for column in model.__table__.columns)
+        keys = tuple(column.key for column in _table_columns(model, only))
         primary = [column.key for column in model.__table__.primary_key.columns]
         layout.append((keys, keys.index(primary[0])))
     for row in session.execute(query):

@@ -17,13 +17,14 @@ from typing import Any
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
-from sqlalchemy import ColumnElement, and_, true
+from sqlalchemy import ColumnElement, Select, and_, true
 from sqlmodel import Session, col, select
 
 from pacs.archive.charset import Answer as BaseAnswer
 from pacs.archive.charset import answer_charset
 from pacs.archive.encoding import Element, Encoded
 from pacs.archive.query import (
+    Only,
     QueryError,
     columns,
     match_date_range,
@@ -186,18 +187,38 @@ def _birth_date_text() -> ColumnElement[str]:
     return func.replace(cast(Patient.birth_date, String), "-", "")
 
 
-def find_rows(session: Session, identifier: Dataset) -> list[Row]:
-    query = (
-        select(*columns(ProcedureStep, ImagingOrder, Patient, Visit))
+# The columns an answer reads (VALUES, SPS_VALUES, the names), per table, its primary key first.
+READ: Only = {
+    ProcedureStep: ("id", "station_ae_title", "start_date", "start_time", "modality", "performing_physician",
+                    "description", "protocol_code", "protocol_scheme", "protocol_text", "sps_id", "station_name",
+                    "location", "status"),
+    ImagingOrder: ("id", "requested_procedure_id", "procedure_text", "procedure_code", "procedure_scheme",
+                   "study_instance_uid", "priority", "reason", "accession_number", "requesting_physician",
+                   "department", "referring_physician", "placer_number", "filler_number"),
+    Patient: ("id", "name_alphabetic", "name_ideographic", "name_phonetic", "patient_id", "issuer", "birth_date",
+              "sex", "address", "phone"),
+    Visit: ("id", "visit_number", "ward", "room", "bed"),
+}
+TABLES = (ProcedureStep, ImagingOrder, Patient, Visit)
+
+
+@lru_cache(maxsize=1)
+def _open_items() -> Select[Any]:
+    """Every open step with its order, patient and visit: what each query narrows down."""
+    return (
+        select(*columns(*TABLES, only=READ))
         .join(ImagingOrder, ImagingOrder.id == ProcedureStep.order)
         .join(Patient, Patient.id == ImagingOrder.patient)
         .outerjoin(Visit, Visit.id == ImagingOrder.visit)
-        .where(col(ProcedureStep.status).in_(OPEN_STEPS), col(ImagingOrder.status).in_(OPEN_ORDERS),
-               and_(true(), *conditions(identifier)))
+        .where(col(ProcedureStep.status).in_(OPEN_STEPS), col(ImagingOrder.status).in_(OPEN_ORDERS))
         .order_by(col(ProcedureStep.start_date), col(ProcedureStep.start_time), col(ProcedureStep.id))
         .limit(MAX_MATCHES)
     )
-    return [Row(*found) for found in records(session, (ProcedureStep, ImagingOrder, Patient, Visit), query)]
+
+
+def find_rows(session: Session, identifier: Dataset) -> list[Row]:
+    query = _open_items().where(and_(true(), *conditions(identifier)))
+    return [Row(*found) for found in records(session.connection(), TABLES, query, only=READ)]
 
 
 # Longest values of the VRs that carry text here, in characters (PS3.5 Table 6.2-1).
@@ -276,35 +297,58 @@ VALUES: dict[str, Callable[[Answer, Row], object]] = {
 }
 
 
+Fill = Callable[["Answer", Row], object]
+Plan = list[tuple[int, str, Fill]]  # (tag, VR, what fills it), in tag order
+
+
+def _fill(keyword: str, builder: Fill | None, vr: str) -> Fill:
+    """What fills one return key: its builder, cut to the VR's length, or an empty value."""
+    if builder is None:
+        empty: object = [] if vr == "SQ" else None
+        return lambda a, r: empty
+    limit = MAX_LENGTH.get(vr) if vr != "PN" else None
+    if limit is None:
+        return builder
+
+    def cut(a: Answer, r: Row) -> object:
+        value = builder(a, r)
+        return value[:limit] if isinstance(value, str) else value  # transliterated text can outgrow SH
+    return cut
+
+
+def _items(plan: Plan) -> Fill:
+    return lambda a, r: [[(tag, vr, fill(a, r)) for tag, vr, fill in plan]]
+
+
 class Answer(BaseAnswer):
     """Worklist answers in one character set, each holding exactly the keys the query asked for
     (PS3.4 C.2.2.1.2; a zero-length sequence key returns the whole sequence, C.2.2.2.6), in the
-    compact form :mod:`pacs.archive.encoding` sends without pydicom's writer."""
+    compact form :mod:`pacs.archive.encoding` sends without pydicom's writer.
 
-    def respond(self, row: Row, query: Dataset) -> Encoded:
-        out: list[Element] = []
+    Which keys an answer holds and what fills each is worked out once per query
+    (:meth:`plan`); each matching row then only runs the fills."""
+
+    def plan(self, query: Dataset) -> Plan:
+        out: Plan = []
         if self.charset:
-            out.append(_element("SpecificCharacterSet", self.charset))
+            charset = self.charset
+            out.append((*_tag_vr("SpecificCharacterSet"), lambda a, r: charset))
         for element in query:
             keyword = element.keyword
             if element.tag.is_private or keyword in ("SpecificCharacterSet", "QueryRetrieveLevel", ""):
                 continue
+            tag, vr = _tag_vr(keyword)
             if keyword == "ScheduledProcedureStepSequence":
                 asked = element.value[0] if element.value and len(element.value[0]) > 0 else None
                 keys = [e.keyword for e in asked if not e.tag.is_private] if asked is not None else list(SPS_VALUES)
-                sps = []
-                for key in keys:
-                    builder = SPS_VALUES.get(key)
-                    sps.append(_element(key, builder(self, row) if builder else
-                                        ([] if key.endswith("Sequence") else None)))
-                out.append(_element(keyword, [sps]))
+                sps = [(*_tag_vr(key), _fill(key, SPS_VALUES.get(key), _tag_vr(key)[1])) for key in keys if key]
+                out.append((tag, vr, _items(sorted(sps, key=lambda e: e[0]))))
                 continue
-            builder = VALUES.get(keyword)
-            if builder is not None:
-                out.append(_element(keyword, builder(self, row)))
-            else:
-                out.append(_element(keyword, [] if element.VR == "SQ" else None))
-        return Encoded(out, self.charset)
+            out.append((tag, vr, _fill(keyword, VALUES.get(keyword), element.VR if element.VR == "SQ" else vr)))
+        return sorted(out, key=lambda e: e[0])
+
+    def respond(self, row: Row, plan: Plan) -> Encoded:
+        return Encoded([(tag, vr, fill(self, row)) for tag, vr, fill in plan], self.charset, ordered=True)
 
 
 def find(session: Session, identifier: Dataset, *, names: NameRules, peer_charset: str | None = None,
@@ -313,7 +357,8 @@ def find(session: Session, identifier: Dataset, *, names: NameRules, peer_charse
     validate_identifier(identifier)
     charset = answer_charset(identifier.get("SpecificCharacterSet"), peer_charset)
     answer = Answer(charset, names)
+    plan = answer.plan(identifier)
     for row in find_rows(session, identifier):
         if cancelled():
             return
-        yield answer.respond(row, identifier)
+        yield answer.respond(row, plan)

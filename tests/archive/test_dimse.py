@@ -95,6 +95,28 @@ def test_pdus_written_directly_are_the_ones_pynetdicom_writes(max_pdu):
     assert got == identifiers
 
 
+@pytest.mark.parametrize("sop_class", [ModalityWorklistInformationFind, StudyRootQueryRetrieveInformationModelFind])
+@pytest.mark.parametrize("status", [0x0000, 0xFE00])
+@pytest.mark.parametrize("max_pdu", [0, 16382, 40])
+def test_a_final_find_response_is_the_one_pynetdicom_would_send(sop_class, status, max_pdu):
+    """The final C-FIND-RSP (Success or Cancel, PS3.7 9.3.2.2) has no identifier: the same
+    command set as pynetdicom's, with Command Data Set Type 0x0101, fragmented the same way."""
+    from pacs.archive.dimse import find_final_command
+
+    primitive = C_FIND()
+    primitive.MessageIDBeingRespondedTo = 7
+    primitive.AffectedSOPClassUID = sop_class
+    primitive.Status = status
+    message = C_FIND_RSP()
+    message.primitive_to_message(primitive)
+    expected = list(message.encode_msg(3, max_pdu))
+    ours = list(pdata(3, find_final_command(sop_class, 7, status), None, max_pdu))
+    assert _wire(ours) == _wire(expected)
+    decoded = DIMSEMessage()
+    assert [decoded.decode_msg(p) for p in ours][-1]
+    assert decoded.command_set.CommandDataSetType == 0x0101 and decoded.command_set.Status == status
+
+
 @pytest.mark.parametrize("status", [0x0000, 0xB006, 0xA700])
 @pytest.mark.parametrize("max_pdu", [0, 16382, 40])
 def test_a_store_response_is_the_one_pynetdicom_would_send(status, max_pdu):

@@ -145,6 +145,31 @@ def test_return_keys_and_sequences(scheduled):
     assert str(first.PatientName) == "LYU^XIAONYU=吕^小女"
 
 
+def test_every_return_key_the_worklist_fills(scheduled):
+    """Each key of VALUES and SPS_VALUES asked at once: every one comes back, filled from the
+    registry where it has a value (the answer reads only the columns worklist.READ selects)."""
+    from pacs.archive.worklist import SPS_VALUES, VALUES
+
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    for keyword in VALUES:
+        setattr(ds, keyword, Sequence([]) if keyword.endswith("Sequence") else "")
+    ds.AccessionNumber = "ACC3001"
+    sps = Dataset()
+    for keyword in SPS_VALUES:
+        setattr(sps, keyword, Sequence([]) if keyword.endswith("Sequence") else "")
+    ds.ScheduledProcedureStepSequence = Sequence([sps])
+    _, matches, final = mwl_find(scheduled.dicom_port, ds)
+    assert final is not None and final.Status == 0x0000 and len(matches) == 2
+    first = sorted(matches, key=lambda m: m.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID)[0]
+    assert set(first.dir()) == set(VALUES) | {"SpecificCharacterSet", "ScheduledProcedureStepSequence"}
+    assert set(first.ScheduledProcedureStepSequence[0].dir()) == set(SPS_VALUES)
+    assert first.AdmissionID == "V3001" and first.PatientID and first.StudyInstanceUID
+    assert first.RequestedProcedureCodeSequence[0].CodeValue == "CT0201"
+    assert first.ScheduledProcedureStepSequence[0].ScheduledProtocolCodeSequence[0].CodeValue == "ABD_ARTERIAL"
+    assert first.PlacerOrderNumberImagingServiceRequest and first.PatientBirthDate
+
+
 def test_gb18030_query_gets_a_gb18030_answer(scheduled):
     _, matches, _ = mwl_find(scheduled.dicom_port, query(charset="GB18030", PatientID="1000234"))
     assert len(matches) == 2
