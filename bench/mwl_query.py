@@ -7,7 +7,10 @@ procedure step each, spread over 30 days and 12 stations), starts the real serve
 
 - ``station_date``: Scheduled Station AE Title + Scheduled Procedure Step Start Date (today), the
   query a modality sends every few minutes; cycles through the stations; ISO_IR 192;
-- ``name_pinyin``: PatientName ``ZHANG*`` without Specific Character Set (an ASCII console);
+- ``name_today``: PatientName ``ZHANG*`` and today's Start Date without Specific Character Set
+  (a console's search for a patient in the day's list);
+- ``name_pinyin``: PatientName ``ZHANG*`` without Specific Character Set, every day (an ASCII
+  console; about 850 matches: a measure of the cost per answer more than of latency);
 - ``name_han``: PatientName ``张*`` in ISO_IR 192;
 - ``name_rare``: PatientName ``*NA*`` (leading wildcard: no index can help);
 - ``patient_id``: PatientID of one patient (cycles through patients that have steps); ISO_IR 192.
@@ -18,8 +21,12 @@ time, SPS ID and description) and is timed from send to the final status with
 ``time.perf_counter``, on one association reused for every query; ``station_date`` is also timed
 with a new association per query (associate, query, release), as many modalities do. Every kind's
 match count is checked against the generated data; C-ECHO on the same association gives the floor.
-DCMTK's ``findscu -W`` (with ``TCP_NODELAY=1``) repeats one ``station_date`` query as an outside
-client. Then the same queries run in this process against the same database through
+DCMTK's ``findscu -W`` (with ``TCP_NODELAY=1``), the toolkit many modalities are built on, then
+sends the same queries of each kind on one association, each timed by findscu's own log clock
+(log4cplus stamps to the microsecond) and its matches counted: the goal is judged on these
+figures, as a modality sees the SCP, and on the pynetdicom client's, whose decoding of every
+answer in Python costs it about as much CPU as the server spends. findscu also repeats one
+``station_date`` query in a process per query and with ``--repeat``. Then the same queries run in this process against the same database through
 ``pacs.archive.worklist`` to split the time into SQL, ORM, building the answers and encoding them;
 what is left of the end-to-end figure is pynetdicom (both sides) and the network. The SQL plans
 (SQLite ``EXPLAIN QUERY PLAN``, PostgreSQL ``EXPLAIN ANALYZE``) of the statements the worklist
@@ -331,11 +338,15 @@ def make_kinds(data: Generated, seed: int) -> list[Kind]:
         return frozenset(acc for p, accessions in of_patient.items() if hit(p) for acc in accessions)
 
     named = {p: by_name(p) for p in ("ZHANG*", "张*", "*NA*")}
+    today_steps = frozenset(s.accession for s in data.steps if s.start_date == today)
     return [
         Kind("station_date", f"ScheduledStationAETitle=<each of {len(stations)}> + StartDate={today}, ISO_IR 192",
              "ISO_IR 192",
              lambda i: identifier(charset="ISO_IR 192", station=stations[i % len(stations)], start_date=today),
              lambda i: on_station_today[stations[i % len(stations)]]),
+        Kind("name_today", f"PatientName=ZHANG* + StartDate={today}, no Specific Character Set", None,
+             lambda i: identifier(patient_name="ZHANG*", start_date=today),
+             lambda i: named["ZHANG*"] & today_steps),
         Kind("name_pinyin", "PatientName=ZHANG*, no Specific Character Set", None,
              lambda i: identifier(patient_name="ZHANG*"), lambda i: named["ZHANG*"]),
         Kind("name_han", "PatientName=张*, ISO_IR 192", "ISO_IR 192",
@@ -595,6 +606,83 @@ def findscu_times(port: int, query: Path, rounds: int, repeat: int) -> tuple[lis
     singles = [once(1) for _ in range(rounds)]
     many = [once(repeat) for _ in range(3)]
     return singles, (statistics.median(many) - statistics.median(singles)) / (repeat - 1)
+
+
+# findscu logs through log4cplus; this layout stamps each line with the time to the microsecond.
+FINDSCU_LOG_CONFIG = """\
+log4cplus.rootLogger = INFO, console
+log4cplus.logger.dcmtk.dcmnet.responses = WARN
+log4cplus.appender.console = log4cplus::ConsoleAppender
+log4cplus.appender.console.layout = log4cplus::PatternLayout
+log4cplus.appender.console.layout.ConversionPattern = %D{%H:%M:%S.%Q} %m%n
+"""
+
+
+def _log_clock(line: str) -> float:
+    """Seconds since midnight of a findscu log line stamped HH:MM:SS.mmm.uuu."""
+    hours, minutes, rest = line.split(" ", 1)[0].split(":")
+    seconds, millis, micros = rest.split(".")
+    return int(hours) * 3600 + int(minutes) * 60 + int(seconds) + int(millis) / 1e3 + int(micros) / 1e6
+
+
+def findscu_kind(server: Server, kind: Kind, count: int, warmup: int, tmp: Path) -> Timing:
+    """One findscu process, one association, ``warmup`` + ``count`` queries of ``kind`` one after
+    another (findscu sends the query files it is given in turn); each measured query is timed by
+    findscu's own log clock from "Sending Find Request" to "Received Final Find Response" and its
+    matches counted from the "Received Find Response" lines. Server CPU over the whole process
+    (association setup included), client CPU from the child's rusage."""
+    import resource
+
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    folder = tmp / "findscu" / kind.name
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(warmup + count):
+        query = kind.identifiers(i - warmup if i >= warmup else i)
+        query.file_meta = FileMetaDataset()
+        query.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.31"  # Modality Worklist Find
+        query.file_meta.MediaStorageSOPInstanceUID = "1.2.3"
+        query.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        files.append(folder / f"q{i:05d}.dcm")
+        query.save_as(files[-1], enforce_file_format=True)
+    config = tmp / "findscu-log.cfg"
+    config.write_text(FINDSCU_LOG_CONFIG)
+    findscu = shutil.which("findscu")
+    assert findscu is not None
+    command = [findscu, "-W", "-aet", "CT1", "-aec", CALLED_AE, "-lc", str(config), "127.0.0.1",
+               str(server.dicom_port), *map(str, files)]
+    timing = Timing(kind.name, "findscu")
+    server_cpu, children = server.cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(command, env=dict(os.environ, TCP_NODELAY="1"), capture_output=True, timeout=600,
+                          check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise RuntimeError(f"findscu failed ({done.returncode}): {done.stderr.decode(errors='replace')[-500:]}")
+    number, sent, matches = -1, 0.0, 0
+    for line in done.stdout.decode("utf-8", "replace").splitlines() + done.stderr.decode("utf-8", "replace").splitlines():
+        if " Sending Find Request" in line:
+            number, sent, matches = number + 1, _log_clock(line), 0
+        elif " Received Find Response " in line and "(Pending)" in line:
+            matches += 1
+        elif " Received Final Find Response" in line and number >= warmup:
+            elapsed = (_log_clock(line) - sent) % 86400  # past midnight
+            timing.ms.append(elapsed * 1000)
+            timing.matches.append(matches)
+            i = number - warmup
+            if "(Success)" not in line:
+                timing.failures[-1] += 1
+            elif matches != kind.expected(i):
+                timing.mismatches += 1
+                if len(timing.odd) < 3:
+                    timing.odd.append(f"findscu query {i}: {matches} matches, {kind.expected(i)} expected")
+    if not timing.ms:
+        raise RuntimeError("findscu logged no query: " + done.stderr.decode(errors="replace")[-500:])
+    timing.server_cpu_ms = (server.cpu_seconds() - server_cpu) / (warmup + count) * 1000
+    timing.client_cpu_ms = ((after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime)
+                            / (warmup + count) * 1000)
+    return timing
 
 
 def findscu_check(port: int, kind: Kind, rounds: int, repeat: int, tmp: Path) -> list[str]:
@@ -1013,12 +1101,12 @@ def profile_server(data_dir: Path, url: str, kinds: list[Kind], rounds: int, top
 PROFILE_PARTS = [
     ("handle_find (the whole handler generator)", "archive/handlers.py", ("handle_find",)),
     ("  validate_identifier", "archive/worklist.py", ("validate_identifier",)),
-    ("  find_rows: SQL statement + ORM rows", "archive/worklist.py", ("find_rows",)),
+    ("  find_rows: SQL statement + a record per table", "archive/worklist.py", ("find_rows",)),
     ("    driver execute (cursor.execute)", "engine/default.py", ("do_execute", "do_execute_no_params")),
     ("    SQLAlchemy compile of the statement", "sql/elements.py", ("_compile_w_cache",)),
-    ("  Answer.item: building each item", "archive/worklist.py", ("item",)),
-    ("    Answer.person: pinyin for physician names", "archive/worklist.py", ("person",)),
-    ("  returned: copying the return keys", "archive/worklist.py", ("returned",)),
+    ("  Answer.plan: the return keys, once per query", "archive/worklist.py", ("plan",)),
+    ("  Answer.respond: each answer", "archive/worklist.py", ("respond",)),
+    ("    Answer.person: pinyin for physician names", "archive/charset.py", ("person",)),
     ("  session commit/close", "orm/session.py", ("commit", "close")),
     ("pydicom value validation (everywhere)", "pydicom/valuerep.py", ("validate_value",)),
     ("pynetdicom encode(): answers and command sets", "pynetdicom/dsutils.py", ("encode",)),
@@ -1215,10 +1303,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"CPU: the server's and this client's process time per query, all threads; with one association "
               f"open and idle, the server uses {idle[0]:.0f} % and the client {idle[1]:.0f} % of a core")
 
-        if args.findscu_runs:
-            print("\n## DCMTK findscu as the client")
+        findscu_timings: list[Timing] = []
+        if args.findscu_runs and shutil.which("findscu"):
+            print("\n## DCMTK findscu as the client (a modality's toolkit): one association per kind, each query "
+                  "timed by findscu's\n## own log clock (send → final status), ms; goal p50 < "
+                  f"{GOAL_P50_MS:.0f}, p99 < {GOAL_P99_MS:.0f}")
+            print(header)
+            for t in timings:
+                if t.mode == "one association":
+                    kind = next(k for k in kinds if k.name == t.kind)
+                    findscu_timings.append(findscu_kind(server, kind, len(t.ms), args.warmup, tmp))
+                    print(timing_line(findscu_timings[-1]))
+                    ok = ok and not findscu_timings[-1].failures and not findscu_timings[-1].mismatches
+            print("  srv CPU includes the association's setup; cli CPU is findscu's (user + system)")
             for line in findscu_check(server.dicom_port, kinds[0], args.findscu_runs, 20, tmp):
                 print(line)
+        elif args.findscu_runs:
+            print("\n## DCMTK findscu as the client: findscu not found (apt-get install dcmtk), skipped")
         server.stop()
 
         if args.decompose_rounds:
@@ -1236,8 +1337,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{f['find'] - f['rows']:>8.2f} {f['encode']:>8.2f} {total:>8.2f} {t.pct(50):>8.2f} "
                       f"{t.pct(50) - total:>8.2f} {t.server_cpu_ms - total:>8.2f}")
             print("  SQL = the statement worklist.find_rows issues, run on the driver alone (execute + fetchall); "
-                  "ORM = the rest of find_rows\n  (SQLAlchemy compile, result rows into four ORM objects each); "
-                  "build = the rest of worklist.find (validate_identifier, Answer.item,\n  returned); encode = "
+                  "ORM = the rest of find_rows\n  (SQLAlchemy compile, each result row into a record per table); "
+                  "build = the rest of worklist.find (validate_identifier,\n  Answer.plan, Answer.respond); encode = "
                   "pynetdicom.dsutils.encode of each answer; sum = all of these; rest = end-to-end p50 minus sum "
                   "(pynetdicom\n  on both sides, the client, loopback); srv rest = the server's CPU per query minus "
                   "sum (pynetdicom in the server: DIMSE/PDU\n  encoding, its per-response logging, reactor polling)")
@@ -1257,12 +1358,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.variants:
             run_variants(data_dir, url, kinds, args)
 
-        met = [t.kind for t in timings if t.mode == "one association"
-               and t.pct(50) < GOAL_P50_MS and t.pct(99) < GOAL_P99_MS]
-        missed = [f"{t.kind} ({t.pct(50):.0f}/{t.pct(99):.0f})" for t in timings if t.mode == "one association"
-                  and t.kind not in met]
-        print(f"\ngoal p50 < {GOAL_P50_MS:.0f} ms and p99 < {GOAL_P99_MS:.0f} ms on one association: met by "
-              f"{', '.join(met) or 'none'}; missed by {', '.join(missed) or 'none'} (p50/p99 ms)")
+        for label, judged in (("DCMTK findscu", findscu_timings),
+                              ("the pynetdicom client", [t for t in timings if t.mode == "one association"])):
+            if not judged:
+                continue
+            met = [t.kind for t in judged if t.pct(50) < GOAL_P50_MS and t.pct(99) < GOAL_P99_MS]
+            missed = [f"{t.kind} ({t.pct(50):.0f}/{t.pct(99):.0f})" for t in judged if t.kind not in met]
+            print(f"\ngoal p50 < {GOAL_P50_MS:.0f} ms and p99 < {GOAL_P99_MS:.0f} ms on one association, {label}: "
+                  f"met by {', '.join(met) or 'none'}; missed by {', '.join(missed) or 'none'} (p50/p99 ms)")
         print(f"load average at the end: {load_average()}")
 
         if args.profile:
