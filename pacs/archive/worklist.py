@@ -301,7 +301,7 @@ Fill = Callable[["Answer", Row], object]
 Plan = list[tuple[int, str, Fill]]  # (tag, VR, what fills it), in tag order
 
 
-def _fill(keyword: str, builder: Fill | None, vr: str) -> Fill:
+def _fill(builder: Fill | None, vr: str) -> Fill:
     """What fills one return key: its builder, cut to the VR's length, or an empty value."""
     if builder is None:
         empty: object = [] if vr == "SQ" else None
@@ -341,10 +341,10 @@ class Answer(BaseAnswer):
             if keyword == "ScheduledProcedureStepSequence":
                 asked = element.value[0] if element.value and len(element.value[0]) > 0 else None
                 keys = [e.keyword for e in asked if not e.tag.is_private] if asked is not None else list(SPS_VALUES)
-                sps = [(*_tag_vr(key), _fill(key, SPS_VALUES.get(key), _tag_vr(key)[1])) for key in keys if key]
+                sps = [(*_tag_vr(key), _fill(SPS_VALUES.get(key), _tag_vr(key)[1])) for key in keys if key]
                 out.append((tag, vr, _items(sorted(sps, key=lambda e: e[0]))))
                 continue
-            out.append((tag, vr, _fill(keyword, VALUES.get(keyword), element.VR if element.VR == "SQ" else vr)))
+            out.append((tag, vr, _fill(VALUES.get(keyword), element.VR if element.VR == "SQ" else vr)))
         return sorted(out, key=lambda e: e[0])
 
     def respond(self, row: Row, plan: Plan) -> Encoded:
