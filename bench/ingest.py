@@ -492,6 +492,9 @@ if mode == "stages":
     from pynetdicom.dul import DULServiceProvider
     from pynetdicom.transport import AssociationSocket
     from sqlalchemy.orm import Session
+
+    from pacs.archive import dul as pacs_dul
+    pacs_dul.install()  # the archive's own socket reads first, so that the timer wraps them
     handlers.handle_store = timed("handle_store", handlers.handle_store)
     for owner, attribute in [
         (Archive, "store"), (store, "read_header"), (store, "check_identity"), (Archive, "_duplicate"),
@@ -1201,7 +1204,7 @@ def report_stages(data: dict[str, Any], result: SendResult) -> None:
                  values=(0, wall / n * 1000 - handler_wall, cpu / n * 1000 - handler_cpu), depth=1)
         else:
             line("_read_pdu_data (one PDU: recv + decode + dispatch)", "DULServiceProvider._read_pdu_data", depth=1)
-            line("AssociationSocket.recv (4 KB socket reads in a loop)", "AssociationSocket.recv", depth=2)
+            line("AssociationSocket.recv (socket reads into one buffer)", "AssociationSocket.recv", depth=2)
             line("DIMSEMessage.decode_msg (append PDV to the temp file)", "DIMSEMessage.decode_msg", depth=1)
             line("AssociationSocket.send (C-STORE-RSP)", "AssociationSocket.send", depth=1)
     line("index writer: _index_batch (group commit)", "_index_batch")

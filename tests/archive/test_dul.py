@@ -86,3 +86,32 @@ def test_a_woken_association_serves_as_before(server):
     woken = [a for a in server.server._dicom.ae.active_associations if hasattr(a, "_pacs_wake")]
     assoc.release()
     assert woken  # the association the server was serving was a woken one
+
+
+def test_a_pdu_is_read_whole_whatever_pieces_it_arrives_in():
+    """dul._recv (AssociationSocket.recv): every byte asked for, in order, however the peer's
+    writes split it; what arrived when the peer closes early (pynetdicom then reports the PDU
+    short and ends the association, Evt17)."""
+    from pynetdicom.transport import AssociationSocket
+
+    ours, peer = socket.socketpair()
+    payload = os.urandom(300_000)
+
+    def send() -> None:
+        for start in range(0, len(payload), 7_001):  # odd-sized pieces with pauses between some
+            peer.sendall(payload[start:start + 7_001])
+            if start % 70_010 == 0:
+                time.sleep(0.002)
+        peer.sendall(b"tail")
+        peer.close()
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    transport = AssociationSocket.__new__(AssociationSocket)  # only its socket is read here
+    transport.socket = ours
+    try:
+        assert bytes(dul._recv(transport, len(payload))) == payload
+        assert bytes(dul._recv(transport, 100)) == b"tail"  # closed after 4 of 100 bytes
+    finally:
+        sender.join(LONG)
+        ours.close()
