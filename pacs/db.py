@@ -57,6 +57,18 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 WRITER_WAIT = 0.00005, 0.001  # seconds between two tries for the writer lock: first, and at most
+MAX_ROW_ID = 2**63 - 1  # the largest key SQLite (INTEGER) and PostgreSQL (BIGINT) store
+
+
+def row_id(text: str) -> int | None:
+    """The row key a client's text names (a FHIR logical id, an id in a URL): ASCII decimal
+    digits up to :data:`MAX_ROW_ID`, else None. "³" and "８" are digits to ``str.isdigit``
+    but name no row; a number past the largest key names none either."""
+    if text.isascii() and text.isdigit():
+        number = int(text)
+        return number if number <= MAX_ROW_ID else None
+    return None
+
 SQLITE_CACHE_KIB = 65536  # page cache per connection (SQLite's default is 2 MiB): the index B-trees of a large archive
 WRITER_TIMEOUT = 30.0  # then BEGIN IMMEDIATE goes ahead and SQLite's busy timeout decides
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlmodel import Session
 
 from pacs import __version__
+from pacs.db import MAX_ROW_ID
 from pacs.server import Services
 
 
@@ -27,6 +28,11 @@ def get_session(services: ServicesDep, request: Request):  # type: ignore[no-unt
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
+"""A row's id in a path: anything past the largest key is refused (422), as it names no row."""
+Offset = Annotated[int, Query(ge=0, le=MAX_ROW_ID)]
+"""How many matches a page skips."""
 
 
 def create_app(services: Services) -> FastAPI:

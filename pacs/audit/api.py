@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from pacs.audit import service
 from pacs.audit.service import Filters
-from pacs.http import ServicesDep
+from pacs.http import Offset, ServicesDep
 
 router = APIRouter(prefix="/api/audit", tags=["audit"])
 
@@ -51,7 +51,7 @@ OutcomeQ = Annotated[int | None, Query(description="EventOutcomeIndicator: 0, 4,
 def search_audit(services: ServicesDep, since: Since = None, until: Until = None, event: EventQ = None,
                  action: ActionQ = None, patient_id: PatientQ = None, study_uid: StudyQ = None, user: UserQ = None,
                  outcome: OutcomeQ = None, limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-                 offset: Annotated[int, Query(ge=0)] = 0) -> AuditPage:
+                 offset: Offset = 0) -> AuditPage:
     """Audit entries, newest first, filtered by every parameter given."""
     filters = _filters(since, until, event, action, patient_id, study_uid, user, outcome)
     with service.reader(services.db).connect() as connection:

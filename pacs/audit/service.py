@@ -37,7 +37,7 @@ from pacs.audit import codes
 from pacs.audit.codes import Action, Code, Outcome
 from pacs.audit.message import Source
 from pacs.audit.tables import AuditEvent, AuditObject
-from pacs.db import Database, utcnow
+from pacs.db import Database, row_id, utcnow
 
 log = logging.getLogger("pacs.audit")
 
@@ -110,25 +110,26 @@ def _resolve(connection: Connection, event: Event) -> None:
         event.resolve_patients = True
     if event.fhir is not None:
         kind, logical = event.fhir
-        if logical.isdigit():
+        key = row_id(logical)
+        if key is not None:
             if kind == "Patient":
-                row = connection.execute(select(patient.c.patient_id).where(patient.c.id == int(logical))).first()
+                row = connection.execute(select(patient.c.patient_id).where(patient.c.id == key)).first()
                 event.patients.extend([row[0]] if row else [])
             elif kind == "ImagingStudy":
-                row = connection.execute(select(study.c.study_instance_uid).where(study.c.id == int(logical))).first()
+                row = connection.execute(select(study.c.study_instance_uid).where(study.c.id == key)).first()
                 event.studies.extend([row[0]] if row else [])
                 event.resolve_patients = True
             elif kind == "Message":
                 from pacs.integration.message_store import StoredMessage
 
                 message = StoredMessage.__table__  # type: ignore[attr-defined]
-                row = connection.execute(select(message.c.patient_id).where(message.c.id == int(logical))).first()
+                row = connection.execute(select(message.c.patient_id).where(message.c.id == key)).first()
                 event.patients.extend([row[0]] if row and row[0] else [])
             elif kind == "ServiceRequest":
                 order = ImagingOrder.__table__  # type: ignore[attr-defined]
                 row = connection.execute(select(patient.c.patient_id, order.c.accession_number)
                                          .join(order, order.c.patient == patient.c.id)
-                                         .where(order.c.id == int(logical))).first()
+                                         .where(order.c.id == key)).first()
                 if row:
                     event.patients.append(row[0])
                     event.details.setdefault("accession_number", row[1])

@@ -17,6 +17,7 @@ from sqlmodel import Session, or_, select
 from pacs import __version__
 from pacs.fhir_server import outcome
 from pacs.fhir_server.outcome import FHIR_JSON
+from pacs.db import row_id
 from pacs.fhir_server.common import version_of
 from pacs.fhir_server.imaging_study import endpoint_resource, imaging_study_resource
 from pacs.fhir_server.patient import patient_resource
@@ -131,7 +132,7 @@ def metadata(services: ServicesDep) -> JSONResponse:
 
 @router.get("/Patient/{patient_id}")
 def read_patient(patient_id: str, session: SessionDep) -> Response:
-    row = session.get(Patient, int(patient_id)) if patient_id.isdigit() else None
+    row = session.get(Patient, key) if (key := row_id(patient_id)) is not None else None
     if row is None:
         return outcome.response(404, f"Patient/{patient_id} does not exist", code="not-found")
     return fhir_json(patient_resource(session, row), headers={"ETag": _etag(row)})
@@ -139,7 +140,7 @@ def read_patient(patient_id: str, session: SessionDep) -> Response:
 
 @router.get("/ServiceRequest/{order_id}")
 def read_service_request(order_id: str, session: SessionDep, services: ServicesDep) -> Response:
-    row = session.get(ImagingOrder, int(order_id)) if order_id.isdigit() else None
+    row = session.get(ImagingOrder, key) if (key := row_id(order_id)) is not None else None
     if row is None:
         return outcome.response(404, f"ServiceRequest/{order_id} does not exist", code="not-found")
     return fhir_json(service_request_resource(session, row, services.settings.zone), headers={"ETag": _etag(row)})
@@ -186,7 +187,7 @@ async def update_service_request(
     if isinstance(body, Response):
         return body
     with services.db.session() as session:
-        order = session.get(ImagingOrder, int(order_id)) if order_id.isdigit() else None
+        order = session.get(ImagingOrder, key) if (key := row_id(order_id)) is not None else None
         if order is None:
             return outcome.response(404, f"ServiceRequest/{order_id} does not exist; create it with POST",
                                     code="not-found")
@@ -243,7 +244,7 @@ async def transaction(request: Request, services: ServicesDep) -> Response:
 
 @router.get("/ImagingStudy/{study_id}")
 def read_imaging_study(study_id: str, session: SessionDep, services: ServicesDep) -> Response:
-    row = session.get(Study, int(study_id)) if study_id.isdigit() else None
+    row = session.get(Study, key) if (key := row_id(study_id)) is not None else None
     if row is None:
         return outcome.response(404, f"ImagingStudy/{study_id} does not exist", code="not-found")
     resource = imaging_study_resource(session, row, zone=services.settings.zone)

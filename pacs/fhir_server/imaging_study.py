@@ -180,6 +180,7 @@ def endpoint_resource(dicomweb_url: str) -> dict[str, Any]:
 def search_parameters():  # type: ignore[no-untyped-def]
     from sqlalchemy import false, or_
 
+    from pacs.db import row_id
     from pacs.fhir_server.search import Param, SearchError, date_parameter, day_text, reference, string, token
 
     def identifier(value: str, modifier: str | None):  # type: ignore[no-untyped-def]
@@ -203,7 +204,7 @@ def search_parameters():  # type: ignore[no-untyped-def]
         raise SearchError(f"status {value!r} is not registered, available or cancelled")
 
     def _id(value: str, modifier: str | None):  # type: ignore[no-untyped-def]
-        return Study.id == int(value) if value.isdigit() else false()
+        return Study.id == key if (key := row_id(value)) is not None else false()
 
     subject = reference(Study.patient, "Patient")
     return {

@@ -7,6 +7,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from pacs.fhir_server.common import ADMINISTRATIVE_GENDER, _human_name, _meta, _type
+from pacs.db import row_id
 from pacs.registry.models import Patient, PatientIdentifier
 
 
@@ -74,7 +75,7 @@ def search_parameters(systems):  # type: ignore[no-untyped-def]
         return Patient.sex == wanted if wanted else or_(Patient.sex == "", col(Patient.sex).not_in(["M", "F", "O"]))
 
     def _id(value: str, modifier: str | None):  # type: ignore[no-untyped-def]
-        return Patient.id == int(value) if value.isdigit() else and_(Patient.id == -1)
+        return Patient.id == key if (key := row_id(value)) is not None else and_(Patient.id == -1)
 
     whole_name = func.replace(Patient.name_ideographic, "^", "")
     return {

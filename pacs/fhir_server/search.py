@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 
 from sqlalchemy import ColumnElement, and_, false, func, or_
 
+from pacs.db import MAX_ROW_ID, row_id
 from pacs.fhir_server.outcome import operation_outcome
 
 DEFAULT_COUNT = 20
@@ -112,12 +113,12 @@ def _split(value: str) -> list[str]:
 
 
 def _int(name: str, value: str, *, minimum: int, maximum: int | None = None) -> int:
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise SearchError(f"{name} must be a whole number, not {value!r}", name)
     number = int(value)
     if number < minimum:
         raise SearchError(f"{name} must be at least {minimum}", name)
-    return min(number, maximum) if maximum is not None else number
+    return min(number, maximum if maximum is not None else MAX_ROW_ID)  # past any row: nothing left
 
 
 def _unknown(name: str, strict: bool, ignored: list[str], message: str) -> None:
@@ -232,7 +233,7 @@ def reference(column: ColumnElement[int], resource_type: str):  # type: ignore[n
         logical = value.rsplit("/", 1)[-1]
         if "/" in value and not value.rsplit("/", 2)[-2] == resource_type:
             raise SearchError(f"{value!r} is not a {resource_type} reference")
-        return column == int(logical) if logical.isdigit() else false()
+        return column == key if (key := row_id(logical)) is not None else false()
 
     return build
 

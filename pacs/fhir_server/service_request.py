@@ -8,6 +8,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from pacs.fhir_server.common import DCM, REQUEST_PRIORITY, REQUEST_STATUS, SYSTEM_DICOM_UID, _meta, _type
+from pacs.db import row_id
 from pacs.registry.models import ImagingOrder, OrderStatus, ProcedureStep
 
 
@@ -84,7 +85,7 @@ def search_parameters(zone: tzinfo | None):  # type: ignore[no-untyped-def]
         return (moment.replace(tzinfo=zone) if zone else moment.astimezone()).astimezone(UTC)
 
     def _id(value: str, modifier: str | None):  # type: ignore[no-untyped-def]
-        return ImagingOrder.id == int(value) if value.isdigit() else false()
+        return ImagingOrder.id == key if (key := row_id(value)) is not None else false()
 
     subject = reference(ImagingOrder.patient, "Patient")
     return {

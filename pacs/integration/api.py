@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
 
-from pacs.http import ServicesDep, SessionDep
+from pacs.http import Offset, RowId, ServicesDep, SessionDep
 from pacs.integration import message_store, outbox
 from pacs.integration.channel import Inbound
 from pacs.integration.message_store import MessageSummary, Status, StoredMessage
@@ -59,7 +59,7 @@ def list_messages(
     patient_id: Annotated[str | None, Query()] = None,
     control_id: Annotated[str | None, Query(description="MSH-10")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> MessagePage:
     """Messages, newest first, filtered by every parameter given."""
     for moment in (since, until):
@@ -73,7 +73,7 @@ def list_messages(
 
 
 @router.get("/{message_id}", response_model=MessageDetail)
-def show_message(message_id: int, session: SessionDep) -> MessageDetail:
+def show_message(message_id: RowId, session: SessionDep) -> MessageDetail:
     row = session.get(StoredMessage, message_id)
     if row is None:
         raise HTTPException(404, f"message {message_id} does not exist")
@@ -81,7 +81,7 @@ def show_message(message_id: int, session: SessionDep) -> MessageDetail:
 
 
 @router.post("/{message_id}/reprocess", response_model=MessageDetail)
-async def reprocess_message(message_id: int, services: ServicesDep) -> MessageDetail:
+async def reprocess_message(message_id: RowId, services: ServicesDep) -> MessageDetail:
     """Run a stored message through the channel again; the result is a new message."""
     with services.db.session() as session:
         original = session.get(StoredMessage, message_id)
@@ -127,7 +127,7 @@ def list_outbox(
     status: Annotated[OutboxStatus | None, Query()] = None,
     destination: Annotated[str | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> OutboxPage:
     """Outbound deliveries, newest first: what was sent, what waits, what was refused."""
     total, rows = outbox.search(session, status=status, destination=destination, limit=limit, offset=offset)
@@ -136,7 +136,7 @@ def list_outbox(
 
 
 @outbox_router.post("/{item_id}/retry", response_model=OutboxPublic)
-def retry_outbox(item_id: int, session: SessionDep, services: ServicesDep) -> OutboxPublic:
+def retry_outbox(item_id: RowId, session: SessionDep, services: ServicesDep) -> OutboxPublic:
     """Send a delivery again now (one that was refused or is waiting for its next attempt)."""
     try:
         item = outbox.retry(session, item_id)

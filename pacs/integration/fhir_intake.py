@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlmodel import Session
 
-from pacs.db import utcnow
+from pacs.db import row_id, utcnow
 from pacs.fhir_server.outcome import for_error
 from pacs.integration.ack import ErrorCode, MessageError
 from pacs.integration.mapping import (
@@ -290,7 +290,7 @@ def _subject(request: dict[str, Any], session: Session, bundle_patients: dict[st
         return bundle_patients[reference], None
     if reference.startswith("Patient/"):
         logical = reference.split("/", 2)[1]
-        row = session.get(Patient, int(logical)) if logical.isdigit() else None
+        row = session.get(Patient, key) if (key := row_id(logical)) is not None else None
         if row is None:
             raise MessageError.content(ErrorCode.UNKNOWN_KEY_IDENTIFIER, "ServiceRequest.subject",
                                        f"{reference} does not exist")

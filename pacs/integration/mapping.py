@@ -888,7 +888,7 @@ class HL7Mapper(BaseMapper):
             return _hl7_datetime(raw, address)
         if kind == INT:
             digits = raw.split(".")[0]
-            if not digits.isdigit():
+            if not (digits.isascii() and digits.isdigit()):
                 raise MessageError.content(ErrorCode.DATA_TYPE_ERROR, address, f"{raw!r} is not a number")
             return int(digits)
         return self._coded(raw, rule, address)
@@ -1063,7 +1063,7 @@ def _hl7_date(raw: str, address: Address | None) -> date:
 
 def _hl7_datetime(raw: str, address: Address | None) -> datetime:
     digits = hl7v2.parse_ts(raw)
-    if not digits.isdigit() or len(digits) < 8:
+    if not (digits.isascii() and digits.isdigit()) or len(digits) < 8:
         raise MessageError.content(ErrorCode.DATA_TYPE_ERROR, address,
                                    f"{raw!r} is not a date/time (YYYYMMDD[HHMM[SS]])")
     padded = digits.ljust(14, "0")[:14]

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
 from sqlmodel import Session, col, func, select
 
-from pacs.http import ServicesDep, SessionDep
+from pacs.http import Offset, RowId, ServicesDep, SessionDep
 from pacs.registry import lifecycle
 from pacs.registry.models import ImagingOrder, OrderEvent, OrderStatus, Patient, ProcedureStep, StepStatus
 
@@ -94,7 +94,7 @@ def list_orders(
     station: Annotated[str | None, Query(description="scheduled station AE title")] = None,
     scheduled: Annotated[date | None, Query(description="scheduled on this day")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> OrderPage:
     query = select(ImagingOrder).join(Patient, Patient.id == ImagingOrder.patient)
     if status:
@@ -118,7 +118,7 @@ def list_orders(
 
 
 @router.get("/{order_id}", response_model=OrderPublic)
-def show_order(order_id: int, session: SessionDep) -> OrderPublic:
+def show_order(order_id: RowId, session: SessionDep) -> OrderPublic:
     order = session.get(ImagingOrder, order_id)
     if order is None:
         raise HTTPException(404, f"order {order_id} does not exist")
@@ -126,7 +126,7 @@ def show_order(order_id: int, session: SessionDep) -> OrderPublic:
 
 
 @router.post("/{order_id}/arrive", response_model=OrderPublic)
-def arrive(order_id: int, body: Transition, session: SessionDep, services: ServicesDep) -> OrderPublic:
+def arrive(order_id: RowId, body: Transition, session: SessionDep, services: ServicesDep) -> OrderPublic:
     """Check the patient in for this procedure: scheduled → arrived."""
     order = session.get(ImagingOrder, order_id)
     if order is None:

@@ -292,6 +292,8 @@ def test_frames_rendered_and_thumbnails(server, tmp_path):
     frame = Image.open(io.BytesIO(client.retrieve_instance_frames_rendered(*uids(ybr), frame_numbers=[5])))
     assert frame.mode == "RGB" and frame.size == (ybr.Columns, ybr.Rows)
     assert httpx.get(base + "/rendered", params={"window": "40,0,linear"}).status_code == 400
+    for bad in ({"window": "nan,nan"}, {"window": "inf,400"}, {"quality": "³"}, {"viewport": "６４,６４"}):
+        assert httpx.get(base + "/rendered", params=bad).status_code == 400, bad  # not a 500
     assert httpx.get(base + "/rendered", headers={"Accept": "image/gif"}).status_code == 406
 
     # Thumbnails of a study, a series and an instance: small JPEGs

@@ -28,6 +28,7 @@ from pacs.archive import qr
 from pacs.archive.charset import UNICODE
 from pacs.archive.dicomweb.media import bad_request
 from pacs.archive.query import QueryError
+from pacs.db import MAX_ROW_ID
 from pacs.integration.names import NameRules
 
 LEVELS = {"studies": "STUDY", "series": "SERIES", "instances": "IMAGE"}
@@ -83,9 +84,12 @@ def attribute(name: str) -> tuple[int, str]:
 
 
 def _non_negative(name: str, value: str) -> int:
-    if not value.strip().isdigit():
+    """A whole number of 0 or more in ASCII digits; past the largest row id it can only mean
+    "all" (limit) or "none left" (offset), so it is cut there."""
+    value = value.strip()
+    if not (value.isascii() and value.isdigit()):
         raise bad_request(f"{name}={value!r}: give a whole number of 0 or more")
-    return int(value)
+    return min(int(value), MAX_ROW_ID)
 
 
 def parse(params: list[tuple[str, str]], resource: str, *, study: str | None = None,

@@ -11,6 +11,7 @@ colour images are shown as decoded (YBR as RGB), palette colour through its LUT.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from io import BytesIO
 
@@ -60,6 +61,12 @@ def rendered_media(ranges: list[MediaRange]) -> str:
     raise not_acceptable(f"rendered images are available as {JPEG} or {PNG}")
 
 
+def _whole(text: str) -> bool:
+    """A whole number in ASCII digits ("³" is a digit to ``str.isdigit`` but not to ``int``)."""
+    text = text.strip()
+    return text.isascii() and text.isdigit()
+
+
 def parse_params(params: list[tuple[str, str]], *, thumbnail: bool = False) -> RenderParams:
     """The rendering parameters of PS3.18 8.3.5.1 (annotation and iccprofile are accepted and
     ignored); anything else is a 400."""
@@ -69,13 +76,13 @@ def parse_params(params: list[tuple[str, str]], *, thumbnail: bool = False) -> R
             out.window = parse_window(value)
         elif name == "viewport":
             parts = value.split(",")
-            if len(parts) < 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts[:2]):
+            if len(parts) < 2 or not all(_whole(p) and int(p) > 0 for p in parts[:2]):
                 raise bad_request(f"viewport={value!r}: give the width and height in pixels, e.g. 512,512")
             if len(parts) > 2 and any(p.strip() for p in parts[2:]):
                 raise bad_request("viewport: a source region (sx,sy,sw,sh) is not supported; give width,height")
             out.viewport = (int(parts[0]), int(parts[1]))
         elif name == "quality":
-            if not value.strip().isdigit() or not 1 <= int(value) <= 100:
+            if not _whole(value) or not 1 <= int(value) <= 100:
                 raise bad_request(f"quality={value!r}: give a whole number from 1 to 100")
             out.quality = int(value)
         elif name not in KNOWN_PARAMS:
@@ -92,6 +99,8 @@ def parse_window(value: str) -> Window:
         center, width = float(parts[0]), float(parts[1])
     except ValueError:
         raise bad_request(f"window={value!r}: center and width must be numbers") from None
+    if not (math.isfinite(center) and math.isfinite(width)):  # "nan", "inf" parse as floats
+        raise bad_request(f"window={value!r}: center and width must be finite numbers")
     function = VOI_FUNCTIONS.get(parts[2].lower() if len(parts) == 3 else "linear")
     if function is None:
         raise bad_request(f"window function {parts[2]!r} is not one of {', '.join(VOI_FUNCTIONS)}")
