@@ -221,6 +221,8 @@ def header_from_raw(raw: bytes) -> Header:
     if not raw.startswith(b"MSH") or len(raw) < 8:
         return Header()
     first = raw.replace(b"\n", b"\r").split(b"\r", 1)[0].decode("latin-1")
+    if len(first) < 4:  # "MSH" and a segment break: no separator to read
+        return Header()
     separator = first[3]
     if separator.isalnum() or separator.isspace():
         return Header()

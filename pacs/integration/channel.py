@@ -143,7 +143,11 @@ class Channel:
 
             fhir_intake.describe(row)
             return row
-        header = header_from_raw(inbound.raw)
+        try:
+            header = header_from_raw(inbound.raw)
+        except Exception:  # a header this reading does not foresee: stored all the same, answered AR once parsed
+            log.exception("header of a message from %s not readable before parsing", inbound.peer)
+            header = Header()
         row.sending_application = header.sending_application[:200]
         row.sending_facility = header.sending_facility[:200]
         row.receiving_application = header.receiving_application[:200]

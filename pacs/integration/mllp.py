@@ -72,7 +72,7 @@ def python_codec(charset: str) -> str | None:
         return CHARSETS[key]
     try:
         return codecs.lookup(key).name
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a name with a NUL byte in it
         return None
 
 

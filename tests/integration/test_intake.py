@@ -70,6 +70,19 @@ def test_a_failing_message_in_a_batch_leaves_the_others_applied(server):
     assert statuses == [Status.PROCESSED, Status.ERROR, Status.PROCESSED, Status.PROCESSED]
 
 
+@pytest.mark.parametrize("odd", [
+    load("adt_a01_ihe.hl7").replace(b"MSH|", b"MSH\r|", 1),  # a segment break where MSH-1 should be
+    load("adt_a01_ihe.hl7").replace(b"UNICODE UTF-8", b"UNI\0CODE UTF-8", 1),  # a NUL in MSH-18
+])
+def test_a_message_with_an_unreadable_header_is_answered_ar_and_its_batch_goes_on(server, odd):
+    outcomes = one_batch(server, [load("adt_a01_ihe.hl7"), odd, _order_groups(["NW"], "ORM0009")])
+    assert [o.ack_code for o in outcomes] == ["AA", "AR", "AA"]
+    with Session(server.db.engine) as session:
+        rows = session.exec(select(StoredMessage).order_by(col(StoredMessage.id))).all()
+    assert [r.status for r in rows] == [Status.PROCESSED, Status.ERROR, Status.PROCESSED]
+    assert rows[1].raw == odd
+
+
 def test_a_message_sent_twice_in_one_batch_is_applied_once(server):
     order = load("orm_o01_nw_ihe.hl7")
     first, again, later = one_batch(server, [order, order, order])

@@ -50,6 +50,8 @@ def replace(message: bytes, old: str, new: str, codec: str = "utf-8") -> bytes:
         ("unsupported processing id", replace(ADT, "|P|2.5|", "|X|2.5|"), "AR", "202"),
         ("empty control id", replace(ADT, "|ADT0001|", "||"), "AR", "101"),
         ("invalid UTF-8 bytes", ADT.replace("张".encode(), b"\xff\xfe", 1), "AR", "102"),
+        ("segment break right after MSH", ADT.replace(b"MSH|", b"MSH\r|", 1), "AR", "100"),
+        ("NUL byte in MSH-18", replace(ADT, "UNICODE UTF-8", "UNI\0CODE UTF-8"), "AR", "102"),
         ("unknown sex code", replace(ADT, "|19900101|M|", "|19900101|X|"), "AE", "103"),
         ("bad birth date", replace(ADT, "|19900101|M|", "|19901301|M|"), "AE", "102"),
         ("no patient identifier", replace(ADT, "P10001^^^HOSP^PI~110101199001011234^^^CHN^NI", ""), "AE", "101"),
