@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from datetime import tzinfo
+from datetime import datetime, tzinfo
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -354,3 +354,11 @@ def load_settings(**overrides: Any) -> Settings:
     """
     given = {key: value for key, value in overrides.items() if value is not None}
     return Settings(**given)
+
+
+def local_moment(moment: datetime, zone: tzinfo | None) -> datetime:
+    """A wall-clock time of the hospital (HL7 v2 and DICOM times carry no offset) as an aware
+    datetime in ``zone`` (:attr:`Settings.zone`; None: the system's zone)."""
+    if moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=zone) if zone else moment.astimezone()

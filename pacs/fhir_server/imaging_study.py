@@ -14,6 +14,7 @@ from sqlmodel import Session, col, select
 
 from pacs.archive.index import NOT_REJECTED, Instance, Series, Study
 from pacs.registry.models import ImagingOrder, OrderStatus, Patient
+from pacs.settings import local_moment
 
 DICOM_UID = "urn:dicom:uid"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -38,7 +39,7 @@ def _started(study: Study, zone: tzinfo | None) -> str | None:
         moment = datetime.strptime(study.study_date + clock, "%Y%m%d%H%M%S")
     except ValueError:
         return None
-    return (moment.replace(tzinfo=zone) if zone else moment.astimezone()).isoformat()
+    return local_moment(moment, zone).isoformat()
 
 
 def _pn_display(value: str) -> str:

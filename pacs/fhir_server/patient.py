@@ -6,8 +6,8 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from pacs.fhir_server.common import ADMINISTRATIVE_GENDER, _human_name, _meta, _type
 from pacs.db import row_id
+from pacs.fhir_server.common import ADMINISTRATIVE_GENDER, _human_name, _meta, _type
 from pacs.registry.models import Patient, PatientIdentifier
 
 

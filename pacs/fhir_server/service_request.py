@@ -7,9 +7,10 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from pacs.fhir_server.common import DCM, REQUEST_PRIORITY, REQUEST_STATUS, SYSTEM_DICOM_UID, _meta, _type
 from pacs.db import row_id
+from pacs.fhir_server.common import DCM, REQUEST_PRIORITY, REQUEST_STATUS, SYSTEM_DICOM_UID, _meta, _type
 from pacs.registry.models import ImagingOrder, OrderStatus, ProcedureStep
+from pacs.settings import local_moment
 
 
 def service_request_resource(session: Session, order: ImagingOrder, zone: tzinfo | None = None) -> dict[str, Any]:
@@ -51,7 +52,7 @@ def service_request_resource(session: Session, order: ImagingOrder, zone: tzinfo
     starts = [s.start for s in steps if s.start]
     if starts:
         first = min(starts)
-        resource["occurrenceDateTime"] = (first.replace(tzinfo=zone) if zone else first.astimezone()).isoformat()
+        resource["occurrenceDateTime"] = local_moment(first, zone).isoformat()
     if order.reason:
         resource["reasonCode"] = [{"text": order.reason}]
     if order.requesting_physician:
@@ -82,7 +83,7 @@ def search_parameters(zone: tzinfo | None):  # type: ignore[no-untyped-def]
         return col(ImagingOrder.status).in_(wanted)
 
     def utc(moment):  # type: ignore[no-untyped-def]
-        return (moment.replace(tzinfo=zone) if zone else moment.astimezone()).astimezone(UTC)
+        return local_moment(moment, zone).astimezone(UTC)
 
     def _id(value: str, modifier: str | None):  # type: ignore[no-untyped-def]
         return ImagingOrder.id == key if (key := row_id(value)) is not None else false()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, tzinfo
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
@@ -12,6 +12,7 @@ from sqlmodel import Session, col, func, select
 from pacs.http import Offset, RowId, ServicesDep, SessionDep
 from pacs.registry import lifecycle
 from pacs.registry.models import ImagingOrder, OrderEvent, OrderStatus, Patient, ProcedureStep, StepStatus
+from pacs.settings import local_moment
 
 router = APIRouter(prefix="/api/orders", tags=["orders"])
 
@@ -68,7 +69,9 @@ class Transition(BaseModel):
     note: str = ""
 
 
-def public(session: Session, order: ImagingOrder) -> OrderPublic:
+def public(session: Session, order: ImagingOrder, zone: tzinfo | None) -> OrderPublic:
+    """The order as the API shows it; a step's start, a wall-clock time of the hospital, with
+    the offset of its zone (RFC 3339)."""
     patient = session.get_one(Patient, order.patient)
     steps = session.exec(select(ProcedureStep).where(ProcedureStep.order == order.id).order_by(col(ProcedureStep.id)))
     events = session.exec(select(OrderEvent).where(OrderEvent.order == order.id).order_by(col(OrderEvent.id)))
@@ -78,7 +81,8 @@ def public(session: Session, order: ImagingOrder) -> OrderPublic:
                                     "study_instance_uid", "created_at", "updated_at"}),
         patient_id=patient.patient_id,
         patient_name="=".join(g for g in (patient.name_alphabetic, patient.name_ideographic) if g),
-        steps=[StepPublic(**s.model_dump()) for s in steps],
+        steps=[StepPublic(**(s.model_dump() | {"start": local_moment(s.start, zone) if s.start else None}))
+               for s in steps],
         events=[EventPublic(at=e.at, from_status=e.from_status, to_status=e.to_status, by=e.by, note=e.note,
                             step=e.step) for e in events],
     )
@@ -87,6 +91,7 @@ def public(session: Session, order: ImagingOrder) -> OrderPublic:
 @router.get("", response_model=OrderPage)
 def list_orders(
     session: SessionDep,
+    services: ServicesDep,
     status: Annotated[OrderStatus | None, Query()] = None,
     patient_id: Annotated[str | None, Query()] = None,
     accession_number: Annotated[str | None, Query()] = None,
@@ -114,15 +119,16 @@ def list_orders(
         query = query.where(col(ImagingOrder.id).in_(steps))
     total = session.exec(select(func.count()).select_from(query.subquery())).one()
     rows = session.exec(query.order_by(col(ImagingOrder.id).desc()).offset(offset).limit(limit)).all()
-    return OrderPage(total=total, offset=offset, limit=limit, items=[public(session, o) for o in rows])
+    zone = services.settings.zone
+    return OrderPage(total=total, offset=offset, limit=limit, items=[public(session, o, zone) for o in rows])
 
 
 @router.get("/{order_id}", response_model=OrderPublic)
-def show_order(order_id: RowId, session: SessionDep) -> OrderPublic:
+def show_order(order_id: RowId, session: SessionDep, services: ServicesDep) -> OrderPublic:
     order = session.get(ImagingOrder, order_id)
     if order is None:
         raise HTTPException(404, f"order {order_id} does not exist")
-    return public(session, order)
+    return public(session, order, services.settings.zone)
 
 
 @router.post("/{order_id}/arrive", response_model=OrderPublic)
@@ -142,4 +148,4 @@ def arrive(order_id: RowId, body: Transition, session: SessionDep, services: Ser
             step.status = StepStatus.ARRIVED
             session.add(step)
     session.flush()
-    return public(session, order)
+    return public(session, order, services.settings.zone)
