@@ -138,14 +138,19 @@ class Channel:
         """The message-store row for ``inbound``: raw bytes and what the header says."""
         row = MessageRow(raw=inbound.raw, source=inbound.source, peer=inbound.peer,
                          endpoint=inbound.endpoint, reprocess_of=inbound.reprocess_of)
+        # What this first reading does not foresee leaves the row's description empty: the
+        # message is stored all the same and refused once parsed, and its batch goes on.
         if is_fhir(row):
             from pacs.integration import fhir_intake
 
-            fhir_intake.describe(row)
+            try:
+                fhir_intake.describe(row)
+            except Exception:
+                log.exception("FHIR message from %s not described before parsing", inbound.peer)
             return row
         try:
             header = header_from_raw(inbound.raw)
-        except Exception:  # a header this reading does not foresee: stored all the same, answered AR once parsed
+        except Exception:
             log.exception("header of a message from %s not readable before parsing", inbound.peer)
             header = Header()
         row.sending_application = header.sending_application[:200]

@@ -61,17 +61,37 @@ def describe(row: MessageRow) -> None:
     row.message_type = str(data.get("resourceType", ""))[:40]
     for resource in _resources(data):
         if resource.get("resourceType") == "ServiceRequest":
-            for identifier in resource.get("identifier") or []:
+            for identifier in _list(resource.get("identifier")):
                 if isinstance(identifier, dict) and identifier.get("value"):
                     row.control_id = str(identifier["value"])[:200]
                     return
 
 
+def _list(value: Any) -> list[Any]:
+    """A JSON array as a list; anything else (a number where an array belongs) as none."""
+    return value if isinstance(value, list) else []
+
+
 def _resources(data: dict[str, Any]) -> list[dict[str, Any]]:
     if data.get("resourceType") == "Bundle":
-        return [e.get("resource") for e in data.get("entry") or []
+        return [e.get("resource") for e in _list(data.get("entry"))
                 if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
     return [data]
+
+
+def _evaluate(scope: dict[str, Any], expression: str) -> list[Any]:
+    """A FHIRPath of the field map over ``scope``. Content it cannot be evaluated on (two
+    values where a function takes one, such as two DICOM study UIDs for one order) is the
+    sender's error, answered 422 with the expression."""
+    import fhirpathpy
+
+    try:
+        return list(fhirpathpy.evaluate(scope, expression))
+    except Exception as exc:  # fhirpathpy raises plain exceptions for such content
+        raise MessageError.content(
+            ErrorCode.DATA_TYPE_ERROR, expression,
+            f"{expression} cannot be read from this resource: more than one value, or a value of another "
+            f"type, where the field map takes one ({type(exc).__name__})") from None
 
 
 class FHIRMapper(BaseMapper):
@@ -82,22 +102,18 @@ class FHIRMapper(BaseMapper):
         self.zone = zone
 
     def _holds(self, scope: dict[str, Any], rule: Rule) -> bool:
-        import fhirpathpy
-
         for expression, values in rule.when.items():
-            found = fhirpathpy.evaluate(scope, expression)
+            found = _evaluate(scope, expression)
             actual = str(found[0]) if found else ""
             if actual.upper() not in {v.upper() for v in values}:
                 return False
         return True
 
     def read(self, scope: dict[str, Any], rule: Rule) -> Sourced:
-        import fhirpathpy
-
         for expression in rule.sources:
             if not expression.startswith(scope.get("resourceType", "?")):
                 continue
-            found = [v for v in fhirpathpy.evaluate(scope, expression) if v not in (None, "", [], {})]
+            found = [v for v in _evaluate(scope, expression) if v not in (None, "", [], {})]
             if not found:
                 continue
             value = self._convert(found, rule, expression)
@@ -273,6 +289,9 @@ def _validate(resource: dict[str, Any]) -> None:
         raise MessageError.reject(ErrorCode.SEGMENT_SEQUENCE_ERROR,
                                   f"invalid {kind}: {path}: {first.get('msg')} ({exc.error_count()} error(s))",
                                   f"{kind}.{path}" if path else str(kind)) from None
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:  # fhir.resources on shapes it does not foresee
+        # (a "resourceType" that is an object or a number in a contained resource or an entry)
+        raise MessageError.reject(ErrorCode.SEGMENT_SEQUENCE_ERROR, f"invalid {kind}: {exc}", str(kind)) from None
 
 
 def _subject(request: dict[str, Any], session: Session, bundle_patients: dict[str, dict[str, Any]]

@@ -137,10 +137,26 @@ def _without(body: dict, key: str) -> dict:
     return body
 
 
+def _contained_type(value: object) -> dict:
+    body = resource("servicerequest_contained.json")
+    body["contained"][0]["resourceType"] = value
+    return body
+
+
+def _two_study_uids() -> dict:
+    body = resource("servicerequest_contained.json")
+    body["identifier"] = [i for i in body["identifier"] if i.get("system") != "urn:dicom:uid"] + [
+        {"system": "urn:dicom:uid", "value": "urn:oid:1.2.3.4"}, {"system": "urn:dicom:uid", "value": "urn:oid:1.2.3.5"}]
+    return body
+
+
 @pytest.mark.parametrize(
     ("body", "status", "issue"),
     [
         ("{not json", 400, "structure"),
+        (_contained_type({"not": "a name"}), 400, "structure"),  # fhir.resources raises TypeError on it
+        (_contained_type(1.5), 400, "structure"),
+        (_two_study_uids(), 422, "value"),  # the field map's FHIRPath takes one
         ({"resourceType": "Observation", "status": "final", "code": {"text": "x"}}, 400, "not-supported"),
         (_without(resource("servicerequest_contained.json"), "subject"), 400, "structure"),
         ({**resource("servicerequest_contained.json"), "subject": {"reference": "Patient/99999"}}, 422, "not-found"),
@@ -164,6 +180,12 @@ def test_bad_requests_get_an_operation_outcome_and_store_nothing(server, body, s
         assert message.status == Status.ERROR and message.source == "fhir"
     # and the server still takes good ones
     assert post(server, "/fhir/ServiceRequest", resource("servicerequest_contained.json")).status_code == 201
+
+
+def test_a_bundle_whose_entry_is_not_an_array_is_400_and_the_server_goes_on(server):
+    response = post(server, "/fhir", {**resource("bundle_transaction.json"), "entry": 10**30})
+    assert response.status_code == 400 and response.json()["resourceType"] == "OperationOutcome"
+    assert post(server, "/fhir", resource("bundle_transaction.json")).status_code == 200
 
 
 def test_wrong_content_type_and_unknown_ids(server):
