@@ -445,6 +445,14 @@ def test_bad_requests_are_4xx_with_nothing_stored(server, tmp_path):
     assert response.status_code == 409
     [failed] = pydicom.Dataset.from_json(response.json()).FailedSOPSequence
     assert failed.FailureReason == 0xA900 and failed.ReferencedSOPInstanceUID == good.sop_instance_uid
+    # A warning quoting a damaged value (control characters in a UID) still makes a valid header
+    damaged = pydicom.dcmread(good.path)
+    damaged.StudyInstanceUID = "1.2\x08\x01.3"
+    buffer = io.BytesIO()
+    damaged.save_as(buffer, enforce_file_format=True)
+    response = httpx.post(f"{url}/studies/{other_study}", content=multipart_body([buffer.getvalue()]),
+                          headers={"Content-Type": STOW_TYPE})
+    assert response.status_code == 409 and "1.2??.3" in response.headers["warning"]
     for content_type in ("application/json", 'multipart/related; type="application/dicom+json"; boundary=b0undary'):
         response = httpx.post(url + "/studies", content=multipart_body([good.path.read_bytes()]),
                               headers={"Content-Type": content_type})

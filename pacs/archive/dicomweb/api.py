@@ -10,6 +10,7 @@ STOW-RS body that is not multipart/related of application/dicom.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -96,8 +97,14 @@ def _warning_header(warnings: list[str]) -> dict[str, str]:
     """``Warning: 299 pacs "..."`` (RFC 7234 5.5, used by PS3.18 10.6.3 and 10.5.3)."""
     if not warnings:
         return {}
-    texts = [w.replace('"', "'").encode("latin-1", "replace").decode("latin-1") for w in warnings[:20]]
+    # A header value is Latin-1 without control characters (RFC 9110 5.5); a warning may quote
+    # a value from a damaged object (a UID with NUL bytes in it).
+    texts = [_CONTROL.sub("?", w.replace('"', "'")).encode("latin-1", "replace").decode("latin-1")
+             for w in warnings[:20]]
     return {"Warning": ", ".join(f'299 pacs "{t}"' for t in texts)}
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 # -- QIDO-RS (PS3.18 10.6) ---------------------------------------------------------------------
