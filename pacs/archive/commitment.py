@@ -20,6 +20,7 @@ from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel
 from sqlmodel import Session, select
 
+from pacs.archive import dimse
 from pacs.archive.index import Instance, InstanceFile
 from pacs.archive.status import Status
 from pacs.archive.storage import StorageArea
@@ -132,15 +133,19 @@ class Commitment:
         report = self.verify(transaction, references)
         log.info("storage commitment %s from %s: %d committed, %d failed", transaction, calling,
                  len(report.committed), len(report.failed))
-        threading.Thread(target=self._answer, args=(event.assoc, calling, report), daemon=True,
+        responded = threading.Event()
+        dimse.after_response(event.assoc, int(event.request.MessageID), responded.set)
+        threading.Thread(target=self._answer, args=(event.assoc, calling, report, responded), daemon=True,
                          name="commitment-report").start()
         return int(Status.SUCCESS), None
 
-    def _answer(self, assoc, calling: str, report: Report) -> None:  # type: ignore[no-untyped-def]
-        """Report on the same association if the requestor keeps it open, else through the outbox."""
+    def _answer(self, assoc, calling: str, report: Report,  # type: ignore[no-untyped-def]
+                responded: threading.Event) -> None:
+        """Report on the same association if the requestor keeps it open, once our N-ACTION
+        response has gone out (PS3.4 J.3.3), else through the outbox."""
         deadline = time.monotonic() + SAME_ASSOCIATION_GRACE
-        time.sleep(0.05)  # let the N-ACTION response go out first
-        while time.monotonic() < deadline and assoc.is_established:
+        responded.wait(SAME_ASSOCIATION_GRACE)
+        while responded.is_set() and time.monotonic() < deadline and assoc.is_established:
             try:
                 status, _ = assoc.send_n_event_report(report.dataset(self.settings.ae_title), report.event_type,
                                                       StorageCommitmentPushModel, WELL_KNOWN_INSTANCE)

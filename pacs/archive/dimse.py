@@ -22,7 +22,7 @@ message after another; the final response follows through the DIMSE provider.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from io import BytesIO
 from typing import Any
 
@@ -208,9 +208,25 @@ def _fast(provider: DIMSEServiceProvider, primitive: Any) -> bytes | None:
     return None
 
 
+def after_response(assoc: Any, message_id: int, callback: Callable[[], None]) -> None:
+    """Call ``callback`` once the response to request ``message_id`` of ``assoc`` has been
+    queued for the DUL, so that a message an SCP sends afterwards on the same association (the
+    N-EVENT-REPORT of a storage commitment, PS3.4 J.3.3) follows the response on the wire."""
+    assoc.__dict__.setdefault("_pacs_after_response", {})[message_id] = callback
+
+
+def _responded(provider: DIMSEServiceProvider, primitive: Any) -> None:
+    waiting = provider.assoc.__dict__.get("_pacs_after_response")
+    responded = getattr(primitive, "MessageIDBeingRespondedTo", None)
+    if waiting and responded is not None:
+        callback = waiting.pop(int(responded), None)
+        if callback is not None:
+            callback()
+
+
 def install() -> None:
     """Send pending C-FIND responses through :func:`find_response_command` and plain C-STORE
-    responses through :func:`store_response_command`, and let the DUL
+    responses through :func:`store_response_command`, run :func:`after_response` callbacks, and let the DUL
     write the PDUs of a :class:`PendingSender` as they are (idempotent)."""
     original = DIMSEServiceProvider.send_msg
     if getattr(original, "_pacs_fast", False):
@@ -226,6 +242,7 @@ def install() -> None:
         else:
             for item in pdata(context_id, command, primitive.Identifier.getvalue(), self.maximum_pdu_size):
                 self.dul.send_pdu(item)
+        _responded(self, primitive)
 
     send_msg._pacs_fast = True  # type: ignore[attr-defined]
     DIMSEServiceProvider.send_msg = send_msg  # type: ignore[method-assign]
