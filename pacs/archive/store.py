@@ -266,6 +266,13 @@ class Archive:
             return StoreResult(Outcome.REFUSED, CANNOT_UNDERSTAND, f"cannot read the data set: {exc}")
         uid = _text(header, "SOPInstanceUID")
         syntax = str(header.file_meta.get("TransferSyntaxUID", "")) if hasattr(header, "file_meta") else ""
+        if not syntax or not UID(syntax).is_transfer_syntax:
+            # Retrieval, transcoding and rendering go by the transfer syntax (PS3.10 7.1): an object
+            # without a known one could be kept but not served.
+            comment = (f"Transfer Syntax UID {syntax!r} is not a transfer syntax this archive knows" if syntax
+                       else "the File Meta Information has no Transfer Syntax UID")
+            log.warning("refused an object from %s: %s", calling_ae or "import", comment)
+            return StoreResult(Outcome.REFUSED, CANNOT_UNDERSTAND, comment)
         if self._short_of_space(path):
             log.error("storage area %s has less than %d bytes free; refusing %s", self.area.name,
                       self.min_free_bytes, uid)

@@ -445,6 +445,19 @@ def test_bad_requests_are_4xx_with_nothing_stored(server, tmp_path):
     assert response.status_code == 409
     [failed] = pydicom.Dataset.from_json(response.json()).FailedSOPSequence
     assert failed.FailureReason == 0xA900 and failed.ReferencedSOPInstanceUID == good.sop_instance_uid
+    # A File Meta Information without a transfer syntax this archive knows: refused, as it could not be served
+    part10 = good.path.read_bytes()
+    syntax = str(pydicom.dcmread(good.path).file_meta.TransferSyntaxUID).encode()
+    syntax += b"\0" * (len(syntax) % 2)
+    without = pydicom.dcmread(good.path)
+    del without.file_meta.TransferSyntaxUID
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, without, implicit_vr=False, little_endian=True)  # pydicom reads it back all the same
+    for damaged in (part10.replace(syntax, b"1.2.3.4.5.6.7.8.9.1\0"[:len(syntax)], 1), buffer.getvalue()):
+        response = httpx.post(url + "/studies", content=multipart_body([damaged]), headers={"Content-Type": STOW_TYPE})
+        assert response.status_code == 409, response.text
+        [failed] = pydicom.Dataset.from_json(response.json()).FailedSOPSequence
+        assert failed.FailureReason == 0xC000 and "transfer syntax" in response.headers["warning"].lower()
     # A warning quoting a damaged value (control characters in a UID) still makes a valid header
     damaged = pydicom.dcmread(good.path)
     damaged.StudyInstanceUID = "1.2\x08\x01.3"
