@@ -147,8 +147,9 @@ class Commitment:
         responded.wait(SAME_ASSOCIATION_GRACE)
         while responded.is_set() and time.monotonic() < deadline and assoc.is_established:
             try:
-                status, _ = assoc.send_n_event_report(report.dataset(self.settings.ae_title), report.event_type,
-                                                      StorageCommitmentPushModel, WELL_KNOWN_INSTANCE)
+                status, _ = dimse.awaiting_response(assoc, lambda: assoc.send_n_event_report(
+                    report.dataset(self.settings.ae_title), report.event_type, StorageCommitmentPushModel,
+                    WELL_KNOWN_INSTANCE))
                 if status is not None and "Status" in status and status.Status == 0:
                     log.info("storage commitment %s reported on the same association", report.transaction_uid)
                     return

@@ -24,7 +24,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterator
 from io import BytesIO
-from typing import Any
+from typing import Any, TypeVar
 
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import evt, fsm
@@ -35,6 +35,7 @@ from pynetdicom.pdu_primitives import P_DATA
 
 from pacs.archive.encoding import Encoded
 
+T = TypeVar("T")
 C_FIND_RSP = 0x8020  # Command Field (PS3.7 E.1)
 C_STORE_RSP = 0x8001
 DATA_SET_PRESENT = 0x0001  # Command Data Set Type: anything but 0x0101 (as pynetdicom sends it)
@@ -213,6 +214,42 @@ def after_response(assoc: Any, message_id: int, callback: Callable[[], None]) ->
     queued for the DUL, so that a message an SCP sends afterwards on the same association (the
     N-EVENT-REPORT of a storage commitment, PS3.4 J.3.3) follows the response on the wire."""
     assoc.__dict__.setdefault("_pacs_after_response", {})[message_id] = callback
+
+
+def awaiting_response(assoc: Any, send: Callable[[], T]) -> T:
+    """Run ``send``, one of pynetdicom's ``send_*`` calls by which an SCP sends a request on an
+    association its peer opened (the N-EVENT-REPORT of a storage commitment), keeping the
+    requests the peer sends meanwhile for the association to serve afterwards.
+
+    Each side may have an operation outstanding at once (PS3.7 D.3.3.3, one invoked by each
+    side by default): a modality may send its next request before our N-EVENT-REPORT has been
+    answered. pynetdicom takes whatever message comes next as the response and, finding a
+    request, aborts the association; here a request is set aside and put back at the head of
+    the queue, in order, once the response is in."""
+    provider = assoc.dimse
+    set_aside: list[Any] = []
+    original = provider.get_msg
+
+    def get_msg(block: bool = False) -> Any:
+        while True:
+            context_id, message = original(block)
+            if message is None or getattr(message, "MessageIDBeingRespondedTo", None) is not None:
+                return context_id, message
+            set_aside.append((context_id, message))
+
+    provider.get_msg = get_msg  # only this call takes messages: pynetdicom pauses the reactor meanwhile
+    try:
+        return send()
+    finally:
+        del provider.get_msg
+        if set_aside:
+            waiting = provider.msg_queue
+            with waiting.mutex:
+                waiting.queue.extendleft(reversed(set_aside))
+                waiting.not_empty.notify()
+            wake = getattr(assoc, "_pacs_wake", None)
+            if wake is not None:
+                wake.set()
 
 
 def _responded(provider: DIMSEServiceProvider, primitive: Any) -> None:

@@ -66,6 +66,44 @@ def test_report_on_the_same_association(server, tmp_path):
     assert [(i.ReferencedSOPInstanceUID, i.FailureReason) for i in info.FailedSOPSequence] == [("1.2.3.4.5.404", 0x0112)]
 
 
+def test_a_request_the_modality_sends_while_the_report_awaits_its_response_is_served(server, tmp_path):
+    """Each side may have an operation outstanding (PS3.7 D.3.3.3): a modality that sends a
+    C-ECHO before answering our N-EVENT-REPORT gets both, and its association stays up."""
+    from pynetdicom.dimse_primitives import C_ECHO
+    from pynetdicom.sop_class import Verification
+
+    path = ct(tmp_path)
+    assert send_file(server.dicom_port, path).Status == 0
+    received: list[str] = []
+    reported = threading.Event()
+
+    def on_report(event):
+        echo = C_ECHO()
+        echo.MessageID, echo.AffectedSOPClassUID = 99, Verification
+        context = event.assoc._get_valid_context(Verification, "", "scu")
+        event.assoc.dimse.send_msg(echo, context.context_id)  # before this report is answered
+        time.sleep(0.2)
+        reported.set()
+        return 0x0000, None
+
+    def on_received(event):
+        received.append(type(event.message).__name__)
+
+    ae = AE(ae_title="CT1")
+    ae.add_requested_context(StorageCommitmentPushModel)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title="PACS",
+                         evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report), (evt.EVT_DIMSE_RECV, on_received)])
+    ds, _ = request([(CTImageStorage, str(pydicom.dcmread(path).SOPInstanceUID))])
+    assert assoc.send_n_action(ds, 1, StorageCommitmentPushModel, WELL_KNOWN)[0].Status == 0
+    assert reported.wait(10), "no N-EVENT-REPORT on the same association"
+    deadline = time.monotonic() + 10
+    while "C_ECHO_RSP" not in received and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert "C_ECHO_RSP" in received and assoc.is_established, received
+    assoc.release()
+
+
 def test_corrupt_copy_is_not_committed(server, tmp_path):
     path = ct(tmp_path)
     assert send_file(server.dicom_port, path).Status == 0
