@@ -36,7 +36,15 @@ from pacs.integration.ack import (
 )
 from pacs.integration.hl7v2 import Address
 from pacs.integration.mapping import SUPPORTED_MESSAGE_CODES, Filtered, MappingHolder, Mappings, map_hl7
-from pacs.integration.message_store import AppliedIndex, MessageRow, Stage, Status, find_processed, save_results
+from pacs.integration.message_store import (
+    AppliedIndex,
+    MessageRow,
+    Stage,
+    Status,
+    find_processed,
+    save_results,
+    storable,
+)
 from pacs.registry import lifecycle, service
 from pacs.registry.models import VisitStatus
 from pacs.registry.schemas import Action, Mapped
@@ -147,7 +155,7 @@ class Channel:
                 fhir_intake.describe(row)
             except Exception:
                 log.exception("FHIR message from %s not described before parsing", inbound.peer)
-            return row
+            return _described(row)
         try:
             header = header_from_raw(inbound.raw)
         except Exception:
@@ -162,7 +170,7 @@ class Channel:
         row.charset = header.charset[:40]
         code = _msh9(inbound.raw, header)
         row.message_type = code[:40]
-        return row
+        return _described(row)
 
     # -- 2 to 5 --------------------------------------------------------------------------------
     def process(self, session: Session, row: MessageRow, inbound: Inbound,
@@ -335,6 +343,18 @@ def _forget_instances(session: Session) -> None:
     if session.identity_map:
         session.flush()
         session.expunge_all()
+
+
+DESCRIPTION = ("sending_application", "sending_facility", "receiving_application", "receiving_facility",
+               "control_id", "message_type", "version", "charset")
+
+
+def _described(row: MessageRow) -> MessageRow:
+    """``row`` with the header values it was described by made storable (no NUL: they are
+    written and searched for before the message is parsed)."""
+    for name in DESCRIPTION:
+        setattr(row, name, storable(getattr(row, name)))
+    return row
 
 
 def is_fhir(row: MessageRow) -> bool:

@@ -123,10 +123,29 @@ _PROCESSED = (
 )
 
 
+def storable(value: Any) -> Any:
+    """``value`` with every NUL character in its text replaced by U+FFFD: PostgreSQL's text
+    cannot hold NUL, and a sender's bytes (kept whole in ``raw``) may carry one."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [storable(v) for v in value]
+    return value
+
+
+def _columns(row: MessageRow, names: tuple[str, ...]) -> dict[str, Any]:
+    """The row's values for ``names``, its text storable (a NUL arrives as a byte, as a JSON
+    ``\\u0000`` or as an HL7 ``\\X00\\`` escape)."""
+    return {name: value if name == "raw" else storable(value)
+            for name, value in ((name, getattr(row, name)) for name in names)}
+
+
 def store_raw(session: Session, rows: list[MessageRow]) -> None:
     """INSERT the messages as received (status RECEIVED), all in one statement, and set their
     ids. The caller commits before parsing them."""
-    values = [{name: getattr(row, name) for name in ROW_COLUMNS} for row in rows]
+    values = [_columns(row, ROW_COLUMNS) for row in rows]
     ids = session.connection().execute(_INSERT_MANY, values).scalars().all()
     for row, row_id in zip(rows, ids, strict=True):
         row.id = row_id
@@ -136,8 +155,7 @@ def save_results(session: Session, rows: list[MessageRow]) -> None:
     """UPDATE the stored messages with what processing made of them (status, stages, response):
     one statement, executed for every row (a batch's results are written together)."""
     if rows:
-        session.connection().execute(_SAVE_RESULT, [
-            {**{name: getattr(row, name) for name in RESULT_COLUMNS}, "row_id": row.id} for row in rows])
+        session.connection().execute(_SAVE_RESULT, [{**_columns(row, RESULT_COLUMNS), "row_id": row.id} for row in rows])
 
 
 def load_row(session: Session, message_id: int) -> MessageRow:

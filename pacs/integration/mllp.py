@@ -107,7 +107,9 @@ def decode(raw: bytes, default_charset: str) -> tuple[str, str]:
         raise CharsetError(
             f"byte {exc.start} (0x{raw[exc.start]:02X}) is not valid {charset}"
         ) from None
-    return text.lstrip("\ufeff"), charset
+    # HL7 v2 text has no NUL (and PostgreSQL's text cannot hold one): U+FFFD stands in for it,
+    # as for any character that cannot be shown; the raw bytes are kept as they came.
+    return text.lstrip("\ufeff").replace("\x00", "\ufffd"), charset
 
 
 def encode(text: str, charset: str) -> bytes:
