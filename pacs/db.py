@@ -58,6 +58,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 WRITER_WAIT = 0.00005, 0.001  # seconds between two tries for the writer lock: first, and at most
 MAX_ROW_ID = 2**63 - 1  # the largest key SQLite (INTEGER) and PostgreSQL (BIGINT) store
+SQLITE_CACHE_KIB = 65536  # page cache per connection (SQLite's default is 2 MiB): the index B-trees of a large archive
+WRITER_TIMEOUT = 30.0  # then BEGIN IMMEDIATE goes ahead and SQLite's busy timeout decides
 
 
 def row_id(text: str) -> int | None:
@@ -68,9 +70,6 @@ def row_id(text: str) -> int | None:
         number = int(text)
         return number if number <= MAX_ROW_ID else None
     return None
-
-SQLITE_CACHE_KIB = 65536  # page cache per connection (SQLite's default is 2 MiB): the index B-trees of a large archive
-WRITER_TIMEOUT = 30.0  # then BEGIN IMMEDIATE goes ahead and SQLite's busy timeout decides
 
 
 class WriterConnection(sqlite3.Connection):
