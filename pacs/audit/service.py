@@ -37,7 +37,7 @@ from pacs.audit import codes
 from pacs.audit.codes import Action, Code, Outcome
 from pacs.audit.message import Source
 from pacs.audit.tables import AuditEvent, AuditObject
-from pacs.db import Database, row_id, utcnow
+from pacs.db import Database, Prepared, row_id, savepoint, utcnow
 
 log = logging.getLogger("pacs.audit")
 
@@ -142,7 +142,7 @@ def _resolve(connection: Connection, event: Event) -> None:
 
 
 _INSERT_EVENTS = insert(EVENT).returning(EVENT.c.id, sort_by_parameter_order=True)
-_INSERT_OBJECT = insert(OBJECT)
+_INSERT_OBJECT = Prepared(insert(OBJECT))
 
 
 def write(connection: Connection, events: list[Event]) -> None:
@@ -181,7 +181,7 @@ def write(connection: Connection, events: list[Event]) -> None:
                   for v in dict.fromkeys(s for s in event.studies if s)]
         objects += named[:MAX_OBJECTS]
     if objects:
-        connection.execute(_INSERT_OBJECT, objects)
+        _INSERT_OBJECT.execute_many(connection, objects)
 
 
 def record(session: Session | Connection, event: Event) -> bool:
@@ -197,7 +197,7 @@ def record_all(session: Session | Connection, events: list[Event]) -> bool:
     connection = session.connection() if isinstance(session, Session) else session
     what = ", ".join(sorted({f"{e.event_id.meaning} {e.action}" for e in events}))
     try:
-        connection.exec_driver_sql("SAVEPOINT audit")
+        savepoint(connection, "SAVEPOINT audit")
     except Exception:
         log.exception("cannot audit %s: no savepoint", what)
         return False
@@ -206,12 +206,12 @@ def record_all(session: Session | Connection, events: list[Event]) -> bool:
     except Exception:
         log.exception("audit entries %s not written", what)
         try:
-            connection.exec_driver_sql("ROLLBACK TO SAVEPOINT audit")
-            connection.exec_driver_sql("RELEASE SAVEPOINT audit")
+            savepoint(connection, "ROLLBACK TO SAVEPOINT audit")
+            savepoint(connection, "RELEASE SAVEPOINT audit")
         except Exception:
             log.exception("rolling back the audit savepoint failed")
         return False
-    connection.exec_driver_sql("RELEASE SAVEPOINT audit")
+    savepoint(connection, "RELEASE SAVEPOINT audit")
     return True
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from pacs.db import utcnow
+from pacs.db import savepoint, utcnow
 from pacs.integration import hl7v2, mllp
 from pacs.integration.ack import (
     AckCode,
@@ -322,17 +322,17 @@ def applying(session: Session) -> Iterator[None]:
     compiles both clauses anew for every message); on failure the session forgets its ORM
     instances, as a rolled-back nested transaction would have it do."""
     connection = session.connection()
-    connection.exec_driver_sql("SAVEPOINT message")
+    savepoint(connection, "SAVEPOINT message")
     try:
         yield
         if session.new or session.dirty or session.deleted:
             session.flush()
     except BaseException:
-        connection.exec_driver_sql("ROLLBACK TO SAVEPOINT message")
-        connection.exec_driver_sql("RELEASE SAVEPOINT message")
+        savepoint(connection, "ROLLBACK TO SAVEPOINT message")
+        savepoint(connection, "RELEASE SAVEPOINT message")
         session.expunge_all()
         raise
-    connection.exec_driver_sql("RELEASE SAVEPOINT message")
+    savepoint(connection, "RELEASE SAVEPOINT message")
 
 
 def _forget_instances(session: Session) -> None:

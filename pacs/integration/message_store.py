@@ -17,7 +17,7 @@ from sqlalchemy import JSON, Column, Index, LargeBinary, Table, bindparam, inser
 from sqlalchemy import select as core_select
 from sqlmodel import Field, Session, SQLModel, col, func, select
 
-from pacs.db import UTCDateTime, utcnow
+from pacs.db import Prepared, UTCDateTime, utcnow
 
 
 class Status(StrEnum):
@@ -109,7 +109,7 @@ ROW_COLUMNS = tuple(c.name for c in MESSAGE.columns if c.name != "id")
 RESULT_COLUMNS = ("charset", "status", "stage", "error", "mapped", "applied", "ack_code", "response",
                   "patient_id", "accession_number", "processed_at")
 _INSERT_MANY = insert(MESSAGE).returning(MESSAGE.c.id, sort_by_parameter_order=True)
-_SAVE_RESULT = update(MESSAGE).where(MESSAGE.c.id == bindparam("row_id"))
+_SAVE_RESULT = Prepared(update(MESSAGE).where(MESSAGE.c.id == bindparam("row_id")))
 _BY_ID = core_select(MESSAGE).where(MESSAGE.c.id == bindparam("row_id"))
 _PROCESSED = (
     core_select(MESSAGE.c.id, MESSAGE.c.ack_code, MESSAGE.c.response)
@@ -155,7 +155,8 @@ def save_results(session: Session, rows: list[MessageRow]) -> None:
     """UPDATE the stored messages with what processing made of them (status, stages, response):
     one statement, executed for every row (a batch's results are written together)."""
     if rows:
-        session.connection().execute(_SAVE_RESULT, [{**_columns(row, RESULT_COLUMNS), "row_id": row.id} for row in rows])
+        _SAVE_RESULT.execute_many(session.connection(),
+                                  [{**_columns(row, RESULT_COLUMNS), "row_id": row.id} for row in rows])
 
 
 def load_row(session: Session, message_id: int) -> MessageRow:
@@ -203,17 +204,25 @@ def find_processed(
     }).first()
 
 
-# One sender's messages with any of the control IDs. The status is checked on the rows found: a
-# condition on it would let SQLite choose the status index and scan every processed message
-# instead of the (sending application, sending facility, control ID) index.
-_SENT_BEFORE = (
-    core_select(MESSAGE.c.id, MESSAGE.c.control_id, MESSAGE.c.status, MESSAGE.c.ack_code, MESSAGE.c.response)
-    .where(MESSAGE.c.sending_application == bindparam("application"),
-           MESSAGE.c.sending_facility == bindparam("facility"),
-           MESSAGE.c.control_id.in_(bindparam("control_ids", expanding=True)),
-           MESSAGE.c.id < bindparam("before"))
-    .order_by(MESSAGE.c.id)
-)
+_SENT_BEFORE: dict[int, Prepared] = {}
+
+
+def _sent_before(count: int) -> Prepared:
+    """One sender's messages with any of ``count`` control IDs (``control_0`` …), one statement
+    per count. The status is checked on the rows found: a condition on it would let SQLite
+    choose the status index and scan every processed message instead of the (sending
+    application, sending facility, control ID) index."""
+    statement = _SENT_BEFORE.get(count)
+    if statement is None:
+        statement = _SENT_BEFORE[count] = Prepared(
+            core_select(MESSAGE.c.id, MESSAGE.c.control_id, MESSAGE.c.status, MESSAGE.c.ack_code,
+                        MESSAGE.c.response)
+            .where(MESSAGE.c.sending_application == bindparam("application"),
+                   MESSAGE.c.sending_facility == bindparam("facility"),
+                   MESSAGE.c.control_id.in_([bindparam(f"control_{i}") for i in range(count)]),
+                   MESSAGE.c.id < bindparam("before"))
+            .order_by(MESSAGE.c.id))
+    return statement
 
 
 @dataclass(slots=True)
@@ -238,13 +247,13 @@ class AppliedIndex:
                 senders.setdefault((row.sending_application, row.sending_facility), set()).add(row.control_id)
         before = min((row.id or 0 for row in rows), default=0)  # the batch's own come from add()
         for (application, facility), control_ids in senders.items():
-            found = session.connection().execute(_SENT_BEFORE, {
-                "application": application, "facility": facility, "control_ids": sorted(control_ids),
-                "before": before})
+            wanted = {f"control_{i}": control_id for i, control_id in enumerate(sorted(control_ids))}
+            found = _sent_before(len(wanted)).rows(session.connection(), {
+                "application": application, "facility": facility, "before": before, **wanted})
             for hit in found:
-                if hit.status == Status.PROCESSED:
-                    key = (application, facility, hit.control_id)
-                    self._by_key.setdefault(key, []).append(Applied(hit.id, hit.ack_code, hit.response))
+                if hit["status"] == Status.PROCESSED:
+                    key = (application, facility, hit["control_id"])
+                    self._by_key.setdefault(key, []).append(Applied(hit["id"], hit["ack_code"], hit["response"]))
 
     def find(self, row: MessageRow) -> Applied | None:
         """The first message applied before ``row`` with its sender and MSH-10, or None."""

@@ -5,9 +5,9 @@ engine commits a message's effect together with its status, so an ACK always ref
 on disk.
 
 The paths every message takes (patient, visit and order upserts, steps, order events) are
-written with SQLAlchemy Core statements on the session's connection: they read only the columns
-they need, write only what changed and return :class:`Record` objects rather than ORM
-instances. The rare paths (merge, identifier change, status transitions, which call the
+written with Core statements compiled once (:class:`pacs.db.Prepared`) and run on the session's
+connection: they read only the columns they need, write only what changed and return
+:class:`Record` objects rather than ORM instances. The rare paths (merge, identifier change, status transitions, which call the
 lifecycle's notify hook) use the ORM and flush before returning, so the statements that follow
 in the same message see their effect.
 """
@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Table, and_, bindparam, case, insert, or_, up
 from sqlalchemy import select as core_select
 from sqlmodel import Session, SQLModel, col, select
 
-from pacs.db import utcnow
+from pacs.db import Prepared, utcnow
 from pacs.integration.names import NameRules, person_name
 from pacs.registry import lifecycle
 from pacs.registry.models import (
@@ -112,13 +112,13 @@ ORDER_DEFAULTS = _defaults(ImagingOrder)
 STEP_DEFAULTS = _defaults(ProcedureStep)
 
 
-def _record(row: Any) -> Record:
-    return Record(**row._mapping)
+def _record(row: dict[str, Any] | None) -> Record | None:
+    return None if row is None else Record(**row)
 
 
-# Statements are built once: SQLAlchemy then finds their compiled form in its cache at once.
-_INSERTS = {table.name: insert(table) for table in (PATIENT, IDENTIFIER, VISIT, ORDER, STEP, EVENT)}
-_UPDATES = {table.name: update(table).where(table.c.id == bindparam("row_id"))
+_INSERTS = {table.name: Prepared(insert(table)) for table in (IDENTIFIER, STEP, EVENT)}
+_INSERTS_RETURNING = {table.name: Prepared(insert(table).returning(table.c.id)) for table in (PATIENT, VISIT, ORDER)}
+_UPDATES = {table.name: Prepared(update(table).where(table.c.id == bindparam("row_id")))
             for table in (PATIENT, IDENTIFIER, VISIT, ORDER, STEP)}
 
 
@@ -126,13 +126,13 @@ def _insert(conn: Connection, table: Table, record: Record) -> int:
     """INSERT every column of ``record`` but its id; sets and returns the new id."""
     values = vars(record).copy()
     del values["id"]
-    record.id = conn.execute(_INSERTS[table.name], values).inserted_primary_key[0]  # type: ignore[index]
+    record.id = _INSERTS_RETURNING[table.name].rows(conn, values)[0]["id"]
     return record.id  # type: ignore[no-any-return]
 
 
 def _update(conn: Connection, table: Table, row_id: int, changes: dict[str, Any]) -> None:
     """UPDATE the columns in ``changes`` of one row."""
-    conn.execute(_UPDATES[table.name], {**changes, "row_id": row_id})
+    _UPDATES[table.name].execute(conn, {**changes, "row_id": row_id})
 
 
 def _changes(record: Record, before: dict[str, Any]) -> dict[str, Any]:
@@ -161,14 +161,22 @@ def find_identifier(session: Session, identifier: IdentifierIn) -> PatientIdenti
     ).first()
 
 
-_IDENTIFIERS_WITH_PATIENTS = (
-    core_select(IDENTIFIER.c.id.label("identifier_id"), IDENTIFIER.c.value.label("identifier_value"),
-                IDENTIFIER.c.authority.label("identifier_authority"),
-                IDENTIFIER.c.type_code.label("identifier_type_code"), PATIENT)
-    .join(PATIENT, PATIENT.c.id == IDENTIFIER.c.patient)
-    .where(IDENTIFIER.c.value.in_(bindparam("values", expanding=True)))
-)
-_PATIENT_BY_ID = core_select(PATIENT).where(PATIENT.c.id == bindparam("pk"))
+_IDENTIFIERS_WITH_PATIENTS: dict[int, Prepared] = {}
+_PATIENT_BY_ID = Prepared(core_select(PATIENT).where(PATIENT.c.id == bindparam("pk")))
+
+
+def _identifiers_with_patients(count: int) -> Prepared:
+    """The stored identifiers with any of ``count`` values (``value_0`` …), each with its
+    patient's columns: one statement per number of values, as a message sends one to three."""
+    statement = _IDENTIFIERS_WITH_PATIENTS.get(count)
+    if statement is None:
+        statement = _IDENTIFIERS_WITH_PATIENTS[count] = Prepared(
+            core_select(IDENTIFIER.c.id.label("identifier_id"), IDENTIFIER.c.value.label("identifier_value"),
+                        IDENTIFIER.c.authority.label("identifier_authority"),
+                        IDENTIFIER.c.type_code.label("identifier_type_code"), PATIENT)
+            .join(PATIENT, PATIENT.c.id == IDENTIFIER.c.patient)
+            .where(IDENTIFIER.c.value.in_([bindparam(f"value_{i}") for i in range(count)])))
+    return statement
 
 
 @dataclass
@@ -189,11 +197,12 @@ def _known_identifiers(conn: Connection,
     wanted = {(i.value, i.authority) for i in identifiers}
     known: dict[tuple[str, str], KnownIdentifier] = {}
     patients: dict[int, Record] = {}
-    for row in conn.execute(_IDENTIFIERS_WITH_PATIENTS, {"values": sorted({v for v, _ in wanted})}):
-        key = (row.identifier_value, row.identifier_authority)
+    values_sent = sorted({v for v, _ in wanted})
+    for values in _identifiers_with_patients(len(values_sent)).rows(
+            conn, {f"value_{i}": value for i, value in enumerate(values_sent)}):
+        key = (values["identifier_value"], values["identifier_authority"])
         if key not in wanted:
             continue
-        values = dict(row._mapping)
         identifier_id = values.pop("identifier_id")
         type_code = values.pop("identifier_type_code")
         del values["identifier_value"], values["identifier_authority"]
@@ -207,7 +216,7 @@ def _root_record(conn: Connection, patient: Record) -> Record:
     seen = set()
     while patient.merged_into is not None and patient.id not in seen:
         seen.add(patient.id)
-        patient = _record(conn.execute(_PATIENT_BY_ID, {"pk": patient.merged_into}).one())
+        patient = Record(**_PATIENT_BY_ID.rows(conn, {"pk": patient.merged_into})[0])
     return patient
 
 
@@ -330,7 +339,7 @@ def _add_identifiers(session: Session, patient: Any, identifiers: list[Identifie
         elif row.patient.id == patient.id and identifier.type_code and row.type_code != identifier.type_code:
             row.type_code = types[key] = identifier.type_code
     if added:
-        conn.execute(_INSERTS[IDENTIFIER.name], list(added.values()))
+        _INSERTS[IDENTIFIER.name].execute_many(conn, list(added.values()))
     for key, type_code in types.items():
         _update(conn, IDENTIFIER, known[key].id, {"type_code": type_code})
 
@@ -420,21 +429,20 @@ def change_identifier(session: Session, data: PatientIn, prior: list[IdentifierI
 # Visits
 # --------------------------------------------------------------------------------------------
 
-_VISIT_BY_NUMBER = (core_select(VISIT).where(VISIT.c.patient == bindparam("patient"),
-                                             VISIT.c.visit_number == bindparam("number"))
-                    .order_by(VISIT.c.id.desc()).limit(1))
-_ACTIVE_VISIT = (core_select(VISIT).where(VISIT.c.patient == bindparam("patient"),
-                                          VISIT.c.status == VisitStatus.ACTIVE.value)
-                 .order_by(VISIT.c.id.desc()).limit(1))
-_LATEST_VISIT = core_select(VISIT).where(VISIT.c.patient == bindparam("patient")).order_by(VISIT.c.id.desc()).limit(1)
+_VISIT_BY_NUMBER = Prepared(core_select(VISIT).where(VISIT.c.patient == bindparam("patient"),
+                                                      VISIT.c.visit_number == bindparam("number"))
+                             .order_by(VISIT.c.id.desc()).limit(1))
+_ACTIVE_VISIT = Prepared(core_select(VISIT).where(VISIT.c.patient == bindparam("patient"),
+                                                   VISIT.c.status == VisitStatus.ACTIVE.value)
+                          .order_by(VISIT.c.id.desc()).limit(1))
+_LATEST_VISIT = Prepared(core_select(VISIT).where(VISIT.c.patient == bindparam("patient"))
+                         .order_by(VISIT.c.id.desc()).limit(1))
 
 
 def _find_visit(conn: Connection, patient_id: int, visit_number: str | None) -> Record | None:
     if visit_number:
-        row = conn.execute(_VISIT_BY_NUMBER, {"patient": patient_id, "number": visit_number}).first()
-    else:
-        row = conn.execute(_ACTIVE_VISIT, {"patient": patient_id}).first()
-    return None if row is None else _record(row)
+        return _record(_VISIT_BY_NUMBER.first(conn, {"patient": patient_id, "number": visit_number}))
+    return _record(_ACTIVE_VISIT.first(conn, {"patient": patient_id}))
 
 
 def upsert_visit(session: Session, patient: Any, data: VisitIn, *, new_patient: bool = False) -> Record:
@@ -464,8 +472,7 @@ def end_visit(session: Session, patient: Any, data: VisitIn | None, status: Visi
     number = data.visit_number if data else None
     visit = _find_visit(conn, patient.id, number)
     if visit is None and not number:
-        row = conn.execute(_LATEST_VISIT, {"patient": patient.id}).first()
-        visit = None if row is None else _record(row)
+        visit = _record(_LATEST_VISIT.first(conn, {"patient": patient.id}))
     if visit is None:
         raise RegistryError(Problem.UNKNOWN, "visit.visit_number",
                             f"no visit {number or ''} for patient {patient.patient_id}".replace("  ", " "))
@@ -486,10 +493,10 @@ def end_visit(session: Session, patient: Any, data: VisitIn | None, status: Visi
 # Orders
 # --------------------------------------------------------------------------------------------
 
-_ORDER_QUERIES: dict[tuple[bool, bool, bool, bool], Any] = {}
+_ORDER_QUERIES: dict[tuple[bool, bool, bool, bool], Prepared] = {}
 
 
-def _order_query(placer: bool, authority: bool, filler: bool, accession: bool) -> Any:
+def _order_query(placer: bool, authority: bool, filler: bool, accession: bool) -> Prepared:
     """One SELECT for :func:`find_order`: every order any of the numbers sent names, ranked
     placer number first (newest), then filler number, then accession number (oldest first)."""
     key = (placer, authority, filler, accession)
@@ -513,8 +520,8 @@ def _order_query(placer: bool, authority: bool, filler: bool, accession: bool) -
         rank_of = case(*ranked, else_=3)
         query = (core_select(ORDER).where(or_(*(c for c, _ in ranked)))
                  .order_by(rank_of, case((rank_of == 0, -ORDER.c.id), else_=ORDER.c.id)))
-    query = _ORDER_QUERIES[key] = query.limit(1)
-    return query
+    prepared = _ORDER_QUERIES[key] = Prepared(query.limit(1))
+    return prepared
 
 
 def find_order(session: Session, data: OrderIn) -> Record | None:
@@ -525,8 +532,7 @@ def find_order(session: Session, data: OrderIn) -> Record | None:
     authority = placer and bool(data.placer_authority)
     params = {"placer": data.placer_number, "authority": data.placer_authority, "filler": data.filler_number,
               "accession": data.accession_number}
-    row = session.connection().execute(_order_query(placer, authority, filler, accession), params).first()
-    return None if row is None else _record(row)
+    return _record(_order_query(placer, authority, filler, accession).first(session.connection(), params))
 
 
 def steps_of(session: Session, order: ImagingOrder) -> list[ProcedureStep]:
@@ -534,11 +540,11 @@ def steps_of(session: Session, order: ImagingOrder) -> list[ProcedureStep]:
                              .order_by(col(ProcedureStep.id))))
 
 
-_STEPS = core_select(STEP).where(STEP.c.order == bindparam("order")).order_by(STEP.c.id)
+_STEPS = Prepared(core_select(STEP).where(STEP.c.order == bindparam("order")).order_by(STEP.c.id))
 
 
 def _step_records(conn: Connection, order_id: int) -> list[Record]:
-    return [_record(row) for row in conn.execute(_STEPS, {"order": order_id})]
+    return [Record(**row) for row in _STEPS.rows(conn, {"order": order_id})]
 
 
 ORDER_FIELDS = (
@@ -592,18 +598,18 @@ def _move(session: Session, found: Record, to: OrderStatus, ctx: Context, note: 
     return order
 
 
-_STUDY_UID_TAKEN = core_select(ORDER.c.id).where(ORDER.c.study_instance_uid == bindparam("uid")).limit(1)
+_STUDY_UID_TAKEN = Prepared(core_select(ORDER.c.id).where(ORDER.c.study_instance_uid == bindparam("uid")).limit(1))
 
 
 def _event(conn: Connection, order_id: int, before: str, after: str, by: str, note: str) -> None:
-    conn.execute(_INSERTS[EVENT.name], {"order": order_id, "step": None, "from_status": before, "to_status": after,
-                                 "at": utcnow(), "by": by, "note": note})
+    _INSERTS[EVENT.name].execute(conn, {"order": order_id, "step": None, "from_status": before, "to_status": after,
+                                        "at": utcnow(), "by": by, "note": note})
 
 
 def _new_order(session: Session, patient: Any, visit: Any, data: OrderIn, ctx: Context) -> Record:
     conn = session.connection()
     if data.study_instance_uid:
-        clash = conn.execute(_STUDY_UID_TAKEN, {"uid": data.study_instance_uid}).first()
+        clash = _STUDY_UID_TAKEN.first(conn, {"uid": data.study_instance_uid})
         if clash is not None:
             raise RegistryError(Problem.DUPLICATE, "order.study_instance_uid",
                                 f"study instance UID {data.study_instance_uid} belongs to another order")
@@ -683,7 +689,7 @@ def _write_steps(session: Session, order: Any, wanted: list[StepIn], current: li
             if changes:
                 _update(conn, STEP, step.id, changes)
     if added:
-        conn.execute(_INSERTS[STEP.name], added)
+        _INSERTS[STEP.name].execute_many(conn, added)
     for step in unused:
         if current and wanted:
             step.status = StepStatus.CANCELLED

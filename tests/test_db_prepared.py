@@ -1,0 +1,110 @@
+"""pacs.db.Prepared: a Core statement compiled once and run on the driver's cursor gives what
+SQLAlchemy's own execution gives (types converted both ways, constants the statement carries),
+on SQLite and PostgreSQL; it runs only inside the caller's transaction and refuses statements
+whose SQL depends on the values."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import bindparam, insert, select, update
+
+from pacs.db import Database, Prepared, savepoint, utcnow
+from pacs.integration.message_store import MESSAGE
+from pacs.registry.models import Patient
+from pacs.registry.service import PATIENT_DEFAULTS
+
+PATIENT = Patient.__table__  # type: ignore[attr-defined]
+
+INSERT_PATIENT = Prepared(insert(PATIENT).returning(PATIENT.c.id))
+UPDATE_PATIENT = Prepared(update(PATIENT).where(PATIENT.c.id == bindparam("row_id")))
+PATIENT_BY_ID = Prepared(select(PATIENT).where(PATIENT.c.id == bindparam("pk")))
+NEWEST_OF = Prepared(select(PATIENT.c.id, PATIENT.c.patient_id).where(PATIENT.c.issuer == bindparam("issuer"))
+                     .order_by(PATIENT.c.id.desc()).limit(1))
+
+
+@pytest.fixture
+def db(database_url: str):  # type: ignore[no-untyped-def]
+    database = Database(database_url)
+    yield database
+    database.dispose()
+
+
+def new_patient(**values: object) -> dict[str, object]:
+    now = utcnow()
+    return {**{k: v for k, v in PATIENT_DEFAULTS.items() if k != "id"}, "patient_id": "P1", "issuer": "HOSP", "family_name": "张", "given_name": "三", "sex": "M",
+            "birth_date": date(1980, 2, 29), "created_at": now, "updated_at": now, **values}
+
+
+def test_rows_read_back_as_sqlalchemy_reads_them(db: Database) -> None:
+    with db.engine.connect() as conn, conn.begin():
+        row_id = INSERT_PATIENT.rows(conn, new_patient())[0]["id"]
+        prepared = PATIENT_BY_ID.first(conn, {"pk": row_id})
+        core = dict(conn.execute(select(PATIENT).where(PATIENT.c.id == row_id)).one()._mapping)
+    assert prepared == core
+    assert prepared is not None and prepared["birth_date"] == date(1980, 2, 29)
+    assert prepared["created_at"].tzinfo == UTC  # UTCDateTime's result processing ran
+
+
+def test_timestamps_are_stored_as_utc_whatever_their_zone(db: Database) -> None:
+    shanghai = datetime(2026, 11, 26, 18, 30, tzinfo=timezone(timedelta(hours=8)))
+    with db.engine.connect() as conn, conn.begin():
+        row_id = INSERT_PATIENT.rows(conn, new_patient(created_at=shanghai))[0]["id"]
+        stored = conn.execute(select(PATIENT.c.created_at).where(PATIENT.c.id == row_id)).scalar_one()
+    assert stored == datetime(2026, 11, 26, 10, 30, tzinfo=UTC)
+
+
+def test_an_update_writes_only_the_columns_given_each_time(db: Database) -> None:
+    with db.engine.connect() as conn, conn.begin():
+        row_id = INSERT_PATIENT.rows(conn, new_patient())[0]["id"]
+        UPDATE_PATIENT.execute(conn, {"sex": "F", "row_id": row_id})
+        UPDATE_PATIENT.execute(conn, {"phone": "13900000000", "address": "北京", "row_id": row_id})
+        row = PATIENT_BY_ID.first(conn, {"pk": row_id})
+    assert row is not None
+    assert (row["sex"], row["phone"], row["address"], row["family_name"]) == ("F", "13900000000", "北京", "张")
+
+
+def test_constants_of_the_statement_and_many_rows(db: Database) -> None:
+    with db.engine.connect() as conn, conn.begin():
+        Prepared(insert(PATIENT)).execute_many(conn, [new_patient(patient_id=f"P{i}") for i in range(5)])
+        newest = NEWEST_OF.rows(conn, {"issuer": "HOSP"})
+        none = NEWEST_OF.first(conn, {"issuer": "elsewhere"})
+    assert [r["patient_id"] for r in newest] == ["P4"]  # LIMIT 1, a value the statement carries
+    assert none is None
+
+
+def test_json_columns_are_serialised_as_sqlalchemy_would(db: Database) -> None:
+    save = Prepared(update(MESSAGE).where(MESSAGE.c.id == bindparam("row_id")))
+    with db.engine.connect() as conn, conn.begin():
+        row_id = conn.execute(insert(MESSAGE).values(raw=b"MSH|", received_at=utcnow())).inserted_primary_key[0]
+        save.execute_many(conn, [{"mapped": {"name": "王芳", "ids": [1, 2]}, "status": "PROCESSED", "row_id": row_id}])
+        mapped = conn.execute(select(MESSAGE.c.mapped).where(MESSAGE.c.id == row_id)).scalar_one()
+    assert mapped == {"name": "王芳", "ids": [1, 2]}
+
+
+def test_a_rolled_back_savepoint_undoes_only_what_came_after_it(db: Database) -> None:
+    with db.engine.connect() as conn:
+        savepoint(conn, "SAVEPOINT whole")  # begins the transaction, as SQLAlchemy would have
+        assert conn.in_transaction()
+        kept = INSERT_PATIENT.rows(conn, new_patient(patient_id="KEPT"))[0]["id"]
+        savepoint(conn, "SAVEPOINT message")
+        INSERT_PATIENT.rows(conn, new_patient(patient_id="GONE"))
+        savepoint(conn, "ROLLBACK TO SAVEPOINT message")
+        savepoint(conn, "RELEASE SAVEPOINT message")
+        savepoint(conn, "RELEASE SAVEPOINT whole")
+        conn.commit()
+    with db.engine.connect() as conn:
+        ids = conn.execute(select(PATIENT.c.patient_id)).scalars().all()
+    assert ids == ["KEPT"] and kept
+
+
+def test_nothing_runs_outside_a_transaction(db: Database) -> None:
+    with db.engine.connect() as conn, pytest.raises(RuntimeError, match="transaction"):
+        PATIENT_BY_ID.first(conn, {"pk": 1})
+
+
+def test_a_statement_rendered_per_execution_is_refused(db: Database) -> None:
+    expanding = Prepared(select(PATIENT.c.id).where(PATIENT.c.patient_id.in_(bindparam("ids", expanding=True))))
+    with db.engine.connect() as conn, conn.begin(), pytest.raises(ValueError, match="rendered at execution"):
+        expanding.rows(conn, {"ids": ["P1"]})
