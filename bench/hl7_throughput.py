@@ -385,6 +385,12 @@ if mode == "stages":
         (DefaultDialect, "do_execute"), (DefaultDialect, "do_execute_no_params"), (DefaultDialect, "do_commit"),
     ]:
         setattr(owner, attribute, timed(attribute, getattr(owner, attribute)))
+    # statements compiled once and run on the driver's cursor (pacs.db.Prepared), and savepoints
+    from pacs import db
+    from pacs.audit import service as audit_service
+    for owner, attribute in [(db.Prepared, "execute"), (db.Prepared, "execute_many"), (db.Prepared, "rows"),
+                             (db.Prepared, "returning_each"), (db, "savepoint"), (audit_service, "savepoint")]:
+        setattr(owner, attribute, timed("prepared", getattr(owner, attribute)))
 
 # One cycle of the intake worker: a commit (the previous batch's effects and this batch's raw
 # messages), then this batch through the channel.
@@ -666,7 +672,8 @@ STAGE_TREE = [
 CROSS_CUTTING = [
     ("flush", "ORM flushes (merge, A47, status transitions)"),
     ("execute", "SQLAlchemy statements (Session/Connection.execute, incl. driver time)"),
-    ("exec_driver_sql", "plain statements: BEGIN, SAVEPOINT, RELEASE"),
+    ("prepared", "prepared statements and savepoints on the driver's cursor (pacs.db.Prepared)"),
+    ("exec_driver_sql", "plain statements through SQLAlchemy: BEGIN"),
     (("do_execute", "do_execute_no_params"), "driver: SQL statements (sqlite3/psycopg C code + I/O)"),
     ("do_commit", "driver: COMMIT (SQLite: WAL append + fsync; PostgreSQL: round trip + WAL flush)"),
 ]

@@ -267,13 +267,14 @@ class _Plan:
     sql: str
     positional: bool  # qmark (SQLite) or named (psycopg's pyformat)
     binds: tuple[tuple[str, Callable[[Any], Any] | None], ...]  # in order when positional
-    constants: Mapping[str, Any]  # values the statement carries itself (LIMIT 1, a fixed status)
+    constants: Mapping[str, Any]  # values the statement carries itself (LIMIT 1, a fixed status, a default)
+    computed: tuple[tuple[str, Callable[[Any], Any]], ...]  # column defaults computed for each execution
     columns: tuple[str, ...]
     readers: tuple[Callable[[Any], Any] | None, ...]
 
     def parameters(self, values: Mapping[str, Any]) -> Any:
-        if self.constants:
-            values = {**self.constants, **values}
+        if self.constants or self.computed:
+            values = {**self.constants, **{name: make(None) for name, make in self.computed}, **values}
         if self.positional:
             return [values[name] if convert is None else convert(values[name]) for name, convert in self.binds]
         return {name: values[name] if convert is None else convert(values[name]) for name, convert in self.binds}
@@ -312,13 +313,24 @@ class Prepared:
             convert[name] = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if not bind.required:
                 constants[name] = bind.effective_value
+        # Columns left out of an INSERT (or UPDATE) that have a Python-side default (onupdate):
+        # SQLAlchemy computes those at execution; so does the plan.
+        defaults: dict[str, Any] = {}
+        for column in getattr(compiled, "insert_prefetch", ()):
+            defaults[column.key] = column.default
+        for column in getattr(compiled, "update_prefetch", ()):
+            defaults[column.key] = column.onupdate
+        for name, default in defaults.items():
+            if not (default.is_scalar or default.is_callable):
+                raise ValueError(f"the default of column {name} cannot be computed before the statement runs")
         order = compiled.positiontup if compiled.positiontup is not None else list(convert)
         columns = list(getattr(self.statement, "exported_columns", ()))  # a SELECT's, or RETURNING
         plan = _Plan(
             sql=compiled.string,
             positional=compiled.positiontup is not None,
             binds=tuple((name, convert[name]) for name in order),
-            constants=constants,
+            constants={**constants, **{name: d.arg for name, d in defaults.items() if d.is_scalar}},
+            computed=tuple((name, d.arg) for name, d in defaults.items() if d.is_callable),
             columns=tuple(c.key for c in columns),
             readers=tuple(c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns),
         )
@@ -361,9 +373,49 @@ class Prepared:
         finally:
             cursor.close()
 
+    def returning_each(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Run an INSERT … RETURNING for every row, in turn; the row each returned (the new ids,
+        in the order of ``rows``: a multi-row INSERT does not promise its RETURNING order)."""
+        if not rows:
+            return []
+        plan = self._plan(conn.dialect, tuple(rows[0]) if self._dml else ())
+        parameters = [plan.parameters(row) for row in rows]
+        cursor = self._cursor(conn)
+        try:
+            out = []
+            for each in parameters:
+                cursor.execute(plan.sql, each)
+                out.append(plan.row(cursor.fetchall()[0]))
+            return out
+        finally:
+            cursor.close()
+
     def first(self, conn: Connection, values: Mapping[str, Any]) -> dict[str, Any] | None:
         found = self.rows(conn, values)
         return found[0] if found else None
+
+
+@contextmanager
+def nested(session: Session, name: str) -> Iterator[Connection]:
+    """A savepoint around one message's or one object's writes: if they fail, everything they
+    changed is undone and the session's transaction goes on.
+
+    Plain SAVEPOINT statements, the same on SQLite and PostgreSQL (``Session.begin_nested``
+    costs several times more, per message); ORM changes made inside are flushed before the
+    savepoint is released, and on failure the session forgets its ORM instances, as a
+    rolled-back nested transaction would have it do."""
+    connection = session.connection()
+    savepoint(connection, f"SAVEPOINT {name}")
+    try:
+        yield connection
+        if session.new or session.dirty or session.deleted:
+            session.flush()
+    except BaseException:
+        savepoint(connection, f"ROLLBACK TO SAVEPOINT {name}")
+        savepoint(connection, f"RELEASE SAVEPOINT {name}")
+        session.expunge_all()
+        raise
+    savepoint(connection, f"RELEASE SAVEPOINT {name}")
 
 
 def savepoint(conn: Connection, statement: str) -> None:

@@ -34,9 +34,9 @@ from pynetdicom.sop_class import (
 from sqlmodel import Session, select
 
 from pacs.audit import Event, codes
-from pacs.audit.service import Filters, as_json, effective_settings, purge, search
+from pacs.audit.service import Filters, as_json, effective_settings, purge, record_all, search
 from pacs.audit.tables import AuditEvent, AuditObject
-from pacs.db import utcnow
+from pacs.db import Database, utcnow
 from pacs.registry.models import Patient
 from pacs.settings import Peer, Settings
 from tests.archive.corpus import build
@@ -518,3 +518,22 @@ def test_a_refused_association_is_a_node_authentication_alert(start_server):
     assert alert["outcome"] == 4 and alert["address"] == "127.0.0.1"
     assert alert["details"] == {"calling_ae": "NOBODY", "called_ae": "PACS"}
     assert not entries(server, event_id="110113", user="CT1")  # an accepted peer raises nothing
+
+
+def test_details_json_does_not_know_are_written_once_as_text(database_url):
+    """Every entry of a batch is written once, in order, even when one's details hold a value
+    JSON does not know (it is written as its text)."""
+    db = Database(database_url)
+    events = [Event(codes.QUERY, "E", user="first", patients=["P1"], details={"n": 1}),
+              Event(codes.QUERY, "E", user="second", patients=["P2"], details={"when": Path("/x"), "n": 2}),
+              Event(codes.QUERY, "E", user="third", details={"n": 3})]
+    with db.session() as session:
+        assert record_all(session, events)
+    with db.engine.connect() as connection:
+        total, rows = search(connection, Filters(), limit=10)
+    db.dispose()
+    found = sorted((as_json(r) for r in rows), key=lambda e: e["id"])
+    assert total == 3
+    assert [e["user"] for e in found] == ["first", "second", "third"]
+    assert [e["details"] for e in found] == [{"n": 1}, {"when": "/x", "n": 2}, {"n": 3}]
+    assert [e["patients"] for e in found] == [["P1"], ["P2"], []]

@@ -108,3 +108,23 @@ def test_a_statement_rendered_per_execution_is_refused(db: Database) -> None:
     expanding = Prepared(select(PATIENT.c.id).where(PATIENT.c.patient_id.in_(bindparam("ids", expanding=True))))
     with db.engine.connect() as conn, conn.begin(), pytest.raises(ValueError, match="rendered at execution"):
         expanding.rows(conn, {"ids": ["P1"]})
+
+
+def test_columns_left_out_take_their_defaults(db: Database) -> None:
+    now = utcnow()
+    with db.engine.connect() as conn, conn.begin():
+        row_id = INSERT_PATIENT.rows(conn, {"patient_id": "P9", "created_at": now, "updated_at": now})[0]["id"]
+        row = PATIENT_BY_ID.first(conn, {"pk": row_id})
+    assert row is not None
+    expected = {k: v for k, v in PATIENT_DEFAULTS.items() if k not in ("id", "patient_id", "created_at", "updated_at")}
+    assert {k: row[k] for k in expected} == expected
+
+
+def test_returning_each_gives_the_ids_in_the_order_of_the_rows(db: Database) -> None:
+    insert_message = Prepared(insert(MESSAGE).returning(MESSAGE.c.id))
+    rows = [{"raw": f"MSH|{i}".encode(), "control_id": f"C{i}", "received_at": utcnow(), "mapped": {"n": i}}
+            for i in range(3)]
+    with db.engine.connect() as conn, conn.begin():
+        ids = [r["id"] for r in insert_message.returning_each(conn, rows)]
+        stored = dict(conn.execute(select(MESSAGE.c.id, MESSAGE.c.control_id)).all())
+    assert [stored[i] for i in ids] == ["C0", "C1", "C2"] and ids == sorted(ids)

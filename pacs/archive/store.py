@@ -37,7 +37,7 @@ from pacs import batching
 from pacs.archive.index import Instance, InstanceFile, Series, Study
 from pacs.archive.status import Status
 from pacs.archive.storage import StorageArea, StorageFull, Stored
-from pacs.db import Database, utcnow
+from pacs.db import Database, Prepared, nested, utcnow
 from pacs.integration.mapping import MappingHolder
 from pacs.integration.names import person_name
 from pacs.registry import lifecycle, service
@@ -193,19 +193,20 @@ class IndexJob:
 
 
 
-# The index writer's statements, built once (Core, on the session's connection)
+# The index writer's statements for every object, compiled once (run on the session's connection)
 _INSTANCE, _FILE, _SERIES, _STUDY = (Instance.__table__, InstanceFile.__table__,  # type: ignore[attr-defined]
                                      Series.__table__, Study.__table__)  # type: ignore[attr-defined]
-FIND_INSTANCE = sql_select(_INSTANCE.c.id, _INSTANCE.c.checksum).where(_INSTANCE.c.sop_instance_uid == bindparam("uid"))
-INSERT_INSTANCE = insert(_INSTANCE).returning(_INSTANCE.c.id)
-INSERT_FILE = insert(_FILE)
-COUNT_SERIES = (update(_SERIES).where(_SERIES.c.id == bindparam("row"))
-                .values(number_of_instances=_SERIES.c.number_of_instances + bindparam("instances"),
-                        updated_at=bindparam("now")))
-COUNT_STUDY = (update(_STUDY).where(_STUDY.c.id == bindparam("row"))
-               .values(number_of_instances=_STUDY.c.number_of_instances + bindparam("instances"),
-                       number_of_series=_STUDY.c.number_of_series + bindparam("series"),
-                       size_bytes=_STUDY.c.size_bytes + bindparam("size"), updated_at=bindparam("now")))
+FIND_INSTANCE = Prepared(sql_select(_INSTANCE.c.id, _INSTANCE.c.checksum)
+                         .where(_INSTANCE.c.sop_instance_uid == bindparam("uid")))
+INSERT_INSTANCE = Prepared(insert(_INSTANCE).returning(_INSTANCE.c.id))
+INSERT_FILE = Prepared(insert(_FILE))
+COUNT_SERIES = Prepared(update(_SERIES).where(_SERIES.c.id == bindparam("row"))
+                        .values(number_of_instances=_SERIES.c.number_of_instances + bindparam("instances"),
+                                updated_at=bindparam("now")))
+COUNT_STUDY = Prepared(update(_STUDY).where(_STUDY.c.id == bindparam("row"))
+                       .values(number_of_instances=_STUDY.c.number_of_instances + bindparam("instances"),
+                               number_of_series=_STUDY.c.number_of_series + bindparam("series"),
+                               size_bytes=_STUDY.c.size_bytes + bindparam("size"), updated_at=bindparam("now")))
 
 
 class Archive:
@@ -343,11 +344,12 @@ class Archive:
         """Index one object under its own savepoint. A unique-key clash means another writer (a
         second receiver process, an import) filed the same study, series or instance at the same
         moment: the object is indexed again, now seeing that writer's rows."""
+        clash = (IntegrityError, self.db.engine.dialect.loaded_dbapi.IntegrityError)  # the ORM's, the driver's
         for attempt in range(3):
             try:
-                with session.begin_nested():
+                with nested(session, "instance"):
                     return self._index(session, job, counts)
-            except IntegrityError:
+            except clash:
                 self._studies.clear()
                 self._series.clear()
                 log.info("index clash for %s (attempt %d); trying again", _text(job.header, "SOPInstanceUID"),
@@ -360,10 +362,10 @@ class Archive:
     def _duplicate(self, session: Session, job: IndexJob) -> StoreResult | None:
         """Apply ``[archive] duplicates`` to an instance already indexed (None: file it)."""
         uid = _text(job.header, "SOPInstanceUID")
-        existing = session.connection().execute(FIND_INSTANCE, {"uid": uid}).first()
+        existing = FIND_INSTANCE.first(session.connection(), {"uid": uid})
         if existing is None:
             return None
-        instance_id, checksum = existing
+        instance_id, checksum = existing["id"], existing["checksum"]
         if self.duplicates == DuplicatePolicy.KEEP_NEWER:
             job.replace = instance_id
             return None
@@ -406,7 +408,7 @@ class Archive:
         # ORM-enabled INSERT, cost more than the statements themselves.
         now = utcnow()
         connection = session.connection()
-        instance_id = connection.execute(INSERT_INSTANCE, {
+        instance_id = INSERT_INSTANCE.rows(connection, {
             "sop_instance_uid": _text(ds, "SOPInstanceUID"),
             "series": series_id,
             "sop_class_uid": _text(ds, "SOPClassUID"),
@@ -420,8 +422,8 @@ class Archive:
             "size": job.stored.size,
             "checksum": job.stored.checksum,
             "received_at": now,
-        }).scalar_one()
-        connection.execute(INSERT_FILE, {"instance": instance_id, "area": job.area, "key": job.stored.key,
+        })[0]["id"]
+        INSERT_FILE.execute(connection, {"instance": instance_id, "area": job.area, "key": job.stored.key,
                                          "size": job.stored.size, "checksum": job.stored.checksum,
                                          "created_at": now})
         for hook in self.index_hooks:
@@ -440,9 +442,9 @@ class Archive:
         connection = session.connection()
         for key, (instances, size, series) in counts.items():
             if key < 0:
-                connection.execute(COUNT_SERIES, {"row": -key, "instances": instances, "now": now})
+                COUNT_SERIES.execute(connection, {"row": -key, "instances": instances, "now": now})
             else:
-                connection.execute(COUNT_STUDY, {"row": key, "instances": instances, "series": series,
+                COUNT_STUDY.execute(connection, {"row": key, "instances": instances, "series": series,
                                                  "size": size, "now": now})
 
     # -- study and series rows ----------------------------------------------------------------

@@ -141,13 +141,13 @@ def _resolve(connection: Connection, event: Event) -> None:
         event.patients.extend(r[0] for r in rows)
 
 
-_INSERT_EVENTS = insert(EVENT).returning(EVENT.c.id, sort_by_parameter_order=True)
+_INSERT_EVENT = Prepared(insert(EVENT).returning(EVENT.c.id))
 _INSERT_OBJECT = Prepared(insert(OBJECT))
 
 
 def write(connection: Connection, events: list[Event]) -> None:
     """Insert ``events`` (and their patients and studies) on ``connection``: one statement for
-    the events, one for the objects they name."""
+    each event, one for all the objects they name."""
     rows = []
     for event in events:
         if event.instances or event.fhir or event.resolve_patients:
@@ -167,12 +167,12 @@ def write(connection: Connection, events: list[Event]) -> None:
         })
     if not rows:
         return
-    try:
-        ids = connection.execute(_INSERT_EVENTS, rows).scalars().all()
-    except (TypeError, ValueError):  # a value JSON does not know (before anything reached the database)
-        for row in rows:
+    for row in rows:  # checked before any row is written (psycopg serialises as it sends)
+        try:
+            json.dumps(row["details"])
+        except (TypeError, ValueError):  # a value JSON does not know: written as its text
             row["details"] = json.loads(json.dumps(row["details"], default=str))
-        ids = connection.execute(_INSERT_EVENTS, rows).scalars().all()
+    ids = [r["id"] for r in _INSERT_EVENT.returning_each(connection, rows)]
     objects: list[dict[str, Any]] = []
     for event_id, event in zip(ids, events, strict=True):
         named = [{"event": event_id, "kind": "patient", "value": v[:256]}

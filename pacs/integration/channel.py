@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlmodel import Session
 
-from pacs.db import savepoint, utcnow
+from pacs.db import nested, utcnow
 from pacs.integration import hl7v2, mllp
 from pacs.integration.ack import (
     AckCode,
@@ -211,7 +209,7 @@ class Channel:
                 row.accession_number = (mapped.orders[0].accession_number or "")[:64]
             ctx = self.context(row, mappings)
             try:
-                with applying(session):
+                with nested(session, "message"):  # applied whole or not at all; the row says why
                     row.applied = apply_mapped(session, mapped, ctx)
             except service.RegistryError as exc:
                 raise MessageError.content(REGISTRY_ERRORS[exc.problem], sources.get(exc.target), exc.text) from None
@@ -311,28 +309,6 @@ class Channel:
             applied=row.applied,
             mapped=mapped,
         )
-
-
-@contextmanager
-def applying(session: Session) -> Iterator[None]:
-    """The savepoint around one message's effect: if applying it fails, everything it changed is
-    undone, and the message's row (written afterwards) says why.
-
-    Plain SAVEPOINT statements, the same on SQLite and PostgreSQL (``Session.begin_nested``
-    compiles both clauses anew for every message); on failure the session forgets its ORM
-    instances, as a rolled-back nested transaction would have it do."""
-    connection = session.connection()
-    savepoint(connection, "SAVEPOINT message")
-    try:
-        yield
-        if session.new or session.dirty or session.deleted:
-            session.flush()
-    except BaseException:
-        savepoint(connection, "ROLLBACK TO SAVEPOINT message")
-        savepoint(connection, "RELEASE SAVEPOINT message")
-        session.expunge_all()
-        raise
-    savepoint(connection, "RELEASE SAVEPOINT message")
 
 
 def _forget_instances(session: Session) -> None:

@@ -108,7 +108,7 @@ ROW_COLUMNS = tuple(c.name for c in MESSAGE.columns if c.name != "id")
 # What processing a message may change; the rest is fixed when it is stored.
 RESULT_COLUMNS = ("charset", "status", "stage", "error", "mapped", "applied", "ack_code", "response",
                   "patient_id", "accession_number", "processed_at")
-_INSERT_MANY = insert(MESSAGE).returning(MESSAGE.c.id, sort_by_parameter_order=True)
+_INSERT = Prepared(insert(MESSAGE).returning(MESSAGE.c.id))
 _SAVE_RESULT = Prepared(update(MESSAGE).where(MESSAGE.c.id == bindparam("row_id")))
 _BY_ID = core_select(MESSAGE).where(MESSAGE.c.id == bindparam("row_id"))
 _PROCESSED = (
@@ -143,12 +143,11 @@ def _columns(row: MessageRow, names: tuple[str, ...]) -> dict[str, Any]:
 
 
 def store_raw(session: Session, rows: list[MessageRow]) -> None:
-    """INSERT the messages as received (status RECEIVED), all in one statement, and set their
-    ids. The caller commits before parsing them."""
-    values = [_columns(row, ROW_COLUMNS) for row in rows]
-    ids = session.connection().execute(_INSERT_MANY, values).scalars().all()
-    for row, row_id in zip(rows, ids, strict=True):
-        row.id = row_id
+    """INSERT the messages as received (status RECEIVED) and set their ids. The caller commits
+    before parsing them."""
+    inserted = _INSERT.returning_each(session.connection(), [_columns(row, ROW_COLUMNS) for row in rows])
+    for row, new in zip(rows, inserted, strict=True):
+        row.id = new["id"]
 
 
 def save_results(session: Session, rows: list[MessageRow]) -> None:
