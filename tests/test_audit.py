@@ -25,6 +25,7 @@ from pydicom.filereader import read_dataset
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (
     CTImageStorage,
+    ModalityWorklistInformationFind,
     MRImageStorage,
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
@@ -137,6 +138,15 @@ def test_an_entry_for_each_event_type(start_server, tmp_path, settings, monkeypa
         assert order["action"] == "C" and order["details"]["accession_numbers"] == ["ACC0001"]
         assert order["patients"] == ["P10001"] and order["details"]["message_type"] == "ORM^O01"
 
+        # Query (110112) of the worklist: its matches counted, though its answers are written
+        # directly rather than handed to pynetdicom
+        worklist = Dataset()
+        worklist.PatientID = "P10001"
+        worklist.AccessionNumber = ""
+        assert len(find(server.dicom_port, worklist, ModalityWorklistInformationFind)) == 1
+        [listed] = wait_for_entries(server, event_id="110112", user="VIEWER")
+        assert listed["description"] == "C-FIND WORKLIST: 1 match(es)" and listed["details"]["matches"] == 1
+
         # DICOM Instances Transferred (110104, C): one entry per association, not per instance
         corpus = uncompressed_corpus(tmp_path, "P10001")
         assert send_files(server.dicom_port, [c.path for c in corpus]) == [0, 0]
@@ -152,7 +162,8 @@ def test_an_entry_for_each_event_type(start_server, tmp_path, settings, monkeypa
         query.PatientID = "P10001"
         query.StudyInstanceUID = ""
         assert len(find(server.dicom_port, query)) == 2
-        [found] = wait_for_entries(server, event_id="110112", user="VIEWER")
+        [found] = wait_for_entries(server, event_id="110112", user="VIEWER",
+                                   where=lambda e: e["description"].startswith("C-FIND STUDY"))
         assert found["patients"] == ["P10001"] and found["details"]["matches"] == 2
         sent = read_dataset(BytesIO(base64.b64decode(found["details"]["query"])), True, True)
         assert sent.PatientID == "P10001" and sent.QueryRetrieveLevel == "STUDY"

@@ -153,6 +153,8 @@ class PendingSender:
         self.max_pdu = assoc.dimse.maximum_pdu_size
         self.command = find_response_command(sop_class_uid, message_id, PENDING[0])
         self.waiting: list[bytes] = []
+        self.queued = 0  # answers in ``waiting``
+        self.sent = 0  # answers handed to the DUL
 
     @classmethod
     def for_event(cls, event: Any) -> PendingSender | None:
@@ -169,6 +171,7 @@ class PendingSender:
         encoded = answer.encoded(self.implicit)
         self.waiting.extend(encode_pdu(primitive)
                             for primitive in pdata(self.context_id, self.command, encoded, self.max_pdu))
+        self.queued += 1
         return len(self.waiting) >= BATCH
 
     def flush(self) -> None:
@@ -176,6 +179,8 @@ class PendingSender:
         if self.waiting:
             self.dul.send_pdu(EncodedPData(b"".join(self.waiting)))
             self.waiting = []
+            self.sent += self.queued
+            self.queued = 0
 
 
 def _send_data(dul: Any) -> str:

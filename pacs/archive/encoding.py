@@ -41,6 +41,8 @@ def _value(vr: str, value: Any, codec: str) -> bytes:
         return struct.pack("<H", int(value))
     if vr == "UL":
         return struct.pack("<I", int(value))
+    if isinstance(value, list):  # several values (VM > 1), backslash-separated (PS3.5 6.4)
+        value = "\\".join(str(v) for v in value)
     data = str(value).encode(codec, errors="replace")
     if len(data) % 2:
         data += b"\0" if vr == "UI" else b" "

@@ -99,8 +99,10 @@ def handle_store(event: evt.Event, archive: Archive) -> int | Dataset:
 
 def handle_find(event: evt.Event, queries: QueryService) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     """C-FIND (PS3.4 C.4.1.3.1, K.4.1.3) for the worklist and both Q/R models; checks for
-    C-CANCEL between matches."""
+    C-CANCEL between matches. Answers written directly (:class:`dimse.PendingSender`) are not
+    yielded: ``event.direct_answers`` counts those sent (the audit log reads it)."""
     cancelled = _cancel_watch(event)
+    event.direct_answers = 0
     sop_class = event.request.AffectedSOPClassUID
     try:
         identifier = event.identifier
@@ -112,21 +114,27 @@ def handle_find(event: evt.Event, queries: QueryService) -> Iterator[tuple[int |
             yield failure(Status.SOP_CLASS_NOT_SUPPORTED, f"{sop_class} is not a query this AE serves"), None
             return
         direct = dimse.PendingSender.for_event(event)
+
+        def flush() -> None:
+            assert direct is not None
+            direct.flush()
+            event.direct_answers = direct.sent
+
         for match in matches:
             written = direct is not None and isinstance(match, Encoded)
             if written and not direct.add(match):
                 continue  # its batch is not full yet
             if direct is not None and not written:
-                direct.flush()  # answers go out in order, whichever way each goes
+                flush()  # answers go out in order, whichever way each goes
             dul.hold_back(event.assoc, event.assoc.dimse_timeout or DEFAULT_HOLD_BACK)
             if cancelled():
                 break
             if written:
-                direct.flush()
+                flush()
             else:
                 yield Status.PENDING, match
         if direct is not None and not cancelled():
-            direct.flush()
+            flush()
         if cancelled():
             yield Status.CANCEL, None
     except QueryError as exc:

@@ -33,7 +33,8 @@ from pacs.archive.query import (
     records,
 )
 from pacs.archive.status import Status
-from pacs.archive.worklist import _birth_date_text, _check_vr, _value
+from pacs.archive.encoding import Encoded
+from pacs.archive.worklist import _birth_date_text, _check_vr, _tag_vr, _value
 from pacs.integration.names import NameRules
 from pacs.registry.models import Patient
 
@@ -156,71 +157,106 @@ def find_rows(session: Session, identifier: Dataset, level: str, *, limit: int =
     return [Found(p, s, r, i) for p, s, r, i in records(session, (Patient, Study, Series, Instance), query)]
 
 
+Fill = Callable[["Answer", Found], object]
+Plan = list[tuple[int, str, Fill]]  # (tag, VR, what fills it), in tag order
+
+
+def _birth_date(p: Any) -> str:
+    return p.birth_date.strftime("%Y%m%d") if p.birth_date else ""
+
+
+# The return keys the Q/R models have values for (PS3.4 C.6.1.1.2-C.6.1.1.5, C.6.2.1): the row
+# each comes from (None: the patient's; "counts": a patient-level answer's) and what fills it.
+# An answer has the keys of its level and the levels above; any other key asked goes out empty.
+VALUES: dict[str, tuple[str | None, Fill]] = {
+    "PatientName": (None, lambda a, f: a.patient_name(f.patient)),
+    "PatientID": (None, lambda a, f: f.patient.patient_id),
+    "IssuerOfPatientID": (None, lambda a, f: f.patient.issuer),
+    "PatientBirthDate": (None, lambda a, f: _birth_date(f.patient)),
+    "PatientSex": (None, lambda a, f: f.patient.sex),
+    "NumberOfPatientRelatedStudies": ("counts", lambda a, f: f.counts[0]),
+    "NumberOfPatientRelatedSeries": ("counts", lambda a, f: f.counts[1]),
+    "NumberOfPatientRelatedInstances": ("counts", lambda a, f: f.counts[2]),
+    "StudyInstanceUID": ("study", lambda a, f: f.study.study_instance_uid),
+    "StudyDate": ("study", lambda a, f: f.study.study_date),
+    "StudyTime": ("study", lambda a, f: f.study.study_time),
+    "AccessionNumber": ("study", lambda a, f: f.study.accession_number),
+    "StudyID": ("study", lambda a, f: f.study.study_id),
+    "StudyDescription": ("study", lambda a, f: a.text(f.study.description)),
+    "ReferringPhysicianName": ("study", lambda a, f: a.person(f.study.referring_physician)),
+    "ModalitiesInStudy": ("study", lambda a, f: [m for m in f.study.modalities.split("\\") if m]),
+    "NumberOfStudyRelatedSeries": ("study", lambda a, f: f.study.number_of_series),
+    "NumberOfStudyRelatedInstances": ("study", lambda a, f: f.study.number_of_instances),
+    "SeriesInstanceUID": ("series", lambda a, f: f.series.series_instance_uid),
+    "Modality": ("series", lambda a, f: f.series.modality),
+    "SeriesNumber": ("series", lambda a, f: f.series.series_number),
+    "SeriesDescription": ("series", lambda a, f: a.text(f.series.description)),
+    "BodyPartExamined": ("series", lambda a, f: f.series.body_part),
+    "Laterality": ("series", lambda a, f: f.series.laterality),
+    "SeriesDate": ("series", lambda a, f: f.series.series_date),
+    "SeriesTime": ("series", lambda a, f: f.series.series_time),
+    "StationName": ("series", lambda a, f: a.text(f.series.station_name)),
+    "NumberOfSeriesRelatedInstances": ("series", lambda a, f: f.series.number_of_instances),
+    "PerformingPhysicianName": ("series", lambda a, f: a.person(f.series.performing_physician)),
+    "InstitutionName": ("series", lambda a, f: a.text(f.series.institution)),
+    "ProtocolName": ("series", lambda a, f: a.text(f.series.protocol)),
+    "SOPInstanceUID": ("instance", lambda a, f: f.instance.sop_instance_uid),
+    "SOPClassUID": ("instance", lambda a, f: f.instance.sop_class_uid),
+    "InstanceNumber": ("instance", lambda a, f: f.instance.instance_number),
+    "ContentDate": ("instance", lambda a, f: f.instance.content_date),
+    "ContentTime": ("instance", lambda a, f: f.instance.content_time),
+    "Rows": ("instance", lambda a, f: f.instance.rows),
+    "Columns": ("instance", lambda a, f: f.instance.columns),
+    "NumberOfFrames": ("instance", lambda a, f: f.instance.number_of_frames),
+    "AvailableTransferSyntaxUID": ("instance", lambda a, f: f.instance.transfer_syntax_uid),
+}
+
+
+def _guarded(row: str | None, fill: Fill) -> Fill:
+    """``fill``, or nothing when the answer's level has no such row."""
+    if row is None:
+        return fill
+    return lambda a, f: None if getattr(f, row) is None else fill(a, f)
+
+
 class Answer(BaseAnswer):
-    """C-FIND answers of the Q/R models in one character set."""
+    """C-FIND answers of the Q/R models in one character set, each holding exactly the keys the
+    query asked for, in the compact form :mod:`pacs.archive.encoding` sends without pydicom's
+    writer. Which keys and what fills each is worked out once per query (:meth:`plan`)."""
 
-    def values(self, found: Found, level: str) -> dict[str, Any]:
-        p = found.patient
-        out: dict[str, Any] = {
-            "QueryRetrieveLevel": level,
-            "PatientName": self.patient_name(p),
-            "PatientID": p.patient_id,
-            "IssuerOfPatientID": p.issuer,
-            "PatientBirthDate": p.birth_date.strftime("%Y%m%d") if p.birth_date else "",
-            "PatientSex": p.sex,
-        }
-        if found.counts is not None:
-            out.update(NumberOfPatientRelatedStudies=found.counts[0], NumberOfPatientRelatedSeries=found.counts[1],
-                       NumberOfPatientRelatedInstances=found.counts[2])
-        s = found.study
-        if s is not None:
-            out.update(
-                StudyInstanceUID=s.study_instance_uid, StudyDate=s.study_date, StudyTime=s.study_time,
-                AccessionNumber=s.accession_number, StudyID=s.study_id, StudyDescription=self.text(s.description),
-                ReferringPhysicianName=self.person(s.referring_physician),
-                ModalitiesInStudy=[m for m in s.modalities.split("\\") if m],
-                NumberOfStudyRelatedSeries=s.number_of_series, NumberOfStudyRelatedInstances=s.number_of_instances,
-            )
-        r = found.series
-        if r is not None:
-            out.update(
-                SeriesInstanceUID=r.series_instance_uid, Modality=r.modality,
-                SeriesNumber=r.series_number if r.series_number is not None else "",
-                SeriesDescription=self.text(r.description), BodyPartExamined=r.body_part, Laterality=r.laterality,
-                SeriesDate=r.series_date, SeriesTime=r.series_time, StationName=self.text(r.station_name),
-                NumberOfSeriesRelatedInstances=r.number_of_instances,
-                PerformingPhysicianName=self.person(r.performing_physician),
-                InstitutionName=self.text(r.institution), ProtocolName=self.text(r.protocol),
-            )
-        i = found.instance
-        if i is not None:
-            out.update(
-                SOPInstanceUID=i.sop_instance_uid, SOPClassUID=i.sop_class_uid,
-                InstanceNumber=i.instance_number if i.instance_number is not None else "",
-                ContentDate=i.content_date, ContentTime=i.content_time,
-                Rows=i.rows if i.rows is not None else "", Columns=i.columns if i.columns is not None else "",
-                NumberOfFrames=i.number_of_frames if i.number_of_frames is not None else "",
-                AvailableTransferSyntaxUID=i.transfer_syntax_uid,
-            )
-        return out
-
-    def response(self, found: Found, identifier: Dataset, level: str, retrieve_ae: str) -> Dataset:
-        values = self.values(found, level)
-        values["RetrieveAETitle"] = retrieve_ae
-        out = Dataset()
+    def plan(self, identifier: Dataset, level: str, retrieve_ae: str) -> Plan:
+        fixed: dict[str, Fill] = {"QueryRetrieveLevel": lambda a, f: level,
+                                  "RetrieveAETitle": lambda a, f: retrieve_ae}
+        out: Plan = []
         if self.charset:
-            out.SpecificCharacterSet = self.charset
+            charset = self.charset
+            out.append((*_tag_vr("SpecificCharacterSet"), lambda a, f: charset))
+        asked = set()
         for element in identifier:
             keyword = element.keyword
-            if element.tag.is_private or keyword in ("", "SpecificCharacterSet"):
+            if element.tag.is_private or keyword in ("", "SpecificCharacterSet") or keyword in asked:
                 continue
-            value = values.get(keyword)
-            if element.VR == "SQ":
-                setattr(out, keyword, [])
-            else:
-                setattr(out, keyword, value if value not in (None,) else None)
-        out.QueryRetrieveLevel = level
+            asked.add(keyword)
+            tag, vr = _tag_vr(keyword)
+            if element.VR == "SQ" or vr == "SQ":
+                out.append((tag, "SQ", lambda a, f: []))
+                continue
+            known = VALUES.get(keyword)
+            out.append((tag, vr, fixed.get(keyword) or (_guarded(*known) if known else (lambda a, f: None))))
+        if "QueryRetrieveLevel" not in asked:
+            out.append((*_tag_vr("QueryRetrieveLevel"), fixed["QueryRetrieveLevel"]))
+        return sorted(out, key=lambda e: e[0])
+
+    def values(self, found: Found, level: str) -> dict[str, Any]:
+        """Every value the answer's level and the levels above have, by keyword (QIDO-RS)."""
+        out: dict[str, Any] = {"QueryRetrieveLevel": level}
+        for keyword, (row, fill) in VALUES.items():
+            if row is None or getattr(found, row) is not None:
+                out[keyword] = fill(self, found)
         return out
+
+    def respond(self, found: Found, plan: Plan) -> Encoded:
+        return Encoded([(tag, vr, fill(self, found)) for tag, vr, fill in plan], self.charset, ordered=True)
 
 
 def find(session: Session, identifier: Dataset, *, model: str, names: NameRules, retrieve_ae: str,
@@ -229,7 +265,8 @@ def find(session: Session, identifier: Dataset, *, model: str, names: NameRules,
     validate(identifier)
     level = level_of(identifier, model)
     answer = Answer(answer_charset(identifier.get("SpecificCharacterSet"), peer_charset), names)
+    plan = answer.plan(identifier, level, retrieve_ae)
     for found in find_rows(session, identifier, level):
         if cancelled():
             return
-        yield answer.response(found, identifier, level, retrieve_ae)
+        yield answer.respond(found, plan)

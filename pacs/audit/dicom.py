@@ -184,7 +184,7 @@ class DicomAudit:
                 yield item
         finally:
             try:
-                self._query(event, matches, final)
+                self._query(event, matches + getattr(event, "direct_answers", 0), final)
             except Exception:
                 log.exception("C-FIND not audited")
 

@@ -282,6 +282,50 @@ def test_retrieve_needs_the_unique_key(archive):
     assert not received and final.Status == 0xA900
 
 
+def every_key(level: str, uid: str) -> Dataset:
+    from pacs.archive.qr import VALUES
+
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = level
+    for keyword in VALUES:
+        setattr(identifier, keyword, "")
+    identifier.StudyInstanceUID = uid
+    identifier.RetrieveAETitle = ""
+    identifier.OtherPatientIDsSequence = []  # a sequence key the archive holds nothing for
+    identifier.PatientComments = ""  # a key it has no value for
+    return identifier
+
+
+def test_every_return_key_comes_back_at_every_level(archive):
+    """Each answer holds every key asked for (PS3.4 C.2.2.1.2), in the keys' VRs; the keys of
+    levels below the one asked come back empty."""
+    from pacs.archive.qr import VALUES
+
+    ct = next(c for c in archive.corpus if c.source == "CT_small.dcm")
+    source = pydicom.dcmread(ct.path)
+    for level in ("STUDY", "SERIES", "IMAGE"):
+        matches, final = cfind(archive.dicom_port, every_key(level, ct.study_instance_uid))
+        assert final.Status == 0 and len(matches) == 1, level
+        [answer] = matches
+        for keyword in [*VALUES, "RetrieveAETitle", "OtherPatientIDsSequence", "PatientComments"]:
+            assert keyword in answer, (level, keyword)
+        assert answer.QueryRetrieveLevel == level and answer.RetrieveAETitle == "PACS"
+        assert answer.PatientID == source.PatientID and answer.StudyInstanceUID == ct.study_instance_uid
+        assert answer.ModalitiesInStudy == "CT" and int(answer.NumberOfStudyRelatedInstances) == 1
+        assert answer.OtherPatientIDsSequence == [] and not answer.PatientComments
+        if level == "STUDY":
+            assert not answer.SeriesInstanceUID and not answer.Modality and answer.Rows is None
+        if level in ("SERIES", "IMAGE"):
+            assert answer.SeriesInstanceUID == source.SeriesInstanceUID and answer.Modality == "CT"
+            assert int(answer.NumberOfSeriesRelatedInstances) == 1
+        if level == "SERIES":
+            assert not answer.SOPInstanceUID and answer.Rows is None
+        if level == "IMAGE":
+            assert answer.SOPInstanceUID == ct.sop_instance_uid and answer.SOPClassUID == source.SOPClassUID
+            assert (answer.Rows, answer.Columns) == (source.Rows, source.Columns)
+            assert answer.AvailableTransferSyntaxUID == source.file_meta.TransferSyntaxUID
+
+
 def test_patient_root_find(archive):
     identifier = Dataset()
     identifier.QueryRetrieveLevel = "PATIENT"
