@@ -1,12 +1,16 @@
-"""What the benchmarks share: the machine facts they print, a free loopback port, and the
-Chinese names (surnames by frequency) their generated patients get."""
+"""What the benchmarks share: the machine facts they print, a free loopback port, the Chinese
+names (surnames by frequency) their generated patients get, and DCMTK findscu timed by its own
+log clock."""
 
 from __future__ import annotations
 
 import os
 import platform
+import resource
+import shutil
 import socket
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,3 +86,59 @@ def git_state() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown (no git)"
     return (commit or "unknown (not a git checkout)") + (" + uncommitted changes under pacs/" if dirty else "")
+
+
+# findscu logs through log4cplus; this layout stamps each line with the time to the microsecond.
+FINDSCU_LOG_CONFIG = """\
+log4cplus.rootLogger = INFO, console
+log4cplus.logger.dcmtk.dcmnet.responses = WARN
+log4cplus.appender.console = log4cplus::ConsoleAppender
+log4cplus.appender.console.layout = log4cplus::PatternLayout
+log4cplus.appender.console.layout.ConversionPattern = %D{%H:%M:%S.%Q} %m%n
+"""
+
+
+def _log_clock(line: str) -> float:
+    """Seconds since midnight of a findscu log line stamped HH:MM:SS.mmm.uuu."""
+    hours, minutes, rest = line.split(" ", 1)[0].split(":")
+    seconds, millis, micros = rest.split(".")
+    return int(hours) * 3600 + int(minutes) * 60 + int(seconds) + int(millis) / 1e3 + int(micros) / 1e6
+
+
+@dataclass
+class FindscuQuery:
+    """One C-FIND as findscu logged it: request to final response, its pending answers."""
+
+    ms: float
+    matches: int
+    success: bool
+
+
+def findscu_queries(args: list[str], files: list[Path], tmp: Path) -> tuple[list[FindscuQuery], float]:
+    """Run one findscu process (``args``: model flag, AE titles, host and port) on one association
+    with the query files in turn; each query timed by findscu's own log clock from "Sending Find
+    Request" to "Received Final Find Response". Also the process's CPU seconds."""
+    findscu = shutil.which("findscu")
+    if findscu is None:
+        raise RuntimeError("findscu not found (apt-get install dcmtk)")
+    config = tmp / "findscu-log.cfg"
+    config.write_text(FINDSCU_LOG_CONFIG)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run([findscu, "-lc", str(config), *args, *map(str, files)],
+                          env=dict(os.environ, TCP_NODELAY="1"), capture_output=True, timeout=600, check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise RuntimeError(f"findscu failed ({done.returncode}): {done.stderr.decode(errors='replace')[-500:]}")
+    out: list[FindscuQuery] = []
+    sent, matches = 0.0, 0
+    for line in (done.stdout + done.stderr).decode("utf-8", "replace").splitlines():
+        if " Sending Find Request" in line:
+            sent, matches = _log_clock(line), 0
+        elif " Received Find Response " in line and "(Pending)" in line:
+            matches += 1
+        elif " Received Final Find Response" in line:
+            elapsed = (_log_clock(line) - sent) % 86400  # past midnight
+            out.append(FindscuQuery(elapsed * 1000, matches, "(Success)" in line))
+    if not out:
+        raise RuntimeError("findscu logged no query: " + done.stderr.decode(errors="replace")[-500:])
+    return out, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime

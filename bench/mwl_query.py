@@ -89,7 +89,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import DOCTORS, GIVEN_NAMES, SURNAMES, cpu_model, free_port, git_state, load_average  # noqa: E402
+from common import (  # noqa: E402
+    DOCTORS,
+    GIVEN_NAMES,
+    SURNAMES,
+    cpu_model,
+    findscu_queries,
+    free_port,
+    git_state,
+    load_average,
+)
 
 SSD_RANDOM_PAGE_COST = 1.1  # README, "PostgreSQL": the planner's cost of a random page read on SSD storage
 GOAL_P50_MS = 10.0
@@ -609,31 +618,12 @@ def findscu_times(port: int, query: Path, rounds: int, repeat: int) -> tuple[lis
     return singles, (statistics.median(many) - statistics.median(singles)) / (repeat - 1)
 
 
-# findscu logs through log4cplus; this layout stamps each line with the time to the microsecond.
-FINDSCU_LOG_CONFIG = """\
-log4cplus.rootLogger = INFO, console
-log4cplus.logger.dcmtk.dcmnet.responses = WARN
-log4cplus.appender.console = log4cplus::ConsoleAppender
-log4cplus.appender.console.layout = log4cplus::PatternLayout
-log4cplus.appender.console.layout.ConversionPattern = %D{%H:%M:%S.%Q} %m%n
-"""
-
-
-def _log_clock(line: str) -> float:
-    """Seconds since midnight of a findscu log line stamped HH:MM:SS.mmm.uuu."""
-    hours, minutes, rest = line.split(" ", 1)[0].split(":")
-    seconds, millis, micros = rest.split(".")
-    return int(hours) * 3600 + int(minutes) * 60 + int(seconds) + int(millis) / 1e3 + int(micros) / 1e6
-
-
 def findscu_kind(server: Server, kind: Kind, count: int, warmup: int, tmp: Path) -> Timing:
     """One findscu process, one association, ``warmup`` + ``count`` queries of ``kind`` one after
     another (findscu sends the query files it is given in turn); each measured query is timed by
     findscu's own log clock from "Sending Find Request" to "Received Final Find Response" and its
     matches counted from the "Received Find Response" lines. Server CPU over the whole process
     (association setup included), client CPU from the child's rusage."""
-    import resource
-
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
 
@@ -648,41 +638,21 @@ def findscu_kind(server: Server, kind: Kind, count: int, warmup: int, tmp: Path)
         query.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         files.append(folder / f"q{i:05d}.dcm")
         query.save_as(files[-1], enforce_file_format=True)
-    config = tmp / "findscu-log.cfg"
-    config.write_text(FINDSCU_LOG_CONFIG)
-    findscu = shutil.which("findscu")
-    assert findscu is not None
-    command = [findscu, "-W", "-aet", "CT1", "-aec", CALLED_AE, "-lc", str(config), "127.0.0.1",
-               str(server.dicom_port), *map(str, files)]
     timing = Timing(kind.name, "findscu")
-    server_cpu, children = server.cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = subprocess.run(command, env=dict(os.environ, TCP_NODELAY="1"), capture_output=True, timeout=600,
-                          check=False)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode != 0:
-        raise RuntimeError(f"findscu failed ({done.returncode}): {done.stderr.decode(errors='replace')[-500:]}")
-    number, sent, matches = -1, 0.0, 0
-    for line in done.stdout.decode("utf-8", "replace").splitlines() + done.stderr.decode("utf-8", "replace").splitlines():
-        if " Sending Find Request" in line:
-            number, sent, matches = number + 1, _log_clock(line), 0
-        elif " Received Find Response " in line and "(Pending)" in line:
-            matches += 1
-        elif " Received Final Find Response" in line and number >= warmup:
-            elapsed = (_log_clock(line) - sent) % 86400  # past midnight
-            timing.ms.append(elapsed * 1000)
-            timing.matches.append(matches)
-            i = number - warmup
-            if "(Success)" not in line:
-                timing.failures[-1] += 1
-            elif matches != kind.expected(i):
-                timing.mismatches += 1
-                if len(timing.odd) < 3:
-                    timing.odd.append(f"findscu query {i}: {matches} matches, {kind.expected(i)} expected")
-    if not timing.ms:
-        raise RuntimeError("findscu logged no query: " + done.stderr.decode(errors="replace")[-500:])
+    server_cpu = server.cpu_seconds()
+    queries, client_cpu = findscu_queries(["-W", "-aet", "CT1", "-aec", CALLED_AE, "127.0.0.1",
+                                           str(server.dicom_port)], files, tmp)
+    for i, query in enumerate(queries[warmup:]):
+        timing.ms.append(query.ms)
+        timing.matches.append(query.matches)
+        if not query.success:
+            timing.failures[-1] += 1
+        elif query.matches != kind.expected(i):
+            timing.mismatches += 1
+            if len(timing.odd) < 3:
+                timing.odd.append(f"findscu query {i}: {query.matches} matches, {kind.expected(i)} expected")
     timing.server_cpu_ms = (server.cpu_seconds() - server_cpu) / (warmup + count) * 1000
-    timing.client_cpu_ms = ((after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime)
-                            / (warmup + count) * 1000)
+    timing.client_cpu_ms = client_cpu / (warmup + count) * 1000
     return timing
 
 

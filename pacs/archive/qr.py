@@ -135,26 +135,27 @@ def find_rows(session: Session, identifier: Dataset, level: str, *, limit: int =
     """Matches in a stable order; ``limit`` and ``offset`` page through them in the database."""
     limit = min(limit, MAX_MATCHES + 1)
     where = and_(true(), *conditions(identifier, level))
+    conn = session.connection()  # Core rows, not the ORM's: each is read into a Record
     if level == "PATIENT":
         query = (select(*columns(Patient), func.count(func.distinct(Study.id)),
                         func.coalesce(func.sum(Study.number_of_series), 0),
                         func.coalesce(func.sum(Study.number_of_instances), 0))
                  .join(Study, Study.patient == Patient.id).where(col(Patient.merged_into).is_(None), where)
                  .group_by(col(Patient.id)).order_by(col(Patient.id)).offset(offset).limit(limit))
-        return [Found(p, counts=(int(a), int(b), int(c))) for p, a, b, c in records(session, (Patient,), query)]
+        return [Found(p, counts=(int(a), int(b), int(c))) for p, a, b, c in records(conn, (Patient,), query)]
     if level == "STUDY":
         query = (select(*columns(Patient, Study)).join(Study, Study.patient == Patient.id).where(where)
                  .order_by(col(Study.study_date).desc(), col(Study.id)).offset(offset).limit(limit))
-        return [Found(p, s) for p, s in records(session, (Patient, Study), query)]
+        return [Found(p, s) for p, s in records(conn, (Patient, Study), query)]
     if level == "SERIES":
         query = (select(*columns(Patient, Study, Series)).join(Study, Study.patient == Patient.id)
                  .join(Series, Series.study == Study.id).where(where)
                  .order_by(col(Study.id), col(Series.series_number), col(Series.id)).offset(offset).limit(limit))
-        return [Found(p, s, r) for p, s, r in records(session, (Patient, Study, Series), query)]
+        return [Found(p, s, r) for p, s, r in records(conn, (Patient, Study, Series), query)]
     query = (select(*columns(Patient, Study, Series, Instance)).join(Study, Study.patient == Patient.id)
              .join(Series, Series.study == Study.id).join(Instance, Instance.series == Series.id).where(where)
              .order_by(col(Series.id), col(Instance.instance_number), col(Instance.id)).offset(offset).limit(limit))
-    return [Found(p, s, r, i) for p, s, r, i in records(session, (Patient, Study, Series, Instance), query)]
+    return [Found(p, s, r, i) for p, s, r, i in records(conn, (Patient, Study, Series, Instance), query)]
 
 
 Fill = Callable[["Answer", Found], object]

@@ -22,6 +22,7 @@ import os
 import queue
 import socket
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -215,6 +216,9 @@ def record_all(session: Session | Connection, events: list[Event]) -> bool:
     return True
 
 
+LINGER_SECONDS = 0.05  # how long the writer waits after an event for others to write with it
+
+
 class Auditor:
     """The process's audit log: a writer thread for queued events, and what reads the log."""
 
@@ -281,6 +285,12 @@ class Auditor:
     def _run(self) -> None:
         while True:
             batch, stop = batching.take(self._queue, self.batch_max)
+            if batch and not stop and len(batch) < self.batch_max:
+                # Events come in bursts (a viewer's queries, a modality's associations): after the
+                # first, those of the next moment join its transaction, one commit for them all.
+                time.sleep(LINGER_SECONDS)
+                more, stop = batching.take(self._queue, self.batch_max - len(batch), wait=False)
+                batch += more
             if batch:
                 self._write(batch)
                 if self.forwarder is not None:

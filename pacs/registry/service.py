@@ -7,9 +7,9 @@ on disk.
 The paths every message takes (patient, visit and order upserts, steps, order events) are
 written with Core statements compiled once (:class:`pacs.db.Prepared`) and run on the session's
 connection: they read only the columns they need, write only what changed and return
-:class:`Record` objects rather than ORM instances. The rare paths (merge, identifier change, status transitions, which call the
-lifecycle's notify hook) use the ORM and flush before returning, so the statements that follow
-in the same message see their effect.
+:class:`Record` objects rather than ORM instances. The rare paths (merge, identifier change,
+status transitions, which call the lifecycle's notify hook) use the ORM and flush before
+returning, so the statements that follow in the same message see their effect.
 """
 
 from __future__ import annotations
