@@ -17,7 +17,7 @@ from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.presentation import PresentationContext, build_context
 from sqlmodel import Session, col, select
@@ -100,7 +100,7 @@ class Retriever:
             if uid in seen or area not in self.areas:
                 continue  # one copy is enough
             seen.add(uid)
-            items.append(Item(uid, sop_class, syntax, study, area, key))
+            items.append(Item(uid, sop_class, syntax or syntax_of(self.areas[area], key), study, area, key))
         return items
 
     @staticmethod
@@ -161,6 +161,20 @@ class Retriever:
                 # The same image in another encoding keeps its identity (no new SOP Instance UID).
                 ds.decompress(generate_instance_uid=False)
         return ds
+
+
+def syntax_of(area: StorageArea, key: str) -> str:
+    """The transfer syntax of a stored copy as its file says: its File Meta Information, else
+    how its data set is encoded (PS3.10 7.1). For index rows that hold none (written before the
+    archive kept it), so that retrieving them does not fail."""
+    path = area.local_path(key)
+    source = path if path is not None else _bytes_io(area.read(key))
+    ds = pydicom.dcmread(source, stop_before_pixels=True, force=True)
+    syntax = getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID")
+    if syntax:
+        return str(syntax)
+    implicit, little = ds.original_encoding
+    return ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
 
 
 def _norm(value: str) -> str:

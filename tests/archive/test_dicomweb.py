@@ -18,6 +18,7 @@ import requests
 from dicomweb_client import DICOMwebClient
 from PIL import Image
 from pydicom.encaps import get_frame
+from pynetdicom import evt
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 from sqlmodel import Session, select
 
@@ -207,6 +208,49 @@ def test_wado_study_series_instance_as_stored_and_transcoded(server, tmp_path):
     assert response.headers["content-type"].startswith("application/dicom")
     assert response.content == stored_path(server, str(first.SOPInstanceUID)).read_bytes()
     assert int(response.headers["content-length"]) == len(response.content)
+
+
+def test_rows_without_a_transfer_syntax_are_served_from_what_their_files_say(server, tmp_path):
+    """Index rows that hold no transfer syntax (as builds before it was kept wrote them) are
+    served by WADO-RS and C-GET in the syntax their files declare, not refused with a 500."""
+    from pynetdicom import AE, build_role
+    from pynetdicom.sop_class import CTImageStorage, MRImageStorage, StudyRootQueryRetrieveInformationModelGet
+
+    paths = one_study(tmp_path, ["CT_small.dcm", "MR_small_jpeg_ls_lossless.dcm"], series_of=lambda n: 0)
+    stow(server, paths)
+    originals = {str(ds.SOPInstanceUID): ds for ds in (pydicom.dcmread(p) for p in paths)}
+    study = str(next(iter(originals.values())).StudyInstanceUID)
+    with Session(server.server.services.db.engine) as session:
+        for row in session.exec(select(Instance).where(Instance.sop_instance_uid.in_(list(originals)))):
+            row.transfer_syntax_uid = ""
+            session.add(row)
+        session.commit()
+    client = dicomweb(server)
+    got = client.retrieve_study(study)  # the default: Explicit VR Little Endian, decoded where needed
+    assert sorted(str(ds.SOPInstanceUID) for ds in got) == sorted(originals)
+    for ds in got:
+        assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert np.array_equal(ds.pixel_array, originals[str(ds.SOPInstanceUID)].pixel_array)
+    metadata = client.retrieve_study_metadata(study)
+    assert sorted(value(m, "00080018") for m in metadata) == sorted(originals)
+    response = httpx.get(f"{server.http_url}/dicomweb/studies/{study}", headers={"Accept": DICOM_ANY})
+    assert [h["content-type"].split("transfer-syntax=")[1] for h, _ in multipart(response)] == [
+        str(pydicom.dcmread(io.BytesIO(b)).file_meta.TransferSyntaxUID) for _, b in multipart(response)]
+
+    received = []
+    ae = AE(ae_title="VIEWER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    for storage in (CTImageStorage, MRImageStorage):
+        ae.add_requested_context(storage, ExplicitVRLittleEndian)
+    handlers = [(evt.EVT_C_STORE, lambda event: received.append(event.dataset) or 0x0000)]
+    assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title="PACS", evt_handlers=handlers,
+                         ext_neg=[build_role(CTImageStorage, scp_role=True), build_role(MRImageStorage, scp_role=True)])
+    query = pydicom.Dataset()
+    query.QueryRetrieveLevel, query.StudyInstanceUID = "STUDY", study
+    statuses = [status.Status for status, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)]
+    assoc.release()
+    assert statuses[-1] == 0x0000
+    assert sorted(str(ds.SOPInstanceUID) for ds in received) == sorted(originals)
 
 
 def test_a_stored_file_shorter_than_its_record_breaks_the_response_not_the_data(server, tmp_path):

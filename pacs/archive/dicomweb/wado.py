@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import BytesIO
 from typing import Any, BinaryIO, cast
 
@@ -57,7 +57,7 @@ from pacs.archive.dicomweb.media import (
     not_found,
 )
 from pacs.archive.index import COPY_SYNTAX, NOT_REJECTED, Instance, InstanceFile, Series, Study
-from pacs.archive.retrieve import Retriever, correct
+from pacs.archive.retrieve import Retriever, correct, syntax_of
 from pacs.archive.storage import StorageArea
 from pacs.db import Database
 
@@ -121,6 +121,8 @@ def locate(session: Session, areas: dict[str, StorageArea], *, study: str, serie
         item = Located(*row)
         if item.sop_instance_uid in seen or item.area not in areas:
             continue  # one copy is enough
+        if not item.transfer_syntax:
+            item = replace(item, transfer_syntax=syntax_of(areas[item.area], item.key))
         seen.add(item.sop_instance_uid)
         found.append(item)
     if not rows:
