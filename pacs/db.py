@@ -403,7 +403,9 @@ def nested(session: Session, name: str) -> Iterator[Connection]:
     Plain SAVEPOINT statements, the same on SQLite and PostgreSQL (``Session.begin_nested``
     costs several times more, per message); ORM changes made inside are flushed before the
     savepoint is released, and on failure the session forgets its ORM instances, as a
-    rolled-back nested transaction would have it do."""
+    rolled-back nested transaction would have it do. A failed ORM flush, though, leaves the
+    session needing a rollback of its whole transaction: writes whose flush can fail (a unique
+    key another writer may take first) belong under ``Session.begin_nested`` instead."""
     connection = session.connection()
     savepoint(connection, f"SAVEPOINT {name}")
     try:

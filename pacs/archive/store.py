@@ -346,8 +346,14 @@ class Archive:
         moment: the object is indexed again, now seeing that writer's rows."""
         clash = (IntegrityError, self.db.engine.dialect.loaded_dbapi.IntegrityError)  # the ORM's, the driver's
         for attempt in range(3):
+            # An object of a study and series already filed is written with prepared statements
+            # under a plain savepoint. One that files a new study or series (or replaces a copy)
+            # goes through the ORM, whose flush can clash with another writer: SQLAlchemy's own
+            # nested transaction then keeps the session usable for the rest of the batch.
+            known = (job.replace is None and _text(job.header, "StudyInstanceUID") in self._studies
+                     and _text(job.header, "SeriesInstanceUID") in self._series)
             try:
-                with nested(session, "instance"):
+                with nested(session, "instance") if known else session.begin_nested():
                     return self._index(session, job, counts)
             except clash:
                 self._studies.clear()

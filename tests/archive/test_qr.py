@@ -288,7 +288,7 @@ def every_key(level: str, uid: str) -> Dataset:
     identifier = Dataset()
     identifier.QueryRetrieveLevel = level
     for keyword in VALUES:
-        setattr(identifier, keyword, "")
+        setattr(identifier, keyword, None)
     identifier.StudyInstanceUID = uid
     identifier.RetrieveAETitle = ""
     identifier.OtherPatientIDsSequence = []  # a sequence key the archive holds nothing for
