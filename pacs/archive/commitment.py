@@ -145,7 +145,8 @@ class Commitment:
         response has gone out (PS3.4 J.3.3), else through the outbox."""
         deadline = time.monotonic() + SAME_ASSOCIATION_GRACE
         responded.wait(SAME_ASSOCIATION_GRACE)
-        while responded.is_set() and time.monotonic() < deadline and assoc.is_established:
+        while (responded.is_set() and time.monotonic() < deadline and assoc.is_established
+               and assoc.dul.state_machine.current_state == dimse.DATA_TRANSFER_STATE):  # no release asked
             try:
                 status, _ = dimse.awaiting_response(assoc, lambda: assoc.send_n_event_report(
                     report.dataset(self.settings.ae_title), report.event_type, StorageCommitmentPushModel,

@@ -21,7 +21,9 @@ message after another; the final response follows through the DIMSE provider.
 
 from __future__ import annotations
 
+import queue
 import struct
+import time
 from collections.abc import Callable, Iterator
 from io import BytesIO
 from typing import Any, TypeVar
@@ -46,6 +48,8 @@ PDV_HEADER = 6  # item length (4), presentation context ID (1), message control 
 P_DATA_TF_TYPE = 0x04  # PS3.8 Table 9-22
 BATCH = 8  # answers per write of the direct path
 DATA_TRANSFER_ACTION = "DT-1"  # PS3.8 Table 9-7: send a P-DATA-TF PDU (Sta6 + Evt9)
+DATA_TRANSFER_STATE = "Sta6"  # PS3.8 9.2.1: association established, ready for data transfer
+RESPONSE_POLL = 0.05  # seconds between two looks at the association while a response is awaited
 # Message control header (PS3.8 E.2): bit 0 command, bit 1 last fragment
 COMMAND_LAST, COMMAND_MORE, DATA_LAST, DATA_MORE = b"\x03", b"\x01", b"\x02", b"\x00"
 
@@ -191,7 +195,7 @@ def _send_data(dul: Any) -> str:
             dul.socket.send(primitive.encoded)
     else:
         dul._send(P_DATA_TF(primitive))
-    return "Sta6"
+    return DATA_TRANSFER_STATE
 
 
 def _fast(provider: DIMSEServiceProvider, primitive: Any) -> bytes | None:
@@ -230,14 +234,30 @@ def awaiting_response(assoc: Any, send: Callable[[], T]) -> T:
     side by default): a modality may send its next request before our N-EVENT-REPORT has been
     answered. pynetdicom takes whatever message comes next as the response and, finding a
     request, aborts the association; here a request is set aside and put back at the head of
-    the queue, in order, once the response is in."""
+    the queue, in order, once the response is in.
+
+    The wait ends (no response, as pynetdicom's own wait ends on an abort) as soon as the peer
+    asks to release the association: a modality that releases right after its own request
+    answers nothing more on it, and waiting out the DIMSE timeout would only delay the report
+    the caller then sends another way."""
     provider = assoc.dimse
     set_aside: list[Any] = []
     original = provider.get_msg
 
+    def next_message(block: bool) -> Any:
+        if not block:
+            return original(False)
+        deadline = time.monotonic() + (provider.dimse_timeout or float("inf"))
+        while True:
+            try:
+                return provider.msg_queue.get(block=True, timeout=RESPONSE_POLL)
+            except queue.Empty:
+                if assoc.dul.state_machine.current_state != DATA_TRANSFER_STATE or time.monotonic() > deadline:
+                    return None, None
+
     def get_msg(block: bool = False) -> Any:
         while True:
-            context_id, message = original(block)
+            context_id, message = next_message(block)
             if message is None or getattr(message, "MessageIDBeingRespondedTo", None) is not None:
                 return context_id, message
             set_aside.append((context_id, message))

@@ -160,7 +160,6 @@ def build_ack(
     """The ACK for ``header`` as ER7 text (segments joined with carriage returns)."""
     enc = header.encoding
     stamp = (now or datetime.now()).strftime("%Y%m%d%H%M%S")
-    trigger = header.trigger_event
     # The ACK names the receiver that answered, not whatever the sender addressed.
     msh = build_segment(
         "MSH",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +46,7 @@ from pacs.integration.message_store import (
 )
 from pacs.registry import lifecycle, service
 from pacs.registry.models import VisitStatus
-from pacs.registry.schemas import Action, Mapped
+from pacs.registry.schemas import Action, Mapped, OrderAction
 from pacs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,7 @@ class Channel:
                 row.accession_number = (mapped.orders[0].accession_number or "")[:64]
             ctx = self.context(row, mappings)
             try:
-                with nested(session, "message"):  # applied whole or not at all; the row says why
+                with applying(session, [mapped]):  # applied whole or not at all; the row says why
                     row.applied = apply_mapped(session, mapped, ctx)
             except service.RegistryError as exc:
                 raise MessageError.content(REGISTRY_ERRORS[exc.problem], sources.get(exc.target), exc.text) from None
@@ -309,6 +310,22 @@ class Channel:
             applied=row.applied,
             mapped=mapped,
         )
+
+
+# What a message does through the ORM (whose flush may fail), rather than prepared statements.
+ORM_ACTIONS = (Action.PATIENT_MERGE, Action.IDENTIFIER_CHANGE)
+CORE_ORDER_ACTIONS = (OrderAction.NEW, OrderAction.CHANGE)
+
+
+def applying(session: Session, mapped: list[Mapped]) -> AbstractContextManager[object]:
+    """The savepoint a message's effect is applied under, so that it is applied whole or not at
+    all: a plain one (:func:`pacs.db.nested`) for what the registry writes with prepared
+    statements; SQLAlchemy's nested transaction when the ORM may flush (a merge, an identifier
+    change, a status transition), so that a flush that fails leaves the session usable for the
+    rest of the batch."""
+    orm = any(m.action in ORM_ACTIONS or any(o.action not in CORE_ORDER_ACTIONS for o in m.orders)
+              for m in mapped)
+    return session.begin_nested() if orm else nested(session, "message")
 
 
 def _forget_instances(session: Session) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlmodel import Session
 
-from pacs.db import nested, row_id, utcnow
+from pacs.db import row_id, utcnow
 from pacs.fhir_server.outcome import for_error
 from pacs.integration.ack import ErrorCode, MessageError
 from pacs.integration.mapping import (
@@ -386,7 +386,7 @@ def map_fhir(data: dict[str, Any], session: Session, mappings: Mappings,
 
 def process(channel: Any, session: Session, row: MessageRow) -> Any:
     """The channel's stages for a FHIR message; the response is JSON for the HTTP layer."""
-    from pacs.integration.channel import Outcome, apply_mapped
+    from pacs.integration.channel import Outcome, apply_mapped, applying
 
     mappings = channel.mappings.current()
     try:
@@ -407,7 +407,7 @@ def process(channel: Any, session: Session, row: MessageRow) -> Any:
         ctx = channel.context(row, mappings)
         results = []
         try:
-            with nested(session, "message"):
+            with applying(session, mapped):
                 for item in mapped:
                     results.append(apply_mapped(session, item, ctx))
         except service.RegistryError as exc:
