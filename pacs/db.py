@@ -298,10 +298,10 @@ class Prepared:
     def __init__(self, statement: Executable) -> None:
         self.statement = statement
         self._dml = bool(getattr(statement, "is_dml", False))
-        self._plans: dict[tuple[str, tuple[str, ...]], _Plan] = {}
+        self._plans: dict[tuple[str, str, tuple[str, ...]], _Plan] = {}  # by dialect, driver and columns
 
     def _plan(self, dialect: Dialect, keys: tuple[str, ...]) -> _Plan:
-        plan = self._plans.get((dialect.name, keys))
+        plan = self._plans.get((dialect.name, dialect.driver, keys))
         if plan is not None:
             return plan
         compiled = self.statement.compile(dialect=dialect, column_keys=list(keys) if self._dml else None)
@@ -334,7 +334,7 @@ class Prepared:
             columns=tuple(c.key for c in columns),
             readers=tuple(c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns),
         )
-        self._plans[(dialect.name, keys)] = plan
+        self._plans[(dialect.name, dialect.driver, keys)] = plan
         return plan
 
     def _cursor(self, conn: Connection) -> Any:
