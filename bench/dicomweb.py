@@ -513,7 +513,7 @@ def print_wado(corpus: Corpus, retrieves: dict[str, list[Transfer]], metadata: d
     if "ours" in retrieves and "orthanc" in retrieves:
         ratio = median_of(retrieves["ours"], "mb_per_s") / median_of(retrieves["orthanc"], "mb_per_s")
         print(f"  ours / Orthanc throughput: {ratio:.2f}")
-    print(f"\nWADO-RS metadata of the same study (GET /studies/{{uid}}/metadata), medians:")
+    print("\nWADO-RS metadata of the same study (GET /studies/{uid}/metadata), medians:")
     print(f"  {'server':10} {'seconds':>8} {'ms/inst':>8} {'1st byte':>9} {'server CPU':>11} {'bytes':>10}  "
           f"first request (cold)")
     for name in [n for n in metadata if not n.endswith("(first)")]:

@@ -252,7 +252,8 @@ class RunResult:
     not_aa: int
     first_not_aa: str
     errors: list[str]
-    server_cpu: float
+    server_cpu: float  # the server and the processes it started (the MLLP front)
+    main_cpu: float  # the server's main process alone (the intake worker's)
     client_cpu: float
 
     @property
@@ -285,9 +286,9 @@ def run(name: str, port: int, connections: int, total: int, tag: str, server_pid
         barrier.wait(timeout=120)
     except threading.BrokenBarrierError:
         pass  # a sender failed to connect; its report says why
-    cpu_before = process_cpu_seconds(server_pid)
+    cpu_before = server_cpu_seconds(server_pid)
     reports = [results.get(timeout=ACK_TIMEOUT * max(shares) + 120) for _ in processes]
-    cpu_after = process_cpu_seconds(server_pid)
+    cpu_after = server_cpu_seconds(server_pid)
     for process in processes:
         process.join(10)
     started = [r["start"] for r in reports if r["start"]]
@@ -300,7 +301,8 @@ def run(name: str, port: int, connections: int, total: int, tag: str, server_pid
         not_aa=sum(r["not_aa"] for r in reports),
         first_not_aa=next((r["first_not_aa"] for r in reports if r["first_not_aa"]), ""),
         errors=[f"sender {r['index']}: {r['error']}" for r in reports if r["error"]],
-        server_cpu=cpu_after - cpu_before,
+        server_cpu=cpu_after[1] - cpu_before[1],
+        main_cpu=cpu_after[0] - cpu_before[0],
         client_cpu=sum(r["cpu"] for r in reports),
     )
 
@@ -317,6 +319,29 @@ def process_cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes ``pid`` started, and theirs (the MLLP front process of ``pacs serve``)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            children = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            found += [child, *descendants(child)]
+    return found
+
+
+def server_cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU time of the server process and of all the processes it started: (main, all)."""
+    main = process_cpu_seconds(pid)
+    return main, main + sum(process_cpu_seconds(child) for child in descendants(pid))
 
 
 def python_child(pid: int) -> int:
@@ -679,7 +704,7 @@ CROSS_CUTTING = [
 ]
 
 
-def report_stages(data: dict[str, Any], server_cpu: float) -> None:
+def report_stages(data: dict[str, Any], server_cpu: float, front_cpu: float) -> None:
     timers: dict[str, list[float]] = data["timers"]
     batches = data["batches"]
     messages = max(int(batches["messages"]), 1)
@@ -696,9 +721,12 @@ def report_stages(data: dict[str, Any], server_cpu: float) -> None:
           f"CPU (the rest is fsync, database round trips and waiting for the GIL); "
           f"{batches['count']} batches, mean {messages / max(batches['count'], 1):.1f}, "
           f"largest {max(sizes, default=0)} messages")
-    print(f"  server process CPU: {server_cpu / messages * 1000:.3f} ms/msg, of which outside the intake worker "
-          f"(event loop: MLLP reads/writes, futures; other threads): "
+    print(f"  main process CPU: {server_cpu / messages * 1000:.3f} ms/msg, of which outside the intake worker "
+          f"(the MLLP front's relay, or the event loop's MLLP reads/writes; other threads): "
           f"{(server_cpu - batches['cpu']) / messages * 1000:.3f} ms/msg")
+    if front_cpu:
+        print(f"  MLLP front process CPU (MLLP reads/writes, decode, parse, map): "
+              f"{front_cpu / messages * 1000:.3f} ms/msg")
     print(f"    {'stage':62} {'calls/msg':>9} {'ms/msg':>8} {'share':>6}")
     for index, (depth, name, label) in enumerate(STAGE_TREE):
         calls, seconds = get(name)
@@ -875,8 +903,8 @@ def main(argv: list[str] | None = None) -> int:
         profiles: list[dict[str, Any]] = []
         print(f"\n{'conns':>5} {'messages':>8} {'seconds':>8} {'msg/s':>7} {'p50 ms':>7} {'p95 ms':>7} "
               f"{'p99 ms':>7} {'max ms':>7} {'AA':>6} {'not AA':>6} {'server CPU':>10} {'server':>6} "
-              f"{'client CPU':>10}")
-        print(f"{'':>72} {'ms/msg':>10} {'cores':>6} {'ms/msg':>10}")
+              f"{'main proc':>9} {'client CPU':>10}")
+        print(f"{'':>72} {'ms/msg':>10} {'cores':>6} {'ms/msg':>9} {'ms/msg':>10}")
         for number, connections in enumerate(args.connection_counts):
             if instrumented:
                 server.signal(signal.SIGUSR1)
@@ -889,6 +917,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{max(result.latencies, default=0) * 1000:>7.2f} {len(result.aa):>6} {result.not_aa:>6} "
                   f"{result.server_cpu / done * 1000:>10.2f} "
                   f"{result.server_cpu / result.seconds if result.seconds else 0:>6.2f} "
+                  f"{result.main_cpu / done * 1000:>9.2f} "
                   f"{result.client_cpu / done * 1000:>10.2f}", flush=True)
             for error in result.errors:
                 print(f"      {error}")
@@ -915,7 +944,7 @@ def main(argv: list[str] | None = None) -> int:
         for number, (result, profile) in enumerate(zip(results, profiles, strict=False)):
             print(f"\nwhere the server's time goes, {result.name} ({args.profile}):")
             if args.profile == "stages":
-                report_stages(profile, result.server_cpu)
+                report_stages(profile, result.main_cpu, result.server_cpu - result.main_cpu)
             else:
                 report_cprofile(f"{server.profile_prefix}{number + 1}.", profile, args.top)
         if args.profile == "py-spy":

@@ -77,7 +77,7 @@ def intake(args: argparse.Namespace, folder: Path) -> None:
     print(f"intake: {len(measured)} messages in batches of {args.batch}: {cpu / len(measured) * 1000:.3f} ms CPU "
           f"and {wall / len(measured) * 1000:.3f} ms wall per message")
     if profile:
-        pstats.Stats(profile).sort_stats("cumulative").print_stats(args.top)
+        pstats.Stats(profile).sort_stats(args.sort).print_stats(args.top)
     built.db.dispose()
 
 
@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=300, help="measured queries (cfind; default 300)")
     parser.add_argument("--profile", action="store_true", help="cProfile the measured part")
     parser.add_argument("--top", type=int, default=40, help="functions in the profile table (default 40)")
+    parser.add_argument("--sort", default="cumulative", help="profile table order: cumulative or tottime (default cumulative)")
     args = parser.parse_args(argv)
     print(f"reproduce: cd {ROOT} && .venv/bin/python bench/inprocess.py {' '.join(sys.argv[1:])}")
     print(f"machine: {cpu_model()}; load average {load_average()}; code: {git_state()}")

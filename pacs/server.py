@@ -1,7 +1,9 @@
 """The composition root: builds the services once and runs every front end in one process.
 
-``pacs serve`` runs the MLLP listener and the HTTP app (and, as they arrive, the DICOM AE) on one
-asyncio loop; the intake worker is a thread. SIGTERM or SIGINT stops the listeners from
+``pacs serve`` runs the HTTP app and the DICOM AE on one asyncio loop; the intake worker is a
+thread. The MLLP connections are served by a front process of their own that parses and maps
+(:mod:`pacs.integration.front`; ``[mllp] front_process = false`` serves them on the loop here),
+and ``[dicom] processes`` adds DICOM receiver processes (:mod:`pacs.archive.receivers`). SIGTERM or SIGINT stops the listeners from
 accepting, lets the messages already received finish (or leaves them stored as RECEIVED, to be
 processed at the next start), and exits.
 """
@@ -9,6 +11,7 @@ processed at the next start), and exits.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import signal
@@ -134,6 +137,7 @@ class Server:
         import uvicorn
 
         from pacs.http import create_app
+        from pacs.integration.front import Front
         from pacs.integration.listener import MLLPServer
 
         settings = self.settings
@@ -157,7 +161,8 @@ class Server:
                                 hand_off=self._receivers.hand_off)
         self.dicom_port = self._dicom.port
 
-        self._mllp = MLLPServer(settings, services.intake)
+        self._mllp: MLLPServer | Front = (Front(settings, services.intake) if settings.mllp.front_process
+                                          else MLLPServer(settings, services.intake))
         await self._mllp.start(settings.host, settings.mllp_port)
         self.mllp_port = self._mllp.port
 
@@ -194,6 +199,20 @@ class Server:
         if self.services is not None:
             await asyncio.to_thread(self.services.close)
         log.info("stopped")
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal a process gets when its parent dies
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this child process when the thread of ``pacs serve`` that started
+    it ends, the whole process killed included (prctl(2) PR_SET_PDEATHSIG): a helper process
+    must not outlive the main one, holding a port or writing on its own."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux
+        log.warning("this platform cannot tie a helper process's life to the main process")
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -46,6 +46,10 @@ class MLLPSettings(BaseModel):
     idle_timeout_seconds: float = 600.0
     default_charset: str = "UNICODE UTF-8"
     """Charset (HL7 table 0211 name) for messages whose MSH-18 is empty."""
+    front_process: bool = True
+    """Serve the MLLP connections from a process of their own, which also parses and maps each
+    message, while the main process's intake worker stores and applies them
+    (pacs.integration.front): HL7 traffic then uses two cores. Off: all in the main process."""
 
 
 class HL7Settings(BaseModel):

@@ -108,7 +108,15 @@ def settings(tmp_path: Path, database_url: str, mappings_dir: Path) -> Settings:
         mappings_poll_seconds=0.2,
         timezone="Asia/Shanghai",
         archive={"min_free_bytes": 0},
+        # MLLP served in this process: a front process costs a Python start per server. The MLLP
+        # tests turn it on (front_process_settings), as `pacs serve` has it by default.
+        mllp={"front_process": False},
     )
+
+
+def front_process_settings(settings: Settings) -> Settings:
+    """``settings`` with the MLLP front process on (``pacs serve``'s default)."""
+    return settings.model_copy(update={"mllp": settings.mllp.model_copy(update={"front_process": True})})
 
 
 class RunningServer:

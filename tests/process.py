@@ -17,6 +17,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def spawned_children(parent: int) -> list[int]:
+    """The helper processes ``pacs serve`` started (multiprocessing's spawned interpreters)."""
+    found = []
+    for task in Path(f"/proc/{parent}/task").glob("*"):
+        for child in (task / "children").read_text().split():
+            try:
+                command = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"spawn_main" in command:
+                found.append(int(child))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 class ServeProcess:
     def __init__(self, data_dir: Path, database_url: str, **env: str) -> None:
         self.data_dir = data_dir

@@ -29,7 +29,6 @@ send again. If a receiver is gone, the main process serves its turns itself.
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import json
 import logging
@@ -44,7 +43,6 @@ from pacs.settings import Settings
 
 log = logging.getLogger(__name__)
 
-PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal a process gets when its parent dies
 START_TIMEOUT = 60.0  # seconds a receiver may take to build its services and report
 STOP_TIMEOUT = 30.0  # seconds it may take to finish the associations in flight
 
@@ -132,17 +130,11 @@ class Receivers:
         self.processes, self._channels = [], []
 
 
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the receiver outlives a killed parent
-        log.warning("this platform cannot tie a DICOM receiver's life to the main process")
-
-
 def serve_receiver(settings: Settings, address: str) -> None:
     """A receiver process: serves the connections the main process hands it, until SIGTERM."""
-    _die_with_parent()
+    from pacs.server import die_with_parent
+
+    die_with_parent()
     from pacs.archive.ae import DicomServer
     from pacs.server import Services, configure_logging
 

@@ -182,7 +182,7 @@ def search_parameters():  # type: ignore[no-untyped-def]
     from sqlalchemy import false, or_
 
     from pacs.db import row_id
-    from pacs.fhir_server.search import Param, SearchError, date_parameter, day_text, reference, string, token
+    from pacs.fhir_server.search import Param, SearchError, date_parameter, day_text, reference, string
 
     def identifier(value: str, modifier: str | None):  # type: ignore[no-untyped-def]
         system, bar, code = value.rpartition("|")

@@ -56,6 +56,31 @@ PROCESSING_IDS = {"P", "T", "D"}  # HL7 table 0103
 
 
 @dataclass
+class Transformed:
+    """What parsing and mapping made of an HL7 v2 message before it reached the intake worker
+    (:meth:`Channel.transform`, run by the MLLP front process): the channel uses it instead of
+    parsing and mapping again, as long as the mappings it was made with are still in force."""
+
+    mappings: str  # MappingHolder.version
+    charset: str
+    header: Header
+    mapped: Mapped
+    mapped_json: dict[str, Any]
+    sources: dict[str, Address | None] | None  # None: found again if an error needs them
+
+    def __getstate__(self) -> tuple[str, str, Header, dict[str, Any]]:
+        # Between processes it travels as its JSON form, which rebuilds the same Mapped for a
+        # fraction of what unpickling the models costs; the field each value came from is only
+        # needed for an error's ERR segment, and then found again.
+        return self.mappings, self.charset, self.header, self.mapped_json
+
+    def __setstate__(self, state: tuple[str, str, Header, dict[str, Any]]) -> None:
+        self.mappings, self.charset, self.header, self.mapped_json = state
+        self.mapped = Mapped.model_validate(self.mapped_json)
+        self.sources = None
+
+
+@dataclass
 class Inbound:
     """Bytes as they arrived, and from where."""
 
@@ -65,6 +90,7 @@ class Inbound:
     reprocess_of: int | None = None
     endpoint: str = "mllp"
     received: float = field(default_factory=time.perf_counter)
+    transformed: Transformed | None = None
 
 
 @dataclass
@@ -185,10 +211,17 @@ class Channel:
 
             return fhir_intake.process(self, session, row)
         mappings = self.mappings.current()
-        header = header_from_raw(row.raw)
+        ready = inbound.transformed
+        if ready is not None and (ready.mappings != self.mappings.version or inbound.source == "reprocess"):
+            ready = None  # made with other mappings: parse and map again
+        header = ready.header if ready is not None else header_from_raw(row.raw)
         try:
-            message = self._parse(row, mappings)
-            header = Header.of(message)
+            if ready is not None:
+                message = None
+                row.charset, row.stage = ready.charset[:40], Stage.PARSED
+            else:
+                message = self._parse(row, mappings)
+                header = Header.of(message)
             if inbound.source == "reprocess":
                 duplicate = None
             elif applied is not None:
@@ -202,9 +235,13 @@ class Channel:
                 row.status, row.error = Status.FILTERED, f"duplicate of message {duplicate.id}; not applied again"
                 row.ack_code, row.response = duplicate.ack_code, duplicate.response
                 return self._finish(session, row, header, None, finished, duplicate.response)
-            mapped, sources = map_hl7(message, mappings)
+            if ready is not None:
+                mapped, sources, row.mapped = ready.mapped, ready.sources, ready.mapped_json
+            else:
+                assert message is not None
+                mapped, sources = map_hl7(message, mappings)
+                row.mapped = mapped.model_dump(mode="json", exclude_none=True)
             row.stage, row.status = Stage.MAPPED, Status.TRANSFORMED
-            row.mapped = mapped.model_dump(mode="json", exclude_none=True)
             row.patient_id = (mapped.patient.patient_id.value if mapped.patient.patient_id else "")[:64]
             if mapped.orders:
                 row.accession_number = (mapped.orders[0].accession_number or "")[:64]
@@ -213,6 +250,10 @@ class Channel:
                 with applying(session, [mapped]):  # applied whole or not at all; the row says why
                     row.applied = apply_mapped(session, mapped, ctx)
             except service.RegistryError as exc:
+                if sources is None:  # made elsewhere without them: map again to say which field
+                    stage = row.stage
+                    sources = map_hl7(self._parse(row, mappings), mappings)[1]
+                    row.stage = stage
                 raise MessageError.content(REGISTRY_ERRORS[exc.problem], sources.get(exc.target), exc.text) from None
             row.stage, row.status = Stage.APPLIED, Status.PROCESSED
             return self._finish(session, row, header, None, finished, mapped=mapped)
@@ -228,6 +269,25 @@ class Channel:
                                          f"internal error, message kept for reprocessing: {exc}")
             row.status, row.error = Status.ERROR, str(error)
             return self._finish(session, row, header, error, finished)
+
+    def transform(self, inbound: Inbound) -> Transformed | None:
+        """Parse and map an HL7 v2 message without the database, ahead of :meth:`process`;
+        None when it is not one that parses and maps cleanly (:meth:`process` then does it all
+        itself and answers as it always does)."""
+        version = self.mappings.version
+        mappings = self.mappings.current()
+        if self.mappings.version != version:
+            return None  # reloaded in between: which set made it would be unclear
+        row = self.receive(inbound)
+        if is_fhir(row):
+            return None
+        try:
+            message = self._parse(row, mappings)
+            mapped, sources = map_hl7(message, mappings)
+        except Exception:  # Filtered, MessageError, a fault: process() says what it is
+            return None
+        return Transformed(mappings=version, charset=row.charset, header=Header.of(message), mapped=mapped,
+                           mapped_json=mapped.model_dump(mode="json", exclude_none=True), sources=sources)
 
     def context(self, row: MessageRow, mappings: Mappings) -> service.Context:
         who = f"{row.sending_application}/{row.sending_facility}".strip("/") or row.peer or row.source

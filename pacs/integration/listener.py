@@ -12,18 +12,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from concurrent.futures import Future
+from typing import Protocol
 
 from pacs.integration import mllp
 from pacs.integration.ack import AckCode, ErrorCode, MessageError, build_ack, header_from_raw
-from pacs.integration.channel import Inbound
-from pacs.integration.intake import Intake
+from pacs.integration.channel import Inbound, Outcome
 from pacs.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
+class Submits(Protocol):
+    """Where the listener hands messages: the intake worker in this process
+    (:class:`pacs.integration.intake.Intake`), or, in the MLLP front process, the link to the
+    main process's (:class:`pacs.integration.front.Link`)."""
+
+    @property
+    def accepting(self) -> bool: ...
+
+    def submit(self, inbound: Inbound) -> Future[Outcome] | asyncio.Future[Outcome]: ...
+
+
 class MLLPServer:
-    def __init__(self, settings: Settings, intake: Intake) -> None:
+    def __init__(self, settings: Settings, intake: Submits) -> None:
         self.settings = settings
         self.intake = intake
         self._server: asyncio.base_events.Server | None = None
@@ -34,10 +46,14 @@ class MLLPServer:
         assert self._server is not None
         return self._server.sockets[0].getsockname()[1]
 
-    async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._serve, host, port, limit=mllp.READ_CHUNK,
-                                                  reuse_address=True)
-        log.info("MLLP listening on %s:%d", host, self.port)
+    async def start(self, host: str, port: int, *, sock: socket.socket | None = None) -> None:
+        """Listen on ``host``:``port``, or on the listening socket ``sock`` made elsewhere."""
+        if sock is not None:
+            self._server = await asyncio.start_server(self._serve, sock=sock, limit=mllp.READ_CHUNK)
+        else:
+            self._server = await asyncio.start_server(self._serve, host, port, limit=mllp.READ_CHUNK,
+                                                      reuse_address=True)
+        log.info("MLLP listening on %s", self._server.sockets[0].getsockname())
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting; let connections finish the message they are on, then close them."""

@@ -18,6 +18,7 @@ Every file is checked before use: :func:`load` returns the problems as ``file:li
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import os
 import threading
@@ -1104,6 +1105,7 @@ class MappingHolder:
         if mappings is None:
             raise MappingsInvalid(problems)
         self._current = mappings
+        self.version = _version(self._stamp)
         self.last_problems: list[str] = []
 
     def _fingerprint(self) -> tuple[tuple[str, float, int], ...]:
@@ -1140,11 +1142,17 @@ class MappingHolder:
                     self.on_refused(problems)
                 return False
             self.last_problems = []
-            self._current = mappings
+            self._current, self.version = mappings, _version(stamp)
             log.info("mappings reloaded from %s", self.root)
             if self.on_change is not None:
                 self.on_change(mappings)
             return True
+
+
+def _version(stamp: tuple[tuple[str, float, int], ...]) -> str:
+    """What names a loaded set of mappings across processes: a digest of its files' paths,
+    modification times and sizes (two processes that loaded the same files agree on it)."""
+    return hashlib.sha256(repr(stamp).encode()).hexdigest()[:16]
 
 
 class MappingsInvalid(Exception):

@@ -30,31 +30,15 @@ from tests.archive.test_durability import (
     verbose_storescu,
 )
 from tests.dicom import needs_dcmtk
-from tests.process import ServeProcess
+from tests.process import ServeProcess, alive, spawned_children
 
-ENV = {"PACS_DICOM__PROCESSES": "2", "PACS_ARCHIVE__MIN_FREE_BYTES": "0"}
+# The MLLP front process is another spawned interpreter: left out, so that every child is a receiver.
+ENV = {"PACS_DICOM__PROCESSES": "2", "PACS_ARCHIVE__MIN_FREE_BYTES": "0", "PACS_MLLP__FRONT_PROCESS": "false"}
 
 
 def receivers(parent: int) -> list[int]:
     """The receiver processes ``pacs serve`` started (multiprocessing's spawned interpreters)."""
-    found = []
-    for task in Path(f"/proc/{parent}/task").glob("*"):
-        for child in (task / "children").read_text().split():
-            try:
-                command = Path(f"/proc/{child}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"spawn_main" in command:
-                found.append(int(child))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    return spawned_children(parent)
 
 
 def serving_process(server_port: int, client_port: int, candidates: list[int]) -> int | None:
@@ -190,7 +174,9 @@ def test_a_receiver_that_is_gone_leaves_its_turns_to_the_main_process(tmp_path, 
 
 
 def test_one_process_by_default(tmp_path, database_url):
-    server = ServeProcess(tmp_path / "data", database_url, PACS_ARCHIVE__MIN_FREE_BYTES="0").start()
+    """No DICOM receiver unless asked for (the MLLP front process, left out here, has its own tests)."""
+    server = ServeProcess(tmp_path / "data", database_url, PACS_ARCHIVE__MIN_FREE_BYTES="0",
+                          PACS_MLLP__FRONT_PROCESS="false").start()
     try:
         assert receivers(server.proc.pid) == []
     finally:

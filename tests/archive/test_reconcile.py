@@ -4,11 +4,10 @@ the file keeps what the modality sent, retrieves carry the corrected values."""
 from __future__ import annotations
 
 import pydicom
-import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, build_role, evt
-from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage
 from sqlmodel import Session, select
 
 from pacs.archive.index import Study

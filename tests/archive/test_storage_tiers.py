@@ -8,7 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from pacs.archive.index import Study
 from pacs.db import utcnow

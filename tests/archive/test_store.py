@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config
-from pynetdicom.sop_class import CTImageStorage, MRImageStorage
+from pynetdicom.sop_class import MRImageStorage
 from sqlmodel import Session, func, select
 
 from pacs.archive.index import Instance, InstanceFile, Series, Study

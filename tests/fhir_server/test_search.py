@@ -13,7 +13,7 @@ from fhir.resources.R4B.imagingstudy import ImagingStudy
 from fhirpy import SyncFHIRClient
 
 from tests.archive.test_store import send_file
-from tests.helpers import GOLDEN, golden, send_all
+from tests.helpers import golden, send_all
 
 STUDY_UID = "1.2.840.113619.2.55.3.1234567.20261125.1"
 

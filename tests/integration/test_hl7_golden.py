@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import front_process_settings
 from tests.helpers import golden, send_all, snapshot
 
 SCENARIOS = {
@@ -22,6 +23,13 @@ SCENARIOS = {
     # A Chinese HIS: GB 18030 without MSH-18, the whole name in PID-5.1, two orders in one message
     "china_his": ["adt_a04_china_gb18030.hl7", "orm_o01_multi_china.hl7"],
 }
+
+
+@pytest.fixture(params=["in process", "front process"])
+def settings(request, settings):
+    """Both ways of serving MLLP give the same result: parsed and mapped by the intake worker,
+    or ahead of it by the front process."""
+    return front_process_settings(settings) if request.param == "front process" else settings
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))

@@ -11,9 +11,16 @@ from sqlmodel import Session, col, func, select
 
 from pacs.integration.message_store import Status, StoredMessage
 from pacs.registry.models import ImagingOrder, OrderEvent, Patient
-from tests.helpers import CR, FS, VT, MLLPClient, ack_fields, load
+from tests.conftest import front_process_settings
+from tests.helpers import CR, VT, MLLPClient, ack_fields, load
 
 ADT = load("adt_a01_ihe.hl7")
+
+
+@pytest.fixture
+def settings(settings):
+    """As `pacs serve` runs: the MLLP connections served by the front process."""
+    return front_process_settings(settings)
 
 
 def still_serving(port: int) -> None:

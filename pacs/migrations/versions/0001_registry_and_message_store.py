@@ -12,7 +12,6 @@ import sqlmodel
 
 import pacs.db
 
-import pacs.db
 from alembic import op
 
 

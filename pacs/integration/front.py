@@ -1,0 +1,342 @@
+"""The MLLP front process: ``[mllp] front_process``.
+
+One Python process runs one thread at a time (the GIL). With the MLLP listener, the parser and
+the mappings in the same process as the intake worker, every message's work queues on one core
+however many the machine has. With the front process, ``pacs serve`` splits an HL7 message's
+work in two:
+
+- **the front process** owns the MLLP connections: it reads the frames, decodes, parses and maps
+  each message (:meth:`pacs.integration.channel.Channel.transform`, no database), and passes the
+  raw bytes with what it made of them to the main process over a Unix socket; it writes the ACK
+  it gets back to the sender's connection.
+- **the main process** stores, applies and commits every message in its intake worker, exactly
+  as for a message received in process (:mod:`pacs.integration.intake`): the raw bytes are
+  stored before anything is applied, and the ACK leaves only after the commit. It uses the front's
+  parse and map only if the mappings they were made with are the ones in force
+  (:attr:`pacs.integration.mapping.MappingHolder.version`), else parses and maps again; a message
+  that did not parse or map cleanly in the front is parsed and mapped in the main process, which
+  gives it its AR or AE as always.
+
+The main process binds the MLLP port itself (a port that is taken stops ``pacs serve`` at once)
+and hands the listening socket to the front (SCM_RIGHTS). The front keeps nothing: if it dies,
+its connections drop, the senders resend what was not acknowledged and the main process starts
+another front on the same listening socket. If the main process dies, the front dies with it
+(:func:`pacs.server.die_with_parent`, and the link's end of file).
+
+The link carries length-prefixed pickles between the two processes of one ``pacs serve``: the
+main process accepts it on an abstract Unix socket and checks that the peer is the process it
+started (SO_PEERCRED) before reading anything from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import socket
+import struct
+import threading
+import time
+from concurrent.futures import Future
+from functools import partial
+from typing import Any
+
+from pacs.integration.channel import Channel, Inbound, Outcome
+from pacs.integration.intake import Intake
+from pacs.integration.message_store import Status
+from pacs.settings import Settings
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 60.0  # seconds the front process may take to start and report ready
+STOP_GRACE = 10.0  # seconds its connections get to finish the message they are on when stopping
+RESTART_DELAY = 1.0  # seconds before a front that died is started again
+LENGTH = struct.Struct(">I")  # the link's frame header: the pickle's length
+PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid (SO_PEERCRED, unix(7))
+
+
+def _frame(value: Any) -> bytes:
+    payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    return LENGTH.pack(len(payload)) + payload
+
+
+def _read_frame(stream: Any) -> Any:
+    """The next value on a blocking link (a socket's binary file), or None at end of file."""
+    head = stream.read(LENGTH.size)
+    if len(head) < LENGTH.size:
+        return None
+    (size,) = LENGTH.unpack(head)
+    body = stream.read(size)
+    if len(body) < size:
+        return None
+    return pickle.loads(body)  # noqa: S301 - the peer is our own front process (SO_PEERCRED)
+
+
+# --------------------------------------------------------------------------------------------
+# The main process's side
+# --------------------------------------------------------------------------------------------
+
+
+class Front:
+    """The MLLP port of a ``pacs serve`` whose connections a front process serves: same
+    ``start``/``port``/``stop`` as :class:`pacs.integration.listener.MLLPServer`."""
+
+    def __init__(self, settings: Settings, intake: Intake) -> None:
+        self.settings = settings
+        self.intake = intake
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self._listener: socket.socket | None = None
+        self._link: socket.socket | None = None
+        self._send_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started: Future[None] = Future()
+        self._spawned = itertools.count(1)
+
+    @property
+    def port(self) -> int:
+        assert self._listener is not None
+        return self._listener.getsockname()[1]
+
+    async def start(self, host: str, port: int) -> None:
+        await asyncio.to_thread(self._start, host, port)
+
+    def _start(self, host: str, port: int) -> None:
+        self._listener = socket.create_server((host, port), backlog=128)
+        # The relay thread starts the front process: the kernel ties the child's life to the
+        # thread that started it (PR_SET_PDEATHSIG), and this one lives as long as the port.
+        self._thread = threading.Thread(target=self._run, name="mllp-front", daemon=True)
+        self._thread.start()
+        try:
+            self._started.result(START_TIMEOUT + 5)
+        except BaseException:
+            self._stopping.set()
+            self._listener.close()
+            raise
+        log.info("MLLP listening on %s:%d, served by front process %s", host, self.port,
+                 self.process.pid if self.process else "?")
+
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        """Stop accepting; the front lets its connections finish the message they are on
+        (their ACKs come from the intake worker, which is still running), then exits."""
+        await asyncio.to_thread(self._stop, grace)
+
+    def _stop(self, grace: float) -> None:
+        self._stopping.set()
+        process = self.process
+        if process is not None and process.is_alive() and process.pid is not None:
+            os.kill(process.pid, signal.SIGTERM)
+            process.join(grace + 15)
+            if process.is_alive():
+                log.error("MLLP front process %s did not stop; killed", process.pid)
+                process.kill()
+                process.join()
+        if self._link is not None:
+            try:
+                self._link.shutdown(socket.SHUT_RDWR)  # ends the relay thread's read
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(10)
+        if self._listener is not None:
+            self._listener.close()
+
+    # -- the relay thread --------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                link = self._spawn()
+            except Exception as exc:
+                if not self._started.done():
+                    self._started.set_exception(exc)
+                    return
+                log.exception("MLLP front process did not start; trying again")
+                time.sleep(RESTART_DELAY)
+                continue
+            if not self._started.done():
+                self._started.set_result(None)
+            self._relay(*link)
+            if self._stopping.is_set():
+                break
+            code = self.process.exitcode if self.process is not None else None
+            log.error("MLLP front process exited (code %s); its connections dropped without an ACK for "
+                      "what they had in flight; starting another", code)
+            if self.process is not None:
+                self.process.join(5)
+            time.sleep(RESTART_DELAY)
+
+    def _spawn(self) -> tuple[socket.socket, Any]:
+        assert self._listener is not None
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter, not a fork of threads
+        address = f"\0pacs-mllp-{os.getpid()}-{id(self)}-{next(self._spawned)}"  # abstract: no file
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+            server.bind(address)
+            server.listen(4)
+            server.settimeout(START_TIMEOUT)
+            process = context.Process(target=serve_front, args=(self.settings, address), name="pacs-mllp",
+                                      daemon=True)
+            process.start()
+            self.process = process
+            try:
+                while True:
+                    link, _ = server.accept()
+                    pid, _uid, _gid = PEERCRED.unpack(
+                        link.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))
+                    if pid == process.pid:
+                        break
+                    log.warning("MLLP front link: a connection from process %d refused", pid)
+                    link.close()
+                link.settimeout(START_TIMEOUT)
+                socket.send_fds(link, [b"listener"], [self._listener.fileno()])
+                stream = link.makefile("rb", buffering=1 << 16)  # the link's one reader, from here on
+                ready = _read_frame(stream)
+                if ready != ("ready", process.pid):
+                    raise RuntimeError(f"the MLLP front process did not start: {ready!r}")
+                link.settimeout(None)
+            except BaseException:
+                process.kill()
+                process.join()
+                raise
+        self._link = link
+        return link, stream
+
+    def _relay(self, link: socket.socket, stream: Any) -> None:
+        """Hand the front's messages to the intake worker until the link closes."""
+        try:
+            while True:
+                try:
+                    request = _read_frame(stream)
+                except (OSError, ValueError):  # closed under us (stop), or a cut frame
+                    request = None
+                if request is None:
+                    return
+                seq, raw, peer, transformed = request
+                future = self.intake.submit(Inbound(raw, "mllp", peer, transformed=transformed))
+                future.add_done_callback(partial(self._answer, link, seq))
+        finally:
+            stream.close()
+            link.close()
+
+    def _answer(self, link: socket.socket, seq: int, future: Future[Outcome]) -> None:
+        """Send the front the outcome of message ``seq`` (runs on the intake worker's thread,
+        right after the commit)."""
+        try:
+            outcome = future.result()
+            reply: tuple[Any, ...] = (seq, outcome.message_id, outcome.status.value, outcome.ack_code,
+                                      outcome.response, self.intake.accepting)
+        except Exception as exc:
+            reply = (seq, None, None, None, str(exc), self.intake.accepting)
+        try:
+            with self._send_lock:
+                link.sendall(_frame(reply))
+        except OSError:
+            pass  # the front is gone: its sender never got an ACK and resends
+
+
+# --------------------------------------------------------------------------------------------
+# The front process
+# --------------------------------------------------------------------------------------------
+
+
+class Link:
+    """The front's end of the link: what its :class:`~pacs.integration.listener.MLLPServer`
+    submits messages to, in place of the intake worker."""
+
+    def __init__(self, channel: Channel, writer: asyncio.StreamWriter) -> None:
+        self.channel = channel
+        self.accepting = True
+        self._writer = writer
+        self._waiting: dict[int, asyncio.Future[Outcome]] = {}
+        self._seq = itertools.count(1)
+        self.closed = asyncio.Event()
+
+    def submit(self, inbound: Inbound) -> asyncio.Future[Outcome]:
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        if not self.accepting:
+            future.set_exception(RuntimeError("the interface engine is shutting down"))
+            return future
+        try:
+            transformed = self.channel.transform(inbound)
+        except Exception:  # the main process parses and maps it again, and answers for it
+            log.exception("message from %s not parsed ahead of the intake worker", inbound.peer)
+            transformed = None
+        seq = next(self._seq)
+        self._waiting[seq] = future
+        self._writer.write(_frame((seq, inbound.raw, inbound.peer, transformed)))
+        return future
+
+    async def read(self, reader: asyncio.StreamReader) -> None:
+        """Hand the main process's answers to the connections waiting for them, until the link
+        closes; then every connection still waiting gets an error (no ACK: the sender resends)."""
+        try:
+            while True:
+                head = await reader.readexactly(LENGTH.size)
+                body = await reader.readexactly(LENGTH.unpack(head)[0])
+                seq, message_id, status, ack_code, response, accepting = pickle.loads(body)  # noqa: S301
+                self.accepting = self.accepting and accepting
+                future = self._waiting.pop(seq, None)
+                if future is None or future.done():
+                    continue
+                if status is None:
+                    future.set_exception(RuntimeError(response))
+                else:
+                    future.set_result(Outcome(message_id=message_id, status=Status(status), ack_code=ack_code,
+                                              response=response))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.accepting = False
+            for future in self._waiting.values():
+                if not future.done():
+                    future.set_exception(RuntimeError("the link to the main process closed"))
+            self._waiting.clear()
+            self.closed.set()
+
+
+def serve_front(settings: Settings, address: str) -> None:
+    """The front process: serves the MLLP connections on the listening socket the main process
+    hands it, until SIGTERM or until the main process is gone."""
+    from pacs.server import configure_logging, die_with_parent, run
+
+    die_with_parent()
+    configure_logging(settings.log_level)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the main process, which stops us
+    from pacs.integration.mapping import MappingHolder
+
+    channel = Channel(settings, MappingHolder(settings.mappings_dir, poll_seconds=settings.mappings_poll_seconds))
+    link = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    link.connect(address)
+    _, fds, _, _ = socket.recv_fds(link, 64, 1)
+    if not fds:
+        raise RuntimeError("the main process sent no listening socket")
+    listener = socket.socket(fileno=fds[0])
+    run(_serve(settings, channel, link, listener))
+
+
+async def _serve(settings: Settings, channel: Channel, link_socket: socket.socket,
+                 listener: socket.socket) -> None:
+    from pacs.integration.listener import MLLPServer
+
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    link_socket.setblocking(False)
+    reader, writer = await asyncio.open_unix_connection(sock=link_socket)
+    link = Link(channel, writer)
+    reading = asyncio.create_task(link.read(reader), name="link")
+    server = MLLPServer(settings, link)
+    await server.start(settings.host, 0, sock=listener)
+    writer.write(_frame(("ready", os.getpid())))
+    gc.collect()
+    gc.freeze()  # the modules and mappings live as long as the process (as in the main process)
+    closed = asyncio.create_task(link.closed.wait())
+    await asyncio.wait([asyncio.create_task(stop.wait()), closed], return_when=asyncio.FIRST_COMPLETED)
+    link.accepting = False  # each connection closes once the message it is on is answered
+    await server.stop(STOP_GRACE)
+    writer.close()
+    reading.cancel()
+    await asyncio.gather(reading, return_exceptions=True)
