@@ -120,11 +120,18 @@ class Header:
 
 _counter = itertools.count(1)
 _prefix = f"{int(time.time()) % 100000:05d}"
+_origin = ""  # one letter per helper process of a pacs serve (set_origin), so theirs differ from ours
 
 
 def next_control_id() -> str:
-    """A control ID unique within this process run (MSH-10 of what we send)."""
-    return f"PACS{_prefix}{next(_counter):08d}"
+    """A control ID unique within this run of ``pacs serve`` (MSH-10 of what we send)."""
+    return f"PACS{_origin}{_prefix}{next(_counter):08d}"
+
+
+def set_origin(letter: str) -> None:
+    """Mark this process's control IDs (the MLLP front process builds ACKs too)."""
+    global _origin
+    _origin = letter
 
 
 def _version(version: str) -> tuple[int, ...]:

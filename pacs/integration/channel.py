@@ -37,6 +37,7 @@ from pacs.integration.hl7v2 import Address
 from pacs.integration.mapping import SUPPORTED_MESSAGE_CODES, Filtered, MappingHolder, Mappings, map_hl7
 from pacs.integration.message_store import (
     AppliedIndex,
+    Clean,
     MessageRow,
     Stage,
     Status,
@@ -62,21 +63,24 @@ class Transformed:
     parsing and mapping again, as long as the mappings it was made with are still in force."""
 
     mappings: str  # MappingHolder.version
+    description: dict[str, str]  # the message-store row's header columns (Channel.receive)
     charset: str
     header: Header
     mapped: Mapped
-    mapped_json: dict[str, Any]
+    mapped_json: dict[str, Any]  # storable (message_store.Clean when it came from another process)
+    accept: str  # the ACK if all goes well (AA)
     sources: dict[str, Address | None] | None  # None: found again if an error needs them
 
-    def __getstate__(self) -> tuple[str, str, Header, dict[str, Any]]:
+    def __getstate__(self) -> tuple[Any, ...]:
         # Between processes it travels as its JSON form, which rebuilds the same Mapped for a
         # fraction of what unpickling the models costs; the field each value came from is only
         # needed for an error's ERR segment, and then found again.
-        return self.mappings, self.charset, self.header, self.mapped_json
+        return self.mappings, self.description, self.charset, self.header, self.mapped_json, self.accept
 
-    def __setstate__(self, state: tuple[str, str, Header, dict[str, Any]]) -> None:
-        self.mappings, self.charset, self.header, self.mapped_json = state
-        self.mapped = Mapped.model_validate(self.mapped_json)
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.mappings, self.description, self.charset, self.header, mapped_json, self.accept = state
+        self.mapped_json = Clean(mapped_json)  # made storable before it was sent
+        self.mapped = Mapped.model_validate(mapped_json)
         self.sources = None
 
 
@@ -171,6 +175,10 @@ class Channel:
         """The message-store row for ``inbound``: raw bytes and what the header says."""
         row = MessageRow(raw=inbound.raw, source=inbound.source, peer=inbound.peer,
                          endpoint=inbound.endpoint, reprocess_of=inbound.reprocess_of)
+        if inbound.transformed is not None:  # read by the front process already
+            for name, value in inbound.transformed.description.items():
+                setattr(row, name, value)
+            return row
         # What this first reading does not foresee leaves the row's description empty: the
         # message is stored all the same and refused once parsed, and its batch goes on.
         if is_fhir(row):
@@ -256,7 +264,8 @@ class Channel:
                     row.stage = stage
                 raise MessageError.content(REGISTRY_ERRORS[exc.problem], sources.get(exc.target), exc.text) from None
             row.stage, row.status = Stage.APPLIED, Status.PROCESSED
-            return self._finish(session, row, header, None, finished, mapped=mapped)
+            return self._finish(session, row, header, None, finished, mapped=mapped,
+                                accept=ready.accept if ready is not None else None)
         except Filtered as exc:
             row.status, row.error = Status.FILTERED, str(exc)
             return self._finish(session, row, header, None, finished)
@@ -286,8 +295,11 @@ class Channel:
             mapped, sources = map_hl7(message, mappings)
         except Exception:  # Filtered, MessageError, a fault: process() says what it is
             return None
-        return Transformed(mappings=version, charset=row.charset, header=Header.of(message), mapped=mapped,
-                           mapped_json=mapped.model_dump(mode="json", exclude_none=True), sources=sources)
+        header = Header.of(message)
+        return Transformed(mappings=version, description={name: getattr(row, name) for name in DESCRIPTION},
+                           charset=row.charset, header=header, mapped=mapped,
+                           mapped_json=storable(mapped.model_dump(mode="json", exclude_none=True)),
+                           accept=self._ack(header, None), sources=sources)
 
     def context(self, row: MessageRow, mappings: Mappings) -> service.Context:
         who = f"{row.sending_application}/{row.sending_facility}".strip("/") or row.peer or row.source
@@ -338,6 +350,11 @@ class Channel:
             _validate_strictly(text, message)
         return message
 
+    def _ack(self, header: Header, error: MessageError | None) -> str:
+        return build_ack(header, AckCode.ACCEPT if error is None else error.ack,
+                         application=self.settings.hl7.application, facility=self.settings.hl7.facility,
+                         error=error)
+
     def save(self, session: Session, rows: list[MessageRow]) -> None:
         """Write the results of finished messages and their audit entries (a few statements for
         a whole batch, not a few per message); they commit with the messages' effects."""
@@ -348,11 +365,10 @@ class Channel:
 
     def _finish(self, session: Session, row: MessageRow, header: Header, error: MessageError | None,
                 finished: list[MessageRow] | None, response: str | None = None,
-                mapped: Mapped | None = None) -> Outcome:
+                mapped: Mapped | None = None, accept: str | None = None) -> Outcome:
         if response is None:
             ack = AckCode.ACCEPT if error is None else error.ack
-            response = build_ack(header, ack, application=self.settings.hl7.application,
-                                 facility=self.settings.hl7.facility, error=error)
+            response = accept if error is None and accept is not None else self._ack(header, error)
             row.ack_code = ack.value
             row.response = response
         row.processed_at = utcnow()

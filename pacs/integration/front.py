@@ -305,6 +305,9 @@ def serve_front(settings: Settings, address: str) -> None:
 
     die_with_parent()
     configure_logging(settings.log_level)
+    from pacs.integration import ack
+
+    ack.set_origin("F")  # the ACKs it builds ahead carry control IDs of their own
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the main process, which stops us
     from pacs.integration.mapping import MappingHolder
 

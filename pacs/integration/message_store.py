@@ -123,12 +123,18 @@ _PROCESSED = (
 )
 
 
+class Clean(dict[str, Any]):
+    """A JSON object already made :func:`storable` (in the MLLP front process): not walked again."""
+
+
 def storable(value: Any) -> Any:
     """``value`` with every NUL character in its text replaced by U+FFFD: PostgreSQL's text
     cannot hold NUL, and a sender's bytes (kept whole in ``raw``) may carry one."""
     if isinstance(value, str):
         return value.replace("\x00", "\ufffd")
     if isinstance(value, dict):
+        if isinstance(value, Clean):
+            return value
         return {storable(k): storable(v) for k, v in value.items()}
     if isinstance(value, list):
         return [storable(v) for v in value]

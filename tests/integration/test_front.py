@@ -55,8 +55,12 @@ def front_pid(server) -> int:
 def test_the_front_parses_and_maps_and_the_main_process_applies(server, mapped_here):
     assert front_pid(server) != os.getpid()
     with MLLPClient(server.mllp_port) as client:
-        assert [ack_fields(client.send(m))["code"] for m in (ADT, ORM)] == ["AA", "AA"]
+        acks = [ack_fields(client.send(m)) for m in (ADT, ORM)]
+    assert [a["code"] for a in acks] == ["AA", "AA"]
     assert mapped_here == []  # what the front made of them was used
+    # The ACKs were built ahead by the front: control IDs of its own, never one of the main process's.
+    assert all(a["msh"][9].startswith("PACSF") for a in acks)
+    assert acks[0]["msh"][9] != acks[1]["msh"][9]
     assert count(server.db, Patient) == 1 and count(server.db, ImagingOrder) == 1
     with Session(server.db.engine) as session:
         rows = session.exec(select(StoredMessage)).all()
@@ -69,6 +73,7 @@ def test_a_message_the_front_cannot_map_is_answered_by_the_main_process(server, 
     with MLLPClient(server.mllp_port) as client:
         ack = ack_fields(client.send(unknown_sex))
     assert ack["code"] == "AE" and ack["err"] is not None and "103" in "|".join(ack["err"])
+    assert not ack["msh"][9].startswith("PACSF")  # built by the main process
     assert mapped_here == ["ADT0001"]  # parsed and mapped again, to say what is wrong
 
 
