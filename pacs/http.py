@@ -53,7 +53,8 @@ def create_app(services: Services) -> FastAPI:
 
     @app.get("/healthz", tags=["health"])
     def healthz(services: ServicesDep) -> JSONResponse:
-        """Liveness and readiness: the database answers and the intake worker runs."""
+        """Liveness and readiness: the database answers, the intake worker runs, and so does the
+        MLLP front process where there is one."""
         try:
             with services.db.engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
@@ -61,7 +62,9 @@ def create_app(services: Services) -> FastAPI:
         except Exception as exc:  # report, don't raise: this is what monitoring reads
             database = f"error: {exc}"
         problems = services.mappings.last_problems
-        healthy = database == "ok" and services.intake.running
+        front = services.mllp_front
+        front_running = front is None or front.running
+        healthy = database == "ok" and services.intake.running and front_running
         body = {
             "status": "ok" if healthy else "degraded",
             "version": __version__,
@@ -69,6 +72,8 @@ def create_app(services: Services) -> FastAPI:
             "intake": "running" if services.intake.running else "stopped",
             "mappings": "ok" if not problems else f"{len(problems)} problem(s); last good set in use",
         }
+        if front is not None:  # the MLLP connections are served by the front process
+            body["mllp_front"] = "running" if front_running else "not running (being restarted)"
         return JSONResponse(body, status_code=200 if healthy else 503)
 
     app.include_router(messages_router)

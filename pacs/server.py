@@ -61,6 +61,7 @@ class Services:
     audit: Auditor | None = None
     retention: Retention | None = None
     housekeeping: Housekeeping | None = None
+    mllp_front: Any = None  # the MLLP front process, once the server has started it (pacs.integration.front)
 
     @classmethod
     def build(cls, settings: Settings, *, migrate: bool = True, receiver: bool = False) -> Services:
@@ -165,6 +166,8 @@ class Server:
                                           else MLLPServer(settings, services.intake))
         await self._mllp.start(settings.host, settings.mllp_port)
         self.mllp_port = self._mllp.port
+        if isinstance(self._mllp, Front):
+            services.mllp_front = self._mllp
 
         config = uvicorn.Config(create_app(services), host=settings.host, port=settings.http_port,
                                 log_level="warning", lifespan="off", access_log=False)

@@ -27,7 +27,7 @@ from pathlib import Path
 import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from sqlalchemy import bindparam, insert, update
 from sqlalchemy import select as sql_select
 from sqlalchemy.exc import IntegrityError
@@ -116,6 +116,10 @@ def _known_checksum(path: Path, received: tuple[str, int] | None) -> str | None:
     return checksum if path.stat().st_size == size else None
 
 
+PIXEL_GROUP = 0x7FE0  # Pixel Data, Float and Double Float Pixel Data (PS3.6 Table 6-1)
+UNDEFINED_LENGTH = 0xFFFFFFFF  # PS3.5 7.1.1
+
+
 def read_header(path: Path) -> Dataset:
     """The object's attributes without its bulk data; refuses objects that are not whole."""
     size = path.stat().st_size
@@ -127,17 +131,29 @@ def read_header(path: Path) -> Dataset:
         raise Refused(CANNOT_UNDERSTAND, f"cannot read the data set: {exc}") from None
     if any("End of file" in str(w.message) for w in caught):
         raise Refused(CANNOT_UNDERSTAND, "the data set is truncated (no sequence delimiter)")
+    # Deferred values are read now, while the file is where dcmread found it (the index writer
+    # reads the header after the file has moved into the storage area), except the pixel data
+    # (group 7FE0): nothing indexes it, and reading it cost more than parsing the rest of the
+    # header. Its declared length is checked instead of its bytes. A deflated data set is read
+    # whole (its offsets are in the inflated stream, not the file).
+    meta = getattr(ds, "file_meta", None)
+    deflated = meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
     for tag in ds._dict:
-        element = ds.get_item(tag)
-        if (isinstance(element, RawDataElement) and element.length != 0xFFFFFFFF
+        element = ds.get_item(tag, keep_deferred=tag >> 16 == PIXEL_GROUP and not deflated)
+        if (isinstance(element, RawDataElement) and element.length != UNDEFINED_LENGTH
                 and element.value_tell is not None and element.value_tell + element.length > size):
             raise Refused(CANNOT_UNDERSTAND, f"the data set is truncated in element {element.tag}")
-    pixels = ds.get_item(0x7FE00010) if 0x7FE00010 in ds._dict else None
-    if pixels is not None and not isinstance(pixels, RawDataElement):
+    pixels = ds.get_item(0x7FE00010, keep_deferred=not deflated) if 0x7FE00010 in ds._dict else None
+    held = None
+    if isinstance(pixels, RawDataElement):
+        if pixels.value is None and pixels.length != UNDEFINED_LENGTH:  # deferred: as declared
+            held = pixels.length
+    elif pixels is not None and isinstance(pixels.value, bytes):
+        held = len(pixels.value)
+    if held is not None:
         expected = _native_pixel_bytes(ds)
-        value = pixels.value
-        if expected and isinstance(value, bytes) and len(value) < expected:
-            raise Refused(CANNOT_UNDERSTAND, f"Pixel Data holds {len(value)} of {expected} bytes: truncated")
+        if expected and held < expected:
+            raise Refused(CANNOT_UNDERSTAND, f"Pixel Data holds {held} of {expected} bytes: truncated")
     return ds
 
 

@@ -99,6 +99,11 @@ class Front:
         self._spawned = itertools.count(1)
 
     @property
+    def running(self) -> bool:
+        """Whether a front process is serving the MLLP port now (not while one is restarted)."""
+        return self.process is not None and self.process.is_alive() and not self._stopping.is_set()
+
+    @property
     def port(self) -> int:
         assert self._listener is not None
         return self._listener.getsockname()[1]

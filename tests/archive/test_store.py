@@ -138,6 +138,15 @@ def still_serving(server, tmp_path) -> None:
     assert send_file(server.dicom_port, good).Status == 0
 
 
+def test_pixel_data_shorter_than_its_rows_and_columns(server, tmp_path):
+    """Checked against its declared length: the pixels themselves are not read to index it."""
+    path = ct(tmp_path, Rows=256)  # 128 x 128 x 16 bits sent, 256 x 128 announced
+    status = send_file(server.dicom_port, path)
+    assert status.Status == 0xC000 and "Pixel Data holds 32768 of 65536 bytes" in status.ErrorComment
+    assert_nothing_kept(server)
+    still_serving(server, tmp_path)
+
+
 def test_truncated_dataset(server, tmp_path):
     path = ct(tmp_path)
     truncated = tmp_path / "truncated.dcm"

@@ -8,6 +8,7 @@ import signal
 import socket
 import time
 
+import httpx
 import pytest
 from sqlmodel import Session, func, select
 
@@ -86,17 +87,30 @@ def test_what_the_front_made_with_other_mappings_is_made_again(server, mapped_he
     assert count(server.db, Patient) == 1
 
 
+def health(server) -> tuple[int, dict]:
+    response = httpx.get(f"{server.http_url}/healthz", timeout=10)
+    return response.status_code, response.json()
+
+
 def test_a_front_that_dies_is_replaced_on_the_same_port(server):
     first = front_pid(server)
+    assert health(server) == (200, {**health(server)[1], "mllp_front": "running"})
     with MLLPClient(server.mllp_port) as client:
         assert ack_fields(client.send(ADT))["code"] == "AA"
     os.kill(first, signal.SIGKILL)
+    # Monitoring sees it until the next one is up (that takes a second at least).
+    deadline = time.monotonic() + 5
+    while health(server)[0] == 200 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    status, body = health(server)
+    assert status == 503 and body["mllp_front"].startswith("not running")
     # The main process holds the listening socket: a sender connecting meanwhile waits in its
     # backlog until the next front takes it.
     with MLLPClient(server.mllp_port, timeout=30) as client:
         assert ack_fields(client.send(ORM))["code"] == "AA"
     assert front_pid(server) != first
     assert count(server.db, ImagingOrder) == 1
+    assert health(server)[0] == 200
 
 
 def test_the_front_dies_with_a_killed_server_and_leaves_the_port_free(tmp_path, database_url):
