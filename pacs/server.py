@@ -34,6 +34,7 @@ from pacs.integration.his import HISNotifier
 from pacs.integration.outbox import OutboxWorker
 from pacs.registry import lifecycle
 from pacs.integration.channel import Channel
+from pacs.integration.front import Front
 from pacs.integration.intake import Intake
 from pacs.integration.mapping import MappingHolder
 from pacs.housekeeping import Housekeeping
@@ -135,10 +136,22 @@ class Server:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        settings = self.settings
+        # The MLLP front process starts (a Python start-up of its own) while the services are built.
+        front = Front(settings) if settings.mllp.front_process else None
+        if front is not None:
+            await front.start(settings.host, settings.mllp_port)
+        try:
+            await self._start_services(front)
+        except BaseException:
+            if front is not None:
+                await front.stop(0)
+            raise
+
+    async def _start_services(self, front: Front | None) -> None:
         import uvicorn
 
         from pacs.http import create_app
-        from pacs.integration.front import Front
         from pacs.integration.listener import MLLPServer
 
         settings = self.settings
@@ -162,12 +175,14 @@ class Server:
                                 hand_off=self._receivers.hand_off)
         self.dicom_port = self._dicom.port
 
-        self._mllp: MLLPServer | Front = (Front(settings, services.intake) if settings.mllp.front_process
-                                          else MLLPServer(settings, services.intake))
-        await self._mllp.start(settings.host, settings.mllp_port)
+        if front is not None:
+            self._mllp: MLLPServer | Front = front
+            await front.serve(services.intake)
+            services.mllp_front = front
+        else:
+            self._mllp = MLLPServer(settings, services.intake)
+            await self._mllp.start(settings.host, settings.mllp_port)
         self.mllp_port = self._mllp.port
-        if isinstance(self._mllp, Front):
-            services.mllp_front = self._mllp
 
         config = uvicorn.Config(create_app(services), host=settings.host, port=settings.http_port,
                                 log_level="warning", lifespan="off", access_log=False)

@@ -83,12 +83,17 @@ def _read_frame(stream: Any) -> Any:
 
 
 class Front:
-    """The MLLP port of a ``pacs serve`` whose connections a front process serves: same
-    ``start``/``port``/``stop`` as :class:`pacs.integration.listener.MLLPServer`."""
+    """The MLLP port of a ``pacs serve`` whose connections a front process serves.
 
-    def __init__(self, settings: Settings, intake: Intake) -> None:
+    :meth:`start` binds the port and starts the front process without waiting for it, so that
+    it starts while the main process builds its services; :meth:`serve` hands it the intake
+    worker once that runs, and waits until the front is ready. Messages that arrive in between
+    wait in the link."""
+
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.intake = intake
+        self.intake: Intake | None = None
+        self._serving = threading.Event()
         self.process: multiprocessing.process.BaseProcess | None = None
         self._listener: socket.socket | None = None
         self._link: socket.socket | None = None
@@ -109,22 +114,25 @@ class Front:
         return self._listener.getsockname()[1]
 
     async def start(self, host: str, port: int) -> None:
-        await asyncio.to_thread(self._start, host, port)
-
-    def _start(self, host: str, port: int) -> None:
-        self._listener = socket.create_server((host, port), backlog=128)
+        """Bind the MLLP port and start the front process (raises if the port is taken)."""
+        self._listener = await asyncio.to_thread(socket.create_server, (host, port), backlog=128)
         # The relay thread starts the front process: the kernel ties the child's life to the
         # thread that started it (PR_SET_PDEATHSIG), and this one lives as long as the port.
         self._thread = threading.Thread(target=self._run, name="mllp-front", daemon=True)
         self._thread.start()
+
+    async def serve(self, intake: Intake) -> None:
+        """Hand the front's messages to ``intake`` from now on; return once the front serves
+        (raises if it did not start)."""
+        self.intake = intake
+        self._serving.set()
         try:
-            self._started.result(START_TIMEOUT + 5)
+            await asyncio.to_thread(self._started.result, START_TIMEOUT + 5)
         except BaseException:
-            self._stopping.set()
-            self._listener.close()
+            await self.stop(0)
             raise
-        log.info("MLLP listening on %s:%d, served by front process %s", host, self.port,
-                 self.process.pid if self.process else "?")
+        log.info("MLLP listening on %s, served by front process %s", self._listener.getsockname()
+                 if self._listener else "?", self.process.pid if self.process else "?")
 
     async def stop(self, grace: float = STOP_GRACE) -> None:
         """Stop accepting; the front lets its connections finish the message they are on
@@ -165,6 +173,10 @@ class Front:
                 continue
             if not self._started.done():
                 self._started.set_result(None)
+            while not self._serving.wait(0.1):  # the intake worker is not running yet
+                if self._stopping.is_set():
+                    link[0].close()
+                    return
             self._relay(*link)
             if self._stopping.is_set():
                 break
@@ -221,6 +233,7 @@ class Front:
                 if request is None:
                     return
                 seq, raw, peer, transformed = request
+                assert self.intake is not None
                 future = self.intake.submit(Inbound(raw, "mllp", peer, transformed=transformed))
                 future.add_done_callback(partial(self._answer, link, seq))
         finally:
@@ -230,12 +243,13 @@ class Front:
     def _answer(self, link: socket.socket, seq: int, future: Future[Outcome]) -> None:
         """Send the front the outcome of message ``seq`` (runs on the intake worker's thread,
         right after the commit)."""
+        accepting = self.intake is not None and self.intake.accepting
         try:
             outcome = future.result()
             reply: tuple[Any, ...] = (seq, outcome.message_id, outcome.status.value, outcome.ack_code,
-                                      outcome.response, self.intake.accepting)
+                                      outcome.response, accepting)
         except Exception as exc:
-            reply = (seq, None, None, None, str(exc), self.intake.accepting)
+            reply = (seq, None, None, None, str(exc), accepting)
         try:
             with self._send_lock:
                 link.sendall(_frame(reply))
