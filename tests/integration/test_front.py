@@ -127,7 +127,11 @@ def test_the_front_dies_with_a_killed_server_and_leaves_the_port_free(tmp_path, 
             time.sleep(0.05)
         assert not any(alive(pid) for pid in fronts)
         with socket.socket() as sock:
-            sock.bind(("127.0.0.1", server.mllp_port))  # nobody holds the MLLP port any more
+            # Nobody listens on the MLLP port any more: a restarted server can bind it (as it
+            # does, with SO_REUSEADDR; the killed server's connections may linger in TIME_WAIT).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", server.mllp_port))
+            sock.listen()
     finally:
         server.stop()
 
