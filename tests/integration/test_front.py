@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -113,6 +113,16 @@ def test_a_front_that_dies_is_replaced_on_the_same_port(server):
     assert health(server)[0] == 200
 
 
+def listening_sockets(port: int) -> set[str]:
+    """The inodes of the sockets listening on ``port`` (/proc/net/tcp, state 0A: LISTEN)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A":
+            found.add(fields[9])
+    return found
+
+
 def test_the_front_dies_with_a_killed_server_and_leaves_the_port_free(tmp_path, database_url):
     server = ServeProcess(tmp_path / "data", database_url).start()
     try:
@@ -121,17 +131,17 @@ def test_the_front_dies_with_a_killed_server_and_leaves_the_port_free(tmp_path, 
         assert server.proc is not None
         fronts = spawned_children(server.proc.pid)
         assert fronts, "pacs serve runs its MLLP front process by default"
+        ours = listening_sockets(server.mllp_port)
+        assert ours
         server.kill()
         deadline = time.monotonic() + 10
-        while any(alive(pid) for pid in fronts) and time.monotonic() < deadline:
+        while (any(alive(pid) for pid in fronts) or ours & listening_sockets(server.mllp_port)) \
+                and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not any(alive(pid) for pid in fronts)
-        with socket.socket() as sock:
-            # Nobody listens on the MLLP port any more: a restarted server can bind it (as it
-            # does, with SO_REUSEADDR; the killed server's connections may linger in TIME_WAIT).
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("127.0.0.1", server.mllp_port))
-            sock.listen()
+        # The listening socket the server and its front shared is closed: the port is free for
+        # a restarted server (unless another test's server has taken it since).
+        assert not ours & listening_sockets(server.mllp_port)
     finally:
         server.stop()
 
