@@ -14,9 +14,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from pacs.archive import dul
 from pacs.db import Database
 from pacs.server import Server, new_event_loop
 from pacs.settings import SHIPPED_MAPPINGS, Settings
+
+# The tests' DICOM clients are pynetdicom associations as well: the same fix of the reactor's
+# pause (a response taken as an unexpected message under load) as the server's.
+dul.close_pause_race()
 
 PG_URL = os.environ.get("PACS_TEST_DATABASE_URL")
 DATA = Path(__file__).parent / "data"

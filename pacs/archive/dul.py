@@ -66,9 +66,65 @@ def _recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
     return buffer
 
 
+class _Checkpoint(threading.Event):
+    """An association's reactor checkpoint that knows whether the reactor is held at it."""
+
+    held = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self._cond:  # type: ignore[attr-defined]
+            if self._flag:  # type: ignore[attr-defined]
+                return True
+            self.held = True
+            try:
+                return self._cond.wait_for(lambda: self._flag, timeout)  # type: ignore[attr-defined]
+            finally:
+                self.held = False
+
+
+def _is_paused(self: Any) -> bool:
+    if threading.current_thread() is self:  # the reactor itself (a handler calling send_*)
+        return bool(self.__dict__.get("_pacs_paused", False))
+    checkpoint = self._reactor_checkpoint
+    if not isinstance(checkpoint, _Checkpoint):  # made before close_pause_race()
+        return bool(self.__dict__.get("_pacs_paused", False))
+    return bool(self._kill) or checkpoint.held
+
+
+def _set_paused(self: Any, value: bool) -> None:
+    self.__dict__["_pacs_paused"] = value
+
+
+def close_pause_race() -> None:
+    """Let a thread that pauses an association's reactor to send a request (pynetdicom's
+    ``send_*`` and ``release``) go on only once the reactor is held at its checkpoint
+    (idempotent; associations made afterwards).
+
+    pynetdicom's reactor sets ``_is_paused`` just before its checkpoint and clears it just after:
+    a sender that pauses it in between reads the flag still set, sends, and the reactor, going
+    on to its look at the incoming messages, can take the response as an unexpected message;
+    the sender then waits out the DIMSE timeout for nothing (seen as a C-ECHO without a status
+    after a series of N-SETs under load; pynetdicom issue #875). Here, for any other thread,
+    paused means held at the checkpoint; the reactor's own thread (a handler sending) still
+    reads the flag."""
+    association = pn_association.Association
+    if isinstance(association.__dict__.get("_is_paused"), property):
+        return
+    init = association.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self._reactor_checkpoint = _Checkpoint()
+        self._reactor_checkpoint.set()
+
+    association.__init__ = __init__  # type: ignore[method-assign]
+    association._is_paused = property(_is_paused, _set_paused)  # type: ignore[assignment]
+
+
 def install() -> None:
     """Let every DUL read an incoming PDU between its sends, and read each PDU in as few system
     calls as the socket allows (:func:`_recv`) (idempotent)."""
+    close_pause_race()
     original = DULServiceProvider._process_recv_primitive
     if getattr(original, "_pacs_fair", False):
         return

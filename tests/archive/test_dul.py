@@ -88,6 +88,33 @@ def test_a_woken_association_serves_as_before(server):
     assert woken  # the association the server was serving was a woken one
 
 
+def test_a_sender_goes_on_only_once_the_reactor_is_held(server):
+    """pynetdicom issue #875: to another thread, an association's reactor is paused only while
+    it is held at its checkpoint, never in the instants around it when pynetdicom's own flag
+    says so, and a handler on the reactor's thread still reads that flag."""
+    ae = AE(ae_title="ECHOSCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title="PACS")
+    assert assoc.is_established and isinstance(assoc._reactor_checkpoint, dul._Checkpoint)
+    try:
+        # Running freely, the reactor turns every millisecond, raising its flag at each turn.
+        seen = []
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline:
+            seen.append(assoc._is_paused)
+        assert not any(seen)
+        assoc._reactor_checkpoint.clear()
+        deadline = time.monotonic() + 5
+        while not assoc._is_paused and time.monotonic() < deadline:
+            time.sleep(0.0001)
+        assert assoc._is_paused and assoc._reactor_checkpoint.held
+        assoc._reactor_checkpoint.set()
+        assert [int(assoc.send_c_echo().Status) for _ in range(50)] == [0] * 50
+    finally:
+        assoc.release()
+    assert not assoc.is_established
+
+
 def test_a_pdu_is_read_whole_whatever_pieces_it_arrives_in():
     """dul._recv (AssociationSocket.recv): every byte asked for, in order, however the peer's
     writes split it; what arrived when the peer closes early (pynetdicom then reports the PDU
