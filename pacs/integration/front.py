@@ -57,6 +57,7 @@ START_TIMEOUT = 60.0  # seconds the front process may take to start and report r
 STOP_GRACE = 10.0  # seconds its connections get to finish the message they are on when stopping
 RESTART_DELAY = 1.0  # seconds before a front that died is started again
 LENGTH = struct.Struct(">I")  # the link's frame header: the pickle's length
+STOP = ("stop",)  # main process to front: stop accepting, answer what is in flight, exit
 PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid (SO_PEERCRED, unix(7))
 
 
@@ -140,15 +141,22 @@ class Front:
         await asyncio.to_thread(self._stop, grace)
 
     def _stop(self, grace: float) -> None:
+        # The front is told over the link, not by a signal: a service manager that signals every
+        # process of the service at once (systemd's default) must not make it exit on its own,
+        # which would read here as a front that died.
         self._stopping.set()
+        if self._link is not None:
+            try:
+                with self._send_lock:
+                    self._link.sendall(_frame(STOP))
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(grace + 15)  # it ends once the front has exited (and reaps it)
         process = self.process
-        if process is not None and process.is_alive() and process.pid is not None:
-            os.kill(process.pid, signal.SIGTERM)
-            process.join(grace + 15)
-            if process.is_alive():
-                log.error("MLLP front process %s did not stop; killed", process.pid)
-                process.kill()
-                process.join()
+        if process is not None and process.is_alive():
+            log.error("MLLP front process %s did not stop; killed", process.pid)
+            process.kill()
         if self._link is not None:
             try:
                 self._link.shutdown(socket.SHUT_RDWR)  # ends the relay thread's read
@@ -175,16 +183,17 @@ class Front:
                 self._started.set_result(None)
             while not self._serving.wait(0.1):  # the intake worker is not running yet
                 if self._stopping.is_set():
-                    link[0].close()
-                    return
-            self._relay(*link)
+                    break
+            if self._serving.is_set():
+                self._relay(*link)
+            # Only this thread waits for the front process, so that it is reaped once.
+            if self.process is not None:
+                self.process.join(STOP_GRACE + 5)
             if self._stopping.is_set():
                 break
             code = self.process.exitcode if self.process is not None else None
             log.error("MLLP front process exited (code %s); its connections dropped without an ACK for "
                       "what they had in flight; starting another", code)
-            if self.process is not None:
-                self.process.join(5)
             time.sleep(RESTART_DELAY)
 
     def _spawn(self) -> tuple[socket.socket, Any]:
@@ -273,6 +282,7 @@ class Link:
         self._waiting: dict[int, asyncio.Future[Outcome]] = {}
         self._seq = itertools.count(1)
         self.closed = asyncio.Event()
+        self.stop_asked = asyncio.Event()
 
     def submit(self, inbound: Inbound) -> asyncio.Future[Outcome]:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
@@ -296,7 +306,12 @@ class Link:
             while True:
                 head = await reader.readexactly(LENGTH.size)
                 body = await reader.readexactly(LENGTH.unpack(head)[0])
-                seq, message_id, status, ack_code, response, accepting = pickle.loads(body)  # noqa: S301
+                reply = pickle.loads(body)  # noqa: S301
+                if reply == STOP:
+                    self.accepting = False
+                    self.stop_asked.set()
+                    continue
+                seq, message_id, status, ack_code, response, accepting = reply
                 self.accepting = self.accepting and accepting
                 future = self._waiting.pop(seq, None)
                 if future is None or future.done():
@@ -319,11 +334,14 @@ class Link:
 
 def serve_front(settings: Settings, address: str) -> None:
     """The front process: serves the MLLP connections on the listening socket the main process
-    hands it, until SIGTERM or until the main process is gone."""
+    hands it, until the main process says stop or is gone."""
     from pacs.server import configure_logging, die_with_parent, run
 
     die_with_parent()
     configure_logging(settings.log_level)
+    # The main process stops it (STOP over the link) once it has stopped taking messages; a
+    # SIGTERM sent to every process of the service at once is the main process's to act on.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from pacs.integration import ack
 
     ack.set_origin("F")  # the ACKs it builds ahead carry control IDs of their own
@@ -344,8 +362,6 @@ async def _serve(settings: Settings, channel: Channel, link_socket: socket.socke
                  listener: socket.socket) -> None:
     from pacs.integration.listener import MLLPServer
 
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     link_socket.setblocking(False)
     reader, writer = await asyncio.open_unix_connection(sock=link_socket)
     link = Link(channel, writer)
@@ -356,7 +372,7 @@ async def _serve(settings: Settings, channel: Channel, link_socket: socket.socke
     gc.collect()
     gc.freeze()  # the modules and mappings live as long as the process (as in the main process)
     closed = asyncio.create_task(link.closed.wait())
-    await asyncio.wait([asyncio.create_task(stop.wait()), closed], return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait([asyncio.create_task(link.stop_asked.wait()), closed], return_when=asyncio.FIRST_COMPLETED)
     link.accepting = False  # each connection closes once the message it is on is answered
     await server.stop(STOP_GRACE)
     writer.close()

@@ -153,3 +153,21 @@ def test_sigterm_stops_the_front_too(tmp_path, database_url):
     assert fronts
     assert server.terminate() == 0
     assert not any(alive(pid) for pid in fronts)
+
+
+def test_sigterm_to_every_process_of_the_service_stops_it_cleanly(tmp_path, database_url):
+    """systemd (KillMode=control-group) and timeout(1) signal the main process and the front at
+    once: the front leaves stopping to the main process, which is not taken for a crash."""
+    server = ServeProcess(tmp_path / "data", database_url).start()
+    assert server.proc is not None
+    fronts = spawned_children(server.proc.pid)
+    assert fronts
+    with MLLPClient(server.mllp_port) as client:
+        assert ack_fields(client.send(ADT))["code"] == "AA"
+    for pid in fronts:
+        os.kill(pid, signal.SIGTERM)
+    assert server.terminate() == 0
+    assert not any(alive(pid) for pid in fronts)
+    log = server.log.read_text()
+    assert "stopped" in log and "starting another" not in log and "did not stop" not in log
+
