@@ -3,9 +3,9 @@
 ``pacs serve`` runs the HTTP app and the DICOM AE on one asyncio loop; the intake worker is a
 thread. The MLLP connections are served by a front process of their own that parses and maps
 (:mod:`pacs.integration.front`; ``[mllp] front_process = false`` serves them on the loop here),
-and ``[dicom] processes`` adds DICOM receiver processes (:mod:`pacs.archive.receivers`). SIGTERM or SIGINT stops the listeners from
-accepting, lets the messages already received finish (or leaves them stored as RECEIVED, to be
-processed at the next start), and exits.
+and ``[dicom] processes`` adds DICOM receiver processes (:mod:`pacs.archive.receivers`).
+SIGTERM or SIGINT stops the listeners from accepting, lets the messages already received finish
+(or leaves them stored as RECEIVED, to be processed at the next start), and exits.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class Services:
     audit: Auditor | None = None
     retention: Retention | None = None
     housekeeping: Housekeeping | None = None
-    mllp_front: Any = None  # the MLLP front process, once the server has started it (pacs.integration.front)
+    mllp_front: Front | None = None  # the MLLP front process, once the server has started it
 
     @classmethod
     def build(cls, settings: Settings, *, migrate: bool = True, receiver: bool = False) -> Services:
