@@ -14,13 +14,14 @@ STOP = object()
 """Put on a writer's queue to have it finish what is queued before it and return."""
 
 
-def take(source: queue.Queue[Any], limit: int, *, wait: bool = True) -> tuple[list[Any], bool]:
-    """Up to ``limit`` queued items — waiting for the first when ``wait``, then whatever is there
-    — and whether :data:`STOP` came after them."""
+def take(source: queue.Queue[Any], limit: int, *, wait: bool = True,
+         timeout: float | None = None) -> tuple[list[Any], bool]:
+    """Up to ``limit`` queued items — waiting for the first when ``wait`` (at most ``timeout``
+    seconds if given), then whatever is there — and whether :data:`STOP` came after them."""
     batch: list[Any] = []
     while len(batch) < limit:
         try:
-            item = source.get() if wait and not batch else source.get_nowait()
+            item = source.get(timeout=timeout) if wait and not batch else source.get_nowait()
         except queue.Empty:
             break
         if item is STOP:

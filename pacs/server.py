@@ -25,7 +25,7 @@ from pacs.archive.retention import Retention
 from pacs.archive.mpps import MPPSService
 from pacs.archive.receivers import Receivers
 from pacs.archive.storage.manager import StorageManager
-from pacs.archive.store import Archive, DuplicatePolicy, tidy_incoming
+from pacs.archive.store import Acknowledge, Archive, DuplicatePolicy, tidy_incoming
 from pacs.archive.query_service import QueryService
 from pacs.audit import Auditor
 from pacs.db import Database
@@ -94,7 +94,8 @@ class Services:
         if not receiver:
             tidy_incoming(area)  # a receiver starts while the main process receives into it
         archive = Archive(db, area, mappings, duplicates=DuplicatePolicy(settings.archive.duplicates), notify=notify,
-                          min_free_bytes=settings.archive.min_free_bytes)
+                          min_free_bytes=settings.archive.min_free_bytes,
+                          acknowledge=Acknowledge(settings.archive.acknowledge))
         storage.attach(archive)
         services = cls(settings=settings, db=db, mappings=mappings, channel=channel, intake=intake,
                        queries=QueryService(db, mappings, settings), mpps=MPPSService(db, notify),
@@ -159,6 +160,7 @@ class Server:
         await asyncio.to_thread(housekeeping.start, services)
         await asyncio.to_thread(services.intake.start)
         services.archive.start()
+        await asyncio.to_thread(services.archive.recover)  # what was acknowledged before a crash
         if services.storage is not None:
             services.storage.start()
         services.outbox.start()
@@ -168,7 +170,8 @@ class Server:
         from pacs.archive.ae import DicomServer
 
         self._dicom = DicomServer(settings, services.queries, services.mpps, services.archive, audit=services.audit)
-        self._receivers = Receivers(settings)
+        self._receivers = Receivers(settings, services.archive)
+        self._receivers.own_load = self._dicom.load
         if settings.dicom.processes > 1:
             await asyncio.to_thread(self._receivers.start)
         await asyncio.to_thread(self._dicom.start, settings.host, settings.dicom_port,

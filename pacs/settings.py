@@ -97,6 +97,10 @@ class ArchiveSettings(BaseModel):
     storage_dir: Path | None = None
     """The online storage area (default: DATA_DIR/storage)."""
     duplicates: Literal["ignore", "keep_newer", "reject"] = "ignore"
+    acknowledge: Literal["durable", "indexed"] = "durable"
+    """When a C-STORE is answered Success: once the object is on disk (``durable``; it is indexed
+    a moment later, and at the next start if the process ends first), or once it is also indexed
+    (``indexed``: slower, and what a sender sees is then queryable at once from any association)."""
     accept_unknown_storage_classes: bool = True
     """Store objects of SOP classes this AE does not list (private or newer ones)."""
     min_free_bytes: int = 1024 * 1024 * 1024

@@ -76,7 +76,8 @@ def make_ae(settings: Settings) -> ArchiveAE:
     encoding.install()  # worklist answers skip pydicom's writer
     dul.install()  # a C-CANCEL is read while answers stream
     dimse.install()  # pending C-FIND responses without pydicom's command-set writer
-    spool.install()  # received objects hashed as they are spooled
+    # received objects hashed as they are spooled if answered once indexed, else by the index writer
+    spool.install(hash_on_arrival=settings.archive.acknowledge == "indexed")
     ae = ArchiveAE(ae_title=settings.ae_title)
     ae.maximum_associations = settings.dicom.max_associations
     ae.network_timeout = settings.dicom.network_timeout_seconds
@@ -111,6 +112,8 @@ def bindings(queries: QueryService, mpps: MPPSService, archive: Archive, retriev
         (evt.EVT_RELEASED, handlers.log_association, ["released"]),
         (evt.EVT_ABORTED, handlers.log_association, ["aborted"]),
         (evt.EVT_CONN_OPEN, _connection_opened),
+        (evt.EVT_CONN_CLOSE, spool.discard_unfinished),
+        (evt.EVT_ACSE_RECV, handlers.settle_on_release),
     ]
 
 
@@ -185,6 +188,10 @@ class DicomServer:
         self.ae._servers.append(server)
         self._server = server
         log.info("DICOM %s listening on %s:%d", self.settings.ae_title, host, self.port)
+
+    def load(self) -> int:
+        """How many associations this process serves now."""
+        return len(self.ae.active_associations)
 
     def start_handed_off(self) -> None:
         """Serve only connections handed over by :meth:`serve_connection` (a receiver process):

@@ -7,11 +7,14 @@ Bound in :mod:`pacs.archive.ae` with their dependencies, as in pynetdicom's own 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
+from pynetdicom.pdu_primitives import A_RELEASE
 from pynetdicom.sop_class import (
     ModalityWorklistInformationFind,
     PatientRootQueryRetrieveInformationModelFind,
@@ -34,6 +37,9 @@ from pacs.archive.store import Archive
 from pacs.settings import Settings
 
 log = logging.getLogger("pacs.dicom")
+
+SETTLE_SECONDS = 30.0  # longest an association's request waits for its own objects to be indexed
+SETTLED_KEPT = 256  # an association's indexing futures kept before the finished ones are dropped
 
 MODEL = {
     PatientRootQueryRetrieveInformationModelFind: "PATIENT",
@@ -87,7 +93,14 @@ def handle_store(event: evt.Event, archive: Archive) -> int | Dataset:
         sop_instance=event.request.AffectedSOPInstanceUID,
         move=True,
         received=spool.checksum_of(event.request),
+        synced=spool.synced(event.request),
+        early=True,
     )
+    if result.pending is not None:  # answered once durable: the association's later requests wait for it
+        indexing = event.assoc.__dict__.setdefault("_pacs_indexing", [])
+        indexing.append(result.pending)
+        if len(indexing) > SETTLED_KEPT:
+            indexing[:] = [future for future in indexing if not future.done()]
     if result.status == Status.SUCCESS:
         return int(Status.SUCCESS)
     ds = Dataset()
@@ -97,10 +110,40 @@ def handle_store(event: evt.Event, archive: Archive) -> int | Dataset:
     return ds
 
 
+def settle(assoc: Any, timeout: float = SETTLE_SECONDS) -> None:
+    """Wait until the objects ``assoc`` sent and had answered once durable are indexed (a C-STORE
+    under ``[archive] acknowledge = "durable"``): its queries, retrieves, storage commitment
+    requests and release see everything it stored. At most ``timeout`` seconds."""
+    indexing = assoc.__dict__.get("_pacs_indexing")
+    if not indexing:
+        return
+    deadline = time.monotonic() + timeout
+    for future in list(indexing):
+        try:
+            future.result(max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            break
+        except Exception:  # noqa: S110 - a failure is the index writer's to report and retry
+            pass
+    indexing[:] = [future for future in indexing if not future.done()]
+    if indexing:
+        log.warning("%d object(s) from %s not indexed after %.0f s; going on", len(indexing),
+                    assoc.requestor.ae_title.strip(), timeout)
+
+
+def settle_on_release(event: evt.Event) -> None:
+    """EVT_ACSE_RECV: an A-RELEASE request is answered once the association's objects are
+    indexed (PS3.8 7.2: the release response comes when the acceptor is done)."""
+    primitive = event.primitive  # type: ignore[attr-defined]
+    if isinstance(primitive, A_RELEASE) and primitive.result is None:
+        settle(event.assoc)
+
+
 def handle_find(event: evt.Event, queries: QueryService) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     """C-FIND (PS3.4 C.4.1.3.1, K.4.1.3) for the worklist and both Q/R models; checks for
     C-CANCEL between matches. Answers written directly (:class:`dimse.PendingSender`) are not
     yielded: ``event.direct_answers`` counts those sent (the audit log reads it)."""
+    settle(event.assoc)
     cancelled = _cancel_watch(event)
     event.direct_answers = 0
     sop_class = event.request.AffectedSOPClassUID
@@ -174,6 +217,7 @@ def handle_move(event: evt.Event, retriever: Retriever, settings: Settings) -> I
         log.warning("C-MOVE from %s to unknown destination %r", _calling(event), destination)
         yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
         return
+    settle(event.assoc)
     try:
         items = retriever.select(event.identifier, MODEL[event.request.AffectedSOPClassUID])
     except QueryError as exc:
@@ -193,6 +237,7 @@ def handle_move(event: evt.Event, retriever: Retriever, settings: Settings) -> I
 def handle_get(event: evt.Event, retriever: Retriever) -> Iterator[Any]:
     """C-GET (PS3.4 C.4.3): sub-operations on the requestor's own association, in the
     storage contexts it proposed with the SCP role."""
+    settle(event.assoc)
     try:
         items = retriever.select(event.identifier, MODEL[event.request.AffectedSOPClassUID])
     except QueryError as exc:
@@ -207,6 +252,7 @@ def handle_get(event: evt.Event, retriever: Retriever) -> Iterator[Any]:
 
 def handle_n_action(event: evt.Event, commitment: Commitment) -> tuple[int | Dataset, Dataset | None]:
     """N-ACTION Request Storage Commitment (PS3.4 J.3.2)."""
+    settle(event.assoc)
     return commitment.request(event)
 
 

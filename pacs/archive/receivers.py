@@ -13,7 +13,20 @@ processes, which SO_REUSEPORT's hashing of the addresses does not.
 
 What each receiver runs: the DICOM handlers, the archive's index writer and the audit writer.
 What only the main process runs: the DICOM port itself, MLLP, HTTP, the intake worker, the
-outbox, the storage manager's and the scheduled jobs. Their work passes through the database
+outbox, the storage manager's and the scheduled jobs, and the indexing of every object the
+receivers answered once durable (``[archive] acknowledge = "durable"``, :mod:`pacs.archive.store`):
+a receiver stages the object, answers, and sends the main process its staged key over an
+*index link* (a second Unix socket, one JSON line per object); the main process's index writer
+reads the header and hashes the staged file, files and indexes it with everything else arriving,
+and answers on the link once it is committed, which is when the receiver's association may go on
+to a query, a storage commitment or its release (:func:`pacs.archive.handlers.settle`). Receiving
+and indexing then run on different cores, with one writer batching the index commits of all
+receivers. Each new connection goes to the least busy process, counting the associations each
+serves (a receiver reports its count on its index link as it changes) and one more for the main
+process, whose indexing for everyone is worth about an association's receiving: a lone
+association goes to a receiver, so that receiving and indexing it use two cores, and with four
+at once and one receiver, the main process takes one of them. Without index links, connections
+go to the processes in turn. Their work passes through the database
 (the outbox, replica and publication queues are tables), so a study received by a receiver is
 published, replicated and reported like any other, at the next turn of those loops. Index
 writers of several processes meet in the database: a study or series two of them create at the
@@ -32,14 +45,19 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+from concurrent.futures import Future
 import multiprocessing
 import os
 import signal
 import socket
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from pacs.settings import Settings
+
+if TYPE_CHECKING:
+    from pacs.archive.store import Archive, IndexJob, StoreResult
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +68,15 @@ STOP_TIMEOUT = 30.0  # seconds it may take to finish the associations in flight
 class Receivers:
     """The extra receiver processes of a ``pacs serve`` (none when ``[dicom] processes`` is 1)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, archive: Archive | None = None) -> None:
         self.settings = settings
+        self.archive = archive  # indexes what the receivers stage (None: they index it themselves)
         self.processes: list[multiprocessing.process.BaseProcess] = []
         self._channels: list[socket.socket | None] = []
+        self._links: list[socket.socket] = []
         self._turns: Any = None
+        self._load: list[int] = []  # associations each receiver serves (reported on its index link)
+        self.own_load: Callable[[], int] = lambda: 0  # associations the main process serves
         self._lock = threading.Lock()
 
     @property
@@ -71,33 +93,55 @@ class Receivers:
             listener.listen()
             listener.settimeout(START_TIMEOUT)
             for number in range(1, self.settings.dicom.processes):
-                process = context.Process(target=serve_receiver, args=(self.settings, address),
+                process = context.Process(target=serve_receiver,
+                                          args=(self.settings, address, self.archive is not None),
                                           name=f"pacs-dicom-{number}", daemon=False)
                 process.start()
                 self.processes.append(process)
             by_pid: dict[int, socket.socket] = {}
+            links: dict[int, socket.socket] = {}
+            expected = len(self.processes) * (2 if self.archive is not None else 1)
             try:
-                while len(by_pid) < len(self.processes):
+                while len(by_pid) + len(links) < expected:
                     channel, _ = listener.accept()
                     channel.settimeout(START_TIMEOUT)
-                    hello = channel.recv(64)  # the receiver's pid once it is ready
+                    hello = channel.recv(64).decode()  # the receiver's pid once it is ready
                     channel.settimeout(None)
-                    by_pid[int(hello.decode())] = channel
+                    if hello.startswith(INDEX_LINK):
+                        links[int(hello[len(INDEX_LINK):])] = channel
+                    else:
+                        by_pid[int(hello)] = channel
             except (OSError, ValueError) as exc:
                 self.stop()
                 raise RuntimeError(f"a DICOM receiver did not start: {exc}") from exc
         self._channels = [by_pid.get(pid) for pid in self.pids]
-        self._turns = itertools.cycle([None, *range(len(self._channels))])
+        self._load = [0] * len(self._channels)
+        for number, pid in enumerate(self.pids):
+            link = links.get(pid)
+            if link is not None:
+                self._links.append(link)
+                threading.Thread(target=self._index_for, args=(link, pid, number), name=f"index-link-{pid}",
+                                 daemon=True).start()
+        self._turns = None if links else itertools.cycle([None, *range(len(self._channels))])
         log.info("DICOM connections handed in turn to this process and %d receiver(s): %s",
                  len(self.processes), ", ".join(str(pid) for pid in self.pids))
 
     def hand_off(self, request: socket.socket, client_address: Any) -> bool:
         """Give the next receiver in turn this new connection (True), or leave it to the
         caller (False: its own turn, or that receiver is gone)."""
-        if self._turns is None:
+        if not self._channels:
             return False
         with self._lock:
-            turn = next(self._turns)
+            if self._turns is not None:
+                turn = next(self._turns)
+            else:  # the least busy process (see above); a tie goes to a receiver
+                running = [(load, number) for number, load in enumerate(self._load) if self._channels[number]]
+                if not running:
+                    return False
+                load, turn = min(running)
+                if self.own_load() + INDEXING_WEIGHT < load:
+                    return False
+                self._load[turn] += 1  # until the receiver's own report
             channel = None if turn is None else self._channels[turn]
             if channel is None:
                 return False
@@ -112,9 +156,46 @@ class Receivers:
         request.close()  # the receiver holds its own descriptor of the connection
         return True
 
+    def _index_for(self, link: socket.socket, pid: int, number: int) -> None:
+        """The main process's end of a receiver's index link: index what it staged, answer once
+        indexed; note its association count."""
+        archive = self.archive
+        assert archive is not None
+        lock = threading.Lock()
+
+        def reply(sequence: int, future: Future[StoreResult]) -> None:
+            try:
+                result = future.result()
+                answer: dict[str, Any] = {"n": sequence, "outcome": str(result.outcome),
+                                          "status": int(result.status), "comment": result.comment,
+                                          "instance": result.instance}
+            except Exception as exc:
+                answer = {"n": sequence, "error": str(exc)}
+            try:
+                with lock:
+                    link.sendall(json.dumps(answer).encode() + b"\n")
+            except OSError:
+                pass  # the receiver is gone; what it staged is indexed all the same
+
+        with link.makefile("rb") as stream:
+            for raw in stream:
+                request = json.loads(raw)
+                if "load" in request:
+                    self._load[number] = int(request["load"])
+                    continue
+                try:
+                    future = archive.index_staged(request["key"], request["calling_ae"])
+                except Exception as exc:  # the staged file unreadable: left staged, reported
+                    log.error("receiver %d: staged object %s cannot be indexed: %s", pid, request["key"], exc)
+                    future = Future()
+                    future.set_exception(exc)
+                future.add_done_callback(lambda done, sequence=request["n"]: reply(sequence, done))
+        log.info("index link of DICOM receiver %d closed", pid)
+
     def stop(self) -> None:
         """SIGTERM every receiver and wait for it (SIGKILL after :data:`STOP_TIMEOUT`)."""
         self._turns = None
+        channels, self._channels = self._channels, []
         for process in self.processes:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)
@@ -124,14 +205,15 @@ class Receivers:
                 log.error("DICOM receiver %s did not stop in %.0f s; killed", process.name, STOP_TIMEOUT)
                 process.kill()
                 process.join()
-        for channel in self._channels:
+        for channel in [*channels, *self._links]:
             if channel is not None:
                 channel.close()
-        self.processes, self._channels = [], []
+        self.processes, self._channels, self._links = [], [], []
 
 
-def serve_receiver(settings: Settings, address: str) -> None:
-    """A receiver process: serves the connections the main process hands it, until SIGTERM."""
+def serve_receiver(settings: Settings, address: str, index_link: bool = False) -> None:
+    """A receiver process: serves the connections the main process hands it, until SIGTERM;
+    with ``index_link``, the objects it stages are indexed by the main process."""
     from pacs.server import die_with_parent
 
     die_with_parent()
@@ -145,10 +227,17 @@ def serve_receiver(settings: Settings, address: str) -> None:
     services = Services.build(settings, migrate=False, receiver=True)
     server = None
     channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    link = None
     try:
         if services.audit is not None:
             services.audit.start()
         services.archive.start()
+        if index_link:
+            link = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            link.connect(address)
+            link.sendall(f"{INDEX_LINK}{os.getpid()}".encode())
+            remote = RemoteIndex(link, services.archive)
+            services.archive.remote = remote.submit
         server = DicomServer(settings, services.queries, services.mpps, services.archive, audit=services.audit)
         server.start_handed_off()
         channel.connect(address)
@@ -156,12 +245,17 @@ def serve_receiver(settings: Settings, address: str) -> None:
         threading.Thread(target=_take_connections, args=(channel, server, stopping), name="dicom-handed-off",
                          daemon=True).start()
         log.info("DICOM receiver %d ready", os.getpid())
+        if link is not None:
+            threading.Thread(target=remote.report_load, args=(server, stopping), name="dicom-load",
+                             daemon=True).start()
         while not stopping.wait(settings.mappings_poll_seconds):
             services.mappings.reload_if_changed()  # device rules and names as the main process sees them
     finally:
         channel.close()
         if server is not None:
             server.stop()
+        if link is not None:
+            link.close()
         services.archive.stop()
         if services.audit is not None:
             services.audit.stop()
@@ -180,3 +274,62 @@ def _take_connections(channel: socket.socket, server: Any, stopping: threading.E
             connection = socket.socket(fileno=fd)
             server.serve_connection(connection, tuple(json.loads(message.decode())))
     stopping.set()
+
+
+INDEX_LINK = "index:"  # a receiver's greeting on its index link, before its pid
+INDEXING_WEIGHT = 1  # associations the main process's indexing for every receiver counts as
+LOAD_POLL_SECONDS = 0.02  # how often a receiver looks at its number of associations
+
+
+class RemoteIndex:
+    """A receiver's end of its index link: staged objects go to the main process's index writer;
+    each one's future resolves when the main process says it is indexed."""
+
+    def __init__(self, link: socket.socket, archive: Archive) -> None:
+        self.link = link
+        self.archive = archive
+        self._numbers = itertools.count(1)
+        self._waiting: dict[int, IndexJob] = {}
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, name="index-link", daemon=True).start()
+
+    def report_load(self, server: Any, stopping: threading.Event) -> None:
+        """Tell the main process how many associations this receiver serves, as it changes."""
+        reported = -1
+        while not stopping.wait(LOAD_POLL_SECONDS):
+            load = len(server.ae.active_associations)
+            if load != reported:
+                try:
+                    with self._lock:
+                        self.link.sendall(json.dumps({"load": load}).encode() + b"\n")
+                except OSError:
+                    return
+                reported = load
+
+    def submit(self, job: IndexJob) -> None:
+        line = {"key": job.stored.key, "calling_ae": job.calling_ae}
+        with self._lock:
+            number = line["n"] = next(self._numbers)
+            self._waiting[number] = job
+            self.link.sendall(json.dumps(line).encode() + b"\n")
+
+    def _read(self) -> None:
+        from pacs.archive.store import Outcome, StoreResult, _text
+
+        with self.link.makefile("rb") as stream:
+            for raw in stream:
+                answer = json.loads(raw)
+                with self._lock:
+                    job = self._waiting.pop(answer["n"], None)
+                if job is None:
+                    continue
+                self.archive.settle_pending(_text(job.header, "SOPInstanceUID"))
+                if answer.get("error"):
+                    job.future.set_exception(RuntimeError(answer["error"]))
+                else:
+                    job.future.set_result(StoreResult(Outcome(answer["outcome"]), answer["status"],
+                                                      answer.get("comment", ""), answer.get("instance")))
+        log.error("the main process closed the index link; %d object(s) staged and not confirmed indexed "
+                  "(the main process indexes them when it starts)", len(self._waiting))
+
+

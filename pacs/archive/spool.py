@@ -3,10 +3,15 @@
 With ``STORE_RECV_CHUNKED_DATASET`` pynetdicom writes each incoming data set, PDV by PDV, to a
 temporary file (File Meta Information first) in the storage area's incoming folder, and the
 handler hands that file's path to store(), which renames it into place. The archive keeps a
-SHA-256 of every object; computing it from the bytes as the DUL thread writes them, rather than
-reading the file back after it is stored, saves a read of the whole object per instance and
-moves the hashing off the thread that answers the C-STORE (hashlib releases the GIL on large
-updates, so it runs beside the other thread's work).
+SHA-256 of every object. When a C-STORE is answered only once the object is indexed
+(``[archive] acknowledge = "indexed"``) it is computed from the bytes as the DUL thread writes
+them, which saves reading the file back on the way to the answer; when it is answered once
+durable (the default), the index writer computes it later, off that way altogether.
+
+The file must be on disk before the C-STORE is answered. The DUL thread fsyncs it as soon as
+the data set is whole, once it has woken the association thread (:func:`pacs.archive.dul.after_wake`):
+the fsync then runs while the handler reads the header, instead of after it; store() waits for
+it (:func:`synced`) before renaming the file into place.
 
 :func:`install` makes pynetdicom's spool file a :class:`HashingSpool`; :func:`checksum_of` gives
 store() the digest of a received object, or None when the object did not come through one. The
@@ -17,37 +22,88 @@ the bytes pydicom's writer would give, without a pydicom data set per object.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import logging
+import os
+import secrets
 import struct
 import tempfile
+import threading
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from pydicom.filewriter import write_file_meta_info
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, dimse_messages
 
+from pacs.archive import dul
+
+log = logging.getLogger(__name__)
+
 
 class HashingSpool:
-    """A named temporary file that hashes and counts what is written to it."""
+    """A new file in the temporary folder that hashes and counts what is written to it.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._file = tempfile.NamedTemporaryFile(*args, **kwargs)  # noqa: SIM115 - closed by pynetdicom
-        self.name = self._file.name
-        self.file = self._file.file
-        self._digest = hashlib.sha256()
+    Named from the process and a counter (``tempfile.NamedTemporaryFile`` drew random names and
+    wrapped the file, a tenth of a millisecond for every object received); created exclusively,
+    so a name left by an earlier process is never reused."""
+
+    def __init__(self, *args: Any, suffix: str = ".dcm", dir: str | None = None, **kwargs: Any) -> None:
+        folder = dir or tempfile.gettempdir()
+        while True:
+            self.name = os.path.join(folder, f"{_prefix()}{next(_counter)}{suffix}")
+            try:
+                self.file = open(self.name, "xb")  # noqa: SIM115 - closed by pynetdicom through close()
+                break
+            except FileExistsError:
+                _names.clear()  # another process's: this one takes a new prefix
+        self._digest = hashlib.sha256() if _hashing[0] else None
         self.size = 0
+        self.durable = False
+        self._lock = threading.Lock()
 
-    def write(self, data: bytes) -> int:
-        self._digest.update(data)
+    def sync(self) -> bool:
+        """Flush and fsync the file (once, whichever thread comes first); True when what was
+        written is on disk."""
+        with self._lock:
+            if not self.durable and not self.file.closed:
+                try:
+                    self.file.flush()
+                    os.fsync(self.file.fileno())
+                    self.durable = True
+                except (OSError, ValueError) as exc:  # the one who stores the file syncs it again, and fails
+                    log.warning("could not fsync the received data set %s: %s", self.name, exc)
+            return self.durable
+
+    def write(self, data: bytes | memoryview) -> int:
+        if self._digest is not None:
+            self._digest.update(data)
         self.size += len(data)
-        return self._file.write(data)
+        return self.file.write(data)
 
-    def hexdigest(self) -> str:
-        return self._digest.hexdigest()
+    def hexdigest(self) -> str | None:
+        return self._digest.hexdigest() if self._digest is not None else None
 
     def close(self) -> None:
-        self._file.close()
+        with self._lock:  # not while the DUL thread is syncing it
+            self.file.close()
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._file, name)
+        if name == "file":  # not opened
+            raise AttributeError(name)
+        return getattr(self.file, name)
+
+
+_hashing = [True]  # hash on arrival (install())
+_counter = itertools.count()
+_names: dict[int, str] = {}  # process id → the prefix of this process's spool files
+
+
+def _prefix() -> str:
+    pid = os.getpid()
+    prefix = _names.get(pid)
+    if prefix is None:
+        prefix = _names[pid] = f"spool-{pid}-{secrets.token_hex(4)}-"
+    return prefix
 
 
 class FileMeta(NamedTuple):
@@ -93,12 +149,49 @@ def _write_file_meta_info(fp: Any, file_meta: Any, *args: Any, **kwargs: Any) ->
         write_file_meta_info(fp, file_meta, *args, **kwargs)
 
 
-def install() -> None:
+def _decode_msg(self: Any, primitive: Any, assoc: Any = None) -> bool:
+    done = bool(_pynetdicom_decode_msg(self, primitive, assoc))
+    spool = getattr(self, "_data_set_file", None)
+    if done and isinstance(spool, HashingSpool) and assoc is not None:
+        dul.after_wake(assoc.dul, spool.sync)
+    return done
+
+
+_pynetdicom_decode_msg = dimse_messages.DIMSEMessage.decode_msg
+
+
+def install(*, hash_on_arrival: bool = True) -> None:
     """Spool received data sets through :class:`HashingSpool`, their File Meta Information
-    written by :func:`file_meta_bytes` (idempotent)."""
+    written by :func:`file_meta_bytes`, each synced to disk by the DUL thread as soon as it is
+    whole (idempotent). Without ``hash_on_arrival`` nothing is hashed here: objects answered
+    before they are indexed are hashed by the index writer, off the path of the answer."""
+    _hashing[0] = hash_on_arrival
+    dimse_messages.DIMSEMessage.decode_msg = _decode_msg  # type: ignore[method-assign]
     dimse_messages.NamedTemporaryFile = HashingSpool  # type: ignore[attr-defined, assignment]
     dimse_messages.create_file_meta = _create_file_meta  # type: ignore[attr-defined, assignment]
     dimse_messages.write_file_meta_info = _write_file_meta_info  # type: ignore[attr-defined, assignment]
+
+
+def synced(request: Any) -> Callable[[], bool] | None:
+    """For store(): makes sure the data set a C-STORE request was spooled to is on disk (waits
+    for the DUL thread's fsync, or does it), True if it is; None when it was not spooled here."""
+    spool = getattr(request, "_dataset_file", None)
+    return spool.sync if isinstance(spool, HashingSpool) else None
+
+
+def discard_unfinished(event: Any) -> None:
+    """EVT_CONN_CLOSE: remove the spool file of a data set the peer stopped sending midway (an
+    abort, a lost connection); it would otherwise stay in the incoming folder until a restart."""
+    message = getattr(getattr(event.assoc, "dimse", None), "message", None)
+    spool = getattr(message, "_data_set_file", None)
+    if spool is None:
+        return
+    spool.close()
+    try:
+        os.unlink(spool.name)
+    except OSError:
+        pass
+    log.info("removed the unfinished data set of an association that ended midway (%s)", spool.name)
 
 
 def checksum_of(request: Any) -> tuple[str, int] | None:
@@ -106,5 +199,8 @@ def checksum_of(request: Any) -> tuple[str, int] | None:
     spool = getattr(request, "_dataset_file", None)
     if not isinstance(spool, HashingSpool):
         return None
+    digest = spool.hexdigest()
+    if digest is None:
+        return None
     spool.file.flush()
-    return spool.hexdigest(), spool.size
+    return digest, spool.size

@@ -8,6 +8,18 @@
 4. index it (patient, study, series, instance, file) in a group commit shared with every other
    object arriving at the same moment; reconcile a new study with its order;
 5. answer success only after both; if indexing fails, the file is removed again.
+
+A C-STORE is answered sooner (``[archive] acknowledge = "durable"``, the default): once the
+object is on disk, in the storage area's staging folder (:meth:`FilesystemArea.stage`, one
+rename and one folder sync, as filing it would cost), the duplicate policy having been applied
+against the index and the objects still waiting for it. The index writer then files and indexes
+it as in 3-4 and forgets the staged name once its transaction has committed; an object it cannot
+index yet (the database unreachable) stays staged and is tried again. Whatever is still staged
+when ``pacs serve`` starts, after a crash or a power cut, is indexed before the DICOM port
+opens (:meth:`Archive.recover`): nothing acknowledged is lost. The index lags the answers by
+about a commit: an association's own later requests (storage commitment, queries) and its
+release wait until its objects are indexed (:func:`pacs.archive.handlers.settle`), so a modality
+that releases and asks again, on any association, finds everything it sent.
 """
 
 from __future__ import annotations
@@ -36,7 +48,7 @@ from sqlmodel import Session, col, select
 from pacs import batching
 from pacs.archive.index import Instance, InstanceFile, Series, Study
 from pacs.archive.status import Status
-from pacs.archive.storage import StorageArea, StorageFull, Stored
+from pacs.archive.storage import StorageArea, StorageFull, Stored, sha256_file, sync_folders
 from pacs.db import Database, Prepared, nested, utcnow
 from pacs.integration.mapping import MappingHolder
 from pacs.integration.names import person_name
@@ -63,13 +75,26 @@ class DuplicatePolicy(StrEnum):
     REJECT = "reject"
 
 
+class Acknowledge(StrEnum):
+    """When a C-STORE is answered: once the object is durable (staged), or once it is indexed."""
+
+    DURABLE = "durable"
+    INDEXED = "indexed"
+
+
+RETRY_MAX_SECONDS = 300.0  # longest wait before a staged object's indexing is tried again
+PLACED_SYNC_SECONDS = 0.5  # how long indexed objects may keep their staged names (see _forget_staged)
+PLACED_SYNC_MAX = 512  # ... and how many of them
+
+
 @dataclass
 class StoreResult:
     outcome: Outcome
     status: int
     comment: str = ""
-    instance: int | None = None
+    instance: int | None = None  # None when answered before indexing (``pending``)
     study_instance_uid: str = ""
+    pending: Future[StoreResult] | None = None  # the indexing still under way of an object answered durable
 
     @property
     def ok(self) -> bool:
@@ -205,6 +230,8 @@ class IndexJob:
     transfer_syntax: str
     calling_ae: str
     replace: int | None = None  # instance id whose file this one replaces (keep-newer policy)
+    staged: bool = False  # acknowledged once staged: the writer files it, and retries until indexed
+    attempts: int = 0
     future: Future[StoreResult] = field(default_factory=Future)
 
 
@@ -230,11 +257,20 @@ class Archive:
 
     def __init__(self, db: Database, area: StorageArea, mappings: MappingHolder, *,
                  duplicates: DuplicatePolicy = DuplicatePolicy.IGNORE, notify: lifecycle.Notify | None = None,
-                 batch_max: int = 64, min_free_bytes: int = 0) -> None:
+                 batch_max: int = 64, min_free_bytes: int = 0,
+                 acknowledge: Acknowledge = Acknowledge.DURABLE) -> None:
         self.db = db
         self.area = area
         self.mappings = mappings
         self.duplicates = duplicates
+        self.acknowledge = acknowledge
+        self._pending: dict[str, str] = {}  # SOP Instance UID → checksum, answered and not yet indexed
+        self._pending_lock = threading.Lock()
+        self._placed: list[tuple[str, str, list[Path]]] = []  # staged objects indexed: key, tag, folders to sync
+        self._placed_since = 0.0
+        # Set in a receiver process (pacs.archive.receivers): staged objects go to the main
+        # process's index writer instead of this process's.
+        self.remote: Callable[[IndexJob], None] | None = None
         self.notify = notify
         self.batch_max = batch_max
         self.min_free_bytes = min_free_bytes
@@ -266,12 +302,18 @@ class Archive:
     # -- store() ------------------------------------------------------------------------------
     def store(self, path: Path, *, calling_ae: str = "", sop_class: str | None = None,
               sop_instance: str | None = None, move: bool = False,
-              received: tuple[str, int] | None = None) -> StoreResult:
+              received: tuple[str, int] | None = None, synced: Callable[[], bool] | None = None,
+              early: bool = False) -> StoreResult:
         """Archive the Part 10 file at ``path`` (moved into the storage area when ``move``).
+
+        ``early``: the caller may be answered once the object is durable, before it is indexed
+        (a C-STORE, under ``[archive] acknowledge = "durable"``); the result's ``pending`` then
+        resolves once it is indexed. Otherwise the result comes once the object is indexed.
 
         ``received`` is the SHA-256 and size of the file as it was written on arrival
         (:mod:`pacs.archive.spool`); an area that renames the file into place takes it instead of
-        reading the file back."""
+        reading the file back. ``synced``, called before the file is placed, makes sure the
+        file's data is on disk and says whether it is (True: the area need not fsync it again)."""
         try:
             header = read_header(path)
             check_identity(header, sop_class=sop_class, sop_instance=sop_instance)
@@ -294,18 +336,38 @@ class Archive:
             log.error("storage area %s has less than %d bytes free; refusing %s", self.area.name,
                       self.min_free_bytes, uid)
             return StoreResult(Outcome.STORAGE_FULL, OUT_OF_RESOURCES, "storage is full")
+        stage = getattr(self.area, "stage", None)
+        staging = early and move and self.acknowledge == Acknowledge.DURABLE and callable(stage)
+        if staging and self.duplicates != DuplicatePolicy.KEEP_NEWER:
+            held = self._held(uid)  # answered now, so the policy is applied now
+            if held is not None:
+                return self._duplicate_answer(header, held, _known_checksum(path, received) or sha256_file(path),
+                                              calling_ae)
         try:
-            stored = self.area.put_file(path, move=move, checksum=_known_checksum(path, received))
+            on_disk = synced() if synced is not None else False
+            checksum = _known_checksum(path, received)
+            # A staged object not hashed on arrival is hashed by the index writer, off the path
+            # of the answer (Stored.checksum "" until then).
+            stored = stage(path, calling_ae, checksum=checksum or "", synced=on_disk) if staging else None
+            if stored is None:
+                staging = False
+                stored = self.area.put_file(path, move=move, checksum=checksum, synced=on_disk)
         except StorageFull as exc:
             log.error("storage area %s is full: %s", self.area.name, exc)
             return StoreResult(Outcome.STORAGE_FULL, OUT_OF_RESOURCES, "storage is full")
         except OSError as exc:
             log.error("writing %s failed: %s", uid, exc)
             return StoreResult(Outcome.FAILED, OUT_OF_RESOURCES, f"could not write the object: {exc.strerror}")
-        # The duplicate policy is applied by the index writer, in the transaction that would file
-        # the object: one query there instead of one more per object here, and no race.
+        # Otherwise the duplicate policy is applied by the index writer, in the transaction that
+        # would file the object: one query there instead of one more per object here, and no race.
         job = IndexJob(header=header, stored=stored, area=self.area.name, transfer_syntax=syntax,
-                       calling_ae=calling_ae)
+                       calling_ae=calling_ae, staged=staging)
+        if staging:
+            with self._pending_lock:
+                self._pending[uid] = stored.checksum
+            (self.remote or self._queue.put)(job)
+            return StoreResult(Outcome.STORED, Status.SUCCESS, "", None, _text(header, "StudyInstanceUID"),
+                               pending=job.future)
         self._queue.put(job)
         try:
             return job.future.result()
@@ -313,6 +375,46 @@ class Archive:
             self.area.remove(stored.key)
             log.error("indexing %s failed; the file was removed: %s", uid, exc)
             return StoreResult(Outcome.FAILED, OUT_OF_RESOURCES, "could not index the object")
+
+    def index_staged(self, key: str, calling_ae: str) -> Future[StoreResult]:
+        """Index an object a receiver process staged and answered (its index writer is this
+        one); the future resolves once it is indexed."""
+        path = self.area.staged_path(key, calling_ae)  # type: ignore[attr-defined]
+        header = read_header(path)
+        syntax = str(header.file_meta.get("TransferSyntaxUID", ""))
+        job = IndexJob(header=header, stored=Stored(key, path.stat().st_size, ""), area=self.area.name,
+                       transfer_syntax=syntax, calling_ae=calling_ae, staged=True)
+        self._queue.put(job)
+        return job.future
+
+    def settle_pending(self, uid: str) -> None:
+        """Forget that ``uid`` waits for the index (a receiver, told by the main process)."""
+        with self._pending_lock:
+            self._pending.pop(uid, None)
+
+    def _held(self, uid: str) -> tuple[int | None, str] | None:
+        """(instance id, checksum) of the copy held under ``uid``: indexed, or answered and
+        waiting for the index writer (id None); None if there is none."""
+        with self._pending_lock:
+            checksum = self._pending.get(uid)
+        if checksum is not None:
+            return None, checksum
+        with self.db.reader.begin() as connection:
+            row = FIND_INSTANCE.first(connection, {"uid": uid})
+        return (row["id"], row["checksum"]) if row is not None else None
+
+    def _duplicate_answer(self, header: Dataset, held: tuple[int | None, str], checksum: str | None,
+                          calling_ae: str) -> StoreResult:
+        """The answer to a second copy of an instance already held (ignore or reject policy)."""
+        uid = _text(header, "SOPInstanceUID")
+        instance_id, held_checksum = held
+        if self.duplicates == DuplicatePolicy.REJECT:
+            return StoreResult(Outcome.REFUSED, DUPLICATE_REFUSED, f"{uid} is already stored", instance_id)
+        if checksum is not None and held_checksum and checksum != held_checksum:
+            log.warning("instance %s from %s differs from the copy already stored; the stored copy is kept "
+                        "(duplicates = ignore)", uid, calling_ae)
+        return StoreResult(Outcome.ALREADY_STORED, WARNING_DUPLICATE, "instance already stored; this copy was ignored",
+                           instance_id, _text(header, "StudyInstanceUID"))
 
     def _short_of_space(self, path: Path) -> bool:
         """Below the free-space watermark? (checked at most once a second)"""
@@ -328,14 +430,46 @@ class Archive:
     # -- the index writer ---------------------------------------------------------------------
     def _run(self) -> None:
         while True:
-            batch, stop = batching.take(self._queue, self.batch_max)
+            batch, stop = batching.take(self._queue, self.batch_max,
+                                        timeout=PLACED_SYNC_SECONDS if self._placed else None)
             if batch:
                 self._index_batch(batch)
+            if self._placed and (stop or not batch or len(self._placed) >= PLACED_SYNC_MAX
+                                 or time.monotonic() - self._placed_since >= PLACED_SYNC_SECONDS):
+                self._forget_staged()
             if stop:
                 return
 
+    def _forget_staged(self) -> None:
+        """Sync the folders staged objects were filed into since the last time, then forget
+        their staged names: from then on the filed name alone is durable."""
+        placed, self._placed = self._placed, []
+        folders = {folder for _, _, filed in placed for folder in filed}
+        try:
+            sync_folders(folders)
+        except OSError as exc:  # the staged names stay; the next start files those objects again
+            log.error("syncing %d storage folder(s) failed: %s", len(folders), exc)
+            return
+        for key, calling_ae, _ in placed:
+            self.area.unstage(key, calling_ae)  # type: ignore[attr-defined]
+
     def _index_batch(self, batch: list[IndexJob]) -> None:
         results: list[tuple[IndexJob, StoreResult | Exception]] = []
+        unplaced = []
+        filed: dict[int, list[Path]] = {}
+        for job in batch:
+            if job.staged:
+                try:
+                    if not job.stored.checksum:
+                        staged = self.area.staged_path(job.stored.key, job.calling_ae)  # type: ignore[attr-defined]
+                        job.stored = Stored(job.stored.key, job.stored.size, sha256_file(staged))
+                    filed[id(job)] = self.area.place(job.stored.key, job.calling_ae, sync=False)  # type: ignore[attr-defined]
+                except OSError as exc:
+                    log.error("filing staged object %s failed: %s", job.stored.key, exc)
+                    unplaced.append(job)
+        if unplaced:
+            self._retry_later(unplaced)
+            batch = [job for job in batch if job not in unplaced]
         try:
             with Session(self.db.engine, expire_on_commit=False, autoflush=False) as session:
                 counts: dict[int, list[int]] = {}
@@ -347,14 +481,76 @@ class Archive:
             log.exception("index batch of %d failed", len(batch))
             self._studies.clear()
             self._series.clear()
+            self._retry_later([job for job in batch if job.staged])
             for job in batch:
-                job.future.set_exception(exc)
+                if not job.staged:
+                    job.future.set_exception(exc)
             return
         for job, result in results:
             if isinstance(result, Exception):
-                job.future.set_exception(result)
-            else:
-                job.future.set_result(result)
+                if job.staged:
+                    self._retry_later([job])
+                else:
+                    job.future.set_exception(result)
+                continue
+            if job.staged:
+                # Its filed name's folders are synced, and its staged name forgotten, a little
+                # later with those of the objects indexed meanwhile (_forget_staged); until
+                # then the staged name keeps it durable.
+                if not self._placed:
+                    self._placed_since = time.monotonic()
+                self._placed.append((job.stored.key, job.calling_ae, filed[id(job)]))
+                with self._pending_lock:
+                    self._pending.pop(_text(job.header, "SOPInstanceUID"), None)
+            job.future.set_result(result)
+
+    def _retry_later(self, jobs: list[IndexJob]) -> None:
+        """Queue staged objects the writer could not index again after a while (they stay staged
+        meanwhile, and are indexed at the next start if this process ends first)."""
+        if not jobs:
+            return
+        for job in jobs:
+            job.attempts += 1
+        delay = min(RETRY_MAX_SECONDS, 2.0 ** min(max(job.attempts for job in jobs), 9))
+        log.error("%d acknowledged object(s) not indexed yet; trying again in %.0f s (they stay staged)",
+                  len(jobs), delay)
+        timer = threading.Timer(delay, lambda: [self._queue.put(job) for job in jobs])
+        timer.daemon = True
+        timer.start()
+
+    def recover(self) -> int:
+        """Index every object still staged (answered, perhaps not indexed, when the last process
+        ended): before the DICOM port opens, in the main process of ``pacs serve`` only. Returns
+        how many were indexed now."""
+        staged = getattr(self.area, "staged", None)
+        if staged is None:
+            return 0
+        jobs: list[IndexJob] = []
+        for key, calling_ae, path in staged():
+            with Session(self.db.reader) as session:
+                indexed = session.exec(select(InstanceFile.id).where(InstanceFile.key == key)
+                                       .where(InstanceFile.area == self.area.name)).first()
+            if indexed is not None:  # indexed; the process ended before forgetting the staged name
+                self.area.place(key, calling_ae)  # type: ignore[attr-defined]
+                self.area.unstage(key, calling_ae)  # type: ignore[attr-defined]
+                continue
+            try:
+                header = read_header(path)
+                check_identity(header)
+            except Exception as exc:
+                log.error("staged object %s cannot be indexed (%s); left in %s", key, exc, path.parent)
+                continue
+            syntax = str(header.file_meta.get("TransferSyntaxUID", ""))
+            jobs.append(IndexJob(header=header, stored=Stored(key, path.stat().st_size, sha256_file(path)),
+                                 area=self.area.name, transfer_syntax=syntax, calling_ae=calling_ae, staged=True))
+        if not jobs:
+            return 0
+        log.warning("indexing %d object(s) acknowledged before the last stop and not yet indexed", len(jobs))
+        for job in jobs:
+            self._queue.put(job)
+        for job in jobs:
+            job.future.result()
+        return len(jobs)
 
     def _index_one(self, session: Session, job: IndexJob, counts: dict[int, list[int]]) -> StoreResult | Exception:
         """Index one object under its own savepoint. A unique-key clash means another writer (a
@@ -387,18 +583,15 @@ class Archive:
         existing = FIND_INSTANCE.first(session.connection(), {"uid": uid})
         if existing is None:
             return None
-        instance_id, checksum = existing["id"], existing["checksum"]
         if self.duplicates == DuplicatePolicy.KEEP_NEWER:
-            job.replace = instance_id
+            job.replace = existing["id"]
             return None
         self.area.remove(job.stored.key)
-        if self.duplicates == DuplicatePolicy.REJECT:
-            return StoreResult(Outcome.REFUSED, DUPLICATE_REFUSED, f"{uid} is already stored", instance_id)
-        if job.stored.checksum != checksum:
-            log.warning("instance %s from %s differs from the copy already stored; the stored copy is kept "
-                        "(duplicates = ignore)", uid, job.calling_ae)
-        return StoreResult(Outcome.ALREADY_STORED, WARNING_DUPLICATE, "instance already stored; this copy was ignored",
-                           instance_id, _text(job.header, "StudyInstanceUID"))
+        if job.staged:  # answered Success already (the copy held came from another process meanwhile)
+            log.warning("instance %s from %s was stored twice at the same moment; the copy indexed first is kept",
+                        uid, job.calling_ae)
+        return self._duplicate_answer(job.header, (existing["id"], existing["checksum"]), job.stored.checksum,
+                                      job.calling_ae)
 
     def _index(self, session: Session, job: IndexJob, counts: dict[int, list[int]]) -> StoreResult:
         ds = job.header

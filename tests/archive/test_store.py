@@ -66,20 +66,27 @@ def test_objects_are_kept_exactly_as_received(server, tmp_path):
 
 
 @needs_dcmtk
-def test_received_objects_are_hashed_as_they_arrive(server, tmp_path, monkeypatch):
-    """The SHA-256 the index keeps of each object received by C-STORE is the stored file's, and
-    comes from the bytes as they arrived: no stored file is read back to hash it."""
+@pytest.mark.parametrize("acknowledge", ["indexed", "durable"])
+def test_received_objects_are_hashed(start_server, tmp_path, monkeypatch, acknowledge):
+    """The SHA-256 the index keeps of each object received by C-STORE is the stored file's.
+    Answered once indexed, it comes from the bytes as they arrived (no stored file is read back
+    to hash it); answered once durable, the index writer hashes the staged file."""
     import hashlib
 
-    from pacs.archive import storage
+    from pacs.archive import storage, store
 
+    server = start_server(archive={"acknowledge": acknowledge})
     read_back: list[Path] = []
     original = storage.sha256_file
     monkeypatch.setattr(storage, "sha256_file", lambda path: read_back.append(path) or original(path))
+    monkeypatch.setattr(store, "sha256_file", lambda path: read_back.append(path) or original(path))
     corpus = build(tmp_path / "corpus")
     result = storescu(server.dicom_port, corpus)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert read_back == []
+    if acknowledge == "indexed":
+        assert read_back == []
+    else:
+        assert len(read_back) == len(corpus) and all(p.parent.name == ".staged" for p in read_back)
     with Session(server.db.engine) as session:
         rows = session.exec(select(Instance.sop_instance_uid, Instance.checksum, InstanceFile.checksum)
                             .join(InstanceFile, InstanceFile.instance == Instance.id)).all()

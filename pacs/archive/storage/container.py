@@ -110,7 +110,8 @@ class ContainerArea:
             self._indexes[container] = members
         return stored
 
-    def put_file(self, source: Path, *, move: bool = False, checksum: str | None = None) -> Stored:
+    def put_file(self, source: Path, *, move: bool = False, checksum: str | None = None,
+                 synced: bool = False) -> Stored:
         # the copy is hashed as it is written, whatever the caller knows
         [stored] = self.put_many([source])
         if move:

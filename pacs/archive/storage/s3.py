@@ -71,7 +71,8 @@ class S3Area:
         return self.prefix + key
 
     # -- writing --------------------------------------------------------------------------------
-    def put_file(self, source: Path, *, move: bool = False, checksum: str | None = None) -> Stored:
+    def put_file(self, source: Path, *, move: bool = False, checksum: str | None = None,
+                 synced: bool = False) -> Stored:
         # the copy is hashed as it is written, whatever the caller knows
         size = source.stat().st_size
         if size < MULTIPART_THRESHOLD:
