@@ -15,9 +15,10 @@ What each receiver runs: the DICOM handlers, the archive's index writer and the 
 What only the main process runs: the DICOM port itself, MLLP, HTTP, the intake worker, the
 outbox, the storage manager's and the scheduled jobs, and the indexing of every object the
 receivers answered once durable (``[archive] acknowledge = "durable"``, :mod:`pacs.archive.store`):
-a receiver stages the object, answers, and sends the main process its staged key over an
-*index link* (a second Unix socket, one JSON line per object); the main process's index writer
-reads the header and hashes the staged file, files and indexes it with everything else arriving,
+a receiver stages the object, answers, and sends the main process its staged key and the few
+header values every instance is indexed by over an *index link* (a second Unix socket, one JSON
+line per object); the main process's index writer hashes the staged file (reading its whole
+header only for a new study or series), files and indexes it with everything else arriving,
 and answers on the link once it is committed, which is when the receiver's association may go on
 to a query, a storage commitment or its release (:func:`pacs.archive.handlers.settle`). Receiving
 and indexing then run on different cores, with one writer batching the index commits of all
@@ -184,7 +185,8 @@ class Receivers:
                     self._load[number] = int(request["load"])
                     continue
                 try:
-                    future = archive.index_staged(request["key"], request["calling_ae"])
+                    future = archive.index_staged(request["key"], request["calling_ae"], request["values"],
+                                                  request["syntax"], int(request["size"]), request["checksum"])
                 except Exception as exc:  # the staged file unreadable: left staged, reported
                     log.error("receiver %d: staged object %s cannot be indexed: %s", pid, request["key"], exc)
                     future = Future()
@@ -307,7 +309,11 @@ class RemoteIndex:
                 reported = load
 
     def submit(self, job: IndexJob) -> None:
-        line = {"key": job.stored.key, "calling_ae": job.calling_ae}
+        from pacs.archive.store import summary_of
+
+        line = {"key": job.stored.key, "calling_ae": job.calling_ae, "syntax": job.transfer_syntax,
+                "size": job.stored.size, "checksum": job.stored.checksum,
+                "values": summary_of(job.header)}  # type: ignore[arg-type]
         with self._lock:
             number = line["n"] = next(self._numbers)
             self._waiting[number] = job

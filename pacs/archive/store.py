@@ -220,11 +220,56 @@ RECEIVED_KEYS = ("PatientID", "IssuerOfPatientID", "PatientName", "PatientBirthD
                  "AccessionNumber", "ReferringPhysicianName", "StudyDescription")
 
 
+SUMMARY_KEYS = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "InstanceNumber",
+                "ContentDate", "ContentTime", "Rows", "Columns", "NumberOfFrames")
+
+
+def summary_of(ds: Dataset) -> dict[str, str]:
+    """The values of ``ds`` the index writer reads for every object (:data:`SUMMARY_KEYS`)."""
+    return {keyword: _text(ds, keyword) for keyword in SUMMARY_KEYS}
+
+
+class Summary:
+    """A header as the index writer of the main process gets it from a receiver: the values of
+    :data:`SUMMARY_KEYS` as text, enough to index an instance of a study and series already
+    filed; anything else (a new study or series to file, a rejection note's references) comes
+    from the whole header, read from the staged file only then."""
+
+    def __init__(self, values: dict[str, str], path: Path) -> None:
+        self.values = values
+        self.path = path
+        self._full: Dataset | None = None
+
+    def full(self) -> Dataset:
+        if self._full is None:
+            self._full = read_header(self.path)
+        return self._full
+
+    def get(self, keyword: str, default: object = None) -> object:
+        if keyword in self.values:
+            return self.values[keyword] or default
+        return self.full().get(keyword, default)
+
+    def __contains__(self, keyword: str) -> bool:
+        if keyword in self.values:
+            return bool(self.values[keyword])
+        return keyword in self.full()
+
+    def __getattr__(self, name: str) -> object:
+        if name.startswith("_") or name in ("values", "path"):
+            raise AttributeError(name)
+        return getattr(self.full(), name)
+
+
+def _whole(header: Dataset | Summary) -> Dataset:
+    return header.full() if isinstance(header, Summary) else header
+
+
 @dataclass
 class IndexJob:
     """What the index writer needs of one object, read before it was filed."""
 
-    header: Dataset
+    header: Dataset | Summary
     stored: Stored
     area: str
     transfer_syntax: str
@@ -376,14 +421,14 @@ class Archive:
             log.error("indexing %s failed; the file was removed: %s", uid, exc)
             return StoreResult(Outcome.FAILED, OUT_OF_RESOURCES, "could not index the object")
 
-    def index_staged(self, key: str, calling_ae: str) -> Future[StoreResult]:
+    def index_staged(self, key: str, calling_ae: str, values: dict[str, str], transfer_syntax: str,
+                     size: int, checksum: str = "") -> Future[StoreResult]:
         """Index an object a receiver process staged and answered (its index writer is this
-        one); the future resolves once it is indexed."""
+        one), from the header values it read (:func:`summary_of`); the future resolves once it
+        is indexed."""
         path = self.area.staged_path(key, calling_ae)  # type: ignore[attr-defined]
-        header = read_header(path)
-        syntax = str(header.file_meta.get("TransferSyntaxUID", ""))
-        job = IndexJob(header=header, stored=Stored(key, path.stat().st_size, ""), area=self.area.name,
-                       transfer_syntax=syntax, calling_ae=calling_ae, staged=True)
+        job = IndexJob(header=Summary(values, path), stored=Stored(key, size, checksum), area=self.area.name,
+                       transfer_syntax=transfer_syntax, calling_ae=calling_ae, staged=True)
         self._queue.put(job)
         return job.future
 
@@ -672,6 +717,7 @@ class Archive:
         if found is not None:
             self._remember(self._studies, uid, found)
             return found, False
+        ds = _whole(ds)
         patient, order, how = self.reconcile(session, ds, job.calling_ae)
         study = Study(
             study_instance_uid=uid,
@@ -709,6 +755,7 @@ class Archive:
         if found is not None:
             self._remember(self._series, uid, found)
             return found, False
+        ds = _whole(ds)
         modality = _text(ds, "Modality")
         series = Series(
             series_instance_uid=uid, study=study_id, modality=modality, series_number=_int(ds, "SeriesNumber"),

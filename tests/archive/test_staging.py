@@ -132,3 +132,20 @@ def test_an_object_the_writer_cannot_index_yet_stays_staged_and_is_tried_again(s
         archive.stop()
     assert staged(services) == []
     services.db.dispose()
+
+
+def test_a_summary_reads_the_staged_header_only_for_what_it_lacks(tmp_path, monkeypatch):
+    """What a receiver sends the main process's index writer (store.Summary): the values every
+    instance is indexed by, the whole header read from the staged file only when asked for more."""
+    path, uid = received(tmp_path, 1)
+    ds = pydicom.dcmread(path)
+    values = store_module.summary_of(ds)
+    reads: list[Path] = []
+    read_header = store_module.read_header
+    monkeypatch.setattr(store_module, "read_header", lambda p: reads.append(p) or read_header(p))
+    summary = store_module.Summary(values, path)
+    assert store_module._text(summary, "SOPInstanceUID") == uid
+    assert store_module._int(summary, "Rows") == ds.Rows and "StudyInstanceUID" in summary
+    assert reads == []
+    assert store_module._text(summary, "PatientID") == ds.PatientID and summary.PatientName == ds.PatientName
+    assert reads == [path]  # once, then kept
