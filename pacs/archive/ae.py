@@ -137,8 +137,28 @@ class SharedContexts(list):  # type: ignore[type-arg]
         return list(self)
 
 
-class HandingServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server that may give a new connection to another process to serve
+class CountingServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, counting the connections it took (and, through the
+    :class:`DicomServer`'s EVT_CONN_CLOSE handler, those it has finished serving): what
+    :mod:`pacs.archive.receivers` balances new connections by."""
+
+    taken = 0
+    finished = 0
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.taken += 1  # the acceptor thread only
+        super().process_request(request, client_address)
+
+    def connection_closed(self, event: evt.Event) -> None:
+        with _finishing:
+            self.finished += 1
+
+
+_finishing = threading.Lock()
+
+
+class HandingServer(CountingServer):
+    """A server that may give a new connection to another process to serve
     (:meth:`pacs.archive.receivers.Receivers.hand_off`) instead of serving it itself."""
 
     hand_off: Callable[[socket.socket, Any], bool] | None = None
@@ -182,6 +202,7 @@ class DicomServer:
         """Listen (in pynetdicom's acceptor thread); ``hand_off`` may give a new connection to
         another process (:mod:`pacs.archive.receivers`)."""
         server = self.ae.make_server((host, port), evt_handlers=self._handlers, server_class=HandingServer)
+        server.bind(evt.EVT_CONN_CLOSE, server.connection_closed)
         server.hand_off = hand_off
         server.contexts = SharedContexts(server.contexts)
         threading.Thread(target=server.serve_forever, name=f"dicom-acceptor-{port}", daemon=True).start()
@@ -190,14 +211,21 @@ class DicomServer:
         log.info("DICOM %s listening on %s:%d", self.settings.ae_title, host, self.port)
 
     def load(self) -> int:
-        """How many associations this process serves now."""
-        return len(self.ae.active_associations)
+        """How many connections this process serves now."""
+        server = self._server
+        return server.taken - server.finished if isinstance(server, CountingServer) else 0
+
+    def finished(self) -> int:
+        """How many connections this process has finished serving."""
+        server = self._server
+        return server.finished if isinstance(server, CountingServer) else 0
 
     def start_handed_off(self) -> None:
         """Serve only connections handed over by :meth:`serve_connection` (a receiver process):
         the server listens on a loopback port of its own that nobody is told of."""
         server = self.ae.make_server(("127.0.0.1", 0), evt_handlers=self._handlers,
-                                     server_class=ThreadedAssociationServer)
+                                     server_class=CountingServer)
+        server.bind(evt.EVT_CONN_CLOSE, server.connection_closed)
         server.contexts = SharedContexts(server.contexts)
         self._server = server
 

@@ -22,9 +22,9 @@ header only for a new study or series), files and indexes it with everything els
 and answers on the link once it is committed, which is when the receiver's association may go on
 to a query, a storage commitment or its release (:func:`pacs.archive.handlers.settle`). Receiving
 and indexing then run on different cores, with one writer batching the index commits of all
-receivers. Each new connection goes to the least busy process, counting the associations each
-serves (a receiver reports its count on its index link as it changes) and one more for the main
-process, whose indexing for everyone is worth about an association's receiving: a lone
+receivers. Each new connection goes to the least busy process, counting the connections each
+serves (the main process counts those it handed to a receiver, which reports on its index link
+how many it has finished serving) and one more for the main process, whose indexing for everyone is worth about an association's receiving: a lone
 association goes to a receiver, so that receiving and indexing it use two cores, and with four
 at once and one receiver, the main process takes one of them. Without index links, connections
 go to the processes in turn. Their work passes through the database
@@ -76,7 +76,8 @@ class Receivers:
         self._channels: list[socket.socket | None] = []
         self._links: list[socket.socket] = []
         self._turns: Any = None
-        self._load: list[int] = []  # associations each receiver serves (reported on its index link)
+        self._handed: list[int] = []  # connections handed to each receiver
+        self._finished: list[int] = []  # ... and those it has finished serving (reported on its index link)
         self.own_load: Callable[[], int] = lambda: 0  # associations the main process serves
         self._lock = threading.Lock()
 
@@ -116,7 +117,8 @@ class Receivers:
                 self.stop()
                 raise RuntimeError(f"a DICOM receiver did not start: {exc}") from exc
         self._channels = [by_pid.get(pid) for pid in self.pids]
-        self._load = [0] * len(self._channels)
+        self._handed = [0] * len(self._channels)
+        self._finished = [0] * len(self._channels)
         for number, pid in enumerate(self.pids):
             link = links.get(pid)
             if link is not None:
@@ -136,13 +138,14 @@ class Receivers:
             if self._turns is not None:
                 turn = next(self._turns)
             else:  # the least busy process (see above); a tie goes to a receiver
-                running = [(load, number) for number, load in enumerate(self._load) if self._channels[number]]
+                running = [(self._handed[number] - self._finished[number], number)
+                           for number in range(len(self._channels)) if self._channels[number]]
                 if not running:
                     return False
                 load, turn = min(running)
                 if self.own_load() + INDEXING_WEIGHT < load:
                     return False
-                self._load[turn] += 1  # until the receiver's own report
+                self._handed[turn] += 1
             channel = None if turn is None else self._channels[turn]
             if channel is None:
                 return False
@@ -181,8 +184,8 @@ class Receivers:
         with link.makefile("rb") as stream:
             for raw in stream:
                 request = json.loads(raw)
-                if "load" in request:
-                    self._load[number] = int(request["load"])
+                if "finished" in request:
+                    self._finished[number] = int(request["finished"])
                     continue
                 try:
                     future = archive.index_staged(request["key"], request["calling_ae"], request["values"],
@@ -280,7 +283,7 @@ def _take_connections(channel: socket.socket, server: Any, stopping: threading.E
 
 INDEX_LINK = "index:"  # a receiver's greeting on its index link, before its pid
 INDEXING_WEIGHT = 1  # associations the main process's indexing for every receiver counts as
-LOAD_POLL_SECONDS = 0.02  # how often a receiver looks at its number of associations
+LOAD_POLL_SECONDS = 0.02  # how often a receiver looks at how many connections it has finished serving
 
 
 class RemoteIndex:
@@ -296,17 +299,18 @@ class RemoteIndex:
         threading.Thread(target=self._read, name="index-link", daemon=True).start()
 
     def report_load(self, server: Any, stopping: threading.Event) -> None:
-        """Tell the main process how many associations this receiver serves, as it changes."""
-        reported = -1
+        """Tell the main process how many of the connections it handed over this receiver has
+        finished serving, as that changes (it counts those it handed over itself)."""
+        reported = 0
         while not stopping.wait(LOAD_POLL_SECONDS):
-            load = len(server.ae.active_associations)
-            if load != reported:
+            finished = server.finished()
+            if finished != reported:
                 try:
                     with self._lock:
-                        self.link.sendall(json.dumps({"load": load}).encode() + b"\n")
+                        self.link.sendall(json.dumps({"finished": finished}).encode() + b"\n")
                 except OSError:
                     return
-                reported = load
+                reported = finished
 
     def submit(self, job: IndexJob) -> None:
         from pacs.archive.store import summary_of
