@@ -103,6 +103,10 @@ def test_same_instance_twice_is_ignored_with_a_warning(server, tmp_path):
                            capture_output=True, text=True, env={**os.environ, "TCP_NODELAY": "1"})
     assert "Warning" in again.stdout + again.stderr
     assert count(server.db, Instance) == 1 and len(storage_files(server)) == 1
+    with Session(server.db.engine) as session:
+        kept = set(session.exec(select(InstanceFile.key)).all())
+    staged = {p.name.partition(".")[0] for p in (server.settings.storage_dir / ".staged").iterdir()}
+    assert staged <= kept  # the ignored copy's staged name went with it (the first's goes once synced)
 
 
 def send_file(port: int, path: Path, *, context: str | None = None, syntax: str = ExplicitVRLittleEndian):
@@ -138,6 +142,7 @@ def assert_nothing_kept(server) -> None:
     assert count(server.db, Instance) == 0 and count(server.db, Study) == 0 and count(server.db, Series) == 0
     assert storage_files(server) == []
     assert list((server.settings.storage_dir / ".incoming").iterdir()) == []
+    assert list((server.settings.storage_dir / ".staged").iterdir()) == []  # nothing a restart would index
 
 
 def still_serving(server, tmp_path) -> None:
