@@ -183,7 +183,11 @@ class Receivers:
 
         with link.makefile("rb") as stream:
             for raw in stream:
-                request = json.loads(raw)
+                try:
+                    request = json.loads(raw)
+                except ValueError:
+                    log.error("receiver %d sent an unreadable line on its index link: %r", pid, raw[:120])
+                    continue
                 if "finished" in request:
                     self._finished[number] = int(request["finished"])
                     continue
