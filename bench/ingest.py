@@ -499,7 +499,8 @@ if mode == "stages":
     handlers.handle_store = timed("handle_store", handlers.handle_store)
     for owner, attribute in [
         (Archive, "store"), (store, "read_header"), (store, "check_identity"), (Archive, "_duplicate"),
-        (Archive, "_short_of_space"), (FilesystemArea, "put_file"), (storage, "sha256_file"),
+        (Archive, "_short_of_space"), (Archive, "_held"), (FilesystemArea, "put_file"), (FilesystemArea, "stage"),
+        (FilesystemArea, "place"), (storage, "sha256_file"),
         (storage, "_fsync_dir"), (Archive, "_index"), (Archive, "_apply_counts"), (Session, "commit"),
         (DULServiceProvider, "_read_pdu_data"), (DIMSEMessage, "decode_msg"), (AssociationSocket, "recv"),
         (AssociationSocket, "send"), (os, "fsync"), (os, "replace"),
@@ -1221,7 +1222,10 @@ def report_stages(data: dict[str, Any], result: SendResult) -> None:
             line("read_header (pydicom dcmread, defer_size=1024)", "pacs.archive.store.read_header", depth=3)
             line("check_identity", "pacs.archive.store.check_identity", depth=3)
             line("_short_of_space", "Archive._short_of_space", depth=3)
-            line("FilesystemArea.put_file", "FilesystemArea.put_file", depth=3)
+            line("_held (duplicate check: index and objects not yet indexed)", "Archive._held", depth=3)
+            line("FilesystemArea.stage (answered once durable: rename, folder fsync)", "FilesystemArea.stage",
+                 depth=3)
+            line("FilesystemArea.put_file (answered once indexed)", "FilesystemArea.put_file", depth=3)
             fsyncs = timers.get("os.fsync", [0, 0.0, 0.0])
             dirs = timers.get("pacs.archive.storage._fsync_dir", [0, 0.0, 0.0])
             line("os.fsync (file and directory)", values=(fsyncs[0] / n, fsyncs[1] / n * 1000, fsyncs[2] / n * 1000),
@@ -1231,11 +1235,12 @@ def report_stages(data: dict[str, Any], result: SendResult) -> None:
             line("os.replace", "os.replace", depth=4)
             line("sha256_file (reads the file back)", "pacs.archive.storage.sha256_file", depth=4)
             parts = ["pacs.archive.store.read_header", "pacs.archive.store.check_identity",
-                     "Archive._short_of_space", "FilesystemArea.put_file"]
+                     "Archive._short_of_space", "Archive._held", "FilesystemArea.stage", "FilesystemArea.put_file"]
             _, store_wall, store_cpu = t("Archive.store")
             rest_wall = store_wall - sum(t(p)[1] for p in parts)
             rest_cpu = store_cpu - sum(t(p)[2] for p in parts)
-            line("(rest: queue to the index writer, wait for its commit)", values=(0, rest_wall, rest_cpu), depth=3)
+            line("(rest: hand to the index writer; when answered once indexed, wait for its commit)",
+                 values=(0, rest_wall, rest_cpu), depth=3)
             _, handler_wall, handler_cpu = t("handle_store")
             line("(outside the handler: reactor polling, waiting for the next request, C-STORE-RSP)",
                  values=(0, wall / n * 1000 - handler_wall, cpu / n * 1000 - handler_cpu), depth=1)
@@ -1245,6 +1250,7 @@ def report_stages(data: dict[str, Any], result: SendResult) -> None:
             line("DIMSEMessage.decode_msg (append PDV to the temp file)", "DIMSEMessage.decode_msg", depth=1)
             line("AssociationSocket.send (C-STORE-RSP)", "AssociationSocket.send", depth=1)
     line("index writer: _index_batch (group commit)", "_index_batch")
+    line("FilesystemArea.place (file a staged object under ab/cd)", "FilesystemArea.place", depth=1)
     line("_duplicate (SELECT by SOP Instance UID)", "Archive._duplicate", depth=1)
     line("_index (rows of one instance)", "Archive._index", depth=1)
     line("_apply_counts (study/series counters)", "Archive._apply_counts", depth=1)
