@@ -172,6 +172,7 @@ class Server:
         self._dicom = DicomServer(settings, services.queries, services.mpps, services.archive, audit=services.audit)
         self._receivers = Receivers(settings, services.archive)
         self._receivers.own_load = self._dicom.load
+        services.archive.receiving = self._dicom.load
         if settings.dicom.processes > 1:
             await asyncio.to_thread(self._receivers.start)
         await asyncio.to_thread(self._dicom.start, settings.host, settings.dicom_port,

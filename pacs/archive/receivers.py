@@ -126,8 +126,9 @@ class Receivers:
                 threading.Thread(target=self._index_for, args=(link, pid, number), name=f"index-link-{pid}",
                                  daemon=True).start()
         self._turns = None if links else itertools.cycle([None, *range(len(self._channels))])
-        log.info("DICOM connections handed in turn to this process and %d receiver(s): %s",
-                 len(self.processes), ", ".join(str(pid) for pid in self.pids))
+        log.info("DICOM connections handed to %d receiver(s) (%s) or this process, %s",
+                 len(self.processes), ", ".join(str(pid) for pid in self.pids),
+                 "the least busy" if links else "in turn")
 
     def hand_off(self, request: socket.socket, client_address: Any) -> bool:
         """Give the next receiver in turn this new connection (True), or leave it to the
