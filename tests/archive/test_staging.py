@@ -149,3 +149,31 @@ def test_a_summary_reads_the_staged_header_only_for_what_it_lacks(tmp_path, monk
     assert reads == []
     assert store_module._text(summary, "PatientID") == ds.PatientID and summary.PatientName == ds.PatientName
     assert reads == [path]  # once, then kept
+
+
+def test_objects_answered_already_share_a_commit_unless_the_process_is_receiving(settings, tmp_path, monkeypatch):
+    services = Services.build(settings)
+    archive = services.archive
+    batches: list[int] = []
+    index_batch = archive._index_batch
+    monkeypatch.setattr(archive, "_index_batch", lambda batch: batches.append(len(batch)) or index_batch(batch))
+    archive.start()
+    try:
+        for receiving in (0, 1):
+            archive.receiving = lambda receiving=receiving: receiving
+            batches.clear()
+            pending = []
+            for number in range(5):
+                path, _ = received(tmp_path, 10 * receiving + number)
+                pending.append(archive.store(spool(services, path), calling_ae="CT1", move=True, early=True).pending)
+                time.sleep(0.005)  # answered one after the other, as over one association
+            assert all(future is not None and future.result(10).outcome == Outcome.STORED for future in pending)
+            assert sum(batches) == 5
+            if receiving:
+                assert len(batches) >= 4  # as they come: a larger batch would hold up the receiving
+            else:
+                assert len(batches) <= 2  # gathered
+    finally:
+        archive.stop()
+    assert len(indexed(services)) == 10
+    services.db.dispose()
