@@ -132,8 +132,9 @@ def settle(assoc: Any, timeout: float = SETTLE_SECONDS) -> None:
 
 
 def settle_on_release(event: evt.Event) -> None:
-    """EVT_ACSE_RECV: an A-RELEASE request is answered once the association's objects are
-    indexed (PS3.8 7.2: the release response comes when the acceptor is done)."""
+    """EVT_ACSE_RECV: an A-RELEASE request (PS3.8 7.2, an orderly release) is answered once the
+    association's objects are indexed, so that what a modality sent is queryable, from any
+    association, by the time its release is confirmed."""
     primitive = event.primitive  # type: ignore[attr-defined]
     if isinstance(primitive, A_RELEASE) and primitive.result is None:
         settle(event.assoc)
