@@ -4,41 +4,43 @@ One Python process runs one thread at a time (the GIL), and receiving an object 
 from end to end: pynetdicom reads and decodes every PDU (PS3.8 9.3.5), store() reads the header,
 the index writer files it. Modalities sending at once therefore share one core however many the
 machine has. With ``[dicom] processes = N`` (N > 1) ``pacs serve`` starts N - 1 receiver
-processes; the main process still accepts every connection on the DICOM port, and hands each new
-one, in turn, to itself or to a receiver (the socket goes over a Unix socket, SCM_RIGHTS). The
-process that gets a connection serves the whole association (C-STORE, C-FIND, C-MOVE, C-GET,
-MPPS, storage commitment alike: every one runs the same handlers over the same database and
-storage area). Handing connections out in turn spreads even two or three associations over the
-processes, which SO_REUSEPORT's hashing of the addresses does not.
+processes; the main process still accepts every connection on the DICOM port and hands each new
+one to the least busy process, itself included (the socket goes over a Unix socket,
+SCM_RIGHTS). The process that gets a connection serves the whole association (C-STORE, C-FIND,
+C-MOVE, C-GET, MPPS, storage commitment alike: every one runs the same handlers over the same
+database and storage area).
 
-What each receiver runs: the DICOM handlers, the archive's index writer and the audit writer.
-What only the main process runs: the DICOM port itself, MLLP, HTTP, the intake worker, the
-outbox, the storage manager's and the scheduled jobs, and the indexing of every object the
-receivers answered once durable (``[archive] acknowledge = "durable"``, :mod:`pacs.archive.store`):
-a receiver stages the object, answers, and sends the main process its staged key and the few
-header values every instance is indexed by over an *index link* (a second Unix socket, one JSON
-line per object); the main process's index writer hashes the staged file (reading its whole
-header only for a new study or series), files and indexes it with everything else arriving,
-and answers on the link once it is committed, which is when the receiver's association may go on
-to a query, a storage commitment or its release (:func:`pacs.archive.handlers.settle`). Receiving
-and indexing then run on different cores, with one writer batching the index commits of all
-receivers. Each new connection goes to the least busy process, counting the connections each
-serves (the main process counts those it handed to a receiver, which reports on its index link
-how many it has finished serving) and one more for the main process, whose indexing for everyone is worth about an association's receiving: a lone
-association goes to a receiver, so that receiving and indexing it use two cores, and with four
-at once and one receiver, the main process takes one of them. Without index links, connections
-go to the processes in turn. Their work passes through the database
-(the outbox, replica and publication queues are tables), so a study received by a receiver is
-published, replicated and reported like any other, at the next turn of those loops. Index
-writers of several processes meet in the database: a study or series two of them create at the
-same moment is a unique-key clash that the loser retries
-(:meth:`pacs.archive.store.Archive._index_one`), and writers take turns on SQLite's write lock
-(:class:`pacs.db.WriterConnection`).
+The main process indexes what the receivers store. A receiver stages an object, answers
+(``[archive] acknowledge = "durable"``, :mod:`pacs.archive.store`) and sends the main process
+the staged key and the few header values every instance is indexed by over its *index link* (a
+second Unix socket, one JSON line per object); the main process's index writer hashes the staged
+file (reading its whole header only for a new study or series), files and indexes it with
+everything else arriving, and answers on the link once it is committed, which is when the
+receiver's association may go on to a query, a storage commitment or its release
+(:func:`pacs.archive.handlers.settle`). Receiving and indexing then run on different cores, with
+one writer batching the index commits of all receivers.
+
+"Least busy" counts the connections each process serves (the main process counts those it
+handed to a receiver; the receiver reports on its index link how many it has finished serving)
+and one more for the main process, whose indexing for everyone is worth about an association's
+receiving: a lone association goes to a receiver, so that receiving and indexing it use two
+cores, and with four at once and one receiver the main process takes one of them.
+
+What each receiver runs: the DICOM handlers, an index writer of its own (for what must be
+indexed before the answer: ``acknowledge = "indexed"``) and the audit writer. What only the main
+process runs: the DICOM port itself, MLLP, HTTP, the intake worker, the outbox, the storage
+manager's and the scheduled jobs. Their work passes through the database (the outbox, replica
+and publication queues are tables), so a study received by a receiver is published, replicated
+and reported like any other, at the next turn of those loops. Index writers of several processes
+meet in the database: a study or series two of them create at the same moment is a unique-key
+clash that the loser retries (:meth:`pacs.archive.store.Archive._index_one`), and writers take
+turns on SQLite's write lock (:class:`pacs.db.WriterConnection`).
 
 A receiver stops when the main process stops it (SIGTERM, after the main process has stopped
 accepting) and dies with the main process if that is killed (``PR_SET_PDEATHSIG``): what it had
-acknowledged is in the database and the storage area, and what it had not is the sender's to
-send again. If a receiver is gone, the main process serves its turns itself.
+acknowledged is in the storage area, staged or indexed (the main process indexes what is staged
+when it starts again), and what it had not is the sender's to send again. If a receiver is gone,
+the main process serves what would have gone to it.
 """
 
 from __future__ import annotations
@@ -69,13 +71,12 @@ STOP_TIMEOUT = 30.0  # seconds it may take to finish the associations in flight
 class Receivers:
     """The extra receiver processes of a ``pacs serve`` (none when ``[dicom] processes`` is 1)."""
 
-    def __init__(self, settings: Settings, archive: Archive | None = None) -> None:
+    def __init__(self, settings: Settings, archive: Archive) -> None:
         self.settings = settings
-        self.archive = archive  # indexes what the receivers stage (None: they index it themselves)
+        self.archive = archive  # indexes what the receivers stage
         self.processes: list[multiprocessing.process.BaseProcess] = []
         self._channels: list[socket.socket | None] = []
         self._links: list[socket.socket] = []
-        self._turns: Any = None
         self._handed: list[int] = []  # connections handed to each receiver
         self._finished: list[int] = []  # ... and those it has finished serving (reported on its index link)
         self.own_load: Callable[[], int] = lambda: 0  # associations the main process serves
@@ -95,16 +96,14 @@ class Receivers:
             listener.listen()
             listener.settimeout(START_TIMEOUT)
             for number in range(1, self.settings.dicom.processes):
-                process = context.Process(target=serve_receiver,
-                                          args=(self.settings, address, self.archive is not None),
+                process = context.Process(target=serve_receiver, args=(self.settings, address),
                                           name=f"pacs-dicom-{number}", daemon=False)
                 process.start()
                 self.processes.append(process)
             by_pid: dict[int, socket.socket] = {}
             links: dict[int, socket.socket] = {}
-            expected = len(self.processes) * (2 if self.archive is not None else 1)
             try:
-                while len(by_pid) + len(links) < expected:
+                while len(by_pid) + len(links) < 2 * len(self.processes):  # a channel and an index link each
                     channel, _ = listener.accept()
                     channel.settimeout(START_TIMEOUT)
                     hello = channel.recv(64).decode()  # the receiver's pid once it is ready
@@ -120,36 +119,29 @@ class Receivers:
         self._handed = [0] * len(self._channels)
         self._finished = [0] * len(self._channels)
         for number, pid in enumerate(self.pids):
-            link = links.get(pid)
-            if link is not None:
-                self._links.append(link)
-                threading.Thread(target=self._index_for, args=(link, pid, number), name=f"index-link-{pid}",
-                                 daemon=True).start()
-        self._turns = None if links else itertools.cycle([None, *range(len(self._channels))])
-        log.info("DICOM connections handed to %d receiver(s) (%s) or this process, %s",
-                 len(self.processes), ", ".join(str(pid) for pid in self.pids),
-                 "the least busy" if links else "in turn")
+            link = links[pid]
+            self._links.append(link)
+            threading.Thread(target=self._index_for, args=(link, pid, number), name=f"index-link-{pid}",
+                             daemon=True).start()
+        log.info("DICOM connections handed to the least busy of %d receiver(s) (%s) and this process",
+                 len(self.processes), ", ".join(str(pid) for pid in self.pids))
 
     def hand_off(self, request: socket.socket, client_address: Any) -> bool:
-        """Give the next receiver in turn this new connection (True), or leave it to the
-        caller (False: its own turn, or that receiver is gone)."""
+        """Give the least busy receiver this new connection (True), or leave it to the caller
+        (False: this process is the least busy, counting its indexing, or the receiver is gone)."""
         if not self._channels:
             return False
         with self._lock:
-            if self._turns is not None:
-                turn = next(self._turns)
-            else:  # the least busy process (see above); a tie goes to a receiver
-                running = [(self._handed[number] - self._finished[number], number)
-                           for number in range(len(self._channels)) if self._channels[number]]
-                if not running:
-                    return False
-                load, turn = min(running)
-                if self.own_load() + INDEXING_WEIGHT < load:
-                    return False
-                self._handed[turn] += 1
-            channel = None if turn is None else self._channels[turn]
-            if channel is None:
+            running = [(self._handed[number] - self._finished[number], number)
+                       for number in range(len(self._channels)) if self._channels[number]]
+            if not running:
                 return False
+            load, turn = min(running)  # a tie goes to a receiver
+            if self.own_load() + INDEXING_WEIGHT < load:
+                return False
+            self._handed[turn] += 1
+            channel = self._channels[turn]
+            assert channel is not None
             try:
                 socket.send_fds(channel, [json.dumps(list(client_address)).encode()], [request.fileno()])
             except OSError as exc:
@@ -178,7 +170,7 @@ class Receivers:
                 answer = {"n": sequence, "error": str(exc)}
             try:
                 with lock:
-                    link.sendall(json.dumps(answer).encode() + b"\n")
+                    link.sendall(_line(answer))
             except OSError:
                 pass  # the receiver is gone; what it staged is indexed all the same
 
@@ -204,7 +196,6 @@ class Receivers:
 
     def stop(self) -> None:
         """SIGTERM every receiver and wait for it (SIGKILL after :data:`STOP_TIMEOUT`)."""
-        self._turns = None
         channels, self._channels = self._channels, []
         for process in self.processes:
             if process.is_alive() and process.pid is not None:
@@ -221,9 +212,9 @@ class Receivers:
         self.processes, self._channels, self._links = [], [], []
 
 
-def serve_receiver(settings: Settings, address: str, index_link: bool = False) -> None:
+def serve_receiver(settings: Settings, address: str) -> None:
     """A receiver process: serves the connections the main process hands it, until SIGTERM;
-    with ``index_link``, the objects it stages are indexed by the main process."""
+    the objects it stages are indexed by the main process."""
     from pacs.server import die_with_parent
 
     die_with_parent()
@@ -237,17 +228,15 @@ def serve_receiver(settings: Settings, address: str, index_link: bool = False) -
     services = Services.build(settings, migrate=False, receiver=True)
     server = None
     channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    link = None
+    link = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         if services.audit is not None:
             services.audit.start()
         services.archive.start()
-        if index_link:
-            link = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            link.connect(address)
-            link.sendall(f"{INDEX_LINK}{os.getpid()}".encode())
-            remote = RemoteIndex(link, services.archive)
-            services.archive.remote = remote.submit
+        link.connect(address)
+        link.sendall(f"{INDEX_LINK}{os.getpid()}".encode())
+        remote = RemoteIndex(link, services.archive)
+        services.archive.remote = remote.submit
         server = DicomServer(settings, services.queries, services.mpps, services.archive, audit=services.audit)
         server.start_handed_off()
         channel.connect(address)
@@ -255,17 +244,14 @@ def serve_receiver(settings: Settings, address: str, index_link: bool = False) -
         threading.Thread(target=_take_connections, args=(channel, server, stopping), name="dicom-handed-off",
                          daemon=True).start()
         log.info("DICOM receiver %d ready", os.getpid())
-        if link is not None:
-            threading.Thread(target=remote.report_load, args=(server, stopping), name="dicom-load",
-                             daemon=True).start()
+        threading.Thread(target=remote.report_load, args=(server, stopping), name="dicom-load", daemon=True).start()
         while not stopping.wait(settings.mappings_poll_seconds):
             services.mappings.reload_if_changed()  # device rules and names as the main process sees them
     finally:
         channel.close()
         if server is not None:
             server.stop()
-        if link is not None:
-            link.close()
+        link.close()
         services.archive.stop()
         if services.audit is not None:
             services.audit.stop()
@@ -284,6 +270,11 @@ def _take_connections(channel: socket.socket, server: Any, stopping: threading.E
             connection = socket.socket(fileno=fd)
             server.serve_connection(connection, tuple(json.loads(message.decode())))
     stopping.set()
+
+
+def _line(value: dict[str, Any]) -> bytes:
+    """One message on an index link: a JSON object and a newline."""
+    return json.dumps(value).encode() + b"\n"
 
 
 INDEX_LINK = "index:"  # a receiver's greeting on its index link, before its pid
@@ -312,7 +303,7 @@ class RemoteIndex:
             if finished != reported:
                 try:
                     with self._lock:
-                        self.link.sendall(json.dumps({"finished": finished}).encode() + b"\n")
+                        self.link.sendall(_line({"finished": finished}))
                 except OSError:
                     return
                 reported = finished
@@ -326,7 +317,7 @@ class RemoteIndex:
         with self._lock:
             number = line["n"] = next(self._numbers)
             self._waiting[number] = job
-            self.link.sendall(json.dumps(line).encode() + b"\n")
+            self.link.sendall(_line(line))
 
     def _read(self) -> None:
         from pacs.archive.store import Outcome, StoreResult, _text
