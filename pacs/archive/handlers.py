@@ -94,6 +94,7 @@ def handle_store(event: evt.Event, archive: Archive) -> int | Dataset:
         move=True,
         received=spool.checksum_of(event.request),
         synced=spool.synced(event.request),
+        head=spool.head_of(event.request),
         early=True,
     )
     if result.pending is not None:  # answered once durable: the association's later requests wait for it

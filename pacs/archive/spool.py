@@ -58,6 +58,7 @@ class HashingSpool:
                 _names.clear()  # another process's: this one takes a new prefix
         self._digest = hashlib.sha256() if _hashing[0] else None
         self.size = 0
+        self.head = bytearray()  # the first HEAD_BYTES written: store() parses the header from them
         self.durable = False
         self._lock = threading.Lock()
 
@@ -77,6 +78,8 @@ class HashingSpool:
     def write(self, data: bytes | memoryview) -> int:
         if self._digest is not None:
             self._digest.update(data)
+        if self.size < HEAD_BYTES:
+            self.head += data[:HEAD_BYTES - self.size]
         self.size += len(data)
         return self.file.write(data)
 
@@ -93,6 +96,7 @@ class HashingSpool:
         return getattr(self.file, name)
 
 
+HEAD_BYTES = 64 * 1024  # the beginning of a received object kept in memory: its header, as a rule
 _hashing = [True]  # hash on arrival (install())
 _counter = itertools.count()
 _names: dict[int, str] = {}  # process id → the prefix of this process's spool files
@@ -192,6 +196,16 @@ def discard_unfinished(event: Any) -> None:
     except OSError:
         pass
     log.info("removed the unfinished data set of an association that ended midway (%s)", spool.name)
+
+
+def head_of(request: Any) -> bytes | None:
+    """The first bytes of the file a C-STORE request's data set was spooled to, as written (the
+    File Meta Information and the start of the data set): read_header() parses them instead of
+    reading the file back. None when it was not spooled here."""
+    spool = getattr(request, "_dataset_file", None)
+    if not isinstance(spool, HashingSpool) or len(spool.head) != min(spool.size, HEAD_BYTES):
+        return None
+    return bytes(spool.head)
 
 
 def checksum_of(request: Any) -> tuple[str, int] | None:

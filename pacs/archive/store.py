@@ -35,6 +35,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.dataelem import RawDataElement
@@ -58,6 +59,7 @@ from pacs.registry.models import ImagingOrder, OrderStatus, Patient, PatientIden
 log = logging.getLogger(__name__)
 
 HEADER_DEFER = 1024  # values larger than this are not read when indexing
+HEAD_BYTES = 64 * 1024  # bytes of a file read at once to parse its header from memory (PrefixedFile)
 
 
 class Outcome(StrEnum):
@@ -146,13 +148,82 @@ PIXEL_GROUP = 0x7FE0  # Pixel Data, Float and Double Float Pixel Data (PS3.6 Tab
 UNDEFINED_LENGTH = 0xFFFFFFFF  # PS3.5 7.1.1
 
 
-def read_header(path: Path) -> Dataset:
-    """The object's attributes without its bulk data; refuses objects that are not whole."""
+class PrefixedFile:
+    """The file at ``path`` as pydicom reads it, its first bytes served from memory (``head``,
+    which must be exactly the file's beginning; read from the file when not given).
+
+    pydicom asks a file object for its position before every element it reads, and a Python
+    file answers each time with a system call (``lseek``): about a hundred for a CT header,
+    each one a chance for another thread of the process to take the GIL. Here the header is
+    parsed from memory; the file is opened only for what lies beyond ``head`` (a header larger
+    than it, elements after the pixel data)."""
+
+    def __init__(self, path: Path, size: int, head: bytes | None = None) -> None:
+        self.path = path
+        self.size = size
+        self._file: Any = None
+        if head is None:
+            self._file = path.open("rb")
+            head = self._file.read(HEAD_BYTES)
+        self.head = head
+        self.position = 0
+
+    def read(self, size: int = -1) -> bytes:
+        start = self.position
+        if size is None or size < 0:
+            size = max(self.size - start, 0)
+        end = start + size
+        if end <= len(self.head):
+            data = self.head[start:end]
+        elif start >= self.size:
+            data = b""
+        else:
+            if self._file is None:
+                self._file = self.path.open("rb")
+            self._file.seek(start)
+            data = self._file.read(size)
+        self.position = start + len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = (0, self.position, self.size)[whence]
+        self.position = max(base + offset, 0)
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def read_header(path: Path, head: bytes | None = None) -> Dataset:
+    """The object's attributes without its bulk data; refuses objects that are not whole.
+
+    ``head``: the file's first bytes, when the caller has them in memory (a received object's,
+    kept as it was written: :func:`pacs.archive.spool.head_of`)."""
     size = path.stat().st_size
+    try:
+        source = PrefixedFile(path, size, head)
+    except OSError as exc:
+        raise Refused(CANNOT_UNDERSTAND, f"cannot read the data set: {exc.strerror}") from None
+    try:
+        return _parse_header(source, size)
+    finally:
+        source.close()  # a deferred value read later opens the file again
+
+
+def _parse_header(source: PrefixedFile, size: int) -> Dataset:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = pydicom.dcmread(path, defer_size=HEADER_DEFER)
+            ds = pydicom.dcmread(source, defer_size=HEADER_DEFER)
     except Exception as exc:  # pydicom raises many kinds of errors for broken input
         raise Refused(CANNOT_UNDERSTAND, f"cannot read the data set: {exc}") from None
     if any("End of file" in str(w.message) for w in caught):
@@ -351,7 +422,7 @@ class Archive:
     def store(self, path: Path, *, calling_ae: str = "", sop_class: str | None = None,
               sop_instance: str | None = None, move: bool = False,
               received: tuple[str, int] | None = None, synced: Callable[[], bool] | None = None,
-              early: bool = False) -> StoreResult:
+              head: bytes | None = None, early: bool = False) -> StoreResult:
         """Archive the Part 10 file at ``path`` (moved into the storage area when ``move``).
 
         ``early``: the caller may be answered once the object is durable, before it is indexed
@@ -361,9 +432,10 @@ class Archive:
         ``received`` is the SHA-256 and size of the file as it was written on arrival
         (:mod:`pacs.archive.spool`); an area that renames the file into place takes it instead of
         reading the file back. ``synced``, called before the file is placed, makes sure the
-        file's data is on disk and says whether it is (True: the area need not fsync it again)."""
+        file's data is on disk and says whether it is (True: the area need not fsync it again).
+        ``head``, the file's first bytes if the caller has them, spares reading the header back."""
         try:
-            header = read_header(path)
+            header = read_header(path, head)
             check_identity(header, sop_class=sop_class, sop_instance=sop_instance)
         except Refused as exc:
             log.warning("refused an object from %s: %s", calling_ae or "import", exc.comment)
