@@ -400,6 +400,25 @@ class Prepared:
         found = self.rows(conn, values)
         return found[0] if found else None
 
+    def first_alone(self, engine: Engine, values: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Run a SELECT by itself on a pooled connection, outside any transaction SQLAlchemy
+        begins: one statement's snapshot, without the BEGIN and COMMIT round of
+        ``engine.begin()`` (a lookup made for every object received). On SQLite the statement
+        runs in autocommit (pysqlite begins nothing here); on PostgreSQL the pool ends the
+        driver's implicit transaction when the connection goes back."""
+        plan = self._plan(engine.dialect, ())
+        connection = engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(plan.sql, plan.parameters(values))
+                raw = cursor.fetchone()
+            finally:
+                cursor.close()
+        finally:
+            connection.close()  # back to the pool
+        return plan.row(raw) if raw is not None else None
+
 
 @contextmanager
 def nested(session: Session, name: str) -> Iterator[Connection]:

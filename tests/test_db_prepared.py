@@ -128,3 +128,17 @@ def test_returning_each_gives_the_ids_in_the_order_of_the_rows(db: Database) -> 
         ids = [r["id"] for r in insert_message.returning_each(conn, rows)]
         stored = dict(conn.execute(select(MESSAGE.c.id, MESSAGE.c.control_id)).all())
     assert [stored[i] for i in ids] == ["C0", "C1", "C2"] and ids == sorted(ids)
+
+
+def test_first_alone_reads_what_is_committed_outside_any_transaction(db: Database) -> None:
+    """The lookup store() makes for every object received (pacs.archive.store.Archive._held)."""
+    assert PATIENT_BY_ID.first_alone(db.engine, {"pk": 1}) is None
+    with db.engine.connect() as conn, conn.begin():
+        row_id = INSERT_PATIENT.rows(conn, new_patient(patient_id="ALONE"))[0]["id"]
+        assert PATIENT_BY_ID.first_alone(db.engine, {"pk": row_id}) is None  # not committed yet
+    row = PATIENT_BY_ID.first_alone(db.engine, {"pk": row_id})
+    assert row is not None and row["patient_id"] == "ALONE" and row["created_at"].tzinfo == UTC
+    checked_out = db.engine.pool.checkedout()  # type: ignore[attr-defined]
+    for _ in range(3 * 30):  # more lookups than the pool holds connections: each goes back
+        PATIENT_BY_ID.first_alone(db.engine, {"pk": row_id})
+    assert db.engine.pool.checkedout() == checked_out  # type: ignore[attr-defined]

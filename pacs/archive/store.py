@@ -519,8 +519,7 @@ class Archive:
             checksum = self._pending.get(uid)
         if checksum is not None:
             return None, checksum
-        with self.db.reader.begin() as connection:
-            row = FIND_INSTANCE.first(connection, {"uid": uid})
+        row = FIND_INSTANCE.first_alone(self.db.engine, {"uid": uid})
         return (row["id"], row["checksum"]) if row is not None else None
 
     def _duplicate_answer(self, header: Dataset, held: tuple[int | None, str], checksum: str | None,
