@@ -8,6 +8,10 @@ SHA-256 of every object. When a C-STORE is answered only once the object is inde
 them, which saves reading the file back on the way to the answer; when it is answered once
 durable (the default), the index writer computes it later, off that way altogether.
 
+The first 64 KB written (the File Meta Information and, as a rule, the whole header) are kept
+in memory as well: store() parses the header from them (:func:`head_of`) instead of reading the
+file back.
+
 The file must be on disk before the C-STORE is answered. The DUL thread fsyncs it as soon as
 the data set is whole, once it has woken the association thread (:func:`pacs.archive.dul.after_wake`):
 the fsync then runs while the handler reads the header, instead of after it; store() waits for
