@@ -40,6 +40,7 @@ from pydicom.filewriter import write_file_meta_info
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, dimse_messages
 
 from pacs.archive import dul
+from pacs.archive.store import HEAD_BYTES  # what read_header() takes from memory
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,6 @@ class HashingSpool:
         return getattr(self.file, name)
 
 
-HEAD_BYTES = 64 * 1024  # the beginning of a received object kept in memory: its header, as a rule
 _hashing = [True]  # hash on arrival (install())
 _counter = itertools.count()
 _names: dict[int, str] = {}  # process id → the prefix of this process's spool files
