@@ -92,9 +92,7 @@ def handle_store(event: evt.Event, archive: Archive) -> int | Dataset:
         sop_class=event.context.abstract_syntax,
         sop_instance=event.request.AffectedSOPInstanceUID,
         move=True,
-        received=spool.checksum_of(event.request),
-        synced=spool.synced(event.request),
-        head=spool.head_of(event.request),
+        spooled=spool.spooled(event.request),
         early=True,
     )
     if result.pending is not None:  # answered once durable: the association's later requests wait for it

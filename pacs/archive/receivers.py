@@ -45,6 +45,7 @@ the main process serves what would have gone to it.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import logging
@@ -244,6 +245,8 @@ def serve_receiver(settings: Settings, address: str) -> None:
         threading.Thread(target=_take_connections, args=(channel, server, stopping), name="dicom-handed-off",
                          daemon=True).start()
         log.info("DICOM receiver %d ready", os.getpid())
+        gc.collect()  # what start-up loaded lives as long as the process: see pacs.server
+        gc.freeze()
         threading.Thread(target=remote.report_load, args=(server, stopping), name="dicom-load", daemon=True).start()
         while not stopping.wait(settings.mappings_poll_seconds):
             services.mappings.reload_if_changed()  # device rules and names as the main process sees them

@@ -35,7 +35,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pydicom
 from pydicom.dataelem import RawDataElement
@@ -136,12 +136,22 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
-def _known_checksum(path: Path, received: tuple[str, int] | None) -> str | None:
-    """The checksum hashed on arrival, if it describes the file as it is now."""
-    if received is None:
-        return None
-    checksum, size = received
-    return checksum if path.stat().st_size == size else None
+class Spooled(Protocol):
+    """A received object's file as the receiving side wrote it (:mod:`pacs.archive.spool`):
+    its length, its first bytes kept in memory, and the writer's fsync, which may still be
+    under way in another thread when store() starts."""
+
+    size: int
+
+    @property
+    def head(self) -> bytes | None:
+        """The file's first bytes (up to :data:`HEAD_BYTES`), exactly as written; None if not kept."""
+
+    def sync(self) -> bool:
+        """Wait until the file is whole and on disk (True), or failed to be (False)."""
+
+    def checksum(self) -> str | None:
+        """The SHA-256 of the file as written, once synced; None if not hashed."""
 
 
 PIXEL_GROUP = 0x7FE0  # Pixel Data, Float and Double Float Pixel Data (PS3.6 Table 6-1)
@@ -158,12 +168,14 @@ class PrefixedFile:
     parsed from memory; the file is opened only for what lies beyond ``head`` (a header larger
     than it, elements after the pixel data)."""
 
-    def __init__(self, path: Path, size: int, head: bytes | None = None) -> None:
+    def __init__(self, path: Path, size: int, head: bytes | None = None,
+                 ready: Callable[[], object] | None = None) -> None:
         self.path = path
         self.size = size
+        self._ready = ready  # called before the file is first opened: it may still be being written
         self._file: Any = None
         if head is None:
-            self._file = path.open("rb")
+            self._open()
             head = self._file.read(HEAD_BYTES)
         self.head = head
         self.position = 0
@@ -179,11 +191,16 @@ class PrefixedFile:
             data = b""
         else:
             if self._file is None:
-                self._file = self.path.open("rb")
+                self._open()
             self._file.seek(start)
             data = self._file.read(size)
         self.position = start + len(data)
         return data
+
+    def _open(self) -> None:
+        if self._ready is not None:
+            self._ready()
+        self._file = self.path.open("rb")
 
     def seek(self, offset: int, whence: int = 0) -> int:
         base = (0, self.position, self.size)[whence]
@@ -203,14 +220,21 @@ class PrefixedFile:
             self._file = None
 
 
-def read_header(path: Path, head: bytes | None = None) -> Dataset:
+def read_header(path: Path, head: bytes | None = None, *, spooled: Spooled | None = None) -> Dataset:
     """The object's attributes without its bulk data; refuses objects that are not whole.
 
-    ``head``: the file's first bytes, when the caller has them in memory (a received object's,
-    kept as it was written: :func:`pacs.archive.spool.head_of`)."""
-    size = path.stat().st_size
+    ``head``: the file's first bytes, when the caller has them in memory. ``spooled``: the
+    file as it was received (:class:`Spooled`): its head and length are taken from it, and
+    the file is read (beyond the head) only once it is whole."""
+    ready = None
+    if spooled is not None:
+        head, size, ready = spooled.head, spooled.size, spooled.sync
+        if head is None:
+            spooled.sync()
+    else:
+        size = path.stat().st_size
     try:
-        source = PrefixedFile(path, size, head)
+        source = PrefixedFile(path, size, head, ready)
     except OSError as exc:
         raise Refused(CANNOT_UNDERSTAND, f"cannot read the data set: {exc.strerror}") from None
     try:
@@ -421,21 +445,20 @@ class Archive:
     # -- store() ------------------------------------------------------------------------------
     def store(self, path: Path, *, calling_ae: str = "", sop_class: str | None = None,
               sop_instance: str | None = None, move: bool = False,
-              received: tuple[str, int] | None = None, synced: Callable[[], bool] | None = None,
-              head: bytes | None = None, early: bool = False) -> StoreResult:
+              spooled: Spooled | None = None, early: bool = False) -> StoreResult:
         """Archive the Part 10 file at ``path`` (moved into the storage area when ``move``).
 
         ``early``: the caller may be answered once the object is durable, before it is indexed
         (a C-STORE, under ``[archive] acknowledge = "durable"``); the result's ``pending`` then
         resolves once it is indexed. Otherwise the result comes once the object is indexed.
 
-        ``received`` is the SHA-256 and size of the file as it was written on arrival
-        (:mod:`pacs.archive.spool`); an area that renames the file into place takes it instead of
-        reading the file back. ``synced``, called before the file is placed, makes sure the
-        file's data is on disk and says whether it is (True: the area need not fsync it again).
-        ``head``, the file's first bytes if the caller has them, spares reading the header back."""
+        ``spooled``: the file as the receiving side wrote it (:class:`Spooled`). Its header is
+        parsed from the bytes kept in memory while the writer's fsync may still be under way;
+        the file is placed once that is done (the area need not fsync it again), under the
+        SHA-256 computed as it was written (an area that renames the file into place need not
+        read it back). If the writer could not get it to disk, the object is not stored."""
         try:
-            header = read_header(path, head)
+            header = read_header(path, spooled=spooled)
             check_identity(header, sop_class=sop_class, sop_instance=sop_instance)
         except Refused as exc:
             log.warning("refused an object from %s: %s", calling_ae or "import", exc.comment)
@@ -456,16 +479,18 @@ class Archive:
             log.error("storage area %s has less than %d bytes free; refusing %s", self.area.name,
                       self.min_free_bytes, uid)
             return StoreResult(Outcome.STORAGE_FULL, OUT_OF_RESOURCES, "storage is full")
+        on_disk, checksum = False, None
+        if spooled is not None:
+            on_disk, checksum = spooled.sync(), spooled.checksum()
+            if not on_disk:
+                return StoreResult(Outcome.FAILED, OUT_OF_RESOURCES, "could not write the object to disk")
         stage = getattr(self.area, "stage", None)
         staging = early and move and self.acknowledge == Acknowledge.DURABLE and callable(stage)
         if staging and self.duplicates != DuplicatePolicy.KEEP_NEWER:
             held = self._held(uid)  # answered now, so the policy is applied now
             if held is not None:
-                return self._duplicate_answer(header, held, _known_checksum(path, received) or sha256_file(path),
-                                              calling_ae)
+                return self._duplicate_answer(header, held, checksum or sha256_file(path), calling_ae)
         try:
-            on_disk = synced() if synced is not None else False
-            checksum = _known_checksum(path, received)
             # A staged object not hashed on arrival is hashed by the index writer, off the path
             # of the answer (Stored.checksum "" until then).
             stored = stage(path, calling_ae, checksum=checksum or "", synced=on_disk) if staging else None

@@ -177,3 +177,35 @@ def test_objects_answered_already_share_a_commit_unless_the_process_is_receiving
         archive.stop()
     assert len(indexed(services)) == 10
     services.db.dispose()
+
+
+def test_an_object_its_receiver_could_not_get_to_disk_is_not_stored(settings, tmp_path):
+    """The receiving side's write or fsync failed (HashingSpool.sync False): store() answers
+    a failure and nothing is staged or indexed; a spool that got there is stored."""
+    import os
+
+    from pacs.archive.spool import HashingSpool
+
+    services = Services.build(settings)
+    services.archive.start()
+    try:
+        incoming = services.archive.area.incoming  # type: ignore[attr-defined]
+        results = []
+        for number, fail in [(0, True), (1, False)]:
+            path, _ = received(tmp_path, number)
+            file = HashingSpool(dir=str(incoming))
+            file.write(path.read_bytes())
+            if fail:  # a descriptor that cannot be written or synced: the last write or the fsync fails
+                readonly = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(readonly, file.file.fileno())
+                os.close(readonly)
+            results.append(services.archive.store(Path(file.name), calling_ae="CT1", move=True, early=True,
+                                                  spooled=file))
+            file.close()
+        assert results[0].status == Status.OUT_OF_RESOURCES and results[0].outcome == Outcome.FAILED
+        assert results[1].status == Status.SUCCESS
+        results[1].pending.result(30)
+        assert list(indexed(services)) == ["1.2.826.0.1.3680043.8.498.78.1"]
+    finally:
+        services.archive.stop()
+        services.close()
