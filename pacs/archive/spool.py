@@ -3,14 +3,12 @@
 With ``STORE_RECV_CHUNKED_DATASET`` pynetdicom writes each incoming data set, PDV by PDV, to a
 temporary file (File Meta Information first) in the storage area's incoming folder, and the
 handler hands that file's path to store(), which renames it into place. The archive keeps a
-SHA-256 of every object. When a C-STORE is answered only once the object is indexed
-(``[archive] acknowledge = "indexed"``) it is computed from the bytes as the DUL thread writes
-them, which saves reading the file back on the way to the answer; when it is answered once
-durable (the default), the index writer computes it later, off that way altogether.
+SHA-256 of every object, computed here from the bytes as they are written, so that nobody reads
+the file back to hash it.
 
 The first 64 KB written (the File Meta Information and, as a rule, the whole header) are kept
-in memory as well: store() parses the header from them (:func:`head_of`) instead of reading the
-file back.
+in memory as well: store() parses the header from them (:attr:`HashingSpool.head`) instead of
+reading the file back.
 
 The spool file is written around the page cache (``O_DIRECT``, open(2)) where the file system
 allows it: what arrives is gathered in a page-aligned buffer of :data:`CHUNK` bytes, hashed and
@@ -35,9 +33,9 @@ the bytes pydicom's writer would give, without a pydicom data set per object.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
-import errno
 import logging
 import mmap
 import os
