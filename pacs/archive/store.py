@@ -475,7 +475,7 @@ class Archive:
                        else "the File Meta Information has no Transfer Syntax UID")
             log.warning("refused an object from %s: %s", calling_ae or "import", comment)
             return StoreResult(Outcome.REFUSED, CANNOT_UNDERSTAND, comment)
-        if self._short_of_space(path):
+        if self._short_of_space(path, spooled.size if spooled is not None else None):
             log.error("storage area %s has less than %d bytes free; refusing %s", self.area.name,
                       self.min_free_bytes, uid)
             return StoreResult(Outcome.STORAGE_FULL, OUT_OF_RESOURCES, "storage is full")
@@ -560,8 +560,9 @@ class Archive:
         return StoreResult(Outcome.ALREADY_STORED, WARNING_DUPLICATE, "instance already stored; this copy was ignored",
                            instance_id, _text(header, "StudyInstanceUID"))
 
-    def _short_of_space(self, path: Path) -> bool:
-        """Below the free-space watermark? (checked at most once a second)"""
+    def _short_of_space(self, path: Path, size: int | None = None) -> bool:
+        """Below the free-space watermark once the file at ``path`` (``size`` bytes, when the
+        caller knows) is in? (The free space is looked at at most once a second.)"""
         if not self.min_free_bytes:
             return False
         now = time.monotonic()
@@ -569,7 +570,7 @@ class Archive:
             free = getattr(self.area, "free_bytes", None)
             self._free = free() if callable(free) else 1 << 62
             self._free_checked = now
-        return self._free - path.stat().st_size < self.min_free_bytes
+        return self._free - (path.stat().st_size if size is None else size) < self.min_free_bytes
 
     # -- the index writer ---------------------------------------------------------------------
     def _run(self) -> None:
