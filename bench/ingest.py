@@ -189,7 +189,7 @@ def make_corpus(folder: Path, instances: int, per_study: int, seed: int) -> Corp
         studies.append(written["study"])
         files += written["files"]
         total += written["bytes"]
-    warm = _write_study(folder / "warmup", "WARM", 999, WARMUP_INSTANCES, seed + 1, rng, grid)
+    _write_study(folder / "warmup", "WARM", 999, WARMUP_INSTANCES, seed + 1, rng, grid)
     data = {"version": CORPUS_VERSION, "instances": instances, "per_study": per_study, "seed": seed,
             "bytes": total, "files": [p.name for p in files], "studies": studies,
             "warmup_count": WARMUP_INSTANCES, "seconds": time.perf_counter() - started}
@@ -1461,50 +1461,65 @@ def main(argv: list[str] | None = None) -> int:
             if result is not None and not result.complete:
                 kept.append(folder)
                 print(f"    (kept {folder} and its log for a look)")
-            elif not args.keep:
-                shutil.rmtree(folder, ignore_errors=True)
+            # Otherwise it goes with the scratch folder at the end of the run, not now: on a file
+            # system without a journal, ext4 skips freed inodes for a minute or more when it
+            # allocates new ones (find_inode_bit, recently_deleted), which slowed whichever
+            # target came next.
 
         results: list[SendResult] = []
         finds: dict[str, FindResult] = {}
         if not args.profile_only:
-            print("\ningest (fresh archive per row; rates over the corpus, warm-up excluded):")
+            print("\ningest (fresh archive per row, kept until the end of the run; the target measured first "
+                  "alternates by round; rates over the corpus, warm-up excluded):")
             print_send_header()
             orthanc_config_shown = False
             for round_number, associations in [(r, a) for r in range(args.rounds) for a in args.association_counts]:
                 first = round_number == 0 and associations == args.association_counts[0]
-                ours = start(OurServer(scratch / f"ours-{associations}", databases.new(f"a{associations}"),
-                                       processes=args.dicom_processes))
-                warm_up(ours, corpus, scratch / "warmup.log")
-                result = send(ours, corpus, associations, scratch / f"ours-{associations}.storescu.log",
-                              corpus.warmup_count + len(corpus.files))
-                results.append(result)
-                print_send(result)
-                if first:
-                    label = f"ours, {len(corpus.studies) + 1} studies"
-                    finds["ours-empty"] = c_find_latency(ours, corpus.patient_studies, args.queries, args.seed, label)
-                    finds["ours-empty-findscu"] = c_find_findscu(ours, corpus.patient_studies, args.queries,
-                                                                 args.seed, label + ", findscu", scratch)
-                finish(ours, result)
-                if args.no_orthanc:
-                    continue
-                orthanc = start(Orthanc(scratch / f"orthanc-{associations}"))
-                if not orthanc_config_shown:
-                    shown = {k: v for k, v in orthanc.config.items() if "Directory" not in k}
-                    print(f"  (Orthanc configuration: {json.dumps(shown)}; "
-                          f"other settings Debian's defaults, e.g. MaximumPduLength 16384, SyncStorageArea true)")
-                    orthanc_config_shown = True
-                warm_up(orthanc, corpus, scratch / "warmup.log")
-                result = send(orthanc, corpus, associations, scratch / f"orthanc-{associations}.storescu.log",
-                              corpus.warmup_count + len(corpus.files))
-                results.append(result)
-                print_send(result)
-                if first:
-                    label = f"Orthanc, {len(corpus.studies) + 1} studies"
-                    finds["orthanc-empty"] = c_find_latency(orthanc, corpus.patient_studies, args.queries,
-                                                            args.seed, label)
-                    finds["orthanc-empty-findscu"] = c_find_findscu(orthanc, corpus.patient_studies, args.queries,
-                                                                    args.seed, label + ", findscu", scratch)
-                finish(orthanc, result)
+
+                def run_ours() -> None:
+                    ours = start(OurServer(scratch / f"ours-{associations}-{round_number}",
+                                           databases.new(f"a{associations}r{round_number}"),
+                                           processes=args.dicom_processes))
+                    warm_up(ours, corpus, scratch / "warmup.log")
+                    result = send(ours, corpus, associations, scratch / f"ours-{associations}.storescu.log",
+                                  corpus.warmup_count + len(corpus.files))
+                    results.append(result)
+                    print_send(result)
+                    if first:
+                        label = f"ours, {len(corpus.studies) + 1} studies"
+                        finds["ours-empty"] = c_find_latency(ours, corpus.patient_studies, args.queries, args.seed,
+                                                             label)
+                        finds["ours-empty-findscu"] = c_find_findscu(ours, corpus.patient_studies, args.queries,
+                                                                     args.seed, label + ", findscu", scratch)
+                    finish(ours, result)
+
+                def run_orthanc() -> None:
+                    nonlocal orthanc_config_shown
+                    orthanc = start(Orthanc(scratch / f"orthanc-{associations}-{round_number}"))
+                    if not orthanc_config_shown:
+                        shown = {k: v for k, v in orthanc.config.items() if "Directory" not in k}
+                        print(f"  (Orthanc configuration: {json.dumps(shown)}; "
+                              f"other settings Debian's defaults, e.g. MaximumPduLength 16384, SyncStorageArea true)")
+                        orthanc_config_shown = True
+                    warm_up(orthanc, corpus, scratch / "warmup.log")
+                    result = send(orthanc, corpus, associations, scratch / f"orthanc-{associations}.storescu.log",
+                                  corpus.warmup_count + len(corpus.files))
+                    results.append(result)
+                    print_send(result)
+                    if first:
+                        label = f"Orthanc, {len(corpus.studies) + 1} studies"
+                        finds["orthanc-empty"] = c_find_latency(orthanc, corpus.patient_studies, args.queries,
+                                                                args.seed, label)
+                        finds["orthanc-empty-findscu"] = c_find_findscu(orthanc, corpus.patient_studies,
+                                                                        args.queries, args.seed,
+                                                                        label + ", findscu", scratch)
+                    finish(orthanc, result)
+
+                # Who goes first alternates from round to round: whatever one target leaves behind
+                # (dirty pages being written back, a warmer cache) falls on each in turn.
+                order = [run_ours] if args.no_orthanc else [run_ours, run_orthanc]
+                for run in order if round_number % 2 == 0 else order[::-1]:
+                    run()
 
             if not args.no_orthanc:
                 print("\nours / Orthanc" + (f" (medians of {args.rounds} rounds)" if args.rounds > 1 else "") + ":")
