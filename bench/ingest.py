@@ -1476,22 +1476,24 @@ def main(argv: list[str] | None = None) -> int:
             for round_number, associations in [(r, a) for r in range(args.rounds) for a in args.association_counts]:
                 first = round_number == 0 and associations == args.association_counts[0]
 
-                def run_ours() -> None:
-                    ours = start(OurServer(scratch / f"ours-{associations}-{round_number}",
-                                           databases.new(f"a{associations}r{round_number}"),
-                                           processes=args.dicom_processes))
-                    warm_up(ours, corpus, scratch / "warmup.log")
-                    result = send(ours, corpus, associations, scratch / f"ours-{associations}.storescu.log",
+                def measure(target: Any, name: str, key: str) -> None:
+                    warm_up(target, corpus, scratch / "warmup.log")
+                    result = send(target, corpus, associations, scratch / f"{key}-{associations}.storescu.log",
                                   corpus.warmup_count + len(corpus.files))
                     results.append(result)
                     print_send(result)
                     if first:
-                        label = f"ours, {len(corpus.studies) + 1} studies"
-                        finds["ours-empty"] = c_find_latency(ours, corpus.patient_studies, args.queries, args.seed,
-                                                             label)
-                        finds["ours-empty-findscu"] = c_find_findscu(ours, corpus.patient_studies, args.queries,
-                                                                     args.seed, label + ", findscu", scratch)
-                    finish(ours, result)
+                        label = f"{name}, {len(corpus.studies) + 1} studies"
+                        finds[f"{key}-empty"] = c_find_latency(target, corpus.patient_studies, args.queries,
+                                                               args.seed, label)
+                        finds[f"{key}-empty-findscu"] = c_find_findscu(target, corpus.patient_studies, args.queries,
+                                                                       args.seed, label + ", findscu", scratch)
+                    finish(target, result)
+
+                def run_ours() -> None:
+                    measure(start(OurServer(scratch / f"ours-{associations}-{round_number}",
+                                            databases.new(f"a{associations}r{round_number}"),
+                                            processes=args.dicom_processes)), "ours", "ours")
 
                 def run_orthanc() -> None:
                     nonlocal orthanc_config_shown
@@ -1501,19 +1503,7 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"  (Orthanc configuration: {json.dumps(shown)}; "
                               f"other settings Debian's defaults, e.g. MaximumPduLength 16384, SyncStorageArea true)")
                         orthanc_config_shown = True
-                    warm_up(orthanc, corpus, scratch / "warmup.log")
-                    result = send(orthanc, corpus, associations, scratch / f"orthanc-{associations}.storescu.log",
-                                  corpus.warmup_count + len(corpus.files))
-                    results.append(result)
-                    print_send(result)
-                    if first:
-                        label = f"Orthanc, {len(corpus.studies) + 1} studies"
-                        finds["orthanc-empty"] = c_find_latency(orthanc, corpus.patient_studies, args.queries,
-                                                                args.seed, label)
-                        finds["orthanc-empty-findscu"] = c_find_findscu(orthanc, corpus.patient_studies,
-                                                                        args.queries, args.seed,
-                                                                        label + ", findscu", scratch)
-                    finish(orthanc, result)
+                    measure(orthanc, "Orthanc", "orthanc")
 
                 # Who goes first alternates from round to round: whatever one target leaves behind
                 # (dirty pages being written back, a warmer cache) falls on each in turn.
