@@ -77,11 +77,11 @@ class DirectFile:
     @classmethod
     def create(cls, name: str, digest: Any) -> DirectFile | None:
         """Create ``name`` exclusively; None when its file system has no O_DIRECT."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_DIRECT", 0)
-        if not flags & getattr(os, "O_DIRECT", 0):
+        direct = getattr(os, "O_DIRECT", 0)  # Linux and a few others
+        if not direct:
             return None
         try:
-            fd = os.open(name, flags, 0o644)
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | direct, 0o644)
         except OSError as exc:
             if exc.errno != errno.EINVAL:  # EEXIST and the rest: the caller's to handle
                 raise
