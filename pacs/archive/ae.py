@@ -76,8 +76,7 @@ def make_ae(settings: Settings) -> ArchiveAE:
     encoding.install()  # worklist answers skip pydicom's writer
     dul.install()  # a C-CANCEL is read while answers stream
     dimse.install()  # pending C-FIND responses without pydicom's command-set writer
-    # received objects hashed as they are spooled if answered once indexed, else by the index writer
-    spool.install()
+    spool.install()  # received objects spooled around the page cache, hashed as they are written
     ae = ArchiveAE(ae_title=settings.ae_title)
     ae.maximum_associations = settings.dicom.max_associations
     ae.network_timeout = settings.dicom.network_timeout_seconds

@@ -13,11 +13,11 @@ database and storage area).
 The main process indexes what the receivers store. A receiver stages an object, answers
 (``[archive] acknowledge = "durable"``, :mod:`pacs.archive.store`) and sends the main process
 the staged key and the few header values every instance is indexed by over its *index link* (a
-second Unix socket, one JSON line per object); the main process's index writer hashes the staged
-file (reading its whole header only for a new study or series), files and indexes it with
-everything else arriving, and answers on the link once it is committed, which is when the
-receiver's association may go on to a query, a storage commitment or its release
-(:func:`pacs.archive.handlers.settle`). Receiving and indexing then run on different cores, with
+second Unix socket, one JSON line per object, with the SHA-256 computed as it was spooled); the
+main process's index writer (reading the staged file's whole header only for a new study or
+series) files and indexes it with everything else arriving, and answers on the link once it is
+committed, which is when the receiver's association may go on to a query, a storage commitment
+or its release (:func:`pacs.archive.handlers.settle`). Receiving and indexing then run on different cores, with
 one writer batching the index commits of all receivers.
 
 "Least busy" counts the connections each process serves (the main process counts those it

@@ -227,10 +227,8 @@ def read_header(path: Path, head: bytes | None = None, *, spooled: Spooled | Non
     file as it was received (:class:`Spooled`): its head and length are taken from it, and
     the file is read (beyond the head) only once it is whole."""
     ready = None
-    if spooled is not None:
+    if spooled is not None:  # PrefixedFile calls ready() before it opens the file
         head, size, ready = spooled.head, spooled.size, spooled.sync
-        if head is None:
-            spooled.sync()
     else:
         size = path.stat().st_size
     try:
