@@ -163,8 +163,8 @@ def test_objects_answered_already_share_a_commit_unless_the_process_is_receiving
             archive.receiving = lambda receiving=receiving: receiving
             batches.clear()
             pending = []
-            for number in range(5):
-                path, _ = received(tmp_path, 10 * receiving + number)
+            paths = [received(tmp_path, 10 * receiving + number)[0] for number in range(5)]  # made beforehand:
+            for path in paths:  # only the sleep below between two objects, whatever the machine's load
                 pending.append(archive.store(spool(services, path), calling_ae="CT1", move=True, early=True).pending)
                 time.sleep(0.005)  # answered one after the other, as over one association
             assert all(future is not None and future.result(10).outcome == Outcome.STORED for future in pending)
