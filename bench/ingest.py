@@ -494,11 +494,11 @@ if mode == "stages":
     from pynetdicom.transport import AssociationSocket
     from sqlalchemy.orm import Session
 
-    from pacs.archive import dul as pacs_dul
+    from pacs.archive import dul as pacs_dul, part10
     pacs_dul.install()  # the archive's own socket reads first, so that the timer wraps them
     handlers.handle_store = timed("handle_store", handlers.handle_store)
     for owner, attribute in [
-        (Archive, "store"), (store, "read_header"), (store, "check_identity"), (Archive, "_duplicate"),
+        (Archive, "store"), (part10, "scan"), (store, "read_header"), (store, "check_identity"), (Archive, "_duplicate"),
         (Archive, "_short_of_space"), (Archive, "_held"), (FilesystemArea, "put_file"), (FilesystemArea, "stage"),
         (FilesystemArea, "place"), (storage, "sha256_file"),
         (storage, "_fsync_dir"), (Archive, "_index"), (Archive, "_apply_counts"), (Session, "commit"),
@@ -1219,7 +1219,10 @@ def report_stages(data: dict[str, Any], result: SendResult) -> None:
         if kind == "Association":
             line("handle_store", "handle_store", depth=1)
             line("Archive.store", "Archive.store", depth=2)
-            line("read_header (pydicom dcmread, defer_size=1024)", "pacs.archive.store.read_header", depth=3)
+            line("part10.scan (the header of a plain image, from the head in memory)", "pacs.archive.part10.scan",
+                 depth=3)
+            line("read_header (pydicom dcmread, defer_size=1024; other objects)", "pacs.archive.store.read_header",
+                 depth=3)
             line("check_identity", "pacs.archive.store.check_identity", depth=3)
             line("_short_of_space", "Archive._short_of_space", depth=3)
             line("_held (duplicate check: index and objects not yet indexed)", "Archive._held", depth=3)
@@ -1234,7 +1237,7 @@ def report_stages(data: dict[str, Any], result: SendResult) -> None:
                  depth=4)
             line("os.replace", "os.replace", depth=4)
             line("sha256_file (reads the file back)", "pacs.archive.storage.sha256_file", depth=4)
-            parts = ["pacs.archive.store.read_header", "pacs.archive.store.check_identity",
+            parts = ["pacs.archive.part10.scan", "pacs.archive.store.read_header", "pacs.archive.store.check_identity",
                      "Archive._short_of_space", "Archive._held", "FilesystemArea.stage", "FilesystemArea.put_file"]
             _, store_wall, store_cpu = t("Archive.store")
             rest_wall = store_wall - sum(t(p)[1] for p in parts)

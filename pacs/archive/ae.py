@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from pydicom import config as pydicom_config
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import (
     ModalityPerformedProcedureStep,
@@ -73,6 +74,10 @@ def make_ae(settings: Settings) -> ArchiveAE:
     _config.LOG_HANDLER_LEVEL = "none"
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
+    # pydicom checks every value it decodes against its VR (a regular expression for each UID of
+    # every command set) only to warn: the archive keeps what modalities send as they sent it,
+    # and refuses by its own explicit checks (store.check_identity, part10.scan).
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     encoding.install()  # worklist answers skip pydicom's writer
     dul.install()  # a C-CANCEL is read while answers stream
     dimse.install()  # pending C-FIND responses without pydicom's command-set writer

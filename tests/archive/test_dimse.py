@@ -160,3 +160,75 @@ def test_the_file_meta_of_a_received_object_is_pydicom_s(instance, syntax):
     write_file_meta_info(expected, create_file_meta(sop_class_uid=CTImageStorage, sop_instance_uid=instance,
                                                     transfer_syntax=syntax))
     assert file_meta_bytes(FileMeta(CTImageStorage, instance, syntax)) == expected.getvalue()
+
+
+def _store_request_bytes(**values) -> bytes:
+    """A C-STORE-RQ command set as pynetdicom encodes it from a primitive."""
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+
+    primitive = C_STORE()
+    primitive.MessageID = values.get("message_id", 7)
+    primitive.AffectedSOPClassUID = values.get("sop_class", "1.2.840.10008.5.1.4.1.1.2")
+    primitive.AffectedSOPInstanceUID = values.get("sop_instance", "1.2.826.0.1.3680043.8.498.1")
+    primitive.Priority = values.get("priority", 2)
+    if "originator" in values:
+        primitive.MoveOriginatorApplicationEntityTitle = values["originator"]
+        primitive.MoveOriginatorMessageID = 3
+    message = C_STORE_RQ()
+    message.primitive_to_message(primitive)
+    if "raw_instance" in values:  # a value pynetdicom would not put in a primitive
+        message.command_set.AffectedSOPInstanceUID = values["raw_instance"]
+    return encode(message.command_set, True, True)
+
+
+@pytest.mark.parametrize("values", [
+    {}, {"message_id": 0}, {"message_id": 65535, "priority": 1}, {"priority": 0},
+    {"sop_instance": "1.2.3.45"},  # an even length: no padding
+    {"sop_instance": "1.2.826.0.1.3680043.8.498." + "1" * 38},  # 64 characters
+    {"sop_class": "1.2.840.10008.5.1.4.1.1.4"},
+])
+def test_a_store_request_is_read_as_pynetdicom_reads_it(values):
+    """The primitive made from the command's bytes (dimse.decode_command, message_to_primitive)
+    equals the one pynetdicom makes through pydicom, whatever the values."""
+    from pynetdicom.dimse_messages import C_STORE_RQ
+
+    from pacs.archive import dimse
+
+    data = _store_request_bytes(**values)
+    command = dimse.decode_command(BytesIO(data), True, True)
+    assert isinstance(command, dimse.StoreRequestCommand)
+    reference = dimse._pynetdicom_decode(BytesIO(data), True, True)
+    for keyword in dimse.StoreRequestCommand.__slots__:
+        assert getattr(command, keyword) == reference[keyword].value
+    made, expected = C_STORE_RQ(), C_STORE_RQ()
+    for message, command_set in ((made, command), (expected, reference)):
+        message.command_set, message.context_id = command_set, 5
+        message._data_set_path = message._data_set_file = None
+    ours, theirs = dimse.message_to_primitive(made), dimse._pynetdicom_message_to_primitive(expected)
+    for attribute in ("MessageID", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "Priority",
+                      "MoveOriginatorApplicationEntityTitle", "MoveOriginatorMessageID", "_context_id"):
+        assert getattr(ours, attribute) == getattr(theirs, attribute), attribute
+    assert isinstance(ours.AffectedSOPInstanceUID, type(theirs.AffectedSOPInstanceUID))
+
+
+def test_any_other_command_is_left_to_pynetdicom():
+    from pacs.archive.dimse import StoreRequestCommand, decode_command, store_request
+
+    good = _store_request_bytes()
+    assert store_request(good) is not None
+    with_originator = _store_request_bytes(originator="MOVESCU")
+    priority = bytearray(good)
+    at = good.index(bytes.fromhex("0000 0007 0200 0000".replace(" ", "")))  # (0000,0700) US, length 2
+    priority[at + 8:at + 10] = b"\x05\x00"
+    for data in (with_originator, bytes(priority), good[:-3], b"",
+                 _store_request_bytes(raw_instance="1." + "2" * 64),  # over 64 characters
+                 _store_request_bytes(raw_instance="1.2.3.é"), _store_request_bytes(raw_instance="1.2.abc")):
+        assert store_request(data) is None
+        if data:
+            decoded = decode_command(BytesIO(data), True, True)
+            assert isinstance(decoded, Dataset) and not isinstance(decoded, StoreRequestCommand)
+    echo = Dataset()
+    echo.CommandGroupLength, echo.AffectedSOPClassUID, echo.CommandField = 0, "1.2.840.10008.1.1", 0x0030
+    echo.MessageID, echo.CommandDataSetType = 1, 0x0101
+    assert store_request(encode(echo, True, True)) is None
