@@ -34,7 +34,7 @@ from pacs.archive.query import (
 )
 from pacs.archive.status import Status
 from pacs.archive.encoding import Encoded
-from pacs.archive.worklist import _birth_date_text, _check_vr, _tag_vr, _value
+from pacs.archive.worklist import _birth_date_text, _check_vr, _tag_vr, values_by_keyword
 from pacs.integration.names import NameRules
 from pacs.registry.models import Patient
 
@@ -72,7 +72,7 @@ def validate(identifier: Dataset) -> None:
 
 
 def conditions(identifier: Dataset, level: str) -> list[ColumnElement[bool]]:
-    v = lambda keyword: _value(identifier, keyword)  # noqa: E731
+    v = values_by_keyword(identifier).get
     found = [
         match_string(Patient.patient_id, v("PatientID")),
         match_string(Patient.issuer, v("IssuerOfPatientID")),

@@ -140,12 +140,22 @@ def _check_vr(element) -> None:  # type: ignore[no-untyped-def]
 def _value(ds: Dataset | None, keyword: str) -> str | None:
     if ds is None or keyword not in ds:
         return None
-    value = ds[keyword].value
+    return _text(ds[keyword].value)
+
+
+def _text(value: Any) -> str:
+    """A query key's value as the matching functions take it (pacs.archive.query)."""
     if value is None:
         return ""
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
         return "\\".join(str(v) for v in value)
     return str(value)
+
+
+def values_by_keyword(ds: Dataset) -> dict[str, str]:
+    """Every top-level value of ``ds`` with a keyword, as :func:`_value` reads each: one pass
+    over the identifier instead of a lookup per matching key."""
+    return {element.keyword: _text(element.value) for element in ds if element.keyword}
 
 
 def conditions(identifier: Dataset) -> list[ColumnElement[bool]]:
@@ -180,8 +190,10 @@ def conditions(identifier: Dataset) -> list[ColumnElement[bool]]:
     return [c for c in found if c is not None]
 
 
+@lru_cache(maxsize=1)
 def _birth_date_text() -> ColumnElement[str]:
-    """Patient.birth_date as YYYYMMDD text on SQLite and PostgreSQL alike."""
+    """Patient.birth_date as YYYYMMDD text on SQLite and PostgreSQL alike (one expression,
+    reused by every query)."""
     from sqlalchemy import String, cast, func
 
     return func.replace(cast(Patient.birth_date, String), "-", "")
