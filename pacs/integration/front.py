@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 START_TIMEOUT = 60.0  # seconds the front process may take to start and report ready
 STOP_GRACE = 10.0  # seconds its connections get to finish the message they are on when stopping
 RESTART_DELAY = 1.0  # seconds before a front that died is started again
+ACCEPT_POLL = 0.2  # seconds between two looks at a starting front process while waiting for its link
 LENGTH = struct.Struct(">I")  # the link's frame header: the pickle's length
 STOP = ("stop",)  # main process to front: stop accepting, answer what is in flight, exit
 PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid (SO_PEERCRED, unix(7))
@@ -176,6 +177,8 @@ class Front:
                 if not self._started.done():
                     self._started.set_exception(exc)
                     return
+                if self._stopping.is_set():
+                    return
                 log.exception("MLLP front process did not start; trying again")
                 time.sleep(RESTART_DELAY)
                 continue
@@ -203,14 +206,23 @@ class Front:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
             server.bind(address)
             server.listen(4)
-            server.settimeout(START_TIMEOUT)
+            server.settimeout(ACCEPT_POLL)
             process = context.Process(target=serve_front, args=(self.settings, address), name="pacs-mllp",
                                       daemon=True)
             process.start()
             self.process = process
+            deadline = time.monotonic() + START_TIMEOUT
             try:
                 while True:
-                    link, _ = server.accept()
+                    try:
+                        link, _ = server.accept()
+                    except TimeoutError:  # a front that died starting, or a stop meanwhile, ends the wait
+                        if not process.is_alive():
+                            raise RuntimeError(f"the MLLP front process exited (code {process.exitcode}) "
+                                               "before it was ready") from None
+                        if self._stopping.is_set() or time.monotonic() > deadline:
+                            raise
+                        continue
                     pid, _uid, _gid = PEERCRED.unpack(
                         link.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))
                     if pid == process.pid:
@@ -228,7 +240,13 @@ class Front:
                 process.kill()
                 process.join()
                 raise
-        self._link = link
+        with self._send_lock:
+            self._link = link
+            if self._stopping.is_set():  # stopped while the front was starting (a refused start): tell it now
+                try:
+                    link.sendall(_frame(STOP))
+                except OSError:
+                    pass
         return link, stream
 
     def _relay(self, link: socket.socket, stream: Any) -> None:
