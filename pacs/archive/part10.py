@@ -94,31 +94,28 @@ def scan(head: bytes, size: int, *, sop_class: str | None = None,
         return None
     raw: dict[str, tuple[bytes, bytes]] = {}
     pixel_length = None
-    try:
-        while position != size:
-            element = _header(head, position, implicit)
-            if element is None:
+    while position != size:
+        element = _header(head, position, implicit)
+        if element is None:
+            return None
+        tag, vr, length, at = element
+        if tag >> 16 in (PIXEL_GROUP, ITEM_GROUP):
+            if tag != PIXEL_DATA or length == UNDEFINED or at + length != size:
                 return None
-            tag, vr, length, at = element
-            if tag >> 16 in (PIXEL_GROUP, ITEM_GROUP):
-                if tag != PIXEL_DATA or length == UNDEFINED or at + length != size:
-                    return None
-                pixel_length = length
-                break
-            wanted = WANTED.get(tag)
-            if wanted is not None:
-                keyword, expected = wanted
-                if (vr or expected) != expected or at + length > len(head):
-                    return None
-                raw[keyword] = (expected, head[at:at + length])
-                position = at + length
-            else:
-                end = _value(head, tag, vr, length, at, implicit, 0)
-                if end is None:
-                    return None
-                position = end
-    except RecursionError:  # pragma: no cover - MAX_DEPTH keeps well below the limit
-        return None
+            pixel_length = length
+            break
+        wanted = WANTED.get(tag)
+        if wanted is not None:
+            keyword, expected = wanted
+            if (vr or expected) != expected or at + length > len(head):
+                return None
+            raw[keyword] = (expected, head[at:at + length])
+            position = at + length
+        else:
+            end = _value(head, tag, vr, length, at, implicit, 0)
+            if end is None:
+                return None
+            position = end
     values = _values(raw)
     if values is None or not _identity_holds(values, sop_class, sop_instance):
         return None

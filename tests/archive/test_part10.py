@@ -168,9 +168,20 @@ LEFT_TO_PYDICOM = {
     "an invalid UID": lambda tmp: write(image(StudyInstanceUID="1.2.abc"), tmp / "o.dcm"),
     "a missing UID": lambda tmp: write(image(SeriesInstanceUID=""), tmp / "o.dcm"),
     "a multi-valued instance number": lambda tmp: write(image(InstanceNumber=["1", "2"]), tmp / "o.dcm"),
+    "sequences nested too deep": lambda tmp: deeply_nested(tmp),
     "a number that is not one": lambda tmp: patch(write(image(frames=1, rows=16), tmp / "o.dcm"),
                                                   struct.pack("<HH", 0x0028, 0x0008) + b"IS\x02\x001 ", b"x1"),
 }
+
+
+def deeply_nested(tmp: Path) -> Path:
+    """Sequences nested deeper than part10 walks (MAX_DEPTH), as a malicious sender might."""
+    ds = image(sequences=False)
+    inner = item(CodeValue="X")
+    for _ in range(part10.MAX_DEPTH + 2):
+        inner = item(ContentSequence=Sequence([inner]))
+    ds.ContentSequence = inner.ContentSequence
+    return write(ds, tmp / "o.dcm")
 
 
 def patch(path: Path, element: bytes, value: bytes) -> Path:
