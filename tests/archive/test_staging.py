@@ -164,9 +164,13 @@ def test_objects_answered_already_share_a_commit_unless_the_process_is_receiving
             batches.clear()
             pending = []
             paths = [received(tmp_path, 10 * receiving + number)[0] for number in range(5)]  # made beforehand:
-            for path in paths:  # only the sleep below between two objects, whatever the machine's load
+            # only the pause below between two objects, whatever the machine's load. Gathering waits
+            # GATHER_SECONDS for more: objects 5 ms apart share a batch then; objects half of that
+            # apart would share one two by two, and without the wait each has its own.
+            pause = store_module.GATHER_SECONDS * 0.5 if receiving else 0.005
+            for path in paths:  # answered one after the other, as over one association
                 pending.append(archive.store(spool(services, path), calling_ae="CT1", move=True, early=True).pending)
-                time.sleep(0.005)  # answered one after the other, as over one association
+                time.sleep(pause)
             assert all(future is not None and future.result(10).outcome == Outcome.STORED for future in pending)
             assert sum(batches) == 5
             if receiving:
