@@ -241,9 +241,13 @@ def _identity_holds(values: dict[str, str], sop_class: str | None, sop_instance:
 
 
 def _native_pixel_bytes(values: dict[str, str]) -> int:
-    """The length native Pixel Data must have (PS3.5 8.1.1), as store._native_pixel_bytes has it."""
     if not (values["BitsAllocated"] and values["Rows"] and values["Columns"]):
         return 0
-    count = int(values["Rows"]) * int(values["Columns"]) * (int(values["SamplesPerPixel"] or 1) or 1)
-    count *= int(values["NumberOfFrames"] or 1) or 1
-    return (count * int(values["BitsAllocated"]) + 7) // 8
+    return native_pixel_bytes(int(values["Rows"]), int(values["Columns"]), int(values["BitsAllocated"]),
+                              samples=int(values["SamplesPerPixel"] or 1), frames=int(values["NumberOfFrames"] or 1))
+
+
+def native_pixel_bytes(rows: int, columns: int, bits_allocated: int, *, samples: int = 1, frames: int = 1) -> int:
+    """The length native (uncompressed) Pixel Data must have (PS3.5 8.1.1, 8.2); a samples or
+    frames value of 0 counts as 1."""
+    return (rows * columns * (samples or 1) * (frames or 1) * bits_allocated + 7) // 8

@@ -283,12 +283,11 @@ def _native_pixel_bytes(ds: Dataset) -> int:
     if syntax is not None and UID(syntax).is_compressed:
         return 0
     try:
-        bits = int(ds.BitsAllocated)
-        count = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
-        count *= int(ds.get("NumberOfFrames", 1) or 1)
+        return part10.native_pixel_bytes(int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated),
+                                         samples=int(ds.get("SamplesPerPixel", 1) or 1),
+                                         frames=int(ds.get("NumberOfFrames", 1) or 1))
     except (AttributeError, TypeError, ValueError):
         return 0
-    return (count * bits + 7) // 8
 
 
 def check_identity(ds: Dataset, *, sop_class: str | None = None, sop_instance: str | None = None) -> None:
