@@ -273,11 +273,18 @@ class Channel:
             row.status, row.error = Status.ERROR, str(exc)
             return self._finish(session, row, header, exc, finished)
         except Exception as exc:  # a fault of ours: keep the message for reprocessing, say so
-            log.exception("message %s failed", row.id)
-            error = MessageError.content(ErrorCode.APPLICATION_INTERNAL_ERROR, None,
-                                         f"internal error, message kept for reprocessing: {exc}")
-            row.status, row.error = Status.ERROR, str(error)
-            return self._finish(session, row, header, error, finished)
+            return self.fault(session, row, exc, finished, header)
+
+    def fault(self, session: Session, row: MessageRow, exc: Exception, finished: list[MessageRow] | None = None,
+              header: Header | None = None) -> Outcome:
+        """The outcome of a message whose processing failed for a reason of ours (a bug): AE
+        with an internal-error ERR, the message kept as ERROR for reprocessing. The batch it
+        came in goes on."""
+        log.exception("message %s failed", row.id)
+        error = MessageError.content(ErrorCode.APPLICATION_INTERNAL_ERROR, None,
+                                     f"internal error, message kept for reprocessing: {exc}")
+        row.status, row.error = Status.ERROR, str(error)
+        return self._finish(session, row, header or header_from_raw(row.raw), error, finished)
 
     def transform(self, inbound: Inbound) -> Transformed | None:
         """Parse and map an HL7 v2 message without the database, ahead of :meth:`process`;

@@ -128,7 +128,7 @@ class Intake:
             bind if bind is not None else self.db.engine, expire_on_commit=False, autoflush=False)
         waiting = (processed.batch if processed is not None else []) + batch
         try:
-            rows = [self.channel.receive(inbound) for inbound, _ in batch]
+            rows = [self._receive(inbound) for inbound, _ in batch]
             if rows:
                 store_raw(session, rows)
             session.commit()  # the processed batch's effects and this batch's raw content are durable
@@ -147,7 +147,10 @@ class Intake:
             applied = AppliedIndex(session, rows)
             finished: list[MessageRow] = []
             for (inbound, _), row in zip(batch, rows, strict=True):
-                outcome = self.channel.process(session, row, inbound, applied, finished)
+                try:
+                    outcome = self.channel.process(session, row, inbound, applied, finished)
+                except Exception as exc:  # one message's fault is its own; the batch goes on
+                    outcome = self.channel.fault(session, row, exc, finished)
                 if outcome.status == Status.PROCESSED:
                     applied.add(row)
                 outcomes.append(outcome)
@@ -157,6 +160,16 @@ class Intake:
             _fail(batch, exc)
             raise
         return Processed(session, batch, outcomes)
+
+    def _receive(self, inbound: Inbound) -> MessageRow:
+        """The message-store row for ``inbound``; a message whose header can't even be described
+        is stored with its raw bytes alone (and answered once parsed), never failing its batch."""
+        try:
+            return self.channel.receive(inbound)
+        except Exception:
+            log.exception("message from %s not described before storing; stored as it came", inbound.peer)
+            return MessageRow(raw=inbound.raw, source=inbound.source, peer=inbound.peer,
+                              endpoint=inbound.endpoint, reprocess_of=inbound.reprocess_of)
 
     def _process_batch(self, batch: Batch) -> list[Outcome]:
         """Store, commit, process and commit ``batch`` on the calling thread; its outcomes."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 from dataclasses import dataclass
+from functools import lru_cache
 
 START_BLOCK = b"\x0b"  # <VT>
 END_BLOCK = b"\x1c"  # <FS>
@@ -65,15 +66,39 @@ def frame(payload: bytes) -> bytes:
     return START_BLOCK + payload + TRAILER
 
 
+# Text every character set an HL7 message can be declared in must read as ASCII reads it: the
+# header is found before decoding (declared_charset), and the delimiters and escape sequences
+# (HL7 v2.5.1 2.7) are ASCII.
+ASCII_PROBE = bytes(range(0x20, 0x7F)) + b"\\T\\ \\X0D\\ \\N\\ \\u\\ \r"
+
+
 def python_codec(charset: str) -> str | None:
-    """The Python codec for an HL7 table 0211 name (case and spacing tolerated), or None."""
+    """The Python codec for an HL7 table 0211 name (case and spacing tolerated), or None.
+
+    Names outside table 0211 are looked up among Python's codecs, and taken only when the codec
+    is a text encoding that reads and writes ASCII unchanged (:func:`_reads_ascii`): Python
+    also knows codecs that are not character sets at all (``uu``, ``base64``, ``rot13``,
+    ``hex``, ``undefined``), and ones no HL7 message can be written in (``idna``, EBCDIC,
+    ``unicode_escape``)."""
     key = " ".join(charset.strip().upper().split())
     if key in CHARSETS:
         return CHARSETS[key]
     try:
-        return codecs.lookup(key).name
+        name = codecs.lookup(key).name
     except (LookupError, ValueError):  # ValueError: a name with a NUL byte in it
         return None
+    return name if _reads_ascii(name) else None
+
+
+@lru_cache(maxsize=64)
+def _reads_ascii(codec: str) -> bool:
+    """Whether ``codec`` is a text encoding that decodes and encodes :data:`ASCII_PROBE` as ASCII does."""
+    expected = ASCII_PROBE.decode("ascii")
+    try:
+        return (getattr(codecs.lookup(codec), "_is_text_encoding", True)
+                and ASCII_PROBE.decode(codec) == expected and expected.encode(codec) == ASCII_PROBE)
+    except (UnicodeError, LookupError, ValueError, TypeError):
+        return False
 
 
 def declared_charset(raw: bytes) -> str:
@@ -107,6 +132,8 @@ def decode(raw: bytes, default_charset: str) -> tuple[str, str]:
         raise CharsetError(
             f"byte {exc.start} (0x{raw[exc.start]:02X}) is not valid {charset}"
         ) from None
+    except UnicodeError as exc:  # a codec that fails without naming a byte
+        raise CharsetError(f"the message is not valid {charset}: {exc}") from None
     # HL7 v2 text has no NUL (and PostgreSQL's text cannot hold one): U+FFFD stands in for it,
     # as for any character that cannot be shown; the raw bytes are kept as they came.
     return text.lstrip("\ufeff").replace("\x00", "\ufffd"), charset

@@ -83,6 +83,25 @@ def test_a_message_with_an_unreadable_header_is_answered_ar_and_its_batch_goes_o
     assert rows[1].raw == odd
 
 
+# Python codecs that are not character sets (or none an HL7 message can be written in); each
+# once passed the charset lookup and failed the whole batch in decoding.
+NOT_CHARSETS = ["UU", "BASE64", "ROT13", "HEX", "QUOPRI", "UNDEFINED", "IDNA", "ZLIB", "BZ2", "CP037",
+                "UNICODE_ESCAPE", "RAW_UNICODE_ESCAPE", "PUNYCODE", "UTF-7"]
+
+
+@pytest.mark.parametrize("charset", NOT_CHARSETS)
+def test_an_msh18_naming_a_codec_that_is_no_charset_is_answered_ar_alone(server, charset):
+    odd = load("adt_a01_ihe.hl7").replace(b"UNICODE UTF-8", charset.encode(), 1)
+    outcomes = one_batch(server, [load("adt_a01_ihe.hl7"), odd, _order_groups(["NW"], "ORM0009")])
+    assert [o.ack_code for o in outcomes] == ["AA", "AR", "AA"]
+    ack = outcomes[1].response.decode("ascii")
+    assert "\rERR||MSH^1^18^1|102^" in ack and f"character set '{charset}' is not supported" in ack
+    with Session(server.db.engine) as session:
+        rows = session.exec(select(StoredMessage).order_by(col(StoredMessage.id))).all()
+    assert [r.status for r in rows] == [Status.PROCESSED, Status.ERROR, Status.PROCESSED]
+    assert rows[1].raw == odd
+
+
 def test_a_message_sent_twice_in_one_batch_is_applied_once(server):
     order = load("orm_o01_nw_ihe.hl7")
     first, again, later = one_batch(server, [order, order, order])
@@ -139,6 +158,29 @@ def test_the_worker_goes_on_after_a_failed_cycle_on_a_fresh_connection(server, m
     assert outcome.ack_code == "AA"
     assert failures[0].invalidated or failures[0].closed  # the kept connection was let go
     assert count(server.db, ImagingOrder) == 1
+
+
+def test_a_fault_in_one_message_fails_that_message_alone(server, monkeypatch):
+    """Whatever escapes a message's processing (a bug of ours) fails that message with an AE
+    naming an internal error, kept as ERROR to reprocess; the rest of its batch is applied."""
+    from pacs.integration.channel import Channel
+
+    real = Channel.process
+
+    def faulty(self, session, row, inbound, *args, **kwargs):
+        if b"ADT0001" in row.raw:
+            raise RuntimeError("a fault of ours")
+        return real(self, session, row, inbound, *args, **kwargs)
+
+    monkeypatch.setattr(Channel, "process", faulty)
+    outcomes = one_batch(server, [load("orm_o01_nw_ihe.hl7"), load("adt_a01_ihe.hl7"),
+                                  _order_groups(["NW"], "ORM0009")])
+    assert [o.ack_code for o in outcomes] == ["AA", "AE", "AA"]
+    assert "internal error, message kept for reprocessing: a fault of ours" in outcomes[1].response.decode()
+    with Session(server.db.engine) as session:
+        rows = session.exec(select(StoredMessage).order_by(col(StoredMessage.id))).all()
+    assert [r.status for r in rows] == [Status.PROCESSED, Status.ERROR, Status.PROCESSED]
+    assert count(server.db, ImagingOrder) == 2
 
 
 def test_a_batch_saves_each_message_result_and_audit_entry(server):
