@@ -14,8 +14,8 @@ the file. It is at least as strict as pydicom's reading in store(): every sequen
 walked to its end or delimiter, the Pixel Data holds what Rows, Columns, Samples per Pixel,
 Number of Frames and Bits Allocated call for, the four identifying UIDs are present, valid,
 encoded as UI and as announced. Anything else (deflated, big-endian or encapsulated data,
-a header longer than the head, elements after the pixel data, an unexpected VR, a value that is
-not plain ASCII digits and dots, a broken structure) gives None, and store() reads the object
+a header longer than the head, elements after the pixel data, a VR the data dictionary does not
+give the element, a value that is not plain ASCII digits and dots, a broken structure) gives None, and store() reads the object
 with pydicom as before, which also words the refusals.
 """
 
@@ -62,6 +62,9 @@ WANTED = {
     0x00280011: ("Columns", b"US"),
     0x00280100: ("BitsAllocated", b"US"),
 }
+# tag → the VRs the data dictionary gives it (PS3.6 6; "US or SS" and the like are several)
+_DICTIONARY_VRS = {tag: frozenset(vr.encode() for vr in entry[0].split(" or "))
+                   for tag, entry in DicomDictionary.items()}
 IDENTITY = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 _ALLOWED = {b"UI": frozenset("0123456789."), b"DA": frozenset("0123456789"), b"TM": frozenset("0123456789."),
             b"IS": frozenset("0123456789-")}
@@ -104,6 +107,8 @@ def scan(head: bytes, size: int, *, sop_class: str | None = None,
                 return None
             pixel_length = length
             break
+        if vr is not None and vr not in _DICTIONARY_VRS.get(tag, (vr,)):
+            return None  # a VR other than the data dictionary's: pydicom and store.check_values decide
         wanted = WANTED.get(tag)
         if wanted is not None:
             keyword, expected = wanted

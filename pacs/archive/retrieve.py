@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pydicom
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
@@ -195,7 +197,9 @@ def correct(ds: Dataset, truth: dict[str, str]) -> None:
         ds.SpecificCharacterSet = "ISO_IR 192"
     for keyword, value in truth.items():
         if value or keyword in ds:
-            setattr(ds, keyword, value)
+            # a new element with the dictionary's VR (PS3.5 6.2), whatever VR the modality gave it
+            tag = tag_for_keyword(keyword)
+            ds[tag] = DataElement(tag, dictionary_VR(tag), value)
 
 
 def accepted_syntaxes(contexts: list[PresentationContext]) -> dict[str, set[str]]:

@@ -38,8 +38,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pydicom
+from pydicom.datadict import DicomDictionary
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
+from pydicom.valuerep import VR
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from sqlalchemy import bindparam, insert, update
 from sqlalchemy import select as sql_select
@@ -61,6 +64,7 @@ log = logging.getLogger(__name__)
 
 HEADER_DEFER = 1024  # values larger than this are not read when indexing
 HEAD_BYTES = 64 * 1024  # bytes of a file read at once to parse its header from memory (PrefixedFile)
+_KNOWN_VRS = frozenset(vr.value for vr in VR)  # PS3.5 Table 6.2-1
 
 
 class Outcome(StrEnum):
@@ -121,19 +125,27 @@ class Refused(Exception):
 
 
 def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
+    """The value of ``keyword`` as the index keeps it: text, values joined by backslashes, no
+    NUL (which PostgreSQL's text cannot hold: U+FFFD stands in for it); "" when absent or not
+    decodable (:func:`check_values` refuses such objects before they are answered)."""
+    try:
+        value = ds.get(keyword)
+    except Exception:  # pydicom's converters raise many kinds of errors
+        return ""
     if value is None:
         return ""
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value)
-    return str(value).strip()
+        text = "\\".join(str(v) for v in value)
+    else:
+        text = str(value).strip()
+    return text.replace("\0", "\ufffd")
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
     try:
         value = ds.get(keyword)
         return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+    except Exception:  # absent, not a number, or not decodable
         return None
 
 
@@ -318,6 +330,60 @@ SUMMARY_KEYS = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInst
                 "ContentDate", "ContentTime", "Rows", "Columns", "NumberOfFrames")
 
 
+# Every attribute whose value the archive reads from a header (the index writer, reconciliation
+# and the device rules): PS3.5 6.2 gives each its VR in the data dictionary (PS3.6 6), and one
+# encoded with another would be misread (a name of VR AT reads as tags) or not read at all.
+INDEXED_KEYS = frozenset(SUMMARY_KEYS + RECEIVED_KEYS + (
+    "SpecificCharacterSet", "StudyID", "StudyDate", "StudyTime", "Modality", "SeriesNumber",
+    "SeriesDescription", "BodyPartExamined", "Laterality", "SeriesDate", "SeriesTime", "StationName",
+    "InstitutionName", "PerformingPhysicianName", "OperatorsName", "ProtocolName", "AcquisitionDateTime",
+    "AcquisitionDate", "AcquisitionTime", "SamplesPerPixel", "BitsAllocated"))
+_INDEXED_TAGS = {tag: keyword for tag, (_vr, _vm, _name, _retired, keyword) in DicomDictionary.items()
+                 if keyword in INDEXED_KEYS}
+
+
+def check_values(ds: Dataset) -> None:
+    """``ds`` readable as the archive reads it, or :class:`Refused` (0xC000) naming the first
+    element that is not: what the index writer reads later must not fail, nor misread, an
+    object already answered Success.
+
+    - no element, at any depth, has a VR that PS3.5 Table 6.2-1 does not define (``XX``):
+      even its length could not be read safely;
+    - every attribute the archive indexes (:data:`INDEXED_KEYS`) carries the VR the data
+      dictionary gives it (PS3.5 6.2; UN is read as the dictionary's VR, PS3.5 6.2.2) and a
+      value pydicom decodes with it.
+
+    Other elements keep whatever VR and value they came with: they are stored as sent, sent on
+    as they are, and left out of a DICOM JSON answer they can't be written in."""
+    _check_vrs(ds)
+    for tag in _INDEXED_TAGS.keys() & ds._dict.keys():
+        keyword = _INDEXED_TAGS[tag]
+        expected = DicomDictionary[tag][0]
+        raw = ds.get_item(tag)
+        if raw.VR is not None and raw.VR != "UN" and raw.VR not in expected.split(" or "):
+            raise Refused(CANNOT_UNDERSTAND, f"{keyword} {BaseTag(tag)} has VR {raw.VR}, not {expected}")
+        try:
+            ds[tag].value
+        except Exception as exc:  # pydicom's converters raise many kinds of errors
+            raise Refused(CANNOT_UNDERSTAND, f"{keyword} {BaseTag(tag)} cannot be read: {exc}") from None
+
+
+def _check_vrs(ds: Dataset) -> None:
+    """Every explicit VR of ``ds`` and its sequences' items one of PS3.5 Table 6.2-1's."""
+    for tag in ds._dict:
+        element = ds.get_item(tag, keep_deferred=True)
+        if element.VR is not None and element.VR not in _KNOWN_VRS:
+            raise Refused(CANNOT_UNDERSTAND, f"element {BaseTag(tag)} has VR {element.VR!r}, which PS3.5 "
+                                             "does not define")
+        if element.VR == "SQ" and tag >> 16 != PIXEL_GROUP:
+            try:
+                items = ds[tag].value
+            except Exception as exc:  # a sequence pydicom cannot take apart
+                raise Refused(CANNOT_UNDERSTAND, f"sequence {BaseTag(tag)} cannot be read: {exc}") from None
+            for item in items:
+                _check_vrs(item)
+
+
 def summary_of(ds: Dataset) -> dict[str, str]:
     """The values of ``ds`` the index writer reads for every object (:data:`SUMMARY_KEYS`)."""
     return {keyword: _text(ds, keyword) for keyword in SUMMARY_KEYS}
@@ -472,6 +538,7 @@ class Archive:
             try:
                 header = read_header(path, spooled=spooled)
                 check_identity(header, sop_class=sop_class, sop_instance=sop_instance)
+                check_values(header)
             except Refused as exc:
                 log.warning("refused an object from %s: %s", calling_ae or "import", exc.comment)
                 return StoreResult(Outcome.REFUSED, exc.status, exc.comment)
@@ -723,6 +790,7 @@ class Archive:
             try:
                 header = read_header(path)
                 check_identity(header)
+                check_values(header)
             except Exception as exc:
                 log.error("staged object %s cannot be indexed (%s); left in %s", key, exc, path.parent)
                 continue
@@ -964,7 +1032,7 @@ class Archive:
         alphabetic = ideographic = ""
         if pn is not None:
             groups = [pn.alphabetic, pn.ideographic] if hasattr(pn, "alphabetic") else [str(pn), ""]
-            alphabetic, ideographic = str(groups[0] or ""), str(groups[1] or "")
+            alphabetic, ideographic = (str(group or "").replace("\0", "\ufffd") for group in groups)
         source = ideographic or alphabetic
         parts = source.split("^")
         name = person_name(parts[0], parts[1] if len(parts) > 1 else "",
