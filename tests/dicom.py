@@ -68,6 +68,7 @@ def mpps_attributes(*, study_uid: str, accession: str, sps_id: str = "", patient
     ref.StudyInstanceUID = study_uid
     ref.AccessionNumber = accession
     ref.RequestedProcedureID = ""
+    ref.RequestedProcedureDescription = ""
     ref.ScheduledProcedureStepID = sps_id
     ref.ScheduledProcedureStepDescription = ""
     ref.ScheduledProtocolCodeSequence = []
@@ -98,7 +99,8 @@ def mpps_attributes(*, study_uid: str, accession: str, sps_id: str = "", patient
 
 
 def completion(status: str = "COMPLETED", series_uid: str = "1.2.3.4.5.6", instances: int = 3) -> Dataset:
-    """An N-SET modification list ending the step, with its performed series (IHE RAD-7)."""
+    """An N-SET modification list ending the step, with its performed series (IHE RAD-7); with
+    ``instances=0`` the series references no image, as for a step discontinued before any."""
     ds = Dataset()
     ds.PerformedProcedureStepStatus = status
     ds.PerformedProcedureStepEndDate = "20261125"
@@ -118,5 +120,5 @@ def completion(status: str = "COMPLETED", series_uid: str = "1.2.3.4.5.6", insta
         refs.append(ref)
     series.ReferencedImageSequence = refs
     series.ReferencedNonImageCompositeSOPInstanceSequence = []
-    ds.PerformedSeriesSequence = [series] if instances else []
+    ds.PerformedSeriesSequence = [series]  # a series even when nothing was made (PS3.4 F.7.2-1 Note 2)
     return ds

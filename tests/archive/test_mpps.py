@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
@@ -149,9 +151,157 @@ def test_set_errors(scheduled, assoc):
     assert update(assoc, bad).Status == 0x0106
     change_patient = completion()
     change_patient.PatientID = "OTHER"
-    assert update(assoc, change_patient).Status == 0x0110
+    assert update(assoc, change_patient).Status == 0x0105  # "Not allowed" at N-SET
     assert update(assoc, completion()).Status == 0
     again = update(assoc, completion())
     assert again.Status == 0x0110 and again.ErrorID == 0xA710  # may no longer be updated
     # and the AE keeps serving
     assert assoc.send_c_echo().Status == 0
+
+
+# -- PS3.4 Table F.7.2-1, nested requirements included ---------------------------------------------
+
+
+def _item(attributes, keyword):
+    return attributes[keyword].value[0]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected", "named"),
+    [
+        # Type 1 inside the Scheduled Step Attributes Sequence: absent, then present and empty
+        (lambda a: delattr(_item(a, "ScheduledStepAttributesSequence"), "StudyInstanceUID"), 0x0120,
+         "StudyInstanceUID"),
+        (lambda a: setattr(_item(a, "ScheduledStepAttributesSequence"), "StudyInstanceUID", ""), 0x0121,
+         "StudyInstanceUID"),
+        # Type 2 inside the item: must be sent, may be empty
+        (lambda a: delattr(_item(a, "ScheduledStepAttributesSequence"), "AccessionNumber"), 0x0120,
+         "AccessionNumber"),
+        # Type 1 two levels down, in a Referenced Study Sequence item
+        (lambda a: setattr(_item(a, "ScheduledStepAttributesSequence"), "ReferencedStudySequence",
+                           [_ref_without_class()]), 0x0120, "ReferencedSOPClassUID"),
+        # an empty sequence where the standard asks for an item (Type 1)
+        (lambda a: setattr(a, "ScheduledStepAttributesSequence", []), 0x0121, "ScheduledStepAttributesSequence"),
+        # present but empty top-level Type 1
+        (lambda a: setattr(a, "PerformedProcedureStepStartDate", ""), 0x0121, "PerformedProcedureStepStartDate"),
+        (lambda a: setattr(a, "PerformedStationAETitle", ""), 0x0121, "PerformedStationAETitle"),
+        # a Type 1 value that is no value of its VR
+        (lambda a: setattr(_item(a, "ScheduledStepAttributesSequence"), "StudyInstanceUID", "not-a-uid"), 0x0106,
+         "StudyInstanceUID"),
+    ],
+    ids=["item-study-uid-missing", "item-study-uid-empty", "item-accession-missing", "ref-study-class-missing",
+         "scheduled-steps-empty", "start-date-empty", "station-empty", "item-study-uid-invalid"],
+)
+def test_create_checks_required_attributes_at_every_level(scheduled, assoc, mutate, expected, named):
+    """PS3.4 5.4.2.1 and Table F.7.2-1: a missing required attribute is 0x0120, an empty Type 1
+    one 0x0121, wherever it sits; nothing is started."""
+    attributes = mpps_attributes(study_uid=STUDY, accession="ACC0001", sps_id="SPS0001")
+    mutate(attributes)
+    status, _ = create(assoc, attributes)
+    assert status.Status == expected, status
+    assert named in status.ErrorComment or _tag_of(named) in status.ErrorComment
+    found = order(scheduled, "ACC0001")
+    assert found["status"] == "scheduled" and found["steps"][0]["status"] == "SCHEDULED"
+    assert assoc.send_c_echo().Status == 0
+
+
+def _ref_without_class():
+    from pydicom.dataset import Dataset
+
+    ref = Dataset()
+    ref.ReferencedSOPInstanceUID = "1.2.3.4"
+    return ref
+
+
+def _tag_of(keyword: str) -> str:
+    from pydicom.datadict import tag_for_keyword
+
+    tag = tag_for_keyword(keyword)
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected", "named"),
+    [
+        # Type 1 in a Performed Series Sequence item at N-SET; the identifier list names its tag
+        (lambda m: delattr(_item(m, "PerformedSeriesSequence"), "SeriesInstanceUID"), 0x0120, "SeriesInstanceUID"),
+        (lambda m: setattr(_item(m, "PerformedSeriesSequence"), "ProtocolName", ""), 0x0121, "ProtocolName"),
+        # Type 1 in a Referenced Image Sequence item
+        (lambda m: delattr(_item(m, "PerformedSeriesSequence").ReferencedImageSequence[1], "ReferencedSOPInstanceUID"),
+         0x0120, "ReferencedSOPInstanceUID"),
+        # final state (F.7.2.2.2): COMPLETED with no end date (created empty, never set)
+        (lambda m: delattr(m, "PerformedProcedureStepEndDate"), 0x0121, "PerformedProcedureStepEndDate"),
+        # 3/1 at N-SET: optional, but not empty; and a series must exist at the end (Note 2)
+        (lambda m: setattr(m, "PerformedSeriesSequence", []), 0x0121, "PerformedSeriesSequence"),
+        (lambda m: setattr(m, "PerformedProcedureStepStatus", ""), 0x0121, "PerformedProcedureStepStatus"),
+        # "Not allowed" at N-SET: an attribute the SCU may not set (no processing failure)
+        (lambda m: setattr(m, "PatientID", "OTHER"), 0x0105, "PatientID"),
+        (lambda m: setattr(m, "PerformedStationName", "CT9"), 0x0105, "PerformedStationName"),
+    ],
+    ids=["series-uid-missing", "protocol-empty", "image-ref-missing", "end-date-never-set", "series-empty",
+         "status-empty", "patient-id-not-allowed", "station-name-not-allowed"],
+)
+def test_set_checks_required_attributes_at_every_level(scheduled, assoc, mutate, expected, named):
+    assert create(assoc, mpps_attributes(study_uid=STUDY, accession="ACC0001", sps_id="SPS0001"))[0].Status == 0
+    modifications = completion()
+    mutate(modifications)
+    status = update(assoc, modifications)
+    assert status.Status == expected, status
+    assert named in status.ErrorComment or _tag_of(named) in status.ErrorComment
+    from pydicom.datadict import tag_for_keyword
+
+    if expected in (0x0105, 0x0120):
+        assert tag_for_keyword(named) in [int(t) for t in _as_list(status.AttributeIdentifierList)]
+    assert order(scheduled, "ACC0001")["status"] == "in_progress"  # not ended
+    assert update(assoc, completion()).Status == 0  # the step can still be ended properly
+    assert order(scheduled, "ACC0001")["status"] == "completed"
+
+
+def _as_list(value) -> list:
+    return [value] if isinstance(value, int) else list(value)  # one tag comes back as a bare BaseTag
+
+
+# -- the lifecycle only moves forward --------------------------------------------------------------
+
+
+def _image_of_the_order(tmp_path):
+    from tests.archive.test_reconcile import ct_for
+
+    return ct_for(tmp_path, StudyInstanceUID=STUDY, AccessionNumber="ACC0001", PatientID="P10001")
+
+
+@pytest.mark.parametrize("images", ["while_in_progress", "after_completion"])
+def test_order_moves_forward_whatever_comes_first(start_server, tmp_path, images):
+    """Images received while the step is still being performed, or after it: the order goes
+    scheduled → in progress → completed → images received either way, and the HIS hears IP, CM
+    and A in that order."""
+    from pacs.integration.hl7v2 import parse
+    from pacs.settings import HISDestination, OutboxSettings
+    from tests.archive.test_store import send_file
+    from tests.integration.test_his_outbox import FakeHIS, wait_for
+
+    his = FakeHIS()
+    try:
+        server = start_server(his=HISDestination(host="127.0.0.1", port=his.port, notify_images_available=True),
+                              outbox=OutboxSettings(base_delay_seconds=0.1, max_delay_seconds=0.5))
+        assert [a["code"] for a in send_all(server.mllp_port, ["orm_o01_nw_ihe.hl7"])] == ["AA"]
+        association = client("CT1").associate("127.0.0.1", server.dicom_port, ae_title="PACS")
+        assert create(association, mpps_attributes(study_uid=STUDY, accession="ACC0001",
+                                                    sps_id="SPS0001"))[0].Status == 0
+        if images == "while_in_progress":
+            assert send_file(server.dicom_port, _image_of_the_order(tmp_path)).Status == 0
+            assert order(server, "ACC0001")["status"] == "in_progress"  # the step is still being performed
+        assert update(association, completion()).Status == 0
+        if images == "after_completion":
+            assert send_file(server.dicom_port, _image_of_the_order(tmp_path)).Status == 0
+        association.release()
+
+        done = order(server, "ACC0001")
+        assert done["status"] == "images_received"
+        assert [e["to_status"] for e in done["events"]] == ["scheduled", "in_progress", "completed",
+                                                           "images_received"]
+        wait_for(lambda: len(his.received) >= 3)
+        time.sleep(0.3)
+        assert [parse(text).get("ORC-5") for text in his.received] == ["IP", "CM", "A"]
+    finally:
+        his.close()
