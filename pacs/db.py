@@ -60,6 +60,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 WRITER_WAIT = 0.00005, 0.001  # seconds between two tries for the writer lock: first, and at most
 MAX_ROW_ID = 2**63 - 1  # the largest key SQLite (INTEGER) and PostgreSQL (BIGINT) store
+ROW_ID_DIGITS = len(str(MAX_ROW_ID))  # 19: a number of more digits is past every key
 SQLITE_CACHE_KIB = 65536  # page cache per connection (SQLite's default is 2 MiB): the index B-trees of a large archive
 # WAL pages before a commit checkpoints them into the database file (SQLite's default: 1,000).
 # The pages every message or object touches (the newest leaf of each index, the counters) are
@@ -72,9 +73,14 @@ WRITER_TIMEOUT = 30.0  # then BEGIN IMMEDIATE goes ahead and SQLite's busy timeo
 def row_id(text: str) -> int | None:
     """The row key a client's text names (a FHIR logical id, an id in a URL): ASCII decimal
     digits up to :data:`MAX_ROW_ID`, else None. "³" and "８" are digits to ``str.isdigit``
-    but name no row; a number past the largest key names none either."""
+    but name no row; a number past the largest key names none either. A number longer than
+    the largest key is known to be past it before ``int()`` reads it: ``int()`` refuses a text
+    of more than 4,300 digits (``sys.get_int_max_str_digits()``) with a ValueError."""
     if text.isascii() and text.isdigit():
-        number = int(text)
+        digits = text.lstrip("0") or "0"
+        if len(digits) > ROW_ID_DIGITS:
+            return None
+        number = int(digits)
         return number if number <= MAX_ROW_ID else None
     return None
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
-from sqlalchemy import ColumnElement, and_, exists, func, true
+from sqlalchemy import ColumnElement, and_, exists, false, func, true
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
@@ -35,6 +35,7 @@ from pacs.archive.query import (
 from pacs.archive.status import Status
 from pacs.archive.encoding import Encoded
 from pacs.archive.worklist import _birth_date_text, _check_vr, _tag_vr, values_by_keyword
+from pacs.db import row_id
 from pacs.integration.names import NameRules
 from pacs.registry.models import Patient
 
@@ -106,17 +107,28 @@ def conditions(identifier: Dataset, level: str) -> list[ColumnElement[bool]]:
             match_string(Series.description, v("SeriesDescription"), fold_case=True),
             match_string(Series.body_part, v("BodyPartExamined"), fold_case=True),
             match_date_range(Series.series_date, v("SeriesDate"), 0x00080021),
-            (Series.series_number == int(number)) if number and number.strip().isdigit() else None,
+            match_number(Series.series_number, number),
         ]
     if level == "IMAGE":
         number = v("InstanceNumber")
         found += [
             match_uid_list(Instance.sop_instance_uid, v("SOPInstanceUID")),
             match_uid_list(Instance.sop_class_uid, v("SOPClassUID")),
-            (Instance.instance_number == int(number)) if number and number.strip().isdigit() else None,
+            match_number(Instance.instance_number, number),
         ]
     found += trash_excluded(level)
     return [c for c in found if c is not None]
+
+
+def match_number(column: ColumnElement[Any], value: str | None) -> ColumnElement[bool] | None:
+    """Single value matching of an IS key (PS3.4 C.2.2.2.1) against an integer column: a number
+    past the largest integer a column holds matches nothing, and is known to be past it without
+    ``int()``, which refuses more than 4,300 digits; a value that is not a whole number is not
+    matched on."""
+    if not value or not value.strip().isdigit():
+        return None
+    number = row_id(value.strip())
+    return column == number if number is not None else false()
 
 
 def trash_excluded(level: str) -> list[ColumnElement[bool]]:
