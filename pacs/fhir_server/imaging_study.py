@@ -182,7 +182,15 @@ def search_parameters():  # type: ignore[no-untyped-def]
     from sqlalchemy import false, or_
 
     from pacs.db import row_id
-    from pacs.fhir_server.search import Param, SearchError, date_parameter, day_text, reference, string
+    from pacs.fhir_server.search import (
+        Param,
+        SearchError,
+        date_parameter,
+        day_text,
+        reference,
+        shown,
+        string,
+    )
 
     def identifier(value: str, modifier: str | None):  # type: ignore[no-untyped-def]
         system, bar, code = value.rpartition("|")
@@ -202,7 +210,7 @@ def search_parameters():  # type: ignore[no-untyped-def]
         if value in ("available", "registered"):
             open_ = or_(col(Study.order).is_(None), col(Study.order).not_in(cancelled))
             return open_ & ((Study.number_of_instances > 0) if value == "available" else (Study.number_of_instances == 0))
-        raise SearchError(f"status {value!r} is not registered, available or cancelled")
+        raise SearchError(f"status {shown(value)} is not registered, available or cancelled")
 
     def _id(value: str, modifier: str | None):  # type: ignore[no-untyped-def]
         return Study.id == key if (key := row_id(value)) is not None else false()

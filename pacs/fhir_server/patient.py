@@ -57,7 +57,7 @@ def search_parameters(systems):  # type: ignore[no-untyped-def]
     authorities HL7 v2 senders use (mappings/codes/identifier_systems.csv)."""
     from sqlalchemy import and_, func, or_
 
-    from pacs.fhir_server.search import Param, SearchError, date_parameter, day, string
+    from pacs.fhir_server.search import Param, SearchError, date_parameter, day, shown, string
 
     def identifier(value: str, modifier: str | None):  # type: ignore[no-untyped-def]
         if modifier is not None:
@@ -71,7 +71,7 @@ def search_parameters(systems):  # type: ignore[no-untyped-def]
     def gender(value: str, modifier: str | None):  # type: ignore[no-untyped-def]
         wanted = {"male": "M", "female": "F", "other": "O", "unknown": ""}.get(value.rpartition("|")[2])
         if wanted is None:
-            raise SearchError(f"gender {value!r} is not male, female, other or unknown")
+            raise SearchError(f"gender {shown(value)} is not male, female, other or unknown")
         return Patient.sex == wanted if wanted else or_(Patient.sex == "", col(Patient.sex).not_in(["M", "F", "O"]))
 
     def _id(value: str, modifier: str | None):  # type: ignore[no-untyped-def]

@@ -22,6 +22,10 @@ from pacs.fhir_server.outcome import operation_outcome
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 500
+# Characters in the value of a string parameter, matched with LIKE. No name or text searched here
+# is near that long (a DICOM PN component group holds 64 characters, an LO 64), and SQLite
+# refuses a LIKE pattern past 50,000 bytes (SQLITE_MAX_LIKE_PATTERN_LENGTH) with an error.
+MAX_STRING_CHARACTERS = 1024
 RESULT_PARAMETERS = {"_count", "_sort", "_include", "_revinclude", "_offset", "_format", "_summary", "_total",
                      "_elements"}
 
@@ -97,9 +101,10 @@ def parse(params: list[tuple[str, str]], declared: dict[str, Param], *, strict: 
         elif name in RESULT_PARAMETERS:
             ignored.append(raw_name)  # understood, not implemented: results are the same without it
         elif name in declared:
-            if not value:
+            values = _split(value)
+            if not values:  # "", ",,,": a list of no values (search.html#combining)
                 raise SearchError(f"parameter {raw_name} has no value", raw_name)
-            alternatives = [declared[name].build(v, modifier or None) for v in _split(value)]
+            alternatives = [declared[name].build(v, modifier or None) for v in values]
             conditions.append(or_(*alternatives) if len(alternatives) > 1 else alternatives[0])
         else:
             _unknown(raw_name, strict, ignored, f"unknown search parameter {raw_name}")
@@ -113,12 +118,24 @@ def _split(value: str) -> list[str]:
 
 
 def _int(name: str, value: str, *, minimum: int, maximum: int | None = None) -> int:
+    """A whole number in ASCII digits; one past the largest row id (however many digits it has)
+    is cut there: as an offset it leaves nothing, as a count it is the most a page holds."""
     if not (value.isascii() and value.isdigit()):
-        raise SearchError(f"{name} must be a whole number, not {value!r}", name)
-    number = int(value)
+        raise SearchError(f"{name} must be a whole number, not {shown(value)}", name)
+    number = row_id(value)
+    if number is None:  # past the largest key
+        number = MAX_ROW_ID
     if number < minimum:
         raise SearchError(f"{name} must be at least {minimum}", name)
     return min(number, maximum if maximum is not None else MAX_ROW_ID)  # past any row: nothing left
+
+
+SHOWN_CHARACTERS = 80  # of a client's value quoted back in an error
+
+
+def shown(value: str) -> str:
+    """A client's value as an error quotes it: repr, cut short (a value may be megabytes)."""
+    return repr(value) if len(value) <= SHOWN_CHARACTERS else repr(value[:SHOWN_CHARACTERS]) + "…"
 
 
 def _unknown(name: str, strict: bool, ignored: list[str], message: str) -> None:
@@ -157,6 +174,9 @@ def string(*columns: ColumnElement[str]):  # type: ignore[no-untyped-def]
     """A string parameter (search.html#string): starts with, ignoring case; :exact, :contains."""
 
     def build(value: str, modifier: str | None) -> ColumnElement[bool]:
+        if len(value) > MAX_STRING_CHARACTERS:
+            raise SearchError(f"{shown(value)} is longer than {MAX_STRING_CHARACTERS} characters; no name or "
+                              "text searched here is that long")
         escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         if modifier == "exact":
             return or_(*[column == value for column in columns])
@@ -172,14 +192,21 @@ def string(*columns: ColumnElement[str]):  # type: ignore[no-untyped-def]
 
 
 PREFIXES = ("eq", "ne", "lt", "gt", "le", "ge", "sa", "eb", "ap")
-_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$")
+# ASCII digits only: "\d" would take "２０２６" too (datatypes.html#dateTime)
+_DATE = re.compile(r"^([0-9]{4})(?:-([0-9]{2})(?:-([0-9]{2})(?:T([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:\.[0-9]+)?)?"
+                   r"(Z|[+-][0-9]{2}:[0-9]{2})?)?)?)?$")
+
+
+def _beyond_the_calendar(value: str) -> SearchError:
+    """A date whose interval, widened (``ap``) or moved to UTC, leaves Python's datetime range."""
+    return SearchError(f"{shown(value)} is too near the ends of the calendar (years 1 and 9999) to be compared")
 
 
 def date_range(value: str) -> tuple[datetime, datetime]:
     """The half-open interval a FHIR date/dateTime value covers at its precision."""
     match = _DATE.match(value)
     if not match:
-        raise SearchError(f"{value!r} is not a FHIR date (YYYY, YYYY-MM, YYYY-MM-DD or a dateTime)")
+        raise SearchError(f"{shown(value)} is not a FHIR date (YYYY, YYYY-MM, YYYY-MM-DD or a dateTime)")
     year, month, day, hour, minute, second, _zone = match.groups()
     try:
         if day is None:
@@ -195,7 +222,9 @@ def date_range(value: str) -> tuple[datetime, datetime]:
             start = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0))
             end = start + timedelta(seconds=1 if second else 60)
     except ValueError:
-        raise SearchError(f"{value!r} is not a valid date") from None
+        raise SearchError(f"{shown(value)} is not a valid date") from None
+    except OverflowError:  # the last second of 9999-12-31 ends after datetime.max
+        raise _beyond_the_calendar(value) from None
     return start, end
 
 
@@ -208,10 +237,15 @@ def date_parameter(low: Callable[[datetime], Any], high: Callable[[datetime], An
             raise SearchError(f"modifier :{modifier} is not supported for date parameters")
         prefix = value[:2] if value[:2] in PREFIXES else "eq"
         start, end = date_range(value[2:] if value[:2] in PREFIXES else value)
-        lo, hi = low(start), high(end)
+        try:
+            lo, hi = low(start), high(end)
+            if prefix == "ap":  # as wide again on each side as the value's precision
+                lo, hi = low(start - (end - start)), high(end + (end - start))
+        except OverflowError:
+            raise _beyond_the_calendar(value) from None
         return {
             "eq": and_(column >= lo, column < hi),
-            "ap": and_(column >= low(start - (end - start)), column < high(end + (end - start))),
+            "ap": and_(column >= lo, column < hi),
             "ne": or_(column < lo, column >= hi),
             "lt": column < lo,
             "eb": column < lo,
@@ -232,7 +266,7 @@ def reference(column: ColumnElement[int], resource_type: str):  # type: ignore[n
             raise SearchError(f"modifier :{modifier} is not supported here")
         logical = value.rsplit("/", 1)[-1]
         if "/" in value and not value.rsplit("/", 2)[-2] == resource_type:
-            raise SearchError(f"{value!r} is not a {resource_type} reference")
+            raise SearchError(f"{shown(value)} is not a {resource_type} reference")
         return column == key if (key := row_id(logical)) is not None else false()
 
     return build

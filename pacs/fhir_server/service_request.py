@@ -8,7 +8,14 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from pacs.db import row_id
-from pacs.fhir_server.common import DCM, REQUEST_PRIORITY, REQUEST_STATUS, SYSTEM_DICOM_UID, _meta, _type
+from pacs.fhir_server.common import (
+    DCM,
+    REQUEST_PRIORITY,
+    REQUEST_STATUS,
+    SYSTEM_DICOM_UID,
+    _meta,
+    _type,
+)
 from pacs.registry.models import ImagingOrder, OrderStatus, ProcedureStep
 from pacs.settings import local_moment
 
@@ -74,12 +81,12 @@ def search_parameters(zone: tzinfo | None):  # type: ignore[no-untyped-def]
 
     from sqlalchemy import false
 
-    from pacs.fhir_server.search import Param, SearchError, date_parameter, reference, token
+    from pacs.fhir_server.search import Param, SearchError, date_parameter, reference, shown, token
 
     def status(value: str, modifier: str | None):  # type: ignore[no-untyped-def]
         wanted = STATUS_IN.get(value)
         if wanted is None:
-            raise SearchError(f"status {value!r} is not one of {', '.join(STATUS_IN)}")
+            raise SearchError(f"status {shown(value)} is not one of {', '.join(STATUS_IN)}")
         return col(ImagingOrder.status).in_(wanted)
 
     def utc(moment):  # type: ignore[no-untyped-def]
