@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -57,6 +57,12 @@ class DicomwebRoute(APIRoute):
 
 
 router = APIRouter(prefix=PREFIX, tags=["dicomweb"], route_class=DicomwebRoute)
+
+
+def error_response(request: Request, status: int, reason: str, headers: Mapping[str, str] | None = None) -> Response:
+    """An error no route answered itself (no resource at the path, a method it doesn't serve), in
+    the JSON every DICOMweb error here has."""
+    return DicomwebError(status, reason).response(headers)
 
 
 def base_url(request: Request) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -56,8 +56,17 @@ class DicomwebError(Exception):
         self.status = status
         self.message = message
 
-    def response(self) -> JSONResponse:
-        return JSONResponse({"status": self.status, "message": self.message}, status_code=self.status)
+    def response(self, headers: Mapping[str, str] | None = None) -> JSONResponse:
+        return JSONResponse({"status": self.status, "message": self.message}, status_code=self.status,
+                            headers=dict(headers or {}))
+
+
+SHOWN_CHARACTERS = 80  # of a client's value quoted back in an error
+
+
+def shown(value: str) -> str:
+    """A client's value as an error message quotes it: repr, cut short (a value may be megabytes)."""
+    return repr(value) if len(value) <= SHOWN_CHARACTERS else repr(value[:SHOWN_CHARACTERS]) + "…"
 
 
 def bad_request(message: str) -> DicomwebError:
@@ -119,7 +128,7 @@ def parse_media_type(value: str) -> MediaRange:
             try:
                 quality = float(raw)
             except ValueError:
-                raise bad_request(f"the quality value q={raw!r} in Accept is not a number") from None
+                raise bad_request(f"the quality value q={shown(raw)} of {shown(head)} is not a number") from None
         elif name:
             params[name] = raw
     return MediaRange(head.lower(), params, quality)
@@ -293,22 +302,34 @@ class MultipartReader:
         self.buffer += chunk
         return True
 
-    async def _until(self, marker: bytes, limit: int | None = None) -> int:
+    async def _until(self, marker: bytes, limit: int) -> int:
+        """Where ``marker`` starts in the buffer, reading on until it comes; a marker farther
+        than ``limit`` bytes on is refused, found or not."""
         start = 0
         while (index := self.buffer.find(marker, start)) < 0:
-            if limit is not None and len(self.buffer) > limit:
-                raise bad_request("a multipart part's headers are too long")
+            if len(self.buffer) > limit:
+                break
             start = max(0, len(self.buffer) - len(marker) + 1)
             if not await self._more():
                 raise bad_request("the multipart body ended early: a boundary or a part is missing")
+        if index < 0 or index > limit:
+            raise bad_request(f"a multipart part's headers are longer than {limit} bytes")
         return index
+
+    async def _skip_preamble(self) -> None:
+        """Drop what comes before the first delimiter (RFC 2046 5.1.1: the preamble is to be
+        ignored), keeping no more of it than could be the start of the delimiter."""
+        while (index := self.buffer.find(self.delimiter)) < 0:
+            del self.buffer[:max(0, len(self.buffer) - len(self.delimiter) + 1)]
+            if not await self._more():
+                raise bad_request("the multipart body ended early: a boundary or a part is missing")
+        del self.buffer[:index + len(self.delimiter)]
 
     def __aiter__(self) -> AsyncIterator[ReceivedPart]:
         return self._parts()
 
     async def _parts(self) -> AsyncIterator[ReceivedPart]:
-        index = await self._until(self.delimiter)  # the preamble, discarded
-        del self.buffer[:index + len(self.delimiter)]
+        await self._skip_preamble()
         while True:
             while len(self.buffer) < 2 and await self._more():
                 pass

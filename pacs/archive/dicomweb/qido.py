@@ -26,9 +26,9 @@ from sqlmodel import Session
 
 from pacs.archive import qr
 from pacs.archive.charset import UNICODE
-from pacs.archive.dicomweb.media import bad_request
+from pacs.archive.dicomweb.media import bad_request, shown
 from pacs.archive.query import QueryError
-from pacs.db import MAX_ROW_ID
+from pacs.db import MAX_ROW_ID, row_id
 from pacs.integration.names import NameRules
 
 LEVELS = {"studies": "STUDY", "series": "SERIES", "instances": "IMAGE"}
@@ -78,7 +78,7 @@ def attribute(name: str) -> tuple[int, str]:
         return tag, keyword_for_tag(tag)
     tag_number = tag_for_keyword(name)
     if tag_number is None:
-        raise bad_request(f"{name!r} is neither a DICOM attribute keyword nor a tag (ggggeeee), nor one of "
+        raise bad_request(f"{shown(name)} is neither a DICOM attribute keyword nor a tag (ggggeeee), nor one of "
                           f"{', '.join(CONTROL)}")
     return Tag(tag_number), name
 
@@ -88,8 +88,9 @@ def _non_negative(name: str, value: str) -> int:
     "all" (limit) or "none left" (offset), so it is cut there."""
     value = value.strip()
     if not (value.isascii() and value.isdigit()):
-        raise bad_request(f"{name}={value!r}: give a whole number of 0 or more")
-    return min(int(value), MAX_ROW_ID)
+        raise bad_request(f"{name}={shown(value)}: give a whole number of 0 or more")
+    number = row_id(value)  # None: past the largest row id, however many digits it has
+    return MAX_ROW_ID if number is None else number
 
 
 def parse(params: list[tuple[str, str]], resource: str, *, study: str | None = None,
@@ -106,7 +107,7 @@ def parse(params: list[tuple[str, str]], resource: str, *, study: str | None = N
             query.offset = _non_negative(name, value)
         elif name == "fuzzymatching":
             if value.strip().lower() not in ("true", "false"):
-                raise bad_request(f"fuzzymatching={value!r}: give true or false")
+                raise bad_request(f"fuzzymatching={shown(value)}: give true or false")
             if value.strip().lower() == "true":
                 query.warnings.append("The fuzzymatching parameter is not supported. Only literal matching has been "
                                       "performed.")
@@ -147,7 +148,7 @@ def parse(params: list[tuple[str, str]], resource: str, *, study: str | None = N
                 warnings.simplefilter("error")  # pydicom warns about an invalid value: refuse it
                 identifier.add_new(tag, vr, text)
         except (ValueError, TypeError, OverflowError, UserWarning) as exc:
-            raise bad_request(f"{keyword_for_tag(tag)}={text!r} is not a valid {vr} value: {exc}") from None
+            raise bad_request(f"{keyword_for_tag(tag)}={shown(text)} is not a valid {vr} value: {exc}") from None
     identifier.QueryRetrieveLevel = level
     if unsupported:
         query.warnings.append("The following attributes are not supported as query keys and were ignored: "

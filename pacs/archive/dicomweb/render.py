@@ -26,13 +26,15 @@ from pydicom.pixels import (
     pixel_array,
 )
 
-from pacs.archive.dicomweb.media import MediaRange, bad_request, not_acceptable
+from pacs.archive.dicomweb.media import MediaRange, bad_request, not_acceptable, shown
+from pacs.db import row_id
 
 JPEG = "image/jpeg"
 PNG = "image/png"
 RENDERED_TYPES = (JPEG, PNG)
 VOI_FUNCTIONS = {"linear": "LINEAR", "linear-exact": "LINEAR_EXACT", "sigmoid": "SIGMOID"}  # 8.3.5.1.4
 THUMBNAIL_SIZE = 128
+MIN_QUALITY, MAX_QUALITY = 1, 100  # the quality parameter's range (PS3.18 8.3.5.1.2)
 KNOWN_PARAMS = ("window", "viewport", "quality", "annotation", "iccprofile", "charset")  # 8.3.5.1
 
 
@@ -61,10 +63,11 @@ def rendered_media(ranges: list[MediaRange]) -> str:
     raise not_acceptable(f"rendered images are available as {JPEG} or {PNG}")
 
 
-def _whole(text: str) -> bool:
-    """A whole number in ASCII digits ("³" is a digit to ``str.isdigit`` but not to ``int``)."""
-    text = text.strip()
-    return text.isascii() and text.isdigit()
+def _whole(text: str) -> int | None:
+    """A whole number in ASCII digits ("³" is a digit to ``str.isdigit`` but not to ``int``),
+    read without ``int()`` meeting thousands of digits; None for anything else, and for a number
+    past the largest row id, far beyond any image size or quality."""
+    return row_id(text.strip())
 
 
 def parse_params(params: list[tuple[str, str]], *, thumbnail: bool = False) -> RenderParams:
@@ -76,17 +79,19 @@ def parse_params(params: list[tuple[str, str]], *, thumbnail: bool = False) -> R
             out.window = parse_window(value)
         elif name == "viewport":
             parts = value.split(",")
-            if len(parts) < 2 or not all(_whole(p) and int(p) > 0 for p in parts[:2]):
-                raise bad_request(f"viewport={value!r}: give the width and height in pixels, e.g. 512,512")
+            size = [_whole(p) for p in parts[:2]]
+            if len(size) < 2 or not all(size):  # None or 0
+                raise bad_request(f"viewport={shown(value)}: give the width and height in pixels, e.g. 512,512")
             if len(parts) > 2 and any(p.strip() for p in parts[2:]):
                 raise bad_request("viewport: a source region (sx,sy,sw,sh) is not supported; give width,height")
-            out.viewport = (int(parts[0]), int(parts[1]))
+            out.viewport = (size[0], size[1])  # type: ignore[assignment]
         elif name == "quality":
-            if not _whole(value) or not 1 <= int(value) <= 100:
-                raise bad_request(f"quality={value!r}: give a whole number from 1 to 100")
-            out.quality = int(value)
+            quality = _whole(value)
+            if quality is None or not MIN_QUALITY <= quality <= MAX_QUALITY:
+                raise bad_request(f"quality={shown(value)}: give a whole number from {MIN_QUALITY} to {MAX_QUALITY}")
+            out.quality = quality
         elif name not in KNOWN_PARAMS:
-            raise bad_request(f"{name!r} is not a rendering parameter ({', '.join(KNOWN_PARAMS)})")
+            raise bad_request(f"{shown(name)} is not a rendering parameter ({', '.join(KNOWN_PARAMS)})")
     return out
 
 
@@ -94,16 +99,16 @@ def parse_window(value: str) -> Window:
     """``window=center,width,function`` (PS3.18 8.3.5.1.4); the function defaults to linear."""
     parts = [p.strip() for p in value.split(",")]
     if len(parts) not in (2, 3):
-        raise bad_request(f"window={value!r}: give center,width,function, e.g. 40,400,linear")
+        raise bad_request(f"window={shown(value)}: give center,width,function, e.g. 40,400,linear")
     try:
         center, width = float(parts[0]), float(parts[1])
     except ValueError:
-        raise bad_request(f"window={value!r}: center and width must be numbers") from None
+        raise bad_request(f"window={shown(value)}: center and width must be numbers") from None
     if not (math.isfinite(center) and math.isfinite(width)):  # "nan", "inf" parse as floats
-        raise bad_request(f"window={value!r}: center and width must be finite numbers")
+        raise bad_request(f"window={shown(value)}: center and width must be finite numbers")
     function = VOI_FUNCTIONS.get(parts[2].lower() if len(parts) == 3 else "linear")
     if function is None:
-        raise bad_request(f"window function {parts[2]!r} is not one of {', '.join(VOI_FUNCTIONS)}")
+        raise bad_request(f"window function {shown(parts[2])} is not one of {', '.join(VOI_FUNCTIONS)}")
     if width <= 0 or (function == "LINEAR" and width < 1):
         raise bad_request(f"window width {parts[1]} is too small (at least 1 for linear, above 0 otherwise)")
     return Window(center, width, function)

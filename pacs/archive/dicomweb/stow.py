@@ -24,6 +24,7 @@ from pacs.archive.dicomweb.dicomjson import dataset_json
 from pacs.archive.dicomweb.media import (
     DICOM,
     MULTIPART,
+    DicomwebError,
     ReceivedPart,
     bad_request,
     parse_media_type,
@@ -37,6 +38,7 @@ CALLING_AE = "STOW-RS"  # what the index records as the sender of objects stored
 OK = 200  # every instance stored
 ACCEPTED = 202  # some stored, others failed or stored with a warning
 CONFLICT = 409  # none stored
+MAX_BOUNDARY = 70  # characters of a multipart boundary (RFC 2046 5.1.1)
 
 
 def boundary_of(content_type: str | None) -> str:
@@ -51,6 +53,8 @@ def boundary_of(content_type: str | None) -> str:
     boundary = media.params.get("boundary", "")
     if not boundary:
         raise bad_request(f"the {MULTIPART} Content-Type has no boundary parameter")
+    if len(boundary) > MAX_BOUNDARY:
+        raise bad_request(f"the boundary is {len(boundary)} characters long; RFC 2046 5.1.1 allows {MAX_BOUNDARY}")
     return boundary
 
 
@@ -108,7 +112,10 @@ class Stow:
         header = _header(part.path)
         uids = (_uid(header, "SOPClassUID"), _uid(header, "SOPInstanceUID"), _uid(header, "StudyInstanceUID"),
                 _uid(header, "SeriesInstanceUID"))
-        kind = parse_media_type(part.content_type).type if part.content_type else DICOM
+        try:
+            kind = parse_media_type(part.content_type).type if part.content_type else DICOM
+        except DicomwebError as exc:  # a Content-Type that can't be read names no DICOM part
+            return Outcome(*uids, CANNOT_UNDERSTAND, False, comment=f"the part's Content-Type: {exc.message}")
         if kind != DICOM:
             return Outcome(*uids, CANNOT_UNDERSTAND, False, comment=f"the part is {kind}, not {DICOM}")
         if self.study is not None and header is not None and uids[2] != self.study:

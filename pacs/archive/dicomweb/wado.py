@@ -55,11 +55,12 @@ from pacs.archive.dicomweb.media import (
     file_chunks,
     not_acceptable,
     not_found,
+    shown,
 )
 from pacs.archive.index import COPY_SYNTAX, NOT_REJECTED, Instance, InstanceFile, Series, Study
 from pacs.archive.retrieve import Retriever, correct, syntax_of
 from pacs.archive.storage import StorageArea
-from pacs.db import Database
+from pacs.db import Database, row_id
 
 log = logging.getLogger(__name__)
 
@@ -352,7 +353,7 @@ class Wado:
         except ValueError:
             tag = None
         if tag is None:
-            raise bad_request(f"bulk data {tag_text!r}: name the element by its tag, ggggeeee in hex")
+            raise bad_request(f"bulk data {shown(tag_text)}: name the element by its tag, ggggeeee in hex")
         if tag == PIXEL_DATA:
             frames = list(range(1, item.frames + 1))
             return Part(OCTET_STREAM, (c for part in self.native_frame_parts(item, frames) for c in part.chunks))
@@ -366,10 +367,11 @@ class Wado:
 
     # -- frames (PS3.18 10.4.1.1.3) ---------------------------------------------------------
     def frame_numbers(self, item: Located, text: str) -> list[int]:
-        try:
-            numbers = [int(n) for n in text.split(",")]
-        except ValueError:
-            raise bad_request(f"frames {text!r}: give frame numbers separated by commas, e.g. 1,2,3") from None
+        parts = [n.strip() for n in text.split(",")]
+        if not all(p.isascii() and p.isdigit() for p in parts):
+            raise bad_request(f"frames {shown(text)}: give frame numbers separated by commas, e.g. 1,2,3")
+        # read without int() meeting thousands of digits: past the largest row id is past every frame
+        numbers = [item.frames + 1 if (n := row_id(p)) is None else n for p in parts]
         if any(n < 1 for n in numbers):
             raise bad_request("frame numbers start at 1")
         beyond = [n for n in numbers if n > item.frames]
