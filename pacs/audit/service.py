@@ -45,6 +45,22 @@ log = logging.getLogger("pacs.audit")
 EVENT = AuditEvent.__table__  # type: ignore[attr-defined]
 OBJECT = AuditObject.__table__  # type: ignore[attr-defined]
 MAX_OBJECTS = 2000  # patients and studies named in one event (an import of a whole archive names fewer)
+NUL = "\x00"  # U+0000, which PostgreSQL's text and json types refuse
+NUL_WRITTEN = "\\u0000"  # how an entry shows it: the JSON escape, as six characters
+
+
+def storable(value: Any) -> Any:
+    """``value`` as the database can keep it: U+0000 in a string (a client's query, a path, an
+    identifier from the wire), a dict's keys and values or a list's items is written as the six
+    characters ``\\u0000``. PostgreSQL refuses the character in text (and json) columns, so
+    an entry that quoted it whole would be lost; SQLite ends a string there in LIKE."""
+    if isinstance(value, str):
+        return value.replace(NUL, NUL_WRITTEN)
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [storable(v) for v in value]
+    return value
 
 
 @dataclass
@@ -151,6 +167,9 @@ def write(connection: Connection, events: list[Event]) -> None:
     each event, one for all the objects they name."""
     rows = []
     for event in events:
+        # what the writer looks up and writes as the database can take it
+        event.patients, event.studies = storable(event.patients), storable(event.studies)
+        event.instances = storable(event.instances)
         if event.instances or event.fhir or event.resolve_patients:
             _resolve(connection, event)
         rows.append({
@@ -159,12 +178,12 @@ def write(connection: Connection, events: list[Event]) -> None:
             "event_type": "\\".join(t.value for t in event.types),
             "action": str(event.action),
             "outcome": int(event.outcome),
-            "user_id": event.user[:256],
+            "user_id": storable(event.user)[:256],
             "user_kind": event.user_kind,
-            "address": event.address[:256],
-            "target": event.target[:1024],
-            "description": event.description[:2000],
-            "details": event.details,
+            "address": storable(event.address)[:256],
+            "target": storable(event.target)[:1024],
+            "description": storable(event.description)[:2000],
+            "details": storable(event.details),
         })
     if not rows:
         return
