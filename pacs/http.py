@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from http import HTTPStatus
+from typing import Annotated, Any
+from urllib.parse import unquote_to_bytes
 
 from fastapi import Depends, FastAPI, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 from sqlmodel import Session
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from pacs import __version__
 from pacs.db import MAX_ROW_ID
 from pacs.server import Services
+
+log = logging.getLogger(__name__)
 
 
 def get_services(request: Request) -> Services:
@@ -35,10 +48,133 @@ Offset = Annotated[int, Query(ge=0, le=MAX_ROW_ID)]
 """How many matches a page skips."""
 
 
+ErrorResponse = Callable[[Request, int, str, Mapping[str, str] | None], Response]
+"""How a part of the URL space answers an error: ``(request, status, reason, headers)``."""
+
+
+class ErrorShapes:
+    """Every error an HTTP request gets, in the shape of the protocol its path belongs to.
+
+    FastAPI answers what no route handles itself (no route matches the path: 404; the path
+    matches but not the method: 405; a parameter its declaration refuses: 422) with
+    ``{"detail": ...}``, the shape of the JSON API at /api. Under /fhir every error is an
+    OperationOutcome (FHIR R4 http.html#2.21.0.17), under /dicomweb the ``{"status",
+    "message"}`` object the DICOMweb routes answer; each prefix names its own function.
+    """
+
+    def __init__(self, shapes: Mapping[str, ErrorResponse]) -> None:
+        self.shapes = dict(shapes)
+
+    def shape_of(self, path: str) -> ErrorResponse | None:
+        for prefix, shape in self.shapes.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                return shape
+        return None
+
+    def response(self, request: Request, status: int, reason: str,
+                 headers: Mapping[str, str] | None = None) -> Response:
+        shape = self.shape_of(request.url.path)
+        if shape is None:
+            return JSONResponse({"detail": reason}, status_code=status, headers=dict(headers or {}))
+        return shape(request, status, reason, headers)
+
+    async def http_exception(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        headers = dict(exc.headers or {})
+        if exc.status_code == HTTPStatus.METHOD_NOT_ALLOWED:
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        if self.shape_of(request.url.path) is None:
+            return await http_exception_handler(request, HTTPException(exc.status_code, exc.detail, headers))
+        reason = str(exc.detail)
+        if reason == HTTPStatus(exc.status_code).phrase:  # raised without a reason: routing's own
+            if exc.status_code == HTTPStatus.METHOD_NOT_ALLOWED:
+                reason = f"{request.method} is not supported at {request.url.path}; allowed: {headers['Allow']}"
+            elif exc.status_code == HTTPStatus.NOT_FOUND:
+                reason = f"nothing is served at {request.url.path}"
+        return self.response(request, exc.status_code, reason, headers)
+
+    async def validation_error(self, request: Request, exc: Exception) -> Response:
+        """A parameter a route's declaration refuses: 422 under /api (FastAPI's answer), 400 (a
+        bad parameter) under the protocols, whose standards name 400 for it."""
+        assert isinstance(exc, RequestValidationError)
+        if self.shape_of(request.url.path) is None:  # FastAPI's answer, with what it quotes made JSON
+            return JSONResponse({"detail": json_safe(jsonable_encoder(exc.errors()))},
+                                status_code=HTTPStatus.UNPROCESSABLE_ENTITY)
+        reasons = ["{}: {}".format(".".join(str(part) for part in error.get("loc", ())), error.get("msg", ""))
+                   for error in exc.errors()]
+        return self.response(request, HTTPStatus.BAD_REQUEST, "; ".join(reasons) or "bad request")
+
+    async def client_gone(self, request: Request, exc: Exception) -> Response:
+        """The client closed the connection while its request's body was being read: one line in
+        the log (a client's doing, not a fault here) and an answer no one will read."""
+        log.info("%s %s: the client closed the connection before the request's body ended",
+                 request.method, request.url.path)
+        return self.response(request, HTTPStatus.BAD_REQUEST, "the connection closed before the request's body ended")
+
+    async def server_error(self, request: Request, exc: Exception) -> Response:
+        """A fault (a bug): the answer is in the protocol's shape; Starlette logs the traceback."""
+        return self.response(request, HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; the server's log says more")
+
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE",  # RFC 9110 9.3
+                "PATCH")  # RFC 5789
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with the floats JSON has no number for (RFC 8259 6: a client's ``1e999`` is
+    infinite to Python) as their text, so that an answer quoting a client's input can be sent."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods some route serves at the request's path (RFC 9110 15.5.6: a 405 says them)."""
+    routes = request.app.router.routes
+    return [method for method in HTTP_METHODS
+            if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)]
+
+
+NUL = "\x00"  # U+0000
+
+
+class RefuseNul:
+    """ASGI middleware: a request whose path or query holds U+0000 is refused with 400 before
+    any route reads it. No text this server keeps or looks up can hold the character —
+    PostgreSQL's text types refuse it, SQLite ends a LIKE pattern there — so no identifier,
+    name or UID names anything with it; refusing it here, in each protocol's error shape, keeps
+    it from every query that would otherwise fail on it."""
+
+    def __init__(self, app: Any, errors: ErrorShapes) -> None:
+        self.app = app
+        self.errors = errors
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        if scope["type"] == "http":
+            query = scope.get("query_string", b"").replace(b"+", b" ")
+            where = "path" if NUL in scope["path"] else "query" if NUL.encode() in unquote_to_bytes(query) else ""
+            if where:
+                request = Request(scope)
+                response = self.errors.response(request, HTTPStatus.BAD_REQUEST,
+                                                f"the request's {where} holds a NUL character (%00), "
+                                                "which no identifier, name or UID here contains")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(services: Services) -> FastAPI:
     from pacs.archive.dicomweb import router as dicomweb_router
+    from pacs.archive.dicomweb.api import PREFIX as DICOMWEB_PREFIX
+    from pacs.archive.dicomweb.api import error_response as dicomweb_error
     from pacs.audit.api import router as audit_router
     from pacs.audit.http import AuditMiddleware
+    from pacs.fhir_server.api import error_response as fhir_error
     from pacs.fhir_server.api import router as fhir_router
     from pacs.integration.api import outbox_router
     from pacs.integration.api import router as messages_router
@@ -82,6 +218,12 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(fhir_router)
     app.include_router(dicomweb_router)
     app.include_router(audit_router)
+    errors = ErrorShapes({fhir_router.prefix: fhir_error, DICOMWEB_PREFIX: dicomweb_error})
+    app.add_exception_handler(HTTPException, errors.http_exception)
+    app.add_exception_handler(RequestValidationError, errors.validation_error)
+    app.add_exception_handler(ClientDisconnect, errors.client_gone)
+    app.add_exception_handler(Exception, errors.server_error)
+    app.add_middleware(RefuseNul, errors=errors)
     if services.audit is not None:  # who read, searched or stored what (IHE ATNA)
         app.add_middleware(AuditMiddleware, auditor=services.audit)
     return app

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+from collections.abc import Mapping
+from http import HTTPStatus
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
@@ -15,22 +18,31 @@ from fastapi.responses import JSONResponse, Response
 from sqlmodel import Session, or_, select
 
 from pacs import __version__
-from pacs.fhir_server import outcome
-from pacs.fhir_server.outcome import FHIR_JSON
+from pacs.archive.index import Study
 from pacs.db import row_id
+from pacs.fhir_server import outcome
 from pacs.fhir_server.common import version_of
 from pacs.fhir_server.imaging_study import endpoint_resource, imaging_study_resource
+from pacs.fhir_server.outcome import FHIR_JSON
 from pacs.fhir_server.patient import patient_resource
 from pacs.fhir_server.providers import Context, included, providers
 from pacs.fhir_server.search import SearchError, bundle, parse
 from pacs.fhir_server.service_request import service_request_resource
 from pacs.http import ServicesDep, SessionDep
 from pacs.integration.channel import Inbound, Outcome
-from pacs.archive.index import Study
 from pacs.registry.models import ImagingOrder, Patient
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
 MAX_BODY = 8 * 1024 * 1024
+# Arrays and objects a body may nest: a transaction Bundle's deepest path here (Bundle.entry.
+# resource.contained.name.extension...) is about a dozen levels; the json module recurses once per
+# level and gives up near Python's recursion limit (1,000) with a RecursionError.
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # RFC 8259 7, escapes included
+_NOT_A_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_OPENING = frozenset(b"[{")
+ENDPOINT_TYPE = "Endpoint"  # served beside the providers' types: the one DICOMweb endpoint
+_RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]*$")  # a path segment that names a type (resource.html#names)
 
 
 def fhir_json(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -41,17 +53,36 @@ def _etag(row: Any) -> str:
     return f'W/"{version_of(row)}"'
 
 
+def nested_deeper_than(body: bytes, limit: int) -> bool:
+    """Whether the JSON text ``body`` nests arrays and objects more than ``limit`` deep, found
+    without parsing it: its strings are taken out, then its brackets counted (RFC 8259 2-7)."""
+    depth = 0
+    for byte in _JSON_STRING.sub(b"", body).translate(None, _NOT_A_BRACKET):
+        depth += 1 if byte in _OPENING else -1
+        if depth > limit:
+            return True
+    return False
+
+
 async def _body(request: Request) -> bytes | JSONResponse:
+    """The body of a create, update or transaction, or the OperationOutcome that refuses it
+    (http.html#2.21.0.17): 415 for another media type, 413 past :data:`MAX_BODY`, 400 for an
+    empty body or one nested deeper than :data:`MAX_JSON_DEPTH`."""
     kind = request.headers.get("content-type", "").split(";")[0].strip()
     if kind and kind not in ("application/fhir+json", "application/json", "application/json+fhir"):
         return outcome.response(415, f"content type {kind} is not supported; send application/fhir+json",
                                 code="not-supported")
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        return outcome.response(413, f"body over {MAX_BODY} bytes", code="too-costly")
+    body = bytearray()
+    async for chunk in request.stream():  # read no further than the limit
+        body += chunk
+        if len(body) > MAX_BODY:
+            return outcome.response(413, f"body over {MAX_BODY} bytes", code="too-costly")
     if not body.strip():
         return outcome.response(400, "empty body", code="structure")
-    return body
+    if nested_deeper_than(bytes(body), MAX_JSON_DEPTH):
+        return outcome.response(400, f"the JSON nests arrays and objects more than {MAX_JSON_DEPTH} deep",
+                                code="structure")
+    return bytes(body)
 
 
 async def _submit(services: Any, request: Request, body: bytes) -> Outcome:
@@ -77,6 +108,19 @@ def _find_by_identifier(session: Session, query: str) -> list[ImagingOrder]:
         ImagingOrder.filler_number == value,
         ImagingOrder.accession_number == value,
     ))).all())
+
+
+def error_response(request: Request, status: int, reason: str, headers: Mapping[str, str] | None = None) -> Response:
+    """An error no FHIR route answered itself, as an OperationOutcome (http.html#2.21.0.17): a
+    type this server doesn't serve is 404 whatever the method (as a search for it is), a path
+    nothing serves 404, a method an interaction doesn't have 405 with Allow, a bad parameter 400."""
+    parts = request.url.path.removeprefix(router.prefix).strip("/").split("/")
+    if status in (HTTPStatus.NOT_FOUND, HTTPStatus.METHOD_NOT_ALLOWED) and _RESOURCE_TYPE.match(parts[0]):
+        served = set(providers(context(request.app.state.services))) | {ENDPOINT_TYPE}
+        if parts[0] not in served:
+            return outcome.response(HTTPStatus.NOT_FOUND, f"resource type {parts[0]} is not served here",
+                                    code="not-supported")
+    return outcome.response(status, reason, code=outcome.ISSUE_FOR_STATUS.get(status, "invalid"), headers=headers)
 
 
 def context(services: Any) -> Context:
@@ -116,7 +160,7 @@ def metadata(services: ServicesDep) -> JSONResponse:
                                                                  if p.documentation else {})}
                             for p in provider.params.values()],
         })
-    resources.append({"type": "Endpoint", "interaction": [{"code": "read"}, {"code": "search-type"}]})
+    resources.append({"type": ENDPOINT_TYPE, "interaction": [{"code": "read"}, {"code": "search-type"}]})
     return fhir_json({
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -263,7 +307,7 @@ def search(resource_type: str, request: Request, session: SessionDep, services: 
            prefer: Annotated[str | None, Header()] = None) -> Response:
     """Search (FHIR R4 search.html): Bundle searchset with total and paging links."""
     ctx = context(services)
-    if resource_type == "Endpoint":
+    if resource_type == ENDPOINT_TYPE:
         endpoint = endpoint_resource(ctx.dicomweb_url)
         return fhir_json({"resourceType": "Bundle", "type": "searchset", "total": 1,
                           "entry": [{"fullUrl": f"{fhir_base(request)}/Endpoint/dicomweb", "resource": endpoint,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -45,9 +46,22 @@ def for_error(error: MessageError) -> tuple[int, dict[str, Any]]:
     return status, operation_outcome(error.text, code=code, expression=expression)
 
 
+# HTTP status → the IssueType (valueset-issue-type) of an error no resource handler described
+ISSUE_FOR_STATUS: dict[int, str] = {
+    400: "invalid",
+    404: "not-found",
+    405: "not-supported",
+    406: "not-supported",
+    413: "too-costly",
+    415: "not-supported",
+    422: "processing",
+    500: "exception",
+}
+
+
 def response(status: int, diagnostics: str, *, code: str = "invalid", expression: str | None = None,
-             severity: str = "error") -> JSONResponse:
+             severity: str = "error", headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse(
         operation_outcome(diagnostics, code=code, expression=expression, severity=severity),
-        status_code=status, media_type=FHIR_JSON,
+        status_code=status, media_type=FHIR_JSON, headers=dict(headers or {}),
     )
