@@ -431,8 +431,9 @@ class Result:
             return int(self.status)
         ds = Dataset()
         ds.Status = int(self.status)
-        if self.comment:
-            ds.ErrorComment = self.comment[:ERROR_COMMENT_CHARS]
+        if self.comment:  # LO: no backslash, no control characters (PS3.5 6.2)
+            ds.ErrorComment = "".join(c if c.isprintable() and c != "\\" else "?" for c in self.comment)[
+                :ERROR_COMMENT_CHARS]
         if self.error_id is not None:
             ds.ErrorID = int(self.error_id)
         if self.identifiers:
