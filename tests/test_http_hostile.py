@@ -620,6 +620,21 @@ def test_stow_rs_framing_is_refused_with_a_reason(server, log_watch):
     assert not log_watch.problems(), log_watch.problems()
 
 
+@pytest.mark.parametrize("content", [b"not DICOM at all", "truncated"])
+def test_a_refused_stow_rs_part_is_one_log_line(server, log_watch, content):
+    """An expected refusal is one line in the log: store() words it; STOW-RS adds none of its own."""
+    with httpx.Client(base_url=server.http_url, timeout=60) as client:
+        target = prepare(client)
+        part = target.dicom[0][:1000] if content == "truncated" else content
+        before = len(log_watch.seen)
+        response = client.post("/dicomweb/studies", content=stow_body([(b"Content-Type: application/dicom", part)]),
+                               headers={"Content-Type": STOW_TYPE})
+        assert response.status_code == 409
+        lines = [r for r in log_watch.seen[before:] if r.levelno >= logging.WARNING]
+        assert len(lines) == 1, [r.getMessage() for r in lines]
+    assert not log_watch.problems(), log_watch.problems()
+
+
 def test_a_client_that_closes_mid_body_leaves_one_log_line(server, log_watch, monkeypatch):
     """A STOW-RS or FHIR request whose client goes away before its body ends: the server logs
     one line, no traceback, and goes on serving (Starlette's ClientDisconnect went unhandled)."""

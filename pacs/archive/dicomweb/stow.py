@@ -70,6 +70,7 @@ class Outcome:
     stored: bool
     warning: bool = False
     comment: str = ""
+    logged: bool = False  # store() has logged the refusal itself: one line per refusal
 
 
 def _header(path: Path) -> Dataset | None:
@@ -102,7 +103,7 @@ class Stow:
             outcome = self._store(part)
         finally:
             part.path.unlink(missing_ok=True)
-        if not outcome.stored or outcome.warning:
+        if (not outcome.stored or outcome.warning) and not outcome.logged:
             log.warning("STOW-RS %s: %s (0x%04X)", outcome.sop_instance_uid or "part", outcome.comment,
                         outcome.status)
         self.outcomes.append(outcome)
@@ -123,7 +124,7 @@ class Stow:
                            comment=f"the instance belongs to study {uids[2] or '(none)'}, not {self.study}")
         result: StoreResult = self.archive.store(part.path, calling_ae=CALLING_AE, move=True)
         if not result.ok:
-            return Outcome(*uids, result.status, False, comment=result.comment)
+            return Outcome(*uids, result.status, False, comment=result.comment, logged=True)
         return Outcome(*uids, result.status, True, warning=result.status != 0, comment=result.comment)
 
     def failed_body(self, comment: str) -> None:
