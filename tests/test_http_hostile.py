@@ -33,7 +33,7 @@ import pytest
 
 from tests.helpers import DATA
 
-DEFAULT_INPUTS = 250  # per kind in the suite; the bench sends 10,000 and more
+DEFAULT_INPUTS = 400  # per kind in the suite; the bench sends 10,000 and more
 INPUTS = int(os.environ.get("PACS_HOSTILE_INPUTS", DEFAULT_INPUTS))
 SEED = os.environ.get("PACS_HOSTILE_SEED", "18")
 KINDS = ("fhir", "api", "dicomweb", "stow")
