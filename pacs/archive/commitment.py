@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel
 from sqlmodel import Session, select
@@ -94,6 +95,9 @@ class Commitment:
         committed, failed = [], []
         with Session(self.db.reader) as session:
             for sop_class, sop_instance in references:
+                if not UID(sop_instance).is_valid:  # no instance is held under it (PS3.4 J.3.2.1.1)
+                    failed.append((sop_class, sop_instance, NO_SUCH_OBJECT_INSTANCE))
+                    continue
                 row = session.exec(select(Instance).where(Instance.sop_instance_uid == sop_instance)).first()
                 if row is None:
                     failed.append((sop_class, sop_instance, NO_SUCH_OBJECT_INSTANCE))
@@ -129,6 +133,8 @@ class Commitment:
                           for i in info.ReferencedSOPSequence]
         except Exception as exc:
             return _failure(Status.MISSING_ATTRIBUTE, f"action information incomplete: {exc}"), None
+        if not transaction.strip():  # Type 1 (PS3.4 Table J.3-1): the report names the request by it
+            return _failure(Status.MISSING_ATTRIBUTE_VALUE, "Transaction UID (0008,1195) is empty"), None
         calling = event.assoc.requestor.ae_title.strip()
         report = self.verify(transaction, references)
         log.info("storage commitment %s from %s: %d committed, %d failed", transaction, calling,

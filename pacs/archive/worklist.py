@@ -144,12 +144,15 @@ def _value(ds: Dataset | None, keyword: str) -> str | None:
 
 
 def _text(value: Any) -> str:
-    """A query key's value as the matching functions take it (pacs.archive.query)."""
+    """A query key's value as the matching functions take it (pacs.archive.query): a NUL as
+    U+FFFD, as the index keeps it (pacs.archive.store._text), which PostgreSQL's text needs."""
     if value is None:
         return ""
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value)
-    return str(value)
+        text = "\\".join(str(v) for v in value)
+    else:
+        text = str(value)
+    return text.replace("\0", "\ufffd")
 
 
 def values_by_keyword(ds: Dataset) -> dict[str, str]:

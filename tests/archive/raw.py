@@ -13,9 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
+from pathlib import Path
 
+import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
@@ -171,3 +174,30 @@ def with_value(data: bytes, tag: int, value: bytes) -> bytes:
 def without(data: bytes, tag: int) -> bytes:
     element = next(e for e in top_level(data) if e.tag == tag)
     return data[:element.start] + data[element.end:]
+
+
+# -- objects to damage ---------------------------------------------------------------------------
+
+def plain_ct(tmp_path: Path, *, study_uid: str | None = None) -> tuple[Dataset, bytes]:
+    """A native CT that part10.scan reads (the fast path), with UIDs of its own: its header and
+    its data set bytes."""
+    from tests.archive.corpus import dataset_bytes, source_path
+
+    ds = pydicom.dcmread(source_path("CT_small.dcm"))
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.Rows = ds.Columns = 64
+    ds.PixelData = bytes(64 * 64 * 2)
+    del ds[0xFFFCFFFC]  # Data Set Trailing Padding: nothing may follow the pixel data on the fast path
+    path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return ds, dataset_bytes(path)
+
+
+def part10_file(ds: Dataset, data: bytes) -> bytes:
+    """A Part 10 file of ``data`` with ``ds``'s file meta information (what store() reads)."""
+    meta = BytesIO()
+    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
+    return b"\0" * 128 + b"DICM" + meta.getvalue() + data

@@ -7,50 +7,21 @@ indexed, found and retrieved as it came."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import httpx
-import pydicom
 import pytest
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
 from pynetdicom.sop_class import CTImageStorage
 from sqlmodel import Session, select
 
 from pacs.archive import part10, store
 from pacs.archive.index import Instance
 from pacs.archive.retrieve import correct
-from tests.archive.corpus import build, dataset_bytes
-from tests.archive.raw import RawStorer, with_value, with_vr
+from tests.archive.raw import RawStorer, part10_file, plain_ct, with_value, with_vr
 
 SUCCESS, CANNOT_UNDERSTAND = 0x0000, 0xC000
 CHARSET, PATIENT_NAME, STUDY_ID, SLICE_THICKNESS = 0x00080005, 0x00100010, 0x00200010, 0x00180050
-
-
-def plain_ct(tmp_path: Path) -> tuple[Dataset, bytes]:
-    """A native CT that part10.scan reads (the fast path): its header and data set bytes."""
-    source = build(tmp_path / f"src-{generate_uid()[-6:]}", [("CT_small.dcm", "")])[0].path
-    ds = pydicom.dcmread(source)
-    ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.Rows = ds.Columns = 64
-    ds.PixelData = bytes(64 * 64 * 2)
-    del ds[0xFFFCFFFC]  # Data Set Trailing Padding: nothing may follow the pixel data on the fast path
-    path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    return ds, dataset_bytes(path)
-
-
-def part10_file(ds: Dataset, data: bytes) -> bytes:
-    """A Part 10 file of ``data`` (what store() reads from the spool)."""
-    from io import BytesIO
-
-    from pydicom.filewriter import write_file_meta_info
-
-    meta = BytesIO()
-    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
-    return b"\0" * 128 + b"DICM" + meta.getvalue() + data
 
 
 def indexed(server, uid: str) -> bool:  # type: ignore[no-untyped-def]
