@@ -261,7 +261,7 @@ def handle_n_create(event: evt.Event, mpps: MPPSService) -> tuple[int | Dataset,
     try:
         attributes = event.attribute_list
     except Exception as exc:
-        return failure(Status.PROCESSING_FAILURE, f"attribute list cannot be read: {exc}"), None
+        return failure(Status.INVALID_ATTRIBUTE_VALUE, f"attribute list cannot be read: {exc}"), None
     result = mpps.create(event.request.AffectedSOPInstanceUID, attributes, _calling(event))
     log.info("MPPS N-CREATE %s from %s: 0x%04X %s", event.request.AffectedSOPInstanceUID, _calling(event),
              result.status, result.comment)
@@ -273,7 +273,7 @@ def handle_n_set(event: evt.Event, mpps: MPPSService) -> tuple[int | Dataset, Da
     try:
         modifications = event.modification_list
     except Exception as exc:
-        return failure(Status.PROCESSING_FAILURE, f"modification list cannot be read: {exc}"), None
+        return failure(Status.INVALID_ATTRIBUTE_VALUE, f"modification list cannot be read: {exc}"), None
     result = mpps.update(event.request.RequestedSOPInstanceUID, modifications, _calling(event))
     log.info("MPPS N-SET %s from %s: 0x%04X %s", event.request.RequestedSOPInstanceUID, _calling(event),
              result.status, result.comment)

@@ -289,18 +289,22 @@ def _keyword(tag: int) -> str:
 def _demands(requirement: Requirement, operation: Operation, item: Dataset) -> tuple[bool, bool, bool]:
     """(must be present, must have a value, may not be sent) under ``operation`` (PS3.4 5.4.2.1).
 
-    At N-CREATE and N-SET the SCU's type decides: 1 and 2 must be sent, 1 with a value; 3 may be
-    left out, but 3/1 (the SCP's type 1) not sent empty. In the final state the final type, or
-    the SCP's N-CREATE type, is what the instance must then hold."""
+    At N-CREATE and N-SET the SCU's type decides: 1 must be sent with a value; 3 may be left
+    out, but 3/1 (the SCP's type 1) not sent empty. In the final state the final type, or the
+    SCP's N-CREATE type, is what the instance must then hold.
+
+    A type 2 attribute the SCU leaves out is taken as sent empty, which is all it would say:
+    modalities in the field omit them, and refusing their MPPS for it would leave the order
+    unstarted with nothing gained (the leniency dcm4chee and Orthanc show too)."""
     column = {Operation.CREATE: requirement.create, Operation.SET: requirement.set}.get(operation)
     if column == NOT_ALLOWED:
         return False, False, True
     holds = requirement.condition is not None and requirement.condition.holds(item)
     if column is None:  # the final state
         final = requirement.final or requirement.create.split("/")[1]
-        return final in ("1", "2") or (final == "1C" and holds), final == "1" or (final == "1C" and holds), False
+        return final == "1" or (final == "1C" and holds), final == "1" or (final == "1C" and holds), False
     scu, scp = column.split("/")
-    present = scu in ("1", "2") or (scu == "1C" and holds)
+    present = scu == "1" or (scu == "1C" and holds)
     value = scu == "1" or (scu == "1C" and holds) or (scu == "3" and (scp == "1" or (scp == "1C" and holds)))
     return present, value, False
 

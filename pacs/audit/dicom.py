@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 from pynetdicom import evt
 
 from pacs.audit import codes
@@ -115,15 +116,18 @@ class DicomAudit:
         answer = handler(event, *args)
         try:
             creating = event.event == evt.EVT_N_CREATE
-            attributes = event.attribute_list if creating else event.modification_list
+            try:
+                attributes = event.attribute_list if creating else event.modification_list
+            except Exception:  # a list that can't be decoded was refused; its request is still audited
+                attributes = Dataset()
             user, address = _peer(event)
-            steps = attributes.get("ScheduledStepAttributesSequence") or []
-            studies = [str(s.get("StudyInstanceUID", "") or "") for s in steps]
-            accessions = [str(s.get("AccessionNumber", "") or "") for s in steps]
-            status = str(attributes.get("PerformedProcedureStepStatus", "") or "")
+            steps = _items(attributes, "ScheduledStepAttributesSequence")
+            studies = [_text(s, "StudyInstanceUID") for s in steps]
+            accessions = [_text(s, "AccessionNumber") for s in steps]
+            status = _text(attributes, "PerformedProcedureStepStatus")
             uid = str(event.request.AffectedSOPInstanceUID if creating else event.request.RequestedSOPInstanceUID)
             code = _status(answer[0] if isinstance(answer, tuple) else answer)
-            patient = str(attributes.get("PatientID", "") or "")
+            patient = _text(attributes, "PatientID")
             self.auditor.record(Event(
                 codes.PROCEDURE_RECORD, Action.CREATE if creating else Action.UPDATE, _failure_outcome(code),
                 user=user, user_kind="dicom", address=address, patients=[patient] if patient else [],
@@ -291,3 +295,24 @@ class DicomAudit:
                         + (f", status 0x{final:04X}" if final not in (None, 0) else ""),
             details={"service": service, "destination": target, "instances": expected, "completed": completed,
                      "failed": failed, "sop_classes": {s: dict(c) for s, c in sent.items() if s}}))
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    """A value of a request as text for the audit record; "" for one absent, of another VR or
+    not decodable (the request is audited whatever it held)."""
+    try:
+        value = ds.get(keyword)
+    except Exception:  # pydicom's converters raise many kinds of errors
+        return ""
+    if value is None or isinstance(value, (Dataset, Sequence, bytes)):
+        return ""
+    return str(value).replace("\0", "\ufffd")
+
+
+def _items(ds: Dataset, keyword: str) -> list[Dataset]:
+    """The items of sequence ``keyword``; none when it is absent or not a sequence."""
+    try:
+        value = ds.get(keyword)
+    except Exception:  # pydicom's converters raise many kinds of errors
+        return []
+    return [item for item in value if isinstance(item, Dataset)] if isinstance(value, Sequence) else []

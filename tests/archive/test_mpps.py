@@ -174,9 +174,6 @@ def _item(attributes, keyword):
          "StudyInstanceUID"),
         (lambda a: setattr(_item(a, "ScheduledStepAttributesSequence"), "StudyInstanceUID", ""), 0x0121,
          "StudyInstanceUID"),
-        # Type 2 inside the item: must be sent, may be empty
-        (lambda a: delattr(_item(a, "ScheduledStepAttributesSequence"), "AccessionNumber"), 0x0120,
-         "AccessionNumber"),
         # Type 1 two levels down, in a Referenced Study Sequence item
         (lambda a: setattr(_item(a, "ScheduledStepAttributesSequence"), "ReferencedStudySequence",
                            [_ref_without_class()]), 0x0120, "ReferencedSOPClassUID"),
@@ -189,7 +186,7 @@ def _item(attributes, keyword):
         (lambda a: setattr(_item(a, "ScheduledStepAttributesSequence"), "StudyInstanceUID", "not-a-uid"), 0x0106,
          "StudyInstanceUID"),
     ],
-    ids=["item-study-uid-missing", "item-study-uid-empty", "item-accession-missing", "ref-study-class-missing",
+    ids=["item-study-uid-missing", "item-study-uid-empty", "ref-study-class-missing",
          "scheduled-steps-empty", "start-date-empty", "station-empty", "item-study-uid-invalid"],
 )
 def test_create_checks_required_attributes_at_every_level(scheduled, assoc, mutate, expected, named):
@@ -203,6 +200,16 @@ def test_create_checks_required_attributes_at_every_level(scheduled, assoc, muta
     found = order(scheduled, "ACC0001")
     assert found["status"] == "scheduled" and found["steps"][0]["status"] == "SCHEDULED"
     assert assoc.send_c_echo().Status == 0
+
+
+def test_a_type_2_attribute_left_out_is_taken_as_sent_empty(scheduled, assoc):
+    """Modalities omit type 2 attributes; the step still starts (mpps._demands)."""
+    attributes = mpps_attributes(study_uid=STUDY, accession="ACC0001", sps_id="SPS0001")
+    del _item(attributes, "ScheduledStepAttributesSequence").AccessionNumber
+    del attributes.PerformedProcedureStepDescription
+    status, _ = create(assoc, attributes)
+    assert status.Status == 0x0000, status
+    assert order(scheduled, "ACC0001")["status"] == "in_progress"
 
 
 def _ref_without_class():
