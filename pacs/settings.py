@@ -87,8 +87,18 @@ class DicomSettings(BaseModel):
     see pacs.archive.receivers): more than one lets associations arriving together use more than
     one core. About the number of cores."""
     network_timeout_seconds: float = 60.0
+    """An association silent this long is aborted; so is one whose peer stops this long in the
+    middle of a PDU, or stops reading what is sent to it."""
     dimse_timeout_seconds: float = 30.0
     acse_timeout_seconds: float = 30.0
+    """The ARTIM timer (PS3.8 9.1.5): a connection that has not sent its whole A-ASSOCIATE-RQ
+    this long after it opened is closed, without ever counting as an association; after an
+    A-ASSOCIATE-RJ or A-ABORT, how long the peer has to close. Also how long an association this
+    AE requests waits for its answer."""
+    pending_per_address: int = Field(default=16, ge=1)
+    """Connections from one address that may wait for their A-ASSOCIATE-RQ at once; one more
+    closes the oldest of them (PS3.8 9.2, state Sta2), so that a flood from one address never
+    keeps another address's modalities out."""
 
 
 class ArchiveSettings(BaseModel):

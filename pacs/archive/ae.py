@@ -40,6 +40,11 @@ from pacs.settings import Settings
 
 log = logging.getLogger("pacs.dicom")
 
+# Connections the kernel completes and queues for the DICOM port before it is accepting them
+# (listen(2)'s backlog; socketserver's default of 5 dropped the SYNs of a burst of connections,
+# and each dropped one waited a second or more to be tried again). As uvicorn's 2048 and
+# asyncio's 100 for HTTP and MLLP; the kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 1024
 UNCOMPRESSED = ALL_TRANSFER_SYNTAXES[:4]
 # What modalities send (PS3.5 Annex A): uncompressed, deflate, JPEG, JPEG-LS, JPEG 2000 and
 # HTJ2K, RLE, MPEG-2, MPEG-4/H.264 and HEVC video. Listing these rather than every syntax
@@ -122,11 +127,14 @@ def bindings(queries: QueryService, mpps: MPPSService, archive: Archive, retriev
 
 
 def _connection_opened(event: evt.Event) -> None:
-    """Nagle's algorithm costs ~40 ms per DIMSE exchange on loopback (DESIGN.md); the reactors
-    wake when there is work instead of polling alone (:func:`pacs.archive.dul.wake_up`)."""
+    """Nagle's algorithm costs ~40 ms per DIMSE exchange on loopback (DESIGN.md); a peer that
+    stalls in the middle of a PDU, or stops reading, is given up after the network timeout
+    (:func:`pacs.archive.dul.limit_stalls`); the reactors wake when there is work instead of
+    polling alone (:func:`pacs.archive.dul.wake_up`)."""
     sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        dul.limit_stalls(sock, event.assoc.network_timeout)
     dul.wake_up(event.assoc)
 
 
@@ -162,12 +170,22 @@ _finishing = threading.Lock()
 
 
 class HandingServer(CountingServer):
-    """A server that may give a new connection to another process to serve
-    (:meth:`pacs.archive.receivers.Receivers.hand_off`) instead of serving it itself."""
+    """The server on the DICOM port. A new connection waits in its :class:`~pacs.archive.dul.Gate`
+    until its A-ASSOCIATE-RQ is whole (PS3.8 9.2, Sta2), and only then becomes an association,
+    here or in another process (:meth:`pacs.archive.receivers.Receivers.hand_off`)."""
 
+    request_queue_size = LISTEN_BACKLOG
     hand_off: Callable[[socket.socket, Any], bool] | None = None
+    gate: dul.Gate | None = None
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        if self.gate is not None and isinstance(request, socket.socket):
+            self.gate.admit(request, client_address)
+        else:
+            self.dispatch(request, client_address)
+
+    def dispatch(self, request: Any, client_address: Any) -> None:
+        """Serve a connection whose A-ASSOCIATE-RQ is waiting to be read, or hand it off."""
         if self.hand_off is not None and isinstance(request, socket.socket) and self.hand_off(request, client_address):
             return
         super().process_request(request, client_address)
@@ -208,6 +226,8 @@ class DicomServer:
         server = self.ae.make_server((host, port), evt_handlers=self._handlers, server_class=HandingServer)
         server.bind(evt.EVT_CONN_CLOSE, server.connection_closed)
         server.hand_off = hand_off
+        server.gate = dul.Gate(self.settings.dicom.acse_timeout_seconds, self.settings.dicom.pending_per_address,
+                               server.dispatch, name=f"dicom-gate-{port}")
         server.contexts = SharedContexts(server.contexts)
         threading.Thread(target=server.serve_forever, name=f"dicom-acceptor-{port}", daemon=True).start()
         self.ae._servers.append(server)
@@ -242,6 +262,8 @@ class DicomServer:
         if self._server is not None:
             if isinstance(self._server, HandingServer):
                 self._server.shutdown()  # ends serve_forever and closes
+                if self._server.gate is not None:
+                    self._server.gate.stop()  # connections not yet associations are closed
             else:  # a server of handed-off connections runs no serve_forever
                 self._server.server_close()
             self._server = None

@@ -1,5 +1,5 @@
 """What the DICOM Upper Layer (PS3.8 9) needs: hearing the peer while an SCP streams answers,
-and waking up when there is something to do.
+waking up when there is something to do, and standing up to peers that send it wrong.
 
 pynetdicom's DUL thread does one thing per turn of its loop, and sending comes first: while
 answers wait in its outgoing queue it never looks at the socket. A C-CANCEL (PS3.7 9.3.2.3) sent
@@ -33,31 +33,64 @@ fragments that are not the last (message control header xxxxxx00, PS3.8 E.2), in
 presentation context. Anything else (the last fragment, a command, another PDU, a malformed
 item) goes through pynetdicom's decoding as before, so the message still ends, and errors are
 still answered, the way pynetdicom has it.
+
+What a peer sends wrong ends its association as PS3.8 9.2 says, in one log line, never a
+traceback nor a thread left blocked: every PDU is read here (:func:`_read_pdu`), in the state the
+previous one led to, not ahead of it; a PDU type PS3.8 does not define, or bytes that do not
+decode, are Evt19 (an A-ABORT); a DIMSE message whose command set cannot be read is too
+(:func:`_data_indication`); nothing is read while the association is being answered (Sta3), and
+what comes after it has ended (Sta13) is dropped unread. A peer that stops in the middle of a
+PDU, or stops reading, is given up after the network timeout (:func:`limit_stalls`), and the
+length a PDU announces costs memory only as its bytes arrive (:func:`_buffer`).
+
+A connection becomes an association only once its whole A-ASSOCIATE-RQ has arrived: until then
+it waits in the :class:`Gate` (Sta2), one thread for all of them, under the ARTIM timer and a
+bound per remote address, so that connections that send nothing, or trickle bytes, neither hold
+threads nor count against the AE's maximum number of associations.
 """
 
 from __future__ import annotations
 
 import logging
+import mmap
 import os
+import queue
 import select
 import socket
+import struct
 import threading
 import time
 import weakref
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, cast
 
 from pynetdicom import association as pn_association
 from pynetdicom import dul as pn_dul
 from pynetdicom import events as pn_evt
+from pynetdicom import fsm as pn_fsm
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.fsm import StateMachine
+from pynetdicom.fsm import InvalidEventError, StateMachine
+from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.transport import AssociationSocket
 
 log = logging.getLogger(__name__)
-_pynetdicom_read_pdu_data = DULServiceProvider._read_pdu_data
+_pynetdicom_dt_2 = pn_fsm.ACTIONS["DT-2"][1]
+# pynetdicom's functions that log a traceback for a peer's bad bytes and go on (_PeerBytesFilter)
+PEER_BYTES_SITES = {"decode_bytes", "receive_primitive"}
+# Local events (PS3.8 Table 9-10): primitives of this AE's own user, sent to the peer
+LOCAL_EVENTS = {"Evt1", "Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"}
+IDLE = "Sta1"
+# PDU types (PS3.8 9.3.1) and what they are called in the log
+PDU_KINDS = {bytes([kind]): name for kind, name in enumerate(
+    ("A-ASSOCIATE-RQ", "A-ASSOCIATE-AC", "A-ASSOCIATE-RJ", "P-DATA-TF", "A-RELEASE-RQ", "A-RELEASE-RP", "A-ABORT"),
+    start=1)}
 
 DATA_TRANSFER = "Sta6"  # PS3.8 9.2.1: association established, ready for data transfer
+AWAITING_RESPONSE = "Sta3"  # an A-ASSOCIATE-RQ read, awaiting the local A-ASSOCIATE response
+AWAITING_CLOSE = "Sta13"  # association over, awaiting the peer's close of the transport connection
+DROP = 65536  # bytes read and dropped at a time in Sta13
+DROPS_PER_LOOK = 16  # reads of DROP bytes at most, each time the gate looks at a connection it is closing
 LOOK_EVERY = 4  # sends between two looks at the socket
 MAX_WAITING = 8  # answers queued for the DUL before a handler pauses
 PAUSE = 0.0002  # seconds
@@ -98,46 +131,174 @@ def _fill(sock: socket.socket, view: memoryview) -> int:
     return read
 
 
+def _buffer(size: int) -> bytearray | mmap.mmap:
+    """A buffer for a PDU of ``size`` bytes. Above :data:`KEEP_BUFFER`, an anonymous mapping
+    whose pages the kernel provides as bytes are written to them: the length a PDU's header
+    announces (up to 4 GiB, PS3.8 9.3.1) then costs memory only for the bytes that arrive."""
+    return bytearray(size) if size <= KEEP_BUFFER else mmap.mmap(-1, size)
+
+
+def _peer(provider: DULServiceProvider) -> str:
+    assoc = provider.assoc
+    remote = assoc.requestor if assoc.is_acceptor else assoc.acceptor
+    return f"{remote.address}:{remote.port}"
+
+
+def _why(exc: BaseException) -> str:
+    """What an error reading from a peer means, in a few words."""
+    if isinstance(exc, (BlockingIOError, TimeoutError)):  # SO_RCVTIMEO or a socket timeout ran out
+        return "the peer stopped sending for the network timeout"
+    return str(exc) or type(exc).__name__
+
+
+def _read_pdu(self: DULServiceProvider) -> None:
+    """Read the next PDU whole and queue its event, as pynetdicom's reader does (PS3.8 Table
+    9-10), with each failure one log line and no traceback: a connection closed or silent part
+    way through a PDU is Evt17 (transport connection closed); an unknown PDU type, a length no
+    buffer can hold, or a PDU that does not decode is Evt19 (invalid PDU), which the state
+    machine answers with an A-ABORT (AA-1 before an association, AA-8 during one)."""
+    transport = self.socket
+    sock = getattr(transport, "socket", None)
+    if sock is None:
+        self.event_queue.put("Evt17")
+        return
+    head = bytearray(PDU_HEADER)
+    try:
+        read = _fill(sock, memoryview(head))
+    except OSError as exc:
+        log.warning("DICOM %s: connection lost before a PDU: %s", _peer(self), _why(exc))
+        self.event_queue.put("Evt17")
+        return
+    if read < PDU_HEADER:
+        if read:
+            log.warning("DICOM %s closed the connection %d bytes into a PDU header", _peer(self), read)
+        self.event_queue.put("Evt17")
+        return
+    kind = bytes(head[:1])
+    if kind not in PDU_KINDS:
+        log.warning("DICOM %s sent a PDU of unknown type 0x%02X; aborting", _peer(self), head[0])
+        self.event_queue.put("Evt19")
+        return
+    total = PDU_HEADER + int.from_bytes(head[2:6], "big")
+    try:
+        pdu_bytes = _buffer(total)
+    except (OSError, MemoryError):
+        log.warning("DICOM %s announced a %s PDU of %d bytes, more than memory holds; aborting", _peer(self),
+                    PDU_KINDS[kind], total)
+        self.event_queue.put("Evt19")
+        return
+    pdu_bytes[:PDU_HEADER] = head
+    try:
+        read = PDU_HEADER + _fill(sock, memoryview(pdu_bytes)[PDU_HEADER:])
+    except OSError as exc:
+        log.warning("DICOM %s: connection lost in a %s PDU of %d bytes: %s", _peer(self), PDU_KINDS[kind], total,
+                    _why(exc))
+        self.event_queue.put("Evt17")
+        return
+    if read < total:
+        log.warning("DICOM %s closed the connection %d bytes into a %s PDU of %d", _peer(self), read,
+                    PDU_KINDS[kind], total)
+        self.event_queue.put("Evt17")
+        return
+    try:
+        pdu, event = self._decode_pdu(pdu_bytes)
+    except Exception as exc:  # noqa: BLE001 - whatever pynetdicom raises on bytes it cannot decode
+        log.warning("DICOM %s sent a %s PDU that cannot be read (%s); aborting", _peer(self), PDU_KINDS[kind],
+                    _why(exc))
+        self.event_queue.put("Evt19")
+        return
+    self.event_queue.put(event)
+    self._recv_pdu.put(pdu)
+
+
+def _await_response(self: DULServiceProvider) -> None:
+    """In Sta3 (an A-ASSOCIATE-RQ read, the association not yet answered) leave what the peer
+    sends next unread until the answer has gone (PS3.8 9.2.3): read then, a PDU that stalls part
+    way would hold the DUL thread, and the A-ASSOCIATE-AC queued behind it, for the network
+    timeout, and one that aborted the association (AA-8) before the answer went out would leave
+    that answer an event the state machine has no transition for. Waits, instead of spinning,
+    until there is something to send."""
+    fd = getattr(self, "_pacs_wake_fd", None)
+    if fd is None:
+        time.sleep(PAUSE)
+        return
+    try:
+        select.select([fd], [], [], self._run_loop_delay)
+    except (OSError, ValueError):
+        time.sleep(PAUSE)
+
+
+def _drop_unread(self: DULServiceProvider) -> None:
+    """In Sta13 (the association over, waiting for the peer to close) drop what still arrives
+    without reading it as PDUs (AA-6, PS3.8 Table 9-10), never waiting for the rest of one;
+    the peer's close is Evt17, and the ARTIM timer closes the connection otherwise."""
+    sock = getattr(self.socket, "socket", None)
+    if sock is None:
+        self.event_queue.put("Evt17")
+        return
+    try:
+        if sock.recv(DROP, socket.MSG_DONTWAIT):
+            return
+    except BlockingIOError:
+        return
+    except OSError:
+        pass
+    self.event_queue.put("Evt17")
+
+
 def _read_pdu_data(self: DULServiceProvider) -> None:
-    """Read the next PDU; the fragments of a data set being spooled go straight to its file."""
+    """Read the next PDU; the fragments of a data set being spooled go straight to its file.
+
+    Nothing is read while the state machine has an event still to act on (at the start, the
+    transport connection's Evt5): each PDU is read in the state the previous one led to."""
+    if self.event_queue.queue:
+        return
+    state = self.state_machine.current_state
+    if state == AWAITING_RESPONSE:
+        _await_response(self)
+        return
+    if state == AWAITING_CLOSE:
+        _drop_unread(self)
+        return
     message = self.assoc.dimse.message
     spool = getattr(message, "_data_set_file", None) if message is not None else None
     transport = self.socket
     sock = getattr(transport, "socket", None)
-    if (spool is None or sock is None or self.state_machine.current_state != DATA_TRANSFER
+    if (spool is None or sock is None or state != DATA_TRANSFER
             or self.assoc.get_handlers(pn_evt.EVT_PDU_RECV) or self.assoc.get_handlers(pn_evt.EVT_DATA_RECV)):
-        _pynetdicom_read_pdu_data(self)
+        _read_pdu(self)
         return
     try:
         head = sock.recv(PDU_HEADER, socket.MSG_PEEK)
     except OSError:
         head = b""
     if len(head) < PDU_HEADER or head[0] != PDATA_TF:
-        _pynetdicom_read_pdu_data(self)  # reads it, or finds the connection closed or broken
+        _read_pdu(self)  # reads it, or finds the connection closed or broken
         return
     total = PDU_HEADER + int.from_bytes(head[2:6], "big")
     buffer = self.__dict__.get("_pacs_buffer")
-    if buffer is None or len(buffer) < total:
-        buffer = bytearray(total)
-        if total <= KEEP_BUFFER:  # a peer's rare huge PDU is not kept for the association's life
-            self.__dict__["_pacs_buffer"] = buffer
-    view = memoryview(buffer)[:total]
     try:
+        if buffer is None or len(buffer) < total:
+            buffer = _buffer(total)
+            if total <= KEEP_BUFFER:  # a peer's rare huge PDU is not kept for the association's life
+                self.__dict__["_pacs_buffer"] = buffer
+        view = memoryview(buffer)[:total]
         read = _fill(sock, view)
-    except (OSError, TimeoutError) as exc:
-        log.error("connection lost while a P-DATA-TF PDU was being received: %s", exc)
+    except (OSError, MemoryError) as exc:
+        log.warning("DICOM %s: connection lost in a P-DATA-TF PDU of %d bytes: %s", _peer(self), total, _why(exc))
         read = -1
     if read < total:
         if read >= 0:
-            log.error("the connection closed %d bytes into a P-DATA-TF PDU of %d", read, total)
+            log.warning("DICOM %s closed the connection %d bytes into a P-DATA-TF PDU of %d", _peer(self), read,
+                        total)
         self.event_queue.put("Evt17")  # transport connection closed (PS3.8 9.2.3)
         return
     fragments = _bulk_fragments(view, cast(int, message.context_id))
     if fragments is None:  # not only bulk data of this message: pynetdicom decodes it
         try:
             pdu, event = self._decode_pdu(bytearray(view))
-        except Exception as exc:
-            log.error("unable to decode a received P-DATA-TF PDU: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - whatever pynetdicom raises on bytes it cannot decode
+            log.warning("DICOM %s sent a P-DATA-TF PDU that cannot be read (%s); aborting", _peer(self), exc)
             self.event_queue.put("Evt19")  # unrecognised or invalid PDU
             return
         self.event_queue.put(event)
@@ -219,11 +380,46 @@ def close_pause_race() -> None:
     association._is_paused = property(_is_paused, _set_paused)  # type: ignore[assignment]
 
 
+def _data_indication(provider: DULServiceProvider) -> str:
+    """DT-2 (PS3.8 Table 9-7), a P-DATA-TF received in Sta6: pynetdicom's, except that a DIMSE
+    message whose command set cannot be read (no Command Field, one no service has, a broken
+    element) is one log line and Evt19, which aborts the association (AA-8), as pynetdicom
+    does for a command set it reads but cannot use; raised, it ended the DUL thread with a
+    traceback and no A-ABORT."""
+    try:
+        return str(_pynetdicom_dt_2(provider))
+    except Exception as exc:  # noqa: BLE001 - whatever pynetdicom and pydicom raise on bytes they cannot read
+        log.warning("DICOM %s sent a DIMSE message that cannot be read (%s); aborting", _peer(provider), _why(exc))
+        provider.event_queue.put("Evt19")
+        return DATA_TRANSFER
+
+
+class _PeerBytesFilter(logging.Filter):
+    """pynetdicom logs a traceback where a peer's bytes are not what it expects and it goes on
+    (a UID or AE title that is not ASCII; a DIMSE message it cannot use, answered with Evt19):
+    expected events, one line each."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.funcName in PEER_BYTES_SITES:
+            exc = record.exc_info[1]
+            record.msg, record.args = "a peer's bytes could not be read as expected: %s", (_why(exc) if exc else "",)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def install() -> None:
     """Let every DUL read an incoming PDU between its sends, read each PDU in as few system calls
-    as the socket allows (:func:`_recv`), and spool data set fragments directly
-    (:func:`_read_pdu_data`) (idempotent)."""
+    as the socket allows (:func:`_recv`), spool data set fragments directly
+    (:func:`_read_pdu_data`), and take what a peer sends wrong without a traceback
+    (:func:`_data_indication`, :class:`_PeerBytesFilter`) (idempotent)."""
     close_pause_race()
+    description, _action, state = pn_fsm.ACTIONS["DT-2"]
+    pn_fsm.ACTIONS["DT-2"] = (description, _data_indication, state)
+    for name in ("pynetdicom.utils", "pynetdicom.dimse"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _PeerBytesFilter) for f in logger.filters):
+            logger.addFilter(_PeerBytesFilter())
     original = DULServiceProvider._process_recv_primitive
     if getattr(original, "_pacs_fair", False):
         return
@@ -324,6 +520,15 @@ def install_wakeups() -> None:
     def do_action_waking(self: StateMachine, event: str) -> None:
         try:
             do_action(self, event)
+        except InvalidEventError:
+            if event not in LOCAL_EVENTS or self.current_state not in (AWAITING_CLOSE, IDLE):
+                raise
+            # A handler's answer or a release that comes after the peer ended the association:
+            # PS3.8 has no transition for it, and nobody left to take it. It goes.
+            try:
+                self.dul.to_provider_queue.get(False)
+            except queue.Empty:
+                pass
         finally:
             assoc = self.dul.assoc
             wake = getattr(assoc, "_pacs_wake", None)
@@ -340,3 +545,391 @@ def install_wakeups() -> None:
     DULServiceProvider.send_pdu = send_pdu_waking  # type: ignore[method-assign]
     StateMachine.do_action = do_action_waking  # type: ignore[method-assign]
     pn_dul.time = pn_association.time = _Clock()  # type: ignore[assignment]
+
+
+# --------------------------------------------------------------------------------------------
+# Connections that are not associations yet (PS3.8 9.2, state Sta2)
+# --------------------------------------------------------------------------------------------
+
+ASSOCIATE_RQ = 0x01  # PDU types (PS3.8 9.3.1)
+ASSOCIATE_RJ = 0x03
+ABORT = 0x07
+ASSOCIATE_RQ_FIXED = 68  # protocol version to the second reserved field (PS3.8 Table 9-11)
+ITEM_HEADER = 4  # item type, reserved, item length (PS3.8 9.3.2)
+CONTEXT_ITEM = 0x20  # presentation context item, its sub-items after CONTEXT_FIELDS (PS3.8 Table 9-13)
+CONTEXT_FIELDS = 4  # presentation context ID and three reserved bytes
+USER_ITEM = 0x50  # user information item, of sub-items (PS3.8 Table 9-16)
+PROTOCOL_VERSION_1 = 0x0001  # the bit of version 1 in the protocol-version field (PS3.8 9.3.2)
+MAX_ASSOCIATE_RQ = 256 << 10  # bytes: the longest A-ASSOCIATE-RQ read (128 contexts of dozens of syntaxes)
+PEEKABLE = 64 << 10  # bytes surely held unread by a new connection's receive buffer
+MAX_PENDING = 512  # connections waiting for their A-ASSOCIATE-RQ, every address together
+NOTE_INTERVAL = 1.0  # seconds: one log line per kind of refusal and address at most; the rest are counted
+NOTES_KEPT = 1024  # (kind, address) pairs remembered before those of past intervals are dropped
+# A-ASSOCIATE-RJ (PS3.8 Table 9-21): result, source, reason
+REJECTED_PERMANENT = 0x01
+SOURCE_ACSE = 0x02  # DICOM UL service-provider, ACSE related function
+SOURCE_PRESENTATION = 0x03  # DICOM UL service-provider, presentation related function
+PROTOCOL_VERSION_NOT_SUPPORTED = 0x02  # with SOURCE_ACSE
+LOCAL_LIMIT_EXCEEDED = 0x02  # with SOURCE_PRESENTATION
+SERVICE_USER = 0x00  # A-ABORT source (PS3.8 Table 9-26); its reason is then not significant
+TIMEVAL = struct.Struct("@ll")  # struct timeval (seconds, microseconds) for SO_RCVTIMEO/SO_SNDTIMEO
+
+
+def associate_rj(result: int, source: int, reason: int) -> bytes:
+    """An A-ASSOCIATE-RJ PDU (PS3.8 9.3.4, Table 9-21)."""
+    return struct.pack(">BBIBBBB", ASSOCIATE_RJ, 0, 4, 0, result, source, reason)
+
+
+def abort_pdu(source: int, reason: int = 0) -> bytes:
+    """An A-ABORT PDU (PS3.8 9.3.8, Table 9-26)."""
+    return struct.pack(">BBIBBBB", ABORT, 0, 4, 0, 0, source, reason)
+
+
+def limit_stalls(sock: socket.socket, seconds: float | None) -> None:
+    """Let a blocking read or write on ``sock`` wait at most ``seconds`` (SO_RCVTIMEO,
+    SO_SNDTIMEO): a peer that stops in the middle of a PDU, or stops reading, ends its
+    association (an OSError, Evt17) instead of holding its threads for good. Kernel timeouts
+    cost nothing per read, unlike a Python socket timeout (a poll() before every recv)."""
+    if not seconds or seconds <= 0:
+        return
+    whole = int(seconds)
+    value = TIMEVAL.pack(whole, int((seconds - whole) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+
+
+class _Notes:
+    """One log line per kind of refusal and remote address per :data:`NOTE_INTERVAL`; the others
+    are counted into the next line, so that a flood of connections is not a flood of lines."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def __call__(self, level: int, kind: str, host: str, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        last, quiet = self._last.get((kind, host), (0.0, 0))
+        if now - last < NOTE_INTERVAL:
+            self._last[(kind, host)] = (last, quiet + 1)
+            return
+        if len(self._last) > NOTES_KEPT:
+            self._last = {key: seen for key, seen in self._last.items() if now - seen[0] < NOTE_INTERVAL}
+        self._last[(kind, host)] = (now, 0)
+        if quiet:
+            message += f" (and {quiet} more like it before)"
+        log.log(level, message, *args)
+
+
+class _Waiting:
+    """A connection in the gate: waiting for its A-ASSOCIATE-RQ (Sta2), or, once answered with
+    an A-ABORT or A-ASSOCIATE-RJ, for the peer to close (Sta13)."""
+
+    __slots__ = ("address", "closing", "deadline", "host", "sock", "wanted", "widened")
+
+    def __init__(self, sock: socket.socket, address: Any, deadline: float) -> None:
+        self.sock = sock
+        self.address = address
+        self.host = str(address[0]) if isinstance(address, tuple) else str(address)
+        self.deadline = deadline
+        self.wanted = PDU_HEADER  # bytes to look at: a PDU header, then the whole A-ASSOCIATE-RQ
+        self.closing = False
+        self.widened = False
+
+    @property
+    def peer(self) -> str:
+        return f"{self.host}:{self.address[1]}" if isinstance(self.address, tuple) else self.host
+
+
+class Gate:
+    """Where a new DICOM connection waits until its A-ASSOCIATE-RQ is whole (PS3.8 9.2, state
+    Sta2), in one thread for every such connection, before it becomes an association.
+
+    pynetdicom starts an association (two threads, one polling every millisecond) for every
+    connection it accepts, and counts it against the AE's maximum number of associations from
+    then on: connections that send nothing filled that maximum and locked every modality out,
+    and a few hundred of them kept the process too busy to accept more. Here a connection is
+    handed to ``dispatch`` (pynetdicom, or a receiver process) only once its whole A-ASSOCIATE-RQ
+    has arrived and decodes, still unread in the socket (looked at with MSG_PEEK, edge-triggered
+    epoll: each arrival is looked at once), so that what takes it reads it at once. Until then:
+
+    - the ARTIM timer (PS3.8 9.1.5) runs from the connection's opening: a connection without
+      its whole A-ASSOCIATE-RQ when it runs out is closed (AA-2), whether it sent nothing,
+      trickled bytes or announced a length it never sent;
+    - a PDU other than an A-ASSOCIATE-RQ, an unknown PDU type (Evt19) or an A-ASSOCIATE-RQ that
+      does not decode is answered with an A-ABORT (AA-1); one longer than
+      :data:`MAX_ASSOCIATE_RQ`, with an A-ASSOCIATE-RJ (local limit exceeded), as is a protocol
+      version without version 1 (AE-8, PS3.8 9.3.2); an A-ABORT is closed (AA-2). The gate then
+      waits for the peer to close, at most the ARTIM time again (Sta13), reading and dropping
+      what still comes;
+    - at most ``per_address`` connections from one address wait at once, and
+      :data:`MAX_PENDING` from all: one more closes the oldest, so that connections that linger
+      make way for ones that are about to speak.
+
+    Each refusal is one log line (:class:`_Notes`), never a traceback.
+    """
+
+    def __init__(self, artim: float, per_address: int, dispatch: Callable[[socket.socket, Any], None],
+                 *, limit: int = MAX_PENDING, name: str = "dicom-gate") -> None:
+        self.artim = artim
+        self.per_address = per_address
+        self.limit = limit
+        self.dispatch = dispatch
+        self._epoll = select.epoll()
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._epoll.register(self._wake, select.EPOLLIN)
+        self._arriving: list[tuple[socket.socket, Any]] = []
+        self._arriving_lock = threading.Lock()
+        self._waiting: dict[int, _Waiting] = {}  # by descriptor, oldest deadline first
+        self._by_host: Counter[str] = Counter()
+        self._notes = _Notes()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def waiting(self) -> int:
+        """How many connections wait in the gate now."""
+        return len(self._waiting)
+
+    def admit(self, sock: socket.socket, address: Any) -> None:
+        """Take a connection just accepted (from the accepting thread)."""
+        with self._arriving_lock:
+            self._arriving.append((sock, address))
+        os.eventfd_write(self._wake, 1)
+
+    def stop(self) -> None:
+        """Close every waiting connection and end the gate's thread."""
+        self._stopping = True
+        os.eventfd_write(self._wake, 1)
+        self._thread.join(5)
+        with self._arriving_lock:
+            arriving, self._arriving = self._arriving, []
+        for sock, _ in arriving:
+            sock.close()
+        for waiting in list(self._waiting.values()):
+            self._close(waiting)
+        self._epoll.close()
+        os.close(self._wake)
+
+    # -- the gate's thread -------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stopping:
+            timeout = -1.0
+            if self._waiting:
+                first = next(iter(self._waiting.values()))
+                timeout = max(0.0, first.deadline - time.monotonic())
+            try:
+                events = self._epoll.poll(timeout)
+            except InterruptedError:
+                continue
+            for fd, mask in events:
+                if fd == self._wake:
+                    self._take_arrivals()
+                    continue
+                waiting = self._waiting.get(fd)
+                if waiting is None:
+                    continue
+                try:
+                    self._look(waiting, mask)
+                except Exception:  # a bug: the connection goes, the gate stays
+                    log.exception("DICOM %s: unexpected error before its association", waiting.peer)
+                    self._close(waiting)
+            self._expire()
+
+    def _take_arrivals(self) -> None:
+        try:
+            os.eventfd_read(self._wake)
+        except BlockingIOError:
+            pass
+        with self._arriving_lock:
+            arriving, self._arriving = self._arriving, []
+        for sock, address in arriving:
+            if self._stopping:
+                sock.close()
+                continue
+            waiting = _Waiting(sock, address, time.monotonic() + self.artim)
+            if self._by_host[waiting.host] >= self.per_address:
+                oldest = next(w for w in self._waiting.values() if w.host == waiting.host)
+                self._notes(logging.WARNING, "per-address", waiting.host,
+                            "DICOM %s: more than %d connections from this address waiting for their "
+                            "A-ASSOCIATE-RQ; the oldest closed", waiting.host, self.per_address)
+                self._close(oldest)
+            elif len(self._waiting) >= self.limit:
+                oldest = next(iter(self._waiting.values()))
+                self._notes(logging.WARNING, "total", "",
+                            "DICOM: more than %d connections waiting for their A-ASSOCIATE-RQ; the oldest "
+                            "(from %s) closed", self.limit, oldest.peer)
+                self._close(oldest)
+            fd = sock.fileno()
+            self._waiting[fd] = waiting
+            self._by_host[waiting.host] += 1
+            self._epoll.register(fd, select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        while self._waiting:
+            waiting = next(iter(self._waiting.values()))
+            if waiting.deadline > now:
+                return
+            if not waiting.closing:
+                self._notes(logging.INFO, "artim", waiting.host,
+                            "DICOM %s: no whole A-ASSOCIATE-RQ within %g s (ARTIM, PS3.8 9.1.5); closed",
+                            waiting.peer, self.artim)
+            self._close(waiting)
+
+    def _look(self, waiting: _Waiting, mask: int) -> None:
+        sock = waiting.sock
+        if waiting.closing:  # Sta13: what still comes is dropped (AA-6) until the peer closes
+            for _ in range(DROPS_PER_LOOK):  # a peer streaming bytes does not keep the gate to itself
+                try:
+                    data = sock.recv(DROP, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    data = b""
+                if not data:
+                    self._close(waiting)
+                    return
+            return
+        while True:
+            wanted = waiting.wanted
+            try:
+                data = sock.recv(wanted, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                data = None
+            except OSError as exc:  # reset
+                self._notes(logging.INFO, "reset", waiting.host, "DICOM %s: connection lost before its "
+                            "A-ASSOCIATE-RQ (%s)", waiting.peer, exc)
+                self._close(waiting)
+                return
+            if data is None or len(data) < PDU_HEADER:
+                break
+            if self._judge(waiting, data):
+                return
+            if len(data) < wanted:  # the rest is still to come: the next arrival is an edge
+                break
+            # The header said how long the A-ASSOCIATE-RQ is: look at all of it that is there.
+        hung_up = mask & (select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR)
+        if hung_up or data == b"":  # closed before a whole A-ASSOCIATE-RQ (Evt17, AA-5)
+            if data:
+                self._notes(logging.WARNING, "cut", waiting.host, "DICOM %s closed the connection %d bytes into "
+                            "its A-ASSOCIATE-RQ", waiting.peer, len(data))
+            else:
+                log.debug("DICOM %s closed the connection without a PDU", waiting.peer)
+            self._close(waiting)
+
+    def _judge(self, waiting: _Waiting, data: bytes) -> bool:
+        """Act on what arrived of the first PDU; False while it is not whole."""
+        kind, length = data[0], int.from_bytes(data[2:6], "big")
+        if kind != ASSOCIATE_RQ:
+            if kind == ABORT:  # Sta2 + Evt16: AA-2
+                self._notes(logging.INFO, "abort", waiting.host, "DICOM %s sent an A-ABORT before "
+                            "associating; closed", waiting.peer)
+                self._close(waiting)
+            else:  # Sta2 + Evt3, Evt4, Evt10, Evt12, Evt13 or Evt19: AA-1
+                what = PDU_KINDS.get(bytes([kind]), f"a PDU of unknown type 0x{kind:02X}")
+                self._refuse(waiting, abort_pdu(SERVICE_USER), "%s instead of an A-ASSOCIATE-RQ", what)
+            return True
+        if length < ASSOCIATE_RQ_FIXED:
+            self._refuse(waiting, abort_pdu(SERVICE_USER), "an A-ASSOCIATE-RQ of %d bytes, shorter than its "
+                         "fixed fields", length)
+            return True
+        if length > MAX_ASSOCIATE_RQ:
+            self._refuse(waiting, associate_rj(REJECTED_PERMANENT, SOURCE_PRESENTATION, LOCAL_LIMIT_EXCEEDED),
+                         "an A-ASSOCIATE-RQ of %d bytes, more than the %d read", length, MAX_ASSOCIATE_RQ)
+            return True
+        total = PDU_HEADER + length
+        if len(data) < total:
+            waiting.wanted = total
+            if total > PEEKABLE and not waiting.widened:  # room for all of it in the receive buffer
+                waiting.widened = True
+                waiting.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2 * total)
+            return False
+        if not _items_fit(data, PDU_HEADER + ASSOCIATE_RQ_FIXED, total, nested=True):
+            self._refuse(waiting, abort_pdu(SERVICE_USER), "an A-ASSOCIATE-RQ whose items overrun it")
+            return True
+        try:
+            request = A_ASSOCIATE_RQ()
+            request.decode(data[:total])
+            request.to_primitive()
+        except Exception as exc:  # noqa: BLE001 - whatever pynetdicom raises on bytes it cannot decode
+            self._refuse(waiting, abort_pdu(SERVICE_USER), "an A-ASSOCIATE-RQ that cannot be read (%s)",
+                         _why(exc))
+            return True
+        if not request.protocol_version & PROTOCOL_VERSION_1:
+            self._refuse(waiting, associate_rj(REJECTED_PERMANENT, SOURCE_ACSE, PROTOCOL_VERSION_NOT_SUPPORTED),
+                         "an A-ASSOCIATE-RQ of protocol version 0x%04X", request.protocol_version)
+            return True
+        self._forget(waiting)
+        try:
+            self.dispatch(waiting.sock, waiting.address)
+        except Exception:  # a bug, or no thread to be had: the connection goes, the gate stays
+            log.exception("DICOM %s: the association could not be started", waiting.peer)
+            waiting.sock.close()
+        return True
+
+    def _refuse(self, waiting: _Waiting, answer: bytes, why: str, *args: Any) -> None:
+        """Answer with ``answer`` (an A-ABORT or A-ASSOCIATE-RJ) and wait for the peer to close,
+        for at most the ARTIM time (Sta13)."""
+        refusal = "A-ASSOCIATE-RJ" if answer[0] == ASSOCIATE_RJ else "A-ABORT"
+        self._notes(logging.WARNING, "refused", waiting.host, "DICOM %s sent " + why + "; answered " + refusal,
+                    waiting.peer, *args)
+        try:
+            waiting.sock.send(answer, socket.MSG_DONTWAIT)
+        except OSError:
+            self._close(waiting)
+            return
+        waiting.closing = True
+        del self._waiting[waiting.sock.fileno()]  # to the end of the line, with its new deadline
+        waiting.deadline = time.monotonic() + self.artim
+        self._waiting[waiting.sock.fileno()] = waiting
+        self._look(waiting, 0)  # what is already there is dropped now: no new edge will come for it
+
+    def _forget(self, waiting: _Waiting) -> None:
+        fd = waiting.sock.fileno()
+        if self._waiting.pop(fd, None) is None:
+            return
+        self._by_host[waiting.host] -= 1
+        if not self._by_host[waiting.host]:
+            del self._by_host[waiting.host]
+        try:
+            self._epoll.unregister(fd)
+        except (OSError, ValueError):
+            pass
+
+    def _close(self, waiting: _Waiting) -> None:
+        self._forget(waiting)
+        _discard_unread(waiting.sock)
+        waiting.sock.close()
+
+
+def _items_fit(data: bytes, start: int, end: int, *, nested: bool) -> bool:
+    """Whether the variable items in ``data[start:end]`` (type, reserved, 2-byte length: PS3.8
+    9.3.2) fill it exactly, none running past it; with ``nested``, also the sub-items of each
+    presentation context item (after its four fields, PS3.8 Table 9-13) and user information
+    item (PS3.8 Table 9-16)."""
+    at = start
+    while at < end:
+        if end - at < ITEM_HEADER:
+            return False
+        stop = at + ITEM_HEADER + int.from_bytes(data[at + 2:at + 4], "big")
+        if stop > end:
+            return False
+        if nested and data[at] == CONTEXT_ITEM:
+            first = at + ITEM_HEADER + CONTEXT_FIELDS
+            if first > stop or not _items_fit(data, first, stop, nested=False):
+                return False
+        elif nested and data[at] == USER_ITEM and not _items_fit(data, at + ITEM_HEADER, stop, nested=False):
+            return False
+        at = stop
+    return True
+
+
+def _discard_unread(sock: socket.socket) -> None:
+    """Drop what the peer sent that was never read: a socket closed with bytes unread resets the
+    connection (RFC 2525 2.17), and the peer would see an error rather than the end of it."""
+    for _ in range(DROPS_PER_LOOK):
+        try:
+            if not sock.recv(DROP, socket.MSG_DONTWAIT):
+                return
+        except OSError:  # nothing more now (BlockingIOError), or the connection is gone
+            return
