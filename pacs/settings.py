@@ -44,6 +44,14 @@ class MLLPSettings(BaseModel):
 
     max_message_bytes: int = 8 * 1024 * 1024
     idle_timeout_seconds: float = 600.0
+    """A connection that sends no whole message for this long (counted from its opening or its
+    last message; bytes outside a frame do not count) is closed."""
+    frame_timeout_seconds: float = 60.0
+    """A message must arrive whole within this from its start block; a frame still incomplete
+    then (a sender trickling bytes) is dropped unacknowledged and the connection closed."""
+    max_connections_per_address: int = Field(default=64, ge=1)
+    """Connections one address may hold open at once; another one is closed as it opens, so that
+    one sender's connections never use up what every sender shares."""
     default_charset: str = "UNICODE UTF-8"
     """Charset (HL7 table 0211 name) for messages whose MSH-18 is empty."""
     front_process: bool = True

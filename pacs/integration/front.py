@@ -46,6 +46,7 @@ from concurrent.futures import Future
 from functools import partial
 from typing import Any
 
+from pacs.integration import mllp
 from pacs.integration.channel import Channel, Inbound, Outcome
 from pacs.integration.intake import Intake
 from pacs.integration.message_store import Status
@@ -117,7 +118,7 @@ class Front:
 
     async def start(self, host: str, port: int) -> None:
         """Bind the MLLP port and start the front process (raises if the port is taken)."""
-        self._listener = await asyncio.to_thread(socket.create_server, (host, port), backlog=128)
+        self._listener = await asyncio.to_thread(socket.create_server, (host, port), backlog=mllp.LISTEN_BACKLOG)
         # The relay thread starts the front process: the kernel ties the child's life to the
         # thread that started it (PR_SET_PDEATHSIG), and this one lives as long as the port.
         self._thread = threading.Thread(target=self._run, name="mllp-front", daemon=True)

@@ -2,9 +2,12 @@
 
 Each connection is served by one asyncio task that reads a frame, hands it to the intake worker
 and writes the ACK the worker returns (after the message and its effect are committed). A bad
-frame gets an AR and the connection keeps going; a connection idle past the timeout is closed;
-a frame cut off by a dropped connection was never acknowledged and is discarded (the sender
-resends it).
+frame gets an AR and the connection keeps going; a connection that sends no message within the
+idle timeout is closed, and so is one whose frame does not end within the frame timeout (a
+sender trickling bytes); a frame cut off by a dropped connection or a timeout was never
+acknowledged and is discarded (the sender resends it). One address holds at most ``[mllp]
+max_connections_per_address`` connections: one more is closed as it opens, so that a sender
+opening connections without end cannot use up the process's descriptors for every other.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
+from collections import Counter
 from concurrent.futures import Future
 from typing import Protocol
 
@@ -21,6 +26,8 @@ from pacs.integration.channel import Inbound, Outcome
 from pacs.settings import Settings
 
 log = logging.getLogger(__name__)
+REFUSAL_LOG_INTERVAL = 1.0  # seconds: one line per address for the connections refused in this
+REFUSALS_KEPT = 1024  # addresses whose last refusal is remembered before the stale ones are dropped
 
 
 class Submits(Protocol):
@@ -40,6 +47,8 @@ class MLLPServer:
         self.intake = intake
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._by_host: Counter[str] = Counter()  # open connections per remote address
+        self._refused: dict[str, tuple[float, int]] = {}  # per address: last line logged, refusals since
 
     @property
     def port(self) -> int:
@@ -49,10 +58,12 @@ class MLLPServer:
     async def start(self, host: str, port: int, *, sock: socket.socket | None = None) -> None:
         """Listen on ``host``:``port``, or on the listening socket ``sock`` made elsewhere."""
         if sock is not None:
-            self._server = await asyncio.start_server(self._serve, sock=sock, limit=mllp.READ_CHUNK)
+            # asyncio listens on the socket again, with its own backlog unless told
+            self._server = await asyncio.start_server(self._serve, sock=sock, limit=mllp.READ_CHUNK,
+                                                      backlog=mllp.LISTEN_BACKLOG)
         else:
             self._server = await asyncio.start_server(self._serve, host, port, limit=mllp.READ_CHUNK,
-                                                      reuse_address=True)
+                                                      reuse_address=True, backlog=mllp.LISTEN_BACKLOG)
         log.info("MLLP listening on %s", self._server.sockets[0].getsockname())
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -69,23 +80,57 @@ class MLLPServer:
         await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        host = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        if self._by_host[host] >= self.settings.mllp.max_connections_per_address:
+            self._refuse(host)
+            writer.close()
+            return
+        self._by_host[host] += 1
+        try:
+            await self._converse(reader, writer, peer)
+        finally:
+            self._by_host[host] -= 1
+            if not self._by_host[host]:
+                del self._by_host[host]
+
+    def _refuse(self, host: str) -> None:
+        """Log a connection refused for its address's limit: one line per address per
+        :data:`REFUSAL_LOG_INTERVAL`, with how many more were refused meanwhile."""
+        now = time.monotonic()
+        last, since = self._refused.get(host, (0.0, 0))
+        if now - last < REFUSAL_LOG_INTERVAL:
+            self._refused[host] = (last, since + 1)
+            return
+        if len(self._refused) > REFUSALS_KEPT:
+            self._refused = {h: seen for h, seen in self._refused.items() if now - seen[0] < REFUSAL_LOG_INTERVAL}
+        self._refused[host] = (now, 0)
+        log.warning("MLLP %s already has %d connections open; another one closed%s", host,
+                    self.settings.mllp.max_connections_per_address,
+                    f" (and {since} more before)" if since else "")
+
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: object) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
-        peer = writer.get_extra_info("peername")
         peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         frames = mllp.FrameReader(reader, self.settings.mllp.max_message_bytes,
-                                  self.settings.mllp.idle_timeout_seconds)
+                                  self.settings.mllp.idle_timeout_seconds, self.settings.mllp.frame_timeout_seconds)
         closing = False
         try:
             while not closing:
                 try:
                     payload = await frames.next_frame()
+                except mllp.FrameTimeout as exc:
+                    log.warning("MLLP %s: %s; the partial message was not acknowledged and is discarded; closing",
+                                peer_text, exc)
+                    break
                 except TimeoutError:
-                    log.info("MLLP %s idle for %.0f s; closing", peer_text, self.settings.mllp.idle_timeout_seconds)
+                    log.info("MLLP %s sent no message for %.0f s; closing", peer_text,
+                             self.settings.mllp.idle_timeout_seconds)
                     break
                 except asyncio.IncompleteReadError:
                     log.warning("MLLP %s closed in the middle of a frame; the partial message was not "
@@ -102,7 +147,7 @@ class MLLPServer:
                     continue
                 try:
                     outcome = await asyncio.wrap_future(self.intake.submit(Inbound(payload, "mllp", peer_text)))
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - whatever kept it from being stored
                     # Not stored: say nothing that could pass for an acknowledgement; the sender retries.
                     log.error("MLLP %s: message not stored (%s); closing the connection", peer_text, exc)
                     break

@@ -18,6 +18,10 @@ CARRIAGE_RETURN = b"\r"
 TRAILER = END_BLOCK + CARRIAGE_RETURN
 HEADER_KEEP = 4096  # bytes of an oversized frame kept so that its MSH can be answered
 READ_CHUNK = 65536
+# Connections the kernel completes and queues before the listener accepts them (listen(2)'s
+# backlog): asyncio's default of 100 dropped the SYNs of a burst of 200, each tried again a
+# second later. The kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 1024
 
 # HL7 table 0211 (alternate character sets) and the spellings senders use for them.
 CHARSETS: dict[str, str] = {
@@ -53,6 +57,11 @@ CHARSETS: dict[str, str] = {
 
 class CharsetError(ValueError):
     """The message's bytes can't be read in its declared (or the default) character set."""
+
+
+class FrameTimeout(TimeoutError):
+    """A frame began but did not end within the frame timeout: a sender trickling bytes, or one
+    that announced a message and went silent."""
 
 
 class FrameTooLarge(ValueError):
@@ -146,17 +155,22 @@ def encode(text: str, charset: str) -> bytes:
 
 @dataclass
 class FrameReader:
-    """Reads MLLP frames from a stream, enforcing a size limit and an idle timeout."""
+    """Reads MLLP frames from a stream, enforcing a size limit and two timeouts: a frame must
+    begin within ``idle_timeout`` of the previous one (or of the connection's opening; bytes
+    outside a frame do not count as activity) and end within ``frame_timeout`` of its start
+    block (None: as ``idle_timeout``). Both are deadlines, not waits between reads, so a sender
+    trickling a byte at a time holds a connection no longer than one that sends nothing."""
 
     reader: asyncio.StreamReader
     max_bytes: int
     idle_timeout: float
+    frame_timeout: float | None = None
 
     def __post_init__(self) -> None:
         self._buffer = bytearray()
 
-    async def _fill(self) -> bool:
-        async with asyncio.timeout(self.idle_timeout):  # no task per read, as wait_for makes
+    async def _fill(self, deadline: float) -> bool:
+        async with asyncio.timeout_at(deadline):  # no task per read, as wait_for makes
             chunk = await self.reader.read(READ_CHUNK)
         if not chunk:
             return False
@@ -166,10 +180,13 @@ class FrameReader:
     async def next_frame(self) -> bytes | None:
         """The next payload, or None at a clean end of stream.
 
-        Raises ``TimeoutError`` after ``idle_timeout`` seconds without bytes,
+        Raises ``TimeoutError`` when no frame begins within ``idle_timeout``,
+        :class:`FrameTimeout` when one begins and does not end within ``frame_timeout``,
         :class:`FrameTooLarge` for a frame over the limit (its remainder is skipped),
         ``asyncio.IncompleteReadError`` when the peer closes in the middle of a frame.
         """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.idle_timeout
         buf = self._buffer
         # Skip anything before the start block (keep-alive newlines, noise).
         while True:
@@ -178,8 +195,10 @@ class FrameReader:
                 del buf[: start + 1]
                 break
             buf.clear()
-            if not await self._fill():
+            if not await self._fill(deadline):
                 return None
+        frame_timeout = self.idle_timeout if self.frame_timeout is None else self.frame_timeout
+        deadline = loop.time() + frame_timeout
         searched = 0
         oversize = False
         head = b""
@@ -210,5 +229,10 @@ class FrameReader:
                 buf.clear()
                 buf += keep
                 searched = 0
-            if not await self._fill():
+            try:
+                more = await self._fill(deadline)
+            except TimeoutError:
+                raise FrameTimeout(f"a frame not whole {frame_timeout:g} s after it began "
+                                   f"({total + len(buf)} bytes arrived)") from None
+            if not more:
                 raise asyncio.IncompleteReadError(bytes(buf), None)
