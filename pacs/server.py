@@ -15,29 +15,31 @@ import ctypes
 import gc
 import logging
 import signal
+import time
+from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from pacs import housekeeping
 from pacs.archive import commitment, ian
-from pacs.archive.retention import Retention
 from pacs.archive.mpps import MPPSService
+from pacs.archive.query_service import QueryService
 from pacs.archive.receivers import Receivers
+from pacs.archive.retention import Retention
 from pacs.archive.storage.manager import StorageManager
 from pacs.archive.store import Acknowledge, Archive, DuplicatePolicy, tidy_incoming
-from pacs.archive.query_service import QueryService
 from pacs.audit import Auditor
 from pacs.db import Database
+from pacs.housekeeping import Housekeeping
 from pacs.integration import his, publisher
-from pacs.integration.his import HISNotifier
-from pacs.integration.outbox import OutboxWorker
-from pacs.registry import lifecycle
 from pacs.integration.channel import Channel
 from pacs.integration.front import Front
+from pacs.integration.his import HISNotifier
 from pacs.integration.intake import Intake
 from pacs.integration.mapping import MappingHolder
-from pacs.housekeeping import Housekeeping
+from pacs.integration.outbox import OutboxWorker
+from pacs.registry import lifecycle
 from pacs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -189,7 +191,8 @@ class Server:
         self.mllp_port = self._mllp.port
 
         config = uvicorn.Config(create_app(services), host=settings.host, port=settings.http_port,
-                                log_level="warning", lifespan="off", access_log=False)
+                                log_level="warning", lifespan="off", access_log=False,
+                                http=guarded_http_protocol(settings), h11_max_incomplete_event_size=MAX_REQUEST_HEAD)
         self._http = uvicorn.Server(config)
         self._http.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._tasks.append(asyncio.create_task(self._http.serve(), name="http"))
@@ -221,6 +224,136 @@ class Server:
         if self.services is not None:
             await asyncio.to_thread(self.services.close)
         log.info("stopped")
+
+
+MAX_REQUEST_HEAD = 64 * 1024  # bytes: the longest request line and headers read (431 beyond)
+HTTP_REFUSAL_LOG_INTERVAL = 1.0  # seconds: one line per address for the connections refused in this
+
+
+def _plain_response(status: str, text: str) -> bytes:
+    """A whole HTTP/1.1 response that closes the connection, written before any request is read."""
+    body = text.encode()
+    return (f"HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
+            f"content-length: {len(body)}\r\n\r\n").encode() + body
+
+
+TOO_MANY_CONNECTIONS = _plain_response("503 Service Unavailable", "too many connections from this address\n")
+REQUEST_TIMEOUT = _plain_response("408 Request Timeout", "the request did not arrive in time\n")  # RFC 9110 15.5.9
+HEAD_TOO_LARGE = _plain_response("431 Request Header Fields Too Large", "request head too large\n")  # RFC 6585 5
+
+
+class _HTTPGuard:
+    """What uvicorn's HTTP protocol leaves to the server in front of it, for one served directly:
+    a connection must send a whole request line and headers within ``[http]
+    request_head_timeout_seconds`` of its opening or of the previous response (uvicorn times only
+    the wait between a response and the next request's first byte, so a connection that sends
+    nothing, or trickles its headers, stayed open for good), in at most :data:`MAX_REQUEST_HEAD`
+    bytes (httptools sets no limit; h11 is given the same one); one address holds at most
+    ``[http] max_connections_per_address`` connections. A connection that breaks these is
+    answered 408, 431 or 503 and closed (one that sent no byte of a request is closed in silence,
+    as an idle keep-alive connection is). Mixed into uvicorn's protocol class by
+    :func:`guarded_http_protocol`."""
+
+    head_timeout: float
+    per_address: int
+    open_by_host: Counter[str]
+    refused: dict[str, tuple[float, int]]
+    # uvicorn's protocol provides these
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    client: tuple[str, int] | None
+    cycle: Any
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._host = self.client[0] if self.client else ""
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._in_head = False
+        self._counted = not self.per_address or self.open_by_host[self._host] < self.per_address
+        if not self._counted:
+            self._refuse()
+            return
+        self.open_by_host[self._host] += 1
+        self._await_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._counted:
+            self.open_by_host[self._host] -= 1
+            if not self.open_by_host[self._host]:
+                del self.open_by_host[self._host]
+            self._counted = False
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)  # type: ignore[misc]
+        if self.cycle is self._head_cycle:
+            self._head_bytes += len(data)
+        if self._in_head and self._head_bytes > MAX_REQUEST_HEAD:
+            self._end(HEAD_TOO_LARGE)
+
+    # httptools' parser callbacks, between which a request head is being read
+    def on_message_begin(self) -> None:
+        super().on_message_begin()  # type: ignore[misc]
+        self._in_head = True
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()  # type: ignore[misc]
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        self._await_head()
+
+    def _await_head(self) -> None:
+        """Time the next request head from now."""
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_cycle = self.cycle  # replaced as soon as a whole request head is read
+        self._head_bytes = 0
+        self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        cycle = self.cycle
+        waiting = cycle is self._head_cycle and (cycle is None or cycle.response_complete)
+        if waiting and self.transport.get_protocol() is self:  # no new request, none being answered
+            log.debug("HTTP %s: no whole request head within %g s; closed", self._host, self.head_timeout)
+            self._end(REQUEST_TIMEOUT if self._head_bytes else b"")
+
+    def _end(self, response: bytes) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        self._in_head = False
+        if not self.transport.is_closing():
+            if response:
+                self.transport.write(response)
+            self.transport.close()
+
+    def _refuse(self) -> None:
+        now = time.monotonic()
+        last, since = self.refused.get(self._host, (0.0, 0))
+        if now - last >= HTTP_REFUSAL_LOG_INTERVAL:
+            self.refused[self._host] = (now, 0)
+            log.warning("HTTP %s already has %d connections open; another one answered 503%s", self._host,
+                        self.per_address, f" (and {since} more before)" if since else "")
+        else:
+            self.refused[self._host] = (last, since + 1)
+        self._end(TOO_MANY_CONNECTIONS)
+
+
+def guarded_http_protocol(settings: Settings) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol class (httptools where installed, else h11) with
+    :class:`_HTTPGuard`'s limits from ``settings.http``, sharing one count of connections per
+    address."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    return type("GuardedHTTPProtocol", (_HTTPGuard, AutoHTTPProtocol), {
+        "head_timeout": settings.http.request_head_timeout_seconds,
+        "per_address": settings.http.max_connections_per_address,
+        "open_by_host": Counter(), "refused": {}})
 
 
 PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal a process gets when its parent dies

@@ -71,6 +71,17 @@ class HL7Settings(BaseModel):
     """Most messages taken into one database transaction by the intake worker."""
 
 
+class HTTPSettings(BaseModel):
+    """The HTTP server's guard against clients that hold connections without using them."""
+
+    request_head_timeout_seconds: float = 30.0
+    """A request's line and headers must arrive whole within this from the connection's opening
+    or the previous response; a connection that sends none, or trickles them, is closed."""
+    max_connections_per_address: int = Field(default=256, ge=0)
+    """Connections one address may hold open at once; more are answered 503 and closed
+    (0: no limit, for a server behind a reverse proxy that is every client's one address)."""
+
+
 class Peer(BaseModel):
     """A known DICOM application entity."""
 
@@ -311,6 +322,7 @@ class Settings(BaseSettings):
     mappings_poll_seconds: float = 2.0
 
     mllp: MLLPSettings = Field(default_factory=MLLPSettings)
+    http: HTTPSettings = Field(default_factory=HTTPSettings)
     dicom: DicomSettings = Field(default_factory=DicomSettings)
     archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
     hl7: HL7Settings = Field(default_factory=HL7Settings)
