@@ -7,6 +7,7 @@ request goes out as hand-made P-DATA-TF PDUs (PS3.8 9.3.5, E.2) on its socket.""
 
 from __future__ import annotations
 
+import socket
 import struct
 import time
 from collections.abc import Iterator
@@ -76,6 +77,7 @@ class RawStorer:
             ae.add_requested_context(sop_class, [syntax])
         self.assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
         assert self.assoc.is_established
+        self.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.contexts = {cx.abstract_syntax: cx.context_id for cx in self.assoc.accepted_contexts}
         self.message_id = 0
 
