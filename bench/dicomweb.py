@@ -562,7 +562,7 @@ class Population:
 def load_procedures() -> dict[str, list[tuple[str, str]]]:
     """Modality → [(description, body part)] from mappings/codes/procedures.csv (DX for DR rows)."""
     out: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    with (ROOT / "mappings" / "codes" / "procedures.csv").open(newline="", encoding="utf-8") as handle:
+    with (ROOT / "pacs" / "mappings" / "codes" / "procedures.csv").open(newline="", encoding="utf-8") as handle:
         rows = [line for line in handle if line.strip() and not line.startswith("#")]
     for row in csv.DictReader(rows):
         if row.get("description"):
@@ -576,7 +576,7 @@ def generate(studies: int, seed: int) -> Population:
     """``studies`` studies of ``studies // 2`` patients (two each, the second a follow-up)."""
     from pacs.integration.names import NameRules, person_name
 
-    rules = NameRules.load(ROOT / "mappings")
+    rules = NameRules.load(ROOT / "pacs" / "mappings")
     rng = random.Random(seed)
     pop = Population()
     surnames = [s for s, _ in SURNAMES]
@@ -982,7 +982,7 @@ def decompose_qido(url: str, kinds: list[Kind], facts: Facts, rounds: int, seed:
     from pacs.registry.models import Patient
 
     db = Database(url)
-    names = NameRules.load(ROOT / "mappings")
+    names = NameRules.load(ROOT / "pacs" / "mappings")
     print(f"  {'kind':14} {'total':>7} {'parse':>7} {'rows':>7} {'build':>7} {'encode':>7} {'rows':>7} "
           f"{'SQL as':>8} {'SQL with':>9}  (ms, medians of {rounds})")
     print(f"  {'':14} {'':>7} {'':>7} {'SQL+ORM':>7} {'JSON':>7} {'dumps':>7} {'fetched':>7} "
@@ -1603,7 +1603,7 @@ def surname_pinyin() -> dict[str, str]:
     """Han surname → its pinyin as the archive writes it (``张`` → ``ZHANG``)."""
     from pacs.integration.names import NameRules, person_name
 
-    rules = NameRules.load(ROOT / "mappings")
+    rules = NameRules.load(ROOT / "pacs" / "mappings")
     out = {}
     for surname, _ in SURNAMES:
         out[surname] = person_name(surname, "伟", rules=rules).alphabetic.split("^")[0]

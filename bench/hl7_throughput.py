@@ -61,7 +61,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 from common import cpu_model, free_port, git_state  # noqa: E402  (bench/common.py)
-PROCEDURES_CSV = ROOT / "mappings" / "codes" / "procedures.csv"
+PROCEDURES_CSV = ROOT / "pacs" / "mappings" / "codes" / "procedures.csv"
 
 # MLLP (HL7 v2.5.1 Appendix C): <VT> payload <FS><CR>
 START_BLOCK = b"\x0b"

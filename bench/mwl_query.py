@@ -164,7 +164,7 @@ class Generated:
 def load_procedures() -> dict[str, list[tuple[str, str, str, int]]]:
     """Modality → [(code, description, body part, minutes)] from mappings/codes/procedures.csv."""
     by_modality: dict[str, list[tuple[str, str, str, int]]] = defaultdict(list)
-    with (ROOT / "mappings" / "codes" / "procedures.csv").open(newline="", encoding="utf-8") as f:
+    with (ROOT / "pacs" / "mappings" / "codes" / "procedures.csv").open(newline="", encoding="utf-8") as f:
         rows = [line for line in f if line.strip() and not line.startswith("#")]
     for row in csv.DictReader(rows):
         if row["code"] and row["description"] and not row["code"][0].isdigit():
@@ -194,7 +194,7 @@ def populate(url: str, *, steps: int, patients: int, days: int, seed: int) -> Ge
     out = Generated(today=today)
     db = Database(url)
     db.migrate()
-    rules = NameRules.load(ROOT / "mappings")
+    rules = NameRules.load(ROOT / "pacs" / "mappings")
     now = utcnow()
     surnames = [s for s, _ in SURNAMES]
     weights = [w for _, w in SURNAMES]
@@ -693,7 +693,7 @@ def decompose(url: str, kinds: list[Kind], rounds: int, budget: float, implicit_
     from pacs.integration.names import NameRules
 
     db = Database(url)
-    names = NameRules.load(ROOT / "mappings")
+    names = NameRules.load(ROOT / "pacs" / "mappings")
     captured: list[tuple[str, Any]] = []
 
     def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:

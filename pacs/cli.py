@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     trial.add_argument("--dir", type=Path, help="mappings folder (PACS_MAPPINGS_DIR)")
     fields = psub.add_parser("fields", help="list every target a mapping row can feed")
     _common(fields)
+    export = psub.add_parser("export", help="copy the mappings in force (the shipped ones by default) into a "
+                                            "folder to edit; name it with PACS_MAPPINGS_DIR")
+    _common(export)
+    export.add_argument("dest", type=Path, help="a folder that does not exist yet, or is empty")
 
     from pacs.archive.storage import commands as storage_commands
 
@@ -245,6 +249,8 @@ def _mappings(args: argparse.Namespace) -> int:
             print(f"{target.name:32} {target.kind:12} {target.help}")
         return 0
     settings = _settings(args)
+    if args.action == "export":
+        return _export_mappings(settings.mappings_dir, args.dest)
     root = args.dir or settings.mappings_dir
     loaded, problems = mapping.load(root)
     if args.action == "check":
@@ -265,6 +271,19 @@ def _mappings(args: argparse.Namespace) -> int:
     result, ok = try_file(args.file, loaded, settings)
     print(json.dumps(result, ensure_ascii=False, indent=2, default=str))
     return 0 if ok else 1
+
+
+def _export_mappings(source: Path, dest: Path) -> int:
+    """Copy the mappings folder ``source`` to ``dest`` (which must not hold anything yet)."""
+    import shutil
+
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        print(f"pacs: {dest} exists and is not an empty folder; name a new one", file=sys.stderr)
+        return 1
+    shutil.copytree(source, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+    print(f"mappings copied from {source} to {dest}; to use them, set PACS_MAPPINGS_DIR={dest.resolve()} "
+          f"or mappings_dir = \"{dest.resolve()}\" in the configuration file")
+    return 0
 
 
 if __name__ == "__main__":

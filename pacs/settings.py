@@ -24,6 +24,7 @@ import os
 import re
 from pathlib import Path
 from datetime import datetime, tzinfo
+from importlib.resources import files
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -35,8 +36,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_MAPPINGS = PROJECT_ROOT / "mappings"
+# The mappings shipped with the package (package data, so a wheel or a plain ``pip install``
+# finds them from any folder); a site edits a copy (``pacs mappings export DIR``) and names it
+# with ``PACS_MAPPINGS_DIR`` or ``mappings_dir``.
+SHIPPED_MAPPINGS = Path(str(files("pacs") / "mappings"))
 
 
 class MLLPSettings(BaseModel):
