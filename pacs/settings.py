@@ -118,9 +118,9 @@ class DicomSettings(BaseModel):
     A-ASSOCIATE-RJ or A-ABORT, how long the peer has to close. Also how long an association this
     AE requests waits for its answer."""
     pending_per_address: int = Field(default=16, ge=1)
-    """Connections from one address that may wait for their A-ASSOCIATE-RQ at once; one more
-    closes the oldest of them (PS3.8 9.2, state Sta2), so that a flood from one address never
-    keeps another address's modalities out."""
+    """Connections from one address that may wait for their A-ASSOCIATE-RQ at once (PS3.8 9.2,
+    state Sta2); one more closes the oldest of them that have waited a second or more, so that a
+    flood from one address never keeps another address's modalities out."""
 
 
 class ArchiveSettings(BaseModel):

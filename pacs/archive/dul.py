@@ -72,6 +72,12 @@ from pynetdicom import fsm as pn_fsm
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.fsm import InvalidEventError, StateMachine
 from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    A_P_ABORT,
+    ImplementationClassUIDNotification,
+    MaximumLengthNotification,
+)
 from pynetdicom.transport import AssociationSocket
 
 log = logging.getLogger(__name__)
@@ -90,6 +96,7 @@ DATA_TRANSFER = "Sta6"  # PS3.8 9.2.1: association established, ready for data t
 AWAITING_RESPONSE = "Sta3"  # an A-ASSOCIATE-RQ read, awaiting the local A-ASSOCIATE response
 AWAITING_CLOSE = "Sta13"  # association over, awaiting the peer's close of the transport connection
 DROP = 65536  # bytes read and dropped at a time in Sta13
+ABORT_REASON_NOT_SPECIFIED = 0x00  # A-ABORT reason/diag. (PS3.8 Table 9-26)
 DROPS_PER_LOOK = 16  # reads of DROP bytes at most, each time the gate looks at a connection it is closing
 LOOK_EVERY = 4  # sends between two looks at the socket
 MAX_WAITING = 8  # answers queued for the DUL before a handler pauses
@@ -226,6 +233,16 @@ def _await_response(self: DULServiceProvider) -> None:
         select.select([fd], [], [], self._run_loop_delay)
     except (OSError, ValueError):
         time.sleep(PAUSE)
+
+
+def _abort_unanswered(self: DULServiceProvider) -> None:
+    """The association's thread ended in Sta3 without answering the A-ASSOCIATE-RQ (a fault of
+    ours): the peer is told at once, by the A-ABORT of a local abort (Evt15, AA-1), rather than
+    left waiting with the DUL thread for good."""
+    log.error("DICOM %s: the association ended before it was answered; aborting", _peer(self))
+    abort = A_P_ABORT()
+    abort.provider_reason = ABORT_REASON_NOT_SPECIFIED
+    self.to_provider_queue.put(abort)
 
 
 def _drop_unread(self: DULServiceProvider) -> None:
@@ -427,11 +444,14 @@ def install() -> None:
     DULServiceProvider._read_pdu_data = _read_pdu_data  # type: ignore[method-assign]
 
     def process_recv_primitive(self: DULServiceProvider) -> bool:
-        if self.to_provider_queue.queue and self.state_machine.current_state == DATA_TRANSFER:
-            turns = getattr(self, "_pacs_sends", 0) + 1
-            self._pacs_sends = turns  # type: ignore[attr-defined]
-            if turns % LOOK_EVERY == 0 and self.socket is not None and self.socket.ready:
-                return False  # the loop goes on to read the PDU waiting on the socket
+        if self.to_provider_queue.queue:
+            if self.state_machine.current_state == DATA_TRANSFER:
+                turns = getattr(self, "_pacs_sends", 0) + 1
+                self._pacs_sends = turns  # type: ignore[attr-defined]
+                if turns % LOOK_EVERY == 0 and self.socket is not None and self.socket.ready:
+                    return False  # the loop goes on to read the PDU waiting on the socket
+        elif self.state_machine.current_state == AWAITING_RESPONSE and not self.assoc.is_alive():
+            _abort_unanswered(self)
         return bool(original(self))
 
     process_recv_primitive._pacs_fair = True  # type: ignore[attr-defined]
@@ -559,16 +579,21 @@ ITEM_HEADER = 4  # item type, reserved, item length (PS3.8 9.3.2)
 CONTEXT_ITEM = 0x20  # presentation context item, its sub-items after CONTEXT_FIELDS (PS3.8 Table 9-13)
 CONTEXT_FIELDS = 4  # presentation context ID and three reserved bytes
 USER_ITEM = 0x50  # user information item, of sub-items (PS3.8 Table 9-16)
+# The smallest maximum length (PS3.8 Annex D.1) a peer may ask for: a PDV item's header (6) and the
+# 8 bytes of data pynetdicom fragments a message into at least (0 asks for no maximum)
+SMALLEST_MAXIMUM_LENGTH = 14
 PROTOCOL_VERSION_1 = 0x0001  # the bit of version 1 in the protocol-version field (PS3.8 9.3.2)
 MAX_ASSOCIATE_RQ = 256 << 10  # bytes: the longest A-ASSOCIATE-RQ read (128 contexts of dozens of syntaxes)
 PEEKABLE = 64 << 10  # bytes surely held unread by a new connection's receive buffer
 MAX_PENDING = 512  # connections waiting for their A-ASSOCIATE-RQ, every address together
+PENDING_GRACE = 1.0  # seconds a connection may wait for its A-ASSOCIATE-RQ before its address's limit applies
 NOTE_INTERVAL = 1.0  # seconds: one log line per kind of refusal and address at most; the rest are counted
 NOTES_KEPT = 1024  # (kind, address) pairs remembered before those of past intervals are dropped
 # A-ASSOCIATE-RJ (PS3.8 Table 9-21): result, source, reason
 REJECTED_PERMANENT = 0x01
 SOURCE_ACSE = 0x02  # DICOM UL service-provider, ACSE related function
 SOURCE_PRESENTATION = 0x03  # DICOM UL service-provider, presentation related function
+NO_REASON_GIVEN = 0x01  # with SOURCE_ACSE
 PROTOCOL_VERSION_NOT_SUPPORTED = 0x02  # with SOURCE_ACSE
 LOCAL_LIMIT_EXCEEDED = 0x02  # with SOURCE_PRESENTATION
 SERVICE_USER = 0x00  # A-ABORT source (PS3.8 Table 9-26); its reason is then not significant
@@ -660,9 +685,11 @@ class Gate:
       version without version 1 (AE-8, PS3.8 9.3.2); an A-ABORT is closed (AA-2). The gate then
       waits for the peer to close, at most the ARTIM time again (Sta13), reading and dropping
       what still comes;
-    - at most ``per_address`` connections from one address wait at once, and
-      :data:`MAX_PENDING` from all: one more closes the oldest, so that connections that linger
-      make way for ones that are about to speak.
+    - at most ``per_address`` connections from one address wait at once, counting those that
+      have waited :data:`PENDING_GRACE` or longer: one more closes the oldest of them, so that
+      connections that linger make way for ones about to speak, and a burst of associations
+      from one address goes through; :data:`MAX_PENDING` wait at most from all addresses, one
+      more closing the oldest of the address with the most.
 
     Each refusal is one log line (:class:`_Notes`), never a traceback.
     """
@@ -746,23 +773,39 @@ class Gate:
             if self._stopping:
                 sock.close()
                 continue
-            waiting = _Waiting(sock, address, time.monotonic() + self.artim)
+            now = time.monotonic()
+            waiting = _Waiting(sock, address, now + self.artim)
             if self._by_host[waiting.host] >= self.per_address:
-                oldest = next(w for w in self._waiting.values() if w.host == waiting.host)
-                self._notes(logging.WARNING, "per-address", waiting.host,
-                            "DICOM %s: more than %d connections from this address waiting for their "
-                            "A-ASSOCIATE-RQ; the oldest closed", waiting.host, self.per_address)
-                self._close(oldest)
-            elif len(self._waiting) >= self.limit:
-                oldest = next(iter(self._waiting.values()))
+                self._make_way(waiting.host, now)
+            if len(self._waiting) >= self.limit:
+                busiest = max(self._by_host, key=self._by_host.__getitem__)
+                oldest = next(w for w in self._waiting.values() if w.host == busiest)
                 self._notes(logging.WARNING, "total", "",
-                            "DICOM: more than %d connections waiting for their A-ASSOCIATE-RQ; the oldest "
-                            "(from %s) closed", self.limit, oldest.peer)
+                            "DICOM: more than %d connections waiting for their A-ASSOCIATE-RQ; the oldest of "
+                            "the address with the most (%s) closed", self.limit, oldest.peer)
                 self._close(oldest)
             fd = sock.fileno()
             self._waiting[fd] = waiting
             self._by_host[waiting.host] += 1
             self._epoll.register(fd, select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET)
+
+    def _make_way(self, host: str, now: float) -> None:
+        """Close the oldest of ``host``'s waiting connections until it has fewer than
+        ``per_address`` (the newcomer being one more), of those that have waited at least
+        :data:`PENDING_GRACE` or been refused already: a burst of associations from one address,
+        each about to send its A-ASSOCIATE-RQ, is let through whole, bounded only by
+        :data:`MAX_PENDING`."""
+        opened_before = now + self.artim - PENDING_GRACE  # deadlines are opening time + ARTIM
+        stale = [w for w in self._waiting.values()
+                 if w.host == host and (w.closing or w.deadline <= opened_before)]  # refused, or lingering
+        excess = self._by_host[host] + 1 - self.per_address
+        if excess <= 0 or not stale:
+            return
+        self._notes(logging.WARNING, "per-address", host,
+                    "DICOM %s: more than %d connections from this address waiting for their A-ASSOCIATE-RQ; "
+                    "%d of the oldest closed", host, self.per_address, min(excess, len(stale)))
+        for waiting in stale[:excess]:
+            self._close(waiting)
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -850,7 +893,7 @@ class Gate:
         try:
             request = A_ASSOCIATE_RQ()
             request.decode(data[:total])
-            request.to_primitive()
+            primitive = request.to_primitive()
         except Exception as exc:  # noqa: BLE001 - whatever pynetdicom raises on bytes it cannot decode
             self._refuse(waiting, abort_pdu(SERVICE_USER), "an A-ASSOCIATE-RQ that cannot be read (%s)",
                          _why(exc))
@@ -858,6 +901,15 @@ class Gate:
         if not request.protocol_version & PROTOCOL_VERSION_1:
             self._refuse(waiting, associate_rj(REJECTED_PERMANENT, SOURCE_ACSE, PROTOCOL_VERSION_NOT_SUPPORTED),
                          "an A-ASSOCIATE-RQ of protocol version 0x%04X", request.protocol_version)
+            return True
+        missing = _missing_context_part(primitive)
+        if missing:
+            self._refuse(waiting, abort_pdu(SERVICE_USER), "an A-ASSOCIATE-RQ without %s", missing)
+            return True
+        fault = _user_information_fault(primitive)
+        if fault:
+            self._refuse(waiting, associate_rj(REJECTED_PERMANENT, SOURCE_ACSE, NO_REASON_GIVEN),
+                         "an A-ASSOCIATE-RQ %s", fault)
             return True
         self._forget(waiting)
         try:
@@ -900,6 +952,39 @@ class Gate:
         self._forget(waiting)
         _discard_unread(waiting.sock)
         waiting.sock.close()
+
+
+def _missing_context_part(primitive: A_ASSOCIATE) -> str:
+    """What a presentation context of this A-ASSOCIATE-RQ lacks of what PS3.8 9.3.2.2 gives
+    every one (one abstract syntax sub-item, one or more transfer syntax sub-items), or "";
+    "presentation contexts" if it has none (PS3.8 Table 9-11). pynetdicom's negotiation
+    assumes them and its association thread died without an answer."""
+    contexts = primitive.presentation_context_definition_list
+    if not contexts:
+        return "presentation contexts"
+    for context in contexts:
+        if not context.abstract_syntax:
+            return f"an abstract syntax in presentation context {context.context_id}"
+        if not context.transfer_syntax:
+            return f"a transfer syntax in presentation context {context.context_id}"
+    return ""
+
+
+def _user_information_fault(primitive: A_ASSOCIATE) -> str:
+    """What is wrong with this A-ASSOCIATE-RQ's user information, or "": a sub-item every one
+    carries missing (PS3.7 D.3.3.1, D.3.3.2; PS3.8 Annex D.1), or a maximum length too small to
+    carry anything. pynetdicom fragments its answers by the peer's maximum length and, without
+    one or with one below :data:`SMALLEST_MAXIMUM_LENGTH`, failed at the first response."""
+    items = primitive.user_information
+    lengths = [item.maximum_length_received for item in items if isinstance(item, MaximumLengthNotification)]
+    if not lengths or lengths[0] is None:
+        return "without its Maximum Length sub-item"
+    if 0 < lengths[0] < SMALLEST_MAXIMUM_LENGTH:
+        return f"whose Maximum Length, {lengths[0]}, leaves no room for data"
+    if not any(isinstance(item, ImplementationClassUIDNotification) and item.implementation_class_uid
+               for item in items):
+        return "without its Implementation Class UID sub-item"
+    return ""
 
 
 def _items_fit(data: bytes, start: int, end: int, *, nested: bool) -> bool:
