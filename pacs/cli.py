@@ -174,7 +174,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args, host=args.host, dicom_port=args.dicom_port, mllp_port=args.mllp_port,
                          http_port=args.http_port, ae_title=args.ae_title)
-    configure_logging(settings.log_level)
+    configure_logging(settings)
     try:
         run(serve(settings))
     except MappingsInvalid as exc:

@@ -117,14 +117,11 @@ class Services:
         self.db.dispose()
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # pynetdicom and uvicorn are chatty at INFO about every PDU and request.
-    logging.getLogger("pynetdicom").setLevel(max(logging.getLevelName(level), logging.WARNING))
-    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+def configure_logging(settings: Settings | str) -> None:
+    """The log of this process, from ``[log]`` (:func:`pacs.logs.configure`)."""
+    from pacs import logs
+
+    logs.configure(settings)
 
 
 class Server:

@@ -233,6 +233,17 @@ class OutboxSettings(BaseModel):
     max_delay_seconds: float = 300.0
 
 
+class LogSettings(BaseModel):
+    """The log (``[log]``, :mod:`pacs.logs`): how much it says, and in what shape."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = None
+    """The system's own loggers (default: ``log_level``, INFO). The libraries' (pynetdicom,
+    uvicorn, Alembic ...) say warnings and errors only, unless this is DEBUG."""
+    format: Literal["text", "json"] = "text"
+    """text: a line per record for a person; json: one JSON object per line (time, level, logger,
+    message, process, exception) for a log collector."""
+
+
 class HISDestination(BaseModel):
     """Where status messages for the HIS go (IHE RAD-3/RAD-13), if anywhere."""
 
@@ -322,6 +333,8 @@ class Settings(BaseSettings):
     """Prefix of the accession numbers assigned to orders that arrive without one."""
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """The same as ``[log] level``, which wins when both are given."""
+    log: LogSettings = Field(default_factory=LogSettings)
     mappings_poll_seconds: float = 2.0
 
     mllp: MLLPSettings = Field(default_factory=MLLPSettings)
@@ -364,6 +377,10 @@ class Settings(BaseSettings):
     def zone(self) -> tzinfo | None:
         """The hospital's time zone, or None for the system's local zone."""
         return ZoneInfo(self.timezone) if self.timezone else None
+
+    @property
+    def effective_log_level(self) -> str:
+        return self.log.level or self.log_level
 
     @property
     def storage_dir(self) -> Path:

@@ -222,7 +222,7 @@ def serve_receiver(settings: Settings, address: str) -> None:
     from pacs.archive.ae import DicomServer
     from pacs.server import Services, configure_logging
 
-    configure_logging(settings.log_level)
+    configure_logging(settings)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the main process, which stops us

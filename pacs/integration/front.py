@@ -357,7 +357,7 @@ def serve_front(settings: Settings, address: str) -> None:
     from pacs.server import configure_logging, die_with_parent, run
 
     die_with_parent()
-    configure_logging(settings.log_level)
+    configure_logging(settings)
     # The main process stops it (STOP over the link) once it has stopped taking messages; a
     # SIGTERM sent to every process of the service at once is the main process's to act on.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
