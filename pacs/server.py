@@ -21,7 +21,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from pacs import housekeeping
+from pacs import housekeeping, systemd
 from pacs.archive import commitment, ian
 from pacs.archive.mpps import MPPSService
 from pacs.archive.query_service import QueryService
@@ -40,7 +40,7 @@ from pacs.integration.intake import Intake
 from pacs.integration.mapping import MappingHolder
 from pacs.integration.outbox import OutboxWorker
 from pacs.registry import lifecycle
-from pacs.settings import Settings
+from pacs.settings import Settings, service_manager
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +206,20 @@ class Server:
         gc.collect()
         gc.freeze()
         log.info("PACS ready: DICOM %d, MLLP %d, HTTP %d", self.dicom_port, self.mllp_port, self.http_port)
+
+    async def problem(self) -> str | None:
+        """What keeps this server from doing its work, or None: the intake worker stopped, the
+        database not answering (the systemd watchdog is answered only while there is none)."""
+        services = self.services
+        if services is None:
+            return "not started"
+        if not services.intake.running:
+            return "the intake worker is not running"
+        try:
+            await asyncio.to_thread(_ping, services.db)
+        except Exception as exc:
+            return f"the database does not answer: {exc}"
+        return None
 
     async def stop(self) -> None:
         """Stop accepting, finish the messages in flight, close the database."""
@@ -391,12 +405,22 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):  # a stop asked for while starting waits for the start
         loop.add_signal_handler(signum, stop.set)
+    notifier = systemd.Notifier(service_manager())
     await server.start()
+    notifier.ready(f"serving DICOM {server.dicom_port}, MLLP {server.mllp_port}, HTTP {server.http_port}")
+    watchdog = asyncio.create_task(notifier.watch(server.problem), name="watchdog")
     print(f"pacs: serving DICOM {settings.ae_title} on {server.dicom_port}, MLLP on {server.mllp_port}, "
           f"HTTP on {server.http_port}; "
           f"data in {settings.data_dir}", flush=True)
     await stop.wait()
+    notifier.stopping()
+    watchdog.cancel()
     await server.stop()
+
+
+def _ping(db: Database) -> None:
+    with db.engine.connect() as connection:
+        connection.exec_driver_sql("SELECT 1")
 
 
 async def _watch_mappings(services: Services) -> None:

@@ -420,3 +420,25 @@ def local_moment(moment: datetime, zone: tzinfo | None) -> datetime:
     if moment.tzinfo is not None:
         return moment
     return moment.replace(tzinfo=zone) if zone else moment.astimezone()
+
+class ServiceManager(BaseModel):
+    """What systemd tells the service it starts, in the environment (sd_notify(3),
+    sd_watchdog_enabled(3)); not part of the configuration."""
+
+    notify_socket: str | None = None
+    """NOTIFY_SOCKET: the datagram socket for READY=1, WATCHDOG=1, STOPPING=1 (a path, or
+    ``@name`` in the abstract namespace)."""
+    watchdog_usec: int | None = None
+    """WATCHDOG_USEC: the watchdog's period, when this process is the one watched (WATCHDOG_PID
+    is unset or names it)."""
+
+
+def service_manager() -> ServiceManager:
+    """The service manager's variables of this process (empty when not started by systemd)."""
+    socket_path = os.environ.get("NOTIFY_SOCKET") or None
+    watchdog = os.environ.get("WATCHDOG_USEC", "")
+    watched = os.environ.get("WATCHDOG_PID", "")
+    usec = int(watchdog) if watchdog.isdigit() and int(watchdog) > 0 else None
+    if watched and (not watched.isdigit() or int(watched) != os.getpid()):
+        usec = None
+    return ServiceManager(notify_socket=socket_path, watchdog_usec=usec)
