@@ -39,6 +39,7 @@ from pacs.integration.his import HISNotifier
 from pacs.integration.intake import Intake
 from pacs.integration.mapping import MappingHolder
 from pacs.integration.outbox import OutboxWorker
+from pacs.metrics import Metrics
 from pacs.registry import lifecycle
 from pacs.settings import Settings, service_manager
 
@@ -65,6 +66,7 @@ class Services:
     retention: Retention | None = None
     housekeeping: Housekeeping | None = None
     mllp_front: Front | None = None  # the MLLP front process, once the server has started it
+    metrics: Metrics | None = None  # the Prometheus scrape, once the server has started
 
     @classmethod
     def build(cls, settings: Settings, *, migrate: bool = True, receiver: bool = False) -> Services:
@@ -133,6 +135,7 @@ class Server:
         self.mllp_port = 0
         self.http_port = 0
         self.dicom_port = 0
+        self.metrics_port = 0
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -177,6 +180,11 @@ class Server:
         await asyncio.to_thread(self._dicom.start, settings.host, settings.dicom_port,
                                 hand_off=self._receivers.hand_off)
         self.dicom_port = self._dicom.port
+        receivers = self._receivers
+        services.metrics = Metrics(services, associations=lambda: self._dicom.load() + receivers.serving(),
+                                   reported=lambda: list(receivers.reported.values()))
+        if settings.metrics.port:  # on 127.0.0.1 alone
+            self.metrics_port = await asyncio.to_thread(services.metrics.serve, settings.metrics.port)
 
         if front is not None:
             self._mllp: MLLPServer | Front = front
@@ -227,6 +235,8 @@ class Server:
         await self._mllp.stop()
         await asyncio.to_thread(self._dicom.stop)  # no new connections, for us or the receivers
         await asyncio.to_thread(self._receivers.stop)
+        if self.services is not None and self.services.metrics is not None:
+            await asyncio.to_thread(self.services.metrics.stop)
         self._http.should_exit = True
         for task in self._tasks:
             if task.get_name() == "mappings":

@@ -244,6 +244,17 @@ class LogSettings(BaseModel):
     message, process, exception) for a log collector."""
 
 
+class MetricsSettings(BaseModel):
+    """Prometheus metrics (``[metrics]``, :mod:`pacs.metrics`)."""
+
+    port: int = Field(default=0, ge=0, le=65535)
+    """Serve ``/metrics`` on this port of 127.0.0.1 alone, for a Prometheus on the same machine or
+    an agent that forwards (0: no such port)."""
+    http: bool = False
+    """Also serve ``/metrics`` on the main HTTP port, to a scraper elsewhere: the access control
+    of the HTTP routes applies to it (see :func:`pacs.metrics.router`)."""
+
+
 class HISDestination(BaseModel):
     """Where status messages for the HIS go (IHE RAD-3/RAD-13), if anywhere."""
 
@@ -335,6 +346,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """The same as ``[log] level``, which wins when both are given."""
     log: LogSettings = Field(default_factory=LogSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     mappings_poll_seconds: float = 2.0
 
     mllp: MLLPSettings = Field(default_factory=MLLPSettings)

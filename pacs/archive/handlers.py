@@ -7,6 +7,7 @@ Bound in :mod:`pacs.archive.ae` with their dependencies, as in pynetdicom's own 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -86,15 +87,19 @@ def handle_echo(event: evt.Event) -> int:  # PS3.4 A.4 Verification
 
 def handle_store(event: evt.Event, archive: Archive) -> int | Dataset:
     """C-STORE (PS3.4 B.2.2): the object pynetdicom wrote to a temporary file goes to store()."""
+    started = time.perf_counter()
+    spooled = spool.spooled(event.request)
+    size = spooled.size if spooled is not None else _size(event.dataset_path)
     result = archive.store(
         event.dataset_path,
         calling_ae=_calling(event),
         sop_class=event.context.abstract_syntax,
         sop_instance=event.request.AffectedSOPInstanceUID,
         move=True,
-        spooled=spool.spooled(event.request),
+        spooled=spooled,
         early=True,
     )
+    archive.c_stores.record(result.outcome, size, time.perf_counter() - started)
     if result.pending is not None:  # answered once durable: the association's later requests wait for it
         indexing = event.assoc.__dict__.setdefault("_pacs_indexing", [])
         indexing.append(result.pending)
@@ -107,6 +112,13 @@ def handle_store(event: evt.Event, archive: Archive) -> int | Dataset:
     if result.comment:
         ds.ErrorComment = result.comment[:64]
     return ds
+
+
+def _size(path: Any) -> int:
+    try:
+        return os.stat(path).st_size
+    except (OSError, TypeError):  # not written to a file
+        return 0
 
 
 def settle(assoc: Any, timeout: float = SETTLE_SECONDS) -> None:

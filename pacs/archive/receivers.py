@@ -55,6 +55,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +83,7 @@ class Receivers:
         self._finished: list[int] = []  # ... and those it has finished serving (reported on its index link)
         self.own_load: Callable[[], int] = lambda: 0  # associations the main process serves
         self._lock = threading.Lock()
+        self.reported: dict[int, dict[str, Any]] = {}  # each receiver's C-STORE counts, as it last sent them
 
     @property
     def pids(self) -> list[int]:
@@ -154,6 +156,10 @@ class Receivers:
         request.close()  # the receiver holds its own descriptor of the connection
         return True
 
+    def serving(self) -> int:
+        """Connections the receivers serve now (pacs.metrics)."""
+        return sum(handed - finished for handed, finished in zip(self._handed, self._finished, strict=False))
+
     def _index_for(self, link: socket.socket, pid: int, number: int) -> None:
         """The main process's end of a receiver's index link: index what it staged, answer once
         indexed; note its association count."""
@@ -184,6 +190,9 @@ class Receivers:
                     continue
                 if "finished" in request:
                     self._finished[number] = int(request["finished"])
+                    continue
+                if "metrics" in request:
+                    self.reported[pid] = request["metrics"]
                     continue
                 try:
                     future = archive.index_staged(request["key"], request["calling_ae"], request["values"],
@@ -283,6 +292,7 @@ def _line(value: dict[str, Any]) -> bytes:
 INDEX_LINK = "index:"  # a receiver's greeting on its index link, before its pid
 INDEXING_WEIGHT = 1  # associations the main process's indexing for every receiver counts as
 LOAD_POLL_SECONDS = 0.02  # how often a receiver looks at how many connections it has finished serving
+METRICS_REPORT_SECONDS = 1.0  # how often a receiver sends its C-STORE counts (when they changed)
 
 
 class RemoteIndex:
@@ -299,14 +309,21 @@ class RemoteIndex:
 
     def report_load(self, server: Any, stopping: threading.Event) -> None:
         """Tell the main process how many of the connections it handed over this receiver has
-        finished serving, as that changes (it counts those it handed over itself)."""
-        reported = 0
+        finished serving, as that changes (it counts those it handed over itself), and its C-STORE
+        counts every :data:`METRICS_REPORT_SECONDS` when they changed (pacs.metrics)."""
+        reported, counted, counted_at = 0, None, 0.0
         while not stopping.wait(LOAD_POLL_SECONDS):
             finished = server.finished()
-            if finished != reported:
+            lines = [{"finished": finished}] if finished != reported else []
+            if time.monotonic() - counted_at >= METRICS_REPORT_SECONDS:
+                counts, counted_at = self.archive.c_stores.snapshot(), time.monotonic()
+                if counts != counted:
+                    lines.append({"metrics": counts})
+                    counted = counts
+            if lines:
                 try:
                     with self._lock:
-                        self.link.sendall(_line({"finished": finished}))
+                        self.link.sendall(b"".join(_line(line) for line in lines))
                 except OSError:
                     return
                 reported = finished

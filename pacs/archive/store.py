@@ -57,6 +57,7 @@ from pacs.archive.storage import StorageArea, StorageFull, Stored, sha256_file, 
 from pacs.db import Database, Prepared, nested, utcnow
 from pacs.integration.mapping import MappingHolder
 from pacs.integration.names import person_name
+from pacs.metrics import CStoreCounts
 from pacs.registry import lifecycle, service
 from pacs.registry.models import ImagingOrder, OrderStatus, Patient, PatientIdentifier
 
@@ -494,6 +495,7 @@ class Archive:
         self.readable: dict[str, StorageArea] = self.areas
         self.index_hooks: list[Callable[[Session, int, bool], None]] = []  # (session, instance, replaced)
         self.object_hooks: list[Callable[[Session, int, IndexJob], None]] = []  # (session, instance, its header)
+        self.c_stores = CStoreCounts(outcome.value for outcome in Outcome)  # counted by the C-STORE handler
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:

@@ -282,6 +282,11 @@ class Auditor:
             self.forwarder.stop()
             self.forwarder = None
 
+    @property
+    def backlog(self) -> int:
+        """Events queued and not yet written (pacs.metrics)."""
+        return self._pending
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued event is written (tests, shutdown)."""
         with self._idle:

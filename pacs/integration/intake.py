@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ from pacs import batching
 from pacs.db import Database
 from pacs.integration.channel import Channel, Inbound, Outcome
 from pacs.integration.message_store import AppliedIndex, MessageRow, Status, StoredMessage, load_row, store_raw
+from pacs.metrics import MessageCounts
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class Processed:
     session: Session
     batch: Batch
     outcomes: list[Outcome]
+    types: list[str]  # each message's type, for the metrics
 
 
 class Intake:
@@ -55,6 +58,7 @@ class Intake:
         self._queue: queue.Queue[object] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._accepting = False
+        self.counts = MessageCounts()  # read by pacs.metrics at each scrape
 
     # -- lifecycle ------------------------------------------------------------------------------
     @property
@@ -137,8 +141,11 @@ class Intake:
             _fail(waiting, exc)
             raise
         if processed is not None:
-            for (_, future), outcome in zip(processed.batch, processed.outcomes, strict=True):
+            answered = time.perf_counter()
+            for (inbound, future), outcome, message_type in zip(processed.batch, processed.outcomes,
+                                                                processed.types, strict=True):
                 future.set_result(outcome)
+                self.counts.record(message_type, outcome.status, outcome.ack_code, answered - inbound.received)
         if not batch:
             session.close()
             return None
@@ -159,7 +166,7 @@ class Intake:
             session.close()  # rolls back: the raw messages stay stored, RECEIVED, for recovery
             _fail(batch, exc)
             raise
-        return Processed(session, batch, outcomes)
+        return Processed(session, batch, outcomes, [row.message_type for row in rows])
 
     def _receive(self, inbound: Inbound) -> MessageRow:
         """The message-store row for ``inbound``; a message whose header can't even be described

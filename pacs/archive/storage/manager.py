@@ -944,6 +944,11 @@ class StorageManager:
             finally:
                 self._prefetch_queued.discard(study)
 
+    @property
+    def recalls_queued(self) -> int:
+        """Prior studies waiting for their recall (pacs.metrics)."""
+        return self._prefetch_queue.qsize()
+
     # -- status ---------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         with Session(self.db.reader) as session:
