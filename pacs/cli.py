@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pacs import operations
 
     operations.add_parsers(sub, _common)  # backup, restore, audit, retention
+    from pacs.auth import commands as auth_commands
+
+    auth_commands.add_parsers(sub, _common)  # users, tokens
     return parser
 
 
@@ -110,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         from pacs.archive.storage import commands as storage_commands
 
         return storage_commands.run(args, _settings(args))
+    from pacs.auth import commands as auth_commands
+
+    if args.command in auth_commands.COMMANDS:
+        return auth_commands.run(args, _settings(args))
     from pacs import operations
 
     if args.command in operations.COMMANDS:

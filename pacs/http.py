@@ -14,6 +14,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from sqlmodel import Session
 from starlette.exceptions import HTTPException
@@ -21,6 +22,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from pacs import __version__
+from pacs.auth.access import public
 from pacs.db import MAX_ROW_ID
 from pacs.server import Services
 
@@ -173,6 +175,10 @@ def create_app(services: Services) -> FastAPI:
     from pacs.archive.dicomweb.api import PREFIX as DICOMWEB_PREFIX
     from pacs.archive.dicomweb.api import error_response as dicomweb_error
     from pacs.audit.api import router as audit_router
+    from pacs.auth.access import Gate, SessionCookies
+    from pacs.auth.pages import STATIC
+    from pacs.auth.pages import router as pages_router
+    from pacs.auth.sessions import Sessions, load_or_create_key
     from pacs.audit.http import AuditMiddleware
     from pacs.fhir_server.api import error_response as fhir_error
     from pacs.fhir_server.api import router as fhir_router
@@ -187,7 +193,7 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
 
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", tags=["health"], dependencies=[Depends(public)])
     def healthz(services: ServicesDep) -> JSONResponse:
         """Liveness and readiness: the database answers, the intake worker runs, and so does the
         MLLP front process where there is one."""
@@ -212,6 +218,12 @@ def create_app(services: Services) -> FastAPI:
             body["mllp_front"] = "running" if front_running else "not running (being restarted)"
         return JSONResponse(body, status_code=200 if healthy else 503)
 
+    app.state.gate = Gate(db=services.db, settings=services.settings, auditor=services.audit,
+                          sessions=Sessions(load_or_create_key(services.settings.session_key_file),
+                                            idle_seconds=services.settings.auth.session_idle_minutes * 60,
+                                            max_seconds=services.settings.auth.session_max_hours * 3600))
+    app.include_router(pages_router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(messages_router)
     app.include_router(orders_router)
     app.include_router(outbox_router)
@@ -228,6 +240,7 @@ def create_app(services: Services) -> FastAPI:
     app.add_exception_handler(ClientDisconnect, errors.client_gone)
     app.add_exception_handler(Exception, errors.server_error)
     app.add_middleware(RefuseNul, errors=errors)
+    app.add_middleware(SessionCookies)
     if services.audit is not None:  # who read, searched or stored what (IHE ATNA)
         app.add_middleware(AuditMiddleware, auditor=services.audit)
     return app

@@ -3,6 +3,7 @@
 from pacs.archive.index import Instance, InstanceFile, Series, Study
 from pacs.archive.storage.tables import PendingReplica, ScrubRun
 from pacs.audit.tables import AuditCursor, AuditEvent, AuditObject
+from pacs.auth.models import ApiToken, User
 from pacs.integration.message_store import StoredMessage
 from pacs.integration.outbox import OutboxItem
 from pacs.registry.models import (
@@ -16,6 +17,8 @@ from pacs.registry.models import (
 )
 
 __all__ = [
+    "ApiToken",
+    "User",
     "AuditCursor",
     "AuditEvent",
     "AuditObject",

@@ -154,6 +154,7 @@ class Server:
     async def _start_services(self, front: Front | None) -> None:
         import uvicorn
 
+        from pacs.auth.accounts import first_administrator
         from pacs.http import create_app
         from pacs.integration.listener import MLLPServer
 
@@ -195,7 +196,9 @@ class Server:
             await self._mllp.start(settings.host, settings.mllp_port)
         self.mllp_port = self._mllp.port
 
-        config = uvicorn.Config(create_app(services), host=settings.host, port=settings.http_port,
+        await asyncio.to_thread(first_administrator, services.db, settings)
+        self.app = create_app(services)
+        config = uvicorn.Config(self.app, host=settings.host, port=settings.http_port,
                                 log_level="warning", lifespan="off", access_log=False,
                                 http=guarded_http_protocol(settings), h11_max_incomplete_event_size=MAX_REQUEST_HEAD)
         self._http = uvicorn.Server(config)

@@ -28,7 +28,7 @@ from importlib.resources import files
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -312,6 +312,33 @@ class RetentionSettings(BaseModel):
     """How often the server applies the periods and empties the trash (0: only ``pacs retention run``)."""
 
 
+class AuthSettings(BaseModel):
+    """Logins, sessions and roles (pacs.auth)."""
+
+    session_idle_minutes: float = Field(default=30.0, gt=0)
+    """A browser session ends after this long without a request."""
+    session_max_hours: float = Field(default=12.0, gt=0)
+    """... and this long after the login in any case (a shift)."""
+    lockout_failures: int = Field(default=5, ge=1)
+    """Wrong passwords in a row that lock an account ..."""
+    lockout_minutes: float = Field(default=15.0, gt=0)
+    """... for this long (the right password is refused meanwhile)."""
+    login_attempts_per_minute: int = Field(default=20, ge=1)
+    """Logins tried from one address in any minute before the next is answered 429."""
+    basic: bool = True
+    """Accept HTTP Basic credentials (a user's name and password) from scripts."""
+    secure_cookies: Literal["auto", "always"] = "auto"
+    """Mark the session cookie Secure: when the request came over HTTPS (auto), or always (behind
+    a proxy that ends TLS)."""
+    secret_key_file: Path | None = None
+    """The key that signs session cookies (default DATA_DIR/session.key, made at the first
+    start); give every node of a cluster the same file."""
+    default_language: Literal["zh-CN", "en"] = "zh-CN"
+    """The pages' language for users who chose none."""
+    roles: dict[str, list[str]] = Field(default_factory=dict)
+    """A role's permissions in place of the shipped ones (pacs.auth.roles), or a new role."""
+
+
 class Settings(BaseSettings):
     """Everything the system can be told. See the module docstring for precedence."""
 
@@ -362,6 +389,10 @@ class Settings(BaseSettings):
     audit: AuditSettings = Field(default_factory=AuditSettings)
     backup: BackupSettings = Field(default_factory=BackupSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    admin_password: SecretStr | None = None
+    """PACS_ADMIN_PASSWORD: the password of the first administrator ("admin"), made at a start
+    that finds no user."""
 
     @classmethod
     def settings_customise_sources(
@@ -389,6 +420,10 @@ class Settings(BaseSettings):
     def zone(self) -> tzinfo | None:
         """The hospital's time zone, or None for the system's local zone."""
         return ZoneInfo(self.timezone) if self.timezone else None
+
+    @property
+    def session_key_file(self) -> Path:
+        return self.auth.secret_key_file or self.data_dir / "session.key"
 
     @property
     def effective_log_level(self) -> str:
@@ -432,6 +467,7 @@ def local_moment(moment: datetime, zone: tzinfo | None) -> datetime:
     if moment.tzinfo is not None:
         return moment
     return moment.replace(tzinfo=zone) if zone else moment.astimezone()
+
 
 class ServiceManager(BaseModel):
     """What systemd tells the service it starts, in the environment (sd_notify(3),

@@ -15,6 +15,8 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from pacs.archive import dul
+from pacs.auth.access import Principal, current_principal
+from pacs.auth.roles import Permission
 from pacs.db import Database
 from pacs.server import Server, new_event_loop
 from pacs.settings import SHIPPED_MAPPINGS, Settings
@@ -116,6 +118,7 @@ def settings(tmp_path: Path, database_url: str, mappings_dir: Path) -> Settings:
         # MLLP served in this process: a front process costs a Python start per server. The MLLP
         # tests turn it on (front_process_settings), as `pacs serve` has it by default.
         mllp={"front_process": False},
+        admin_password=ADMIN_PASSWORD,
     )
 
 
@@ -124,18 +127,31 @@ def front_process_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"mllp": settings.mllp.model_copy(update={"front_process": True})})
 
 
+ADMIN_PASSWORD = "test-admin-password"  # the first administrator's, on every test server
+EVERYONE = Principal(name="", kind="user", permissions=frozenset(Permission), roles=("admin",))
+
+
+def anyone_may_do_anything() -> Principal:
+    return EVERYONE
+
+
 class RunningServer:
     """A :class:`pacs.server.Server` on its own event loop in a background thread."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, guarded: bool = False) -> None:
         self.settings = settings
         self.server = Server(settings)
         self.loop = new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.guarded = guarded
 
     def start(self) -> RunningServer:
         self.thread.start()
         asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(60)
+        if not self.guarded:
+            # Tests of what the HTTP side does, not of who may: every request may do everything
+            # (FastAPI's dependency overrides). The access-control tests use `guarded_server`.
+            self.server.app.dependency_overrides[current_principal] = anyone_may_do_anything
         return self
 
     def stop(self) -> None:
@@ -174,16 +190,25 @@ def server(settings: Settings) -> Iterator[RunningServer]:
 
 
 @pytest.fixture
+def guarded_server(settings: Settings) -> Iterator[RunningServer]:
+    """A server whose HTTP side asks who is calling, as `pacs serve` does (admin's password:
+    :data:`ADMIN_PASSWORD`)."""
+    running = RunningServer(settings, guarded=True).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
 def start_server(settings: Settings) -> Iterator:
     """Start a server with changed settings: ``start_server(mllp={"max_message_bytes": 2000})``."""
     started: list[RunningServer] = []
 
-    def start(**changes: object) -> RunningServer:
+    def start(guarded: bool = False, **changes: object) -> RunningServer:
         update = {}
         for key, value in changes.items():
             current = getattr(settings, key)
             update[key] = current.model_copy(update=value) if isinstance(value, dict) else value
-        running = RunningServer(settings.model_copy(update=update)).start()
+        running = RunningServer(settings.model_copy(update=update), guarded=guarded).start()
         started.append(running)
         return running
 

@@ -8,13 +8,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from pacs.audit import service
 from pacs.audit.service import Filters
 from pacs.http import Offset, ServicesDep
+from pacs.auth.access import require
+from pacs.auth.roles import Permission
 
 router = APIRouter(prefix="/api/audit", tags=["audit"])
 
@@ -47,7 +49,7 @@ UserQ = Annotated[str | None, Query(description="who: AE title, HL7 sender, clie
 OutcomeQ = Annotated[int | None, Query(description="EventOutcomeIndicator: 0, 4, 8 or 12")]
 
 
-@router.get("", response_model=AuditPage)
+@router.get("", response_model=AuditPage, dependencies=[Depends(require(Permission.AUDIT_READ))])
 def search_audit(services: ServicesDep, since: Since = None, until: Until = None, event: EventQ = None,
                  action: ActionQ = None, patient_id: PatientQ = None, study_uid: StudyQ = None, user: UserQ = None,
                  outcome: OutcomeQ = None, limit: Annotated[int, Query(ge=1, le=1000)] = 50,
@@ -59,7 +61,7 @@ def search_audit(services: ServicesDep, since: Since = None, until: Until = None
     return AuditPage(total=total, offset=offset, limit=limit, items=[service.as_json(r) for r in rows])
 
 
-@router.get("/export")
+@router.get("/export", dependencies=[Depends(require(Permission.AUDIT_READ))])
 def export_audit(services: ServicesDep, format: Annotated[Literal["jsonl", "xml"], Query()] = "jsonl",
                  since: Since = None, until: Until = None, event: EventQ = None, action: ActionQ = None,
                  patient_id: PatientQ = None, study_uid: StudyQ = None, user: UserQ = None,

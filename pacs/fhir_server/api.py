@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 from sqlmodel import Session, or_, select
 
@@ -31,6 +31,8 @@ from pacs.fhir_server.service_request import service_request_resource
 from pacs.http import ServicesDep, SessionDep
 from pacs.integration.channel import Inbound, Outcome
 from pacs.registry.models import ImagingOrder, Patient
+from pacs.auth.access import public, require, require_fhir
+from pacs.auth.roles import Permission
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
 MAX_BODY = 8 * 1024 * 1024
@@ -143,7 +145,7 @@ def fhir_base(request: Request) -> str:
     return str(request.base_url).rstrip("/") + "/fhir"
 
 
-@router.get("/metadata")
+@router.get("/metadata", dependencies=[Depends(public)])
 def metadata(services: ServicesDep) -> JSONResponse:
     """The CapabilityStatement, generated from the providers' declarations."""
     resources = []
@@ -174,7 +176,7 @@ def metadata(services: ServicesDep) -> JSONResponse:
     })
 
 
-@router.get("/Patient/{patient_id}")
+@router.get("/Patient/{patient_id}", dependencies=[Depends(require(Permission.PATIENTS_READ))])
 def read_patient(patient_id: str, session: SessionDep) -> Response:
     row = session.get(Patient, key) if (key := row_id(patient_id)) is not None else None
     if row is None:
@@ -182,7 +184,7 @@ def read_patient(patient_id: str, session: SessionDep) -> Response:
     return fhir_json(patient_resource(session, row), headers={"ETag": _etag(row)})
 
 
-@router.get("/ServiceRequest/{order_id}")
+@router.get("/ServiceRequest/{order_id}", dependencies=[Depends(require(Permission.ORDERS_READ))])
 def read_service_request(order_id: str, session: SessionDep, services: ServicesDep) -> Response:
     row = session.get(ImagingOrder, key) if (key := row_id(order_id)) is not None else None
     if row is None:
@@ -190,7 +192,7 @@ def read_service_request(order_id: str, session: SessionDep, services: ServicesD
     return fhir_json(service_request_resource(session, row, services.settings.zone), headers={"ETag": _etag(row)})
 
 
-@router.post("/ServiceRequest")
+@router.post("/ServiceRequest", dependencies=[Depends(require(Permission.ORDERS_WRITE))])
 async def create_service_request(
     request: Request,
     services: ServicesDep,
@@ -219,7 +221,7 @@ async def create_service_request(
                          {"ETag": _etag(order), "Location": f"/fhir/ServiceRequest/{order.id}/_history/{version_of(order)}"})
 
 
-@router.put("/ServiceRequest/{order_id}")
+@router.put("/ServiceRequest/{order_id}", dependencies=[Depends(require(Permission.ORDERS_WRITE))])
 async def update_service_request(
     order_id: str,
     request: Request,
@@ -257,7 +259,7 @@ async def update_service_request(
         return fhir_json(service_request_resource(session, order, services.settings.zone), 200, {"ETag": _etag(order)})
 
 
-@router.post("")
+@router.post("", dependencies=[Depends(require(Permission.ORDERS_WRITE))])
 async def transaction(request: Request, services: ServicesDep) -> Response:
     """A transaction Bundle of Patient and ServiceRequest entries, applied all or nothing."""
     body = await _body(request)
@@ -286,7 +288,7 @@ async def transaction(request: Request, services: ServicesDep) -> Response:
     return fhir_json({"resourceType": "Bundle", "type": "transaction-response", "entry": entries})
 
 
-@router.get("/ImagingStudy/{study_id}")
+@router.get("/ImagingStudy/{study_id}", dependencies=[Depends(require(Permission.STUDIES_READ))])
 def read_imaging_study(study_id: str, session: SessionDep, services: ServicesDep) -> Response:
     row = session.get(Study, key) if (key := row_id(study_id)) is not None else None
     if row is None:
@@ -295,14 +297,14 @@ def read_imaging_study(study_id: str, session: SessionDep, services: ServicesDep
     return fhir_json(resource, headers={"ETag": f'W/"{resource["meta"]["versionId"]}"'})
 
 
-@router.get("/Endpoint/{endpoint_id}")
+@router.get("/Endpoint/{endpoint_id}", dependencies=[Depends(require(Permission.STUDIES_READ))])
 def read_endpoint(endpoint_id: str, services: ServicesDep) -> Response:
     if endpoint_id != "dicomweb":
         return outcome.response(404, f"Endpoint/{endpoint_id} does not exist", code="not-found")
     return fhir_json(endpoint_resource(dicomweb_url(services)))
 
 
-@router.get("/{resource_type}")
+@router.get("/{resource_type}", dependencies=[Depends(require_fhir(write=False))])
 def search(resource_type: str, request: Request, session: SessionDep, services: ServicesDep,
            prefer: Annotated[str | None, Header()] = None) -> Response:
     """Search (FHIR R4 search.html): Bundle searchset with total and paging links."""

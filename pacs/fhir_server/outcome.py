@@ -49,12 +49,15 @@ def for_error(error: MessageError) -> tuple[int, dict[str, Any]]:
 # HTTP status → the IssueType (valueset-issue-type) of an error no resource handler described
 ISSUE_FOR_STATUS: dict[int, str] = {
     400: "invalid",
+    401: "login",  # the client must authenticate (FHIR R4 issue-type)
+    403: "forbidden",
     404: "not-found",
     405: "not-supported",
     406: "not-supported",
     413: "too-costly",
     415: "not-supported",
     422: "processing",
+    429: "throttled",
     500: "exception",
 }
 

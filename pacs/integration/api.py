@@ -6,7 +6,7 @@ import asyncio
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel
 
 from pacs.http import Offset, RowId, ServicesDep, SessionDep
@@ -14,6 +14,8 @@ from pacs.integration import message_store, outbox
 from pacs.integration.channel import Inbound
 from pacs.integration.message_store import MessageSummary, Status, StoredMessage
 from pacs.integration.outbox import OutboxStatus
+from pacs.auth.access import require
+from pacs.auth.roles import Permission
 
 router = APIRouter(prefix="/api/messages", tags=["messages"])
 
@@ -49,7 +51,7 @@ def detail(row: StoredMessage) -> MessageDetail:
     return MessageDetail(**data, raw=message_store.decoded(row))
 
 
-@router.get("", response_model=MessagePage)
+@router.get("", response_model=MessagePage, dependencies=[Depends(require(Permission.MESSAGES_READ))])
 def list_messages(
     session: SessionDep,
     type: Annotated[str | None, Query(description="message type, e.g. ADT or ORM^O01")] = None,
@@ -72,7 +74,7 @@ def list_messages(
     return MessagePage(total=total, offset=offset, limit=limit, items=[summary(r) for r in rows])
 
 
-@router.get("/{message_id}", response_model=MessageDetail)
+@router.get("/{message_id}", response_model=MessageDetail, dependencies=[Depends(require(Permission.MESSAGES_READ))])
 def show_message(message_id: RowId, session: SessionDep) -> MessageDetail:
     row = session.get(StoredMessage, message_id)
     if row is None:
@@ -80,7 +82,7 @@ def show_message(message_id: RowId, session: SessionDep) -> MessageDetail:
     return detail(row)
 
 
-@router.post("/{message_id}/reprocess", response_model=MessageDetail)
+@router.post("/{message_id}/reprocess", response_model=MessageDetail, dependencies=[Depends(require(Permission.MESSAGES_REPROCESS))])
 async def reprocess_message(message_id: RowId, services: ServicesDep) -> MessageDetail:
     """Run a stored message through the channel again; the result is a new message."""
     with services.db.session() as session:
@@ -121,7 +123,7 @@ class OutboxPage(BaseModel):
     items: list[OutboxPublic]
 
 
-@outbox_router.get("", response_model=OutboxPage)
+@outbox_router.get("", response_model=OutboxPage, dependencies=[Depends(require(Permission.OUTBOX_READ))])
 def list_outbox(
     session: SessionDep,
     status: Annotated[OutboxStatus | None, Query()] = None,
@@ -135,7 +137,7 @@ def list_outbox(
                       items=[OutboxPublic.model_validate(r, from_attributes=True) for r in rows])
 
 
-@outbox_router.post("/{item_id}/retry", response_model=OutboxPublic)
+@outbox_router.post("/{item_id}/retry", response_model=OutboxPublic, dependencies=[Depends(require(Permission.OUTBOX_RETRY))])
 def retry_outbox(item_id: RowId, session: SessionDep, services: ServicesDep) -> OutboxPublic:
     """Send a delivery again now (one that was refused or is waiting for its next attempt)."""
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime, tzinfo
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel
 from sqlmodel import Session, col, func, select
 
@@ -13,6 +13,8 @@ from pacs.http import Offset, RowId, ServicesDep, SessionDep
 from pacs.registry import lifecycle
 from pacs.registry.models import ImagingOrder, OrderEvent, OrderStatus, Patient, ProcedureStep, StepStatus
 from pacs.settings import local_moment
+from pacs.auth.access import require
+from pacs.auth.roles import Permission
 
 router = APIRouter(prefix="/api/orders", tags=["orders"])
 
@@ -88,7 +90,7 @@ def public(session: Session, order: ImagingOrder, zone: tzinfo | None) -> OrderP
     )
 
 
-@router.get("", response_model=OrderPage)
+@router.get("", response_model=OrderPage, dependencies=[Depends(require(Permission.ORDERS_READ))])
 def list_orders(
     session: SessionDep,
     services: ServicesDep,
@@ -123,7 +125,7 @@ def list_orders(
     return OrderPage(total=total, offset=offset, limit=limit, items=[public(session, o, zone) for o in rows])
 
 
-@router.get("/{order_id}", response_model=OrderPublic)
+@router.get("/{order_id}", response_model=OrderPublic, dependencies=[Depends(require(Permission.ORDERS_READ))])
 def show_order(order_id: RowId, session: SessionDep, services: ServicesDep) -> OrderPublic:
     order = session.get(ImagingOrder, order_id)
     if order is None:
@@ -131,7 +133,7 @@ def show_order(order_id: RowId, session: SessionDep, services: ServicesDep) -> O
     return public(session, order, services.settings.zone)
 
 
-@router.post("/{order_id}/arrive", response_model=OrderPublic)
+@router.post("/{order_id}/arrive", response_model=OrderPublic, dependencies=[Depends(require(Permission.ORDERS_CHECKIN))])
 def arrive(order_id: RowId, body: Transition, session: SessionDep, services: ServicesDep) -> OrderPublic:
     """Check the patient in for this procedure: scheduled → arrived."""
     order = session.get(ImagingOrder, order_id)

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 from fastapi.routing import APIRoute
 
@@ -35,6 +35,8 @@ from pacs.archive.dicomweb.media import (
 )
 from pacs.archive.dicomweb.stow import Stow, boundary_of
 from pacs.archive.store import incoming_dir
+from pacs.auth.access import require_by_method
+from pacs.auth.roles import Permission
 from pacs.http import ServicesDep, SessionDep
 from pacs.server import Services
 
@@ -56,7 +58,9 @@ class DicomwebRoute(APIRoute):
         return route
 
 
-router = APIRouter(prefix=PREFIX, tags=["dicomweb"], route_class=DicomwebRoute)
+router = APIRouter(prefix=PREFIX, tags=["dicomweb"], route_class=DicomwebRoute, dependencies=[
+    Depends(require_by_method({"GET": Permission.STUDIES_READ, "HEAD": Permission.STUDIES_READ,
+                               "POST": Permission.IMAGES_WRITE}))])
 
 
 def error_response(request: Request, status: int, reason: str, headers: Mapping[str, str] | None = None) -> Response:

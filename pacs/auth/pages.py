@@ -1,0 +1,162 @@
+"""The login and logout pages, and the home page a person lands on.
+
+``GET /login`` shows the form (a double-submit token in a cookie and the form guards the login
+itself against cross-site posting); ``POST /login`` checks the password (lockout, rate limit
+and audit in :meth:`pacs.auth.access.Gate.login`), sets the session cookie and goes on to
+``next`` (a path of this server only); ``POST /logout`` ends the session. ``GET /`` lists the
+pages the user's roles open.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException
+
+from pacs.auth.access import Principal, gate_of, public
+from pacs.auth.roles import Permission
+from pacs.auth.sessions import COOKIE, cookie_header
+from pacs.web.i18n import LANGUAGE_COOKIE, language_of, translator
+
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parent.parent / "web" / "templates"))
+STATIC = Path(__file__).resolve().parent.parent / "web" / "static"
+LOGIN_CSRF_COOKIE = "pacs_login"
+LOGIN_CSRF_SECONDS = 3600
+LANGUAGE_COOKIE_SECONDS = 365 * 24 * 3600
+
+# The pages a person may open, by the permission each needs (added as each page is built).
+PAGES: list[tuple[str, str, Permission]] = []
+
+router = APIRouter(tags=["pages"], include_in_schema=False)
+
+
+def page_language(request: Request, principal: Principal | None = None) -> str:
+    settings = request.app.state.services.settings
+    asked = request.query_params.get("lang") or (principal.language if principal else "") \
+        or request.cookies.get(LANGUAGE_COOKIE)
+    return language_of(asked, settings.auth.default_language)
+
+
+def render(request: Request, template: str, *, status: int = HTTPStatus.OK, principal: Principal | None = None,
+           **context: Any) -> HTMLResponse:
+    """A page in the request's language; ``?lang=`` is remembered in a cookie."""
+    lang = page_language(request, principal)
+    response = TEMPLATES.TemplateResponse(request, template, {"lang": lang, "t": translator(lang),
+                                                              "principal": principal,
+                                                              "csrf": principal.csrf if principal else "",
+                                                              **context}, status_code=status)
+    if request.query_params.get("lang"):
+        response.set_cookie(LANGUAGE_COOKIE, lang, max_age=LANGUAGE_COOKIE_SECONDS, samesite="lax")
+    return response
+
+
+def local_path(target: str | None) -> str:
+    """``target`` if it is a path on this server ("/desk?x=1"), else "/": a login must not send
+    anyone on to another site (an open redirect)."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/"
+
+
+def secure(request: Request) -> bool:
+    return request.url.scheme == "https" or request.app.state.services.settings.auth.secure_cookies == "always"
+
+
+@router.get("/login", dependencies=[Depends(public)])
+def login_form(request: Request, next: str = "/", reason: str = "") -> HTMLResponse:
+    token = secrets.token_urlsafe(24)
+    lang = page_language(request)
+    t = translator(lang)
+    message = t("login.expired") if reason == "expired" else t("logout.done") if reason == "logout" else ""
+    response = render(request, "login.html", username="", next=local_path(next), login_csrf=token,
+                      message=message, error=False, sso=gate_of(request).oidc is not None)
+    response.set_cookie(LOGIN_CSRF_COOKIE, token, max_age=LOGIN_CSRF_SECONDS, httponly=True, samesite="strict",
+                        secure=secure(request), path="/login")
+    return response
+
+
+@router.post("/login", dependencies=[Depends(public)])
+def login(request: Request, username: str = Form(""), password: str = Form(""), next: str = Form("/"),
+          csrf_token: str = Form("")) -> Response:
+    gate = gate_of(request)
+    t = translator(page_language(request))
+    expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+    token = secrets.token_urlsafe(24)
+
+    def again(message: str, status: int) -> HTMLResponse:
+        response = render(request, "login.html", status=status, username=username, next=local_path(next),
+                          login_csrf=token, message=message, error=True, sso=gate.oidc is not None)
+        response.set_cookie(LOGIN_CSRF_COOKIE, token, max_age=LOGIN_CSRF_SECONDS, httponly=True,
+                            samesite="strict", secure=secure(request), path="/login")
+        return response
+
+    if not expected or not hmac.compare_digest(expected, csrf_token):
+        return again(t("login.csrf"), HTTPStatus.FORBIDDEN)
+    address = request.client.host if request.client else ""
+    try:
+        user = gate.login(username.strip(), password, address)
+    except HTTPException as exc:
+        settings = request.app.state.services.settings.auth
+        if exc.status_code == HTTPStatus.TOO_MANY_REQUESTS:
+            return again(t("login.rate_limited"), HTTPStatus.TOO_MANY_REQUESTS)
+        detail = str(exc.detail)
+        message = (t("login.locked", minutes=f"{settings.lockout_minutes:g}") if "locked" in detail
+                   else t("login.disabled") if "disabled" in detail else t("login.failed"))
+        return again(message, HTTPStatus.UNAUTHORIZED)
+    cookie, _ = gate.sessions.new(user.id or 0, user.session_epoch)
+    response = RedirectResponse(local_path(next), status_code=HTTPStatus.SEE_OTHER)
+    response.headers.append("set-cookie", cookie_header(cookie, secure=secure(request)))
+    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
+    if user.language:
+        response.set_cookie(LANGUAGE_COOKIE, user.language, max_age=LANGUAGE_COOKIE_SECONDS, samesite="lax")
+    return response
+
+
+@router.post("/logout", dependencies=[Depends(public)])
+async def logout(request: Request) -> Response:
+    """End the session (its cookie goes; the CSRF token guards against being logged out by
+    another site). Without a session there is nothing to end."""
+    gate = gate_of(request)
+    form = await request.form()
+    request.state.form_csrf = form.get("csrf_token", "")
+    response = RedirectResponse("/login?reason=logout", status_code=HTTPStatus.SEE_OTHER)
+    try:
+        principal = gate.principal(request)
+    except HTTPException:
+        return response
+    from pacs.auth.access import _check_csrf
+
+    _check_csrf(request, principal)
+    if gate.auditor is not None:
+        gate.auditor.login(principal.name, address=request.client.host if request.client else "", logout=True)
+    response.headers.append("set-cookie", cookie_header("", secure=secure(request), max_age=0))
+    return response
+
+
+@router.get("/", dependencies=[Depends(public)])
+def home(request: Request) -> Response:
+    """The pages the user may open; the login page for someone not logged in."""
+    try:
+        principal = gate_of(request).principal(request)
+    except HTTPException:
+        reason = "expired" if COOKIE in request.cookies else ""
+        return RedirectResponse(f"/login?next=/{'&reason=' + reason if reason else ''}",
+                                status_code=HTTPStatus.SEE_OTHER)
+    t = translator(page_language(request, principal))
+    pages = [{"href": href, "label": label} for href, label, permission in PAGES if principal.may(permission)]
+    roles = "、".join(t(f"role.{role}") for role in principal.roles) or "—"
+    return render(request, "home.html", principal=principal, pages=pages, roles=roles)
+
+
+def login_redirect(request: Request) -> RedirectResponse:
+    """Where a page sends someone not logged in: the login form, and back here afterwards."""
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/login?next={quote(target, safe='/')}", status_code=HTTPStatus.SEE_OTHER)
