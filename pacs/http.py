@@ -233,7 +233,7 @@ def create_app(services: Services) -> FastAPI:
     if services.settings.metrics.http and services.metrics is not None:  # else only on [metrics] port
         from pacs import metrics
 
-        app.include_router(metrics.router(services.metrics, access=metrics.open_access))
+        app.include_router(metrics.router(services.metrics))
     errors = ErrorShapes({fhir_router.prefix: fhir_error, DICOMWEB_PREFIX: dicomweb_error})
     app.add_exception_handler(HTTPException, errors.http_exception)
     app.add_exception_handler(RequestValidationError, errors.validation_error)

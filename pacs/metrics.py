@@ -21,8 +21,8 @@ for what receivers took. (prometheus-client's multiprocess mode would have every
 to a memory-mapped file under a lock instead.)
 
 Where: ``[metrics] port`` serves ``/metrics`` on 127.0.0.1 alone (a port of its own, off by
-default); ``[metrics] http = true`` adds ``/metrics`` to the main HTTP app, where the access
-dependency given to :func:`router` decides who may read it.
+default); ``[metrics] http = true`` adds ``/metrics`` to the main HTTP app, for clients with
+the ``metrics.read`` permission (a token made with ``--scope metrics.read``, an administrator).
 
 Metric names follow the Prometheus naming guide: a ``pacs_`` prefix, base units (seconds, bytes),
 ``_total`` for counters.
@@ -275,16 +275,16 @@ def _age(now: datetime, then: datetime | None) -> float:
     return max(0.0, (now - then).total_seconds())
 
 
-def open_access() -> None:
-    """Who may read ``/metrics`` on the main HTTP app until the access control of the HTTP routes
-    gives it a permission of its own: whoever reaches the port."""
-
-
-def router(metrics: Metrics, access: Callable[..., Any] = open_access) -> APIRouter:
-    """``GET /metrics`` for the main HTTP app. ``access`` is the FastAPI dependency that decides
-    who may read it: the one place the permission check attaches."""
+def router(metrics: Metrics) -> APIRouter:
+    """``GET /metrics`` for the main HTTP app, to clients with the ``metrics.read`` permission
+    (a token made with ``--scope metrics.read``, or an administrator)."""
     from fastapi import APIRouter, Depends
     from fastapi.responses import Response
+
+    from pacs.auth.access import require
+    from pacs.auth.roles import Permission
+
+    access = require(Permission.METRICS_READ)
 
     api = APIRouter(tags=["operations"])
 

@@ -314,3 +314,12 @@ def test_the_first_administrator_comes_from_the_setting_or_a_file(start_server, 
         assert accounts.verify_password(written.read_text().strip(), accounts.user_by_name(session, "admin").password_hash)
     assert accounts.first_administrator(db, other) is None  # only at a start that finds no user
     db.engine.dispose()
+
+
+def test_metrics_on_the_main_port_need_their_permission(start_server):
+    server = start_server(guarded=True, metrics={"http": True})
+    url = f"{server.http_url}/metrics"
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, headers=bearer(make_token(server, "viewer", ["studies.read"]))).status_code == 403
+    scraped = httpx.get(url, headers=bearer(make_token(server, "prometheus", ["metrics.read"])))
+    assert scraped.status_code == 200 and "pacs_" in scraped.text
