@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pacs import operations
 
     operations.add_parsers(sub, _common)  # backup, restore, audit, retention
+    from pacs import doctor
+
+    doctor.add_parser(sub, _common)
     from pacs.auth import commands as auth_commands
 
     auth_commands.add_parsers(sub, _common)  # users, tokens
@@ -109,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         return _outbox(args)
     if args.command == "import":
         return _import(args)
+    if args.command == "doctor":
+        from pacs import doctor
+
+        return doctor.run(args, lambda: _settings(args))
     if args.command == "storage":
         from pacs.archive.storage import commands as storage_commands
 
