@@ -66,6 +66,11 @@ class Principal:
     language: str = ""
     via: str = ""  # "session", "basic", "token", "oidc"
     csrf: str = ""  # the session's CSRF token (via session only)
+    display_name: str = ""  # what pages call the user (张三); the name when none is set
+
+    @property
+    def shown(self) -> str:
+        return self.display_name or self.name
 
     def may(self, permission: Permission) -> bool:
         return permission in self.permissions
@@ -249,7 +254,8 @@ class Gate:
         for role in user.roles:
             granted |= self.roles.get(role, frozenset())
         return Principal(name=user.username, kind="user", permissions=frozenset(granted), roles=tuple(user.roles),
-                         user_id=user.id, language=user.language, via=via, csrf=session.csrf if session else "")
+                         user_id=user.id, language=user.language, via=via, csrf=session.csrf if session else "",
+                         display_name=user.display_name)
 
     # -- logging in -------------------------------------------------------------------------
     def login(self, username: str, password: str, address: str) -> User:

@@ -1,0 +1,55 @@
+"""A real browser for the pages: Playwright for Python driving Debian's Chromium (no browser
+download), headless, with the flags this closed network needs. Screenshots of each step go to
+``PACS_SCREENSHOTS`` (default: the test's temporary folder) to be looked at."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+CHROMIUM = "/usr/bin/chromium"
+# Without the background-networking flags Chromium keeps trying hosts this network refuses.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+STEP_TIMEOUT_MS = 15_000
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+class Steps:
+    """A page and where its screenshots go, one file per step of a person's flow."""
+
+    def __init__(self, page: Page, folder: Path) -> None:
+        self.page = page
+        self.folder = folder
+        self.taken: list[Path] = []
+
+    def shot(self, name: str) -> Path:
+        path = self.folder / f"{len(self.taken) + 1:02d}-{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        self.taken.append(path)
+        return path
+
+
+@pytest.fixture
+def steps(browser: Browser, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Steps]:
+    folder = Path(os.environ.get("PACS_SCREENSHOTS", tmp_path)) / request.node.name.replace("/", "_")
+    folder.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="zh-CN")
+    page = context.new_page()
+    page.set_default_timeout(STEP_TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield Steps(page, folder)
+    context.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
