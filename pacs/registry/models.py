@@ -139,6 +139,7 @@ class ImagingOrder(SQLModel, table=True):
     referring_physician: str = ""  # (0008,0090) PN
     requesting_physician: str = ""  # (0032,1032) PN
     department: str = ""  # (0032,1033) Requesting Service
+    requisition_number: str = Field(default="", index=True)  # a paper requisition's number (desk booking)
     study_instance_uid: str = Field(unique=True)  # (0020,000D), fixed at scheduling
     status: str = Field(default=OrderStatus.SCHEDULED, index=True)
     source_message: int | None = None  # message store id that created it
