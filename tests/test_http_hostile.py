@@ -1,11 +1,15 @@
 """Hostile HTTP input against a real server on loopback: the requests that answered 500 (issue 18,
 items 4, 5 and 8) as regression tests, and seeded, bounded mutations of FHIR, /api and DICOMweb
-requests — ids, search and query parameters, methods, JSON bodies, STOW-RS multipart framing.
+requests — ids, search and query parameters, methods, JSON bodies, STOW-RS multipart framing —
+and hostile credentials against a server that asks who is calling.
 
 Whatever a client sends, the answer is a 2xx or a 4xx with a reason in the protocol's own shape
 (FHIR: an OperationOutcome, http.html#2.21.0.17; DICOMweb: ``{"status", "message"}``; /api:
 ``{"detail": ...}``), never a 5xx; the kept-alive connection goes on serving; no request writes
 a traceback or an error to the log; what STOW-RS acknowledged can be retrieved afterwards.
+Hostile credentials (Authorization headers empty, huge, of other schemes, Basic with base64
+that is not, NUL and other control characters, tokens nearly right, cookies that are not this
+server's) are each refused with 401, or 400 where the request itself is malformed; never a 5xx.
 
 ``PACS_HOSTILE_INPUTS`` sets how many inputs each seeded test sends (default
 :data:`DEFAULT_INPUTS`), ``PACS_HOSTILE_SEED`` the seed; ``bench/hostile_http.py`` sends the
@@ -14,6 +18,8 @@ same inputs, 10,000 and more of each kind, to a ``pacs serve`` process.
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
 import logging
 import os
@@ -31,12 +37,14 @@ from urllib.parse import quote, quote_from_bytes
 import httpx
 import pytest
 
+from pacs.auth.sessions import COOKIE, SALT
 from tests.helpers import DATA
 
 DEFAULT_INPUTS = 400  # per kind in the suite; the bench sends 10,000 and more
 INPUTS = int(os.environ.get("PACS_HOSTILE_INPUTS", DEFAULT_INPUTS))
 SEED = os.environ.get("PACS_HOSTILE_SEED", "18")
-KINDS = ("fhir", "api", "dicomweb", "stow")
+OPEN_KINDS = ("fhir", "api", "dicomweb", "stow")  # sent with credentials that may do everything
+KINDS = (*OPEN_KINDS, "credentials")  # the last: credentials that are hostile themselves
 
 HUGE = "9" * 5000  # past int()'s 4,300 digits (sys.get_int_max_str_digits)
 PAST_KEY = "9" * 25  # past 2**63 - 1, the largest key either database holds
@@ -97,8 +105,11 @@ class Probe:
 
     method: str
     url: str  # path and query, percent-encoded as sent
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str | bytes] = field(default_factory=dict)
     body: bytes = b""
+    without: tuple[str, ...] = ()  # the client's own headers left out (its credentials)
+    raw: bytes = b""  # header lines sent byte for byte on a connection of their own (what httpx won't send)
+    expected: tuple[int, ...] = ()  # the statuses it may get (none named: any 2xx or 4xx)
 
     @property
     def area(self) -> str:
@@ -123,6 +134,7 @@ class Target:
     series: str
     instance: str
     dicom: list[bytes]
+    token: str = ""  # the bearer token the client sends, mutated by the credentials kind
 
 
 def stow_body(parts: list[tuple[bytes, bytes]], boundary: bytes = b"hostile") -> bytes:
@@ -159,8 +171,9 @@ def prepare(client: httpx.Client) -> Target:
         ids[kind] = [e["resource"]["id"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"]
     ids["Endpoint"] = ["dicomweb"]
     [instance] = client.get("/dicomweb/instances", params={"limit": "1"}).json()
+    scheme, _, token = client.headers.get("authorization", "").partition(" ")
     return Target(fhir, ids, instance["0020000D"]["Value"][0], instance["0020000E"]["Value"][0],
-                  instance["00080018"]["Value"][0], dicom)
+                  instance["00080018"]["Value"][0], dicom, token if scheme.lower() == "bearer" else "")
 
 
 # -- the inputs ------------------------------------------------------------------------------
@@ -321,8 +334,101 @@ def stow_probes(rng: random.Random, target: Target, count: int) -> Iterator[Prob
                     {"Content-Type": content_type} if content_type else {}, body)
 
 
+LONG_CREDENTIAL = 32 * 1024  # characters: past any token, within the 64 KiB request head (pacs.server)
+REFUSED = (HTTPStatus.UNAUTHORIZED, HTTPStatus.BAD_REQUEST)
+LOGIN_REFUSED = (*REFUSED, HTTPStatus.TOO_MANY_REQUESTS)  # a Basic login: an address's attempts are limited
+CREDENTIAL_REQUESTS = [("GET", "/api/orders"), ("GET", "/api/audit"), ("GET", "/fhir/Patient?name=zhang"),
+                       ("GET", "/fhir/ImagingStudy"), ("GET", "/dicomweb/studies"), ("POST", "/fhir/ServiceRequest"),
+                       ("POST", "/api/messages/1/reprocess"), ("POST", "/dicomweb/studies")]
+FAR_FUTURE = 4_000_000_000  # seconds since the epoch: a session that has not ended
+# Header lines httpx refuses to send: NUL and other control characters, a header folded over two
+# lines (RFC 9112 5.2), a space before the colon (RFC 9112 5.1), the header twice, a scheme with
+# nothing after it but spaces.
+RAW_CREDENTIALS = [b"Authorization: Bearer ", b"Authorization: Basic   ", b"Authorization:  ",
+                   b"Authorization: Bearer pacs_\x00abc", b"Authorization: Basic \x00", b"Authorization: \x00",
+                   b"Cookie: " + COOKIE.encode() + b"=a\x00b", b"Authorization: Bearer \x01\x02\x1b\x7f",
+                   b"Authorization: Bearer x\r\n y", b"Authorization: Bearer a\r\nAuthorization: Basic YTpi",
+                   b"Authorization : Bearer x", b"Authorization: Basic YWRtaW46\x00", b"Cookie: \x00=\x00"]
+
+
+def basic_of(raw: bytes) -> str:
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+def hostile_authorizations(token: str) -> list[str | bytes]:
+    """Authorization headers no request may pass with: empty, huge, of other schemes, Basic with
+    base64 that is not or decodes to nothing usable (NUL, no colon, not UTF-8), the client's own
+    token nearly right."""
+    mutated = [f"Bearer {token[:-1]}", f"Bearer {token}x", f"Bearer {token.upper()}", f"Bearer {token} {token}",
+               f"Basic {token}", f"Bearer {token[::-1]}"] if token else []
+    return [
+        "", "Bearer", "bearer", "Bearer  x", "Bearer pacs_", "Bearer pacs_" + "A" * 43,
+        "Bearer " + "x" * LONG_CREDENTIAL, "Bearer pacs_" + "9" * LONG_CREDENTIAL, "Bearer a.b.c",
+        "Bearer eyJhbGciOiJub25lIn0.e30.", "Bearer,Basic", *mutated,
+        "Basic", "Basic =", "Basic ===", "Basic !!!", "Basic YQ", "Basic " + "A" * LONG_CREDENTIAL,
+        basic_of(b"\xff\xfe:\xfd"), basic_of(b"nocolon"), basic_of(b":"), basic_of(b"admin:"), basic_of(b":password"),
+        basic_of(b"a\x00b:pw"), basic_of(b"\x00:\x00"), basic_of(b"admin\x00:x"), basic_of("张三:密码".encode()),
+        basic_of(b"u" * (LONG_CREDENTIAL // 2) + b":p"), basic_of(b"a:b") + "!!", basic_of(b"a:b") + " extra",
+        'Digest username="admin", realm="pacs"', "Negotiate YII=", "NTLM TlRMTVNTUAABAAAAB4IIog==", "Token x",
+        "OAuth oauth_token=x", "AWS4-HMAC-SHA256 Credential=x", b"Bearer \xe9\xff", b"Basic \xff\xfe",
+        b"Bearer pacs_\x80\x81", "Bearer ".encode() + "张三".encode(),
+    ]
+
+
+def hostile_cookies() -> list[str | bytes]:
+    """Cookies that are not a session of this server: empty, garbage, signed with another key,
+    huge, twice, other applications' and the login form's."""
+    from itsdangerous import URLSafeSerializer
+
+    forged = URLSafeSerializer(b"not this server's key", salt=SALT).dumps([1, 1, FAR_FUTURE, FAR_FUTURE, "x"])
+    return [f"{COOKIE}=", f"{COOKIE}=garbage", f"{COOKIE}={forged}", f"{COOKIE}=" + "a" * LONG_CREDENTIAL,
+            f"{COOKIE}=a; {COOKIE}=b", "sessionid=abc; csrftoken=def", "pacs_login=x", ";;;===",
+            f'{COOKIE}="quoted"', f"{COOKIE}=eyJ.x.y", f'{COOKIE}=[1,1,0,0,"x"]', f"{COOKIE}={forged.rsplit('.', 1)[0]}.",
+            f"={COOKIE}", COOKIE, f"{COOKIE.upper()}=x", f"{COOKIE}=%00", f"{COOKIE}=".encode() + b"\xff\xfe"]
+
+
+def is_login(authorization: str | bytes) -> bool:
+    """Whether the server takes ``authorization`` as a Basic login (user:password in base64),
+    which counts against the address's login attempts."""
+    text = authorization.decode("latin-1") if isinstance(authorization, bytes) else authorization
+    scheme, _, credentials = text.partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+    except ValueError:  # binascii.Error and UnicodeDecodeError both are
+        return False
+    return True
+
+
+def credentials_probes(rng: random.Random, target: Target, count: int) -> Iterator[Probe]:
+    """Requests that need a permission, with hostile credentials instead of the client's: an
+    Authorization header (and sometimes a cookie too), a cookie alone, or header lines httpx
+    won't send. Each is refused: 401, or 400 for a request the HTTP layer can't read."""
+    authorizations = hostile_authorizations(target.token)
+    cookies = hostile_cookies()
+    for _ in range(count):
+        method, url = rng.choice(CREDENTIAL_REQUESTS)
+        body = b"{}" if method == "POST" else b""
+        roll = rng.random()
+        if roll < 0.6:
+            authorization = rng.choice(authorizations)
+            headers: dict[str, str | bytes] = {"Authorization": authorization}
+            if rng.random() < 0.2:
+                headers["Cookie"] = rng.choice(cookies)
+            yield Probe(method, url, headers, body, expected=LOGIN_REFUSED if is_login(authorization) else REFUSED)
+        elif roll < 0.85:
+            yield Probe(method, url, {"Cookie": rng.choice(cookies)}, body, without=("authorization",),
+                        expected=REFUSED)
+        else:
+            raw = rng.choice(RAW_CREDENTIALS)
+            value = raw.partition(b":")[2].strip()
+            yield Probe(method, url, {}, body, raw=raw, expected=LOGIN_REFUSED if is_login(value) else REFUSED)
+
+
 GENERATORS: dict[str, Callable[[random.Random, Target, int], Iterator[Probe]]] = {
-    "fhir": fhir_probes, "api": api_probes, "dicomweb": dicomweb_probes, "stow": stow_probes}
+    "fhir": fhir_probes, "api": api_probes, "dicomweb": dicomweb_probes, "stow": stow_probes,
+    "credentials": credentials_probes}
 
 
 # -- the checks ------------------------------------------------------------------------------
@@ -345,6 +451,11 @@ class Verdicts:
         error = status >= HTTPStatus.BAD_REQUEST
         if status >= HTTPStatus.INTERNAL_SERVER_ERROR:
             self.fault(probe, f"{status} {response.text[:300]}")
+            return
+        if probe.expected and status not in probe.expected:
+            self.fault(probe, f"{status}, not {' or '.join(map(str, probe.expected))}: {response.text[:200]}")
+            return
+        if probe.raw:  # answered by the HTTP layer (its own 400) or by the app; the status is what counts
             return
         if status == HTTPStatus.METHOD_NOT_ALLOWED and "allow" not in response.headers:
             self.fault(probe, "405 without an Allow header")
@@ -398,13 +509,37 @@ def client_address(response: httpx.Response) -> Any:
         return None
 
 
+RAW_SECONDS = 60
+
+
+def raw_exchange(client: httpx.Client, probe: Probe) -> httpx.Response:
+    """``probe`` with its raw header lines, on a connection of its own that closes after it."""
+    host, port = client.base_url.host, client.base_url.port
+    head = (f"{probe.method} {probe.url} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(probe.body)}\r\n"
+            "Connection: close\r\n").encode("latin-1")
+    with socket.create_connection((host, port), timeout=RAW_SECONDS) as sock:
+        sock.sendall(head + probe.raw + b"\r\n\r\n" + probe.body)
+        answer = http.client.HTTPResponse(sock)
+        answer.begin()
+        body = answer.read()
+    return httpx.Response(answer.status, headers=answer.getheaders(), content=body,
+                          request=httpx.Request(probe.method, client.base_url.join(probe.url)))
+
+
 def send(client: httpx.Client, probes: Iterator[Probe], verdicts: Verdicts) -> None:
-    """Send every probe on one kept-alive connection; a reconnection means the server closed it."""
+    """Send every probe on one kept-alive connection; a reconnection means the server closed it.
+    (A probe with raw header lines goes on a connection of its own.)"""
     last: tuple[Probe, Any] | None = None
     for probe in probes:
         try:
-            response = client.request(probe.method, probe.url, headers=probe.headers, content=probe.body or None)
-        except httpx.HTTPError as exc:
+            if probe.raw:
+                verdicts.check(probe, raw_exchange(client, probe))
+                continue
+            request = client.build_request(probe.method, probe.url, headers=probe.headers, content=probe.body or None)
+            for name in probe.without:
+                request.headers.pop(name, None)
+            response = client.send(request)
+        except (httpx.HTTPError, OSError, http.client.HTTPException) as exc:
             verdicts.fault(probe, f"no answer: {exc!r}")
             continue
         verdicts.check(probe, response)
@@ -439,16 +574,27 @@ class LogWatch(logging.Handler):
                 + (f" ({r.exc_info[0].__name__})" if r.exc_info and r.exc_info[0] else "") for r in self.records]
 
 
-@pytest.fixture
-def log_watch(server) -> Iterator[LogWatch]:  # type: ignore[no-untyped-def]
-    """What ``server`` logs while the test runs; its audit entries are written before it is read."""
-    watch = LogWatch(settle=server.server.services.audit.flush)
+def watching(running) -> Iterator[LogWatch]:  # type: ignore[no-untyped-def]
+    """What ``running`` logs meanwhile; its audit entries are written before it is read."""
+    watch = LogWatch(settle=running.server.services.audit.flush)
     loggers = [logging.getLogger(name) for name in LogWatch.LOGGERS]
     for logger in loggers:
         logger.addHandler(watch)
     yield watch
     for logger in loggers:
         logger.removeHandler(watch)
+
+
+@pytest.fixture
+def log_watch(server) -> Iterator[LogWatch]:  # type: ignore[no-untyped-def]
+    """What ``server`` logs while the test runs."""
+    yield from watching(server)
+
+
+@pytest.fixture
+def guarded_log_watch(guarded_server) -> Iterator[LogWatch]:  # type: ignore[no-untyped-def]
+    """What ``guarded_server`` logs while the test runs."""
+    yield from watching(guarded_server)
 
 
 def healthy(url: str) -> bool:
@@ -660,7 +806,7 @@ def test_a_client_that_closes_mid_body_leaves_one_log_line(server, log_watch, mo
 
 # -- seeded mutations -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", OPEN_KINDS)
 def test_hostile_requests_get_answers_in_the_protocols_shape(server, log_watch, kind):
     """``PACS_HOSTILE_INPUTS`` inputs of one kind, seeded: no 5xx, every error in its protocol's
     shape, one connection throughout, no traceback or error in the log, every instance STOW-RS
@@ -675,3 +821,51 @@ def test_hostile_requests_get_answers_in_the_protocols_shape(server, log_watch, 
     assert healthy(server.http_url)
     assert not log_watch.problems(), log_watch.problems()[:20]
     assert len(verdicts.statuses) > 2, verdicts.statuses  # the inputs reach several outcomes
+
+
+# -- hostile credentials ---------------------------------------------------------------------
+
+def everything_token(server) -> str:  # type: ignore[no-untyped-def]
+    """A bearer token of every permission, made as ``pacs tokens create`` makes one."""
+    from sqlmodel import Session
+
+    from pacs.auth import accounts
+    from pacs.auth.roles import Permission
+
+    with Session(server.db.engine) as session:
+        _, token = accounts.create_token(session, client="hostile", scopes=[p.value for p in Permission])
+        session.commit()
+    return token
+
+
+def test_hostile_credentials_are_refused_with_401_or_400(guarded_server, guarded_log_watch):
+    """``PACS_HOSTILE_INPUTS`` requests of the ``credentials`` kind, seeded, on a server that asks
+    who is calling: each gets 401 (or 400, or 429 for a Basic login past the address's limit),
+    never a 5xx, in the protocol's shape; the connection goes on serving; nothing in the log."""
+    rng = random.Random(f"{SEED}-credentials")
+    verdicts = Verdicts()
+    token = everything_token(guarded_server)
+    with httpx.Client(base_url=guarded_server.http_url, timeout=60, headers={"Authorization": f"Bearer {token}"}) \
+            as client:
+        target = prepare(client)
+        send(client, GENERATORS["credentials"](rng, target, INPUTS), verdicts)
+        assert client.get("/api/orders").status_code == HTTPStatus.OK  # the client's own token still serves
+    assert not verdicts.faults, "\n".join(verdicts.faults[:20])
+    assert verdicts.statuses[HTTPStatus.UNAUTHORIZED] and verdicts.statuses[HTTPStatus.BAD_REQUEST]
+    assert healthy(guarded_server.http_url)
+    assert not guarded_log_watch.problems(), guarded_log_watch.problems()[:20]
+
+
+@pytest.mark.parametrize("username", ["a\x00b", "\x00", "admin\x00"])
+def test_a_nul_in_a_user_name_is_a_wrong_login(guarded_server, guarded_log_watch, username):
+    """A user name with NUL, from HTTP Basic's base64 or the login form, names no user: 401
+    (PostgreSQL refused to compare it, and the login answered 500)."""
+    url = guarded_server.http_url
+    response = httpx.get(f"{url}/api/orders", headers={"Authorization": basic_of(f"{username}:pw".encode())})
+    assert response.status_code == HTTPStatus.UNAUTHORIZED, response.text
+    with httpx.Client(base_url=url, timeout=60) as browser:
+        form = browser.get("/login")
+        csrf = form.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+        answer = browser.post("/login", data={"username": username, "password": "pw\x00", "csrf_token": csrf})
+        assert answer.status_code == HTTPStatus.UNAUTHORIZED
+    assert not guarded_log_watch.problems(), guarded_log_watch.problems()

@@ -21,7 +21,6 @@ user or revoking a token takes effect within that time on a running server.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import logging
@@ -214,7 +213,7 @@ class Gate:
     def _basic_login(self, credentials: str, address: str) -> Principal:
         try:
             username, _, password = base64.b64decode(credentials, validate=True).decode("utf-8").partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # not base64 (binascii.Error), not ASCII text, not UTF-8 (UnicodeDecodeError)
             raise unauthorized("HTTP Basic credentials are base64 of user:password (RFC 7617)") from None
         key = hashlib.sha256(f"{username}\0{password}".encode()).digest()
         kept = self._basic.get(key)

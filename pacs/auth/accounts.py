@@ -83,7 +83,14 @@ def _valid_roles(roles: Iterable[str], table: dict[str, frozenset[object]]) -> l
     return chosen
 
 
+NUL = "\x00"  # no user name holds it (add_user refuses it; PostgreSQL's text refuses it outright)
+
+
 def user_by_name(session: Session, username: str) -> User | None:
+    """The user of that name; None for a name no user can have (a NUL, e.g. from an HTTP Basic
+    header's base64, which PostgreSQL would refuse to compare)."""
+    if NUL in username:
+        return None
     return session.exec(select(User).where(User.username == username.strip())).first()
 
 
@@ -91,8 +98,9 @@ def add_user(session: Session, *, username: str, password: str | None, roles: It
              display_name: str = "", language: str = "",
              role_overrides: dict[str, list[str]] | None = None) -> User:
     name = username.strip()
-    if not name or len(name) > USERNAME_MAX or any(c.isspace() or c in ":/\\" for c in name):
-        raise AccountError(f"a user name has 1 to {USERNAME_MAX} characters, none of them spaces, ':', '/' or '\\'")
+    if not name or len(name) > USERNAME_MAX or any(c.isspace() or not c.isprintable() or c in ":/\\" for c in name):
+        raise AccountError(f"a user name has 1 to {USERNAME_MAX} characters, none of them spaces, control "
+                           "characters, ':', '/' or '\\'")
     if user_by_name(session, name) is not None:
         raise AccountError(f"user {name!r} exists already")
     user = User(username=name, display_name=display_name.strip(), language=language,
