@@ -218,11 +218,21 @@ def create_app(services: Services) -> FastAPI:
             body["mllp_front"] = "running" if front_running else "not running (being restarted)"
         return JSONResponse(body, status_code=200 if healthy else 503)
 
-    app.state.gate = Gate(db=services.db, settings=services.settings, auditor=services.audit,
-                          sessions=Sessions(load_or_create_key(services.settings.session_key_file),
-                                            idle_seconds=services.settings.auth.session_idle_minutes * 60,
+    key = load_or_create_key(services.settings.session_key_file)
+    oidc = None
+    if services.settings.auth.oidc.issuer:  # single sign-on through the hospital's identity provider
+        from pacs.auth.oidc import OpenIDConnect
+        from pacs.auth.roles import role_table
+
+        oidc = OpenIDConnect(services.settings.auth.oidc, roles=role_table(services.settings.auth.roles), key=key)
+    app.state.gate = Gate(db=services.db, settings=services.settings, auditor=services.audit, oidc=oidc,
+                          sessions=Sessions(key, idle_seconds=services.settings.auth.session_idle_minutes * 60,
                                             max_seconds=services.settings.auth.session_max_hours * 3600))
     app.include_router(pages_router)
+    if oidc is not None:
+        from pacs.auth.pages import sso_router
+
+        app.include_router(sso_router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(messages_router)
     app.include_router(orders_router)

@@ -28,7 +28,7 @@ from importlib.resources import files
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -312,6 +312,58 @@ class RetentionSettings(BaseModel):
     """How often the server applies the periods and empties the trash (0: only ``pacs retention run``)."""
 
 
+class OIDCSettings(BaseModel):
+    """Single sign-on through the hospital's OpenID Connect provider (``[auth.oidc]``,
+    :mod:`pacs.auth.oidc`): its JWTs as bearer tokens, and the browser login by the authorization
+    code flow with PKCE. Off while ``issuer`` is unset."""
+
+    issuer: str | None = None
+    """The provider's issuer identifier, e.g. https://sso.hospital.cn/realms/hospital (Keycloak)
+    or https://adfs.hospital.cn/adfs (AD FS); its metadata is read from
+    ``{issuer}/.well-known/openid-configuration`` (OpenID Connect Discovery 1.0, 4)."""
+    client_id: str = ""
+    """This server's client at the provider (required with ``issuer``)."""
+    client_secret: SecretStr | None = None
+    """The client's secret (HTTP Basic at the token endpoint, RFC 6749 2.3.1); none for a public
+    client, which PKCE alone protects (RFC 7636)."""
+    audience: str | None = None
+    """The ``aud`` a bearer JWT must name to be accepted here (default: ``client_id``)."""
+    roles_claim: str = "realm_access.roles"
+    """Where a token carries the user's roles or groups, a dotted path into its claims:
+    Keycloak's realm roles by default; "resource_access.CLIENT.roles" for a client's roles,
+    "roles" or "groups" for AD FS and Entra ID."""
+    roles_map: dict[str, str | list[str]] = Field(default_factory=dict)
+    """The provider's role or group names → this system's roles, e.g.
+    ``{ "PACS-Radiologists" = "radiologist" }``. Empty: the provider's names are this system's
+    (names of no role here are ignored); once given, only the names it lists count."""
+    username_claim: str = "preferred_username"
+    """The claim naming the user ("upn" for AD FS; "sub" is the fallback)."""
+    scopes: str = "openid profile"
+    """The scopes the browser login asks for (space-separated; "openid" is always sent)."""
+    leeway_seconds: float = Field(default=30.0, ge=0)
+    """Clock skew allowed when checking exp, nbf and iat (RFC 7519 4.1.4)."""
+    jwks_cache_seconds: float = Field(default=3600.0, gt=0)
+    """How long the provider's metadata and keys are used before they are read again."""
+    jwks_refetch_seconds: float = Field(default=60.0, ge=0)
+    """A token signed by a key not in the kept set (the provider rotated its keys) makes the keys
+    be read again, at most this often."""
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    """How long a request to the provider may take."""
+    ca_file: Path | None = None
+    """The CA certificates (PEM) the provider's HTTPS certificate is checked against, for a
+    hospital's own CA (default: the system's)."""
+
+    @model_validator(mode="after")
+    def _client_named(self) -> OIDCSettings:
+        if self.issuer and not self.client_id.strip():
+            raise ValueError("[auth.oidc] issuer is set: name this server's client_id at the identity provider too")
+        return self
+
+    @property
+    def expected_audience(self) -> str:
+        return self.audience or self.client_id
+
+
 class AuthSettings(BaseModel):
     """Logins, sessions and roles (pacs.auth)."""
 
@@ -337,6 +389,8 @@ class AuthSettings(BaseModel):
     """The pages' language for users who chose none."""
     roles: dict[str, list[str]] = Field(default_factory=dict)
     """A role's permissions in place of the shipped ones (pacs.auth.roles), or a new role."""
+    oidc: OIDCSettings = Field(default_factory=OIDCSettings)
+    """Single sign-on (``[auth.oidc]``): off unless its issuer is set."""
 
 
 class Settings(BaseSettings):

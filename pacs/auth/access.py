@@ -287,6 +287,45 @@ class Gate:
         self._audit_login(username, address, False, reason)
         raise unauthorized(reason if outcome.result != accounts.LoginResult.WRONG else "unknown user or wrong password")
 
+    def single_sign_on(self, username: str, roles: list[str] | None, *, display_name: str, address: str) -> User:
+        """The user a login through the identity provider names (:mod:`pacs.auth.oidc`): made at
+        the first login (no password), given the roles the provider sent (None: it sent none,
+        the user's own stay); audited as a password login is, a new user and changed roles too
+        (PS3.15 A.5.3.10). 401 for a disabled user or a name this system can't hold."""
+        from pacs.audit import codes
+        from pacs.audit.codes import Action
+        from pacs.audit.service import Event
+
+        changes: list[Event] = []
+        with Session(self.db.engine, expire_on_commit=False) as session:
+            existing = accounts.user_by_name(session, username)
+            before = list(existing.roles) if existing is not None else None
+            try:
+                user = accounts.single_sign_on(session, username=username, roles=roles, display_name=display_name,
+                                               role_overrides=self.settings.auth.roles)
+            except accounts.AccountError as exc:
+                self._audit_login(username, address, False, f"single sign-on: {exc}")
+                raise unauthorized(str(exc)) from None
+            if before is None or before != user.roles:
+                kind = codes.USER_SECURITY_ATTRIBUTES_CHANGED if before is None else codes.SECURITY_ROLES_CHANGED
+                now = ", ".join(user.roles) or "(none)"
+                what = (f"user {username} made at its first single sign-on, with roles {now}" if before is None
+                        else f"roles of {username} from the identity provider: {', '.join(before) or '(none)'} -> {now}")
+                changes.append(Event(codes.SECURITY_ALERT, Action.CREATE if before is None else Action.UPDATE,
+                                     types=(kind,), user=username, user_kind="user", address=address, target=username,
+                                     description=what))
+            session.commit()
+            session.expunge(user)
+        if user.disabled:
+            self._audit_login(username, address, False, "single sign-on: the account is disabled")
+            raise unauthorized("the account is disabled")
+        for event in changes:
+            if self.auditor is not None:
+                self.auditor.record(event)
+        self._audit_login(username, address, True, "single sign-on")
+        self._users.put(user.id, user)
+        return user
+
     def _audit_login(self, username: str, address: str, success: bool, reason: str) -> None:
         if self.auditor is not None:
             self.auditor.login(username, address=address, success=success, reason=reason)

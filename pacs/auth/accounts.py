@@ -133,6 +133,27 @@ def set_disabled(session: Session, user: User, disabled: bool) -> None:
     session.add(user)
 
 
+def single_sign_on(session: Session, *, username: str, roles: Iterable[str] | None, display_name: str = "",
+                   role_overrides: dict[str, list[str]] | None = None, now: datetime | None = None) -> User:
+    """The user an OpenID Connect login names (:mod:`pacs.auth.oidc`), made at its first login
+    with no password (it logs in by single sign-on only). ``roles``, where the identity provider
+    sent them, become the user's roles; None (it sent none) leaves them as they are. A disabled
+    user is returned unchanged, for the caller to refuse. The caller commits."""
+    user = user_by_name(session, username)
+    if user is not None and user.disabled:
+        return user
+    if user is None:
+        user = add_user(session, username=username, password=None, roles=roles or (), display_name=display_name,
+                        role_overrides=role_overrides)
+    elif roles is not None:
+        set_roles(session, user, roles, role_overrides)
+    if display_name and not user.display_name:
+        user.display_name = display_name.strip()
+    user.last_login_at = now or utcnow()
+    session.add(user)
+    return user
+
+
 def authenticate(session: Session, username: str, password: str, *, failures: int, lock_minutes: float,
                  now: datetime | None = None) -> Login:
     """Check a login and record its outcome on the account (the caller commits)."""

@@ -4,12 +4,15 @@
 itself against cross-site posting); ``POST /login`` checks the password (lockout, rate limit
 and audit in :meth:`pacs.auth.access.Gate.login`), sets the session cookie and goes on to
 ``next`` (a path of this server only); ``POST /logout`` ends the session. ``GET /`` lists the
-pages the user's roles open.
+pages the user's roles open. Where ``[auth.oidc]`` names the hospital's identity provider,
+``GET /login/sso`` and ``GET /login/callback`` log in through it (:data:`sso_router`,
+:mod:`pacs.auth.oidc`).
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 import secrets
 from http import HTTPStatus
 from pathlib import Path
@@ -22,6 +25,13 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException
 
 from pacs.auth.access import Principal, gate_of, public
+from pacs.auth.oidc import (
+    FLOW_COOKIE,
+    FLOW_COOKIE_PATH,
+    FLOW_SECONDS,
+    ProviderUnavailable,
+    SignOnFailed,
+)
 from pacs.auth.roles import Permission
 from pacs.auth.sessions import COOKIE, cookie_header
 from pacs.web.i18n import LANGUAGE_COOKIE, language_of, translator
@@ -36,6 +46,8 @@ LANGUAGE_COOKIE_SECONDS = 365 * 24 * 3600
 PAGES: list[tuple[str, str, Permission]] = []
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
+sso_router = APIRouter(tags=["pages"], include_in_schema=False)  # mounted where [auth.oidc] is set
+log = logging.getLogger(__name__)
 
 
 def page_language(request: Request, principal: Principal | None = None) -> str:
@@ -160,3 +172,75 @@ def login_redirect(request: Request) -> RedirectResponse:
     """Where a page sends someone not logged in: the login form, and back here afterwards."""
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(f"/login?next={quote(target, safe='/')}", status_code=HTTPStatus.SEE_OTHER)
+
+
+# -- single sign-on (OpenID Connect, :mod:`pacs.auth.oidc`) ---------------------------------------
+
+def callback_url(request: Request) -> str:
+    """Where the identity provider sends the browser back (the redirect URI registered with it):
+    under ``public_url`` where set, else under the address the request came to."""
+    base = request.app.state.services.settings.public_url or str(request.base_url)
+    return base.rstrip("/") + "/login/callback"
+
+
+def sso_failed(request: Request, message: str, status: int, next: str = "/") -> HTMLResponse:
+    """The login form with ``message``, after a single sign-on that did not succeed."""
+    token = secrets.token_urlsafe(24)
+    response = render(request, "login.html", status=status, username="", next=local_path(next), login_csrf=token,
+                      message=message, error=True, sso=True)
+    response.set_cookie(LOGIN_CSRF_COOKIE, token, max_age=LOGIN_CSRF_SECONDS, httponly=True, samesite="strict",
+                        secure=secure(request), path="/login")
+    response.delete_cookie(FLOW_COOKIE, path=FLOW_COOKIE_PATH)
+    return response
+
+
+@sso_router.get("/login/sso", dependencies=[Depends(public)])
+def single_sign_on(request: Request, next: str = "/") -> Response:
+    """Off to the identity provider's login (the authorization request, OIDC Core 1.0 3.1.2.1);
+    the flow's state, nonce and PKCE verifier wait in a signed cookie sent back to the callback
+    only (SameSite=Lax: the provider's redirect back is a top-level navigation)."""
+    oidc = gate_of(request).oidc
+    try:
+        url, flow = oidc.begin(redirect_uri=callback_url(request), next=local_path(next))
+    except ProviderUnavailable as exc:
+        log.warning("single sign-on unavailable: %s", exc)
+        t = translator(page_language(request))
+        return sso_failed(request, t("login.sso_unavailable"), HTTPStatus.SERVICE_UNAVAILABLE, next)
+    response = RedirectResponse(url, status_code=HTTPStatus.SEE_OTHER)
+    response.set_cookie(FLOW_COOKIE, flow, max_age=FLOW_SECONDS, httponly=True, samesite="lax",
+                        secure=secure(request), path=FLOW_COOKIE_PATH)
+    return response
+
+
+@sso_router.get("/login/callback", dependencies=[Depends(public)])
+def sso_callback(request: Request) -> Response:
+    """Back from the identity provider (the authorization response, RFC 6749 4.1.2): the state
+    checked, the code exchanged, the ID token validated (:meth:`pacs.auth.oidc.OpenIDConnect.
+    finish`); the user found or made (:meth:`pacs.auth.access.Gate.single_sign_on`) and logged in
+    with the session cookie a password login gets."""
+    gate = gate_of(request)
+    t = translator(page_language(request))
+    address = request.client.host if request.client else ""
+    next = "/"
+    try:
+        flow = gate.oidc.flow(request.cookies.get(FLOW_COOKIE, ""))
+        next = flow.next
+        signed_on = gate.oidc.finish(flow, dict(request.query_params))
+    except SignOnFailed as exc:
+        log.info("single sign-on from %s failed: %s", address, exc.detail)
+        if exc.audit:
+            gate._audit_login(exc.username, address, False, f"single sign-on: {exc.detail}")
+        return sso_failed(request, t(exc.message), exc.status, next)
+    try:
+        user = gate.single_sign_on(signed_on.username, signed_on.roles, display_name=signed_on.display_name,
+                                   address=address)
+    except HTTPException as exc:
+        message = t("login.disabled") if "disabled" in str(exc.detail) else t("login.sso_failed")
+        return sso_failed(request, message, exc.status_code, next)
+    cookie, _ = gate.sessions.new(user.id or 0, user.session_epoch)
+    response = RedirectResponse(local_path(signed_on.next), status_code=HTTPStatus.SEE_OTHER)
+    response.headers.append("set-cookie", cookie_header(cookie, secure=secure(request)))
+    response.delete_cookie(FLOW_COOKIE, path=FLOW_COOKIE_PATH)
+    if user.language:
+        response.set_cookie(LANGUAGE_COOKIE, user.language, max_age=LANGUAGE_COOKIE_SECONDS, samesite="lax")
+    return response
