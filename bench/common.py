@@ -1,6 +1,7 @@
 """What the benchmarks share: the machine facts they print, a free loopback port, the Chinese
-names (surnames by frequency) their generated patients get, and DCMTK findscu timed by its own
-log clock."""
+names (surnames by frequency) their generated patients get, DCMTK findscu timed by its own log
+clock, and the credentials their HTTP clients send (``pacs serve`` asks every request who it
+comes from: README, "Logins, roles and tokens")."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import resource
 import shutil
 import socket
 import subprocess
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,3 +145,48 @@ def findscu_queries(args: list[str], files: list[Path], tmp: Path) -> tuple[list
     if not out:
         raise RuntimeError("findscu logged no query: " + done.stderr.decode(errors="replace")[-500:])
     return out, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
+# -- credentials ---------------------------------------------------------------------------------
+
+ADMIN_USER = "admin"
+ADMIN_PASSWORD = "bench-admin-password"  # PACS_ADMIN_PASSWORD of every server a benchmark starts
+BENCH_CLIENT = "bench"  # the client name of the benchmarks' bearer tokens
+TOKEN_SECONDS = 120  # for `pacs tokens create` (a Python start and the database's migration check)
+
+
+def admin_env() -> dict[str, str]:
+    """The environment that makes a new server's first administrator with :data:`ADMIN_PASSWORD`."""
+    return {"PACS_ADMIN_PASSWORD": ADMIN_PASSWORD}
+
+
+def create_token(data_dir: Path, database_url: str | None, scopes: Sequence[str] = (), cwd: Path = ROOT) -> str:
+    """A bearer token made by ``pacs tokens create`` on a server's own database, as an operator
+    makes one for a system; every permission unless ``scopes`` names some."""
+    if not scopes:
+        from pacs.auth.roles import Permission
+
+        scopes = [permission.value for permission in Permission]
+    command = [sys.executable, "-m", "pacs.cli", "tokens", "create", "--client", BENCH_CLIENT,
+               "--data-dir", str(data_dir)]
+    for scope in scopes:
+        command += ["--scope", scope]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
+    if database_url:
+        env["PACS_DATABASE_URL"] = database_url
+    done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=TOKEN_SECONDS,
+                          check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"pacs tokens create failed ({done.returncode}): {done.stderr[-500:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def basic(username: str, password: str) -> dict[str, str]:
+    """HTTP Basic credentials (RFC 7617)."""
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")}

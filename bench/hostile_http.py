@@ -16,7 +16,15 @@ of in the suite:
   nothing satisfies;
 - ``stow``: STOW-RS with broken multipart framing (no or another boundary, one too long, parts
   cut short, parts that are not DICOM, part headers past any size, preambles, no close
-  delimiter, another media type).
+  delimiter, another media type);
+- ``credentials``: requests that need a permission sent with hostile credentials instead
+  (Authorization headers empty, huge or of other schemes, Basic with base64 that is not or
+  decodes to NUL, tokens nearly right, cookies that are not this server's, header lines with NUL
+  and control characters on connections of their own): each must get 401, or 400 for a request
+  the HTTP layer can't read (429 for a Basic login past the address's limit), never a 5xx.
+
+The server asks every request who it comes from, as ``pacs serve`` does: the other kinds are
+sent with a bearer token of every permission, made with ``pacs tokens create``.
 
 Each kind goes over one kept-alive connection. It counts the answers by status and every fault:
 a 5xx, an error not in the protocol's shape (FHIR OperationOutcome, DICOMweb ``{"status",
@@ -55,7 +63,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import httpx
-from common import cpu_model, git_state, load_average
+from common import admin_env, bearer, cpu_model, create_token, git_state, load_average
 
 from tests.process import ServeProcess
 from tests.test_http_hostile import GENERATORS, KINDS, SEED, Verdicts, prepare, send
@@ -110,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         url = f"{admin.rpartition('/')[0]}/{database_name}"
     else:
         url = f"sqlite:///{data_dir / 'pacs.db'}"
-    server = ServeProcess(data_dir, url, TCP_NODELAY="1")
+    server = ServeProcess(data_dir, url, TCP_NODELAY="1", **admin_env())
     ok = True
     try:
         print(f"machine: {os.cpu_count()} CPUs ({cpu_model()}), {platform.system()} {platform.release()}, "
@@ -119,10 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"database: {'PostgreSQL, a scratch database' if admin else 'SQLite in the data folder'}; "
               f"{args.inputs:,} inputs of each kind, seed {args.seed!r}")
         server.start()
+        token = create_token(data_dir, url)
         base = f"http://127.0.0.1:{server.http_port}"
         rows = []
         faults: list[str] = []
-        with httpx.Client(base_url=base, timeout=120) as client:
+        with httpx.Client(base_url=base, timeout=120, headers=bearer(token)) as client:
             target = prepare(client)
             for kind in kinds:
                 verdicts = Verdicts()
