@@ -35,7 +35,7 @@ from pacs.auth.oidc import OpenIDConnect
 from pacs.auth.roles import role_table
 from pacs.settings import OIDCSettings
 from pacs.web.i18n import catalogue
-from tests.auth.test_access import add_user, bearer
+from tests.auth.test_access import PUBLIC_ROUTES, add_user, api_routes, bearer
 
 REALM = "/realms/hospital"
 CLIENT_ID = "pacs"
@@ -376,6 +376,13 @@ def back_from_provider(client: httpx.Client, authorization_url: str) -> str:
     answer = client.get(authorization_url)
     assert answer.status_code == 302, answer.text
     return answer.headers["location"]
+
+
+def test_the_sign_on_pages_are_public(sso_server):
+    """Mounted where a provider is named (test_access checks that without one they are not)."""
+    public = {route.path for route in api_routes(sso_server.server.app.routes)
+              if any(getattr(d.call, "public", False) for d in route.dependant.dependencies)}
+    assert public == PUBLIC_ROUTES | {"/login/sso", "/login/callback"}
 
 
 def test_the_browser_logs_in_by_the_code_flow_with_pkce(sso_server, provider):
