@@ -371,6 +371,8 @@ class Mappings:
     procedures: dict[str, Procedure]
     names: NameRules
     devices: Any = None  # pacs.registry.device_rules.DeviceRules: images from devices without a worklist
+    rooms: Any = None  # pacs.registry.rooms.Rooms: what the desk books exams into
+    preparations: Any = None  # pacs.registry.preparations.Preparations: printed on the patient's slip
     loaded_at: float = field(default_factory=time.time)
 
     def sender(self, application: str, facility: str) -> Sender:
@@ -611,6 +613,13 @@ def load(root: Path) -> tuple[Mappings | None, list[str]]:
 
     devices, device_problems = load_device_rules(root)
     problems.extend(device_problems)
+    from pacs.registry.preparations import load_preparations
+    from pacs.registry.rooms import load_rooms
+
+    rooms, room_problems = load_rooms(root, procedures)
+    problems.extend(room_problems)
+    preparations, preparation_problems = load_preparations(root, procedures)
+    problems.extend(preparation_problems)
     if "fhir/servicerequest.yaml" not in profiles:
         problems.add(root / "fhir" / "servicerequest.yaml", 0, "FHIR ServiceRequest field map is missing")
     if problems:
@@ -618,7 +627,7 @@ def load(root: Path) -> tuple[Mappings | None, list[str]]:
         return None, list(dict.fromkeys(problems))
     return (
         Mappings(root=root, profiles=profiles, senders=senders, default_sender=default, codes=codes,
-                 procedures=procedures, names=names, devices=devices),
+                 procedures=procedures, names=names, devices=devices, rooms=rooms, preparations=preparations),
         problems,
     )
 
@@ -632,6 +641,7 @@ def _vocabularies() -> dict[str, set[str]]:
         "patient_class": {c.value for c in PatientClass},
         "order_control": {a.value for a in OrderAction},
         "order_status": {s.value for s in OrderStatus},
+        "identifier_types": {"card", "national_id"},  # what the desk's search calls them (pacs.registry.search)
     }
 
 
