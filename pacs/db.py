@@ -59,8 +59,10 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 WRITER_WAIT = 0.00005, 0.001  # seconds between two tries for the writer lock: first, and at most
-MAX_ROW_ID = 2**63 - 1  # the largest key SQLite (INTEGER) and PostgreSQL (BIGINT) store
-ROW_ID_DIGITS = len(str(MAX_ROW_ID))  # 19: a number of more digits is past every key
+# The largest key a client can name a row by, on either database: PostgreSQL's keys are INTEGER
+# (32 bits; a larger number in a query is an error there, "integer out of range"), SQLite's 64.
+MAX_ROW_ID = 2**31 - 1
+ROW_ID_DIGITS = len(str(MAX_ROW_ID))  # 10: a number of more digits is past every key
 SQLITE_CACHE_KIB = 65536  # page cache per connection (SQLite's default is 2 MiB): the index B-trees of a large archive
 # WAL pages before a commit checkpoints them into the database file (SQLite's default: 1,000).
 # The pages every message or object touches (the newest leaf of each index, the counters) are

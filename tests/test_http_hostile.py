@@ -47,7 +47,8 @@ OPEN_KINDS = ("fhir", "api", "dicomweb", "stow")  # sent with credentials that m
 KINDS = (*OPEN_KINDS, "credentials")  # the last: credentials that are hostile themselves
 
 HUGE = "9" * 5000  # past int()'s 4,300 digits (sys.get_int_max_str_digits)
-PAST_KEY = "9" * 25  # past 2**63 - 1, the largest key either database holds
+PAST_KEY = "9" * 25  # past 2**63 - 1, the largest number either database binds
+PAST_INTEGER = str(2**31)  # past PostgreSQL's INTEGER keys, within SQLite's
 DEEP = 5000  # levels of nesting: json.loads gives up near 1,000 with a RecursionError
 DICOM_FILES = ("CT_small.dcm", "MR_small.dcm")  # pydicom's test files, shipped with it
 
@@ -371,7 +372,7 @@ def hostile_authorizations(token: str) -> list[str | bytes]:
         basic_of(b"u" * (LONG_CREDENTIAL // 2) + b":p"), basic_of(b"a:b") + "!!", basic_of(b"a:b") + " extra",
         'Digest username="admin", realm="pacs"', "Negotiate YII=", "NTLM TlRMTVNTUAABAAAAB4IIog==", "Token x",
         "OAuth oauth_token=x", "AWS4-HMAC-SHA256 Credential=x", b"Bearer \xe9\xff", b"Basic \xff\xfe",
-        b"Bearer pacs_\x80\x81", "Bearer ".encode() + "张三".encode(),
+        b"Bearer pacs_\x80\x81", b"Bearer " + "张三".encode(),
     ]
 
 
@@ -634,6 +635,16 @@ REGRESSIONS: list[tuple[str, str, int]] = [
     ("GET", "/api/orders?patient_id=%00", 400),
     ("GET", f"/api/orders/{HUGE}", 422),
     ("GET", f"/api/messages/{HUGE}", 422),
+    # PostgreSQL's "integer out of range" (schemathesis, issue 19)
+    ("GET", f"/api/messages/{PAST_INTEGER}", 422),
+    ("POST", f"/api/messages/{PAST_INTEGER}/reprocess", 422),
+    ("GET", f"/api/orders/{PAST_INTEGER}", 422),
+    ("POST", f"/api/outbox/{PAST_INTEGER}/retry", 422),
+    ("GET", f"/fhir/Patient/{PAST_INTEGER}", 404),
+    ("GET", f"/fhir/ServiceRequest/{PAST_INTEGER}", 404),
+    ("GET", f"/fhir/ImagingStudy/{PAST_INTEGER}", 404),
+    ("GET", f"/fhir/ServiceRequest?patient={PAST_INTEGER}", 200),
+    ("GET", f"/fhir/Patient?_id={PAST_INTEGER}", 200),
 ]
 
 
