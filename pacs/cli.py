@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pacs.auth import commands as auth_commands
 
     auth_commands.add_parsers(sub, _common)  # users, tokens
+    from pacs import assets
+
+    assets.add_parser(sub, _common)  # pinned third-party files: the labels' CJK font
     return parser
 
 
@@ -116,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         from pacs import doctor
 
         return doctor.run(args, lambda: _settings(args))
+    if args.command == "assets":
+        from pacs import assets
+
+        return assets.run(args, _settings(args))
     if args.command == "storage":
         from pacs.archive.storage import commands as storage_commands
 

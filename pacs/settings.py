@@ -393,6 +393,31 @@ class AuthSettings(BaseModel):
     """Single sign-on (``[auth.oidc]``): off unless its issuer is set."""
 
 
+class DeskSettings(BaseModel):
+    """The registration desk's printouts (``[desk]``, :mod:`pacs.registry.labels`): the page
+    sizes of the label printer's labels and of the patient's slip, in millimetres."""
+
+    label_mm: tuple[float, float] = (60.0, 40.0)
+    """The patient label (width, height): a thermal label printer's roll, e.g. 60 × 40 mm."""
+    slip_mm: tuple[float, float] = (80.0, 120.0)
+    """The patient's slip: 80 mm receipt paper (80 × 120), or A5 (148 × 210)."""
+
+    @field_validator("label_mm", "slip_mm")
+    @classmethod
+    def _size(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(30 <= side <= 420 for side in value):
+            raise ValueError(f"{value}: a page's width and height are from 30 to 420 mm")
+        return value
+
+
+class AssetSettings(BaseModel):
+    """Third-party files fetched at install time (``[assets]``, :mod:`pacs.assets`)."""
+
+    dir: Path | None = None
+    """Where ``pacs assets install`` puts them and the server finds them (default DATA_DIR/assets);
+    a shared folder (e.g. /var/cache/pacs/assets) serves several installations."""
+
+
 class Settings(BaseSettings):
     """Everything the system can be told. See the module docstring for precedence."""
 
@@ -444,6 +469,8 @@ class Settings(BaseSettings):
     backup: BackupSettings = Field(default_factory=BackupSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    desk: DeskSettings = Field(default_factory=DeskSettings)
+    assets: AssetSettings = Field(default_factory=AssetSettings)
     admin_password: SecretStr | None = None
     """PACS_ADMIN_PASSWORD: the password of the first administrator ("admin"), made at a start
     that finds no user."""
@@ -486,6 +513,10 @@ class Settings(BaseSettings):
     @property
     def storage_dir(self) -> Path:
         return self.archive.storage_dir or self.data_dir / "storage"
+
+    @property
+    def assets_dir(self) -> Path:
+        return self.assets.dir or self.data_dir / "assets"
 
     def peer(self, ae_title: str) -> Peer | None:
         for peer in self.peers:

@@ -27,6 +27,9 @@ dul.close_pause_race()
 
 PG_URL = os.environ.get("PACS_TEST_DATABASE_URL")
 DATA = Path(__file__).parent / "data"
+# The pinned third-party files (pacs.assets: the labels' CJK font), fetched once and kept across
+# runs: the `installed_assets` fixture installs them there.
+ASSETS_DIR = Path(os.environ.get("PACS_TEST_ASSETS_DIR") or Path.home() / ".cache" / "pacs" / "assets")
 
 
 def _pg_admin_url(url: str) -> str:
@@ -119,7 +122,17 @@ def settings(tmp_path: Path, database_url: str, mappings_dir: Path) -> Settings:
         # tests turn it on (front_process_settings), as `pacs serve` has it by default.
         mllp={"front_process": False},
         admin_password=ADMIN_PASSWORD,
+        assets={"dir": ASSETS_DIR},
     )
+
+
+@pytest.fixture(scope="session")
+def installed_assets() -> Path:
+    """``pacs assets install`` into :data:`ASSETS_DIR`, once (a no-op when they are there)."""
+    from pacs import assets
+
+    assets.install(ASSETS_DIR)
+    return ASSETS_DIR
 
 
 def front_process_settings(settings: Settings) -> Settings:
