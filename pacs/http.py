@@ -185,6 +185,8 @@ def create_app(services: Services) -> FastAPI:
     from pacs.integration.api import outbox_router
     from pacs.integration.api import router as messages_router
     from pacs.registry.api import router as orders_router
+    from pacs.registry.desk_api import desk as desk_api_router
+    from pacs.registry.desk_api import orders as desk_orders_router
 
     app = FastAPI(
         title="PACS",
@@ -236,6 +238,8 @@ def create_app(services: Services) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(messages_router)
     app.include_router(orders_router)
+    app.include_router(desk_api_router)  # the registration desk: rooms, slots, bookings, lists, labels
+    app.include_router(desk_orders_router)
     app.include_router(outbox_router)
     app.include_router(fhir_router)
     app.include_router(dicomweb_router)

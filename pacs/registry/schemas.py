@@ -23,6 +23,7 @@ class OrderAction(StrEnum):
     STATUS = "status"  # SC
     HOLD = "hold"  # HD, OH
     RELEASE = "release"  # RL, OE
+    NUMBER_ASSIGNED = "number_assigned"  # NA: the placer's number for a filler order (IHE RAD-3)
 
 
 class IdentifierIn(BaseModel):
@@ -87,6 +88,7 @@ class OrderIn(BaseModel):
     referring_physician: str | None = None
     requesting_physician: str | None = None
     department: str | None = None
+    requisition_number: str | None = None  # a paper requisition's number (desk booking)
     study_instance_uid: str | None = None
     status: str | None = None
     steps: list[StepIn] = Field(default_factory=list)

@@ -550,7 +550,7 @@ def _step_records(conn: Connection, order_id: int) -> list[Record]:
 ORDER_FIELDS = (
     "placer_number", "placer_authority", "filler_number", "accession_number", "requested_procedure_id",
     "procedure_code", "procedure_scheme", "procedure_text", "body_part", "reason", "priority",
-    "referring_physician", "requesting_physician", "department",
+    "referring_physician", "requesting_physician", "department", "requisition_number",
 )
 STEP_FIELDS = tuple(StepIn.model_fields)
 
@@ -579,6 +579,8 @@ def apply_order(session: Session, patient: Any, visit: Any, data: OrderIn,
         return _move(session, existing, OrderStatus.CANCELLED, ctx, note=f"order control {data.control}"), False
     if data.action == OrderAction.DISCONTINUE:
         return _move(session, existing, OrderStatus.DISCONTINUED, ctx, note=f"order control {data.control}"), False
+    if data.action == OrderAction.NUMBER_ASSIGNED:
+        return _number_assigned(session, existing, data, ctx), False
     if data.action == OrderAction.STATUS and data.status:
         return _move(session, existing, OrderStatus(data.status), ctx, note=f"order status {data.status}"), False
     return existing, False
@@ -694,3 +696,111 @@ def _write_steps(session: Session, order: Any, wanted: list[StepIn], current: li
         if current and wanted:
             step.status = StepStatus.CANCELLED
             _update(conn, STEP, step.id, {"status": step.status})
+
+
+def _number_assigned(session: Session, found: Record, data: OrderIn, ctx: Context) -> Record:
+    """NA (HL7 table 0119, number assigned): the HIS's placer order number for an order this
+    system filled and sent as SN (IHE RAD-3 filler order management); nothing else changes."""
+    if not data.placer_number:
+        raise RegistryError(Problem.UNKNOWN, "order.placer_number", "order control NA names no placer order number")
+    changes = {"placer_number": data.placer_number, "placer_authority": data.placer_authority or found.placer_authority}
+    changes = {name: value for name, value in changes.items() if getattr(found, name) != value}
+    if changes:
+        found.__dict__.update(changes)
+        found.updated_at = changes["updated_at"] = utcnow()
+        _update(session.connection(), ORDER, found.id, changes)
+    _event(session.connection(), found.id, found.status, found.status, ctx.by,
+           f"order control NA: placer number {data.placer_number} assigned")
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# Bookings at the registration desk (pacs.registry.desk_api)
+# --------------------------------------------------------------------------------------------
+
+FILLER_ORDER = "SN"  # HL7 table 0119: send order number, a new order from the filler (IHE RAD-3)
+BOOKABLE = (OrderStatus.SCHEDULED, OrderStatus.ARRIVED)
+
+
+def book_orders(session: Session, patient: Any, visit: Any, orders: list[OrderIn], ctx: Context) -> list[Record]:
+    """The orders of one registration at the desk, all created in the caller's unit of work.
+
+    The desk fills them: each is a filler order (ORC-1 SN, IHE RAD-3) whose filler order number
+    is its accession number, assigned as for any order that arrives without one. The caller
+    has checked the schedule (:func:`pacs.registry.scheduling.check`) first."""
+    conn = session.connection()
+    created = []
+    for data in orders:
+        order = _new_order(session, patient, visit, data.model_copy(update={"control": FILLER_ORDER}), ctx)
+        if not order.filler_number:
+            order.filler_number = order.accession_number
+            _update(conn, ORDER, order.id, {"filler_number": order.filler_number})
+        created.append(order)
+    return created
+
+
+def _bookable(session: Session, order_id: int, what: str) -> ImagingOrder:
+    order = session.get(ImagingOrder, order_id, populate_existing=True)
+    if order is None:
+        raise RegistryError(Problem.UNKNOWN, "order.id", f"order {order_id} does not exist")
+    if order.status not in BOOKABLE:
+        raise RegistryError(Problem.CONFLICT, "order.status",
+                            f"order {order.accession_number} is {order.status}; only a scheduled or arrived "
+                            f"order can be {what}")
+    return order
+
+
+def open_step(session: Session, order: ImagingOrder) -> ProcedureStep | None:
+    """The step a desk booking moves: the order's first one not yet performed or ended."""
+    return session.exec(select(ProcedureStep).where(
+        ProcedureStep.order == order.id,
+        col(ProcedureStep.status).in_([StepStatus.SCHEDULED, StepStatus.ARRIVED]))
+        .order_by(col(ProcedureStep.id)).execution_options(populate_existing=True)).first()
+
+
+def reschedule_order(session: Session, order_id: int, step: StepIn, ctx: Context) -> ImagingOrder:
+    """Move an order's open step to another room or time (the caller checked the schedule):
+    its station, location, start and duration become ``step``'s; an order event says from where."""
+    order = _bookable(session, order_id, "moved")
+    current = open_step(session, order)
+    if current is None:
+        raise RegistryError(Problem.CONFLICT, "order.steps",
+                            f"order {order.accession_number} has no step left to move")
+    before = f"{current.station_ae_title} {current.start:%Y-%m-%d %H:%M}" if current.start else current.station_ae_title
+    for attribute in STEP_FIELDS:
+        _set(current, attribute, getattr(step, attribute))
+    current.start_date = current.start.strftime("%Y%m%d") if current.start else ""
+    current.start_time = current.start.strftime("%H%M%S") if current.start else ""
+    session.add(current)
+    order.updated_at = utcnow()
+    session.add(order)
+    after = f"{current.station_ae_title} {current.start:%Y-%m-%d %H:%M}" if current.start else current.station_ae_title
+    session.add(OrderEvent(order=order.id, step=current.id, from_status=order.status, to_status=order.status,
+                           by=ctx.by, note=f"moved from {before} to {after}"))
+    session.flush()
+    return order
+
+
+CONFIRMED = "booking confirmed"  # the note of the order event a confirmation writes
+
+
+def confirm_order(session: Session, order_id: int, ctx: Context, note: str = "") -> ImagingOrder:
+    """The patient agreed to the booked time: an order event records it (the status stays)."""
+    order = _bookable(session, order_id, "confirmed")
+    session.add(OrderEvent(order=order.id, from_status=order.status, to_status=order.status, by=ctx.by,
+                           note=f"{CONFIRMED}: {note}" if note else CONFIRMED))
+    session.flush()
+    return order
+
+
+def cancel_order(session: Session, order_id: int, reason: str, ctx: Context) -> ImagingOrder:
+    """Cancel an order at the desk, through the lifecycle (which tells the HIS, ``ctx.notify``);
+    the reason is the order event's note, and what the HIS is told (ORC-16)."""
+    if not reason.strip():
+        raise RegistryError(Problem.CONFLICT, "reason", "a cancellation needs a reason")
+    order = session.get(ImagingOrder, order_id)
+    if order is None:
+        raise RegistryError(Problem.UNKNOWN, "order.id", f"order {order_id} does not exist")
+    if order.status in lifecycle.ENDED:
+        raise RegistryError(Problem.CONFLICT, "order.status", f"order {order.accession_number} is {order.status} already")
+    return _move(session, Record(id=order_id), OrderStatus.CANCELLED, ctx, note=reason.strip())
