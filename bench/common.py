@@ -190,3 +190,25 @@ def basic(username: str, password: str) -> dict[str, str]:
     import base64
 
     return {"Authorization": "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")}
+
+
+def session_login(base_url: str, username: str, password: str) -> tuple[str, str]:
+    """Log in through the form as a browser does: the session cookie's header value and the
+    session's CSRF token (for requests that change something, in ``X-CSRF-Token``)."""
+    import re
+
+    import httpx
+
+    with httpx.Client(base_url=base_url, timeout=TOKEN_SECONDS) as browser:
+        form = browser.get("/login")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+        if token is None:
+            raise RuntimeError(f"no login form at {base_url}/login ({form.status_code})")
+        done = browser.post("/login", data={"username": username, "password": password, "next": "/",
+                                            "csrf_token": token.group(1)})
+        home = browser.get("/")  # (the login answers 303 to it)
+        csrf = re.search(r'<meta name="csrf-token" content="([^"]+)"', home.text)
+        session = browser.cookies.get("pacs_session")
+        if session is None or csrf is None:
+            raise RuntimeError(f"the login as {username} failed ({done.status_code}): {done.text[:300]}")
+        return f"pacs_session={session}", csrf.group(1)

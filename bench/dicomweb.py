@@ -55,6 +55,10 @@ Run from the project root::
     .venv/bin/python bench/dicomweb.py --orthanc-studies 10000   # + Orthanc QIDO at 10,000 studies
     .venv/bin/python bench/dicomweb.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
 
+Our server asks every HTTP request who it comes from: it starts with ``PACS_ADMIN_PASSWORD`` and
+the benchmark's clients send a bearer token made with ``pacs tokens create`` (``--credentials
+basic``: the administrator's HTTP Basic; ``session``: a session cookie from the login form).
+
 ``--database-url`` names a PostgreSQL server to connect to as an administrator; the benchmark
 creates a database of its own there and drops it at the end. Every server and storescu process
 runs with ``TCP_NODELAY=1``. The exit status is 1 when an instance did not arrive, a retrieved
@@ -90,7 +94,18 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ingest  # noqa: E402  (bench/ingest.py: corpus generator, server helpers, facts)
-from common import DOCTORS, GIVEN_NAMES, SURNAMES  # noqa: E402  (bench/common.py)
+from common import (  # noqa: E402  (bench/common.py)
+    ADMIN_PASSWORD,
+    ADMIN_USER,
+    DOCTORS,
+    GIVEN_NAMES,
+    SURNAMES,
+    admin_env,
+    basic,
+    bearer,
+    create_token,
+    session_login,
+)
 
 ROOT = ingest.ROOT
 CORPUS_VERSION = 2  # bump when the generated files change
@@ -102,6 +117,8 @@ WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 JSON_ACCEPT = "application/dicom+json"
 PAGE = 100  # limit= of every QIDO request
 WARMUP_QUERIES = 10
+CREDENTIALS = ("token", "basic", "session")  # what our HTTP clients may send (--credentials)
+SESSION_IDLE_MINUTES = 720  # our server's, so that a session outlives a long run between requests
 UID_ROOT = "1.2.826.0.1.3680043.10.1139"  # an example root for generated rows
 
 GOAL_QIDO_P50_MS = 20.0  # at 100,000 studies
@@ -205,6 +222,8 @@ class Ours:
     ae_title: str = OUR_AE
     command_line: list[str] = field(default_factory=list)
     changes: str | None = None  # what-if changes applied at start by VARIANT_BOOTSTRAP (None: plain pacs serve)
+    credentials: str = "token"  # what our HTTP clients send: "token", "basic" or "session"
+    auth: dict[str, str] = field(default_factory=dict)  # the headers that carry them
 
     @property
     def log(self) -> Path:
@@ -241,6 +260,8 @@ class Ours:
             self.command_line = [sys.executable, "-c", "<what-if bootstrap>", self.changes or "none", *serve]
         env = ingest.nodelay_env()
         env["PACS_LOG_LEVEL"] = "WARNING"
+        env.update(admin_env())
+        env["PACS_AUTH__SESSION_IDLE_MINUTES"] = str(SESSION_IDLE_MINUTES)
         if self.database_url:
             env["PACS_DATABASE_URL"] = self.database_url
         with self.log.open("ab") as log:
@@ -255,6 +276,18 @@ class Ours:
             time.sleep(0.05)
         ingest.wait_for_port(self.http_port, self.process, self.log, 10)
         ingest.wait_for_port(self.dicom_port, self.process, self.log, 10)
+        if not self.auth:  # (kept across restarts: the token, the user and the session key are in the data)
+            self.auth = self.credential_headers()
+
+    def credential_headers(self) -> dict[str, str]:
+        """pacs serve asks every HTTP request who it comes from: a token made with ``pacs tokens
+        create`` (what a platform sends), the administrator's HTTP Basic, or a browser's session."""
+        if self.credentials == "basic":
+            return basic(ADMIN_USER, ADMIN_PASSWORD)
+        if self.credentials == "session":
+            cookie, _ = session_login(f"http://127.0.0.1:{self.http_port}", ADMIN_USER, ADMIN_PASSWORD)
+            return {"Cookie": cookie}
+        return bearer(create_token(self.data_dir, self.database_url, ["studies.read"], cwd=ROOT))
 
     def count(self) -> int:
         return int(ingest.sql(self.url, "SELECT count(*) FROM instance")[0][0])
@@ -280,6 +313,7 @@ class Orthanc:
     name: str = "orthanc"
     ae_title: str = ORTHANC_AE
     config: dict[str, Any] = field(default_factory=dict)
+    auth: dict[str, str] = field(default_factory=dict)  # none: its authentication is off
 
     @property
     def log(self) -> Path:
@@ -370,10 +404,11 @@ class Transfer:
         return self.bytes / 1e6 / self.seconds if self.seconds else 0.0
 
 
-def client(timeout: float = 300) -> Any:
+def client(timeout: float = 300, auth: dict[str, str] | None = None) -> Any:
+    """An HTTP client sending a server's credentials (``auth``)."""
     import httpx
 
-    return httpx.Client(timeout=timeout, headers={"Accept-Encoding": "identity"})
+    return httpx.Client(timeout=timeout, headers={"Accept-Encoding": "identity", **(auth or {})})
 
 
 def retrieve(http: Any, target: Any, url: str, accept: str, sink: Any = None) -> Transfer:
@@ -458,7 +493,7 @@ def run_wado(targets: list[Any], corpus: Corpus, repeat: int, scratch: Path) -> 
     retrieves: dict[str, list[Transfer]] = defaultdict(list)
     metadata: dict[str, list[Transfer]] = defaultdict(list)
     problems: list[str] = []
-    clients = {t.name: client() for t in targets}
+    clients = {t.name: client(auth=t.auth) for t in targets}
     try:
         for target in targets:  # the check requests: not timed, every part compared with the files
             http = clients[target.name]
@@ -952,7 +987,7 @@ def print_qido(t: Timing, strict: bool = True) -> None:
 def run_qido(target: Any, kinds: list[Kind], facts: Facts, queries: int, seed: int, label: str,
              strict: bool = True) -> list[Timing]:
     out = []
-    with client(60) as http:
+    with client(60, target.auth) as http:
         for number, kind in enumerate(kinds):
             timing = qido_kind(http, target, kind, facts, queries, seed + number, label, strict)
             print_qido(timing, strict)
@@ -1249,7 +1284,7 @@ def profile_server(ours: Any, corpus: Corpus, kinds: list[Kind], facts: Facts, s
     study = corpus.big
     print(f"\nwhere our server's time goes (py-spy --gil, 250 Hz: the thread holding the GIL, i.e. Python work; "
           f"{label}; sampling slows the server, compare shares):")
-    with client() as http:
+    with client(auth=ours.auth) as http:
         path = scratch / "spy-wado.txt"
         with Spy(ours.pid, path) as spy:
             for _ in range(3):
@@ -1354,7 +1389,7 @@ def run_variants(ours: Ours, corpus: Corpus, kinds: list[Kind], facts: Facts, re
         stop(ours)
         ours.changes = changes
         start(ours)
-        with client() as http:
+        with client(auth=ours.auth) as http:
             for _ in range(2):  # warm
                 retrieve(http, ours, f"{ours.base}/studies/{study['uid']}", WADO_ACCEPT)
                 retrieve(http, ours, f"{ours.base}/studies/{study['uid']}/metadata", JSON_ACCEPT)
@@ -1400,6 +1435,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a folder from 'pip install --target DIR httptools': adds the httptools variant")
     parser.add_argument("--top", type=int, default=12, help="functions listed per profile (12)")
     parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--credentials", choices=CREDENTIALS, default=CREDENTIALS[0],
+                        help="what our HTTP clients send: a bearer token (pacs tokens create; default), the "
+                             "administrator's HTTP Basic, or a session cookie from the login form")
     parser.add_argument("--database-url", help="PostgreSQL admin URL; a scratch database is created and dropped")
     parser.add_argument("--cache", type=Path, help="corpus cache folder (default <temp>/pacs-bench-dicomweb)")
     parser.add_argument("--tmp", type=Path, help="scratch parent folder (default the system temp folder)")
@@ -1452,7 +1490,7 @@ def main(argv: list[str] | None = None) -> int:
             target.stop()
             running.remove(target)
 
-        ours = start(Ours(scratch / "ours", databases.new("dw")))
+        ours = start(Ours(scratch / "ours", databases.new("dw"), credentials=args.credentials))
         targets: list[Any] = [ours]
         if not args.no_orthanc:
             orthanc = start(Orthanc(scratch / "orthanc"))
@@ -1480,7 +1518,7 @@ def main(argv: list[str] | None = None) -> int:
         # Whether a Chinese-name study goes out as stored (not corrected/re-encoded) on our side
         chinese_study = next((s for s in corpus.small if "=" in s["name"]), None)
         if chinese_study is not None:
-            with client() as http:
+            with client(auth=ours.auth) as http:
                 body_path = scratch / "ours-small.body"
                 with body_path.open("wb") as sink:
                     checked = retrieve(http, ours, f"{ours.base}/studies/{chinese_study['uid']}", WADO_ACCEPT, sink)

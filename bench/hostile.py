@@ -17,8 +17,9 @@ dozen of (``tests/archive/test_hostile_dicom.py``, ``tests/integration/test_hl7_
 
 Every answer must be one the service defines (a DIMSE status of its service, an ACK with MSA-1
 AA, AE or AR) on a connection that goes on serving; every object answered Success must be
-indexed, found by QIDO-RS and retrieved by WADO-RS; every message answered AA or AE must be in
-the message store. Then the server's log is read for tracebacks and the DICOM port is asked for
+indexed, found by QIDO-RS and retrieved by WADO-RS (with a bearer token of ``studies.read``
+from ``pacs tokens create``: the server asks every HTTP request who it comes from); every
+message answered AA or AE must be in the message store. Then the server's log is read for tracebacks and the DICOM port is asked for
 a C-ECHO. The exit status is 1 when anything of that was found.
 
 Run from the project root::
@@ -51,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import httpx
-from common import cpu_model, git_state, load_average
+from common import admin_env, bearer, cpu_model, create_token, git_state, load_average
 from hostile_http import log_findings
 from pydicom import config
 from pydicom.dataset import Dataset
@@ -114,7 +115,7 @@ def associations(port: int, contexts: list[str], inputs: int, handlers: list | N
             assoc.release()
 
 
-def run_store(server: ServeProcess, rng: random.Random, inputs: int, work: Path) -> Tally:
+def run_store(server: ServeProcess, rng: random.Random, inputs: int, work: Path, auth: dict[str, str]) -> Tally:
     tally = Tally()
     accepted: dict[str, bytes] = {}
     number = 0
@@ -133,7 +134,7 @@ def run_store(server: ServeProcess, rng: random.Random, inputs: int, work: Path)
             for path in work.glob("*.dcm"):
                 path.unlink()
     tally.acknowledged = len(accepted)
-    with httpx.Client(base_url=f"http://127.0.0.1:{server.http_port}/dicomweb", timeout=60) as http:
+    with httpx.Client(base_url=f"http://127.0.0.1:{server.http_port}/dicomweb", timeout=60, headers=auth) as http:
         for uid, sent in accepted.items():
             found = http.get("/instances", params={"SOPInstanceUID": uid})
             if found.status_code != 200 or len(found.json()) != 1:
@@ -285,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         url = f"sqlite:///{data_dir / 'pacs.db'}"
     reader_url = url.replace("postgresql://", "postgresql+psycopg://")
-    server = ServeProcess(data_dir, url, TCP_NODELAY="1")
+    server = ServeProcess(data_dir, url, TCP_NODELAY="1", **admin_env())
     ok = True
     try:
         print(f"machine: {os.cpu_count()} CPUs ({cpu_model()}), {platform.system()} {platform.release()}, "
@@ -294,12 +295,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"database: {'PostgreSQL, a scratch database' if admin else 'SQLite in the data folder'}; "
               f"{args.inputs:,} inputs of each kind, seed {args.seed!r}")
         server.start()
+        reader = bearer(create_token(data_dir, url, ["studies.read"]))  # QIDO-RS and WADO-RS of what was stored
         rows = []
         for kind in kinds:
             rng = random.Random(f"{args.seed}-{kind}")
             started = time.perf_counter()
             if kind == "store":
-                tally = run_store(server, rng, args.inputs, work)
+                tally = run_store(server, rng, args.inputs, work, reader)
             elif kind == "find":
                 tally = run_queries(server, rng, args.inputs, [StudyRootQueryRetrieveInformationModelFind,
                                                                PatientRootQueryRetrieveInformationModelFind],
