@@ -275,6 +275,9 @@ def _mappings(args: argparse.Namespace) -> int:
     root = args.dir or settings.mappings_dir
     loaded, problems = mapping.load(root)
     if args.action == "check":
+        from pacs.web.scanners import load_scanners
+
+        problems = [*problems, *load_scanners(root)[1]]  # the desk's card readers and scanners
         for problem in problems:
             print(problem)
         if problems:

@@ -177,7 +177,9 @@ def create_app(services: Services) -> FastAPI:
     from pacs.audit.api import router as audit_router
     from pacs.auth.access import Gate, SessionCookies
     from pacs.auth.pages import STATIC
+    from pacs.auth.pages import PageDenied, PageRedirect, page_denied, page_redirect
     from pacs.auth.pages import router as pages_router
+    from pacs.web.desk import router as desk_router
     from pacs.auth.sessions import Sessions, load_or_create_key
     from pacs.audit.http import AuditMiddleware
     from pacs.fhir_server.api import error_response as fhir_error
@@ -231,6 +233,9 @@ def create_app(services: Services) -> FastAPI:
                           sessions=Sessions(key, idle_seconds=services.settings.auth.session_idle_minutes * 60,
                                             max_seconds=services.settings.auth.session_max_hours * 3600))
     app.include_router(pages_router)
+    app.include_router(desk_router)
+    app.add_exception_handler(PageRedirect, page_redirect)
+    app.add_exception_handler(PageDenied, page_denied)
     if oidc is not None:
         from pacs.auth.pages import sso_router
 

@@ -43,7 +43,9 @@ LOGIN_CSRF_SECONDS = 3600
 LANGUAGE_COOKIE_SECONDS = 365 * 24 * 3600
 
 # The pages a person may open, by the permission each needs (added as each page is built).
-PAGES: list[tuple[str, str, Permission]] = []
+PAGES: list[tuple[str, str, Permission]] = [
+    ("/desk", "desk.title", Permission.ORDERS_CHECKIN),
+]
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 sso_router = APIRouter(tags=["pages"], include_in_schema=False)  # mounted where [auth.oidc] is set
@@ -166,6 +168,50 @@ def home(request: Request) -> Response:
     pages = [{"href": href, "label": label} for href, label, permission in PAGES if principal.may(permission)]
     roles = "、".join(t(f"role.{role}") for role in principal.roles) or "—"
     return render(request, "home.html", principal=principal, pages=pages, roles=roles)
+
+
+class PageRedirect(Exception):
+    """A page asked for by someone not logged in: the answer is the login form."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__("log in first")
+        self.response = response
+
+
+class PageDenied(Exception):
+    """A page asked for by someone whose roles don't open it."""
+
+    def __init__(self, principal: Principal, permission: Permission) -> None:
+        super().__init__(f"{principal.name} may not open this page ({permission.value})")
+        self.principal = principal
+        self.permission = permission
+
+
+def require_page(permission: Permission):  # type: ignore[no-untyped-def]
+    """The dependency of a page: its user, the login form for someone not logged in (and back
+    here afterwards), a page saying so for someone whose roles don't open it (403)."""
+
+    def dependency(request: Request) -> Principal:
+        try:
+            principal = gate_of(request).principal(request)
+        except HTTPException:
+            raise PageRedirect(login_redirect(request)) from None
+        if not principal.may(permission):
+            raise PageDenied(principal, permission)
+        return principal
+
+    dependency.permission = permission  # type: ignore[attr-defined]  (read by the test that walks the routes)
+    return dependency
+
+
+async def page_redirect(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PageRedirect)
+    return exc.response
+
+
+async def page_denied(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PageDenied)
+    return render(request, "denied.html", status=HTTPStatus.FORBIDDEN, principal=exc.principal)
 
 
 def login_redirect(request: Request) -> RedirectResponse:
