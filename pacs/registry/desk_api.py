@@ -265,9 +265,12 @@ def hospital_now(zone: tzinfo | None) -> datetime:
 def wall_clock(moment: datetime, zone: tzinfo | None) -> datetime:
     """A time the client sent, as the hospital's wall-clock time (naive): one with an offset is
     converted to the hospital's zone, one without is taken as the hospital's already."""
-    if moment.tzinfo is None:
-        return moment.replace(second=0, microsecond=0)
-    local = moment.astimezone(zone) if zone else moment.astimezone()
+    try:
+        if moment.tzinfo is None:
+            return moment.replace(second=0, microsecond=0)
+        local = moment.astimezone(zone) if zone else moment.astimezone()
+    except (OverflowError, ValueError):  # year 1 or 9999 moved across an offset
+        raise HTTPException(400, f"{moment.isoformat()} is no time the desk books") from None
     return local.replace(tzinfo=None, second=0, microsecond=0)
 
 
@@ -305,7 +308,8 @@ def _his(services: Any) -> HISNotifier | None:
 
 def _refused(refusals: list[scheduling.Refusal]) -> HTTPException:
     """400 for a request that can never be booked (past, unknown), else 409; every reason listed."""
-    bad_request = any(r.problem in (scheduling.Refused.PAST, scheduling.Refused.UNKNOWN) for r in refusals)
+    bad_request = any(r.problem in (scheduling.Refused.PAST, scheduling.Refused.FAR, scheduling.Refused.UNKNOWN)
+                      for r in refusals)
     return HTTPException(HTTPStatus.BAD_REQUEST if bad_request else HTTPStatus.CONFLICT, {
         "problem": refusals[0].problem.value,
         "message": "; ".join(r.message for r in refusals),
@@ -719,7 +723,10 @@ def label(order_id: RowId, request: Request, session: SessionDep, services: Serv
     language = lang or principal.language or settings.auth.default_language
     make = labels.label_pdf if kind == "label" else labels.slip_pdf
     size = settings.desk.label_mm if kind == "label" else settings.desk.slip_mm
-    pdf = make(data, font=font, size_mm=size, language=language)
+    try:
+        pdf = make(data, font=font, size_mm=size, language=language)
+    except labels.NotEncodable as exc:
+        raise HTTPException(409, str(exc)) from None
     _audit(request, None, services, principal, codes.ORDER_RECORD, Action.READ,
            description=f"{kind} printed for {row.accession_number}", patients=[row.patient_id],
            target=row.accession_number, details={"order": order_id, "kind": kind})

@@ -51,6 +51,10 @@ TEXT = {
 LANGUAGES = tuple(TEXT)
 
 
+class NotEncodable(ValueError):
+    """A value Code 128 cannot carry (it encodes ASCII only, ISO/IEC 15417 4.1)."""
+
+
 class FontMissing(Exception):
     """The CJK font is not installed; the message says how to install it."""
 
@@ -142,6 +146,8 @@ def _tokens(text: str) -> list[str]:
 def _barcode(value: str, width: float, height: float) -> Code128:
     """A Code 128 symbol (ISO/IEC 15417) of ``value`` no wider than ``width`` points, quiet
     zones included, with the widest bars up to :data:`MODULE_MM`."""
+    if not value or not value.isascii() or not value.isprintable():
+        raise NotEncodable(f"accession number {value!r} cannot be a Code 128 barcode: it encodes printable ASCII only")
     module = MODULE_MM * mm
     probe = Code128(value, barWidth=1, barHeight=height, quiet=0, humanReadable=0)
     modules = probe.width + 2 * QUIET_ZONE_MODULES

@@ -9,7 +9,8 @@ orders hold nothing.
 
 A booking (:func:`check`) is refused, with a reason, when:
 
-- ``past``: it starts before now (the hospital's wall clock);
+- ``past``: it starts before now (the hospital's wall clock); ``far``: more than
+  :data:`HORIZON_DAYS` ahead;
 - ``closed``: the room is closed then (outside its hours, in a break, on a closure);
 - ``clash``: the same patient is already booked at an overlapping time, in any room;
 - ``full``: the room already holds ``capacity`` exams at some moment of it.
@@ -35,15 +36,17 @@ from pacs.registry.rooms import Room, Rooms
 ENDED_ORDERS = (OrderStatus.CANCELLED.value, OrderStatus.DISCONTINUED.value)
 ENDED_STEPS = (StepStatus.CANCELLED.value, StepStatus.DISCONTINUED.value)
 DEFAULT_MINUTES = 15  # an exam in a room rooms.yaml does not list, with no duration of its own
+HORIZON_DAYS = 731  # how far ahead the desk books: two years
 # Desk bookings take this transaction-scoped lock on PostgreSQL (SQLite has one writer at a time
 # already): what one desk checks stays true until it has written. "PACSDESK" in ASCII.
 BOOKING_LOCK = 0x5041435344455344
 
 
 class Refused(StrEnum):
-    """Why a booking is refused (the desk's API answers 409 with it, 400 for the first two)."""
+    """Why a booking is refused (the desk's API answers 409 with it, 400 for the first three)."""
 
     PAST = "past"
+    FAR = "far"  # beyond HORIZON_DAYS
     UNKNOWN = "unknown"  # room or procedure not known, or the procedure is not done in the room
     CLOSED = "closed"
     CLASH = "clash"
@@ -194,6 +197,10 @@ def check(session: Session, rooms: Rooms, wanted: Sequence[Wanted], now: datetim
         if w.start < now:
             refusals.append(Refusal(Refused.PAST, f"{name}: {_when(w.start)} has passed (now {_when(now)})", index))
             continue
+        if w.start > now + timedelta(days=HORIZON_DAYS):
+            refusals.append(Refusal(Refused.FAR, f"{name}: {_when(w.start)} is more than {HORIZON_DAYS} days ahead",
+                                    index))
+            continue
         closure = w.room.closure_at(w.start, w.end)
         if closure is not None:
             refusals.append(Refusal(Refused.CLOSED, f"{name}: room {w.room.room} is closed "
@@ -206,7 +213,7 @@ def check(session: Session, rooms: Rooms, wanted: Sequence[Wanted], now: datetim
                                                     f"{w.room.room}'s hours that day "
                                                     f"({w.room.opening_hours_text(w.start.date())})", index))
             continue
-        earlier = wanted[:index]
+        earlier = [o for o in wanted[:index] if now <= o.start <= now + timedelta(days=HORIZON_DAYS)]
         same_patient = [h for h in booked if h.patient == w.patient and h.start < w.end and w.start < h.end]
         same_patient_here = [(i, o) for i, o in enumerate(earlier) if o.patient == w.patient
                              and o.start < w.end and w.start < o.end]
@@ -220,7 +227,7 @@ def check(session: Session, rooms: Rooms, wanted: Sequence[Wanted], now: datetim
             continue
         if same_patient_here:
             i, other_w = same_patient_here[0]
-            refusals.append(Refusal(Refused.CLASH, f"{name} overlaps {other_w.label or f'exam {i + 1}'} of this "
+            refusals.append(Refusal(Refused.CLASH, f"{name} overlaps {other_w.label or 'an exam'} of this "
                                                    f"registration ({_when(other_w.start)}-{other_w.end:%H:%M})", index))
             continue
         in_room = [(h.start, h.end) for h in booked if h.station_ae_title == w.room.station_ae_title]

@@ -159,6 +159,10 @@ def test_full_slot_clash_past_and_unknown_are_refused_before_anything_is_saved(d
     past = book(desk, {"patient_id": "P20002", "exams": [exam("CT0001", "CT2", at(day - timedelta(days=2), 9))]})
     assert past.status_code == 400 and past.json()["detail"]["problem"] == "past"
 
+    for far in (at(day + timedelta(days=800), 9), "9999-12-31T23:59:00", "9999-12-31T23:59:00-12:00"):
+        answer = book(desk, {"patient_id": "P20002", "exams": [exam("CT0001", "CT2", far)]})
+        assert answer.status_code == 400, (far, answer.text)
+
     unknown = book(desk, {"patient_id": "P20002", "exams": [exam("XX9999", "CT2", at(day, 10))]})
     assert unknown.status_code == 400 and "procedures.csv" in unknown.json()["detail"]["message"]
     wrong_room = book(desk, {"patient_id": "P20002", "exams": [exam("MR0001", "CT2", at(day, 10))]})
