@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 REGISTRY = "https://registry.npmjs.org"
 INTEGRITY_ALGORITHM = "sha512"  # what npm's dist.integrity uses (W3C SRI)
@@ -164,11 +164,11 @@ class _Lock:
         root.mkdir(parents=True, exist_ok=True)
         self.handle = open(root / ".lock", "w")  # noqa: SIM115 - closed in __exit__
 
-    def __enter__(self) -> _Lock:
+    def __enter__(self) -> Self:
         fcntl.flock(self.handle, fcntl.LOCK_EX)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         fcntl.flock(self.handle, fcntl.LOCK_UN)
         self.handle.close()
 

@@ -215,8 +215,7 @@ def check(session: Session, rooms: Rooms, wanted: Sequence[Wanted], now: datetim
             continue
         earlier = [o for o in wanted[:index] if now <= o.start <= now + timedelta(days=HORIZON_DAYS)]
         same_patient = [h for h in booked if h.patient == w.patient and h.start < w.end and w.start < h.end]
-        same_patient_here = [(i, o) for i, o in enumerate(earlier) if o.patient == w.patient
-                             and o.start < w.end and w.start < o.end]
+        same_patient_here = [o for o in earlier if o.patient == w.patient and o.start < w.end and w.start < o.end]
         if same_patient:
             other = same_patient[0]
             where = rooms.by_station(other.station_ae_title)
@@ -226,7 +225,7 @@ def check(session: Session, rooms: Rooms, wanted: Sequence[Wanted], now: datetim
                                                    f"(accession {other.accession_number})", index))
             continue
         if same_patient_here:
-            i, other_w = same_patient_here[0]
+            other_w = same_patient_here[0]
             refusals.append(Refusal(Refused.CLASH, f"{name} overlaps {other_w.label or 'an exam'} of this "
                                                    f"registration ({_when(other_w.start)}-{other_w.end:%H:%M})", index))
             continue

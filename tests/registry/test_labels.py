@@ -35,7 +35,8 @@ def render(pdf: Path, dpi: int = 300) -> Path:
 
 
 def barcodes(png: Path) -> list[str]:
-    done = subprocess.run([tool("zbarimg"), "-q", "--raw", str(png)], capture_output=True, text=True)
+    done = subprocess.run([tool("zbarimg"), "-q", "--raw", str(png)], capture_output=True, text=True,
+                          check=False)  # exit 4: no symbol found, which the caller's assertion says
     return done.stdout.split()
 
 
