@@ -50,8 +50,10 @@ __all__ = [
     "PersonName",
     "UUmlautStyle",
     "check_name_tables",
+    "has_han",
     "load_overrides",
     "person_name",
+    "split_syllables",
 ]
 
 UUmlautStyle = Literal["yu", "v"]
@@ -683,3 +685,53 @@ def _is_syllables(reading: str, count: int) -> bool:
         )
 
     return splits(0, count)
+
+
+MAX_SYLLABLE_LETTERS = 6  # ZHUANG, SHUANG: the longest Mandarin syllables
+
+
+def has_han(text: str) -> bool:
+    """Whether ``text`` holds a Han ideograph (those of the names this module reads).
+
+    >>> has_han("张san"), has_han("zhang")
+    (True, False)
+    """
+    return _HAN.search(text) is not None
+
+
+def split_syllables(reading: str, count: int) -> list[str] | None:
+    """``reading`` (upper case, no spaces: a PN component such as ``OUYANG`` or ``TIANFANG``)
+    cut into exactly ``count`` Mandarin syllables, or None when it cannot be (a Cantonese
+    romanisation, a typo). ü may be written V or YU (LV, LYU). Where two cuts fit (XIANGE: XIAN
+    GE or XIANG E), the one with the longer first syllables wins.
+
+    >>> split_syllables("OUYANG", 2)
+    ['OU', 'YANG']
+    >>> split_syllables("LYUXIAOMING", 3)
+    ['LYU', 'XIAO', 'MING']
+    """
+    found = _split_syllables(reading, count)
+    return list(found) if found is not None else None
+
+
+@lru_cache(maxsize=65536)
+def _split_syllables(reading: str, count: int) -> tuple[str, ...] | None:
+    syllables = _mandarin_syllables()
+
+    def known(syllable: str) -> bool:
+        return syllable in syllables or syllable.replace("YU", "V") in syllables and syllable[0] in "LN"
+
+    @lru_cache(maxsize=None)
+    def cut(start: int, left: int) -> tuple[str, ...] | None:
+        if start == len(reading):
+            return () if left == 0 else None
+        if left == 0:
+            return None
+        for end in range(min(len(reading), start + MAX_SYLLABLE_LETTERS), start, -1):
+            if known(reading[start:end]):
+                rest = cut(end, left - 1)
+                if rest is not None:
+                    return (reading[start:end], *rest)
+        return None
+
+    return cut(0, count) if count > 0 and reading else None

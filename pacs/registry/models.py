@@ -9,7 +9,17 @@ from __future__ import annotations
 from datetime import date, datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, Column, DateTime, ForeignKey, Index, Integer, UniqueConstraint, text
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+    text,
+)
 from sqlmodel import Field, SQLModel
 
 from pacs.db import UTCDateTime, utcnow
@@ -55,6 +65,12 @@ class StepStatus(StrEnum):
     CANCELLED = "CANCELLED"
 
 
+# A search key of the desk's patient search (pacs.registry.search): compared byte by byte on
+# every database (PostgreSQL's "C" collation; SQLite's BINARY is the default), so that a prefix
+# is a range of the key's index whatever the database's locale.
+SEARCH_KEY = String().with_variant(String(collation="C"), "postgresql")
+
+
 class Patient(SQLModel, table=True):
     """A person the department images. A merged patient keeps its row and points onward."""
 
@@ -75,12 +91,17 @@ class Patient(SQLModel, table=True):
     birth_date: date | None = None  # (0010,0030) DA
     address: str = ""  # PID-11
     phone: str = ""  # PID-13
-    national_id: str = ""  # PID-19 or an NI identifier (resident ID card number)
+    national_id: str = Field(default="", index=True)  # PID-19 or an NI identifier (resident ID card number)
     merged_into: int | None = Field(
         default=None, sa_column=Column(Integer, ForeignKey("patient.id"), index=True)
     )
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # Search keys, kept in step with the name and phone by the registry service (migration 0011):
+    search_name: str = Field(default="", sa_type=SEARCH_KEY, index=True)  # 张三: the Han name, no separators
+    search_pinyin: str = Field(default="", sa_type=SEARCH_KEY, index=True)  # ZHANGSAN; ü as U (LV, LYU: LU)
+    search_initials: str = Field(default="", sa_type=SEARCH_KEY, index=True)  # ZS: a letter per syllable
+    search_phone: str = Field(default="", sa_type=SEARCH_KEY, index=True)  # PID-13 digits: 13800138000
 
 
 class PatientIdentifier(SQLModel, table=True):
@@ -219,3 +240,13 @@ class OrderEvent(SQLModel, table=True):
     at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     by: str = ""  # "hl7:HIS/HOSP#MSG0001", "fhir:ServiceRequest", "mpps:CT1", "user:alice"
     note: str = ""
+
+
+class RegistrySequence(SQLModel, table=True):
+    """A counter the registry hands numbers out of, one per name (``walk_in:20261207``): the
+    same number never twice, whichever process asks (:func:`pacs.registry.service.next_number`)."""
+
+    __tablename__ = "registry_sequence"
+
+    name: str = Field(primary_key=True)
+    value: int = 0

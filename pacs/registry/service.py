@@ -28,7 +28,7 @@ from sqlmodel import Session, SQLModel, col, select
 
 from pacs.db import Prepared, utcnow
 from pacs.integration.names import NameRules, person_name
-from pacs.registry import lifecycle
+from pacs.registry import lifecycle, search
 from pacs.registry.models import (
     ImagingOrder,
     OrderEvent,
@@ -36,6 +36,7 @@ from pacs.registry.models import (
     Patient,
     PatientIdentifier,
     ProcedureStep,
+    RegistrySequence,
     StepStatus,
     Visit,
     VisitStatus,
@@ -305,6 +306,7 @@ def upsert_patient(session: Session, data: PatientIn, ctx: Context) -> tuple[Rec
             if identifier.type_code == "NI" and not patient.national_id:
                 patient.national_id = identifier.value
     _apply_name(patient, data, ctx.names)
+    search.fill_keys(patient)
     if created:
         patient.created_at = patient.updated_at = utcnow()
         _insert(conn, PATIENT, patient)
@@ -315,6 +317,43 @@ def upsert_patient(session: Session, data: PatientIn, ctx: Context) -> tuple[Rec
             _update(conn, PATIENT, patient.id, changes)
     _add_identifiers(session, patient, data.identifiers, known)
     return patient, created
+
+
+def create_patient(session: Session, data: PatientIn, ctx: Context) -> Record:
+    """A patient registered here rather than sent by the HIS (a walk-in at the desk): refused when
+    one of its identifiers or its national ID already belongs to a patient, whom the error names."""
+    conn = session.connection()
+    values = sorted({i.value for i in data.identifiers})
+    known = _identifiers_with_patients(len(values)).rows(conn, {f"value_{i}": v for i, v in enumerate(values)}) \
+        if values else []
+    if known:  # by value alone: a card typed at the desk names no assigning authority
+        taken = _root_record(conn, Record(**{k: v for k, v in known[0].items() if not k.startswith("identifier_")}))
+        raise RegistryError(Problem.DUPLICATE, "patient.identifiers",
+                            f"identifier {known[0]['identifier_value']} belongs to patient {taken.patient_id}")
+    if data.national_id:
+        holder = session.exec(select(Patient).where(Patient.national_id == data.national_id)).first()
+        if holder is not None:
+            holder = _root(session, holder)
+            name = holder.name_ideographic.replace("^", "") or holder.name_alphabetic.replace("^", " ")
+            raise RegistryError(Problem.DUPLICATE, "patient.national_id",
+                                f"national ID {data.national_id} belongs to patient {holder.patient_id} ({name})")
+    patient, _ = upsert_patient(session, data, ctx)
+    return patient
+
+
+def next_number(session: Session, name: str) -> int:
+    """The next number of the counter ``name`` (1 the first time): one transaction's row lock,
+    so two processes never get the same number (an upsert with RETURNING on either database)."""
+    table = _table(RegistrySequence)
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as upsert  # type: ignore[assignment]
+    statement = upsert(table).values(name=name, value=1)
+    statement = statement.on_conflict_do_update(index_elements=[table.c.name],
+                                                set_={"value": table.c.value + 1}).returning(table.c.value)
+    return int(conn.execute(statement).scalar_one())
 
 
 def _add_identifiers(session: Session, patient: Any, identifiers: list[IdentifierIn],
