@@ -187,6 +187,7 @@ def create_app(services: Services) -> FastAPI:
     from pacs.integration.api import outbox_router
     from pacs.integration.api import router as messages_router
     from pacs.registry.api import router as orders_router
+    from pacs.registry.patient_api import router as patients_router
     from pacs.registry.desk_api import desk as desk_api_router
     from pacs.registry.desk_api import orders as desk_orders_router
 
@@ -242,6 +243,7 @@ def create_app(services: Services) -> FastAPI:
         app.include_router(sso_router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(messages_router)
+    app.include_router(patients_router)  # the desk's patient search and walk-ins
     app.include_router(orders_router)
     app.include_router(desk_api_router)  # the registration desk: rooms, slots, bookings, lists, labels
     app.include_router(desk_orders_router)

@@ -265,6 +265,35 @@ class HISDestination(BaseModel):
     facility: str = "HOSPITAL"
     notify_images_available: bool = False
     """Also tell the HIS when an order's first images arrive (ORC-5 = A, some results available)."""
+    pdq: str | None = None
+    """The HIS's Patient Demographics Supplier, ``"mllp://host:port"``: the desk's patient search
+    asks it when the registry finds no one (IHE PDQ, ITI-21: QBP^Q22 → RSP^K22, HL7 v2.5)."""
+    fhir_base_url: str | None = None
+    """... or, where ``pdq`` is unset, the HIS's FHIR server, searched for Patient (IHE PDQm,
+    ITI-78), e.g. ``"https://his.hospital.cn/fhir"``."""
+    query_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
+    """How long a search waits for the HIS's answer before it shows what the registry has."""
+    pdq_name: Literal["split", "whole"] = "split"
+    """How a Han name is asked for: family and given name apart (@PID.5.1.1 and @PID.5.2, as
+    IHE's examples do), or whole in @PID.5.1.1 (a HIS that keeps 张三 in PID-5.1)."""
+
+    @field_validator("pdq")
+    @classmethod
+    def _pdq_url(cls, value: str | None) -> str | None:
+        if value and not re.fullmatch(r"mllp://[^\s:/]+:\d+/?", value.strip()):
+            raise ValueError(f"[his] pdq = {value!r}: write mllp://host:port")
+        return value.strip().rstrip("/") if value else None
+
+
+class WalkInSettings(BaseModel):
+    """Patients the registration desk registers itself, when the HIS cannot be asked
+    (``[walk_in]``): each gets a temporary ID until the HIS merges it into its own (ADT A40)."""
+
+    prefix: str = Field(default="TMP", pattern=r"^[A-Za-z0-9]{0,16}$")
+    """Temporary IDs are this, the day and a number of that day: TMP202612070001."""
+    authority: str = ""
+    """The assigning authority (CX.4) the temporary ID is kept with; the HIS's A40 must name the
+    same one in MRG-1 for the merge to find the patient (empty: none)."""
 
 
 class AuditSettings(BaseModel):
@@ -463,6 +492,7 @@ class Settings(BaseSettings):
     peers: list[Peer] = Field(default_factory=list)
     publish: PublishSettings = Field(default_factory=PublishSettings)
     his: HISDestination = Field(default_factory=HISDestination)
+    walk_in: WalkInSettings = Field(default_factory=WalkInSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
