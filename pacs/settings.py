@@ -42,8 +42,49 @@ from pydantic_settings import (
 SHIPPED_MAPPINGS = Path(str(files("pacs") / "mappings"))
 
 
-class MLLPSettings(BaseModel):
-    """HL7 v2 over MLLP (HL7 v2.5.1 Appendix C, "Minimal Lower Layer Protocol")."""
+class TLSServer(BaseModel):
+    """A port served over TLS (:mod:`pacs.tls`: TLS 1.2 or 1.3 with the cipher suites of BCP 195,
+    RFC 9325): on once ``tls_cert`` names this server's certificate."""
+
+    tls_cert: Path | None = None
+    """This server's certificate (PEM), followed by the intermediate CA certificates that lead to
+    the hospital's CA; the private key may follow in the same file."""
+    tls_key: Path | None = None
+    """Its private key (PEM, unencrypted; readable by the service's user alone), unless in ``tls_cert``."""
+    tls_client_ca: Path | None = None
+    """Require a client certificate issued by one of these CA certificates (PEM): a client
+    without one, or with another, is refused during the TLS handshake."""
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+
+class TLSClient(BaseModel):
+    """How this system opens a TLS connection to another (:func:`pacs.tls.client_context`)."""
+
+    tls_ca: Path | None = None
+    """The CA certificates (PEM) the other side's certificate is checked against (default: the
+    system's trusted CAs)."""
+    tls_cert: Path | None = None
+    """A client certificate (PEM) to present, for a server that asks for one."""
+    tls_key: Path | None = None
+    """Its private key (PEM), unless in ``tls_cert``."""
+    tls_check_hostname: bool = True
+    """Check that the other side's certificate names the host it is reached at (RFC 9525); off
+    only for a certificate that names neither the host nor its address."""
+
+
+DicomService = Literal["store", "query", "worklist", "retrieve", "mpps", "commitment"]
+DICOM_SERVICES: tuple[DicomService, ...] = ("store", "query", "worklist", "retrieve", "mpps", "commitment")
+"""What a DICOM peer may be allowed to do: C-STORE; C-FIND of the archive (Q/R); C-FIND of the
+worklist; C-MOVE and C-GET; MPPS N-CREATE and N-SET; storage commitment N-ACTION. C-ECHO is
+always answered."""
+
+
+class MLLPSettings(TLSServer):
+    """HL7 v2 over MLLP (HL7 v2.5.1 Appendix C, "Minimal Lower Layer Protocol"); with ``tls_cert``,
+    MLLP over TLS on ``tls_port`` as well."""
 
     max_message_bytes: int = 8 * 1024 * 1024
     idle_timeout_seconds: float = 600.0
@@ -61,6 +102,9 @@ class MLLPSettings(BaseModel):
     """Serve the MLLP connections from a process of their own, which also parses and maps each
     message, while the main process's intake worker stores and applies them
     (pacs.integration.front): HL7 traffic then uses two cores. Off: all in the main process."""
+    tls_port: int = Field(default=2576, ge=0, le=65535)
+    """MLLP over TLS (with ``tls_cert``): the same framing, limits and timeouts as the plain port;
+    the TLS handshake must end within ``frame_timeout_seconds``."""
 
 
 class HL7Settings(BaseModel):
@@ -74,8 +118,9 @@ class HL7Settings(BaseModel):
     """Most messages taken into one database transaction by the intake worker."""
 
 
-class HTTPSettings(BaseModel):
-    """The HTTP server's guard against clients that hold connections without using them."""
+class HTTPSettings(TLSServer):
+    """The HTTP server: HTTPS on ``tls_port`` once ``tls_cert`` is set, and the guard against
+    clients that hold connections without using them."""
 
     request_head_timeout_seconds: float = 30.0
     """A request's line and headers must arrive whole within this from the connection's opening
@@ -83,9 +128,20 @@ class HTTPSettings(BaseModel):
     max_connections_per_address: int = Field(default=256, ge=0)
     """Connections one address may hold open at once; more are answered 503 and closed
     (0: no limit, for a server behind a reverse proxy that is every client's one address)."""
+    tls_port: int = Field(default=8443, ge=0, le=65535)
+    """HTTPS (with ``tls_cert``)."""
+    plain: bool = True
+    """Also serve plain HTTP on ``http_port``; false serves HTTPS alone (``tls_cert`` required)."""
+
+    @field_validator("plain")
+    @classmethod
+    def _something_served(cls, plain: bool, info: Any) -> bool:
+        if not plain and info.data.get("tls_cert") is None:
+            raise ValueError("[http] plain = false serves HTTPS alone: name the certificate in [http] tls_cert")
+        return plain
 
 
-class Peer(BaseModel):
+class Peer(TLSClient):
     """A known DICOM application entity."""
 
     ae_title: str
@@ -93,10 +149,20 @@ class Peer(BaseModel):
     port: int
     charset: str | None = None
     """Fix the character set this peer gets in query answers (e.g. "ISO_IR 192")."""
+    tls: bool = False
+    """Open associations to this peer over TLS (PS3.15 Annex B): C-MOVE sub-operations,
+    storage commitment reports, IAN, ``pacs doctor``'s C-ECHO. ``tls_cert`` defaults to
+    ``[dicom] tls_cert`` (this AE's own certificate), ``tls_ca`` to ``[dicom] tls_client_ca``."""
+    services: list[DicomService] | None = None
+    """What this peer may ask of this AE (default: everything); a request for anything else is
+    refused with 0124H, Refused: Not Authorized (PS3.7 C.5.21), and audited."""
+    retrieve_to: list[str] | None = None
+    """The AE titles (under [[peers]]) this peer may C-MOVE to (default: any of them)."""
 
 
-class DicomSettings(BaseModel):
-    """The DICOM application entity (PS3.7, PS3.8)."""
+class DicomSettings(TLSServer):
+    """The DICOM application entity (PS3.7, PS3.8); with ``tls_cert``, DICOM over TLS (PS3.15
+    Annex B) on ``tls_port`` as well, served by the main process."""
 
     accept_unknown_peers: bool = True
     """Accept associations from calling AE titles not listed under [[peers]]."""
@@ -121,6 +187,10 @@ class DicomSettings(BaseModel):
     """Connections from one address that may wait for their A-ASSOCIATE-RQ at once (PS3.8 9.2,
     state Sta2); one more closes the oldest of them that have waited a second or more, so that a
     flood from one address never keeps another address's modalities out."""
+    tls_port: int = Field(default=2762, ge=0, le=65535)
+    """DICOM over TLS (with ``tls_cert``): the same AE on the port IANA names dicom-tls."""
+    unknown_peer_services: list[DicomService] = Field(default_factory=lambda: list(DICOM_SERVICES))
+    """What a calling AE title not under [[peers]] may ask (with ``accept_unknown_peers``)."""
 
 
 class ArchiveSettings(BaseModel):
@@ -159,6 +229,9 @@ class StorageAreaSettings(BaseModel):
     access_key: str | None = None
     secret_key: str | None = None
     region: str | None = None
+    tls_ca: Path | None = None
+    """The CA certificates (PEM) an https ``endpoint_url``'s certificate is checked against
+    (default: the system's); the certificate is always checked."""
 
 
 class StorageRule(BaseModel):
@@ -217,10 +290,28 @@ class StorageSettings(BaseModel):
     """Parallel reads when recalling a study from an object store or a folder."""
 
 
-class PublishSettings(BaseModel):
-    """Where stable studies are announced: the platform (FHIR), DICOM peers (IAN)."""
+class PublishSettings(TLSClient):
+    """Where stable studies are announced: the platform (FHIR), DICOM peers (IAN). The platform
+    is called with a bearer token (``fhir_token``, or one from its OAuth 2.0 token endpoint by
+    the client credentials grant, RFC 6749 4.4) and, over https, the ``tls_*`` settings."""
 
     fhir_base_url: str | None = None
+    fhir_token: SecretStr | None = None
+    """A fixed bearer token for the platform (RFC 6750)."""
+    oauth_token_url: str | None = None
+    """The platform's OAuth 2.0 token endpoint: a token is asked for with ``oauth_client_id`` and
+    ``oauth_client_secret`` and used until shortly before it expires."""
+    oauth_client_id: str = ""
+    oauth_client_secret: SecretStr | None = None
+    oauth_scope: str | None = None
+    """The scope asked for, e.g. "system/ImagingStudy.write" (SMART Backend Services)."""
+
+    @field_validator("oauth_client_secret")
+    @classmethod
+    def _client_named(cls, secret: SecretStr | None, info: Any) -> SecretStr | None:
+        if secret is not None and not str(info.data.get("oauth_client_id") or "").strip():
+            raise ValueError("[publish] oauth_client_secret is set: name the client in oauth_client_id too")
+        return secret
     stable_after_seconds: float = 60.0
     ian_peers: list[str] = Field(default_factory=list)
     """AE titles (under [[peers]]) sent an Instance Availability Notification (IHE RAD-49)."""
@@ -255,11 +346,13 @@ class MetricsSettings(BaseModel):
     of the HTTP routes applies to it (see :func:`pacs.metrics.router`)."""
 
 
-class HISDestination(BaseModel):
+class HISDestination(TLSClient):
     """Where status messages for the HIS go (IHE RAD-3/RAD-13), if anywhere."""
 
     host: str | None = None
     port: int | None = None
+    tls: bool = False
+    """MLLP over TLS to the HIS (``tls_ca``, ``tls_cert``, ``tls_key`` as it asks)."""
     version: str = "2.4"
     application: str = "HIS"
     facility: str = "HOSPITAL"
