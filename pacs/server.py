@@ -136,6 +136,7 @@ class Server:
         self.http_port = 0
         self.dicom_port = 0
         self.metrics_port = 0
+        self.dicom_tls_port: int | None = None  # with [dicom] tls_cert
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -181,6 +182,7 @@ class Server:
         await asyncio.to_thread(self._dicom.start, settings.host, settings.dicom_port,
                                 hand_off=self._receivers.hand_off)
         self.dicom_port = self._dicom.port
+        self.dicom_tls_port = self._dicom.tls_port
         receivers = self._receivers
         services.metrics = Metrics(services, associations=lambda: self._dicom.load() + receivers.serving(),
                                    reported=lambda: list(receivers.reported.values()))

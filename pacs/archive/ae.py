@@ -1,8 +1,11 @@
 """Builds the DICOM application entity: presentation contexts, timeouts, handler binding.
 
 Known peers come from the config file (``[[peers]]``); whether unknown calling AE titles are
-accepted is ``[dicom] accept_unknown_peers``. Every association is logged with peer, AE titles
-and outcome.
+accepted is ``[dicom] accept_unknown_peers``, and what each may ask is checked by
+:mod:`pacs.archive.access`. Every association is logged with peer, AE titles and outcome.
+
+With ``[dicom] tls_cert`` the same AE also listens on ``[dicom] tls_port`` for DICOM over TLS
+(PS3.15 Annex B; :mod:`pacs.archive.transport`), served by the main process alone.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from pacs.archive import dimse, dul, encoding, handlers, spool
+from pacs.archive import dimse, dul, encoding, handlers, spool, transport
+from pacs.archive.access import PeerAccess
 from pacs.archive.commitment import Commitment
 from pacs.archive.mpps import MPPSService
 from pacs.archive.query_service import QueryService
@@ -106,8 +110,8 @@ def make_ae(settings: Settings) -> ArchiveAE:
 
 
 def bindings(queries: QueryService, mpps: MPPSService, archive: Archive, retriever: Retriever,
-             commitment: Commitment, settings: Settings) -> list[Any]:
-    return [
+             commitment: Commitment, settings: Settings, access: PeerAccess | None = None) -> list[Any]:
+    return [*(access.bindings() if access is not None else []),
         (evt.EVT_N_ACTION, handlers.handle_n_action, [commitment]),
         (evt.EVT_C_ECHO, handlers.handle_echo),
         (evt.EVT_C_STORE, handlers.handle_store, [archive]),
@@ -197,15 +201,18 @@ class DicomServer:
     def __init__(self, settings: Settings, queries: QueryService, mpps: MPPSService, archive: Archive,
                  audit: Any = None) -> None:
         self.settings = settings
+        self.audit = audit
         self.ae = make_ae(settings)
         self.retriever = Retriever(archive.db, archive.readable)  # online areas; recalls the rest
         self.commitment = Commitment(archive.db, archive.areas, settings)  # a good copy in any area
-        self._handlers = bindings(queries, mpps, archive, self.retriever, self.commitment, settings)
+        self.access = PeerAccess(settings, audit)
+        self._handlers = bindings(queries, mpps, archive, self.retriever, self.commitment, settings, self.access)
         if audit is not None:  # C-STORE, C-FIND, C-MOVE and C-GET audited around the thin handlers
             from pacs.audit.dicom import DicomAudit
 
             self._handlers = DicomAudit(audit).wrap(self._handlers)
         self._server: ThreadedAssociationServer | None = None
+        self._tls_server: ThreadedAssociationServer | None = None
         # pynetdicom spools each received dataset to a temporary file (STORE_RECV_CHUNKED_DATASET):
         # on the storage area's own file system it is renamed into place instead of copied.
         # tempfile.tempdir is the process's; stop() gives the previous value back.
@@ -219,30 +226,48 @@ class DicomServer:
         assert self._server is not None
         return int(self._server.server_address[1])
 
+    @property
+    def tls_port(self) -> int | None:
+        """The DICOM TLS port, when one is served."""
+        return int(self._tls_server.server_address[1]) if self._tls_server is not None else None
+
     def start(self, host: str, port: int, *,
               hand_off: Callable[[socket.socket, Any], bool] | None = None) -> None:
         """Listen (in pynetdicom's acceptor thread); ``hand_off`` may give a new connection to
-        another process (:mod:`pacs.archive.receivers`)."""
+        another process (:mod:`pacs.archive.receivers`). With ``[dicom] tls_cert``, listen on
+        ``[dicom] tls_port`` too, for associations this process serves itself."""
+        context = transport.tls_server_context(self.settings) if self.settings.dicom.tls else None
+        self._server = self._listen(host, port, hand_off)
+        log.info("DICOM %s listening on %s:%d", self.settings.ae_title, host, self.port)
+        if context is not None:
+            self._tls_server = self._listen(host, self.settings.dicom.tls_port, None, context)
+            log.info("DICOM %s listening on %s:%d over TLS%s", self.settings.ae_title, host, self.tls_port,
+                     ", client certificates required" if self.settings.dicom.tls_client_ca else "")
+
+    def _listen(self, host: str, port: int, hand_off: Callable[[socket.socket, Any], bool] | None,
+                tls: Any = None) -> HandingServer:
         server = self.ae.make_server((host, port), evt_handlers=self._handlers, server_class=HandingServer)
         server.bind(evt.EVT_CONN_CLOSE, server.connection_closed)
         server.hand_off = hand_off
+        port = int(server.server_address[1])
         server.gate = dul.Gate(self.settings.dicom.acse_timeout_seconds, self.settings.dicom.pending_per_address,
-                               server.dispatch, name=f"dicom-gate-{port}")
+                               server.dispatch, name=f"dicom-gate-{port}", tls=tls,
+                               on_tls_failure=self.access.tls_refused if tls is not None else None)
         server.contexts = SharedContexts(server.contexts)
         threading.Thread(target=server.serve_forever, name=f"dicom-acceptor-{port}", daemon=True).start()
         self.ae._servers.append(server)
-        self._server = server
-        log.info("DICOM %s listening on %s:%d", self.settings.ae_title, host, self.port)
+        return server
+
+    def _counting(self) -> list[CountingServer]:
+        return [server for server in (self._server, self._tls_server) if isinstance(server, CountingServer)]
 
     def load(self) -> int:
         """How many connections this process serves now."""
-        server = self._server
-        return server.taken - server.finished if isinstance(server, CountingServer) else 0
+        return sum(server.taken - server.finished for server in self._counting())
 
     def finished(self) -> int:
         """How many connections this process has finished serving."""
-        server = self._server
-        return server.finished if isinstance(server, CountingServer) else 0
+        return sum(server.finished for server in self._counting())
 
     def start_handed_off(self) -> None:
         """Serve only connections handed over by :meth:`serve_connection` (a receiver process):
@@ -259,12 +284,14 @@ class DicomServer:
         self._server.process_request(connection, client_address)
 
     def stop(self) -> None:
-        if self._server is not None:
-            if isinstance(self._server, HandingServer):
-                self._server.shutdown()  # ends serve_forever and closes
-                if self._server.gate is not None:
-                    self._server.gate.stop()  # connections not yet associations are closed
+        for server in (self._server, self._tls_server):
+            if server is None:
+                continue
+            if isinstance(server, HandingServer):
+                server.shutdown()  # ends serve_forever and closes
+                if server.gate is not None:
+                    server.gate.stop()  # connections not yet associations are closed
             else:  # a server of handed-off connections runs no serve_forever
-                self._server.server_close()
-            self._server = None
+                server.server_close()
+        self._server = self._tls_server = None
         tempfile.tempdir = self._tempdir

@@ -21,7 +21,7 @@ from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel
 from sqlmodel import Session, select
 
-from pacs.archive import dimse
+from pacs.archive import dimse, transport
 from pacs.archive.index import Instance, InstanceFile
 from pacs.archive.status import Status
 from pacs.archive.storage import StorageArea
@@ -190,8 +190,8 @@ def commitment_deliverer(settings: Settings):  # type: ignore[no-untyped-def]
         ae = AE(ae_title=settings.ae_title)
         ae.add_requested_context(StorageCommitmentPushModel)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title,
-                             ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)])
+        assoc = transport.associate(ae, settings, peer,  # over TLS to a peer with tls = true
+                                    ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)])
         if not assoc.is_established:
             raise ConnectionError(f"could not associate with {ae_title} at {peer.host}:{peer.port}")
         try:

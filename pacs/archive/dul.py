@@ -46,7 +46,9 @@ length a PDU announces costs memory only as its bytes arrive (:func:`_buffer`).
 A connection becomes an association only once its whole A-ASSOCIATE-RQ has arrived: until then
 it waits in the :class:`Gate` (Sta2), one thread for all of them, under the ARTIM timer and a
 bound per remote address, so that connections that send nothing, or trickle bytes, neither hold
-threads nor count against the AE's maximum number of associations.
+threads nor count against the AE's maximum number of associations. On the TLS port the gate
+completes each connection's TLS handshake first, in the same thread and under the same timer
+(:mod:`pacs.archive.transport`).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ import os
 import queue
 import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -79,6 +82,8 @@ from pynetdicom.pdu_primitives import (
     MaximumLengthNotification,
 )
 from pynetdicom.transport import AssociationSocket
+
+from pacs.archive import transport
 
 log = logging.getLogger(__name__)
 _pynetdicom_dt_2 = pn_fsm.ACTIONS["DT-2"][1]
@@ -253,8 +258,8 @@ def _drop_unread(self: DULServiceProvider) -> None:
     if sock is None:
         self.event_queue.put("Evt17")
         return
-    try:
-        if sock.recv(DROP, socket.MSG_DONTWAIT):
+    try:  # the connection's bytes as they are: a TLS connection's records are dropped undecrypted
+        if socket.socket.recv(sock, DROP, socket.MSG_DONTWAIT):
             return
     except BlockingIOError:
         return
@@ -287,7 +292,7 @@ def _read_pdu_data(self: DULServiceProvider) -> None:
         return
     try:
         head = sock.recv(PDU_HEADER, socket.MSG_PEEK)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a TLS socket that cannot peek (not a TLSConnection)
         head = b""
     if len(head) < PDU_HEADER or head[0] != PDATA_TF:
         _read_pdu(self)  # reads it, or finds the connection closed or broken
@@ -630,27 +635,31 @@ class _Notes:
     def __init__(self) -> None:
         self._last: dict[tuple[str, str], tuple[float, int]] = {}
 
-    def __call__(self, level: int, kind: str, host: str, message: str, *args: Any) -> None:
+    def __call__(self, level: int, kind: str, host: str, message: str, *args: Any) -> bool:
+        """Log the line unless one of its kind and address was logged less than
+        :data:`NOTE_INTERVAL` ago; whether it was."""
         now = time.monotonic()
         last, quiet = self._last.get((kind, host), (0.0, 0))
         if now - last < NOTE_INTERVAL:
             self._last[(kind, host)] = (last, quiet + 1)
-            return
+            return False
         if len(self._last) > NOTES_KEPT:
             self._last = {key: seen for key, seen in self._last.items() if now - seen[0] < NOTE_INTERVAL}
         self._last[(kind, host)] = (now, 0)
         if quiet:
             message += f" (and {quiet} more like it before)"
         log.log(level, message, *args)
+        return True
 
 
 class _Waiting:
     """A connection in the gate: waiting for its A-ASSOCIATE-RQ (Sta2), or, once answered with
     an A-ABORT or A-ASSOCIATE-RJ, for the peer to close (Sta13)."""
 
-    __slots__ = ("address", "closing", "deadline", "host", "sock", "wanted", "widened")
+    __slots__ = ("address", "closing", "deadline", "handshaking", "host", "read", "sock", "tls", "wanted",
+                 "widened")
 
-    def __init__(self, sock: socket.socket, address: Any, deadline: float) -> None:
+    def __init__(self, sock: socket.socket, address: Any, deadline: float, *, tls: bool = False) -> None:
         self.sock = sock
         self.address = address
         self.host = str(address[0]) if isinstance(address, tuple) else str(address)
@@ -658,6 +667,9 @@ class _Waiting:
         self.wanted = PDU_HEADER  # bytes to look at: a PDU header, then the whole A-ASSOCIATE-RQ
         self.closing = False
         self.widened = False
+        self.tls = tls  # on the TLS port: handshake first, then the A-ASSOCIATE-RQ read (not peeked)
+        self.handshaking = tls
+        self.read = bytearray()  # TLS: what was read of the A-ASSOCIATE-RQ, given back to pynetdicom
 
     @property
     def peer(self) -> str:
@@ -691,15 +703,24 @@ class Gate:
       from one address goes through; :data:`MAX_PENDING` wait at most from all addresses, one
       more closing the oldest of the address with the most.
 
+    With ``tls`` (the TLS port) each connection's TLS handshake is completed here first
+    (:func:`pacs.archive.transport.handshake`), under the same timer and bounds; one that fails
+    (no client certificate where one is required, one from another CA, a client that does not
+    speak TLS) is closed, logged like a refusal and reported to ``on_tls_failure(address,
+    reason)`` (at most once per :data:`NOTE_INTERVAL` for an address, as the log line).
+
     Each refusal is one log line (:class:`_Notes`), never a traceback.
     """
 
     def __init__(self, artim: float, per_address: int, dispatch: Callable[[socket.socket, Any], None],
-                 *, limit: int = MAX_PENDING, name: str = "dicom-gate") -> None:
+                 *, limit: int = MAX_PENDING, name: str = "dicom-gate", tls: ssl.SSLContext | None = None,
+                 on_tls_failure: Callable[[str, str], None] | None = None) -> None:
         self.artim = artim
         self.per_address = per_address
         self.limit = limit
         self.dispatch = dispatch
+        self.tls = tls
+        self.on_tls_failure = on_tls_failure
         self._epoll = select.epoll()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._epoll.register(self._wake, select.EPOLLIN)
@@ -774,7 +795,14 @@ class Gate:
                 sock.close()
                 continue
             now = time.monotonic()
-            waiting = _Waiting(sock, address, now + self.artim)
+            if self.tls is not None:
+                try:
+                    sock = transport.accept(sock, self.tls)
+                except OSError as exc:  # gone already
+                    log.debug("DICOM %s: connection lost as it opened (%s)", address, exc)
+                    sock.close()
+                    continue
+            waiting = _Waiting(sock, address, now + self.artim, tls=self.tls is not None)
             if self._by_host[waiting.host] >= self.per_address:
                 self._make_way(waiting.host, now)
             if len(self._waiting) >= self.limit:
@@ -787,7 +815,9 @@ class Gate:
             fd = sock.fileno()
             self._waiting[fd] = waiting
             self._by_host[waiting.host] += 1
-            self._epoll.register(fd, select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET)
+            # A TLS handshake may wait to write as well as to read (RFC 8446 4: the server's flight).
+            self._epoll.register(fd, select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
+                                 | (select.EPOLLOUT if waiting.tls else 0))
 
     def _make_way(self, host: str, now: float) -> None:
         """Close the oldest of ``host``'s waiting connections until it has fewer than
@@ -823,8 +853,8 @@ class Gate:
         sock = waiting.sock
         if waiting.closing:  # Sta13: what still comes is dropped (AA-6) until the peer closes
             for _ in range(DROPS_PER_LOOK):  # a peer streaming bytes does not keep the gate to itself
-                try:
-                    data = sock.recv(DROP, socket.MSG_DONTWAIT)
+                try:  # the connection's bytes as they are: on the TLS port, records never decrypted
+                    data = socket.socket.recv(sock, DROP, socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     return
                 except OSError:
@@ -832,6 +862,9 @@ class Gate:
                 if not data:
                     self._close(waiting)
                     return
+            return
+        if waiting.tls:
+            self._look_tls(waiting)
             return
         while True:
             wanted = waiting.wanted
@@ -859,6 +892,52 @@ class Gate:
             else:
                 log.debug("DICOM %s closed the connection without a PDU", waiting.peer)
             self._close(waiting)
+
+    def _look_tls(self, waiting: _Waiting) -> None:
+        """A connection on the TLS port: advance its handshake, then read its A-ASSOCIATE-RQ
+        out of the TLS stream, no more of it than the header says there is."""
+        sock = cast(ssl.SSLSocket, waiting.sock)
+        if waiting.handshaking:
+            try:
+                if not transport.handshake(sock):
+                    return  # the next arrival is an edge
+            except (ssl.SSLError, OSError) as exc:
+                self._tls_failed(waiting, exc)
+                return
+            waiting.handshaking = False
+            log.debug("DICOM %s: TLS %s", waiting.peer, transport.describe(sock))
+        while True:
+            try:
+                data = transport.read_now(sock, waiting.wanted - len(waiting.read))
+            except OSError as exc:  # reset, or a TLS record that does not decrypt
+                self._notes(logging.INFO, "reset", waiting.host, "DICOM %s: connection lost before its "
+                            "A-ASSOCIATE-RQ (%s)", waiting.peer, exc)
+                self._close(waiting)
+                return
+            if data is None:
+                return  # the rest is still to come
+            if not data:  # closed before a whole A-ASSOCIATE-RQ (Evt17, AA-5)
+                if waiting.read:
+                    self._notes(logging.WARNING, "cut", waiting.host, "DICOM %s closed the connection %d bytes "
+                                "into its A-ASSOCIATE-RQ", waiting.peer, len(waiting.read))
+                self._close(waiting)
+                return
+            waiting.read += data
+            if len(waiting.read) >= waiting.wanted and self._judge(waiting, bytes(waiting.read)):
+                return
+
+    def _tls_failed(self, waiting: _Waiting, exc: BaseException) -> None:
+        """A TLS handshake that failed: the connection goes, in one log line (PS3.15 A.5.3.11:
+        a node authentication failure, for the audit log)."""
+        reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+        reason = str(reason).replace("_", " ").lower()
+        if self._notes(logging.WARNING, "tls", waiting.host, "DICOM %s: TLS handshake failed (%s); closed",
+                       waiting.peer, reason) and self.on_tls_failure is not None:
+            try:
+                self.on_tls_failure(waiting.peer, reason)
+            except Exception:
+                log.exception("DICOM %s: the failed TLS handshake could not be reported", waiting.peer)
+        self._close(waiting)
 
     def _judge(self, waiting: _Waiting, data: bytes) -> bool:
         """Act on what arrived of the first PDU; False while it is not whole."""
@@ -912,6 +991,8 @@ class Gate:
                          "an A-ASSOCIATE-RQ %s", fault)
             return True
         self._forget(waiting)
+        if waiting.tls:
+            transport.replay(cast(ssl.SSLSocket, waiting.sock), waiting.read)
         try:
             self.dispatch(waiting.sock, waiting.address)
         except Exception:  # a bug, or no thread to be had: the connection goes, the gate stays
@@ -925,8 +1006,8 @@ class Gate:
         refusal = "A-ASSOCIATE-RJ" if answer[0] == ASSOCIATE_RJ else "A-ABORT"
         self._notes(logging.WARNING, "refused", waiting.host, "DICOM %s sent " + why + "; answered " + refusal,
                     waiting.peer, *args)
-        try:
-            waiting.sock.send(answer, socket.MSG_DONTWAIT)
+        try:  # a TLS connection is non-blocking already, and takes no flags
+            waiting.sock.send(answer, 0 if waiting.tls else socket.MSG_DONTWAIT)
         except OSError:
             self._close(waiting)
             return
@@ -1011,10 +1092,11 @@ def _items_fit(data: bytes, start: int, end: int, *, nested: bool) -> bool:
 
 def _discard_unread(sock: socket.socket) -> None:
     """Drop what the peer sent that was never read: a socket closed with bytes unread resets the
-    connection (RFC 2525 2.17), and the peer would see an error rather than the end of it."""
+    connection (RFC 2525 2.17), and the peer would see an error rather than the end of it. The
+    connection's bytes as they are (a TLS connection's records too, undecrypted)."""
     for _ in range(DROPS_PER_LOOK):
         try:
-            if not sock.recv(DROP, socket.MSG_DONTWAIT):
+            if not socket.socket.recv(sock, DROP, socket.MSG_DONTWAIT):
                 return
         except OSError:  # nothing more now (BlockingIOError), or the connection is gone
             return

@@ -26,7 +26,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from pacs.archive import dimse, dul, spool
+from pacs.archive import dimse, dul, spool, transport
 from pacs.archive.commitment import Commitment
 from pacs.archive.encoding import Encoded
 from pacs.archive.mpps import MPPSService
@@ -221,7 +221,8 @@ def _sub_operations(event: evt.Event, retriever: Retriever, items: list[Any],
 
 
 def handle_move(event: evt.Event, retriever: Retriever, settings: Settings) -> Iterator[Any]:
-    """C-MOVE (PS3.4 C.4.2): to a destination known from the config's [[peers]]."""
+    """C-MOVE (PS3.4 C.4.2): to a destination known from the config's [[peers]] (over TLS when
+    it has ``tls = true``)."""
     destination = event.move_destination.decode() if isinstance(event.move_destination, bytes) \
         else str(event.move_destination)
     peer = settings.peer(destination.strip())
@@ -234,11 +235,13 @@ def handle_move(event: evt.Event, retriever: Retriever, settings: Settings) -> I
         items = retriever.select(event.identifier, MODEL[event.request.AffectedSOPClassUID])
     except QueryError as exc:
         # pynetdicom reads a failure only after the destination and a non-zero count.
-        yield peer.host, peer.port
+        yield peer.host, peer.port, transport.association_options(settings, peer)
         yield 1
         yield failure(exc.status, exc.comment, exc.tag), None
         return
-    yield peer.host, peer.port, {"contexts": retriever.contexts(items)} if items else {}
+    # Over TLS to a peer with tls = true (PS3.15 Annex B), TCP_NODELAY always.
+    options = {"contexts": retriever.contexts(items)} if items else {}
+    yield peer.host, peer.port, transport.association_options(settings, peer, **options)
     yield len(items)
     association = last_sub_association()
     accepted = accepted_syntaxes(association.accepted_contexts) if association is not None else {}

@@ -12,6 +12,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import InstanceAvailabilityNotification
 from sqlmodel import Session, col, select
 
+from pacs.archive import transport
 from pacs.archive.index import NOT_REJECTED, Instance, Series, Study
 from pacs.integration.outbox import Delivered, DeliveryRefused, OutboxItem, enqueue
 from pacs.registry.models import PerformedProcedureStep
@@ -72,7 +73,7 @@ def ian_deliverer(settings: Settings):  # type: ignore[no-untyped-def]
         ae = AE(ae_title=settings.ae_title)
         ae.add_requested_context(InstanceAvailabilityNotification)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+        assoc = transport.associate(ae, settings, peer)  # over TLS to a peer with tls = true
         if not assoc.is_established:
             raise ConnectionError(f"could not associate with {ae_title}")
         try:

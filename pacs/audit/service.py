@@ -515,14 +515,16 @@ def diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, tuple[Any, 
 
 NETWORK_KEYS = ("host", "dicom_port", "mllp_port", "http_port", "ae_title", "peers", "public_url", "his.",
                 "publish.", "mllp.")
-SECURITY_KEYS = ("dicom.accept_unknown_peers", "dicom.require_called_ae_title", "audit.")
+SECURITY_KEYS = ("dicom.accept_unknown_peers", "dicom.require_called_ae_title", "dicom.unknown_peer_services",
+                 "http.plain", "audit.")
+SECURITY_FIELDS = (".tls", ".services", ".retrieve_to", ".oauth_", ".fhir_token")  # in any section or peer
 
 
 def _configuration_types(changes: dict[str, Any]) -> tuple[Code, ...]:
     types = [codes.SOFTWARE_CONFIGURATION]
     if any(k.startswith(NETWORK_KEYS) for k in changes):
         types.append(codes.NETWORK_CONFIGURATION)
-    if any(k.startswith(SECURITY_KEYS) for k in changes):
+    if any(k.startswith(SECURITY_KEYS) or any(field in k for field in SECURITY_FIELDS) for k in changes):
         types.append(codes.SECURITY_CONFIGURATION)
     return tuple(types)
 
