@@ -8,13 +8,14 @@ when there is any problem. What it looks at, in order:
   at start; a schema newer than this installation's migrations is a problem too);
 - **storage areas**: each one is writable (a file written, synced and removed) and the area new
   objects go to has more free space than ``[archive] min_free_bytes``;
-- **ports**: DICOM, MLLP, HTTP (and ``[metrics] port``) are free, or held by a running ``pacs
-  serve`` (named with its pid); held by anything else is a problem;
+- **ports**: DICOM, MLLP, HTTP (and the TLS ports configured, ``[metrics] port``) are free, or
+  held by a running ``pacs serve`` (named with its pid); held by anything else is a problem;
 - **certificates**: every certificate file the settings name (a field whose name says
   certificate or CA, in any section) parses, is valid now and for :data:`EXPIRY_WARNING_DAYS`
   more days;
 - **mappings**: what ``pacs mappings check`` reports;
-- **peers**: each ``[[peers]]`` entry answers a C-ECHO (PS3.4 Annex A, Verification);
+- **peers**: each ``[[peers]]`` entry answers a C-ECHO (PS3.4 Annex A, Verification), over TLS
+  for one with ``tls = true``;
 - **clock**: on PostgreSQL, this machine's clock against the database server's ``now()``.
 """
 
@@ -225,8 +226,12 @@ def _size(count: float) -> str:
 
 # -- ports --------------------------------------------------------------------------------------
 def ports(settings: Settings) -> Iterator[Finding]:
-    wanted = [("DICOM", settings.host, settings.dicom_port), ("MLLP", settings.host, settings.mllp_port),
-              ("HTTP", settings.host, settings.http_port)]
+    wanted = [("DICOM", settings.host, settings.dicom_port), ("MLLP", settings.host, settings.mllp_port)]
+    if settings.http.plain:
+        wanted.append(("HTTP", settings.host, settings.http_port))
+    for name, section in (("DICOM TLS", settings.dicom), ("MLLP TLS", settings.mllp), ("HTTPS", settings.http)):
+        if section.tls:
+            wanted.append((name, settings.host, section.tls_port))
     if settings.metrics.port:
         wanted.append(("metrics", "127.0.0.1", settings.metrics.port))
     for name, host, port in wanted:
@@ -376,16 +381,23 @@ def peers(settings: Settings, timeout: float) -> Iterator[Finding]:
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
 
+    from pacs.archive import transport
+    from pacs.tls import TLSConfigurationError
+
     if not settings.peers:
         yield ok("peers: none configured")
     for peer in settings.peers:
-        where = f"peer {peer.ae_title} ({peer.host}:{peer.port})"
+        where = f"peer {peer.ae_title} ({peer.host}:{peer.port}{', TLS' if peer.tls else ''})"
         ae = AE(ae_title=settings.ae_title)
         ae.add_requested_context(Verification)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
         ae.connection_timeout = timeout
         started = time.monotonic()
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+        try:
+            assoc = transport.associate(ae, settings, peer)  # over TLS to a peer with tls = true
+        except TLSConfigurationError as exc:
+            yield problem(f"{where}: {exc}")
+            continue
         try:
             if assoc.is_rejected:
                 yield problem(f"{where} rejected the association (is {settings.ae_title} known there?)")

@@ -3,7 +3,9 @@
 ``pacs serve`` runs the HTTP app and the DICOM AE on one asyncio loop; the intake worker is a
 thread. The MLLP connections are served by a front process of their own that parses and maps
 (:mod:`pacs.integration.front`; ``[mllp] front_process = false`` serves them on the loop here),
-and ``[dicom] processes`` adds DICOM receiver processes (:mod:`pacs.archive.receivers`).
+and ``[dicom] processes`` adds DICOM receiver processes (:mod:`pacs.archive.receivers`). Each of
+HTTP, DICOM and MLLP also listens on a TLS port of its own once its section names a certificate
+(``tls_cert``; :mod:`pacs.tls`), and ``[http] plain = false`` leaves HTTPS alone.
 SIGTERM or SIGINT stops the listeners from accepting, lets the messages already received finish
 (or leaves them stored as RECEIVED, to be processed at the next start), and exits.
 """
@@ -15,6 +17,7 @@ import ctypes
 import gc
 import logging
 import signal
+import ssl
 import time
 from collections import Counter
 from collections.abc import Coroutine
@@ -42,6 +45,7 @@ from pacs.integration.outbox import OutboxWorker
 from pacs.metrics import Metrics
 from pacs.registry import lifecycle
 from pacs.settings import Settings, service_manager
+from pacs.tls import client_context, server_context
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +85,10 @@ class Services:
         deliverers = {commitment.DESTINATION_PREFIX: commitment.commitment_deliverer(settings)}
         if settings.his.host and settings.his.port:
             notify = HISNotifier(settings)
-            deliverers[his.DESTINATION] = his.mllp_deliverer(settings.his.host, settings.his.port)
+            his_tls = (lambda: client_context("[his]", settings.his)) if settings.his.tls else None
+            deliverers[his.DESTINATION] = his.mllp_deliverer(settings.his.host, settings.his.port, tls=his_tls)
         if settings.publish.fhir_base_url:
-            deliverers[publisher.DESTINATION] = publisher.fhir_deliverer(settings.publish.fhir_base_url)
+            deliverers[publisher.DESTINATION] = publisher.fhir_deliverer(settings.publish)
         if settings.publish.ian_peers:
             deliverers[ian.DESTINATION_PREFIX] = ian.ian_deliverer(settings)
         outbox = OutboxWorker(db, deliverers, base_delay=settings.outbox.base_delay_seconds,
@@ -133,10 +138,13 @@ class Server:
         self.settings = settings
         self.services: Services | None = None
         self.mllp_port = 0
-        self.http_port = 0
+        self.http_port = 0  # 0 when [http] plain = false
         self.dicom_port = 0
         self.metrics_port = 0
-        self.dicom_tls_port: int | None = None  # with [dicom] tls_cert
+        self.dicom_tls_port: int | None = None  # the TLS ports, when their section names a certificate
+        self.mllp_tls_port: int | None = None
+        self.https_port: int | None = None
+        self._http: list[Any] = []  # uvicorn servers: plain HTTP, HTTPS
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -153,8 +161,6 @@ class Server:
             raise
 
     async def _start_services(self, front: Front | None) -> None:
-        import uvicorn
-
         from pacs.auth.accounts import first_administrator
         from pacs.http import create_app
         from pacs.integration.listener import MLLPServer
@@ -196,29 +202,59 @@ class Server:
         else:
             self._mllp = MLLPServer(settings, services.intake)
             await self._mllp.start(settings.host, settings.mllp_port)
+            if settings.mllp.tls:
+                await self._mllp.start_tls(settings.host, settings.mllp.tls_port)
         self.mllp_port = self._mllp.port
+        self.mllp_tls_port = self._mllp.tls_port
 
         await asyncio.to_thread(first_administrator, services.db, settings)
         self.app = create_app(services)
-        config = uvicorn.Config(self.app, host=settings.host, port=settings.http_port,
-                                log_level="warning", lifespan="off", access_log=False,
-                                http=guarded_http_protocol(settings), h11_max_incomplete_event_size=MAX_REQUEST_HEAD)
-        self._http = uvicorn.Server(config)
-        self._http.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        self._tasks.append(asyncio.create_task(self._http.serve(), name="http"))
-        while not self._http.started:
-            if self._tasks[0].done():
-                self._tasks[0].result()  # raises why uvicorn could not start (port taken, ...)
-                raise OSError(f"HTTP server did not start on port {settings.http_port}")
-            await asyncio.sleep(0.01)
-        self.http_port = self._http.servers[0].sockets[0].getsockname()[1]
+        protocol = guarded_http_protocol(settings)  # one count of connections per address for both ports
+        if settings.http.tls:
+            https = await self._serve_http(settings.http.tls_port, protocol, server_context("http", settings.http))
+            self.https_port = https.servers[0].sockets[0].getsockname()[1]
+        if settings.http.plain:
+            plain = await self._serve_http(settings.http_port, protocol)
+            self.http_port = plain.servers[0].sockets[0].getsockname()[1]
         self._tasks.append(asyncio.create_task(_watch_mappings(services), name="mappings"))
         # The objects loaded at start-up (modules, mappings, code tables) live as long as the
         # process: move them out of the collector's generations, so that full collections stay
         # short instead of stalling every front end while they walk them all.
         gc.collect()
         gc.freeze()
-        log.info("PACS ready: DICOM %d, MLLP %d, HTTP %d", self.dicom_port, self.mllp_port, self.http_port)
+        log.info("PACS ready: %s", self.ports())
+
+    async def _serve_http(self, port: int, protocol: type[asyncio.Protocol],
+                          tls: ssl.SSLContext | None = None) -> Any:
+        """A uvicorn server of the app on ``port``, over TLS with ``tls`` (the context made by
+        :func:`pacs.tls.server_context`, in place of uvicorn's own from file names)."""
+        import uvicorn
+
+        config = uvicorn.Config(self.app, host=self.settings.host, port=port, log_level="warning", lifespan="off",
+                                access_log=False, http=protocol, h11_max_incomplete_event_size=MAX_REQUEST_HEAD)
+        config.load()
+        config.ssl = tls
+        server = uvicorn.Server(config)
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        task = asyncio.create_task(server.serve(), name="https" if tls else "http")
+        self._tasks.append(task)
+        self._http.append(server)
+        while not server.started:
+            if task.done():
+                task.result()  # raises why uvicorn could not start (port taken, ...)
+                raise OSError(f"HTTP{'S' if tls else ''} server did not start on port {port}")
+            await asyncio.sleep(0.01)
+        return server
+
+    def ports(self) -> str:
+        """The ports served, for the log: "DICOM 11112 (TLS 2762), MLLP 2575, HTTP 8080"."""
+        def tls(port: int | None) -> str:
+            return f" (TLS {port})" if port is not None else ""
+
+        web = [f"HTTP {self.http_port}"] if self.http_port else []
+        web += [f"HTTPS {self.https_port}"] if self.https_port is not None else []
+        return ", ".join([f"DICOM {self.dicom_port}{tls(self.dicom_tls_port)}",
+                          f"MLLP {self.mllp_port}{tls(self.mllp_tls_port)}", *web])
 
     async def problem(self) -> str | None:
         """What keeps this server from doing its work, or None: the intake worker stopped, the
@@ -242,7 +278,8 @@ class Server:
         await asyncio.to_thread(self._receivers.stop)
         if self.services is not None and self.services.metrics is not None:
             await asyncio.to_thread(self.services.metrics.stop)
-        self._http.should_exit = True
+        for http in self._http:
+            http.should_exit = True
         for task in self._tasks:
             if task.get_name() == "mappings":
                 task.cancel()
@@ -422,11 +459,9 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(signum, stop.set)
     notifier = systemd.Notifier(service_manager())
     await server.start()
-    notifier.ready(f"serving DICOM {server.dicom_port}, MLLP {server.mllp_port}, HTTP {server.http_port}")
+    notifier.ready(f"serving {server.ports()}")
     watchdog = asyncio.create_task(notifier.watch(server.problem), name="watchdog")
-    print(f"pacs: serving DICOM {settings.ae_title} on {server.dicom_port}, MLLP on {server.mllp_port}, "
-          f"HTTP on {server.http_port}; "
-          f"data in {settings.data_dir}", flush=True)
+    print(f"pacs: serving {server.ports()} (AE title {settings.ae_title}); data in {settings.data_dir}", flush=True)
     await stop.wait()
     notifier.stopping()
     watchdog.cancel()

@@ -170,3 +170,23 @@ def test_certificates(tmp_path):
     (tmp_path / "garbage.pem").write_text("not a certificate\n")
     assert findings(tmp_path / "garbage.pem")[0].startswith("problem: certificate ")
     assert findings(tmp_path / "missing.pem")[0].startswith("problem: certificate ")
+
+
+def test_every_tls_file_the_settings_name_is_checked(tmp_path):
+    """The certificate and CA files of the TLS settings ([http], [dicom], [mllp], [[peers]], [his],
+    [publish], S3 areas) are found by their names; private keys are not certificates."""
+    from pacs.doctor import certificate_files
+    from pacs.settings import Peer, Settings
+
+    pem = tmp_path / "x.pem"
+    settings = Settings(
+        http={"tls_cert": pem, "tls_key": pem}, dicom={"tls_cert": pem, "tls_key": pem, "tls_client_ca": pem},
+        mllp={"tls_cert": pem, "tls_client_ca": pem}, his={"host": "his", "port": 2576, "tls": True, "tls_ca": pem},
+        publish={"fhir_base_url": "https://platform/fhir", "tls_ca": pem, "tls_cert": pem, "tls_key": pem},
+        peers=[Peer(ae_title="VIEWER1", host="v", port=2762, tls=True, tls_ca=pem, tls_cert=pem, tls_key=pem)],
+        storage={"areas": [{"name": "s3", "kind": "s3", "bucket": "b", "tls_ca": pem}]})
+    named = {setting for setting, _path in certificate_files(settings)}
+    assert named >= {"http.tls_cert", "dicom.tls_cert", "dicom.tls_client_ca", "mllp.tls_cert", "mllp.tls_client_ca",
+                     "his.tls_ca", "publish.tls_ca", "publish.tls_cert", "peers[0].tls_ca", "peers[0].tls_cert",
+                     "storage.areas[0].tls_ca"}
+    assert not [setting for setting in named if setting.endswith("_key")]

@@ -18,7 +18,8 @@ work in two:
   gives it its AR or AE as always.
 
 The main process binds the MLLP port itself (a port that is taken stops ``pacs serve`` at once)
-and hands the listening socket to the front (SCM_RIGHTS). The front keeps nothing: if it dies,
+and hands the listening socket to the front (SCM_RIGHTS); so with the MLLP over TLS port
+(``[mllp] tls_cert``), whose TLS the front serves with a context it makes from the same settings. The front keeps nothing: if it dies,
 its connections drop, the senders resend what was not acknowledged and the main process starts
 another front on the same listening socket. If the main process dies, the front dies with it
 (:func:`pacs.server.die_with_parent`, and the link's end of file).
@@ -51,6 +52,7 @@ from pacs.integration.channel import Channel, Inbound, Outcome
 from pacs.integration.intake import Intake
 from pacs.integration.message_store import Status
 from pacs.settings import Settings
+from pacs.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,7 @@ class Front:
         self._serving = threading.Event()
         self.process: multiprocessing.process.BaseProcess | None = None
         self._listener: socket.socket | None = None
+        self._tls_listener: socket.socket | None = None
         self._link: socket.socket | None = None
         self._send_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -116,9 +119,24 @@ class Front:
         assert self._listener is not None
         return self._listener.getsockname()[1]
 
+    @property
+    def tls_port(self) -> int | None:
+        """The MLLP over TLS port, when one is served."""
+        return self._tls_listener.getsockname()[1] if self._tls_listener is not None else None
+
     async def start(self, host: str, port: int) -> None:
-        """Bind the MLLP port and start the front process (raises if the port is taken)."""
+        """Bind the MLLP port (and the MLLP over TLS port, with ``[mllp] tls_cert``) and start the
+        front process (raises if a port is taken or the certificate cannot be used)."""
+        if self.settings.mllp.tls:
+            server_context("mllp", self.settings.mllp)  # a certificate that cannot be used stops the start here
         self._listener = await asyncio.to_thread(socket.create_server, (host, port), backlog=mllp.LISTEN_BACKLOG)
+        if self.settings.mllp.tls:
+            try:
+                self._tls_listener = await asyncio.to_thread(socket.create_server, (host, self.settings.mllp.tls_port),
+                                                             backlog=mllp.LISTEN_BACKLOG)
+            except BaseException:
+                self._listener.close()
+                raise
         # The relay thread starts the front process: the kernel ties the child's life to the
         # thread that started it (PR_SET_PDEATHSIG), and this one lives as long as the port.
         self._thread = threading.Thread(target=self._run, name="mllp-front", daemon=True)
@@ -134,8 +152,9 @@ class Front:
         except BaseException:
             await self.stop(0)
             raise
-        log.info("MLLP listening on %s, served by front process %s", self._listener.getsockname()
-                 if self._listener else "?", self.process.pid if self.process else "?")
+        log.info("MLLP listening on %s%s, served by front process %s", self._listener.getsockname()
+                 if self._listener else "?", f" and on {self._tls_listener.getsockname()} over TLS"
+                 if self._tls_listener else "", self.process.pid if self.process else "?")
 
     async def stop(self, grace: float = STOP_GRACE) -> None:
         """Stop accepting; the front lets its connections finish the message they are on
@@ -166,8 +185,9 @@ class Front:
                 pass
         if self._thread is not None:
             self._thread.join(10)
-        if self._listener is not None:
-            self._listener.close()
+        for listener in (self._listener, self._tls_listener):
+            if listener is not None:
+                listener.close()
 
     # -- the relay thread --------------------------------------------------------------------
     def _run(self) -> None:
@@ -231,7 +251,8 @@ class Front:
                     log.warning("MLLP front link: a connection from process %d refused", pid)
                     link.close()
                 link.settimeout(START_TIMEOUT)
-                socket.send_fds(link, [b"listener"], [self._listener.fileno()])
+                listeners = [self._listener] + ([self._tls_listener] if self._tls_listener is not None else [])
+                socket.send_fds(link, [b"listeners"], [listener.fileno() for listener in listeners])
                 stream = link.makefile("rb", buffering=1 << 16)  # the link's one reader, from here on
                 ready = _read_frame(stream)
                 if ready != ("ready", process.pid):
@@ -370,15 +391,16 @@ def serve_front(settings: Settings, address: str) -> None:
     channel = Channel(settings, MappingHolder(settings.mappings_dir, poll_seconds=settings.mappings_poll_seconds))
     link = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     link.connect(address)
-    _, fds, _, _ = socket.recv_fds(link, 64, 1)
+    _, fds, _, _ = socket.recv_fds(link, 64, 2)  # the MLLP port, and the MLLP over TLS port if any
     if not fds:
         raise RuntimeError("the main process sent no listening socket")
     listener = socket.socket(fileno=fds[0])
-    run(_serve(settings, channel, link, listener))
+    tls_listener = socket.socket(fileno=fds[1]) if len(fds) > 1 else None
+    run(_serve(settings, channel, link, listener, tls_listener))
 
 
 async def _serve(settings: Settings, channel: Channel, link_socket: socket.socket,
-                 listener: socket.socket) -> None:
+                 listener: socket.socket, tls_listener: socket.socket | None = None) -> None:
     from pacs.integration.listener import MLLPServer
 
     link_socket.setblocking(False)
@@ -387,6 +409,8 @@ async def _serve(settings: Settings, channel: Channel, link_socket: socket.socke
     reading = asyncio.create_task(link.read(reader), name="link")
     server = MLLPServer(settings, link)
     await server.start(settings.host, 0, sock=listener)
+    if tls_listener is not None:
+        await server.start_tls(settings.host, 0, sock=tls_listener)
     writer.write(_frame(("ready", os.getpid())))
     gc.collect()
     gc.freeze()  # the modules and mappings live as long as the process (as in the main process)

@@ -19,7 +19,8 @@ Messages are built with hl7apy, which knows each version's structures.
 
 from __future__ import annotations
 
-import socket
+import ssl
+from collections.abc import Callable
 from datetime import datetime
 
 from hl7apy.core import Message
@@ -231,12 +232,14 @@ class HISNotifier:
                 description=f"{self._kind()} {STATUS_CHANGED} {SCHEDULED} for {order.accession_number}")
 
 
-def mllp_deliverer(host: str, port: int, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    """Send an HL7 v2 item over MLLP and read its ACK: AA/CA delivered, AE/AR/CE/CR refused."""
+def mllp_deliverer(host: str, port: int, timeout: float = 30.0,  # type: ignore[no-untyped-def]
+                   tls: Callable[[], ssl.SSLContext] | None = None):
+    """Send an HL7 v2 item over MLLP and read its ACK: AA/CA delivered, AE/AR/CE/CR refused.
+    Over TLS with ``tls``, which gives the client context for each connection
+    (``[his] tls = true``: :func:`pacs.tls.client_context`)."""
 
     def deliver(item: OutboxItem) -> Delivered:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with mllp.connect(host, port, timeout, tls() if tls is not None else None) as sock:
             sock.sendall(mllp.frame(item.payload.encode("utf-8")))
             buffer = b""
             while mllp.TRAILER not in buffer:

@@ -8,6 +8,13 @@ sender trickling bytes); a frame cut off by a dropped connection or a timeout wa
 acknowledged and is discarded (the sender resends it). One address holds at most ``[mllp]
 max_connections_per_address`` connections: one more is closed as it opens, so that a sender
 opening connections without end cannot use up the process's descriptors for every other.
+
+With ``[mllp] tls_cert`` the same server also listens on ``[mllp] tls_port`` for MLLP over TLS
+(:func:`pacs.tls.server_context`: TLS 1.2 or 1.3 as BCP 195 has it, client certificates from
+``tls_client_ca`` required when it is set): the frames, limits and timeouts are those of the
+plain port, and the TLS handshake must end within ``frame_timeout_seconds``. A client that does
+not speak TLS, or offers no acceptable certificate, is closed during the handshake and never
+reaches the frame reader.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
 from collections import Counter
 from concurrent.futures import Future
@@ -24,6 +32,7 @@ from pacs.integration import mllp
 from pacs.integration.ack import AckCode, ErrorCode, MessageError, build_ack, header_from_raw
 from pacs.integration.channel import Inbound, Outcome
 from pacs.settings import Settings
+from pacs.tls import peer_identity, server_context
 
 log = logging.getLogger(__name__)
 REFUSAL_LOG_INTERVAL = 1.0  # seconds: one line per address for the connections refused in this
@@ -46,6 +55,7 @@ class MLLPServer:
         self.settings = settings
         self.intake = intake
         self._server: asyncio.base_events.Server | None = None
+        self._tls_server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._by_host: Counter[str] = Counter()  # open connections per remote address
         self._refused: dict[str, tuple[float, int]] = {}  # per address: last line logged, refusals since
@@ -55,29 +65,48 @@ class MLLPServer:
         assert self._server is not None
         return self._server.sockets[0].getsockname()[1]
 
+    @property
+    def tls_port(self) -> int | None:
+        """The MLLP over TLS port, when one is served."""
+        return self._tls_server.sockets[0].getsockname()[1] if self._tls_server is not None else None
+
     async def start(self, host: str, port: int, *, sock: socket.socket | None = None) -> None:
         """Listen on ``host``:``port``, or on the listening socket ``sock`` made elsewhere."""
+        self._server = await self._listen(host, port, sock)
+        log.info("MLLP listening on %s", self._server.sockets[0].getsockname())
+
+    async def start_tls(self, host: str, port: int, *, sock: socket.socket | None = None) -> None:
+        """Listen for MLLP over TLS on ``host``:``port`` (or ``sock``), with ``[mllp] tls_cert``."""
+        self._tls_server = await self._listen(host, port, sock, server_context("mllp", self.settings.mllp))
+        log.info("MLLP listening on %s over TLS%s", self._tls_server.sockets[0].getsockname(),
+                 ", client certificates required" if self.settings.mllp.tls_client_ca else "")
+
+    async def _listen(self, host: str, port: int, sock: socket.socket | None,
+                      tls: ssl.SSLContext | None = None) -> asyncio.base_events.Server:
+        options: dict[str, object] = {"limit": mllp.READ_CHUNK, "backlog": mllp.LISTEN_BACKLOG}
+        if tls is not None:
+            options.update(ssl=tls, ssl_handshake_timeout=self.settings.mllp.frame_timeout_seconds)
         if sock is not None:
             # asyncio listens on the socket again, with its own backlog unless told
-            self._server = await asyncio.start_server(self._serve, sock=sock, limit=mllp.READ_CHUNK,
-                                                      backlog=mllp.LISTEN_BACKLOG)
-        else:
-            self._server = await asyncio.start_server(self._serve, host, port, limit=mllp.READ_CHUNK,
-                                                      reuse_address=True, backlog=mllp.LISTEN_BACKLOG)
-        log.info("MLLP listening on %s", self._server.sockets[0].getsockname())
+            return await asyncio.start_server(self._serve, sock=sock, **options)  # type: ignore[arg-type]
+        return await asyncio.start_server(self._serve, host, port, reuse_address=True,  # type: ignore[arg-type]
+                                          **options)
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting; let connections finish the message they are on, then close them."""
-        if self._server is None:
+        servers = [server for server in (self._server, self._tls_server) if server is not None]
+        if not servers:
             return
-        self._server.close()
+        for server in servers:
+            server.close()
         tasks = list(self._connections)
         if tasks:
             _done, pending = await asyncio.wait(tasks, timeout=grace)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        await self._server.wait_closed()
+        for server in servers:
+            await server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
@@ -117,6 +146,11 @@ class MLLPServer:
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tls = writer.get_extra_info("ssl_object")
+        if tls is not None:
+            who = peer_identity(tls)
+            log.debug("MLLP %s: %s %s%s", peer_text, tls.version(), (tls.cipher() or ("",))[0],
+                      f", certificate of {who}" if who else "")
         frames = mllp.FrameReader(reader, self.settings.mllp.max_message_bytes,
                                   self.settings.mllp.idle_timeout_seconds, self.settings.mllp.frame_timeout_seconds)
         closing = False

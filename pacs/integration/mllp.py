@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import socket
+import ssl
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -73,6 +75,21 @@ class FrameTooLarge(ValueError):
 def frame(payload: bytes) -> bytes:
     """Wrap one message for the wire."""
     return START_BLOCK + payload + TRAILER
+
+
+def connect(host: str, port: int, timeout: float, tls: ssl.SSLContext | None = None) -> socket.socket:
+    """A connection to an MLLP receiver, Nagle's algorithm off (DESIGN.md); over TLS with ``tls``
+    (a client context, :func:`pacs.tls.client_context`: the receiver's certificate checked for
+    ``host``), the handshake done before it is returned."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            sock = tls.wrap_socket(sock, server_hostname=host)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 # Text every character set an HL7 message can be declared in must read as ASCII reads it: the

@@ -23,9 +23,11 @@ from sqlmodel import Session, col, select
 from pacs.archive.index import Study
 from pacs.db import Database, utcnow
 from pacs.fhir_server.imaging_study import imaging_study_resource
+from pacs.integration.oauth import BearerToken, ClientCredentials
 from pacs.integration.outbox import Delivered, DeliveryRefused, OutboxItem, enqueue
 from pacs.registry.models import ImagingOrder, Patient, PerformedProcedureStep, PerformedStepStatus
-from pacs.settings import Settings
+from pacs.settings import PublishSettings, Settings
+from pacs.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -114,18 +116,50 @@ class Publisher:
         return bool(statuses) and all(s == PerformedStepStatus.COMPLETED for s in statuses)
 
     def _dicomweb(self) -> str:
-        base = self.settings.public_url or f"http://localhost:{self.settings.http_port}"
+        http = self.settings.http
+        fallback = (f"http://localhost:{self.settings.http_port}" if http.plain
+                    else f"https://localhost:{http.tls_port}")
+        base = self.settings.public_url or fallback
         return base.rstrip("/") + "/dicomweb"
 
 
-def fhir_deliverer(base_url: str, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    """PUT the resource to the platform; 2xx delivered, 4xx refused (but 408/425/429), else retried."""
-    client = httpx.Client(base_url=base_url.rstrip("/") + "/", timeout=timeout,
-                          headers={"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"})
+def platform_auth(publish: PublishSettings) -> httpx.Auth | None:
+    """How the platform is told who calls: a token from its OAuth 2.0 token endpoint (client
+    credentials, RFC 6749 4.4), a fixed bearer token, or nothing."""
+    if publish.oauth_token_url:
+        secret = publish.oauth_client_secret.get_secret_value() if publish.oauth_client_secret else ""
+        return ClientCredentials(publish.oauth_token_url, publish.oauth_client_id, secret, publish.oauth_scope)
+    if publish.fhir_token is not None:
+        return BearerToken(publish.fhir_token.get_secret_value())
+    return None
+
+
+def fhir_deliverer(publish: PublishSettings, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+    """PUT the resource to the platform; 2xx delivered, 4xx refused (but 408/425/429), else retried.
+
+    Authenticated as ``[publish]`` says (:func:`platform_auth`); over https, the platform's
+    certificate is checked against ``tls_ca`` and ``tls_cert`` presented if the platform asks
+    for one (:func:`pacs.tls.client_context`; a renewed file is used from the next item on)."""
+    assert publish.fhir_base_url
+    base_url = publish.fhir_base_url.rstrip("/") + "/"
+    auth = platform_auth(publish)
+    clients: dict[int, httpx.Client] = {}
+
+    def client() -> httpx.Client:
+        context = client_context("[publish]", publish)
+        current = clients.get(id(context))
+        if current is None:
+            for old in clients.values():
+                old.close()
+            clients.clear()
+            current = clients[id(context)] = httpx.Client(
+                base_url=base_url, timeout=timeout, verify=context, auth=auth,
+                headers={"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"})
+        return current
 
     def deliver(item: OutboxItem) -> Delivered:
         request = json.loads(item.payload)
-        response = client.request(request["method"], request["url"], json=request["resource"])
+        response = client().request(request["method"], request["url"], json=request["resource"])
         if 200 <= response.status_code < 300:
             return Delivered(response=f"{response.status_code} {response.headers.get('location', '')}".strip())
         if 400 <= response.status_code < 500 and response.status_code not in RETRYABLE:

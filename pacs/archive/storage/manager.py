@@ -60,7 +60,7 @@ def build_area(spec: StorageAreaSettings, settings: Settings) -> StorageArea:
             raise ValueError(f"storage area {spec.name}: kind = \"s3\" needs bucket = \"...\"")
         return S3Area(spec.name, spec.bucket, prefix=spec.prefix, endpoint_url=spec.endpoint_url,
                       access_key=spec.access_key, secret_key=spec.secret_key, region=spec.region,
-                      max_connections=max(32, settings.storage.recall_workers * 2))
+                      max_connections=max(32, settings.storage.recall_workers * 2), tls_ca=spec.tls_ca)
     root = spec.path or (settings.storage_dir if spec.name == "online" else settings.data_dir / f"storage-{spec.name}")
     if spec.kind == "container":
         return ContainerArea(spec.name, root)

@@ -26,12 +26,16 @@ class S3Area:
 
     def __init__(self, name: str, bucket: str, *, prefix: str = "", endpoint_url: str | None = None,
                  access_key: str | None = None, secret_key: str | None = None, region: str | None = None,
-                 max_connections: int = 32) -> None:
+                 max_connections: int = 32, tls_ca: Path | None = None) -> None:
         self.name = name
         self.bucket = bucket
         self.prefix = prefix
-        self._options = {"endpoint_url": endpoint_url, "aws_access_key_id": access_key,
-                         "aws_secret_access_key": secret_key, "region_name": region or "us-east-1"}
+        # An https endpoint's certificate is always checked (botocore's default): against the
+        # CA certificates of ``[[storage.areas]] tls_ca`` when given, else the system's.
+        self._options: dict[str, Any] = {"endpoint_url": endpoint_url, "aws_access_key_id": access_key,
+                                         "aws_secret_access_key": secret_key, "region_name": region or "us-east-1"}
+        if tls_ca is not None:
+            self._options["verify"] = str(tls_ca)
         self._max_connections = max_connections
         self._client: Any = None
         self._lock = threading.Lock()
