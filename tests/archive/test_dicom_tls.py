@@ -89,6 +89,16 @@ def test_dcmtk_echo_store_and_find_over_tls(start_server, pki, tmp_path):
         assert answer.StudyInstanceUID == study and str(answer.PatientName) == "CompressedSamples^CT1"
 
 
+def test_tls_associations_stay_in_the_main_process_beside_receivers(start_server, pki):
+    """With receiver processes the plain port's connections are handed out; a TLS session cannot
+    be, and the main process serves the TLS port's associations itself."""
+    server = start_server(dicom={**pki.server_settings(), "processes": 2})
+    ct = get_testdata_file("CT_small.dcm")
+    for where, options in ((server.server.dicom_tls_port, with_certificate(pki)), (server.dicom_port, [])):
+        stored = dcmtk("storescu", "-aet", "CT1", "-aec", "PACS", *options, "127.0.0.1", str(where), ct)
+        assert stored.returncode == 0, stored.stdout + stored.stderr
+
+
 def test_a_client_without_a_valid_certificate_is_refused(start_server, pki):
     server = start_server(dicom=pki.server_settings())
     port = str(server.server.dicom_tls_port)
