@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import tempfile
 import threading
 from collections.abc import Callable
@@ -245,7 +246,8 @@ class DicomServer:
                      ", client certificates required" if self.settings.dicom.tls_client_ca else "")
 
     def _listen(self, host: str, port: int, hand_off: Callable[[socket.socket, Any], bool] | None,
-                tls: Any = None) -> HandingServer:
+                tls: ssl.SSLContext | None = None) -> HandingServer:
+        """A server on ``port`` whose connections wait in a gate of their own (over TLS with ``tls``)."""
         server = self.ae.make_server((host, port), evt_handlers=self._handlers, server_class=HandingServer)
         server.bind(evt.EVT_CONN_CLOSE, server.connection_closed)
         server.hand_off = hand_off
