@@ -37,12 +37,16 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 def get_session(services: ServicesDep, request: Request):  # type: ignore[no-untyped-def]
-    """One unit of work per request; GET and HEAD only read, so they take no write lock."""
+    """One unit of work per request; GET and HEAD only read, so they take no write lock.
+
+    It commits before the response goes out (``scope="function"``): FastAPI otherwise runs a
+    dependency's exit after sending the response, and a client would be told of a change not
+    yet durable, one a failed commit would lose, and could read the old state right after."""
     with services.db.session(read_only=request.method in ("GET", "HEAD")) as session:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
 """A row's id in a path: anything past the largest key is refused (422), as it names no row."""
@@ -142,6 +146,36 @@ def allowed_methods(request: Request) -> list[str]:
 
 
 NUL = "\x00"  # U+0000
+
+
+class NoStore:
+    """ASGI middleware: answers of the JSON API and of the pages carry ``Cache-Control:
+    no-store`` (RFC 9111 5.2.2.5) unless they say otherwise: they hold patient data that must
+    not stay in a shared workstation's browser cache, and a list read again right after a
+    change must not come from a cache. DICOMweb is left out: a viewer reading a study again
+    gains from its browser's cache, and an instance never changes under its UID."""
+
+    PREFIXES = ("/api/", "/fhir", "/desk", "/login", "/logout")
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path == "/" or path.startswith(self.PREFIXES)):
+            await self.app(scope, receive, send)
+            return
+
+        async def sending(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"cache-control" for name, _ in headers):
+                    headers.append((b"cache-control", b"no-store"))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, sending)
 
 
 class RefuseNul:
@@ -262,6 +296,7 @@ def create_app(services: Services) -> FastAPI:
     app.add_exception_handler(Exception, errors.server_error)
     app.add_middleware(RefuseNul, errors=errors)
     app.add_middleware(SessionCookies)
+    app.add_middleware(NoStore)
     if services.audit is not None:  # who read, searched or stored what (IHE ATNA)
         app.add_middleware(AuditMiddleware, auditor=services.audit)
     return app

@@ -45,11 +45,27 @@ class Steps:
 def steps(browser: Browser, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Steps]:
     folder = Path(os.environ.get("PACS_SCREENSHOTS", tmp_path)) / request.node.name.replace("/", "_")
     folder.mkdir(parents=True, exist_ok=True)
-    context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="zh-CN")
+    for old in folder.glob("*.png"):  # a run's screenshots only
+        old.unlink()
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="zh-CN",
+                                  timezone_id="Asia/Shanghai")  # a desk's computer in China
     page = context.new_page()
     page.set_default_timeout(STEP_TIMEOUT_MS)
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-    yield Steps(page, folder)
+    taken = Steps(page, folder)
+    yield taken
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:  # what the page showed when the test failed
+        taken.shot("failed")
+        print(f"screenshots of {request.node.name}: {folder}")
     context.close()
     assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """Keep each phase's report on the test, so that `steps` knows whether the test failed."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)

@@ -21,7 +21,7 @@ function t(key, values = {}) {
 class Refused extends Error {}
 
 async function api(method, path, body) {
-  const options = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
+  const options = { method, headers: { Accept: "application/json" }, credentials: "same-origin", cache: "no-store" };
   if (body !== undefined) {
     options.headers["Content-Type"] = "application/json";
     options.body = JSON.stringify(body);
@@ -42,6 +42,10 @@ function reasonOf(data) {
   if (!data) return "";
   if (typeof data.detail === "string") return data.detail;
   if (Array.isArray(data.detail)) return data.detail.map((d) => d.msg).join("; ");
+  if (data.detail?.refusals?.length) {  // a booking refused: in the page's language where the problem is known
+    return [...new Set(data.detail.refusals.map((r) => (messages[`desk.refused.${r.problem}`] ?? r.message)))].join("; ");
+  }
+  if (data.detail?.message) return data.detail.message;
   return data.message ?? "";
 }
 
@@ -55,7 +59,15 @@ function say(text, kind = "note") {
 }
 
 function failed(error) {
+  if (!(error instanceof Refused)) console.error(error); // a fault of the page: the console says where
   if (!(error instanceof Refused) || error.message !== "401") say(t("desk.error", { reason: error.message }), "error");
+}
+
+// A list is loaded again whenever something changes; answers can come back out of order, and
+// only the answer to the latest load is shown.
+function latest() {
+  let serial = 0;
+  return () => { const mine = ++serial; return () => mine === serial; };
 }
 
 // -- lists moved through with the arrow keys --------------------------------------------------
@@ -111,11 +123,11 @@ function row(...cells) {
 
 const statusBadge = (status) => ({ text: t(`desk.status.${status}`), class: `badge ${status}`, data: { status } });
 
+// A time of the hospital as the server wrote it (RFC 3339 with the hospital's offset): shown as
+// written, whatever zone the desk's computer is set to.
 function when(iso) {
   if (!iso) return "";
-  const moment = new Date(iso);
-  const pad = (n) => String(n).padStart(2, "0");
-  return `${moment.getFullYear()}-${pad(moment.getMonth() + 1)}-${pad(moment.getDate())} ${pad(moment.getHours())}:${pad(moment.getMinutes())}`;
+  return `${iso.slice(0, 10)} ${iso.slice(11, 16)}`;
 }
 
 function today() {
@@ -146,6 +158,7 @@ const exams = new Listbox($("exams"), (o) => {
 
 async function choosePatient(patient) {
   state.patient = patient;
+  exams.show([]);  // nothing of the patient before stays on screen meanwhile
   $("patient").hidden = false;
   $("patient-name").textContent = patient.name || patient.pinyin;
   $("patient-pinyin").textContent = patient.name ? (patient.pinyin ?? "") : "";
@@ -165,10 +178,14 @@ async function choosePatient(patient) {
   $("exams").focus();
 }
 
+const examsLoad = latest();
+
 async function loadExams(highlight) {
   if (!state.patient) return;
+  const current = examsLoad();
   try {
     const page = await api("GET", `/api/orders?patient_id=${encodeURIComponent(state.patient.patient_id)}&limit=100`);
+    if (!current()) return;
     const items = page.items;
     const at = highlight ? items.findIndex((o) => o.id === highlight) : 0;
     exams.show(items, items.length ? Math.max(at, 0) : -1);
@@ -272,13 +289,21 @@ async function runSearch(text) {
   } catch (error) { if (serial === searchSerial) failed(error); }
 }
 
+// A DICOM person name (PS3.5 6.2.1: Zhang^Wei=张^伟) as people write it: the ideographic group
+// run together (张伟), else the alphabetic one with spaces (Zhang Wei).
+function personName(pn) {
+  const [alphabetic = "", ideographic = ""] = (pn ?? "").split("=");
+  const components = (group) => group.split("^").filter(Boolean);
+  return ideographic ? components(ideographic).join("") : components(alphabetic).join(" ");
+}
+
 // -- check-in, cancel, label ----------------------------------------------------------------
 
 async function checkIn(order) {
   if (order.status !== "scheduled") return;
   try {
     const done = await api("POST", `/api/orders/${order.id}/arrive`, {});
-    say(t("desk.requisitions.checked_in", { name: done.patient_name.split("=").pop(), exam: done.procedure_text }), "ok");
+    say(t("desk.requisitions.checked_in", { name: personName(done.patient_name), exam: done.procedure_text }), "ok");
     updateOrder(done.id, done.status);
     loadRequisitions();
   } catch (error) { failed(error); }
@@ -361,12 +386,16 @@ const requisitions = new Listbox($("requisitions"), (o) => {
   return li;
 }, (o) => checkIn(o));
 
+const requisitionsLoad = latest();
+
 async function loadRequisitions() {
+  const current = requisitionsLoad();
   const params = new URLSearchParams();
   if ($("req-source").value) params.set("source", $("req-source").value);
   if ($("req-department").value.trim()) params.set("department", $("req-department").value.trim());
   try {
     const found = await api("GET", `/api/desk/requisitions?${params}`);
+    if (!current()) return;
     const items = found.groups.flatMap((group) => group.items);
     requisitions.show(items);
     if (!items.length) $("requisitions").replaceChildren(row({ text: t("desk.requisitions.none"), class: "note" }));
@@ -400,11 +429,15 @@ function fillRooms() {
   loadSlots();
 }
 
+const slotsLoad = latest();
+
 async function loadSlots() {
+  const current = slotsLoad();
   const room = $("book-room").value, day = $("book-date").value, procedure = $("book-procedure").value;
   if (!room || !day) { slots.show([]); return; }
   try {
     const found = await api("GET", `/api/desk/slots?room=${encodeURIComponent(room)}&date=${day}&procedure=${encodeURIComponent(procedure)}`);
+    if (!current()) return;
     const items = found.slots ?? [];
     slots.show(items, items.findIndex((s) => s.free > 0));
     if (!items.length) $("slots").replaceChildren(row({ text: t("desk.book.no_slots"), class: "note" }));
@@ -436,11 +469,15 @@ $("book").addEventListener("submit", async (event) => {
 
 // -- today's lists ---------------------------------------------------------------------------
 
+const todayLoad = latest();
+
 async function loadToday() {
+  const current = todayLoad();
   const day = $("today-date").value || today();
   $("today-csv").href = `/api/desk/today?date=${day}&format=csv`;
   try {
     const found = await api("GET", `/api/desk/today?date=${day}`);
+    if (!current()) return;
     const box = $("today");
     box.replaceChildren();
     const stages = [["registered", "desk.today.registered"], ["examined", "desk.today.examined"], ["completed", "desk.today.completed"]];
@@ -507,6 +544,13 @@ document.addEventListener("keydown", (event) => {
   }
   if (event.key === "/" && document.activeElement?.tagName !== "INPUT") { search.focus(); event.preventDefault(); }
 });
+
+// Enter confirms a dialog from any of its fields (a select too, which alone would not submit).
+for (const form of document.querySelectorAll("dialog form")) {
+  form.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && event.target.tagName === "SELECT") { event.preventDefault(); form.requestSubmit(); }
+  });
+}
 
 // -- live changes ----------------------------------------------------------------------------
 
