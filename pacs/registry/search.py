@@ -17,7 +17,7 @@ How the name keys are kept: every patient row carries ``search_name`` (张三),
 ``search_pinyin`` (ZHANGSAN), ``search_initials`` (ZS) and ``search_phone`` (digits),
 written by the registry service with the name and phone (:func:`fill_keys`), each with an
 index compared byte by byte (:data:`pacs.registry.models.SEARCH_KEY`). A prefix is then a range
-of that index, ``key >= '张三' AND key < '张丄'``, on SQLite and PostgreSQL alike, however many
+of that index, ``key >= '张三' AND key < '张上'``, on SQLite and PostgreSQL alike, however many
 patients there are.
 
 Ranking: exact identifier, card, national ID and phone matches first; then names equal to what
@@ -40,7 +40,7 @@ from functools import lru_cache
 from typing import Any
 
 from pypinyin import Style, lazy_pinyin
-from sqlalchemy import ColumnElement, Connection, case, event, func, select
+from sqlalchemy import ColumnElement, Connection, case, event, func, literal, or_, select, union_all
 from sqlmodel import Session
 
 from pacs.integration.names import has_han, split_syllables
@@ -49,8 +49,8 @@ from pacs.registry.models import ImagingOrder, OrderStatus, Patient, PatientIden
 MAX_QUERY_CHARS = 64
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 50
-CANDIDATES = 200  # rows read from one key's index range before ranking
-RECENT_ORDERS = 5000  # the newest orders whose patients a broad prefix ranks exactly
+CANDIDATES = 100  # rows read from one key's index range before ranking
+RECENT_ORDERS = 2000  # the newest orders (a busy department's day) whose patients a broad prefix ranks exactly
 MAX_MERGE_HOPS = 16  # A40 onto A40: how far a merged patient is followed
 MIN_PHONE_DIGITS = 5  # fewer digits are no phone number worth looking up
 NATIONAL_ID = re.compile(r"\d{17}[\dXx]|\d{15}")  # GB 11643-1999; the 15-digit cards of before 1999
@@ -213,14 +213,6 @@ class Query:
     han: str = ""  # a Han name prefix
     pinyin: str = ""  # a pinyin (or initials) prefix
 
-    @property
-    def asks_by_identifier(self) -> bool:
-        return bool(self.identifiers)
-
-    @property
-    def asks_by_name(self) -> bool:
-        return bool(self.han or self.pinyin)
-
 
 def parse_query(text: str) -> Query:
     """Read what a registrar typed; :class:`BadQuery` if it is empty or too long.
@@ -290,6 +282,8 @@ class _Candidate:
     tier: Tier
     matched: Matched
     key: str = ""
+    seen: datetime | None = None  # the newest order or visit change
+    merged: bool = False  # merged into another patient (ADT A40), or not known not to be
 
 
 def _prefix_range(column: Any, prefix: str) -> ColumnElement[bool]:
@@ -298,73 +292,150 @@ def _prefix_range(column: Any, prefix: str) -> ColumnElement[bool]:
     return (column >= prefix) & (column < upper)
 
 
+# When each patient was last seen, read with the candidates themselves: one index lookup per row
+# (ix_imaging_order_patient, ix_visit_patient) rather than a second statement with their ids.
+_LAST_ORDER = select(func.max(ORDER.c.created_at)).where(ORDER.c.patient == PATIENT.c.id).scalar_subquery()
+_LAST_VISIT = select(func.max(VISIT.c.updated_at)).where(VISIT.c.patient == PATIENT.c.id).scalar_subquery()
+_OPEN_ORDERS = (select(func.count()).where(ORDER.c.patient == PATIENT.c.id,
+                                           ORDER.c.status.in_([s.value for s in OPEN_ORDER_STATUSES]))
+                .scalar_subquery())
+_KEYS = (PATIENT.c.search_name, PATIENT.c.search_pinyin, PATIENT.c.search_initials)
+_IDENTIFIER, _NATIONAL_ID, _PHONE = "identifier", "national_id", "phone"  # the exact branches' tags
+
+
+def _newest(*moments: datetime | None) -> datetime | None:
+    known = [m for m in moments if m is not None]
+    return max(known) if known else None
+
+
+def _branch(tag: str, key: Any, *where: Any, type_code: Any = None, join: Any = None, order: bool = False,
+            limit: int = CANDIDATES) -> Any:
+    """One way of matching, as a branch of the candidates' UNION ALL: (tag, id, key, merged_into,
+    patient_id, type_code, last order, last visit) of at most ``limit`` patients."""
+    statement = select(literal(tag).label("tag"), PATIENT.c.id, key.label("key"), PATIENT.c.merged_into,
+                       PATIENT.c.patient_id, (type_code if type_code is not None else literal("")).label("type_code"),
+                       _LAST_ORDER.label("last_order"), _LAST_VISIT.label("last_visit"))
+    if join is not None:
+        statement = statement.select_from(join)
+    statement = statement.where(*where)
+    if order:
+        statement = statement.order_by(key)
+    return select(statement.limit(limit).subquery())
+
+
 def search(session: Session, query: Query, *, types: IdentifierTypes = IdentifierTypes(),
            limit: int = DEFAULT_LIMIT) -> list[Found]:
-    """The patients ``query`` finds, best first, at most ``limit`` (see the module docstring)."""
+    """The patients ``query`` finds, best first, at most ``limit`` (see the module docstring).
+
+    One statement finds the candidates of every kind of match (a UNION ALL: identifiers, national
+    ID, phone, each name key's prefix range) with when each was last seen; one more, only for a
+    prefix with more than :data:`CANDIDATES` patients, the recently seen among them; one the
+    answer's rows and one their identifiers: a few round trips whatever was typed."""
     conn = session.connection()
-    cards, national = types.cards, types.national
+    branches = []
+    if query.identifiers:
+        branches.append(_branch(_IDENTIFIER, IDENTIFIER.c.value, IDENTIFIER.c.value.in_(query.identifiers),
+                                type_code=IDENTIFIER.c.type_code,
+                                join=IDENTIFIER.join(PATIENT, PATIENT.c.id == IDENTIFIER.c.patient)))
+    if query.national_ids:
+        branches.append(_branch(_NATIONAL_ID, PATIENT.c.national_id, PATIENT.c.national_id.in_(query.national_ids)))
+    if query.phone:
+        branches.append(_branch(_PHONE, PATIENT.c.search_phone, PATIENT.c.search_phone == query.phone))
+    ranges = {matched.value: (column, prefix, matched) for column, prefix, matched in (
+        (PATIENT.c.search_name, query.han, Matched.NAME), (PATIENT.c.search_pinyin, query.pinyin, Matched.PINYIN),
+        (PATIENT.c.search_initials, query.pinyin, Matched.INITIALS)) if prefix}
+    for tag, (column, prefix, _matched) in ranges.items():
+        branches.append(_branch(tag, column, _prefix_range(column, prefix), order=True, limit=CANDIDATES + 1))
+    if not branches:
+        return []
+    rows = conn.execute(branches[0] if len(branches) == 1 else union_all(*branches)).all()
+
     candidates: dict[int, _Candidate] = {}
 
-    def offer(row_id: int, tier: Tier, matched: Matched, key: str = "") -> None:
-        known = candidates.get(row_id)
-        if known is None or tier < known.tier:
-            candidates[row_id] = _Candidate(row_id, tier, matched, key)
+    def offer(candidate: _Candidate) -> None:
+        known = candidates.get(candidate.id)
+        if known is None or candidate.tier < known.tier:
+            candidates[candidate.id] = candidate
 
-    if query.identifiers:
-        rows = conn.execute(select(IDENTIFIER.c.patient, IDENTIFIER.c.value, IDENTIFIER.c.type_code,
-                                   PATIENT.c.patient_id)
-                            .join(PATIENT, PATIENT.c.id == IDENTIFIER.c.patient)
-                            .where(IDENTIFIER.c.value.in_(query.identifiers)))
-        for patient, value, type_code, patient_id in rows:
-            kind = (Matched.PATIENT_ID if value == patient_id else Matched.CARD if type_code.upper() in cards
-                    else Matched.NATIONAL_ID if type_code.upper() in national else Matched.IDENTIFIER)
-            offer(patient, Tier.EXACT, kind)
-    if query.national_ids:
-        for (row_id,) in conn.execute(select(PATIENT.c.id).where(PATIENT.c.national_id.in_(query.national_ids))):
-            offer(row_id, Tier.EXACT, Matched.NATIONAL_ID)
-    if query.phone:
-        for (row_id,) in conn.execute(select(PATIENT.c.id).where(PATIENT.c.search_phone == query.phone)
-                                      .limit(CANDIDATES)):
-            offer(row_id, Tier.EXACT, Matched.PHONE)
-    recent: set[int] = set()
-    for column, prefix, matched in ((PATIENT.c.search_name, query.han, Matched.NAME),
-                                    (PATIENT.c.search_pinyin, query.pinyin, Matched.PINYIN),
-                                    (PATIENT.c.search_initials, query.pinyin, Matched.INITIALS)):
-        if not prefix:
+    per_range: dict[str, list[Any]] = {}
+    for row in rows:
+        seen = _newest(row.last_order, row.last_visit)
+        if row.tag in ranges:
+            per_range.setdefault(row.tag, []).append(row)
             continue
-        rows = conn.execute(select(PATIENT.c.id, column).where(_prefix_range(column, prefix))
-                            .order_by(column).limit(CANDIDATES + 1)).all()
-        if len(rows) > CANDIDATES:  # a broad prefix: the recently seen among its patients, exactly
-            newest = select(ORDER.c.patient).order_by(ORDER.c.id.desc()).limit(RECENT_ORDERS)
-            for row_id, key in conn.execute(select(PATIENT.c.id, column)
-                                            .where(PATIENT.c.id.in_(newest), _prefix_range(column, prefix))):
-                recent.add(row_id)
-                offer(row_id, Tier.NAME_EQUAL if key == prefix else Tier.NAME_PREFIX, matched, key)
-            rows = rows[:CANDIDATES]
-        for row_id, key in rows:
-            offer(row_id, Tier.NAME_EQUAL if key == prefix else Tier.NAME_PREFIX, matched, key)
+        matched = Matched.NATIONAL_ID if row.tag == _NATIONAL_ID else Matched.PHONE if row.tag == _PHONE else (
+            Matched.PATIENT_ID if row.key == row.patient_id else Matched.CARD if row.type_code.upper() in types.cards
+            else Matched.NATIONAL_ID if row.type_code.upper() in types.national else Matched.IDENTIFIER)
+        offer(_Candidate(row.id, Tier.EXACT, matched, seen=seen, merged=row.merged_into is not None))
+    broad = []
+    for tag, found in per_range.items():
+        column, prefix, matched = ranges[tag]
+        if len(found) > CANDIDATES:
+            broad.append(ranges[tag])
+        for row in sorted(found, key=lambda r: (r.key, r.id))[:CANDIDATES]:
+            offer(_Candidate(row.id, Tier.NAME_EQUAL if row.key == prefix else Tier.NAME_PREFIX, matched, row.key,
+                             _newest(row.last_order, row.last_visit), row.merged_into is not None))
+    if broad:  # a broad prefix: the patients of the newest orders among its matches, exactly
+        window = select(ORDER.c.patient, ORDER.c.created_at).order_by(ORDER.c.id.desc()).limit(RECENT_ORDERS) \
+            .subquery()
+        recent = select(window.c.patient, func.max(window.c.created_at).label("seen")) \
+            .group_by(window.c.patient).subquery()
+        for row in conn.execute(select(PATIENT.c.id, *_KEYS, PATIENT.c.merged_into, recent.c.seen)
+                                .join(recent, recent.c.patient == PATIENT.c.id)
+                                .where(or_(*(_prefix_range(column, prefix) for column, prefix, _ in broad)))):
+            keys = dict(zip((c.name for c in _KEYS), row[1:4], strict=True))
+            for column, prefix, matched in broad:
+                key = keys[column.name]
+                if key.startswith(prefix):
+                    offer(_Candidate(row[0], Tier.NAME_EQUAL if key == prefix else Tier.NAME_PREFIX, matched, key,
+                                     row[5], row[4] is not None))
     if not candidates:
         return []
 
-    roots = _roots(conn, list(candidates))
+    merged = [c.id for c in candidates.values() if c.merged]
+    roots = _roots(conn, merged) if merged else {}
     best: dict[int, _Candidate] = {}
-    for row_id, candidate in candidates.items():
-        root = roots[row_id]
+    moved: list[int] = []
+    for candidate in candidates.values():
+        root = roots.get(candidate.id, candidate.id)
+        if root != candidate.id:  # shown as the patient it was merged into, seen as that one was
+            candidate = _Candidate(root, candidate.tier, candidate.matched, candidate.key)
+            moved.append(root)
         known = best.get(root)
         if known is None or candidate.tier < known.tier:
-            best[root] = _Candidate(root, candidate.tier, candidate.matched, candidate.key)
-    activity = _activity(conn, list(best))
+            best[root] = candidate
+    if moved:
+        activity = _activity(conn, moved)
+        for root in moved:
+            best[root].seen = activity.get(root, (None, 0))[0]
 
     def rank(c: _Candidate) -> tuple[Any, ...]:
-        seen, _open = activity.get(c.id, (None, 0))
-        return (c.tier, 0 if seen is not None else 1, -(seen.timestamp() if seen else 0), c.key, c.id)
+        return (c.tier, 0 if c.seen is not None else 1, -(c.seen.timestamp() if c.seen else 0), c.key, c.id)
 
-    chosen = sorted(best.values(), key=rank)[:limit]
-    rows_by_id = _patients(conn, [c.id for c in chosen])
-    identifiers = _identifiers(conn, [c.id for c in chosen])
-    return [Found(patient=rows_by_id[c.id], tier=c.tier, matched=c.matched, identifiers=identifiers.get(c.id, []),
-                  open_orders=activity.get(c.id, (None, 0))[1], last_seen=activity.get(c.id, (None, 0))[0])
-            for c in chosen if c.id in rows_by_id]
+    chosen = [c.id for c in sorted(best.values(), key=rank)[:limit]]
+    return _found(conn, chosen, best)
+
+
+def _found(conn: Connection, ids: list[int], candidates: dict[int, _Candidate]) -> list[Found]:
+    """The answer's rows for ``ids`` (patients not merged), in that order: two statements."""
+    if not ids:
+        return []
+    columns = [PATIENT.c[name] for name in PATIENT_COLUMNS]
+    rows_by_id = {row["id"]: dict(row) for row in conn.execute(
+        select(*columns, _LAST_ORDER.label("last_order"), _LAST_VISIT.label("last_visit"),
+               _OPEN_ORDERS.label("open_orders")).where(PATIENT.c.id.in_(ids))).mappings()}
+    identifiers = _identifiers(conn, ids)
+    out = []
+    for row_id in ids:
+        row = rows_by_id.get(row_id)
+        if row is None:
+            continue
+        candidate = candidates[row_id]
+        seen = _newest(row.pop("last_order"), row.pop("last_visit"))
+        open_orders = int(row.pop("open_orders") or 0)
+        out.append(Found(patient=row, tier=candidate.tier, matched=candidate.matched,
+                         identifiers=identifiers.get(row_id, []), open_orders=open_orders, last_seen=seen))
+    return out
 
 
 def found_by_ids(session: Session, ids: Sequence[int], matched: Matched = Matched.IDENTIFIER) -> list[Found]:
@@ -372,12 +443,7 @@ def found_by_ids(session: Session, ids: Sequence[int], matched: Matched = Matche
     conn = session.connection()
     roots = _roots(conn, list(ids))
     order = list(dict.fromkeys(roots[i] for i in ids))
-    activity = _activity(conn, order)
-    rows_by_id = _patients(conn, order)
-    identifiers = _identifiers(conn, order)
-    return [Found(patient=rows_by_id[i], tier=Tier.EXACT, matched=matched, identifiers=identifiers.get(i, []),
-                  open_orders=activity.get(i, (None, 0))[1], last_seen=activity.get(i, (None, 0))[0])
-            for i in order if i in rows_by_id]
+    return _found(conn, order, {i: _Candidate(i, Tier.EXACT, matched) for i in order})
 
 
 def _roots(conn: Connection, ids: list[int]) -> dict[int, int]:
@@ -418,13 +484,6 @@ def _activity(conn: Connection, ids: list[int]) -> dict[int, tuple[datetime | No
 
 PATIENT_COLUMNS = ("id", "patient_id", "issuer", "family_name", "given_name", "name_alphabetic",
                    "name_ideographic", "sex", "birth_date", "phone", "national_id", "merged_into")
-
-
-def _patients(conn: Connection, ids: list[int]) -> dict[int, dict[str, Any]]:
-    if not ids:
-        return {}
-    columns = [PATIENT.c[name] for name in PATIENT_COLUMNS]
-    return {row["id"]: dict(row) for row in conn.execute(select(*columns).where(PATIENT.c.id.in_(ids))).mappings()}
 
 
 def _identifiers(conn: Connection, ids: list[int]) -> dict[int, list[dict[str, Any]]]:
