@@ -17,6 +17,7 @@ HIS or registered here as a Patient Record (110110) created or updated, with the
 from __future__ import annotations
 
 import logging
+import re
 import time
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any
@@ -50,6 +51,7 @@ PHONE_DIGITS = (5, 20)
 # GB 11643-1999: the check character of an 18-character national ID (ISO 7064 MOD 11-2)
 NATIONAL_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 NATIONAL_ID_CHECK = "10X98765432"
+CARD_NUMBER = re.compile(r"[A-Za-z0-9-]{1,64}")
 IMPORT_RETRIES = 2  # a patient taken from the HIS by two desks at once: the second one tries again
 
 
@@ -340,6 +342,12 @@ def _checked(body: WalkIn, today: date) -> tuple[str, str, str, str]:
         raise HTTPException(400, f"phone {phone!r} is not a phone number: {PHONE_DIGITS[0]} to "
                                  f"{PHONE_DIGITS[1]} digits, with + - ( ) and spaces")
     national_id = _national_id(body.national_id.strip().upper(), body.birth_date)
+    card = body.card_number.strip()
+    if card and not CARD_NUMBER.fullmatch(card):
+        raise HTTPException(400, f"card number {card[:80]!r} is not one: up to 64 letters, digits and hyphens")
+    if body.pinyin and (len(body.pinyin) > MAX_NAME_CHARS or not body.pinyin.isprintable()):
+        raise HTTPException(400, f"the pinyin name is longer than {MAX_NAME_CHARS} characters or holds control "
+                                 "characters")
     return family, given, national_id, sex
 
 

@@ -217,6 +217,8 @@ def test_walk_ins_get_temporary_ids_of_the_day(server):
     ({"name": "王五", "national_id": "440306199505051223", "birth_date": "1995-05-06"}, 400, "says born 1995-05-05"),
     ({"name": "王五", "phone": "call me"}, 400, "not a phone number"),
     ({"name": "王五", "temporary": False}, 400, "temporary"),
+    ({"name": "王五", "card_number": "88 001\u0000"}, 400, "is not one"),
+    ({"name": "王\u0000五"}, 400, "control characters"),
 ])
 def test_a_walk_in_that_cannot_be_is_refused(server, body, status, reason):
     response = walk_in(server, **body)
