@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from pypinyin import Style, pinyin
 
+from pacs.settings import SHIPPED_MAPPINGS
 from pacs.integration import names
 from pacs.integration.names import (
     NameRules,
@@ -21,7 +22,7 @@ from pacs.integration.names import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-MAPPINGS = ROOT / "mappings"
+MAPPINGS = SHIPPED_MAPPINGS
 GOLDEN = ROOT / "tests" / "data" / "names"
 PERSON_NAME_GOLDENS = (
     "golden_surnames.csv",

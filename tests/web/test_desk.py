@@ -142,6 +142,9 @@ def test_a_day_at_the_desk_from_the_keyboard(start_server, steps, installed_asse
         # unknown here: found at the HIS by PDQ and taken into the registry
         page.keyboard.press("F2")
         page.keyboard.type("P900001", delay=60)
+        page.wait_for_selector(f"#search-status:has-text('{ZH['desk.search.none'].format(q='P900001')}')")
+        assert not pdq.queries  # typing searches the registry alone
+        page.keyboard.press("Enter")  # Enter asks the HIS too
         page.wait_for_selector("#results li:has-text('李四')")
         assert ZH["desk.search.from_his"] in page.locator("#results").inner_text()
         assert pdq.queries, "the HIS was asked"

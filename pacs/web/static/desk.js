@@ -207,7 +207,7 @@ search.addEventListener("keydown", (event) => {
     const scan = scanned(search.value, typed);
     if (scan) { takeScan(scan); return; }
     if (results.current()) { choosePatient(results.current()); return; }
-    runSearch(search.value);
+    runSearch(search.value, true); // Enter: the HIS too, when the registry knows no one
     return;
   }
   if (event.key === "Escape") { clearSearch(); event.preventDefault(); return; }
@@ -273,13 +273,15 @@ async function takeScan(scan) {
   } catch (error) { failed(error); }
 }
 
-async function runSearch(text) {
+// As the registrar types, the registry alone is searched; Enter asks the HIS as well (it may
+// take seconds), when the registry has no one.
+async function runSearch(text, his = false) {
   const q = text.trim();
   const serial = ++searchSerial;
   if (!q) { results.show([]); $("search-status").textContent = ""; return; }
   $("search-status").textContent = t("desk.search.searching");
   try {
-    const found = await api("GET", `/api/patients?q=${encodeURIComponent(q)}&limit=20`);
+    const found = await api("GET", `/api/patients?q=${encodeURIComponent(q)}&limit=20&his=${his}`);
     if (serial !== searchSerial) return; // a later search went out meanwhile
     results.show(found.items);
     let status = found.items.length ? t("desk.search.count", { n: found.items.length })
