@@ -267,15 +267,30 @@ def _parse_header(source: PrefixedFile, size: int) -> Dataset:
     # Deferred values are read now, while the file is where dcmread found it (the index writer
     # reads the header after the file has moved into the storage area), except the pixel data
     # (group 7FE0): nothing indexes it, and reading it cost more than parsing the rest of the
-    # header. Its declared length is checked instead of its bytes. A deflated data set is read
-    # whole (its offsets are in the inflated stream, not the file).
+    # header. Its declared length is checked instead of its bytes. A value is read as bytes and
+    # left as it is: decoding it here would refuse, or fail to index, an object for a value
+    # nothing reads (an FD of 2,068 bytes), which the values read check themselves
+    # (check_values). A deflated data set is read whole (its offsets are in the inflated
+    # stream, not the file).
     meta = getattr(ds, "file_meta", None)
     deflated = meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
-    for tag in ds._dict:
-        element = ds.get_item(tag, keep_deferred=tag >> 16 == PIXEL_GROUP and not deflated)
-        if (isinstance(element, RawDataElement) and element.length != UNDEFINED_LENGTH
-                and element.value_tell is not None and element.value_tell + element.length > size):
+    for tag in list(ds._dict):
+        element = ds._dict[tag]
+        if not isinstance(element, RawDataElement):
+            continue
+        if deflated:  # offsets in the inflated stream: nothing to compare with the file's length
+            if element.value is None:
+                try:
+                    ds.get_item(tag)
+                except Exception as exc:  # pydicom's converters raise many kinds of errors
+                    raise Refused(CANNOT_UNDERSTAND, f"element {element.tag} cannot be read: {exc}") from None
+            continue
+        if (element.length != UNDEFINED_LENGTH and element.value_tell is not None
+                and element.value_tell + element.length > size):
             raise Refused(CANNOT_UNDERSTAND, f"the data set is truncated in element {element.tag}")
+        if element.value is None and tag >> 16 != PIXEL_GROUP and element.value_tell is not None:
+            source.seek(element.value_tell)
+            ds._dict[tag] = element._replace(value=source.read(element.length))
     pixels = ds.get_item(0x7FE00010, keep_deferred=not deflated) if 0x7FE00010 in ds._dict else None
     held = None
     if isinstance(pixels, RawDataElement):
@@ -351,22 +366,24 @@ def check_values(ds: Dataset) -> None:
     - no element, at any depth, has a VR that PS3.5 Table 6.2-1 does not define (``XX``):
       even its length could not be read safely;
     - every attribute the archive indexes (:data:`INDEXED_KEYS`) carries the VR the data
-      dictionary gives it (PS3.5 6.2; UN is read as the dictionary's VR, PS3.5 6.2.2) and a
-      value pydicom decodes with it.
+      dictionary gives it (PS3.5 6.2; UN is read as the dictionary's VR, PS3.5 6.2.2), a
+      value pydicom decodes with it, and no more values than its VM allows (PS3.6 6).
 
     Other elements keep whatever VR and value they came with: they are stored as sent, sent on
     as they are, and left out of a DICOM JSON answer they can't be written in."""
     _check_vrs(ds)
     for tag in _INDEXED_TAGS.keys() & ds._dict.keys():
         keyword = _INDEXED_TAGS[tag]
-        expected = DicomDictionary[tag][0]
+        expected, multiplicity = DicomDictionary[tag][0], DicomDictionary[tag][1]
         raw = ds.get_item(tag)
         if raw.VR is not None and raw.VR != "UN" and raw.VR not in expected.split(" or "):
             raise Refused(CANNOT_UNDERSTAND, f"{keyword} {BaseTag(tag)} has VR {raw.VR}, not {expected}")
         try:
-            ds[tag].value
+            element = ds[tag]
         except Exception as exc:  # pydicom's converters raise many kinds of errors
             raise Refused(CANNOT_UNDERSTAND, f"{keyword} {BaseTag(tag)} cannot be read: {exc}") from None
+        if multiplicity == "1" and element.VM > 1:  # PS3.6 6: VM 1, a single value
+            raise Refused(CANNOT_UNDERSTAND, f"{keyword} {BaseTag(tag)} has {element.VM} values; it takes one")
 
 
 def _check_vrs(ds: Dataset) -> None:

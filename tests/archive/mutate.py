@@ -141,7 +141,10 @@ def identifier(rng: random.Random, keywords: list[str], level: str | None) -> tu
             what.append(f"{keyword}={str(ds[number].value)[:30]!r}")
     if not encodable(ds):  # text the declared (or default) character set can't carry: say UTF-8
         ds.SpecificCharacterSet = "ISO_IR 192"
-    return "; ".join(what), sendable(ds)
+    ds = sendable(ds)
+    if not len(ds):  # an empty data set is announced and never sent (pynetdicom): send the level at least
+        ds.QueryRetrieveLevel = level or "STUDY"
+    return "; ".join(what), ds
 
 
 def encodable(ds: Dataset) -> bool:

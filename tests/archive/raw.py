@@ -180,9 +180,11 @@ def without(data: bytes, tag: int) -> bytes:
 
 # -- objects to damage ---------------------------------------------------------------------------
 
-def plain_ct(tmp_path: Path, *, study_uid: str | None = None) -> tuple[Dataset, bytes]:
-    """A native CT that part10.scan reads (the fast path), with UIDs of its own: its header and
-    its data set bytes."""
+def plain_ct(tmp_path: Path, *, study_uid: str | None = None,
+             private: dict[int, tuple[str, object]] | None = None) -> tuple[Dataset, bytes]:
+    """A native CT that part10.scan reads (the fast path), with UIDs of its own (and the
+    ``private`` elements given, tag → (VR, value), under a private creator "TEST"): its
+    header and its data set bytes."""
     from tests.archive.corpus import dataset_bytes, source_path
 
     ds = pydicom.dcmread(source_path("CT_small.dcm"))
@@ -193,6 +195,9 @@ def plain_ct(tmp_path: Path, *, study_uid: str | None = None) -> tuple[Dataset, 
     ds.Rows = ds.Columns = 64
     ds.PixelData = bytes(64 * 64 * 2)
     del ds[0xFFFCFFFC]  # Data Set Trailing Padding: nothing may follow the pixel data on the fast path
+    for tag, (vr, value) in (private or {}).items():
+        ds.add_new((tag & 0xFFFF0000) | 0x0010, "LO", "TEST")
+        ds.add_new(tag, vr, value)
     path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
     ds.save_as(path, enforce_file_format=True)
     return ds, dataset_bytes(path)

@@ -120,3 +120,26 @@ def test_corrected_values_replace_elements_of_any_vr():
     correct(ds, {"PatientName": "张^三", "PatientID": "P10001"})
     assert ds[PATIENT_NAME].VR == "PN" and str(ds.PatientName) == "张^三" and ds.PatientID == "P10001"
     assert ds.SpecificCharacterSet == "ISO_IR 192"
+
+
+def test_a_long_value_nothing_reads_is_kept_whatever_its_length(server, tmp_path):
+    """A private FD of 2,068 bytes (no multiple of 8) is longer than the header's deferred
+    values: the index writer once decoded it, failed, and retried the object for ever."""
+    ds, data = plain_ct(tmp_path, private={0x00091011: ("FD", [1.0] * 258)})
+    odd = with_value(data, 0x00091011, bytes(range(256)) * 8 + b"\x01\x02\x03\x04")
+    assert part10.scan(part10_file(ds, odd), len(part10_file(ds, odd))) is not None  # the fast path's kind
+    with RawStorer(server.dicom_port, [CTImageStorage]) as scu:
+        assert scu.store(CTImageStorage, ds.SOPInstanceUID, odd).Status == SUCCESS
+    assert indexed(server, ds.SOPInstanceUID) and nothing_staged(server)
+    with httpx.Client(timeout=30) as http:
+        metadata = http.get(f"{server.http_url}/dicomweb/studies/{ds.StudyInstanceUID}/metadata")
+    assert metadata.status_code == 200 and "00091011" not in metadata.json()[0]  # left out, not fatal
+
+
+def test_an_attribute_the_archive_reads_with_more_values_than_its_vm_is_refused(server, tmp_path):
+    ds, data = plain_ct(tmp_path)
+    two = with_value(data, 0x00280100, b"\x10\x00\x10\x00")  # Bits Allocated 16\16
+    with RawStorer(server.dicom_port, [CTImageStorage]) as scu:
+        status = scu.store(CTImageStorage, ds.SOPInstanceUID, two)
+    assert status.Status == CANNOT_UNDERSTAND and "BitsAllocated (0028,0100) has 2 values" in status.ErrorComment
+    assert not indexed(server, ds.SOPInstanceUID)

@@ -342,7 +342,8 @@ class Wado:
                 log.warning("metadata of %s: element %s left out: %s", item.sop_instance_uid, key, exc)
         if "Rows" in ds and "BitsAllocated" in ds:
             compressed = UID(item.transfer_syntax).is_encapsulated
-            out[f"{PIXEL_DATA:08X}"] = {"vr": "OB" if compressed or int(ds.BitsAllocated) <= 8 else "OW",
+            bits = _single_int(ds, "BitsAllocated")
+            out[f"{PIXEL_DATA:08X}"] = {"vr": "OB" if compressed or (bits or 0) <= 8 else "OW",
                                         "BulkDataURI": f"bulkdata/{PIXEL_DATA:08X}"}
         return out
 
@@ -465,6 +466,16 @@ class Wado:
         if bits % 8 or size * item.frames > raw.length:
             return None
         return raw.value_tell, size
+
+
+def _single_int(ds: Dataset, keyword: str) -> int | None:
+    """A one-valued integer attribute of ``ds``, or None when it is absent, empty, of several
+    values or not decodable (store() refuses those it indexes; older objects may hold them)."""
+    try:
+        value = ds.get(keyword)
+        return int(value) if isinstance(value, int) else None
+    except Exception:  # pydicom's converters raise many kinds of errors
+        return None
 
 
 def corrected_json(attributes: dict[str, Any], truth: dict[str, str]) -> dict[str, Any]:
