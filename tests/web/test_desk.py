@@ -278,3 +278,52 @@ def test_a_day_at_the_desk_from_the_keyboard(start_server, steps, installed_asse
     finally:
         pdq.stop()
         his.close()
+
+
+def test_bad_input_at_the_desk_is_told_plainly_and_saves_nothing(start_server, steps):
+    server = start_server(guarded=True)
+    add_user(server, "zhangsan", ["registrar"], "张三")
+    send_hl7(server, adt("B1", "P30001", "钱", "多", "QIAN^DUO", "F", "19700303", "87654321"),
+             orm("B2", "P30001", "钱", "多", "PL9101", "A910101", "CT0001", "胸部CT平扫", "O", "呼吸科", "23:50"))
+    with MLLPClient(server.mllp_port) as mllp:  # the HIS cancels the order
+        cancel = orm("B3", "P30001", "钱", "多", "PL9101", "A910101", "CT0001", "胸部CT平扫", "O", "呼吸科")
+        assert ack_fields(mllp.send(cancel.replace(b"ORC|NW|", b"ORC|CA|")))["code"] == "AA"
+    page = steps.page
+    log_in(page, server, "zhangsan", "/desk")
+
+    page.keyboard.type(";99999999?", delay=3)  # a card no one has
+    page.wait_for_selector(f"#message.error:has-text('{ZH['desk.scan.unknown_card'].format(value='99999999')}')")
+    steps.shot("unknown-card")
+
+    page.keyboard.press("F2")
+    page.keyboard.type("A910101", delay=3)  # a scanned barcode of a cancelled order
+    page.keyboard.press("Enter")
+    page.wait_for_selector(f"#message.error:has-text('{ZH['desk.scan.cancelled_order'].format(value='A910101')}')")
+    steps.shot("cancelled-order")
+
+    page.keyboard.press("F7")  # a walk-in whose name is only spaces
+    page.keyboard.type("   ")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#walkin-error:not([hidden])")
+    assert page.locator("dialog#walkin").is_visible()
+    steps.shot("name-of-spaces")
+    page.keyboard.press("Escape")
+
+    page.keyboard.press("F2")  # a booking in the past
+    page.keyboard.type(";87654321?", delay=3)
+    page.wait_for_function("document.getElementById('patient-name').textContent === '钱多'")
+    page.keyboard.press("F4")
+    page.select_option("#book-procedure", "CT0001")
+    page.select_option("#book-room", "CT2")
+    yesterday = (datetime.now(HOSPITAL) - timedelta(days=1)).date()
+    page.fill("#book-date", yesterday.isoformat())
+    page.dispatch_event("#book-date", "change")
+    page.wait_for_selector("#slots li")
+    assert page.locator("#slots li.full").count() == page.locator("#slots li").count()  # every time has passed
+    page.locator("#slots").focus()
+    page.keyboard.press("Enter")
+    page.wait_for_selector(f"#message.error:has-text('{ZH['desk.refused.past']}')")
+    steps.shot("past")
+    with Session(server.db.engine) as session:
+        assert len(session.exec(select(Patient)).all()) == 1  # no walk-in of spaces
+        assert len(session.exec(select(ImagingOrder)).all()) == 1  # no booking in the past

@@ -410,8 +410,10 @@ $("req-department").addEventListener("change", loadRequisitions);
 // -- booking ---------------------------------------------------------------------------------
 
 const slots = new Listbox($("slots"), (s) => {
-  const li = row({ text: s.start.slice(11, 16), class: "time" },
-    s.free > 0 ? t("desk.book.slot_free", { n: s.free }) : t("desk.book.slot_full"));
+  // a time that has passed has no free place without being booked full
+  const state = s.free > 0 ? t("desk.book.slot_free", { n: s.free })
+    : s.booked >= s.capacity ? t("desk.book.slot_full") : t("desk.book.slot_past");
+  const li = row({ text: s.start.slice(11, 16), class: "time" }, state);
   if (s.free <= 0) li.classList.add("full");
   return li;
 }, () => $("book").requestSubmit());
@@ -441,7 +443,8 @@ async function loadSlots() {
     const found = await api("GET", `/api/desk/slots?room=${encodeURIComponent(room)}&date=${day}&procedure=${encodeURIComponent(procedure)}`);
     if (!current()) return;
     const items = found.slots ?? [];
-    slots.show(items, items.findIndex((s) => s.free > 0));
+    // the first free time; when none is free, the first, so that Enter gets the server's reason
+    slots.show(items, Math.max(items.findIndex((s) => s.free > 0), 0));
     if (!items.length) $("slots").replaceChildren(row({ text: t("desk.book.no_slots"), class: "note" }));
   } catch (error) { failed(error); }
 }
