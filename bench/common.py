@@ -1,7 +1,7 @@
 """What the benchmarks share: the machine facts they print, a free loopback port, the Chinese
 names (surnames by frequency) their generated patients get, DCMTK findscu timed by its own log
 clock, and the credentials their HTTP clients send (``pacs serve`` asks every request who it
-comes from: README, "Logins, roles and tokens")."""
+comes from: docs/administrator.md, "Logins, roles and tokens")."""
 
 from __future__ import annotations
 

@@ -1325,7 +1325,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-orthanc", action="store_true", help="measure only this archive")
     parser.add_argument("--dicom-processes", type=int, default=(os.cpu_count() or 1) + 1,
                         help="our [dicom] processes: processes serving the DICOM port (default: the CPU count "
-                             "plus one, as README.md advises: Orthanc's threads use every core; 1 = a single "
+                             "plus one, as docs/administrator.md advises: Orthanc's threads use every core; 1 = a single "
                              "process)")
     parser.add_argument("--profile", nargs="?", const="stages", choices=["stages", "cprofile"],
                         help="one more one-association ingest with our server instrumented: stages (timers on "

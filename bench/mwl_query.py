@@ -100,7 +100,7 @@ from common import (  # noqa: E402
     load_average,
 )
 
-SSD_RANDOM_PAGE_COST = 1.1  # README, "PostgreSQL": the planner's cost of a random page read on SSD storage
+SSD_RANDOM_PAGE_COST = 1.1  # docs/administrator.md, "PostgreSQL": the planner's cost of a random page read on SSD storage
 GOAL_P50_MS = 10.0
 GOAL_P99_MS = 50.0
 SERVER_START_TIMEOUT = 90.0
@@ -1163,7 +1163,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "e.g. postgresql://postgres@127.0.0.1:5432/postgres "
                              "(default: a SQLite file in the temporary data folder)")
     parser.add_argument("--pg-default-costs", action="store_true",
-                        help="leave PostgreSQL's random_page_cost at its default (4) instead of the README's advice "
+                        help="leave PostgreSQL's random_page_cost at its default (4) instead of the advice of docs/administrator.md "
                              "for SSD storage")
     parser.add_argument("--repeat", type=int, default=200, help="measured queries per kind (default 200)")
     parser.add_argument("--warmup", type=int, default=10, help="unmeasured queries per kind first (default 10)")
@@ -1204,7 +1204,7 @@ def main(argv: list[str] | None = None) -> int:
         database_name = f"mwl_bench_{os.getpid()}_{int(time.time())}"
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{database_name}"')
-            if not args.pg_default_costs:  # the README's advice for a database on SSD storage
+            if not args.pg_default_costs:  # the advice of docs/administrator.md for a database on SSD storage
                 conn.execute(f'ALTER DATABASE "{database_name}" SET random_page_cost = {SSD_RANDOM_PAGE_COST}')
         url = f"{admin.rpartition('/')[0]}/{database_name}"
     else:
@@ -1230,7 +1230,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"database: {database_facts(url)}")
         if database_name:
             print("PostgreSQL planner: random_page_cost = " + ("4 (PostgreSQL's default)" if args.pg_default_costs else
-                  f"{SSD_RANDOM_PAGE_COST} for the benchmark's database, as the README advises on SSD storage "
+                  f"{SSD_RANDOM_PAGE_COST} for the benchmark's database, as docs/administrator.md advises on SSD storage "
                   "(--pg-default-costs: PostgreSQL's default 4)"))
         print(f"code: {git_state()}")
         print("rows: " + ", ".join(f"{name} {count:,}" for name, count in data.counts.items())

@@ -1,6 +1,6 @@
 """Mappings: the analyst-owned files in mappings/ that turn a message into registry input.
 
-The folder holds data only (see mappings/README.md):
+The folder holds data only (see pacs/mappings/README.md):
 
 - ``facilities.yaml``: per sender (MSH-4 facility, optionally MSH-3 application), which HL7
   field map applies, which PID-3 identifier is the patient ID, and the character set to assume
