@@ -14,7 +14,8 @@ from sqlmodel import Session, col, func, select
 from pacs.db import Database
 from pacs.integration.message_store import Status, StoredMessage
 from pacs.registry.models import Patient, PatientIdentifier
-from tests.helpers import DATA, MLLPClient, ack_fields, load
+from tests.conftest import mappings_dir_default
+from tests.helpers import MLLPClient, ack_fields, load
 from tests.process import ServeProcess
 
 ADT = load("adt_a01_ihe.hl7")
@@ -132,7 +133,7 @@ def test_stored_but_unprocessed_messages_are_finished_at_start(tmp_path, databas
 
 def test_refuses_to_start_with_broken_mappings(tmp_path, database_url):
     broken = tmp_path / "mappings"
-    shutil.copytree(DATA.parent.parent / "mappings", broken)
+    shutil.copytree(mappings_dir_default(), broken)
     (broken / "codes" / "sex.csv").write_text("code,value\nM,Male\n", encoding="utf-8")
     process = ServeProcess(tmp_path / "data", database_url, PACS_MAPPINGS_DIR=str(broken))
     with pytest.raises(RuntimeError, match="sex.csv:2"):

@@ -5,7 +5,8 @@ A40 later makes its real patient without losing its order."""
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -23,7 +24,7 @@ from pacs.registry.schemas import OrderIn, StepIn
 from tests.auth.test_access import bearer, make_token
 from tests.helpers import MLLPClient, ack_fields
 
-TODAY = date.today()
+TODAY = datetime.now(ZoneInfo("Asia/Shanghai")).date()  # the test server's zone (tests/conftest.py)
 
 
 def adt(control: str, identifiers: str, name: str, *, sex: str = "M", birth: str = "19900101", phone: str = "",
