@@ -7,7 +7,10 @@ of credentials beside a server without access control.
    a bearer token (looked up once, then kept in memory), a browser's session cookie (an HMAC
    check, the user kept) and HTTP Basic (one login, then kept); ``--gate-requests`` requests per
    kind in each of ``--rounds`` rounds, kinds in turn; microseconds per request, the median
-   round and the fastest.
+   round and the fastest. Then **access control in the framework**: a FastAPI app of one route
+   called over ASGI, open and guarded as the server's routes are (``require()``, the session
+   cookie middleware, the same Gate), so the difference is all access control adds to a request
+   short of the network, FastAPI's dependency handling and any hop to a worker thread included.
 2. **Whole requests over HTTP**: ``pacs serve`` from this tree (first administrator from
    ``PACS_ADMIN_PASSWORD``, a token from ``pacs tokens create``, a session from the login form)
    and, with ``--before DIR``, ``pacs serve`` from another tree at the same time (a worktree of
@@ -21,12 +24,18 @@ of credentials beside a server without access control.
    credentials (it asks for none); ours with a token, Basic and the session cookie (with its
    CSRF token on the POST). ``/healthz`` (public on both) shows what the two servers differ by
    besides access control.
+3. **The Gate on and off in one server** (``--same-server``): ``pacs serve`` from this tree under
+   a small bootstrap whose SIGUSR2 switches the Gate's identification off and on (off: one
+   principal who may do everything answers every request, no credentials read); seeded the same
+   way, the same token requests in batches ordered on, off, off, on, ...: everything else
+   (routes, middleware, the require() dependencies) is the same code.
 
 Run from the project root::
 
     .venv/bin/python bench/auth.py                                   # the Gate, and HTTP on this tree
     git worktree add --detach /tmp/pacs-before 3a70333^
     .venv/bin/python bench/auth.py --before /tmp/pacs-before         # beside the tree before access control
+    .venv/bin/python bench/auth.py --no-http --same-server           # the Gate on and off in one server
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -86,8 +96,9 @@ CSRF_HEADER = "X-CSRF-Token"
 # --------------------------------------------------------------------------------------------
 
 
-def gate_figures(requests: int, rounds: int, tmp: Path) -> dict[str, list[float]]:
-    """Microseconds per ``Gate.principal`` call, per round, for each kind of credentials."""
+def gate_figures(requests: int, rounds: int, tmp: Path) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Microseconds per ``Gate.principal`` call, per round, for each kind of credentials; and
+    per request of a one-route app with and without access control (:func:`framework_figures`)."""
     from sqlmodel import Session
     from starlette.requests import Request
 
@@ -136,8 +147,73 @@ def gate_figures(requests: int, rounds: int, tmp: Path) -> dict[str, list[float]
             for each in prepared:
                 gate.principal(each)
             figures[kind].append((time.perf_counter() - started) / requests * MICRO)
+    framework = framework_figures(gate, headers, requests, rounds)
     db.dispose()
-    return figures
+    return figures, framework
+
+
+FRAMEWORK_REQUESTS_SHARE = 4  # the app's requests per round: this share of the Gate's
+
+
+def framework_figures(gate: Any, headers: dict[str, list[tuple[bytes, bytes]]], requests: int,
+                      rounds: int) -> dict[str, list[float]]:
+    """Microseconds per request of a FastAPI app of one route, called over ASGI in this process:
+    open (no dependency, no middleware) and guarded as the server's routes are (``require()``,
+    the SessionCookies middleware, this Gate) with each kind of credentials. The difference is
+    all that access control adds to a request in the framework, thread hops included."""
+    import asyncio
+
+    from fastapi import Depends, FastAPI
+    from fastapi.responses import Response
+
+    from pacs.auth.access import SessionCookies, require
+    from pacs.auth.roles import Permission
+
+    def app_of(guarded: bool) -> FastAPI:
+        app = FastAPI()
+        app.state.gate = gate
+
+        @app.get("/fhir/Patient", dependencies=[Depends(require(Permission.PATIENTS_READ))] if guarded else [],
+                 response_model=None)
+        def read() -> Any:  # a plain def, as the server's routes are: run in a worker thread
+            return Response(b"{}", media_type="application/json")
+
+        if guarded:
+            app.add_middleware(SessionCookies)
+        return app
+
+    apps = {"open": (app_of(False), "token")} | {kind: (app_of(True), kind) for kind in headers}
+
+    async def drive(app: FastAPI, kind: str, count: int) -> float:
+        scope = {"type": "http", "method": "GET", "path": "/fhir/Patient", "raw_path": b"/fhir/Patient",
+                 "query_string": b"", "root_path": "", "headers": headers[kind], "client": ("127.0.0.1", 50000),
+                 "server": ("127.0.0.1", 8080), "scheme": "http", "http_version": "1.1"}
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start" and message["status"] != 200:
+                raise RuntimeError(f"{kind}: {message['status']}")
+
+        started = time.perf_counter()
+        for _ in range(count):
+            await app({**scope, "state": {}}, receive, send)
+        return (time.perf_counter() - started) / count * MICRO
+
+    async def run() -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {name: [] for name in apps}
+        count = max(1, requests // FRAMEWORK_REQUESTS_SHARE)
+        names = list(apps)
+        for name, (app, kind) in apps.items():  # warm
+            await drive(app, kind, count // 10 + 1)
+        for number in range(rounds):
+            for name in names[number % len(names):] + names[:number % len(names)]:
+                app, kind = apps[name]
+                out[name].append(await drive(app, kind, count))
+        return out
+
+    return asyncio.run(run())
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,6 +232,7 @@ class Serve:
     http_port: int = 0
     clients: dict[str, httpx.Client] = field(default_factory=dict)
     ids: dict[str, str] = field(default_factory=dict)
+    bootstrap: str = ""  # Python code run in place of `-m pacs.cli` (the same arguments)
 
     @property
     def base(self) -> str:
@@ -170,7 +247,8 @@ class Serve:
         self.http_port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
         env.update(admin_env(), TCP_NODELAY="1", PACS_LOG_LEVEL="WARNING")
-        command = [sys.executable, "-m", "pacs.cli", "serve", "--host", "127.0.0.1", "--data-dir", str(self.data_dir),
+        start = ["-c", self.bootstrap] if self.bootstrap else ["-m", "pacs.cli"]
+        command = [sys.executable, *start, "serve", "--host", "127.0.0.1", "--data-dir", str(self.data_dir),
                    "--http-port", str(self.http_port), "--mllp-port", str(free_port()), "--dicom-port", str(free_port())]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.source,
@@ -300,6 +378,99 @@ def http_figures(servers: list[Serve], kinds: dict[str, list[str]], requests: in
 
 
 # --------------------------------------------------------------------------------------------
+# 3. The Gate on and off in one server
+# --------------------------------------------------------------------------------------------
+
+
+# Runs `pacs serve` with a switch: SIGUSR2 turns the Gate's identification off or on (off: the
+# app's Gate answers every request with one principal who may do everything, reading no
+# credentials; the require() dependencies still run and check it). (FastAPI's dependency
+# override, which the tests' unguarded server uses, is no baseline: while any override is set,
+# FastAPI analyses every dependency's signature again on every request, 130-250 µs here.)
+GATE_SWITCH = r"""
+import signal, sys
+import pacs.http
+from pacs.auth.access import Principal
+from pacs.auth.roles import Permission
+everyone = Principal(name="bench", kind="user", permissions=frozenset(Permission), roles=("admin",))
+made = pacs.http.create_app
+def create_app(services):
+    app = made(services)
+    def switch(signum, frame):
+        gate = app.state.gate
+        if "principal" in vars(gate):
+            del gate.principal
+        else:
+            gate.principal = lambda request, **_: everyone
+    signal.signal(signal.SIGUSR2, switch)
+    return app
+pacs.http.create_app = create_app
+from pacs.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+SWITCH_SECONDS = 5.0
+
+
+def switch_gate(server: Serve, on: bool) -> None:
+    """Turn the Gate on or off in ``server`` (started with :data:`GATE_SWITCH`) and wait until a
+    request without credentials shows it: 401 with the Gate, 200 without."""
+    assert server.process is not None
+    wanted = 401 if on else 200
+    probe = f"/fhir/Patient/{server.ids['patient']}"
+    if httpx.get(server.base + probe, timeout=REQUEST_SECONDS).status_code == wanted:
+        return
+    os.kill(server.process.pid, signal.SIGUSR2)
+    deadline = time.monotonic() + SWITCH_SECONDS
+    while httpx.get(server.base + probe, timeout=REQUEST_SECONDS).status_code != wanted:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the Gate did not turn {'on' if on else 'off'}")
+        time.sleep(0.05)
+
+
+def same_server_figures(requests: int, rounds: int, tmp: Path) -> tuple[Samples, Samples]:
+    """("same", "gate" or "off", path label) → µs per request from the client, and the server's
+    CPU µs per request of each batch; batches in the order on, off, off, on, ... so that a drift
+    falls on both alike."""
+    server = Serve("same", ROOT, tmp / "same", bootstrap=GATE_SWITCH)
+    server.start()
+    try:
+        token = create_token(server.data_dir, None)
+        seed(server, bearer(token))
+        samples: Samples = {}
+        cpu: Samples = {}
+        with httpx.Client(base_url=server.base, headers=bearer(token), timeout=REQUEST_SECONDS) as client:
+            for number in range(rounds * 2):
+                gated = number % 4 in (0, 3)
+                switch_gate(server, gated)
+                mode = "gate" if gated else "off"
+                for path in PATHS:
+                    if path.method != "GET":
+                        continue
+                    key = ("same", mode, path.label)
+                    used = server.cpu_ns()
+                    count = max(1, requests // rounds)
+                    samples.setdefault(key, []).extend(timed(client, server, path, count, {}))
+                    cpu.setdefault(key, []).append((server.cpu_ns() - used) / count / 1e3)
+        return samples, cpu
+    finally:
+        server.stop()
+
+
+def report_same_server(samples: Samples, cpu: Samples, requests: int, rounds: int) -> None:
+    print(f"\n## The Gate on and off in one server: token requests, {requests} per path and mode in {rounds} "
+          f"batches each\n")
+    print("| path | client µs, Gate on | Gate off | difference | server CPU µs, Gate on | Gate off | difference |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for path in PATHS:
+        if path.method != "GET":
+            continue
+        on, off = median(samples[("same", "gate", path.label)]), median(samples[("same", "off", path.label)])
+        cpu_on, cpu_off = median(cpu[("same", "gate", path.label)]), median(cpu[("same", "off", path.label)])
+        print(f"| {path.label} | {on:,.0f} | {off:,.0f} | {on - off:+,.0f} | {cpu_on:,.0f} | {cpu_off:,.0f} | "
+              f"{cpu_on - cpu_off:+,.0f} |")
+
+
+# --------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------
 
@@ -310,6 +481,19 @@ def median(values: list[float]) -> float:
 
 def p90(values: list[float]) -> float:
     return statistics.quantiles(values, n=10)[-1] if len(values) > 1 else median(values)
+
+
+def report_framework(figures: dict[str, list[float]], requests: int) -> None:
+    print(f"\n## Access control in the framework: one route over ASGI in this process, open and guarded "
+          f"({requests // FRAMEWORK_REQUESTS_SHARE:,} requests per round)\n")
+    print("| route | µs per request, median round | fastest round | access control's share (median) |")
+    print("|---|---:|---:|---:|")
+    names = {"open": "open (no dependency)", "token": "guarded, bearer token", "session": "guarded, session cookie",
+             "basic": "guarded, HTTP Basic"}
+    base = median(figures["open"])
+    for name, values in figures.items():
+        share = "—" if name == "open" else f"{median(values) - base:+.0f}"
+        print(f"| {names[name]} | {median(values):.0f} | {min(values):.0f} | {share} |")
 
 
 def report_gate(figures: dict[str, list[float]], requests: int) -> None:
@@ -350,7 +534,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gate-requests", type=int, default=GATE_REQUESTS, help="per kind and round")
     parser.add_argument("--requests", type=int, default=HTTP_REQUESTS, help="per path, kind and server")
     parser.add_argument("--rounds", type=int, default=ROUNDS)
-    parser.add_argument("--no-http", action="store_true", help="the Gate only")
+    parser.add_argument("--no-http", action="store_true", help="no pacs serve (the Gate, and --same-server)")
+    parser.add_argument("--same-server", action="store_true", help="the Gate on and off in one in-process server")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     return parser.parse_args(argv)
 
@@ -367,8 +552,9 @@ def main(argv: list[str] | None = None) -> int:
             before_commit = subprocess.run(["git", "-C", str(args.before), "log", "-1", "--format=%h %s"],
                                            capture_output=True, text=True, check=False).stdout.strip()
             print(f"before: {args.before} ({before_commit or 'not a git tree'})")
-        gate = gate_figures(args.gate_requests, args.rounds, tmp)
+        gate, framework = gate_figures(args.gate_requests, args.rounds, tmp)
         report_gate(gate, args.gate_requests)
+        report_framework(framework, args.gate_requests)
         if not args.no_http:
             ours = Serve("ours", ROOT, tmp / "ours")
             servers.append(ours)
@@ -395,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
                         "the server's CPU µs per request (all its threads), median of the batches (p90 in brackets)")
             print(f"\n{args.requests} requests per path, kind and server ({args.requests // WRITES_SHARE} of the POST), "
                   f"{args.rounds} rounds; httpx {httpx.__version__}, one kept-alive connection per server and kind")
+        if args.same_server:
+            report_same_server(*same_server_figures(args.requests, args.rounds, tmp), args.requests, args.rounds)
         print(f"reproduce: cd {ROOT} && {shlex.join([sys.executable, *sys.argv])}")
     finally:
         for server in servers:

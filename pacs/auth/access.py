@@ -15,7 +15,10 @@ something over a session must carry its CSRF token (:mod:`pacs.auth.sessions`).
 
 What a request costs: a token or a Basic login is looked up once and then kept in memory for
 ``CACHE_SECONDS``; a session cookie is one HMAC check and a user kept likewise. So disabling a
-user or revoking a token takes effect within that time on a running server.
+user or revoking a token takes effect within that time on a running server. What memory alone
+tells (:meth:`Gate.kept`) is decided on the event loop, the dependencies being coroutines: a
+hop to a worker thread and back costs more than the check (``bench/auth.py``); a database
+look-up or a password hash goes to a worker thread.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from pacs.auth import accounts
@@ -140,6 +144,10 @@ def forbidden(reason: str) -> HTTPException:
     return HTTPException(HTTPStatus.FORBIDDEN, reason)
 
 
+class _NotKept(Exception):
+    """Memory alone does not tell who the request comes from (:meth:`Gate.kept`)."""
+
+
 class Gate:
     """The app's authentication: built once with the app (``app.state.gate``)."""
 
@@ -158,12 +166,12 @@ class Gate:
         self._touched: dict[int, float] = {}
 
     # -- who is asking ----------------------------------------------------------------------
-    def principal(self, request: Request) -> Principal:
+    def principal(self, request: Request, *, memory_only: bool = False) -> Principal:
         """The request's principal, or 401."""
         cached = getattr(request.state, "principal", None)
         if cached is not None:
             return cached  # type: ignore[no-any-return]
-        principal = self._identify(request)
+        principal = self._identify(request, memory_only)
         if principal is None:
             raise unauthorized("log in, or send a bearer token or HTTP Basic credentials")
         request.state.principal = principal
@@ -171,30 +179,44 @@ class Gate:
         request.state.user_kind = principal.kind
         return principal
 
-    def _identify(self, request: Request) -> Principal | None:
+    def kept(self, request: Request) -> Principal | None:
+        """The request's principal where memory alone tells it (a token or a Basic login looked up
+        before, a session whose user is kept), or 401 where the request itself says it has none;
+        None where :meth:`principal` must read the database, check a password or ask the
+        identity provider. It neither waits nor blocks: fit for the event loop."""
+        try:
+            return self.principal(request, memory_only=True)
+        except _NotKept:
+            return None
+
+    def _identify(self, request: Request, memory_only: bool = False) -> Principal | None:
         header = request.headers.get("authorization", "")
         scheme, _, credentials = header.partition(" ")
         scheme = scheme.lower()
         if scheme == "bearer":
-            return self._bearer(credentials.strip())
+            return self._bearer(credentials.strip(), memory_only)
         if scheme == "basic":
-            return self._basic_login(credentials.strip(), _address(request))
+            return self._basic_login(credentials.strip(), _address(request), memory_only)
         if header:
             raise unauthorized(f"the {scheme or 'empty'} authorization scheme is not accepted here; use Bearer or Basic")
         cookie = request.cookies.get(COOKIE)
         if cookie:
-            return self._session(request, cookie)
+            return self._session(request, cookie, memory_only)
         return None
 
-    def _bearer(self, token: str) -> Principal:
+    def _bearer(self, token: str, memory_only: bool = False) -> Principal:
         if not token:
             raise unauthorized("the bearer token is empty")
         if not token.startswith(accounts.TOKEN_PREFIX) and self.oidc is not None:
+            if memory_only:
+                raise _NotKept
             return self.oidc.principal(token, self.roles)  # type: ignore[no-any-return]
         digest = accounts.token_digest(token)
         kept = self._tokens.get(digest)
         if kept is not None:
             return kept  # type: ignore[no-any-return]
+        if memory_only:
+            raise _NotKept
         with Session(self.db.engine) as session:
             row = accounts.find_token(session, token)
             if row is None:
@@ -210,7 +232,7 @@ class Gate:
         self._tokens.put(digest, principal)
         return principal
 
-    def _basic_login(self, credentials: str, address: str) -> Principal:
+    def _basic_login(self, credentials: str, address: str, memory_only: bool = False) -> Principal:
         try:
             username, _, password = base64.b64decode(credentials, validate=True).decode("utf-8").partition(":")
         except ValueError:  # not base64 (binascii.Error), not ASCII text, not UTF-8 (UnicodeDecodeError)
@@ -219,16 +241,20 @@ class Gate:
         kept = self._basic.get(key)
         if kept is not None:
             return kept  # type: ignore[no-any-return]
+        if memory_only:
+            raise _NotKept
         user = self.login(username, password, address)
         principal = self.user_principal(user, via="basic")
         self._basic.put(key, principal)
         return principal
 
-    def _session(self, request: Request, cookie: str) -> Principal | None:
+    def _session(self, request: Request, cookie: str, memory_only: bool = False) -> Principal | None:
         data = self.sessions.read(cookie)
         if data is None:
             return None
-        user = self.user(data.user_id)
+        user = self._users.get(data.user_id) if memory_only else self.user(data.user_id)
+        if user is None and memory_only:
+            raise _NotKept
         if user is None or user.disabled or user.session_epoch != data.epoch:
             return None
         refreshed = self.sessions.touched(data)
@@ -356,12 +382,15 @@ def _check_csrf(request: Request, principal: Principal) -> None:
         raise forbidden(f"this request changes something: send the session's CSRF token in {CSRF_HEADER}")
 
 
-Dependency = Callable[..., Principal]
+Dependency = Callable[..., Awaitable[Principal]]
 
 
-def current_principal(request: Request) -> Principal:
-    """Who the request comes from (401 if no one): the dependency under every ``require``."""
-    return gate_of(request).principal(request)
+async def current_principal(request: Request) -> Principal:
+    """Who the request comes from (401 if no one): the dependency under every ``require``; on
+    the event loop where memory tells (:meth:`Gate.kept`), else in a worker thread."""
+    gate = gate_of(request)
+    principal = gate.kept(request)
+    return principal if principal is not None else await run_in_threadpool(gate.principal, request)
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
@@ -371,7 +400,7 @@ def require(permission: Permission) -> Dependency:
     """The dependency of a route that needs ``permission``: the request's :class:`Principal`,
     or 401 (no credentials) / 403 (not this permission, or a missing CSRF token)."""
 
-    def dependency(request: Request, principal: PrincipalDep) -> Principal:
+    async def dependency(request: Request, principal: PrincipalDep) -> Principal:
         if not principal.may(permission):
             raise forbidden(f"{principal.name} may not do this: it needs {permission.value}")
         _check_csrf(request, principal)
@@ -387,7 +416,7 @@ def require_fhir(*, write: bool, parameter: str = "resource_type") -> Dependency
     (:func:`pacs.auth.roles.fhir_permission`). A type this server does not serve needs only an
     authenticated request (the route answers 404)."""
 
-    def dependency(request: Request, principal: PrincipalDep) -> Principal:
+    async def dependency(request: Request, principal: PrincipalDep) -> Principal:
         permission = fhir_permission(request.path_params.get(parameter, ""), write)
         if permission is not None and not principal.may(permission):
             raise forbidden(f"{principal.name} may not do this: it needs {permission.value}")
@@ -403,7 +432,7 @@ def require_by_method(permissions: dict[str, Permission]) -> Dependency:
     reads studies, POST stores images); a method not named needs the first one listed."""
     fallback = next(iter(permissions.values()))
 
-    def dependency(request: Request, principal: PrincipalDep) -> Principal:
+    async def dependency(request: Request, principal: PrincipalDep) -> Principal:
         permission = permissions.get(request.method, fallback)
         if not principal.may(permission):
             raise forbidden(f"{principal.name} may not do this: it needs {permission.value}")
@@ -414,7 +443,7 @@ def require_by_method(permissions: dict[str, Permission]) -> Dependency:
     return dependency
 
 
-def public(request: Request) -> None:
+async def public(request: Request) -> None:
     """The dependency of a route anyone may call (health, the CapabilityStatement, the login page)."""
 
 
