@@ -1,12 +1,12 @@
 """Third-party files the system needs at run time, from a package registry at install time.
 
 Nothing of another project is copied into this repository. What the system needs of one (the
-CJK font its labels embed; the web viewer later) is a pinned npm package: its tarball's URL
+CJK font its labels embed; the web viewer's static build) is a pinned npm package: its tarball's URL
 on the npm registry and the ``dist.integrity`` the registry publishes for it (a W3C Subresource
 Integrity string, ``sha512-`` and the base64 SHA-512 of the tarball) are written here, and
 ``pacs assets install`` fetches each over HTTPS (no npm needed), checks the hash, and unpacks
-only the files named into ``[assets] dir`` (default ``DATA_DIR/assets``), one folder per asset
-and version::
+only the files named (or one folder of the package, less what is left out) into ``[assets] dir``
+(default ``DATA_DIR/assets``), one folder per asset and version::
 
     pacs assets install                       # from the registry
     pacs assets install --from noto.tgz       # a tarball brought by hand (checked the same way)
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import base64
 import fcntl
+import fnmatch
 import hashlib
 import os
 import shutil
@@ -54,6 +55,9 @@ class Asset:
     integrity: str  # the registry's dist.integrity for this version
     files: Mapping[str, str]  # member of the tarball → file name in the asset's folder
     purpose: str
+    tree: str = ""  # a folder of the tarball unpacked whole, its layout kept (``files``: those that must be there)
+    leave_out: tuple[str, ...] = ()  # glob patterns, relative to ``tree``, of files not unpacked
+    finish: Callable[[Path], None] | None = None  # run on the unpacked folder before it is put in place
 
     @property
     def tarball_url(self) -> str:
@@ -73,7 +77,31 @@ NOTO_SANS_SC = Asset(
 )
 FONT_FILE = "NotoSansSC-Regular.ttf"
 
-ASSETS: tuple[Asset, ...] = (NOTO_SANS_SC,)
+
+def _prepare_viewer(place: Path) -> None:
+    from pacs.web.viewer import prepare_build
+
+    prepare_build(place)
+
+
+OHIF_VIEWER = Asset(
+    name="ohif-viewer",
+    package="@ohif/app",
+    version="3.13.2",
+    integrity="sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA==",
+    files={"package/dist/index.html": "index.html", "package/LICENSE": "LICENSE"},
+    tree="package/dist/",
+    # What the configuration never loads: the ONNX runtime (AI segmentation, 136 MB), the
+    # microscopy viewer (20 MB), source maps, the build's own sample configuration, its service
+    # worker and the hosting files of its demo site.
+    leave_out=("ort/*", "dicom-microscopy-viewer/*", "*.map", "app-config.js", "sw.js", "_headers", "_redirects",
+               "serve.json"),
+    finish=_prepare_viewer,
+    purpose="OHIF Viewer (MIT): the diagnostic viewer at /viewer, its released static build, relocated "
+            "under /viewer/static/ and precompressed at install",
+)
+
+ASSETS: tuple[Asset, ...] = (NOTO_SANS_SC, OHIF_VIEWER)
 
 
 def integrity_of(data: bytes | IO[bytes]) -> str:
@@ -106,6 +134,11 @@ def file_path(root: Path, asset: Asset, name: str) -> Path | None:
     return folder(root, asset) / name if installed(root, asset) else None
 
 
+def viewer_path(root: Path) -> Path | None:
+    """The viewer's static build, or None: ``pacs assets install`` puts it there."""
+    return folder(root, OHIF_VIEWER) if installed(root, OHIF_VIEWER) else None
+
+
 def font_path(root: Path) -> Path | None:
     """The CJK font labels embed, or None: ``pacs assets install`` puts it there."""
     return file_path(root, NOTO_SANS_SC, FONT_FILE)
@@ -131,23 +164,60 @@ def fetch_https(url: str, out: IO[bytes]) -> None:
                          "tarball and run `pacs assets install --from FILE.tgz`") from None
 
 
+def _unpack_tree(asset: Asset, archive: tarfile.TarFile, staging: Path) -> None:
+    """Every regular file under ``asset.tree`` but those left out, at its path below the tree,
+    and the named files outside it; a member whose path would leave the folder is refused."""
+    for info in archive:
+        if info.name in asset.files and not info.name.startswith(asset.tree):
+            relative = asset.files[info.name]
+        elif info.name.startswith(asset.tree) and not info.isdir():
+            relative = info.name[len(asset.tree):]
+            if any(fnmatch.fnmatchcase(relative, pattern) for pattern in asset.leave_out):
+                continue
+        else:
+            continue
+        parts = relative.split("/")
+        if not info.isfile() or relative.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise AssetError(f"{info.name} in {asset.package}@{asset.version} is not a plain file inside the package")
+        target = staging.joinpath(*parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _copy_member(asset, archive, info, target)
+    for member, name in asset.files.items():
+        if not (staging / name).is_file():
+            raise AssetError(f"{asset.package}@{asset.version} has no {member}")
+
+
+def _unpack_files(asset: Asset, archive: tarfile.TarFile, staging: Path) -> None:
+    """The named files of the tarball, each under its name in the asset's folder."""
+    for member, name in asset.files.items():
+        try:
+            info = archive.getmember(member)
+        except KeyError:
+            raise AssetError(f"{asset.package}@{asset.version} has no {member}") from None
+        _copy_member(asset, archive, info, staging / name)
+
+
+def _copy_member(asset: Asset, archive: tarfile.TarFile, info: tarfile.TarInfo, target: Path) -> None:
+    source = archive.extractfile(info) if info.isfile() else None
+    if source is None:
+        raise AssetError(f"{info.name} in {asset.package}@{asset.version} is not a file")
+    with source, open(target, "wb") as out:
+        shutil.copyfileobj(source, out, CHUNK)
+
+
 def _unpack(asset: Asset, tarball: IO[bytes], root: Path) -> None:
-    """The named files of ``tarball`` into the asset's folder, renamed into place whole."""
+    """The named files of ``tarball`` (or its tree) into the asset's folder, renamed into place whole."""
     place = folder(root, asset)
     place.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{asset.version}-", dir=place.parent))
     try:
         with tarfile.open(fileobj=tarball, mode="r:gz") as archive:
-            for member, name in asset.files.items():
-                try:
-                    info = archive.getmember(member)
-                except KeyError:
-                    raise AssetError(f"{asset.package}@{asset.version} has no {member}") from None
-                source = archive.extractfile(info) if info.isfile() else None
-                if source is None:
-                    raise AssetError(f"{member} in {asset.package}@{asset.version} is not a file")
-                with source, open(staging / name, "wb") as target:
-                    shutil.copyfileobj(source, target, CHUNK)
+            if asset.tree:
+                _unpack_tree(asset, archive, staging)
+            else:
+                _unpack_files(asset, archive, staging)
+        if asset.finish is not None:
+            asset.finish(staging)
         (staging / MARKER).write_text(asset.integrity + "\n")
         os.chmod(staging, 0o755)  # mkdtemp makes it the installer's alone; the server may run as another user
         if place.exists():

@@ -172,7 +172,8 @@ def _outbox(args: argparse.Namespace) -> int:
             if args.action == "list":
                 total, rows = outbox.search(session, status=args.status and args.status.upper(),
                                             destination=args.destination, limit=args.limit)
-                print(f"{'ID':>6}  {'CREATED (UTC)':19}  {'TO':8}  {'STATUS':8}  {'TRIES':>5}  DESCRIPTION / LAST ERROR")
+                print(f"{'ID':>6}  {'CREATED (UTC)':19}  {'TO':8}  {'STATUS':8}  {'TRIES':>5}  "
+                      "DESCRIPTION / LAST ERROR")
                 for r in rows:
                     print(f"{r.id:>6}  {r.created_at:%Y-%m-%d %H:%M:%S}  {r.destination[:8]:8}  {r.status:8}  "
                           f"{r.attempts:>5}  {r.description}{'  — ' + r.last_error if r.last_error else ''}")
@@ -276,8 +277,10 @@ def _mappings(args: argparse.Namespace) -> int:
     loaded, problems = mapping.load(root)
     if args.action == "check":
         from pacs.web.scanners import load_scanners
+        from pacs.web.window_presets import load_window_presets
 
         problems = [*problems, *load_scanners(root)[1]]  # the desk's card readers and scanners
+        problems = [*problems, *load_window_presets(root)[1]]  # the viewer's window presets
         for problem in problems:
             print(problem)
         if problems:

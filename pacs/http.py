@@ -209,21 +209,23 @@ def create_app(services: Services) -> FastAPI:
     from pacs.archive.dicomweb.api import PREFIX as DICOMWEB_PREFIX
     from pacs.archive.dicomweb.api import error_response as dicomweb_error
     from pacs.audit.api import router as audit_router
-    from pacs.auth.access import Gate, SessionCookies
-    from pacs.auth.pages import STATIC
-    from pacs.auth.pages import PageDenied, PageRedirect, page_denied, page_redirect
-    from pacs.auth.pages import router as pages_router
-    from pacs.web.desk import router as desk_router
-    from pacs.auth.sessions import Sessions, load_or_create_key
     from pacs.audit.http import AuditMiddleware
+    from pacs.auth.access import Gate, SessionCookies
+    from pacs.auth.pages import STATIC, PageDenied, PageRedirect, page_denied, page_redirect
+    from pacs.auth.pages import router as pages_router
+    from pacs.auth.sessions import Sessions, load_or_create_key
     from pacs.fhir_server.api import error_response as fhir_error
     from pacs.fhir_server.api import router as fhir_router
     from pacs.integration.api import outbox_router
     from pacs.integration.api import router as messages_router
     from pacs.registry.api import router as orders_router
-    from pacs.registry.patient_api import router as patients_router
     from pacs.registry.desk_api import desk as desk_api_router
     from pacs.registry.desk_api import orders as desk_orders_router
+    from pacs.registry.patient_api import router as patients_router
+    from pacs.web.desk import router as desk_router
+    from pacs.web.viewer import STATIC_PATH as VIEWER_STATIC
+    from pacs.web.viewer import router as viewer_router
+    from pacs.web.viewer import static_files as viewer_files
 
     app = FastAPI(
         title="PACS",
@@ -269,6 +271,8 @@ def create_app(services: Services) -> FastAPI:
                                             max_seconds=services.settings.auth.session_max_hours * 3600))
     app.include_router(pages_router)
     app.include_router(desk_router)
+    app.mount(VIEWER_STATIC, viewer_files(), name="viewer-static")  # before the viewer's catch-all route
+    app.include_router(viewer_router)
     app.add_exception_handler(PageRedirect, page_redirect)
     app.add_exception_handler(PageDenied, page_denied)
     if oidc is not None:

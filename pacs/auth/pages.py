@@ -45,6 +45,7 @@ LANGUAGE_COOKIE_SECONDS = 365 * 24 * 3600
 # The pages a person may open, by the permission each needs (added as each page is built).
 PAGES: list[tuple[str, str, Permission]] = [
     ("/desk", "desk.title", Permission.ORDERS_CHECKIN),
+    ("/viewer", "viewer.title", Permission.STUDIES_READ),
 ]
 
 router = APIRouter(tags=["pages"], include_in_schema=False)

@@ -1,0 +1,306 @@
+/*
+ * The viewer's configuration: OHIF's app configuration (window.config) for this archive.
+ *
+ * Served at /viewer/static/app-config.js, loaded by OHIF's page before its bundle. The page
+ * (/viewer) sets window.pacsViewer first: the user's language, the labels of the project's
+ * message catalogues (viewer.*) and the window presets of the mappings (window_presets.yaml).
+ *
+ * What it sets, without changing OHIF's code:
+ *  - the data source: the archive's DICOMweb on the same origin (/dicomweb; the session cookie
+ *    is the login), multipart WADO-RS as the archive serves it (singlepart: false, the type
+ *    parameter without quotation marks);
+ *  - person names in full (PS3.5 6.2.1: the alphabetic, ideographic and phonetic groups of a
+ *    PN): OHIF shows the alphabetic group alone, so the study list's data source (a thin
+ *    wrapper of OHIF's DICOMweb one, below) and the viewport overlay (a customization) show
+ *    "张三 (ZHANG SAN)", and the list's search finds a name typed in Hanzi;
+ *  - the study list's columns in the user's language; the language itself (zh-CN by default);
+ *  - window presets per modality from the mappings (window_presets.yaml);
+ *  - hanging protocols per modality (the layout a study opens in).
+ */
+(function () {
+  'use strict';
+
+  var pacs = window.pacsViewer || {};
+  var labels = pacs.labels || {};
+  var DICOMWEB = pacs.dicomweb || '/dicomweb';
+  var EXTENSION = '@pacs/extension-viewer';
+  var DATA_SOURCE = 'pacs';
+  var PN_GROUPS = ['Alphabetic', 'Ideographic', 'Phonetic'];
+
+  function label(key, fallback) {
+    return labels[key] || fallback;
+  }
+
+  // -- the language: the user's, until they choose another in OHIF's preferences ------------
+  try {
+    if (!window.localStorage.getItem('i18nextLng') && !/(^|;\s*)i18next=/.test(document.cookie)) {
+      window.localStorage.setItem('i18nextLng', pacs.language || 'zh-CN');
+    }
+  } catch (e) {
+    // no local storage (a private window): OHIF's own detection then
+  }
+
+  // -- person names (PS3.5 6.2.1, PS3.18 F.2.2) ----------------------------------------------
+
+  /** A PN value's groups, whether DICOM JSON ({Alphabetic, Ideographic}), OHIF's naturalized
+   * form (an array of those) or a string with "=" between the groups. */
+  function nameGroups(value) {
+    if (value === undefined || value === null) {
+      return {};
+    }
+    if (Array.isArray(value)) {
+      return nameGroups(value[0]);
+    }
+    if (typeof value === 'string') {
+      var parts = value.split('=');
+      var groups = {};
+      PN_GROUPS.forEach(function (group, i) {
+        if (parts[i]) {
+          groups[group] = parts[i];
+        }
+      });
+      return groups;
+    }
+    if (typeof value === 'object') {
+      var found = {};
+      PN_GROUPS.forEach(function (group) {
+        if (value[group]) {
+          found[group] = String(value[group]);
+        }
+      });
+      return found;
+    }
+    return {};
+  }
+
+  function components(group) {
+    return group.split('^').map(function (c) { return c.trim(); }).filter(Boolean);
+  }
+
+  /** "张三 (ZHANG SAN)": the ideographic group (its components without spaces, as written in
+   * Chinese), the alphabetic one beside it; a name without Hanzi as OHIF shows it ("DOE, JOHN"). */
+  function formatName(value) {
+    var groups = nameGroups(value);
+    var alphabetic = groups.Alphabetic ? components(groups.Alphabetic) : [];
+    var ideographic = groups.Ideographic ? components(groups.Ideographic).join('') : '';
+    if (ideographic) {
+      return alphabetic.length ? ideographic + ' (' + alphabetic.join(' ') + ')' : ideographic;
+    }
+    if (!alphabetic.length) {
+      return '';
+    }
+    return alphabetic.length > 1 ? alphabetic[0] + ', ' + alphabetic.slice(1).join(' ') : alphabetic[0];
+  }
+
+  // -- the data source: OHIF's DICOMweb one, with names in full in the study list -----------
+
+  var PATIENT_NAME = '00100010';
+  var REFERRING_PHYSICIAN = '00080090';
+
+  function createDataSource(configuration, servicesManager, extensionManager) {
+    var base = extensionManager.getModuleEntry('@ohif/extension-default.dataSourcesModule.dicomweb');
+    var inner = base.createDataSource(configuration, servicesManager, extensionManager);
+    var studies = Object.assign({}, inner.query.studies, {
+      // QIDO-RS (PS3.18 10.6) as OHIF asks it, each row's names then made from the answer's
+      // every group (OHIF's own rows keep the alphabetic one alone).
+      search: function (params) {
+        var mapped = inner.query.studies.mapParams(params, {
+          supportsFuzzyMatching: configuration.supportsFuzzyMatching,
+          supportsWildcard: configuration.supportsWildcard,
+        }) || {};
+        delete mapped.studyInstanceUid;
+        delete mapped.seriesInstanceUid;
+        return inner.query.instances.search(undefined, mapped).then(function (answer) {
+          var rows = inner.query.studies.processResults(answer || []);
+          rows.forEach(function (row, i) {
+            var found = answer[i] || {};
+            var patient = formatName((found[PATIENT_NAME] || {}).Value);
+            var referring = formatName((found[REFERRING_PHYSICIAN] || {}).Value);
+            if (patient) {
+              row.patientName = patient;
+            }
+            if (referring) {
+              row.referringPhysicianName = referring;
+            }
+          });
+          return rows;
+        });
+      },
+    });
+    return Object.assign({}, inner, { query: Object.assign({}, inner.query, { studies: studies }) });
+  }
+
+  // -- window presets (window_presets.yaml) -----------------------------------------------------
+
+  function presetsFor(modality) {
+    var items = (pacs.presets || {})[modality] || [];
+    var english = String(pacs.language || '').indexOf('en') === 0;
+    return items.map(function (p, i) {
+      var parts = p.body_parts && p.body_parts.length ? ' · ' + p.body_parts.join('/') : '';
+      return {
+        id: 'pacs-' + modality.toLowerCase() + '-' + i,
+        description: (english ? p.name_en : p.name) + parts,
+        window: String(p.window),
+        level: String(p.level),
+        bodyParts: p.body_parts || [],
+      };
+    });
+  }
+
+  var windowPresets = {};
+  Object.keys(pacs.presets || {}).forEach(function (modality) {
+    windowPresets[modality] = presetsFor(modality);
+  });
+
+  // -- hanging protocols per modality --------------------------------------------------------
+
+  /** One viewport showing the series a rule picks (the first series with images otherwise). */
+  function oneByOne(id, name, modalities) {
+    return {
+      id: id,
+      name: name,
+      locked: true,
+      protocolMatchingRules: [{
+        attribute: 'ModalitiesInStudy',
+        constraint: { includes: modalities },
+        required: true,
+        weight: 2,
+      }],
+      displaySetSelectors: {
+        images: {
+          seriesMatchingRules: [
+            { attribute: 'numImageFrames', constraint: { greaterThan: { value: 0 } }, required: true, weight: 1 },
+            { attribute: 'Modality', constraint: { includes: modalities }, weight: 2 },
+          ],
+        },
+      },
+      stages: [{
+        name: name,
+        viewportStructure: { layoutType: 'grid', properties: { rows: 1, columns: 1 } },
+        viewports: [{
+          viewportOptions: { toolGroupId: 'default', allowUnmatchedView: true },
+          displaySets: [{ id: 'images' }],
+        }],
+      }],
+    };
+  }
+
+  var hangingProtocols = [
+    { name: EXTENSION + '.cross-sectional', protocol: oneByOne(EXTENSION + '.cross-sectional',
+      'CT / MR / PET', ['CT', 'MR', 'PT', 'NM']) },
+    { name: EXTENSION + '.projection', protocol: oneByOne(EXTENSION + '.projection',
+      'DX / CR / MG', ['DX', 'CR', 'MG', 'RF', 'XA']) },
+  ];
+
+  var extension = {
+    id: EXTENSION,
+    version: '1.0.0',
+    getDataSourcesModule: function () {
+      return [{ name: 'dicomweb', type: 'webApi', createDataSource: createDataSource }];
+    },
+    getHangingProtocolModule: function () {
+      return hangingProtocols;
+    },
+  };
+
+  // -- the overlay: the patient's name in full, ID, study and series -------------------------
+
+  function overlayItem(id, title, condition, content) {
+    return { id: id, inheritsFrom: 'ohif.overlayItem', label: '', title: title, condition: condition,
+             contentF: content };
+  }
+
+  var topLeft = [
+    overlayItem('PatientName', label('overlay.patient', 'Patient'),
+      function (props) { return props.referenceInstance && props.referenceInstance.PatientName; },
+      function (props) { return formatName(props.referenceInstance.PatientName); }),
+    overlayItem('PatientID', label('overlay.id', 'ID'),
+      function (props) { return props.referenceInstance && props.referenceInstance.PatientID; },
+      function (props) {
+        var i = props.referenceInstance;
+        return [i.PatientID, i.PatientSex, i.PatientAge].filter(Boolean).join('  ');
+      }),
+    overlayItem('StudyDate', 'Study date',
+      function (props) { return props.referenceInstance && props.referenceInstance.StudyDate; },
+      function (props) { return props.formatters.formatDate(props.referenceInstance.StudyDate); }),
+    overlayItem('SeriesDescription', 'Series description',
+      function (props) { return props.referenceInstance && props.referenceInstance.SeriesDescription; },
+      function (props) { return props.referenceInstance.SeriesDescription; }),
+  ];
+
+  // -- the study list's columns in the user's language ---------------------------------------
+
+  function relabel(columns) {
+    return columns.map(function (column) {
+      var text = labels['column.' + column.id];
+      if (!text) {
+        return column;
+      }
+      return Object.assign({}, column, { meta: Object.assign({}, column.meta, { label: text }) });
+    });
+  }
+
+  window.config = {
+    name: 'pacs',
+    routerBasename: '/viewer',
+    extensions: [extension],
+    modes: [],
+    showStudyList: true,
+    // The header's patient box shows the alphabetic group only (OHIF formats it itself): the
+    // overlay shows the patient instead.
+    showPatientInfo: 'disabled',
+    maxNumberOfWebWorkers: 3,
+    showWarningMessageForCrossOrigin: false,
+    showCPUFallbackMessage: true,
+    showLoadingIndicator: true,
+    strictZSpacingForVolumeViewport: true,
+    groupEnabledModesFirst: true,
+    investigationalUseDialog: { option: 'never' },
+    maxNumRequests: { interaction: 100, thumbnail: 75, prefetch: 25 },
+    showErrorDetails: 'always',
+    defaultDataSourceName: DATA_SOURCE,
+    dataSources: [{
+      namespace: EXTENSION + '.dataSourcesModule.dicomweb',
+      sourceName: DATA_SOURCE,
+      configuration: {
+        friendlyName: 'PACS',
+        name: DATA_SOURCE,
+        wadoUriRoot: DICOMWEB,
+        qidoRoot: DICOMWEB,
+        wadoRoot: DICOMWEB,
+        qidoSupportsIncludeField: true,
+        supportsReject: false,
+        imageRendering: 'wadors',
+        thumbnailRendering: 'wadors',
+        enableStudyLazyLoad: true,
+        supportsFuzzyMatching: false,
+        supportsWildcard: true,
+        staticWado: false,
+        singlepart: false,
+        omitQuotationForMultipartRequest: true,
+        bulkDataURI: { enabled: true },
+      },
+    }],
+    modesConfiguration: {
+      '@ohif/mode-longitudinal': {
+        hangingProtocol: { $set: hangingProtocols.map(function (p) { return p.name; }).concat(['default']) },
+      },
+    },
+    customizationService: {
+      global: {
+        'viewportOverlay.topLeft': { $set: topLeft },
+        'cornerstone.windowLevelPresets': { $merge: windowPresets },
+        'workList.columns': { $apply: relabel },
+        'ohif.tours': { $set: [] },  // the first-visit walkthrough would cover the images
+      },
+    },
+    httpErrorHandler: function (error) {
+      if (error && error.status === 401) {
+        window.location.assign('/login?next=' + encodeURIComponent(window.location.pathname + window.location.search));
+      }
+    },
+  };
+
+  // For the tests and the benchmark: the name formatting the configuration uses.
+  window.pacsViewer = Object.assign(pacs, { formatName: formatName });
+})();

@@ -1,0 +1,305 @@
+"""The diagnostic viewer (/viewer): OHIF's build served by the server, on the archive's own
+DICOMweb, for the roles that read studies; and a radiologist reading a CT phantom in Chromium.
+
+The browser is Debian's Chromium, headless, with WebGL2 from SwiftShader (the viewer draws with
+WebGL). The phantom's Hounsfield units are known (water 0, bone 1000, air −1000), so the probe's
+reading is checked against them; screenshots of each step go where ``steps`` puts them."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+from PIL import Image
+from playwright.sync_api import Browser, sync_playwright
+from pydicom.uid import generate_uid
+
+from pacs import assets
+from pacs.web.i18n import catalogue
+from tests.conftest import ADMIN_PASSWORD
+from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS, STEP_TIMEOUT_MS, Steps
+from tests.web.test_desk import add_user
+from tests.web.viewer_studies import BONE_HU, INSERT_RADIUS, WATER_HU, ct_phantom, rgb_photo, stow
+
+ZH = catalogue("zh-CN")
+# WebGL2 in a headless Chromium without a GPU: SwiftShader, Chromium's software renderer.
+GL_ARGS = [a for a in CHROMIUM_ARGS if a != "--disable-gpu"] + [
+    "--use-gl=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"]
+VIEWPORT = '[data-cy="viewport-pane"]'
+OVERLAY_TOP_LEFT = '[data-cy="viewport-overlay-top-left"]'
+OVERLAY_BOTTOM_LEFT = '[data-cy="viewport-overlay-bottom-left"]'
+STUDY_LIST_SEARCH = "table input"  # the filter row: name, dates, modalities, description, accession
+STUDY_ROWS = "tbody tr"
+HU_TOLERANCE = 2
+LOAD_TIMEOUT_MS = 60_000  # the first load parses 17 MB of script on a busy machine
+ADMIN = ("admin", ADMIN_PASSWORD)
+
+
+@pytest.fixture(scope="module")
+def gl_browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=GL_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def viewer_steps(gl_browser: Browser, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Steps]:
+    folder = Path(os.environ.get("PACS_SCREENSHOTS", tmp_path)) / request.node.name.replace("/", "_")
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):
+        old.unlink()
+    context = gl_browser.new_context(viewport={"width": 1400, "height": 900}, locale="zh-CN",
+                                     timezone_id="Asia/Shanghai")
+    page = context.new_page()
+    page.set_default_timeout(STEP_TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    taken = Steps(page, folder)
+    yield taken
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        taken.shot("failed")
+        print(f"screenshots of {request.node.name}: {folder}")
+    context.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+def log_in(page, server, username: str, target: str) -> None:  # type: ignore[no-untyped-def]
+    page.goto(f"{server.http_url}{target}")
+    page.fill("#username", username)
+    page.fill("#password", "correct horse 1")
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(re.escape(server.http_url + target.split("?")[0])))
+
+
+def viewport_image(page) -> Image.Image:  # type: ignore[no-untyped-def]
+    """What the viewport shows, as the screen has it (the WebGL canvas is not read back)."""
+    return Image.open(io.BytesIO(page.locator(VIEWPORT).first.screenshot())).convert("RGB")
+
+
+def image_box(page) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
+    """Where the (square) image is drawn: left, top and side in page pixels (fit to the
+    viewport's canvas, centred)."""
+    box = page.locator(f"{VIEWPORT} canvas").first.bounding_box()
+    side = min(box["width"], box["height"])
+    return box["x"] + (box["width"] - side) / 2, box["y"] + (box["height"] - side) / 2, side
+
+
+def probe_texts(page) -> list[str]:  # type: ignore[no-untyped-def]
+    return page.evaluate(f"[...document.querySelectorAll('{VIEWPORT} svg text')].map(t => t.textContent)")
+
+
+def probe(page, x: float, y: float) -> float:  # type: ignore[no-untyped-def]
+    """Click the probe at (x, y) of the image (fractions of its side); the value it shows."""
+    left, top, side = image_box(page)
+    before = len(probe_texts(page))
+    page.mouse.click(left + x * side, top + y * side)
+    page.wait_for_function(f"document.querySelectorAll('{VIEWPORT} svg text').length > {before}")
+    text = probe_texts(page)[-1]
+    found = re.search(r"(-?\d+(?:\.\d+)?)\s*HU", text)
+    assert found, f"the probe shows {text!r}, no HU"
+    return float(found.group(1))
+
+
+def ellipse(page, x: float, y: float, radius: float) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
+    """Drag the elliptical ROI from its centre (x, y) of the image to ``radius`` beside it on
+    both axes (fractions of its side); the mean, minimum and maximum it shows, in HU."""
+    left, top, side = image_box(page)
+    before = len(probe_texts(page))
+    page.mouse.move(left + x * side, top + y * side)
+    page.mouse.down()
+    page.mouse.move(left + (x + radius) * side, top + (y + radius) * side, steps=5)
+    page.mouse.up()
+    page.wait_for_function(f"[...document.querySelectorAll('{VIEWPORT} svg text')].slice({before})"
+                           ".some(t => t.textContent.includes('Mean'))")
+    text = [t for t in probe_texts(page)[before:] if "Mean" in t][-1]
+    numbers = {key: float(value) for key, value in re.findall(r"(Mean|Min|Max):\s*(-?\d+(?:\.\d+)?)\s*HU", text)}
+    assert set(numbers) == {"Mean", "Min", "Max"}, f"the ellipse shows {text!r}"
+    return numbers["Mean"], numbers["Min"], numbers["Max"]
+
+
+def overlay(page, where: str = OVERLAY_TOP_LEFT) -> str:  # type: ignore[no-untyped-def]
+    return page.locator(where).first.inner_text()
+
+
+def test_a_radiologist_finds_a_study_by_its_hanzi_name_and_reads_it(guarded_server, installed_viewer,
+                                                                     viewer_steps):
+    study = generate_uid()
+    slices = ct_phantom(12, 256, study_uid=study)
+    stow(guarded_server.http_url, [*slices, rgb_photo(study)], auth=ADMIN)
+    add_user(guarded_server, "lidoc", ["radiologist"], "李医生")
+    page = viewer_steps.page
+
+    # logged out: the login form, then back to the study list
+    log_in(page, guarded_server, "lidoc", "/viewer")
+    page.wait_for_selector("text=张三 (ZHANG SAN)", timeout=LOAD_TIMEOUT_MS)
+    viewer_steps.shot("study-list")
+
+    # the list's search, typed in Hanzi: the archive's QIDO matches the ideographic group
+    search = page.locator(STUDY_LIST_SEARCH).first  # the list's first filter: the patient's name
+    search.fill("张")
+    page.wait_for_url(re.compile(r"patientName=%E5%BC%A0"))
+    row = page.locator(STUDY_ROWS, has_text="张三 (ZHANG SAN)")
+    row.wait_for()
+    assert page.locator(STUDY_ROWS, has_text="A30001").count() == 1
+    viewer_steps.shot("searched-zhang")
+
+    # opened from the list (a double click launches the basic viewer)
+    row.dblclick()
+    page.wait_for_url(re.compile(r"/viewer/viewer\?StudyInstanceUIDs=" + re.escape(study)), timeout=LOAD_TIMEOUT_MS)
+    page.wait_for_selector(f"{VIEWPORT} canvas", timeout=LOAD_TIMEOUT_MS)
+    page.wait_for_function(f"document.querySelector('{OVERLAY_TOP_LEFT}')?.innerText.includes('张三')",
+                           timeout=LOAD_TIMEOUT_MS)
+    page.wait_for_function(f"/W:\\s*400/.test(document.querySelector('{OVERLAY_BOTTOM_LEFT}')?.innerText)")
+    page.wait_for_timeout(500)  # the first frame drawn
+    assert "张三 (ZHANG SAN)" in overlay(page)
+    assert "P30001" in overlay(page)
+    viewer_steps.shot("opened")
+
+    # the canvas shows the phantom: the bone insert bright, water grey, air black (W 400 / L 40)
+    shown = viewport_image(page)
+    left, top, side = image_box(page)
+    pane = page.locator(VIEWPORT).first.bounding_box()
+
+    def at(x: float, y: float) -> int:
+        return sum(shown.getpixel((int(left - pane["x"] + x * side), int(top - pane["y"] + y * side)))) // 3
+
+    bone, water, air = at(0.65, 0.5), at(0.35, 0.5), at(0.02, 0.02)
+    assert bone > water > air, (bone, water, air)
+    assert bone > 200 and air < 20
+
+    # the probe reads Hounsfield units on two slices
+    page.click('[data-cy="MoreTools-split-button-secondary"]')
+    page.click('[data-cy="Probe"]')
+    first_slice = overlay(page, '[data-cy="viewport-overlay-bottom-right"]')
+    assert abs(probe(page, 0.65, 0.5) - BONE_HU) <= HU_TOLERANCE
+    assert abs(probe(page, 0.35, 0.5) - WATER_HU) <= HU_TOLERANCE
+    viewer_steps.shot("probe-slice-1")
+    for _ in range(5):
+        page.keyboard.press("ArrowDown")
+    page.wait_for_function(f"document.querySelector('[data-cy=\"viewport-overlay-bottom-right\"]').innerText "
+                           f"!== {first_slice!r}")
+    # another slice: OHIF 3.13.2's probe shows no value on a stack's slices but the first (it
+    # reads the image at the slice's index as if the stack were one volume), so there the
+    # ellipse's statistics read the Hounsfield units
+    page.click('[data-cy="MeasurementTools-split-button-secondary"]')
+    page.click('[data-cy="EllipticalROI"]')
+    bone_mean, bone_low, bone_high = ellipse(page, 0.65, 0.5, INSERT_RADIUS * 0.4)
+    assert abs(bone_mean - BONE_HU) <= HU_TOLERANCE and bone_low == bone_high == BONE_HU
+    water_mean, water_low, water_high = ellipse(page, 0.35, 0.5, INSERT_RADIUS * 0.4)
+    assert abs(water_mean - WATER_HU) <= HU_TOLERANCE and water_low == water_high == WATER_HU
+    viewer_steps.shot("ellipse-slice-6")
+
+    # W/L by dragging: the window changes, and so does what is drawn
+    before = viewport_image(page)
+    page.click('[data-cy="WindowLevel"]')
+    page.mouse.move(left + 0.3 * side, top + 0.3 * side)
+    page.mouse.down()
+    page.mouse.move(left + 0.5 * side, top + 0.6 * side, steps=10)
+    page.mouse.up()
+    page.wait_for_function(f"!/W:\\s*400\\s+L:\\s*40\\b/.test(document.querySelector('{OVERLAY_BOTTOM_LEFT}')"
+                           ".innerText)")
+    after = viewport_image(page)
+    assert before.tobytes() != after.tobytes()
+    viewer_steps.shot("window-dragged")
+
+    # the colour photograph of the same study, from the study panel
+    page.locator('[data-cy="study-browser-thumbnail"]', has_text="彩色照片").dblclick()
+    page.wait_for_function(f"document.querySelector('{OVERLAY_TOP_LEFT}')?.innerText.includes('彩色照片')")
+    page.wait_for_timeout(500)
+    photo = viewport_image(page)
+    colours = photo.resize((32, 32)).getcolors(32 * 32) or []
+    reds = sum(n for n, (r, g, b) in colours if r > 150 and g < 80 and b < 80)
+    greens = sum(n for n, (r, g, b) in colours if g > 150 and r < 80 and b < 80)
+    blues = sum(n for n, (r, g, b) in colours if b > 150 and r < 80 and g < 80)
+    assert reds and greens and blues, colours[:10]
+    viewer_steps.shot("colour-photo")
+
+
+# -- serving: who may open it, and how its files go out (no browser) -----------------------------
+
+@contextmanager
+def browser_client(server, username: str) -> Iterator[httpx.Client]:  # type: ignore[no-untyped-def]
+    """An HTTP client logged in through the login form, as a browser is (the session cookie)."""
+    with httpx.Client(base_url=server.http_url, timeout=30) as client:
+        form = client.get("/login")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form.text).group(1)  # type: ignore[union-attr]
+        done = client.post("/login", data={"username": username, "password": "correct horse 1", "next": "/",
+                                           "csrf_token": token})
+        assert done.status_code == 303, done.text
+        yield client
+
+
+def test_the_viewer_is_a_page_for_the_roles_that_read_studies(guarded_server, installed_viewer):
+    add_user(guarded_server, "lidoc", ["radiologist"])
+    add_user(guarded_server, "tech", ["technologist"])
+    add_user(guarded_server, "desk", ["registrar"])
+    target = "/viewer/viewer?StudyInstanceUIDs=1.2.3"
+    with httpx.Client(base_url=guarded_server.http_url) as anonymous:
+        answer = anonymous.get(target)
+        assert answer.status_code == 303
+        assert answer.headers["location"] == f"/login?next={quote(target, safe='/')}"
+    for username in ("lidoc", "tech"):
+        with browser_client(guarded_server, username) as client:
+            for path in ("/viewer", target, "/viewer/segmentation"):
+                page = client.get(path)
+                assert page.status_code == 200, path
+                assert page.headers["cache-control"] == "no-store"
+                assert 'window.PUBLIC_URL="/viewer/static/"' in page.text
+                assert "window.pacsViewer=" in page.text and '"肺窗"' in page.text
+    with browser_client(guarded_server, "desk") as client:
+        denied = client.get(target)
+        assert denied.status_code == 403 and ZH["error.forbidden"] in denied.text
+        home = client.get("/")
+        assert 'href="/viewer"' not in home.text
+    with browser_client(guarded_server, "lidoc") as client:
+        assert 'href="/viewer"' in client.get("/").text
+
+
+def test_the_files_go_out_precompressed_and_cached(guarded_server, installed_viewer):
+    build = assets.viewer_path(installed_viewer)
+    assert build is not None
+    bundle = next(build.glob("app.bundle.*.js")).name
+    wasm = next(build.glob("*.wasm")).name
+    with httpx.Client(base_url=guarded_server.http_url + "/viewer/static") as client:  # no login: no patient data
+        plain = client.get(f"/{bundle}", headers={"Accept-Encoding": "identity"})
+        assert plain.status_code == 200 and "content-encoding" not in plain.headers
+        assert plain.headers["cache-control"] == "public, max-age=31536000, immutable"
+        assert plain.headers["content-type"] == "text/javascript; charset=utf-8"
+        assert plain.headers["vary"] == "Accept-Encoding"
+        assert b'__webpack_require__.p = "/viewer/static/";' in plain.content
+        brotli = client.get(f"/{bundle}", headers={"Accept-Encoding": "gzip, deflate, br"})
+        assert brotli.headers["content-encoding"] == "br"
+        assert int(brotli.headers["content-length"]) < len(plain.content) / 4
+        gzipped = client.get(f"/{bundle}", headers={"Accept-Encoding": "gzip"})
+        assert gzipped.headers["content-encoding"] == "gzip" and gzipped.content == plain.content
+        again = client.get(f"/{bundle}", headers={"Accept-Encoding": "gzip", "If-None-Match": gzipped.headers["etag"]})
+        assert again.status_code == 304 and not again.content
+        binary = client.get(f"/{wasm}", headers={"Accept-Encoding": "br"})
+        assert binary.headers["content-type"] == "application/wasm"
+        config = client.get("/app-config.js")
+        assert config.status_code == 200 and config.headers["cache-control"] == "no-cache"
+        assert "window.config" in config.text and "singlepart: false" in config.text
+        css = client.get("/app.bundle.css")
+        assert css.headers["cache-control"] == "no-cache" and "url(/viewer/static/" in css.text
+        for path in ("/index.html", "/../../etc/passwd", "/%2e%2e/app-config.js", "/.integrity", "/ort/ort.js",
+                     "/nothing.js"):
+            assert client.get(path).status_code == 404, path
+        assert client.post("/app-config.js").status_code == 405
+
+
+def test_without_its_files_the_viewer_says_how_to_install_them(start_server, tmp_path):
+    server = start_server(guarded=True, assets={"dir": tmp_path / "none"})
+    add_user(server, "lidoc", ["radiologist"])
+    with browser_client(server, "lidoc") as client:
+        answer = client.get("/viewer")
+        assert answer.status_code == 503
+        assert "pacs assets install" in answer.text and ZH["viewer.missing"] in answer.text
