@@ -18,8 +18,8 @@ import requests
 from dicomweb_client import DICOMwebClient
 from PIL import Image
 from pydicom.encaps import get_frame
-from pynetdicom import evt
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
+from pynetdicom import evt
 from sqlmodel import Session, select
 
 from pacs.archive.index import Instance, InstanceFile, Study
@@ -154,7 +154,8 @@ def test_stow_corpus_and_qido_at_three_levels(server, tmp_path):
     assert len(mr_class) == sum(1 for h in headers if h.SOPClassUID == "1.2.840.10008.5.1.4.1.1.4")
 
     # Keys the index does not match on are ignored, with a Warning header
-    response = httpx.get(server.http_url + "/dicomweb/studies", params={"InstitutionName": "X", "fuzzymatching": "true"})
+    response = httpx.get(server.http_url + "/dicomweb/studies",
+                         params={"InstitutionName": "X", "fuzzymatching": "true"})
     assert response.status_code == 200 and len(response.json()) == len(corpus)
     assert "InstitutionName" in response.headers["warning"] and "fuzzymatching" in response.headers["warning"]
 
@@ -643,3 +644,73 @@ def test_a_large_study_streams_in_and_out(server, tmp_path):
     # Neither the request nor the response was ever held whole (both are ~26 MB).
     assert stow_peak < total / 3, f"STOW-RS peak {stow_peak} bytes for {total}"
     assert wado_peak < total / 3, f"WADO-RS peak {wado_peak} bytes for {total}"
+
+
+VIDEO_ENDOSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.1.1"
+MPEG4_AVC = "1.2.840.10008.1.2.4.102"  # MPEG-4 AVC/H.264 High Profile / Level 4.1
+
+
+def video_object(tmp_path: Path, bitstream: bytes) -> pydicom.Dataset:
+    """A video endoscopy object whose pixel data is ``bitstream`` (PS3.5 8.2.7: one fragment
+    sequence, an empty Basic Offset Table)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.encaps import encapsulate
+
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = MPEG4_AVC
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = VIDEO_ENDOSCOPIC
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.PatientName, ds.Modality, ds.InstanceNumber = "WEB002", "LI^SI", "ES", 1
+    ds.Rows, ds.Columns, ds.NumberOfFrames, ds.FrameTime = 64, 64, 30, 33.3
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_PARTIAL_420", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = encapsulate([bitstream])
+    ds["PixelData"].VR = "OB"
+    path = tmp_path / "video.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return ds
+
+
+def test_single_part_bulk_data_video_and_names_as_qido_gives_them(server, tmp_path):
+    [path] = one_study(tmp_path, ["CT_small.dcm"])
+    ct = pydicom.dcmread(path)
+    ct.SpecificCharacterSet = "ISO_IR 192"
+    ct.ReferringPhysicianName = "王五"  # one group, in Hanzi: QIDO gives it its pinyin too
+    ct.save_as(path, enforce_file_format=True)
+    bitstream = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + bytes(range(256)) * 4
+    video = video_object(tmp_path, bitstream)
+    stow(server, [path, tmp_path / "video.dcm"])
+    client = dicomweb(server)
+
+    # metadata and QIDO give the referring physician the same groups
+    [found] = client.search_for_studies(search_filters={"StudyInstanceUID": ct.StudyInstanceUID},
+                                        fields=["ReferringPhysicianName"])
+    [meta] = client.retrieve_study_metadata(str(ct.StudyInstanceUID))
+    assert value(found, "00080090") == value(meta, "00080090") == {"Alphabetic": "WANG^WU", "Ideographic": "王^五"}
+
+    # bulk data and one frame as a single part when the bare media type is asked for
+    pixels = ct.pixel_array.astype(ct.pixel_array.dtype.newbyteorder("<")).tobytes()
+    instance = f"{server.http_url}/dicomweb/studies/{ct.StudyInstanceUID}/series/{ct.SeriesInstanceUID}" \
+               f"/instances/{ct.SOPInstanceUID}"
+    for url in (meta["7FE00010"]["BulkDataURI"], instance + "/frames/1"):
+        single = httpx.get(url, headers={"Accept": "application/octet-stream"})
+        assert single.status_code == 200 and single.headers["content-type"] == "application/octet-stream", url
+        assert single.content == pixels
+        [(headers, body)] = multipart(httpx.get(url, headers={"Accept": 'multipart/related; type="application/'
+                                                                         'octet-stream"'}))
+        assert headers["content-type"].startswith("application/octet-stream") and body == pixels
+    assert httpx.get(instance + "/frames/1,1", headers={"Accept": "application/octet-stream"}).status_code == 406
+
+    # a video's pixel data is its bitstream, as video/mp4 (by Accept or by the accept parameter)
+    [video_meta] = client.retrieve_study_metadata(str(video.StudyInstanceUID))
+    uri = video_meta["7FE00010"]["BulkDataURI"]
+    for answer in (httpx.get(uri, headers={"Accept": "video/mp4"}), httpx.get(uri, params={"accept": "video/mp4"})):
+        assert answer.status_code == 200 and answer.headers["content-type"] == "video/mp4"
+        assert answer.content == bitstream and int(answer.headers["content-length"]) == len(bitstream)
+    [(headers, body)] = multipart(httpx.get(uri, headers={"Accept": 'multipart/related; type="video/mp4"'}))
+    assert headers["content-type"] == "video/mp4" and body == bitstream
+    assert httpx.get(uri, headers={"Accept": "application/octet-stream"}).status_code == 406
+    video_instance = uri.rsplit("/bulkdata/", 1)[0]
+    assert httpx.get(video_instance + "/frames/1").status_code == 406  # a bitstream has no frames to cut

@@ -24,12 +24,13 @@ from pacs.archive.dicomweb.dicomjson import dumps
 from pacs.archive.dicomweb.media import (
     DICOM,
     DICOM_JSON,
-    OCTET_STREAM,
     DicomwebError,
+    MediaRange,
     MultipartReader,
     accept,
     in_batches,
     multipart_response,
+    negotiate,
     require_json,
     single_part_response,
 )
@@ -181,7 +182,8 @@ def _metadata(request: Request, services: Services, session: Any, *, study: str,
               instance: str | None = None) -> Response:
     require_json(request.headers.get("accept"))
     items = wado.locate(session, _areas(services), study=study, series=series, instance=instance)
-    service = wado.Wado(services.db, _areas(services), base_url(request), _metadata_cache(services))
+    service = wado.Wado(services.db, _areas(services), base_url(request), _metadata_cache(services),
+                        names=services.mappings.current().names)
     return StreamingResponse(in_batches(service.metadata_chunks(items)), media_type=DICOM_JSON)
 
 
@@ -229,11 +231,18 @@ def instance_metadata(study: str, series: str, instance: str, request: Request, 
 def retrieve_frames(study: str, series: str, instance: str, frames: str, request: Request,
                     services: ServicesDep, session: SessionDep) -> Response:
     """Uncompressed (``application/octet-stream``) by default; the stored compressed bytes when
-    Accept names their media type or ``transfer-syntax=*``."""
+    Accept names their media type or ``transfer-syntax=*``; one frame as a single part when
+    Accept names the bare media type (``Accept: application/octet-stream``)."""
     [item] = wado.locate(session, _areas(services), study=study, series=series, instance=instance)
     service = wado.Wado(services.db, _areas(services), base_url(request))
     numbers = service.frame_numbers(item, frames)
-    media = service.frames_media(item, accept(request.headers.get("accept")))
+    media, single = service.frames_media(item, _accepted(request))
+    if single:
+        if len(numbers) != 1:
+            raise DicomwebError(406, f"{len(numbers)} frames are several parts: ask for multipart/related; "
+                                     f'type="{media}", or for one frame at a time')
+        [part] = service.frame_parts(item, numbers, media)
+        return single_part_response(part)
     return multipart_response(service.frame_parts(item, numbers, media), media)
 
 
@@ -241,15 +250,25 @@ def retrieve_frames(study: str, series: str, instance: str, frames: str, request
             summary="Retrieve bulk data (WADO-RS)")
 def retrieve_bulkdata(study: str, series: str, instance: str, tag: str, request: Request,
                       services: ServicesDep, session: SessionDep) -> Response:
-    """The BulkDataURI of the metadata: an element's value; Pixel Data uncompressed."""
-    ranges = accept(request.headers.get("accept"))
-    if not any(r.matches(OCTET_STREAM) or (r.type == "multipart/related" and r.part_type in ("", OCTET_STREAM, "*/*"))
-               for r in ranges):
-        raise DicomwebError(406, f'bulk data is available as multipart/related; type="{OCTET_STREAM}"')
+    """The BulkDataURI of the metadata: an element's value (``application/octet-stream``; Pixel
+    Data uncompressed), or a video object's bitstream (``video/mp4``, ``video/mpeg``); in a
+    multipart/related body, or alone when Accept names the bare media type (PS3.18 8.7.3.2)."""
     [item] = wado.locate(session, _areas(services), study=study, series=series, instance=instance)
     service = wado.Wado(services.db, _areas(services), base_url(request))
-    part = service.bulkdata_part(item, tag.upper())
-    return multipart_response([part], OCTET_STREAM)
+    element = service.bulkdata_tag(tag.upper())
+    media = service.bulkdata_media(item, element)
+    single = negotiate(_accepted(request), media)
+    if single is None:
+        raise DicomwebError(406, f'this bulk data is available as {media}, alone or in multipart/related; '
+                                 f'type="{media}"')
+    part = service.bulkdata_part(item, element)
+    return single_part_response(part) if single else multipart_response([part], media)
+
+
+def _accepted(request: Request) -> list[MediaRange]:
+    """The Accept header's ranges, or those of the ``accept`` query parameter, which stands for
+    it (PS3.18 8.3.3.1: a URL a browser's ``<video src>`` can fetch)."""
+    return accept(request.query_params.get("accept") or request.headers.get("accept"))
 
 
 # -- WADO-RS: rendered and thumbnails (PS3.18 10.4.1.1.5, 10.4.1.1.6) --------------------------

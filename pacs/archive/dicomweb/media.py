@@ -47,6 +47,20 @@ PIXEL_MEDIA_TYPES = {
     "1.2.840.10008.1.2.5": "image/dicom-rle",
 }
 
+# The media type of a video object's pixel data, a bitstream of its own (PS3.18 Table 8.7.3-2,
+# PS3.5 8.2.5-8.2.12): sent whole, never as frames or uncompressed.
+VIDEO_MEDIA_TYPES = {
+    "1.2.840.10008.1.2.4.100": "video/mpeg",  # MPEG2 Main Profile / Main Level
+    "1.2.840.10008.1.2.4.101": "video/mpeg",  # MPEG2 Main Profile / High Level
+    "1.2.840.10008.1.2.4.102": "video/mp4",  # MPEG-4 AVC/H.264 High Profile / Level 4.1
+    "1.2.840.10008.1.2.4.103": "video/mp4",  # MPEG-4 AVC/H.264 BD-compatible High Profile / Level 4.1
+    "1.2.840.10008.1.2.4.104": "video/mp4",  # MPEG-4 AVC/H.264 High Profile / Level 4.2 for 2D video
+    "1.2.840.10008.1.2.4.105": "video/mp4",  # MPEG-4 AVC/H.264 High Profile / Level 4.2 for 3D video
+    "1.2.840.10008.1.2.4.106": "video/mp4",  # MPEG-4 AVC/H.264 Stereo High Profile / Level 4.2
+    "1.2.840.10008.1.2.4.107": "video/H265",  # HEVC/H.265 Main Profile / Level 5.1
+    "1.2.840.10008.1.2.4.108": "video/H265",  # HEVC/H.265 Main 10 Profile / Level 5.1
+}
+
 
 class DicomwebError(Exception):
     """A request answered with an HTTP error status and a JSON body that says why."""
@@ -132,6 +146,21 @@ def parse_media_type(value: str) -> MediaRange:
         elif name:
             params[name] = raw
     return MediaRange(head.lower(), params, quality)
+
+
+def negotiate(ranges: list[MediaRange], offered: str) -> bool | None:
+    """Whether the client takes ``offered`` as a single part (True: it asked for the bare media
+    type, PS3.18 8.7.3.2), in a multipart/related body (False: its default, 8.7.3.3), or not at
+    all (None); the first range that takes it decides."""
+    for r in ranges:
+        if r.type == MULTIPART:
+            if MediaRange(r.part_type or "*/*").matches(offered):
+                return False
+        elif r.type in ("*/*", "multipart/*"):
+            return False
+        elif r.matches(offered):
+            return True
+    return None
 
 
 def accept(header: str | None) -> list[MediaRange]:

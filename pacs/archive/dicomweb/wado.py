@@ -27,7 +27,7 @@ from typing import Any, BinaryIO, cast
 import numpy as np
 import pydicom
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import (
@@ -39,7 +39,7 @@ from pydicom.uid import (
 from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, select
 
-from pacs.archive.charset import FULL_REPERTOIRES
+from pacs.archive.charset import FULL_REPERTOIRES, UNICODE, Answer
 from pacs.archive.dicomweb.cache import MetadataCache, absolute
 from pacs.archive.dicomweb.dicomjson import dumps, element_json
 from pacs.archive.dicomweb.media import (
@@ -48,6 +48,7 @@ from pacs.archive.dicomweb.media import (
     MULTIPART,
     OCTET_STREAM,
     PIXEL_MEDIA_TYPES,
+    VIDEO_MEDIA_TYPES,
     DicomwebError,
     MediaRange,
     Part,
@@ -61,6 +62,7 @@ from pacs.archive.index import COPY_SYNTAX, NOT_REJECTED, Instance, InstanceFile
 from pacs.archive.retrieve import Retriever, correct, syntax_of
 from pacs.archive.storage import StorageArea
 from pacs.db import Database, row_id
+from pacs.integration.names import NameRules
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,7 @@ SPECIFIC_CHARACTER_SET = Tag(0x00080005)
 BULK_THRESHOLD = 1024  # values longer than this are given as a BulkDataURI (PS3.18 F.2.6)
 BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 TRANSCODE_TARGETS = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")  # PS3.18 F.2.2
 
 
 @dataclass(frozen=True)
@@ -199,10 +202,11 @@ class Wado:
     """Reads stored instances for one request."""
 
     def __init__(self, db: Database, areas: dict[str, StorageArea], base_url: str,
-                 cache: MetadataCache | None = None) -> None:
+                 cache: MetadataCache | None = None, names: NameRules | None = None) -> None:
         self.areas = areas
         self.base_url = base_url
         self.cache = cache
+        self.names = names  # with them, metadata gives each PN the groups QIDO gives it
         self.retriever = Retriever(db, areas)
         self._truths: dict[int, tuple[dict[str, str], bool]] = {}
 
@@ -313,8 +317,13 @@ class Wado:
             if self.cache is not None:
                 self.cache.put(item.sop_instance_uid, item.transfer_syntax, item.key, stored)
         truth = self.truth(item)
-        if truth is not None:
-            stored = dumps(corrected_json(json.loads(stored), truth))
+        if truth is not None or (self.names is not None and not stored.isascii() and b'"vr":"PN"' in stored):
+            attributes = json.loads(stored)
+            if self.names is not None:
+                attributes = person_groups(attributes, Answer(UNICODE, self.names))
+            if truth is not None:
+                attributes = corrected_json(attributes, truth)
+            stored = dumps(attributes)
         return absolute(stored, self.instance_url(item))
 
     def metadata(self, item: Located) -> dict[str, Any]:
@@ -348,13 +357,27 @@ class Wado:
         return out
 
     # -- bulk data (PS3.18 10.4.1.1.4) ------------------------------------------------------
-    def bulkdata_part(self, item: Located, tag_text: str) -> Part:
+    @staticmethod
+    def bulkdata_tag(tag_text: str) -> Tag:
         try:
             tag = Tag(int(tag_text, 16)) if len(tag_text) == 8 else None
         except ValueError:
             tag = None
         if tag is None:
             raise bad_request(f"bulk data {shown(tag_text)}: name the element by its tag, ggggeeee in hex")
+        return tag
+
+    @staticmethod
+    def bulkdata_media(item: Located, tag: Tag) -> str:
+        """The media type of an element's bulk data: a video object's pixel data is its
+        bitstream (``video/mp4``, ``video/mpeg``), everything else ``application/octet-stream``
+        (pixel data uncompressed)."""
+        return VIDEO_MEDIA_TYPES.get(item.transfer_syntax, OCTET_STREAM) if tag == PIXEL_DATA else OCTET_STREAM
+
+    def bulkdata_part(self, item: Located, tag: Tag) -> Part:
+        if tag == PIXEL_DATA and item.transfer_syntax in VIDEO_MEDIA_TYPES:
+            return self.video_part(item)
+        tag_text = f"{tag:08X}"
         if tag == PIXEL_DATA:
             frames = list(range(1, item.frames + 1))
             return Part(OCTET_STREAM, (c for part in self.native_frame_parts(item, frames) for c in part.chunks))
@@ -365,6 +388,17 @@ class Wado:
         if not isinstance(value, bytes):
             raise not_found(f"element {tag_text} of instance {item.sop_instance_uid} is not bulk data")
         return Part(OCTET_STREAM, iter([value]))
+
+    def video_part(self, item: Located) -> Part:
+        """A video object's bitstream: the fragments of its pixel data after the Basic Offset
+        Table item, joined (PS3.5 A.4: one frame item sequence holds the whole stream)."""
+        from pydicom.encaps import generate_fragments
+
+        ds = self.dataset(item)
+        fragments = generate_fragments(ds.PixelData)
+        next(fragments, None)  # the Basic Offset Table (empty for video)
+        data = b"".join(fragments)
+        return Part(VIDEO_MEDIA_TYPES[item.transfer_syntax], iter([data]), size=len(data))
 
     # -- frames (PS3.18 10.4.1.1.3) ---------------------------------------------------------
     def frame_numbers(self, item: Located, text: str) -> list[int]:
@@ -381,27 +415,31 @@ class Wado:
                             f"{beyond[0]}")
         return numbers
 
-    def frames_media(self, item: Located, ranges: list[MediaRange]) -> str:
+    def frames_media(self, item: Located, ranges: list[MediaRange]) -> tuple[str, bool]:
         """``application/octet-stream`` (uncompressed) or the stored compressed media type,
-        whichever the client asks for first (PS3.18 8.7.3.3, Table 8.7.3-2)."""
+        whichever the client asks for first (PS3.18 8.7.3.3, Table 8.7.3-2), and whether as a
+        single part (the bare media type asked for, PS3.18 8.7.3.2) rather than multipart."""
+        if item.transfer_syntax in VIDEO_MEDIA_TYPES:
+            raise not_acceptable(f"instance {item.sop_instance_uid} is a video: its pixel data is one bitstream, "
+                                 f"retrieved as bulk data ({VIDEO_MEDIA_TYPES[item.transfer_syntax]}), not frames")
         stored_media = PIXEL_MEDIA_TYPES.get(item.transfer_syntax)
         for r in ranges:
             if r.type == MULTIPART:
-                part = MediaRange(r.part_type or "*/*")
+                part, single = MediaRange(r.part_type or "*/*"), False
             elif r.type in ("*/*", "multipart/*"):
-                part = MediaRange("*/*")
+                part, single = MediaRange("*/*"), False
             else:
-                continue
+                part, single = r, True
             syntax = r.transfer_syntax
             if stored_media and part.matches(stored_media) and (syntax in ("*", item.transfer_syntax) or (
                     syntax is None and part.type == stored_media)):
-                return stored_media
+                return stored_media, single
             if part.matches(OCTET_STREAM) and (syntax in (None, EXPLICIT_VR_LITTLE_ENDIAN) or (
                     syntax == "*" and not stored_media)) and decodable(item.transfer_syntax):
-                return OCTET_STREAM
+                return OCTET_STREAM, single
         raise not_acceptable(f'frames are available as {MULTIPART}; type="{OCTET_STREAM}" (uncompressed)'
                              + (f' or type="{stored_media}"; transfer-syntax={item.transfer_syntax} (as stored)'
-                                if stored_media else ""))
+                                if stored_media else "") + f", or as {OCTET_STREAM} alone for one frame")
 
     def frame_parts(self, item: Located, numbers: list[int], media: str) -> Iterator[Part]:
         """The frames asked for, uncompressed or as the stored compressed bitstreams."""
@@ -476,6 +514,22 @@ def _single_int(ds: Dataset, keyword: str) -> int | None:
         return int(value) if isinstance(value, int) else None
     except Exception:  # pydicom's converters raise many kinds of errors
         return None
+
+
+def person_groups(attributes: dict[str, Any], answer: Answer) -> dict[str, Any]:
+    """DICOM JSON whose person names written in one group of Han characters (``王五``) have the
+    groups a QIDO-RS answer gives them (``WANG^WU=王^五``: the pinyin as the alphabetic group,
+    PS3.5 6.2.1.2), so that a viewer reading either shows the same name."""
+    for key, element in attributes.items():
+        if element.get("vr") != "PN" or "Value" not in element:
+            continue
+        names = element["Value"]
+        if not any(isinstance(n, dict) and set(n) == {"Alphabetic"} and not n["Alphabetic"].isascii() for n in names):
+            continue
+        values = [answer.person(n["Alphabetic"]) if isinstance(n, dict) and set(n) == {"Alphabetic"} else
+                  "=".join((n or {}).get(g, "") for g in PN_GROUPS).rstrip("=") for n in names]
+        attributes[key] = element_json(DataElement(Tag(int(key, 16)), "PN", values if len(values) > 1 else values[0]))
+    return attributes
 
 
 def corrected_json(attributes: dict[str, Any], truth: dict[str, str]) -> dict[str, Any]:
