@@ -8,11 +8,12 @@ dates and times are DICOM strings so range matching is text comparison on every 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, func
-from sqlmodel import Field, SQLModel
+from sqlalchemy import JSON, BigInteger, Column, Index, and_, func, update
+from sqlmodel import Field, SQLModel, col, select
 
 from pacs.db import UTCDateTime, utcnow
 
@@ -113,3 +114,56 @@ NOT_REJECTED = Instance.rejected_at.is_(None)  # type: ignore[union-attr]
 
 # The transfer syntax a copy is in: its own when lossless migration re-encoded it, else the instance's.
 COPY_SYNTAX = func.coalesce(func.nullif(InstanceFile.transfer_syntax_uid, ""), Instance.transfer_syntax_uid)
+
+
+RECOUNT_KEY = "pacs.recount_studies"  # Session.info: studies to recount before the transaction commits
+
+
+def recount_studies(session: Any, study_ids: Iterable[int]) -> None:
+    """Set what a study answers at the study level from the series and instances it answers
+    with below, in the caller's transaction: (0008,0061) Modalities in Study, (0020,1206)
+    Number of Study Related Series, (0020,1208) Number of Study Related Instances (PS3.4 C.3.4)
+    and its size, and each series' (0020,1209) Number of Series Related Instances. Instances in
+    the trash (IHE IOCM rejection, expiry) do not count; a series is counted, and its modality
+    listed, while it holds one instance that does.
+
+    Ingest keeps these by increments, which only ever add; whatever takes away (a rejection
+    note, and so the first instance of an emptied series too) recounts here, so the order in
+    which objects arrive does not matter.
+    """
+    ids = sorted(set(study_ids))
+    if not ids:
+        return
+    session.flush()  # the ORM's pending rows first, so they are counted and not written over after
+    now = utcnow()
+    counted = (select(Series.id, Series.study, Series.modality, Series.number_of_instances,
+                      func.count(Instance.id), func.coalesce(func.sum(Instance.size), 0))
+               .select_from(Series)
+               .outerjoin(Instance, and_(col(Instance.series) == col(Series.id), NOT_REJECTED))
+               .where(col(Series.study).in_(ids))
+               .group_by(col(Series.id), col(Series.study), col(Series.modality), col(Series.number_of_instances)))
+    studies: dict[int, list[Any]] = {study: [0, 0, 0, set()] for study in ids}
+    for series, study, modality, held, instances, size in session.exec(counted).all():
+        if held != instances:
+            session.execute(update(Series).where(col(Series.id) == series)
+                            .values(number_of_instances=instances, updated_at=now))
+        if instances:
+            entry = studies[study]
+            entry[0] += 1
+            entry[1] += instances
+            entry[2] += int(size)
+            if modality:
+                entry[3].add(modality)
+    for study, (series_count, instances, size, modalities) in studies.items():
+        session.execute(update(Study).where(col(Study.id) == study).values(
+            number_of_series=series_count, number_of_instances=instances, size_bytes=size,
+            modalities="\\".join(sorted(modalities)), updated_at=now))
+    for held in list(session.identity_map.values()):  # the ORM's copies would be stale
+        if isinstance(held, (Study, Series)) and (held.id in ids if isinstance(held, Study) else held.study in ids):
+            session.expire(held)
+
+
+def recount_later(session: Any, study_ids: Iterable[int]) -> None:
+    """Ask the archive's index writer to recount ``study_ids`` (:func:`recount_studies`) once
+    the counts of the objects in its transaction are in, just before it commits."""
+    session.info.setdefault(RECOUNT_KEY, set()).update(study_ids)

@@ -93,12 +93,14 @@ def conditions(identifier: Dataset, level: str) -> list[ColumnElement[bool]]:
         ]
         modalities = v("ModalitiesInStudy")
         if modalities and modalities.strip() not in ("", "*"):
-            # Whole values: a study with any series of one of the modalities (CT is not OCT).
+            # Whole values: a study with any series of one of the modalities (CT is not OCT)
+            # that it answers with, i.e. one not emptied by the trash (PS3.4 C.3.4, IHE IOCM).
             wanted = [m.strip().upper() for m in modalities.replace(",", "\\").split("\\") if m.strip()]
             # Asked per study (EXISTS), so that a date range can lead with the study-date index
             # rather than every series of a common modality being gathered first.
             other = aliased(Series)
-            found.append(exists().where(other.study == Study.id, other.modality.in_(wanted)))
+            found.append(exists().where(other.study == Study.id, other.modality.in_(wanted),
+                                        other.number_of_instances > 0))
     if level in ("SERIES", "IMAGE"):
         number = v("SeriesNumber")
         found += [

@@ -44,7 +44,7 @@ from sqlalchemy import Table, delete, func, update
 from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Session, SQLModel, col, select
 
-from pacs.archive.index import Instance, InstanceFile, Series, Study
+from pacs.archive.index import Instance, InstanceFile, Series, Study, recount_later, recount_studies
 from pacs.archive.storage import StorageArea
 from pacs.audit import Event, codes, record
 from pacs.audit.service import lock_for_writing
@@ -93,13 +93,15 @@ def referenced_instances(ds: Dataset) -> list[tuple[str, str, str]]:
 
 
 def reject(session: Session, instance_ids: list[int], code: Code, *, now: datetime | None = None) -> dict[int, int]:
-    """Put instances in the trash: mark them, take them out of their series' and studies'
-    counts and modalities. Returns study id → instances rejected (already rejected ones are skipped)."""
+    """Put instances in the trash: mark them, then recount their studies and series from what
+    is left (:func:`~pacs.archive.index.recount_studies`), now and again once the archive's
+    index writer has added the counts of the objects of its transaction (the note's own among
+    them). Returns study id → instances rejected (already rejected ones are skipped)."""
     now = now or utcnow()
     rejected: dict[int, int] = {}
     for start in range(0, len(instance_ids), BATCH):
         chunk = instance_ids[start:start + BATCH]
-        rows = session.exec(select(Instance.id, Instance.size, Series.id, Series.number_of_instances, Series.study)
+        rows = session.exec(select(Instance.id, Series.study)
                             .join(Series, col(Series.id) == Instance.series)
                             .where(col(Instance.id).in_(chunk), col(Instance.rejected_at).is_(None))).all()
         if not rows:
@@ -107,28 +109,10 @@ def reject(session: Session, instance_ids: list[int], code: Code, *, now: dateti
         session.execute(update(Instance).where(col(Instance.id).in_([r[0] for r in rows]),
                                                col(Instance.rejected_at).is_(None))
                         .values(rejected_at=now, rejection_code=code.value))
-        per_series: dict[int, list[int]] = {}
-        for _id, size, series, held, study in rows:
-            entry = per_series.setdefault(series, [0, 0, held, study])
-            entry[0] += 1
-            entry[1] += size
-        per_study: dict[int, list[int]] = {}
-        for series, (count, size, held, study) in per_series.items():
-            session.execute(update(Series).where(col(Series.id) == series)
-                            .values(number_of_instances=Series.number_of_instances - count, updated_at=now))
-            entry = per_study.setdefault(study, [0, 0, 0])
-            entry[0] += count
-            entry[1] += size
-            entry[2] += 1 if held - count <= 0 else 0
-        for study, (count, size, emptied) in per_study.items():
-            session.execute(update(Study).where(col(Study.id) == study).values(
-                number_of_instances=Study.number_of_instances - count, size_bytes=Study.size_bytes - size,
-                number_of_series=Study.number_of_series - emptied, updated_at=now))
-            modalities = session.exec(select(Series.modality).distinct()
-                                      .where(Series.study == study, Series.number_of_instances > 0)).all()
-            session.execute(update(Study).where(col(Study.id) == study)
-                            .values(modalities="\\".join(sorted(m for m in modalities if m))))
-            rejected[study] = rejected.get(study, 0) + count
+        for _id, study in rows:
+            rejected[study] = rejected.get(study, 0) + 1
+    recount_studies(session, rejected)
+    recount_later(session, rejected)
     return rejected
 
 

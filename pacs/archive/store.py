@@ -51,7 +51,7 @@ from sqlmodel import Session, col, select
 
 from pacs import batching
 from pacs.archive import part10
-from pacs.archive.index import Instance, InstanceFile, Series, Study
+from pacs.archive.index import RECOUNT_KEY, Instance, InstanceFile, Series, Study, recount_studies
 from pacs.archive.status import Status
 from pacs.archive.storage import StorageArea, StorageFull, Stored, sha256_file, sync_folders
 from pacs.db import Database, Prepared, nested, utcnow
@@ -468,7 +468,8 @@ INSERT_INSTANCE = Prepared(insert(_INSTANCE).returning(_INSTANCE.c.id))
 INSERT_FILE = Prepared(insert(_FILE))
 COUNT_SERIES = Prepared(update(_SERIES).where(_SERIES.c.id == bindparam("row"))
                         .values(number_of_instances=_SERIES.c.number_of_instances + bindparam("instances"),
-                                updated_at=bindparam("now")))
+                                updated_at=bindparam("now"))
+                        .returning(_SERIES.c.study, _SERIES.c.number_of_instances))
 COUNT_STUDY = Prepared(update(_STUDY).where(_STUDY.c.id == bindparam("row"))
                        .values(number_of_instances=_STUDY.c.number_of_instances + bindparam("instances"),
                                number_of_series=_STUDY.c.number_of_series + bindparam("series"),
@@ -922,18 +923,28 @@ class Archive:
         entry[0] += 1
         entry[1] += job.stored.size
         entry[2] += 1 if new_series else 0
-        counts.setdefault(-series_id, [0, 0, 0])[0] += 1
+        series_entry = counts.setdefault(-series_id, [0, 0, 0])
+        series_entry[0] += 1
+        series_entry[2] = series_entry[2] or int(new_series)
         return StoreResult(Outcome.STORED, Status.SUCCESS, "", instance_id, _text(ds, "StudyInstanceUID"))
 
     def _apply_counts(self, session: Session, counts: dict[int, list[int]]) -> None:
+        """Add the batch's objects to their series' and studies' counts, then recount the
+        studies whose counts only a recount gets right (:func:`recount_studies`): those a
+        rejection note took from, and those with a series that was emptied (rejected) and
+        now holds an instance again, whose modality and series the increments can't restore."""
         now = utcnow()
         connection = session.connection()
+        recount: set[int] = session.info.pop(RECOUNT_KEY, set())
         for key, (instances, size, series) in counts.items():
             if key < 0:
-                COUNT_SERIES.execute(connection, {"row": -key, "instances": instances, "now": now})
+                [row] = COUNT_SERIES.rows(connection, {"row": -key, "instances": instances, "now": now})
+                if row["number_of_instances"] == instances and not series:  # was empty, and not new
+                    recount.add(row["study"])
             else:
                 COUNT_STUDY.execute(connection, {"row": key, "instances": instances, "series": series,
                                                  "size": size, "now": now})
+        recount_studies(session, recount)
 
     # -- study and series rows ----------------------------------------------------------------
     def _study(self, session: Session, ds: Dataset, job: IndexJob) -> tuple[int, bool]:

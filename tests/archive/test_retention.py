@@ -209,6 +209,78 @@ def test_rejection_note_hides_what_it_names(server, study, tmp_path):
                 if ds.SeriesInstanceUID == study["ct_series"]]
 
 
+def answered_as(server, study_uid: str) -> dict:
+    """What the study answers with at STUDY level (C-FIND, QIDO-RS, FHIR), checked against the
+    series and instances it answers with below: PS3.4 C.3.4's Modalities in Study and Number of
+    Study Related Series/Instances are of those, and matching on Modalities in Study finds the
+    study exactly for them."""
+    port = server.dicom_port
+    [study] = cfind(port, "STUDY", StudyInstanceUID=study_uid)
+    series = cfind(port, "SERIES", StudyInstanceUID=study_uid)
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel, identifier.StudyInstanceUID, identifier.Modality = "SERIES", study_uid, ""
+    ae = AE(ae_title="VIEWER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
+    modalities = sorted({str(ds.Modality) for status, ds in
+                         assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind)
+                         if status.Status in (0xFF00, 0xFF01)})
+    assoc.release()
+    images = cfind(port, "IMAGE", StudyInstanceUID=study_uid)
+    listed = study.ModalitiesInStudy
+    shown = {"modalities": sorted([listed] if isinstance(listed, str) else [str(m) for m in listed]),
+             "series": int(study.NumberOfStudyRelatedSeries), "instances": int(study.NumberOfStudyRelatedInstances)}
+    assert shown == {"modalities": modalities, "series": len(series), "instances": len(images)}
+    for modality in ("CT", "MR", "KO"):
+        found = [ds.StudyInstanceUID for ds in cfind(port, "STUDY", StudyInstanceUID=study_uid,
+                                                     ModalitiesInStudy=modality)]
+        assert (found == [study_uid]) == (modality in modalities), f"ModalitiesInStudy={modality}"
+    [qido] = httpx.get(f"{server.http_url}/dicomweb/studies", params={"StudyInstanceUID": study_uid,
+                                                                     "includefield": "00080061"}).json()
+    assert sorted(qido["00080061"]["Value"]) == modalities
+    assert qido["00201206"]["Value"] == [len(series)] and qido["00201208"]["Value"] == [len(images)]
+    with Session(server.db.engine) as session:
+        row_id = session.exec(select(Study.id).where(Study.study_instance_uid == study_uid)).one()
+    resource = httpx.get(f"{server.http_url}/fhir/ImagingStudy/{row_id}").json()
+    assert (resource["numberOfSeries"], resource["numberOfInstances"]) == (len(series), len(images))
+    assert sorted(m["code"] for m in resource.get("modality", [])) == modalities
+    return shown
+
+
+@pytest.mark.parametrize("order", ["note after", "note after, whole series", "one association",
+                                   "one association, whole series", "series sent again", "note first"])
+def test_study_agrees_with_what_it_answers(server, tmp_path, order):
+    """Issue 27: after a rejection note, ModalitiesInStudy said CT while the study still counted
+    the note's series; whatever arrives in which order, the study-level attributes are those of
+    the series and instances the study answers with."""
+    uid, ct_series = generate_uid(), generate_uid()
+    ct = [make(tmp_path, CT_FILE, study=uid, series=ct_series) for _ in range(3)]
+    whole = "whole series" in order
+    named = ct if whole else ct[:2]
+    note = rejection_note(tmp_path, "113001", "Rejected for Quality Reasons", named)
+    if order.startswith("note after"):
+        assert send(server.dicom_port, ct) == [0, 0, 0]
+        assert send(server.dicom_port, [note], calling="CT1") == [0]
+    elif order.startswith("one association"):
+        assert send(server.dicom_port, ct + [note]) == [0, 0, 0, 0]
+    elif order == "series sent again":
+        assert send(server.dicom_port, ct) == [0, 0, 0]
+        assert send(server.dicom_port, [rejection_note(tmp_path, "113001", "Rejected for Quality Reasons", ct)]) == [0]
+        assert answered_as(server, uid)["modalities"] == ["KO"]
+        again = make(tmp_path, CT_FILE, study=uid, series=ct_series)  # a retake into the emptied series
+        assert send(server.dicom_port, [again]) == [0]
+        assert answered_as(server, uid) == {"modalities": ["CT", "KO"], "series": 2, "instances": 2}
+        return
+    else:  # the note before what it names: nothing held to reject, then the images come
+        assert send(server.dicom_port, [note]) == [0]
+        assert send(server.dicom_port, ct) == [0, 0, 0]
+    expected = ({"modalities": ["KO"], "series": 1, "instances": 1} if whole
+                else {"modalities": ["CT", "KO"], "series": 2, "instances": 2})
+    if order == "note first":
+        expected = {"modalities": ["CT", "KO"], "series": 2, "instances": 4}
+    assert answered_as(server, uid) == expected
+
+
 @pytest.mark.parametrize("code, meaning", [("113001", "Rejected for Quality Reasons"),
                                            ("113037", "Rejected for Patient Safety Reasons"),
                                            ("113038", "Incorrect Modality Worklist Entry"),
