@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pacs.archive.storage import commands as storage_commands
 
     storage_commands.add_parser(sub, _common)
+    from pacs.archive import reconciliation_commands
+
+    reconciliation_commands.add_parser(sub, _common)  # reconcile list|attach
     from pacs import operations
 
     operations.add_parsers(sub, _common)  # backup, restore, audit, retention
@@ -127,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         from pacs.archive.storage import commands as storage_commands
 
         return storage_commands.run(args, _settings(args))
+    if args.command == "reconcile":
+        from pacs.archive import reconciliation_commands
+
+        return reconciliation_commands.run(args, _settings(args))
     from pacs.auth import commands as auth_commands
 
     if args.command in auth_commands.COMMANDS:

@@ -218,6 +218,7 @@ def create_app(services: Services) -> FastAPI:
     from pacs.fhir_server.api import router as fhir_router
     from pacs.integration.api import outbox_router
     from pacs.integration.api import router as messages_router
+    from pacs.archive.reconciliation_api import router as reconciliation_router
     from pacs.registry.api import router as orders_router
     from pacs.registry.desk_api import desk as desk_api_router
     from pacs.registry.desk_api import orders as desk_orders_router
@@ -283,6 +284,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(messages_router)
     app.include_router(patients_router)  # the desk's patient search and walk-ins
     app.include_router(orders_router)
+    app.include_router(reconciliation_router)  # studies that found no order, for a person to attach
     app.include_router(desk_api_router)  # the registration desk: rooms, slots, bookings, lists, labels
     app.include_router(desk_orders_router)
     app.include_router(outbox_router)

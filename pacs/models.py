@@ -1,6 +1,7 @@
 """Every table of the system, imported in one place so that Alembic and tests see them all."""
 
 from pacs.archive.index import Instance, InstanceFile, Series, Study
+from pacs.archive.reconciliation import ReconciliationItem
 from pacs.archive.storage.tables import PendingReplica, ScrubRun
 from pacs.audit.tables import AuditCursor, AuditEvent, AuditObject
 from pacs.auth.models import ApiToken, User
@@ -30,6 +31,7 @@ __all__ = [
     "OrderEvent",
     "OutboxItem",
     "PendingReplica",
+    "ReconciliationItem",
     "ScrubRun",
     "Patient",
     "PatientIdentifier",

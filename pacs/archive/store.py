@@ -33,6 +33,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
@@ -50,7 +51,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from pacs import batching
-from pacs.archive import part10
+from pacs.archive import part10, reconciliation
 from pacs.archive.index import RECOUNT_KEY, Instance, InstanceFile, Series, Study, recount_studies
 from pacs.archive.status import Status
 from pacs.archive.storage import StorageArea, StorageFull, Stored, sha256_file, sync_folders
@@ -59,6 +60,7 @@ from pacs.integration.mapping import MappingHolder
 from pacs.integration.names import person_name
 from pacs.metrics import CStoreCounts
 from pacs.registry import lifecycle, service
+from pacs.registry.device_rules import ImageKeys, Match, keys_from_dataset, match_order
 from pacs.registry.models import ImagingOrder, OrderStatus, Patient, PatientIdentifier
 
 log = logging.getLogger(__name__)
@@ -957,7 +959,7 @@ class Archive:
             self._remember(self._studies, uid, found)
             return found, False
         ds = _whole(ds)
-        patient, order, how = self.reconcile(session, ds, job.calling_ae)
+        patient, order, how, unmatched = self.reconcile(session, ds, job.calling_ae)
         study = Study(
             study_instance_uid=uid,
             patient=patient.id,  # type: ignore[arg-type]
@@ -977,6 +979,9 @@ class Archive:
         session.add(study)
         session.flush()
         assert study.id is not None
+        if unmatched is not None:  # the device rules found no order, or more than one: for a person
+            match, keys, arrived = unmatched
+            reconciliation.file_study(session, study, match, keys, arrived=arrived)
         if order is not None and order.status in (OrderStatus.SCHEDULED, OrderStatus.ARRIVED,
                                                   OrderStatus.IN_PROGRESS, OrderStatus.COMPLETED):
             lifecycle.transition(session, order, OrderStatus.IMAGES_RECEIVED, by=f"archive:{job.calling_ae}",
@@ -1023,10 +1028,13 @@ class Archive:
             cache.popitem(last=False)
 
     # -- reconciliation (IHE PIR; "worklist coercion") ------------------------------------------
-    def reconcile(self, session: Session, ds: Dataset, calling_ae: str) -> tuple[Patient, ImagingOrder | None, str]:
+    def reconcile(self, session: Session, ds: Dataset, calling_ae: str) -> tuple[
+            Patient, ImagingOrder | None, str, tuple[Match, ImageKeys, datetime] | None]:
         """The order and patient a new study belongs to: by Study Instance UID, by Accession
         Number, then by the device rules of mappings/devices.yaml; the patient by Patient ID
-        (and issuer) when no order is found, created from the images when unknown."""
+        (and issuer) when no order is found, created from the images when unknown. The last
+        item is what the device rules said when they found no single order (the study goes on
+        the reconciliation list, :mod:`pacs.archive.reconciliation`), else None."""
         order, how = None, ""
         uid = _text(ds, "StudyInstanceUID")
         order = session.exec(select(ImagingOrder).where(ImagingOrder.study_instance_uid == uid)).first()
@@ -1038,19 +1046,21 @@ class Archive:
                                  .where(col(ImagingOrder.status).not_in([OrderStatus.CANCELLED]))).first()
             how = "accession" if order is not None else ""
         rules = self.mappings.current().devices
+        unmatched = None
         if order is None and rules is not None:
-            from pacs.registry.device_rules import keys_from_dataset, match_order
-
-            match = match_order(session, rules, keys_from_dataset(ds, calling_ae))
+            keys = keys_from_dataset(ds, calling_ae)
+            arrived = datetime.now()  # the device rules' stand-in for a study time the images lack
+            match = match_order(session, rules, keys, now=arrived)
             if match.order_id is not None:
                 order = session.get(ImagingOrder, match.order_id)
                 how = f"device rule {match.strategy} ({match.device})"
             else:
-                log.info("study %s from %s matched no order: %s", uid, calling_ae, match.reason)
+                unmatched = (match, keys, arrived)
         if order is not None:
             patient = service._root(session, session.get_one(Patient, order.patient))
-            return patient, order, how
-        return self._patient_from_images(session, ds), None, "patient_id" if _text(ds, "PatientID") else "none"
+            return patient, order, how, None
+        patient = self._patient_from_images(session, ds)
+        return patient, None, "patient_id" if _text(ds, "PatientID") else "none", unmatched
 
     def _patient_from_images(self, session: Session, ds: Dataset) -> Patient:
         patient_id = _text(ds, "PatientID") or f"UNKNOWN-{_text(ds, 'StudyInstanceUID')[-16:]}"
@@ -1084,7 +1094,7 @@ class Archive:
         return patient
 
 
-def move_studies_on_merge(session: Session, old: Patient, target: Patient) -> None:
+def move_studies_on_merge(session: Session, old: Patient, target: Patient, ctx: Any = None) -> None:
     """A merged patient's studies follow it (ADT A40): queries and retrieves answer with the
     surviving patient from now on; no file is rewritten."""
     session.execute(update(Study).where(col(Study.patient) == old.id).values(patient=target.id))

@@ -317,6 +317,7 @@ class Channel:
             accession_prefix=self.settings.accession_prefix,
             source_message=row.id,
             notify=self.notify,
+            devices=mappings.devices,
         )
 
     def _parse(self, row: MessageRow, mappings: Mappings) -> hl7v2.Message:

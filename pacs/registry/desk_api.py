@@ -298,8 +298,10 @@ def _by(principal: Principal) -> str:
 
 def _context(services: Any, principal: Principal) -> service.Context:
     settings = services.settings
-    return service.Context(by=_by(principal), names=services.mappings.current().names, uid_root=settings.uid_root,
-                           accession_prefix=settings.accession_prefix, notify=services.notify)
+    mappings = services.mappings.current()
+    return service.Context(by=_by(principal), names=mappings.names, uid_root=settings.uid_root,
+                           accession_prefix=settings.accession_prefix, notify=services.notify,
+                           devices=mappings.devices)
 
 
 def _his(services: Any) -> HISNotifier | None:

@@ -72,6 +72,7 @@ class Context:
     accession_prefix: str = ""
     source_message: int | None = None
     notify: lifecycle.Notify | None = None
+    devices: Any = None  # pacs.registry.device_rules.DeviceRules: what a new order or a merge is matched by
 
 
 # --------------------------------------------------------------------------------------------
@@ -423,11 +424,15 @@ def move_patient_records(session: Session, old: Patient, target: Patient, ctx: C
     old.updated_at = utcnow()
     session.add(old)
     for hook in MERGE_HOOKS:
-        hook(session, old, target)
+        hook(session, old, target, ctx)
 
 
-# Other parts of the system (the archive's study index) register here to follow merges.
+# Other parts of the system register here to follow merges (the archive's study index, the
+# reconciliation list): ``hook(session, old, target, ctx)`` in the merge's transaction.
 MERGE_HOOKS: list = []
+# ... and to learn of new orders (the reconciliation list): ``hook(session, order, ctx)``, once
+# the order and its steps are written.
+ORDER_HOOKS: list = []
 
 
 def change_identifier(session: Session, data: PatientIn, prior: list[IdentifierIn], ctx: Context) -> Patient:
@@ -675,6 +680,8 @@ def _new_order(session: Session, patient: Any, visit: Any, data: OrderIn, ctx: C
         _update(conn, ORDER, order.id, changes)
     _write_steps(session, order, data.steps, [])
     _event(conn, order.id, "", OrderStatus.SCHEDULED, ctx.by, f"order control {data.control}")
+    for hook in ORDER_HOOKS:
+        hook(session, order, ctx)
     return order
 
 
