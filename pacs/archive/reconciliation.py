@@ -340,6 +340,7 @@ def describe(session: Session, item: ReconciliationItem) -> dict[str, Any]:
         candidates.append({"order": order.id, "accession_number": order.accession_number,
                            "status": order.status, "procedure": order.procedure_text,
                            "patient_id": owner.patient_id if owner else "", "patient_name": _name(owner),
+                           "shown_name": shown_name(owner),
                            "modalities": sorted({s.modality for s in steps if s.modality}),
                            "station": next((s.station_ae_title for s in steps if s.station_ae_title), ""),
                            "start": start.isoformat() if start else None})
@@ -357,7 +358,7 @@ def describe(session: Session, item: ReconciliationItem) -> dict[str, Any]:
             "accession_number": study.accession_number},
         "file": None if item.kind != Kind.FILE else {"file_name": item.file_name, "media_type": item.media_type},
         "patient": None if patient is None else {"id": patient.id, "patient_id": patient.patient_id,
-                                                 "name": _name(patient)},
+                                                 "name": _name(patient), "shown_name": shown_name(patient)},
         "candidates": candidates,
         "order": item.order, "resolved_by": item.resolved_by, "resolution": item.resolution,
         "resolved_at": item.resolved_at.isoformat() if item.resolved_at else None,
@@ -368,3 +369,12 @@ def _name(patient: Patient | None) -> str:
     if patient is None:
         return ""
     return "=".join(g for g in (patient.name_alphabetic, patient.name_ideographic) if g)
+
+
+def shown_name(patient: Patient | None) -> str:
+    """A patient's name as people read it: 赵丽 (ZHAO LI); the PN groups without their carets."""
+    if patient is None:
+        return ""
+    hanzi = patient.name_ideographic.replace("^", "")
+    pinyin = " ".join(part for part in patient.name_alphabetic.split("^") if part)
+    return f"{hanzi} ({pinyin})" if hanzi and pinyin else hanzi or pinyin

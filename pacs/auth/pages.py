@@ -46,6 +46,7 @@ LANGUAGE_COOKIE_SECONDS = 365 * 24 * 3600
 PAGES: list[tuple[str, str, Permission]] = [
     ("/desk", "desk.title", Permission.ORDERS_CHECKIN),
     ("/viewer", "viewer.title", Permission.STUDIES_READ),
+    ("/technologist", "technologist.title", Permission.RECONCILE),
 ]
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
