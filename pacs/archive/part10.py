@@ -15,7 +15,7 @@ walked to its end or delimiter, the Pixel Data holds what Rows, Columns, Samples
 Number of Frames and Bits Allocated call for, the four identifying UIDs are present, valid,
 encoded as UI and as announced. Anything else (deflated, big-endian or encapsulated data,
 a header longer than the head, elements after the pixel data, a VR the data dictionary does not
-give the element, a value that is not plain ASCII digits and dots, a broken structure) gives None, and store() reads the object
+give the element, a Specific Character Set term PS3.3 C.12.1.1.2 does not define, a value that is not plain ASCII digits and dots, a broken structure) gives None, and store() reads the object
 with pydicom as before, which also words the refusals.
 """
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from pydicom.charset import python_encoding
 from pydicom.datadict import DicomDictionary
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -38,6 +39,7 @@ ITEM = 0xFFFEE000
 ITEM_END = 0xFFFEE00D
 SEQUENCE_END = 0xFFFEE0DD
 UNDEFINED = 0xFFFFFFFF
+SPECIFIC_CHARACTER_SET = 0x00080005
 MAX_DEPTH = 16  # sequences nested deeper are left to pydicom
 
 NATIVE = {ImplicitVRLittleEndian: True, ExplicitVRLittleEndian: False}  # transfer syntax → implicit VR
@@ -109,6 +111,8 @@ def scan(head: bytes, size: int, *, sop_class: str | None = None,
             break
         if vr is not None and vr not in _DICTIONARY_VRS.get(tag, (vr,)):
             return None  # a VR other than the data dictionary's: pydicom and store.check_values decide
+        if tag == SPECIFIC_CHARACTER_SET and not _defined_terms(head[at:at + length]):
+            return None  # pydicom reads the whole header with it later: it decides now
         wanted = WANTED.get(tag)
         if wanted is not None:
             keyword, expected = wanted
@@ -209,11 +213,25 @@ def _elements(head: bytes, position: int, stop: int | None, implicit: bool, dept
             return at
         if tag >> 16 == ITEM_GROUP:
             return None
+        if tag == SPECIFIC_CHARACTER_SET and not _defined_terms(head[at:at + length]):
+            return None  # an item's own character set (PS3.5 6.1.2.5.3): left to pydicom as well
         end = _value(head, tag, vr, length, at, implicit, depth)
         if end is None:
             return None
         position = end
     return position if position == stop else None
+
+
+def _defined_terms(value: bytes) -> bool:
+    """Whether every term of a Specific Character Set value is one PS3.3 C.12.1.1.2 defines
+    (as pydicom knows them). Another term (bytes such as NUL included) makes pydicom's reading
+    of the header fail or guess, so the object is read by pydicom at once, not only by the
+    index writer after the answer."""
+    try:
+        terms = value.decode("ascii").rstrip("\0 ").split("\\")
+    except UnicodeDecodeError:
+        return False
+    return all(term.strip() in python_encoding for term in terms)
 
 
 def _values(raw: dict[str, tuple[bytes, bytes]]) -> dict[str, str] | None:

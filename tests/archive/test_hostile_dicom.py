@@ -36,7 +36,7 @@ from sqlmodel import Session, select
 
 from pacs.archive.index import Instance
 from tests.archive.mutate import commitment_request, mwl_identifier, qr_identifier, store_mutations
-from tests.archive.raw import RawStorer, plain_ct
+from tests.archive.raw import RawStorer, plain_ct, with_value
 
 INPUTS = int(os.environ.get("PACS_HOSTILE_INPUTS", "60"))
 SEED = int(os.environ.get("PACS_HOSTILE_SEED", "18"))
@@ -120,6 +120,26 @@ def test_damaged_data_sets_are_refused_or_archived_whole(server, tmp_path, caplo
                 assert again.SOPInstanceUID == uid and again.PixelData == sent_pixels(sent), uid
             assert http.get(f"{path}/metadata").status_code == 200, uid
     assert accepted and refused  # both kinds were made
+    assert tracebacks(caplog) == []
+
+
+@pytest.mark.parametrize("charset", [b"\x00\x01\x02", b"ISO_IR 100\\\x00", b"\xff\xfe", b"ISO_IR 999 "])
+def test_a_character_set_no_one_can_look_up_is_refused_or_archived(server, tmp_path, caplog, charset):
+    """Specific Character Set (0008,0005) with terms PS3.3 C.12.1.1.2 does not define: NUL bytes
+    (which the codec look-up rejects), bytes that are not ASCII, a term that does not exist.
+    Either refused with a reason, or indexed: never answered Success and left staged."""
+    caplog.set_level(logging.INFO)
+    ds, data = plain_ct(tmp_path)
+    with RawStorer(server.dicom_port, [CTImageStorage]) as scu:
+        status = scu.store(CTImageStorage, ds.SOPInstanceUID, with_value(data, 0x00080005, charset))
+    if status.Status == 0x0000:
+        deadline = time.monotonic() + 10
+        while not indexed(server, ds.SOPInstanceUID) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert indexed(server, ds.SOPInstanceUID), "answered Success, not indexed"
+    else:
+        assert failure(status.Status) and status.get("ErrorComment"), status
+        assert not indexed(server, ds.SOPInstanceUID)
     assert tracebacks(caplog) == []
 
 
