@@ -42,7 +42,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     db.migrate()
     try:
         with db.session() as session:
-            return _list(session, args) if args.action == "list" else _attach(session, args)
+            return _list(session, args) if args.action == "list" else _attach(session, args, settings)
     finally:
         db.dispose()
 
@@ -70,16 +70,20 @@ def _list(session: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _attach(session: Any, args: argparse.Namespace) -> int:
+def _attach(session: Any, args: argparse.Namespace, settings: Settings) -> int:
     from pacs.archive import reconciliation
+    from pacs.integration.his import HISNotifier
     from pacs.operations import _operator
 
     try:
         item = reconciliation.find_item(session, args.item)
         order, patient = reconciliation.find_target(session, order=args.order, accession_number=args.accession,
                                                     patient_id=args.patient_id, issuer=args.issuer)
+        # The HIS hears of the order's move as it does from the server (the outbox, which the
+        # running server delivers), when it is configured.
+        notify = HISNotifier(settings) if settings.his.host and settings.his.port else None
         reconciliation.attach(session, item, order=order, patient=patient, by=_operator(), user_kind="user",
-                              address="localhost")
+                              address="localhost", notify=notify)
     except (LookupError, reconciliation.ReconcileError) as exc:
         print(f"pacs: {exc}", file=sys.stderr)
         return 1

@@ -197,3 +197,25 @@ def test_attached_to_a_patient_from_the_command_line(server, tmp_path, settings,
     assert entry["user_kind"] == "user" and entry["user"] and entry["patients"] == ["P10001", "UNKNOWN7"]
     assert main(["reconcile", "list", "--json", *common]) == 0
     assert json.loads(capsys.readouterr().out) == []
+
+
+def test_attached_to_an_order_from_the_command_line_the_his_hears(server, tmp_path, settings, monkeypatch, capsys):
+    from pacs.integration.outbox import OutboxItem
+
+    hl7(server, load("adt_a01_ihe.hl7"), us_order("P10001", "张", "三", "ZHANG SAN", 5101, 9))
+    path = ultrasound(tmp_path, patient_id="UNKNOWN8")
+    storescu(server.dicom_port, path)
+    monkeypatch.setenv("PACS_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("PACS_HIS__HOST", "127.0.0.1")
+    monkeypatch.setenv("PACS_HIS__PORT", "9")  # nobody answers there: the item waits in the outbox
+    monkeypatch.setenv("PACS_HIS__NOTIFY_IMAGES_AVAILABLE", "true")
+    from pacs.cli import main
+
+    common = ["--data-dir", str(settings.data_dir)]
+    assert main(["reconcile", "list", "--json", *common]) == 0
+    [item] = json.loads(capsys.readouterr().out)
+    assert main(["reconcile", "attach", str(item["id"]), "--accession", "ACC5101", *common]) == 0
+    with Session(server.db.engine) as session:
+        sent = session.exec(select(OutboxItem).where(OutboxItem.destination == "his")).all()
+    assert [i.description for i in sent if "ACC5101" in i.description], [i.description for i in sent]
+    assert any("ORC|SC|" in i.payload and "ACC5101" in i.payload for i in sent)
