@@ -1,0 +1,353 @@
+"""Non-DICOM files made DICOM: photos and scans as VL or Secondary Capture images, PDFs as
+Encapsulated PDF.
+
+A file is first looked at (:func:`inspect`): what it is by its first bytes (not its name), and
+whether it can be converted at all, so a file that cannot is refused before anything is kept.
+:func:`to_dataset` then builds the object for an order:
+
+- JPEG, baseline (SOF0) and 8 bits: its bytes, untouched, as the one frame of JPEG Baseline
+  (Process 1), PS3.5 A.4.1 and 8.2.1 (YBR_FULL_422 for colour, as JFIF stores it). A progressive
+  or 12-bit JPEG is not Baseline: its pixels are decoded and kept native (no second lossy pass);
+- PNG, BMP, TIFF (one page): native pixels, Explicit VR Little Endian; 8-bit MONOCHROME2 or RGB
+  for the VL images, which allow no other depth (PS3.3 C.8.12.1.1.2), 16-bit grey kept for
+  Secondary Capture;
+- PDF: Encapsulated PDF (PS3.3 A.45.1), the document's bytes as they came.
+
+Which image IOD is chosen by the device's kind (:class:`Kind`): VL Photographic (XC), VL
+Endoscopic (ES), VL Microscopic (GM), Secondary Capture (OT). Every object carries the patient,
+the order's Accession Number and Study Instance UID, the Request Attributes Sequence, the device
+as equipment (General Equipment, PS3.3 C.7.5.1) and Specific Character Set ISO_IR 192 (UTF-8),
+so Chinese names and descriptions are declared.
+
+>>> source = inspect(open("photo.jpg", "rb").read(), "photo.jpg")   # doctest: +SKIP
+>>> ds = to_dataset(source, order=target, device=device, now=datetime.now())  # doctest: +SKIP
+>>> ds.file_meta.TransferSyntaxUID.name                              # doctest: +SKIP
+'JPEG Baseline (Process 1)'
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from enum import StrEnum
+
+import numpy as np
+from PIL import Image, JpegImagePlugin, UnidentifiedImageError
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
+    EncapsulatedPDFStorage,
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    SecondaryCaptureImageStorage,
+    VLEndoscopicImageStorage,
+    VLMicroscopicImageStorage,
+    VLPhotographicImageStorage,
+    generate_uid,
+)
+
+CHARSET = "ISO_IR 192"  # (0008,0005): UTF-8, PS3.3 C.12.1.1.2
+MAX_PIXELS = 100_000_000  # a larger image is refused, not decoded (Pillow's bomb guard is 89 M)
+MAX_PDF_BYTES = 512 * 1024 * 1024  # EncapsulatedDocument is OB of even length below 2**32
+
+
+class Kind(StrEnum):
+    """What a capture device is, and so which IOD its images become."""
+
+    PHOTO = "photo"  # VL Photographic Image, XC (PS3.3 A.32.4)
+    ENDOSCOPE = "endoscope"  # VL Endoscopic Image, ES (A.32.1)
+    MICROSCOPE = "microscope"  # VL Microscopic Image, GM (A.32.2)
+    SECONDARY = "secondary"  # Secondary Capture Image, OT (A.8.1)
+
+
+IMAGE_CLASSES: dict[Kind, tuple[UID, str]] = {
+    Kind.PHOTO: (VLPhotographicImageStorage, "XC"),
+    Kind.ENDOSCOPE: (VLEndoscopicImageStorage, "ES"),
+    Kind.MICROSCOPE: (VLMicroscopicImageStorage, "GM"),
+    Kind.SECONDARY: (SecondaryCaptureImageStorage, "OT"),
+}
+DOCUMENT_MODALITY = "DOC"  # PS3.3 C.24.1: Encapsulated Document Series' usual modality
+IMAGE_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "TIFF": "image/tiff"}
+
+
+class Unconvertible(ValueError):
+    """A file this service cannot make DICOM; the message says why and what would do."""
+
+
+@dataclass
+class Source:
+    """A file looked at: its bytes, name, media type and, for an image, what Pillow read."""
+
+    data: bytes
+    file_name: str
+    media_type: str  # image/jpeg, image/png, image/bmp, image/tiff, application/pdf
+    width: int = 0
+    height: int = 0
+    mode: str = ""  # Pillow's: L, RGB, I;16 ...
+    baseline_jpeg: bool = False  # kept as it is, as JPEG Baseline
+    subsampling: int = -1  # JpegImagePlugin.get_sampling: 0 4:4:4, 1 4:2:2, 2 4:2:0
+
+    @property
+    def is_pdf(self) -> bool:
+        return self.media_type == "application/pdf"
+
+
+@dataclass(frozen=True)
+class Equipment:
+    """The device as General Equipment (PS3.3 C.7.5.1) names it."""
+
+    name: str  # Station Name (0008,1010), and the calling AE the archive records
+    kind: Kind = Kind.PHOTO
+    modality: str = ""  # by kind when empty
+    manufacturer: str = ""  # (0008,0070)
+    model: str = ""  # (0008,1090)
+    serial_number: str = ""  # (0018,1000)
+    institution: str = ""  # (0008,0080)
+    department: str = ""  # (0008,1040)
+
+    @property
+    def image_modality(self) -> str:
+        return self.modality or IMAGE_CLASSES[self.kind][1]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Whose and which exam an object is: the order's identity and its patient's, as DICOM
+    values (PN groups with carets, DA dates)."""
+
+    patient_id: str
+    issuer: str = ""
+    name_alphabetic: str = ""  # ZHANG^SAN
+    name_ideographic: str = ""  # 张^三
+    sex: str = ""
+    birth_date: date | None = None
+    study_instance_uid: str = field(default_factory=lambda: str(generate_uid()))
+    accession_number: str = ""
+    requested_procedure_id: str = ""
+    procedure_text: str = ""  # Study Description and Requested Procedure Description
+    referring_physician: str = ""
+    sps_id: str = ""  # (0040,0009) of the step done, when known
+
+
+# -- looking at a file ------------------------------------------------------------------------
+
+def sniff(data: bytes) -> str:
+    """The media type the first bytes say (magic numbers, not the file name), or ""."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "image/jpeg"  # SOI and the next marker (ISO/IEC 10918-1 B.1.1.3)
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "image/png"
+    if data[:2] == b"BM":
+        return "image/bmp"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "image/tiff"
+    if data[:5] == b"%PDF-" or (data[:1024].find(b"%PDF-") >= 0 and data[:3] == b"\xef\xbb\xbf"):
+        return "application/pdf"
+    return ""
+
+
+def inspect(data: bytes, file_name: str = "") -> Source:
+    """What ``data`` is and whether it can be converted; raises :class:`Unconvertible` with the
+    reason when it cannot (not an image or PDF, truncated, several pages, too large)."""
+    if not data:
+        raise Unconvertible("the file is empty")
+    media_type = sniff(data)
+    if media_type == "application/pdf":
+        if len(data) > MAX_PDF_BYTES:
+            raise Unconvertible(f"the PDF has {len(data)} bytes; at most {MAX_PDF_BYTES} are taken")
+        if b"%%EOF" not in data[-2048:]:
+            raise Unconvertible("the PDF has no %%EOF at its end: it is truncated (still being copied?)")
+        return Source(data, file_name, media_type)
+    if not media_type:
+        raise Unconvertible("not a JPEG, PNG, BMP, TIFF or PDF file (by its first bytes"
+                            + (f"; its name says {file_name.rsplit('.', 1)[-1]!r}" if "." in file_name else "")
+                            + "); video is not taken yet")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height, mode = image.width, image.height, image.mode
+            if width * height > MAX_PIXELS:
+                raise Unconvertible(f"the image is {width}x{height}; at most {MAX_PIXELS} pixels are taken")
+            pages = getattr(image, "n_frames", 1)
+            if pages > 1:
+                raise Unconvertible(f"the {image.format} file has {pages} pages; send one image per file")
+            baseline = subsampling = None
+            if image.format == "JPEG":
+                # SOF0 is the baseline process; Pillow records a progressive (SOF2) file, and the
+                # sample precision is 8 bits unless it says otherwise (SOF1 12-bit files).
+                baseline = (not image.info.get("progressive") and not image.info.get("progression")
+                            and getattr(image, "bits", 8) == 8 and mode in ("L", "RGB"))
+                subsampling = JpegImagePlugin.get_sampling(image)
+            image.load()  # the whole file decodes: a truncated copy is refused here, not later
+    except Unconvertible:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise Unconvertible(f"the {media_type.split('/')[1].upper()} file cannot be read: {exc}") from None
+    return Source(data, file_name, media_type, width=width, height=height, mode=mode,
+                  baseline_jpeg=bool(baseline), subsampling=-1 if subsampling is None else subsampling)
+
+
+# -- building the object ----------------------------------------------------------------------
+
+def to_dataset(source: Source, *, target: Target, device: Equipment, now: datetime,
+               series_instance_uid: str | None = None, series_number: int = 1,
+               instance_number: int = 1) -> Dataset:
+    """The DICOM object (with its File Meta Information) of ``source`` for ``target``, made by
+    ``device`` at ``now`` (the hospital's wall-clock time)."""
+    ds = Dataset()
+    ds.SpecificCharacterSet = CHARSET
+    if source.is_pdf:
+        sop_class, modality = EncapsulatedPDFStorage, DOCUMENT_MODALITY
+    else:
+        sop_class, _ = IMAGE_CLASSES[device.kind]
+        modality = device.image_modality
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = generate_uid()
+    _patient(ds, target)
+    _study(ds, target, now)
+    ds.Modality = modality
+    ds.SeriesInstanceUID = series_instance_uid or generate_uid()
+    ds.SeriesNumber = series_number
+    ds.SeriesDate, ds.SeriesTime = _da(now), _tm(now)
+    ds.InstanceNumber = instance_number
+    ds.ContentDate, ds.ContentTime = _da(now), _tm(now)
+    ds.AcquisitionDateTime = now.strftime("%Y%m%d%H%M%S")
+    _equipment(ds, device)
+    _request(ds, target)
+    if source.is_pdf:
+        syntax = _pdf(ds, source)
+    else:
+        syntax = _image(ds, source, device)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = syntax
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.SourceApplicationEntityTitle = device.name[:16]
+    ds.file_meta = meta
+    return ds
+
+
+def _patient(ds: Dataset, target: Target) -> None:  # Patient Module, PS3.3 C.7.1.1
+    groups = [target.name_alphabetic, target.name_ideographic]
+    ds.PatientName = "=".join(groups).rstrip("=") if any(groups) else ""
+    ds.PatientID = target.patient_id
+    if target.issuer:
+        ds.IssuerOfPatientID = target.issuer
+    ds.PatientBirthDate = target.birth_date.strftime("%Y%m%d") if target.birth_date else ""
+    ds.PatientSex = target.sex if target.sex in ("M", "F", "O") else ""
+
+
+def _study(ds: Dataset, target: Target, now: datetime) -> None:  # General Study, PS3.3 C.7.2.1
+    ds.StudyInstanceUID = target.study_instance_uid
+    ds.StudyDate, ds.StudyTime = _da(now), _tm(now)
+    ds.ReferringPhysicianName = target.referring_physician
+    ds.StudyID = target.requested_procedure_id[:16]
+    ds.AccessionNumber = target.accession_number
+    if target.procedure_text:
+        ds.StudyDescription = target.procedure_text[:64]
+
+
+def _equipment(ds: Dataset, device: Equipment) -> None:  # General Equipment, PS3.3 C.7.5.1
+    ds.Manufacturer = device.manufacturer
+    if device.model:
+        ds.ManufacturerModelName = device.model
+    if device.serial_number:
+        ds.DeviceSerialNumber = device.serial_number
+    if device.institution:
+        ds.InstitutionName = device.institution
+    if device.department:
+        ds.InstitutionalDepartmentName = device.department
+    ds.StationName = device.name[:16]
+
+
+def _request(ds: Dataset, target: Target) -> None:
+    """Request Attributes Sequence (PS3.3 C.7.3.1, General Series): the order the object is for."""
+    if not target.accession_number:
+        return
+    item = Dataset()
+    item.AccessionNumber = target.accession_number
+    item.StudyInstanceUID = target.study_instance_uid
+    item.RequestedProcedureID = target.requested_procedure_id[:16]
+    if target.procedure_text:
+        item.RequestedProcedureDescription = target.procedure_text[:64]
+    if target.sps_id:
+        item.ScheduledProcedureStepID = target.sps_id[:16]
+    ds.RequestAttributesSequence = [item]
+
+
+def _image(ds: Dataset, source: Source, device: Equipment) -> UID:
+    """General Image, Image Pixel and the IOD's own image module; returns the transfer syntax."""
+    vl = device.kind != Kind.SECONDARY
+    ds.ImageType = ["ORIGINAL", "PRIMARY"] if vl else ["DERIVED", "SECONDARY"]
+    ds.Laterality = ""  # General Series, type 2C: a paired body part may be shown, its side unknown
+    ds.PatientOrientation = ""  # type 2C; nothing is known of it
+    ds.BurnedInAnnotation = "NO"
+    if vl:
+        ds.AcquisitionContextSequence = []  # Acquisition Context Module, PS3.3 C.7.6.14 (type 2)
+    else:
+        ds.ConversionType = "DI"  # SC Equipment, PS3.3 C.8.6.1: digital interface
+    if source.baseline_jpeg:
+        # The file's own bytes: one fragment, no re-encoding (PS3.5 A.4.1, 8.2.1).
+        colour = source.mode == "RGB"
+        ds.SamplesPerPixel = 3 if colour else 1
+        ds.PhotometricInterpretation = ("YBR_FULL_422" if colour and source.subsampling in (1, 2) else
+                                        "YBR_FULL" if colour else "MONOCHROME2")
+        if colour:
+            ds.PlanarConfiguration = 0
+        ds.Rows, ds.Columns = source.height, source.width
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionMethod = "ISO_10918_1"
+        ds.PixelData = encapsulate([source.data])
+        ds["PixelData"].VR = "OB"
+        return JPEGBaseline8Bit
+    with Image.open(io.BytesIO(source.data)) as image:
+        pixels, photometric, bits = _native(image, vl)
+    ds.set_pixel_data(pixels, photometric, bits)  # Rows, Columns, samples, bits; Explicit VR LE
+    if source.media_type == "image/jpeg":  # a progressive or 12-bit JPEG, decoded once
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionMethod = "ISO_10918_1"
+    elif vl:
+        ds.LossyImageCompression = "00"
+    return ExplicitVRLittleEndian
+
+
+def _native(image: Image.Image, vl: bool) -> tuple[np.ndarray, str, int]:
+    """Pixels as an array, their Photometric Interpretation and Bits Stored: 8-bit RGB or
+    MONOCHROME2; 16-bit grey kept for Secondary Capture, scaled to 8 bits for VL."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "I;16S", "F") and not vl:
+        pixels = np.asarray(image)
+        if pixels.dtype.kind == "f" or pixels.min() < 0 or pixels.max() > 0xFFFF:
+            pixels = np.clip(pixels, 0, 0xFFFF)
+        return pixels.astype(np.uint16), "MONOCHROME2", 16
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "I;16S", "F"):
+        wide = np.asarray(image).astype(np.float64)
+        top = wide.max() or 1.0
+        return (np.clip(wide, 0, None) * 255.0 / top).astype(np.uint8), "MONOCHROME2", 8
+    if image.mode in ("1", "L"):
+        return np.asarray(image.convert("L"), dtype=np.uint8), "MONOCHROME2", 8
+    return np.asarray(image.convert("RGB"), dtype=np.uint8), "RGB", 8
+
+
+def _pdf(ds: Dataset, source: Source) -> UID:
+    """SC Equipment and Encapsulated Document modules (PS3.3 C.8.6.1, C.24.2)."""
+    ds.ConversionType = "SD"  # scanned document; a device's PDF report is one too
+    ds.BurnedInAnnotation = "YES"  # a document shows who it is about
+    title = source.file_name.rsplit("/", 1)[-1].rsplit(".", 1)[0] if source.file_name else ""
+    ds.DocumentTitle = title[:64]
+    ds.ConceptNameCodeSequence = []
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.EncapsulatedDocument = source.data + (b"\0" if len(source.data) % 2 else b"")  # OB, even length
+    ds.EncapsulatedDocumentLength = len(source.data)  # the document's own length, PS3.3 C.24.2.1
+    return ExplicitVRLittleEndian
+
+
+def _da(moment: datetime) -> str:
+    return moment.strftime("%Y%m%d")
+
+
+def _tm(moment: datetime) -> str:
+    return moment.strftime("%H%M%S")
