@@ -208,17 +208,18 @@ def create_app(services: Services) -> FastAPI:
     from pacs.archive.dicomweb import router as dicomweb_router
     from pacs.archive.dicomweb.api import PREFIX as DICOMWEB_PREFIX
     from pacs.archive.dicomweb.api import error_response as dicomweb_error
+    from pacs.archive.reconciliation_api import router as reconciliation_router
     from pacs.audit.api import router as audit_router
     from pacs.audit.http import AuditMiddleware
     from pacs.auth.access import Gate, SessionCookies
     from pacs.auth.pages import STATIC, PageDenied, PageRedirect, page_denied, page_redirect
     from pacs.auth.pages import router as pages_router
     from pacs.auth.sessions import Sessions, load_or_create_key
+    from pacs.capture.api import router as capture_router
     from pacs.fhir_server.api import error_response as fhir_error
     from pacs.fhir_server.api import router as fhir_router
     from pacs.integration.api import outbox_router
     from pacs.integration.api import router as messages_router
-    from pacs.archive.reconciliation_api import router as reconciliation_router
     from pacs.registry.api import router as orders_router
     from pacs.registry.desk_api import desk as desk_api_router
     from pacs.registry.desk_api import orders as desk_orders_router
@@ -287,6 +288,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(patients_router)  # the desk's patient search and walk-ins
     app.include_router(orders_router)
     app.include_router(reconciliation_router)  # studies that found no order, for a person to attach
+    app.include_router(capture_router)  # photos, scans and PDFs from non-DICOM devices
     app.include_router(desk_api_router)  # the registration desk: rooms, slots, bookings, lists, labels
     app.include_router(desk_orders_router)
     app.include_router(outbox_router)

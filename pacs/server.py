@@ -33,6 +33,8 @@ from pacs.archive.retention import Retention
 from pacs.archive.storage.manager import StorageManager
 from pacs.archive.store import Acknowledge, Archive, DuplicatePolicy, tidy_incoming
 from pacs.audit import Auditor
+from pacs.capture import service as capture
+from pacs.capture.service import Capture
 from pacs.db import Database
 from pacs.housekeeping import Housekeeping
 from pacs.integration import his, publisher
@@ -71,6 +73,7 @@ class Services:
     housekeeping: Housekeeping | None = None
     mllp_front: Front | None = None  # the MLLP front process, once the server has started it
     metrics: Metrics | None = None  # the Prometheus scrape, once the server has started
+    capture: Capture | None = None  # non-DICOM files made DICOM (pacs.capture), and their hot folders
 
     @classmethod
     def build(cls, settings: Settings, *, migrate: bool = True, receiver: bool = False) -> Services:
@@ -110,6 +113,8 @@ class Services:
                        queries=QueryService(db, mappings, settings), mpps=MPPSService(db, notify),
                        notify=notify, outbox=outbox, archive=archive, publisher=publishing, storage=storage)
         housekeeping.wire(services)  # audit log, IOCM rejections, retention, scheduled jobs
+        if not receiver:
+            services.capture = capture.wire(settings, db, archive, mappings)
         return services
 
     def close(self) -> None:
