@@ -2,9 +2,9 @@
 radiologist picks from the viewer's W/L menu, per modality, each suited to some body parts.
 
 A window is a width and a centre in the modality's output units (Hounsfield units for CT:
-PS3.3 C.11.2.1.2, Window Center and Window Width); ``body_parts`` names the Body Part Examined
-(0018,0015) values a preset suits. ``pacs mappings check`` reports each problem as
-``file:line: what``.
+PS3.3 C.11.2.1.2, Window Center and Window Width); the viewer offers them after the image's own
+values (its Window Center/Width), those whose body parts include the series' Body Part Examined
+(0018,0015) first. ``pacs mappings check`` reports each problem as ``file:line: what``.
 """
 
 from __future__ import annotations

@@ -37,6 +37,8 @@ OVERLAY_TOP_LEFT = '[data-cy="viewport-overlay-top-left"]'
 OVERLAY_BOTTOM_LEFT = '[data-cy="viewport-overlay-bottom-left"]'
 STUDY_LIST_SEARCH = "table input"  # the filter row: name, dates, modalities, description, accession
 STUDY_ROWS = "tbody tr"
+PRESETS_MENU = "模态窗口预设"  # OHIF's zh menu entry of the W/L menu: the modality's window presets
+MENU_ITEM = "div.cursor-pointer"  # an item of OHIF's menus
 HU_TOLERANCE = 2
 LOAD_TIMEOUT_MS = 60_000  # the first load parses 17 MB of script on a busy machine
 ADMIN = ("admin", ADMIN_PASSWORD)
@@ -210,6 +212,23 @@ def test_a_radiologist_finds_a_study_by_its_hanzi_name_and_reads_it(guarded_serv
     after = viewport_image(page)
     assert before.tobytes() != after.tobytes()
     viewer_steps.shot("window-dragged")
+
+    # the W/L menu: the image's own window first, the presets for the chest next (mappings'
+    # window_presets.yaml, BodyPartExamined CHEST), then the rest; a preset sets the window
+    page.click('[data-cy="windowLevelMenu-btn"]')
+    page.get_by_text(PRESETS_MENU).click()
+    items = page.locator(MENU_ITEM, has_text=re.compile(r"-?\d+ / -?\d+$"))
+    items.first.wait_for()
+    shown = [" ".join(text.split()) for text in items.all_inner_texts()]
+    assert shown[:4] == [f"{ZH['viewer.overlay.own_window']} 400 / 40", "肺窗 · CHEST/LUNG 1500 / -600",
+                         "纵隔窗 · CHEST 350 / 40", "骨窗 · CHEST/SPINE/HEAD/PELVIS/EXTREMITY 2000 / 500"], shown
+    assert any(text.startswith("脑窗") for text in shown[4:])
+    viewer_steps.shot("window-presets")
+    items.nth(1).click()
+    page.wait_for_function(f"/W:\\s*1500\\s+L:\\s*-600\\b/.test(document.querySelector('{OVERLAY_BOTTOM_LEFT}')"
+                           ".innerText)")
+    page.keyboard.press("Escape")
+    viewer_steps.shot("lung-window")
 
     # the colour photograph of the same study, from the study panel
     page.locator('[data-cy="study-browser-thumbnail"]', has_text="彩色照片").dblclick()

@@ -14,7 +14,8 @@
  *    wrapper of OHIF's DICOMweb one, below) and the viewport overlay (a customization) show
  *    "张三 (ZHANG SAN)", and the list's search finds a name typed in Hanzi;
  *  - the study list's columns in the user's language; the language itself (zh-CN by default);
- *  - window presets per modality from the mappings (window_presets.yaml);
+ *  - window presets per modality from the mappings (window_presets.yaml), the image's own
+ *    window first and those suited to the series' body part next;
  *  - hanging protocols per modality (the layout a study opens in).
  */
 (function () {
@@ -152,6 +153,58 @@
     windowPresets[modality] = presetsFor(modality);
   });
 
+  var ohifServices = null;  // OHIF's services, once the extension is registered
+
+  /** The series of one modality in the viewports now: their own windows (Window Center and
+   * Window Width of their first image, PS3.3 C.11.2.1.2) and Body Part Examined values. */
+  function shownSeries(modality) {
+    var own = [];
+    var parts = [];
+    if (!ohifServices) {
+      return { own: own, parts: parts };
+    }
+    var grid = ohifServices.viewportGridService.getState();
+    var viewports = grid.viewports instanceof Map ? Array.from(grid.viewports.values()) : Object.values(grid.viewports || {});
+    viewports.forEach(function (viewport) {
+      (viewport.displaySetInstanceUIDs || []).forEach(function (uid) {
+        var displaySet = ohifServices.displaySetService.getDisplaySetByUID(uid);
+        var first = displaySet && displaySet.Modality === modality && (displaySet.instances || [])[0];
+        if (!first) {
+          return;
+        }
+        var centre = [].concat(first.WindowCenter === undefined ? [] : first.WindowCenter)[0];
+        var width = [].concat(first.WindowWidth === undefined ? [] : first.WindowWidth)[0];
+        if (Number(width) > 0 && !own.some(function (w) { return w.window === String(width) && w.level === String(centre); })) {
+          own.push({ id: 'pacs-own-' + own.length, description: label('overlay.own_window', "Image's own window"),
+                     window: String(Number(width)), level: String(Number(centre)) });
+        }
+        if (first.BodyPartExamined) {
+          parts.push(String(first.BodyPartExamined).toUpperCase());
+        }
+      });
+    });
+    return { own: own, parts: parts };
+  }
+
+  /** OHIF's W/L menu asks for the presets of a modality each time the series in a viewport
+   * change: the image's own window first, then the presets suited to its body part, then the
+   * rest (OHIF's own presets for a modality the mappings do not name). */
+  function presetsInOrder(defaults) {
+    return new Proxy(Object.assign({}, defaults, windowPresets), {
+      get: function (target, modality) {
+        var listed = target[modality];
+        if (typeof modality !== 'string' || !Array.isArray(listed)) {
+          return listed;
+        }
+        var shown = shownSeries(modality);
+        var suited = function (p) {
+          return (p.bodyParts || []).some(function (part) { return shown.parts.indexOf(part) >= 0; });
+        };
+        return shown.own.concat(listed.filter(suited), listed.filter(function (p) { return !suited(p); }));
+      },
+    });
+  }
+
   // -- hanging protocols per modality --------------------------------------------------------
 
   /** One viewport showing the series a rule picks (the first series with images otherwise). */
@@ -195,6 +248,9 @@
   var extension = {
     id: EXTENSION,
     version: '1.0.0',
+    preRegistration: function (options) {
+      ohifServices = options.servicesManager.services;
+    },
     getDataSourcesModule: function () {
       return [{ name: 'dicomweb', type: 'webApi', createDataSource: createDataSource }];
     },
@@ -289,7 +345,7 @@
     customizationService: {
       global: {
         'viewportOverlay.topLeft': { $set: topLeft },
-        'cornerstone.windowLevelPresets': { $merge: windowPresets },
+        'cornerstone.windowLevelPresets': { $apply: presetsInOrder },
         'workList.columns': { $apply: relabel },
         'ohif.tours': { $set: [] },  // the first-visit walkthrough would cover the images
       },
