@@ -1,0 +1,208 @@
+#!/usr/bin/env python
+"""The image viewer (/viewer) in headless Chromium: time to the first image of a 300-slice CT,
+with the viewer's files cached and cold, and the rate of scrolling through the stack.
+
+Starts ``pacs serve`` on a fresh data folder with the installed viewer (``pacs assets install``
+into ``--assets-dir``, default the tests' ``~/.cache/pacs/assets``), stores a CT phantom of
+``--slices`` 512×512 slices through STOW-RS, logs a radiologist in, then opens
+``/viewer/viewer?StudyInstanceUIDs=…`` in Debian's Chromium (WebGL2 from SwiftShader) and reads
+from the page itself (``performance.now()``, from navigation start):
+
+- ``first image``: cornerstone's first ``IMAGE_RENDERED`` event of a viewport;
+- ``study to first image``: from the first DICOMweb request the viewer makes to that event
+  (the part the archive and the image pipeline own, without loading the viewer's script);
+
+cold (a new browser context each time: nothing cached) and cached (the same context, the study
+opened twice more: the viewer's files come from the browser's cache, and by the third opening
+its compiled code too, as on a reading workstation). Then ``scroll``: from the
+first image, every slice in turn, each step waiting for the slice to be drawn (cornerstone's
+``setImageIdIndex`` then its ``IMAGE_RENDERED``), as a radiologist holding the arrow key sees
+them: images per second, first pass (slices fetched as it goes, as far as the viewer's own
+prefetch has not fetched them) and second pass (all in the viewer's cache).
+
+Goals: first image under 1 s cached, under 3 s cold; 30 images/s or more scrolling.
+
+Run from the project root::
+
+    .venv/bin/python bench/viewer.py
+    .venv/bin/python bench/viewer.py --rounds 5 --slices 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # the imports below need both paths
+
+from common import ADMIN_PASSWORD, ADMIN_USER, admin_env, cpu_model, git_state, load_average, session_login  # noqa: E402
+from playwright.sync_api import BrowserContext, sync_playwright  # noqa: E402
+from pydicom.uid import generate_uid  # noqa: E402
+from sqlmodel import Session  # noqa: E402
+
+from pacs import assets  # noqa: E402
+from pacs.auth import accounts  # noqa: E402
+from pacs.db import Database  # noqa: E402
+from tests.process import ServeProcess  # noqa: E402
+from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from tests.web.viewer_studies import ct_phantom, stow  # noqa: E402
+
+GOAL_CACHED_MS = 1000
+GOAL_COLD_MS = 3000
+GOAL_SCROLL_PER_S = 30
+PASSWORD = "viewer bench password"
+LOAD_TIMEOUT_MS = 120_000
+# Chromium keeps the compiled code of a script it has run from its cache the second time it runs it
+# (V8's code cache), so the study is opened three times in one browser: the last is "cached".
+REOPENINGS = 3
+GL_ARGS = [a for a in CHROMIUM_ARGS if a != "--disable-gpu"] + [
+    "--use-gl=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"]
+# In every page before its own script: when the first image was drawn and when the first
+# DICOMweb request started (cornerstone's events are dispatched on the viewport's element; a
+# listener capturing on the document sees them all).
+TIMING = """
+window.__bench = {firstImage: null};
+document.addEventListener('CORNERSTONE_IMAGE_RENDERED', () => {
+  if (window.__bench.firstImage === null) window.__bench.firstImage = performance.now();
+}, true);
+"""
+FIRST_IMAGE = "window.__bench.firstImage"
+FIRST_DICOMWEB = ("performance.getEntriesByType('resource').filter(e => e.name.includes('/dicomweb/'))"
+                  ".map(e => e.startTime).sort((a, b) => a - b)[0] ?? null")
+SCROLL = """() => {
+  const viewport = cornerstone.getEnabledElements()[0].viewport;
+  const count = viewport.getImageIds().length;
+  const step = (index) => new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('slice ' + index + ' not drawn in 10 s')), 10000);
+    viewport.element.addEventListener('CORNERSTONE_IMAGE_RENDERED', () => { clearTimeout(timer); resolve(); },
+                                      {once: true});
+    viewport.setImageIdIndex(index);
+  });
+  const pass = async () => {  // every slice once: 1, 2, …, count - 1, then back to 0
+    const start = performance.now();
+    for (let n = 1; n <= count; n++) {
+      await step(n % count);
+    }
+    return count / ((performance.now() - start) / 1000);
+  };
+  window.__bench.scroll = null;
+  (async () => { window.__bench.scroll = [count, await pass(), await pass()]; })()
+    .catch(error => { window.__bench.scroll = String(error); });
+}"""
+
+
+def open_study(context: BrowserContext, url: str) -> tuple[float, float, object]:
+    """First image and study-to-first-image (ms), and the page."""
+    page = context.new_page()
+    page.set_default_timeout(LOAD_TIMEOUT_MS)
+    page.goto(url)
+    page.wait_for_function(f"{FIRST_IMAGE} !== null")
+    first = float(page.evaluate(FIRST_IMAGE))
+    dicomweb = page.evaluate(FIRST_DICOMWEB)
+    return first, first - float(dicomweb if dicomweb is not None else 0), page
+
+
+def row(name: str, values: list[float], unit: str = "ms") -> str:
+    return (f"| {name} | {statistics.median(values):.0f} {unit} | {min(values):.0f} | {max(values):.0f} |"
+            if unit == "ms" else f"| {name} | {statistics.median(values):.1f} {unit} | {min(values):.1f} | "
+                                 f"{max(values):.1f} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="study openings of each kind")
+    parser.add_argument("--slices", type=int, default=300, help="slices of the CT")
+    parser.add_argument("--assets-dir", type=Path, default=Path(os.environ.get("PACS_TEST_ASSETS_DIR") or
+                                                                   Path.home() / ".cache" / "pacs" / "assets"),
+                        help="where the viewer is installed (installed there if it is not)")
+    args = parser.parse_args(argv)
+    assets.install(args.assets_dir, [assets.OHIF_VIEWER], say=print)
+    tmp = Path(tempfile.mkdtemp(prefix="viewer-bench-"))
+    data_dir = tmp / "data"
+    url = f"sqlite:///{data_dir / 'pacs.db'}"
+    server = ServeProcess(data_dir, url, PACS_ASSETS__DIR=str(args.assets_dir), **admin_env())
+    try:
+        print(f"machine: {os.cpu_count()} CPUs ({cpu_model()}), {platform.system()} {platform.release()}, "
+              f"Python {platform.python_version()}; load average at start: {load_average()}")
+        print(f"code: {git_state()}")
+        server.start()
+        base = f"http://127.0.0.1:{server.http_port}"
+        db = Database(url)
+        with Session(db.engine) as session:
+            accounts.add_user(session, username="reader", password=PASSWORD, roles=["radiologist"])
+            session.commit()
+        db.engine.dispose()
+        study = generate_uid()
+        started = time.monotonic()
+        stored = stow(base, ct_phantom(args.slices, 512, study_uid=study), auth=(ADMIN_USER, ADMIN_PASSWORD))
+        print(f"stored {stored} CT slices (512×512, 16 bits) through STOW-RS in {time.monotonic() - started:.1f} s")
+        cookie_header, _csrf = session_login(base, "reader", PASSWORD)
+        name, _, value = cookie_header.partition("=")
+        cookie = {"name": name, "value": value, "url": base}
+        target = f"{base}/viewer/viewer?StudyInstanceUIDs={study}"
+        cold: list[tuple[float, float]] = []
+        reopened: list[tuple[float, float]] = []  # the first reopening: files cached, their code not yet
+        cached: list[tuple[float, float]] = []
+        scroll: list[tuple[int, float, float]] = []
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=GL_ARGS)
+            for _ in range(args.rounds):
+                context = browser.new_context(viewport={"width": 1400, "height": 900}, locale="zh-CN")
+                context.add_cookies([cookie])  # type: ignore[list-item]
+                context.add_init_script(TIMING)
+                first, to_image, page = open_study(context, target)
+                cold.append((first, to_image))
+                page.close()  # type: ignore[attr-defined]
+                for reopening in range(REOPENINGS):
+                    first, to_image, page = open_study(context, target)
+                    (cached if reopening == REOPENINGS - 1 else reopened).append((first, to_image))
+                    if reopening < REOPENINGS - 1:
+                        page.close()  # type: ignore[attr-defined]
+                page.wait_for_timeout(1000)  # type: ignore[attr-defined]
+                page.evaluate(SCROLL)  # type: ignore[attr-defined]
+                page.wait_for_function("window.__bench.scroll !== null")  # type: ignore[attr-defined]
+                result = page.evaluate("window.__bench.scroll")  # type: ignore[attr-defined]
+                if isinstance(result, str):
+                    raise RuntimeError(f"scrolling failed: {result}")
+                scroll.append(result)
+                context.close()
+            browser.close()
+        print(f"\n/viewer in headless Chromium (SwiftShader WebGL2), a {args.slices}-slice CT, {args.rounds} "
+              f"openings of each kind (ms from navigation start)\n")
+        print("| measure | median | min | max |")
+        print("|---|---:|---:|---:|")
+        print(row("first image, cold (nothing cached)", [f for f, _ in cold]))
+        print(row("study to first image, cold", [s for _, s in cold]))
+        print(row("first image, files cached (first reopening)", [f for f, _ in reopened]))
+        print(row("first image, viewer cached (third opening)", [f for f, _ in cached]))
+        print(row("study to first image, viewer cached", [s for _, s in cached]))
+        print(row("scroll, first pass", [first for _, first, _ in scroll], "images/s"))
+        print(row("scroll, second pass (cached)", [second for _, _, second in scroll], "images/s"))
+        worst_cold = max(f for f, _ in cold)
+        worst_cached = max(f for f, _ in cached)
+        slowest = min(first for _, first, _ in scroll)
+        print(f"\ngoals: first image cached < {GOAL_CACHED_MS} ms: "
+              f"{'met' if worst_cached < GOAL_CACHED_MS else 'NOT met'} (slowest {worst_cached:.0f}); "
+              f"cold < {GOAL_COLD_MS} ms: "
+              f"{'met' if worst_cold < GOAL_COLD_MS else 'NOT met'} (slowest {worst_cold:.0f}); scroll ≥ "
+              f"{GOAL_SCROLL_PER_S} images/s: {'met' if slowest >= GOAL_SCROLL_PER_S else 'NOT met'} "
+              f"(slowest first pass {slowest:.1f})")
+        print(f"reproduce: cd {ROOT} && {shlex.join([sys.executable, *sys.argv])}")
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
