@@ -123,6 +123,8 @@ class Services:
         if self.storage is not None:
             self.storage.stop()
         self.intake.stop()
+        if self.capture is not None:
+            self.capture.stop()  # before the archive: a hot folder's file in flight is stored
         self.archive.stop()
         self.outbox.stop()
         housekeeping.stop(self)
@@ -176,6 +178,8 @@ class Server:
         await asyncio.to_thread(services.intake.start)
         services.archive.start()
         await asyncio.to_thread(services.archive.recover)  # what was acknowledged before a crash
+        if services.capture is not None:
+            services.capture.start()  # the hot folders
         if services.storage is not None:
             services.storage.start()
         services.outbox.start()

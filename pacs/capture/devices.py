@@ -35,7 +35,9 @@ CS = re.compile(r"^[A-Z0-9_ ]{1,16}$")  # PS3.5 6.2, CS
 TEXT_KEYS = {"manufacturer": LO_MAX, "model": LO_MAX, "serial_number": LO_MAX, "institution": LO_MAX,
              "department": LO_MAX, "comment": 10_000}
 PATH_KEYS = ("hot_folder", "done_folder", "error_folder")
-KEYS = {"name", "kind", "modality", *TEXT_KEYS, *PATH_KEYS}
+KEYS = {"name", "kind", "modality", "settle_seconds", *TEXT_KEYS, *PATH_KEYS}
+DEFAULT_SETTLE_SECONDS = 2.0  # a hot folder's file is whole once unchanged this long
+SETTLE_RANGE = (0.2, 600.0)
 DEFAULT_NAME = "CAPTURE"  # the device of uploads that name none (the /capture page, scripts)
 
 
@@ -47,6 +49,7 @@ class CaptureDevice:
     hot_folder: Path | None = None  # relative paths are under the data folder
     done_folder: Path | None = None  # default hot_folder/done
     error_folder: Path | None = None  # default hot_folder/error
+    settle_seconds: float = DEFAULT_SETTLE_SECONDS
     line: int = 0
 
     @property
@@ -169,13 +172,22 @@ def _read(entry: Any, path: Path, problems: Problems) -> CaptureDevice | None:
             problems.add(path, line, f"{key} is a folder path")
             value = None
         paths[key] = Path(value.strip()) if value else None
-    for key in ("done_folder", "error_folder"):
-        if paths[key] is not None and paths["hot_folder"] is None:
+    for key in ("done_folder", "error_folder", "settle_seconds"):
+        if (paths.get(key) is not None or key in entry) and paths["hot_folder"] is None:
             problems.add(path, line, f"{key} needs a hot_folder")
+    given = entry.get("settle_seconds", DEFAULT_SETTLE_SECONDS)
+    try:  # the mappings' loader reads scalars as text
+        settle = float(str(given).strip())
+    except ValueError:
+        settle = -1.0
+    if not SETTLE_RANGE[0] <= settle <= SETTLE_RANGE[1]:
+        problems.add(path, line, f"settle_seconds {given}: give a number of seconds from {SETTLE_RANGE[0]} "
+                                 f"to {SETTLE_RANGE[1]:.0f} (how long a file must stay unchanged to be taken)")
+        settle = DEFAULT_SETTLE_SECONDS
     if len(problems) > before:
         return None
     equipment = Equipment(name=name, kind=Kind(kind_text), modality=modality, manufacturer=texts["manufacturer"],
                           model=texts["model"], serial_number=texts["serial_number"],
                           institution=texts["institution"], department=texts["department"])
     return CaptureDevice(equipment, hot_folder=paths["hot_folder"], done_folder=paths["done_folder"],
-                         error_folder=paths["error_folder"], line=line)
+                         error_folder=paths["error_folder"], settle_seconds=float(settle), line=line)

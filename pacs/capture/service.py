@@ -116,6 +116,18 @@ class Capture:
         self.mappings = mappings
         self._devices: tuple[float, CaptureDevices] | None = None
         self._lock = threading.Lock()
+        self.folders: Any = None  # the hot folders (pacs.capture.hotfolder), once started
+
+    def start(self) -> None:
+        """Start watching the hot folders of capture.yaml."""
+        from pacs.capture.hotfolder import HotFolders
+
+        self.folders = HotFolders(self)
+        self.folders.start()
+
+    def stop(self) -> None:
+        if self.folders is not None:
+            self.folders.stop()
 
     # -- configuration ------------------------------------------------------------------------
     def devices(self) -> CaptureDevices:
