@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -1116,6 +1116,7 @@ class MappingHolder:
             raise MappingsInvalid(problems)
         self._current = mappings
         self.version = _version(self._stamp)
+        self.loaded_at = datetime.now(UTC)
         self.last_problems: list[str] = []
 
     def _fingerprint(self) -> tuple[tuple[str, float, int], ...]:
@@ -1153,6 +1154,7 @@ class MappingHolder:
                 return False
             self.last_problems = []
             self._current, self.version = mappings, _version(stamp)
+            self.loaded_at = datetime.now(UTC)
             log.info("mappings reloaded from %s", self.root)
             if self.on_change is not None:
                 self.on_change(mappings)

@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, LargeBinary, Table, bindparam, insert, update
+from sqlalchemy import JSON, Column, Index, LargeBinary, Table, and_, bindparam, insert, or_, update
 from sqlalchemy import select as core_select
 from sqlmodel import Field, Session, SQLModel, col, func, select
 
@@ -50,7 +50,7 @@ class StoredMessage(SQLModel, table=True):
     sending_facility: str = ""  # MSH-4
     receiving_application: str = ""  # MSH-5
     receiving_facility: str = ""  # MSH-6
-    control_id: str = ""  # MSH-10
+    control_id: str = Field(default="", index=True)  # MSH-10
     message_type: str = Field(default="", index=True)  # MSH-9.1^MSH-9.2, or the FHIR resource type
     version: str = ""  # MSH-12
     charset: str = ""  # MSH-18 or the default used
@@ -63,7 +63,7 @@ class StoredMessage(SQLModel, table=True):
     ack_code: str = ""  # AA, AE, AR (or the HTTP status for FHIR)
     response: str = ""  # the ACK or OperationOutcome sent back
     patient_id: str = Field(default="", index=True)
-    accession_number: str = ""
+    accession_number: str = Field(default="", index=True)
     reprocess_of: int | None = None
     processed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
@@ -285,11 +285,21 @@ def search(
     until: datetime | None = None,
     patient_id: str | None = None,
     control_id: str | None = None,
+    sender: str | None = None,
+    accession_number: str | None = None,
+    text: str | None = None,
+    ids: list[int] | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> tuple[int, list[StoredMessage]]:
-    """Messages matching every filter given, newest first, and how many match in all."""
+    """Messages matching every filter given, newest first, and how many match in all.
+
+    ``sender`` is a sending application (MSH-3) or facility (MSH-4); a patient ID or accession
+    number also finds the refused messages that hold it in their raw text; ``text`` is looked for in
+    the raw bytes as sent, in UTF-8 and in GB18030 (a scan of every message the other filters
+    leave: narrow by time or type first at scale)."""
     query = select(StoredMessage)
+    dialect = session.get_bind().dialect.name
     if message_type:
         if "^" in message_type:
             query = query.where(StoredMessage.message_type == message_type.upper())
@@ -302,12 +312,78 @@ def search(
     if until:
         query = query.where(StoredMessage.received_at < until)
     if patient_id:
-        query = query.where(StoredMessage.patient_id == patient_id)
+        query = query.where(_key_or_refused(dialect, StoredMessage.patient_id, patient_id))
     if control_id:
         query = query.where(StoredMessage.control_id == control_id)
+    if sender:
+        query = query.where(or_(StoredMessage.sending_application == sender,
+                                StoredMessage.sending_facility == sender))
+    if accession_number:
+        query = query.where(_key_or_refused(dialect, StoredMessage.accession_number, accession_number))
+    if text:
+        query = query.where(_raw_holds(dialect, text))
+    if ids is not None:
+        query = query.where(col(StoredMessage.id).in_(ids))
     total = session.exec(select(func.count()).select_from(query.subquery())).one()
     rows = session.exec(query.order_by(col(StoredMessage.id).desc()).offset(offset).limit(limit)).all()
     return total, list(rows)
+
+
+def _key_or_refused(dialect: str, column: Any, value: str) -> Any:
+    """``column`` is ``value``, or the message was refused before it was mapped (so the column
+    was never filled) and its raw bytes hold ``value``: the refused messages are few (the status
+    index finds them), and they are the ones an analyst looks for."""
+    return or_(column == value, and_(StoredMessage.status == Status.ERROR.value, column == "",
+                                     _raw_holds(dialect, value)))
+
+
+def _raw_holds(dialect: str, text: str) -> Any:
+    """The raw bytes hold ``text``, in UTF-8 or in GB18030: ``instr`` on SQLite (whose LIKE does
+    not match inside a BLOB), ``LIKE`` on PostgreSQL's bytea (backslash its escape character)."""
+    raw = col(StoredMessage.raw)
+    found, seen = [], set()
+    for codec in ("utf-8", "gb18030"):
+        try:
+            encoded = text.encode(codec)
+        except UnicodeEncodeError:
+            continue
+        if encoded in seen:
+            continue
+        seen.add(encoded)
+        if dialect == "sqlite":
+            condition = func.instr(raw, bindparam(None, encoded, type_=LargeBinary)) > 0
+        else:
+            pattern = b"%" + encoded.replace(b"\\", b"\\\\").replace(b"%", b"\\%").replace(b"_", b"\\_") + b"%"
+            condition = raw.op("LIKE")(bindparam(None, pattern, type_=LargeBinary))
+        found.append(condition)
+    return or_(*found)
+
+
+@dataclass(slots=True)
+class Traffic:
+    """What one sender sent of one message type since a moment, by status."""
+
+    sending_application: str
+    sending_facility: str
+    message_type: str
+    counts: dict[str, int]
+
+
+def traffic(session: Session, since: datetime) -> list[Traffic]:
+    """Messages received since ``since``, counted by sender, type and status (the dashboard)."""
+    rows = session.exec(
+        select(StoredMessage.sending_application, StoredMessage.sending_facility, StoredMessage.message_type,
+               StoredMessage.status, func.count())
+        .where(StoredMessage.received_at >= since)
+        .group_by(StoredMessage.sending_application, StoredMessage.sending_facility, StoredMessage.message_type,
+                  StoredMessage.status)
+    ).all()
+    found: dict[tuple[str, str, str], Traffic] = {}
+    for application, facility, message_type, status, count in rows:
+        key = (application, facility, message_type)
+        entry = found.setdefault(key, Traffic(application, facility, message_type, {}))
+        entry.counts[status] = int(count)
+    return [found[key] for key in sorted(found)]
 
 
 def as_json(value: Any) -> str:

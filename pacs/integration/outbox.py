@@ -197,3 +197,39 @@ def retry(session: Session, item_id: int) -> OutboxItem:
     item.next_attempt_at = utcnow()
     session.add(item)
     return item
+
+
+@dataclass
+class Queue:
+    """One destination's queue as the analysts' dashboard shows it."""
+
+    destination: str
+    waiting: int = 0  # PENDING and RETRYING
+    dead: int = 0
+    sent: int = 0
+    oldest_waiting: datetime | None = None
+    last_error: str = ""
+
+
+def queues(session: Session) -> list[Queue]:
+    """Each destination's depth, dead items, oldest waiting item and latest error."""
+    found: dict[str, Queue] = {}
+    rows = session.exec(select(OutboxItem.destination, OutboxItem.status, func.count(), func.min(OutboxItem.created_at))
+                        .group_by(OutboxItem.destination, OutboxItem.status)).all()
+    for destination, status, count, oldest in rows:
+        queue = found.setdefault(destination, Queue(destination))
+        if status in (OutboxStatus.PENDING, OutboxStatus.RETRYING):
+            queue.waiting += int(count)
+            if oldest is not None and (queue.oldest_waiting is None or oldest < queue.oldest_waiting):
+                queue.oldest_waiting = oldest
+        elif status == OutboxStatus.DEAD:
+            queue.dead += int(count)
+        else:
+            queue.sent += int(count)
+    for queue in found.values():
+        error = session.exec(select(OutboxItem.last_error)
+                             .where(OutboxItem.destination == queue.destination, OutboxItem.last_error != "",
+                                    OutboxItem.status != OutboxStatus.SENT)
+                             .order_by(col(OutboxItem.id).desc()).limit(1)).first()
+        queue.last_error = error or ""
+    return [found[name] for name in sorted(found)]

@@ -60,7 +60,11 @@ def _present(mapped: Mapped, mappings: Mappings) -> dict[str, Any]:
 
 
 def try_file(path: Path, mappings: Mappings, settings: Settings) -> tuple[dict[str, Any], bool]:
-    raw = path.read_bytes()
+    return try_raw(path.read_bytes(), mappings, settings)
+
+
+def try_raw(raw: bytes, mappings: Mappings, settings: Settings) -> tuple[dict[str, Any], bool]:
+    """What one HL7 message or FHIR resource (its bytes) would make, and whether it would apply."""
     if raw.lstrip()[:1] == b"{":
         return _try_fhir(raw, mappings, settings)
     # Files edited by hand end segments with newlines; the wire uses carriage returns.
