@@ -11,7 +11,10 @@ whether it can be converted at all, so a file that cannot is refused before anyt
 - PNG, BMP, TIFF (one page): native pixels, Explicit VR Little Endian; 8-bit MONOCHROME2 or RGB
   for the VL images, which allow no other depth (PS3.3 C.8.12.1.1.2), 16-bit grey kept for
   Secondary Capture;
-- PDF: Encapsulated PDF (PS3.3 A.45.1), the document's bytes as they came.
+- PDF: Encapsulated PDF (PS3.3 A.45.1), the document's bytes as they came;
+- MP4, MOV, AVI, MKV: Video Photographic, Endoscopic or Microscopic Image with the transfer
+  syntax of its H.264 or HEVC stream, not transcoded when DICOM can hold it
+  (:mod:`pacs.capture.video`).
 
 Which image IOD is chosen by the device's kind (:class:`Kind`): VL Photographic (XC), VL
 Endoscopic (ES), VL Microscopic (GM), Secondary Capture (OT). Every object carries the patient,
@@ -43,11 +46,16 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
     SecondaryCaptureImageStorage,
+    VideoEndoscopicImageStorage,
+    VideoMicroscopicImageStorage,
+    VideoPhotographicImageStorage,
     VLEndoscopicImageStorage,
     VLMicroscopicImageStorage,
     VLPhotographicImageStorage,
     generate_uid,
 )
+
+from pacs.capture.video import COMPRESSION_METHOD, Video, VideoError, prepare, sniff_video
 
 CHARSET = "ISO_IR 192"  # (0008,0005): UTF-8, PS3.3 C.12.1.1.2
 MAX_PIXELS = 100_000_000  # a larger image is refused, not decoded (Pillow's bomb guard is 89 M)
@@ -69,6 +77,24 @@ IMAGE_CLASSES: dict[Kind, tuple[UID, str]] = {
     Kind.MICROSCOPE: (VLMicroscopicImageStorage, "GM"),
     Kind.SECONDARY: (SecondaryCaptureImageStorage, "OT"),
 }
+VIDEO_CLASSES: dict[Kind, UID] = {  # PS3.3 A.32.5-A.32.7; a secondary capture device's video is a photo's
+    Kind.PHOTO: VideoPhotographicImageStorage,
+    Kind.ENDOSCOPE: VideoEndoscopicImageStorage,
+    Kind.MICROSCOPE: VideoMicroscopicImageStorage,
+    Kind.SECONDARY: VideoPhotographicImageStorage,
+}
+FRAME_TIME = 0x00181063  # (0018,1063) Frame Time: what Frame Increment Pointer points at
+# Body Part Examined (0018,0015) defined terms, as the procedure table gives them, and their SNOMED
+# CT codes (PS3.16 CID 4031); what a video's Anatomic Region Sequence says (VL Image, PS3.3
+# C.8.12.1: required of a multi-frame VL image). A body part not listed is "Unknown".
+BODY_PARTS: dict[str, tuple[str, str]] = {
+    "ABDOMEN": ("818981001", "Abdomen"), "CHEST": ("43799004", "Chest"), "HEAD": ("69536005", "Head"),
+    "NECK": ("45048000", "Neck"), "PELVIS": ("816092008", "Pelvis"), "KNEE": ("72696002", "Knee"),
+    "STOMACH": ("69695003", "Stomach"), "COLON": ("71854001", "Colon"), "ESOPHAGUS": ("32849002", "Esophagus"),
+    "SKIN": ("39937001", "Skin"), "BREAST": ("76752008", "Breast"), "HEART": ("80891009", "Heart"),
+}
+UNKNOWN_REGION = ("261665006", "Unknown")  # SNOMED CT qualifier value
+PAIRED = {"72696002", "76752008"}  # knee, breast: Laterality applies
 DOCUMENT_MODALITY = "DOC"  # PS3.3 C.24.1: Encapsulated Document Series' usual modality
 IMAGE_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "TIFF": "image/tiff"}
 
@@ -89,6 +115,7 @@ class Source:
     mode: str = ""  # Pillow's: L, RGB, I;16 ...
     baseline_jpeg: bool = False  # kept as it is, as JPEG Baseline
     subsampling: int = -1  # JpegImagePlugin.get_sampling: 0 4:4:4, 1 4:2:2, 2 4:2:0
+    video: Video | None = None  # a video, ready to be encapsulated
 
     @property
     def is_pdf(self) -> bool:
@@ -130,6 +157,7 @@ class Target:
     procedure_text: str = ""  # Study Description and Requested Procedure Description
     referring_physician: str = ""
     sps_id: str = ""  # (0040,0009) of the step done, when known
+    body_part: str = ""  # the procedure's Body Part Examined (0018,0015) defined term
 
 
 # -- looking at a file ------------------------------------------------------------------------
@@ -146,7 +174,7 @@ def sniff(data: bytes) -> str:
         return "image/tiff"
     if data[:5] == b"%PDF-" or (data[:1024].find(b"%PDF-") >= 0 and data[:3] == b"\xef\xbb\xbf"):
         return "application/pdf"
-    return ""
+    return sniff_video(data)
 
 
 def inspect(data: bytes, file_name: str = "") -> Source:
@@ -162,9 +190,15 @@ def inspect(data: bytes, file_name: str = "") -> Source:
             raise Unconvertible("the PDF has no %%EOF at its end: it is truncated (still being copied?)")
         return Source(data, file_name, media_type)
     if not media_type:
-        raise Unconvertible("not a JPEG, PNG, BMP, TIFF or PDF file (by its first bytes"
+        raise Unconvertible("not a JPEG, PNG, BMP, TIFF, PDF or MP4/MOV/AVI/MKV video file (by its first bytes"
                             + (f"; its name says {file_name.rsplit('.', 1)[-1]!r}" if "." in file_name else "")
-                            + "); video is not taken yet")
+                            + ")")
+    if media_type.startswith("video/"):
+        try:
+            video = prepare(data, media_type)
+        except VideoError as exc:
+            raise Unconvertible(str(exc)) from None
+        return Source(data, file_name, media_type, width=video.width, height=video.height, video=video)
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height, mode = image.width, image.height, image.mode
@@ -200,6 +234,8 @@ def to_dataset(source: Source, *, target: Target, device: Equipment, now: dateti
     ds.SpecificCharacterSet = CHARSET
     if source.is_pdf:
         sop_class, modality = EncapsulatedPDFStorage, DOCUMENT_MODALITY
+    elif source.video is not None:
+        sop_class, modality = VIDEO_CLASSES[device.kind], device.image_modality
     else:
         sop_class, _ = IMAGE_CLASSES[device.kind]
         modality = device.image_modality
@@ -218,6 +254,9 @@ def to_dataset(source: Source, *, target: Target, device: Equipment, now: dateti
     _request(ds, target)
     if source.is_pdf:
         syntax = _pdf(ds, source)
+    elif source.video is not None:
+        syntax = _video(ds, source.video)
+        _anatomy(ds, target)
     else:
         syntax = _image(ds, source, device)
     meta = FileMetaDataset()
@@ -270,7 +309,8 @@ def _request(ds: Dataset, target: Target) -> None:
     item = Dataset()
     item.AccessionNumber = target.accession_number
     item.StudyInstanceUID = target.study_instance_uid
-    item.RequestedProcedureID = target.requested_procedure_id[:16]
+    if target.requested_procedure_id:  # 1C: present with a value, or absent
+        item.RequestedProcedureID = target.requested_procedure_id[:16]
     if target.procedure_text:
         item.RequestedProcedureDescription = target.procedure_text[:64]
     if target.sps_id:
@@ -330,6 +370,43 @@ def _native(image: Image.Image, vl: bool) -> tuple[np.ndarray, str, int]:
     if image.mode in ("1", "L"):
         return np.asarray(image.convert("L"), dtype=np.uint8), "MONOCHROME2", 8
     return np.asarray(image.convert("RGB"), dtype=np.uint8), "RGB", 8
+
+
+def _video(ds: Dataset, video: Video) -> UID:
+    """Cine, Multi-frame, Image Pixel and VL Image modules of a video object (PS3.3 C.7.6.5,
+    C.7.6.6, C.7.6.3, C.8.12.1); the stream in one fragment (PS3.5 A.4.5)."""
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.Laterality = ""
+    ds.PatientOrientation = ""
+    ds.BurnedInAnnotation = "NO"
+    ds.AcquisitionContextSequence = []
+    ds.NumberOfFrames = video.frames
+    ds.FrameIncrementPointer = FRAME_TIME
+    ds.FrameTime = f"{video.frame_time_ms:.6g}"
+    ds.CineRate = max(1, round(video.frame_rate))
+    ds.RecommendedDisplayFrameRate = max(1, round(video.frame_rate))
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "YBR_PARTIAL_420"  # PS3.5 8.2.7: MPEG-4 AVC/H.264 and HEVC
+    ds.PlanarConfiguration = 0
+    ds.Rows, ds.Columns = video.height, video.width
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.LossyImageCompression = "01"
+    ds.LossyImageCompressionMethod = COMPRESSION_METHOD.get(video.codec, "ISO_14496_10")
+    if video.how.startswith("transcoded"):
+        ds.DerivationDescription = video.how[:1024]
+    ds.PixelData = encapsulate([video.data])
+    ds["PixelData"].VR = "OB"
+    return video.transfer_syntax
+
+
+def _anatomy(ds: Dataset, target: Target) -> None:
+    """Anatomic Region Sequence (PS3.3 C.8.12.1) from the order's body part, else Unknown."""
+    code, meaning = BODY_PARTS.get(target.body_part.strip().upper(), UNKNOWN_REGION)
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code, "SCT", meaning
+    ds.AnatomicRegionSequence = [item]
+    if (code, meaning) != UNKNOWN_REGION and code not in PAIRED:
+        del ds.Laterality  # General Series 2C: absent for an unpaired body part
 
 
 def _pdf(ds: Dataset, source: Source) -> UID:

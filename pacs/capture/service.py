@@ -253,7 +253,7 @@ class Capture:
         return Target(**common, study_instance_uid=order.study_instance_uid,
                       accession_number=order.accession_number, requested_procedure_id=order.requested_procedure_id,
                       procedure_text=order.procedure_text, referring_physician=order.referring_physician,
-                      sps_id=next((s.sps_id for s in steps if s.sps_id), ""))
+                      sps_id=next((s.sps_id for s in steps if s.sps_id), ""), body_part=order.body_part)
 
     # -- into the archive ---------------------------------------------------------------------
     def _scratch(self) -> Path:

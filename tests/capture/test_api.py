@@ -118,7 +118,7 @@ def test_bad_input_is_4xx_with_its_reason_and_nothing_kept(server, tmp_path):
     before = len(storage_files(server))
     response = post(server, [("notes.txt", b"just some text\n")], accession_number="ACC3")
     assert response.status_code == 400
-    assert "not a JPEG, PNG, BMP, TIFF or PDF" in response.json()["detail"]
+    assert "not a JPEG, PNG, BMP, TIFF, PDF or MP4" in response.json()["detail"]
     # one bad file among good ones: none is stored
     response = post(server, [("a.jpg", jpeg()), ("cut.png", png()[0][:200])], accession_number="ACC3")
     assert response.status_code == 400 and response.json()["detail"].startswith("cut.png: ")

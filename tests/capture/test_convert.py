@@ -120,10 +120,11 @@ def test_pdf_is_encapsulated_as_it_came(tmp_path):
 
 
 def test_what_cannot_be_converted_is_refused_with_the_reason():
-    assert sniff(b"\x00\x00\x00\x18ftypmp42") == ""
+    assert sniff(b"\x00\x00\x00\x18ftypmp42") == "video/mp4"  # a video: pacs.capture.video
+    assert sniff(b"\x00\x00\x00\x18ftypqt  ") == "video/quicktime"
     cases = {
         b"": "empty",
-        b"hello": "not a JPEG, PNG, BMP, TIFF or PDF",
+        b"hello": "not a JPEG, PNG, BMP, TIFF, PDF or MP4",
         encoded(RGB, "PNG")[:300]: "cannot be read",
         encoded(RGB, "JPEG")[:400]: "cannot be read",
         PDF[:40]: "truncated",

@@ -95,7 +95,7 @@ def test_what_cannot_be_converted_goes_to_error_with_its_reason(server, tmp_path
     (hot / "copying.jpg.part").write_bytes(jpeg())  # a copy tool's name before its rename: not looked at
     reason = wait_for(lambda: (hot / "error" / "ACC22_notes.txt.reason.txt").exists()
                       and (hot / "error" / "ACC22_notes.txt.reason.txt").read_text())
-    assert "not a JPEG, PNG, BMP, TIFF or PDF" in reason
+    assert "not a JPEG, PNG, BMP, TIFF, PDF or MP4" in reason
     assert (hot / "error" / "ACC22_notes.txt").read_text() == "not an image\n"
     time.sleep(SETTLE * 2)
     assert (hot / "copying.jpg.part").exists() and instances(server) == []
