@@ -13,7 +13,18 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, LargeBinary, Table, and_, bindparam, insert, or_, update
+from sqlalchemy import (
+    JSON,
+    Column,
+    Index,
+    LargeBinary,
+    Table,
+    bindparam,
+    insert,
+    or_,
+    union,
+    update,
+)
 from sqlalchemy import select as core_select
 from sqlmodel import Field, Session, SQLModel, col, func, select
 
@@ -332,9 +343,11 @@ def search(
 def _key_or_refused(dialect: str, column: Any, value: str) -> Any:
     """``column`` is ``value``, or the message was refused before it was mapped (so the column
     was never filled) and its raw bytes hold ``value``: the refused messages are few (the status
-    index finds them), and they are the ones an analyst looks for."""
-    return or_(column == value, and_(StoredMessage.status == Status.ERROR.value, column == "",
-                                     _raw_holds(dialect, value)))
+    index finds them), and they are the ones an analyst looks for. Written as ``id IN (… UNION
+    …)`` so that each half uses its own index: as one OR, SQLite scanned every message."""
+    by_column = core_select(MESSAGE.c.id).where(column == value)
+    refused = core_select(MESSAGE.c.id).where(MESSAGE.c.status == Status.ERROR.value, _raw_holds(dialect, value))
+    return col(StoredMessage.id).in_(union(by_column, refused))
 
 
 def _raw_holds(dialect: str, text: str) -> Any:

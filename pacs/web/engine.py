@@ -20,9 +20,11 @@ the analyst's name. Texts come from the message catalogues (``engine.*``).
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timedelta
 from http import HTTPStatus
 from typing import Annotated, Any
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -146,18 +148,22 @@ def messages(
         error = t("engine.messages.bad_time")
     if status and status.upper() not in Status.__members__:
         status, error = "", t("engine.messages.bad_status", status=status)
+    started = time.perf_counter()
     total, rows = message_store.search(
         session, message_type=type.strip() or None, status=status or None, since=start, until=end,
         patient_id=patient_id.strip() or None, control_id=control_id.strip() or None,
         sender=sender.strip() or None, accession_number=accession.strip() or None, text=text or None,
         limit=SHOWN, offset=offset)
+    searched_ms = (time.perf_counter() - started) * 1000
     if any(filters.values()):
         _audit(request, principal, codes.QUERY, Action.EXECUTE, description="message browser search",
                patients=[patient_id.strip()], query={k: v for k, v in filters.items() if v})
-    query = "&".join(f"{k}={v}" for k, v in filters.items() if v)
-    return _render(request, "engine_messages.html", principal=principal, view="messages", filters=filters,
-                  statuses=[s.value for s in Status], total=total, rows=rows, offset=offset, shown=SHOWN,
-                  query=query, error=error, done=done)
+    query = urlencode({k: v for k, v in filters.items() if v})
+    response = _render(request, "engine_messages.html", principal=principal, view="messages", filters=filters,
+                       statuses=[s.value for s in Status], total=total, rows=rows, offset=offset, shown=SHOWN,
+                       query=query, error=error, done=done)
+    response.headers["Server-Timing"] = f"search;dur={searched_ms:.2f}"  # W3C Server Timing
+    return response
 
 
 def _error_location(ack: list[Any]) -> str:
@@ -262,8 +268,6 @@ def reprocess(request: Request, principal: ReprocessForm, services: ServicesDep,
 
 
 def _q(text: str) -> str:
-    from urllib.parse import quote
-
     return quote(text, safe="")
 
 

@@ -85,6 +85,7 @@ def test_the_browser_finds_messages_by_every_key(guarded_server):
         def found(**params: str) -> list[int]:
             response = http.get("/engine/messages", params=params)
             assert response.status_code == 200, response.text
+            assert re.fullmatch(r"search;dur=\d+\.\d\d", response.headers["server-timing"])
             return shown_ids(response.text)
 
         assert found() == [refused, adt, orm]  # newest first
