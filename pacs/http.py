@@ -224,6 +224,7 @@ def create_app(services: Services) -> FastAPI:
     from pacs.registry.desk_api import desk as desk_api_router
     from pacs.registry.desk_api import orders as desk_orders_router
     from pacs.registry.patient_api import router as patients_router
+    from pacs.web.capture import router as capture_page_router
     from pacs.web.desk import router as desk_router
     from pacs.web.engine import router as engine_router
     from pacs.web.technologist import router as technologist_router
@@ -276,6 +277,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(pages_router)
     app.include_router(desk_router)
     app.include_router(technologist_router)  # the reconciliation list
+    app.include_router(capture_page_router)  # photos, scans, PDFs and videos for an exam
     app.include_router(engine_router)  # the interface analysts' console
     app.mount(VIEWER_STATIC, viewer_files(), name="viewer-static")  # before the viewer's catch-all route
     app.include_router(viewer_router)

@@ -47,6 +47,7 @@ PAGES: list[tuple[str, str, Permission]] = [
     ("/desk", "desk.title", Permission.ORDERS_CHECKIN),
     ("/viewer", "viewer.title", Permission.STUDIES_READ),
     ("/technologist", "technologist.title", Permission.RECONCILE),
+    ("/capture", "capture.title", Permission.IMAGES_WRITE),
     ("/engine", "engine.title", Permission.MESSAGES_READ),
 ]
 
