@@ -188,6 +188,10 @@ def test_the_bench_writes_nothing_and_saves_a_clean_draft(guarded_server, mappin
 
         pasted = http.post("/engine/bench", data={"raw": urgent_orm(96).decode().replace("\r", "\n")})
         assert "is not in table priority" in pasted.text and counts(server) == before
+        fhir = (Path(__file__).parents[1] / "data" / "fhir" / "servicerequest_contained.json").read_text()
+        tried_fhir = http.post("/engine/bench", data={"raw": fhir})
+        assert ZH["engine.bench.applies"] in tried_fhir.text.split('id="result-in_force"')[1]
+        assert counts(server) == before
 
         saved = http.post("/engine/bench/save", data={"file": "codes/priority.csv", "based_on": based_on,
                                                        "draft": shipped + PRIORITY_FIX, "message_id": refused})
