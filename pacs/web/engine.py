@@ -435,8 +435,13 @@ def bench_save(request: Request, principal: SaveForm, file: Annotated[str, Form(
 
 
 @router.post(PAGE + "/bench/download")
-def bench_download(principal: BenchForm, file: Annotated[str, Form()], draft: Annotated[str, Form()]) -> Response:
-    """The draft as a file, for the site's own version control."""
-    name = file.rsplit("/", 1)[-1] or "draft.yaml"
+def bench_download(request: Request, principal: BenchForm, file: Annotated[str, Form()],
+                   draft: Annotated[str, Form()]) -> Response:
+    """The draft as a file named as the mapping file it drafts, for the site's own version control."""
+    if file not in bench.files(request.app.state.services.settings.mappings_dir):
+        t = translator(page_language(request, principal))
+        return _bench(request, principal, status=HTTPStatus.NOT_FOUND, error=t("engine.bench.no_file", file=file),
+                      file="", draft=draft)
+    name = file.rsplit("/", 1)[-1]
     return Response(draft.encode("utf-8"), media_type="application/octet-stream",
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})

@@ -206,6 +206,10 @@ def test_the_bench_writes_nothing_and_saves_a_clean_draft(guarded_server, mappin
         escape = http.post("/engine/bench/save", data={"file": "../../etc/passwd", "based_on": based_on,
                                                         "draft": "x"})
         assert escape.status_code == 404
+        downloaded = http.post("/engine/bench/download", data={"file": "codes/priority.csv", "draft": "code,value\n"})
+        assert downloaded.content == b"code,value\n"
+        assert downloaded.headers["content-disposition"] == 'attachment; filename="priority.csv"'
+        assert http.post("/engine/bench/download", data={"file": 'x"\r\nSet-Cookie: a=b', "draft": "x"}).status_code == 404
     [entry] = [e for e in audit_entries(server, event_id="110113", user="lina") if e["outcome"] == 0]
     assert entry["details"]["object"] == "codes/priority.csv"
     assert entry["details"]["previous"].startswith(".previous/codes/priority.csv.")
