@@ -65,8 +65,9 @@ ROLE_PERMISSIONS: Mapping[str, frozenset[Permission]] = {
                                P.WORKLIST_READ}),
     Role.TECHNOLOGIST: frozenset({P.PATIENTS_READ, P.ORDERS_READ, P.WORKLIST_READ, P.MPPS_READ, P.STUDIES_READ,
                                   P.IMAGES_WRITE, P.RECONCILE}),
-    Role.RADIOLOGIST: frozenset({P.PATIENTS_READ, P.ORDERS_READ, P.WORKLIST_READ, P.STUDIES_READ, P.REPORTS_READ,
-                                 P.REPORTS_READ_FINAL, P.REPORTS_WRITE, P.REPORTS_SIGN}),
+    # images.write: the viewer keeps a radiologist's measurements in the archive as DICOM SR (STOW-RS)
+    Role.RADIOLOGIST: frozenset({P.PATIENTS_READ, P.ORDERS_READ, P.WORKLIST_READ, P.STUDIES_READ, P.IMAGES_WRITE,
+                                 P.REPORTS_READ, P.REPORTS_READ_FINAL, P.REPORTS_WRITE, P.REPORTS_SIGN}),
     Role.CLINICIAN: frozenset({P.PATIENTS_READ, P.ORDERS_READ, P.STUDIES_READ, P.REPORTS_READ_FINAL}),
     Role.ANALYST: frozenset({P.MESSAGES_READ, P.MESSAGES_REPROCESS, P.MAPPINGS_READ, P.MAPPINGS_WRITE,
                              P.OUTBOX_READ, P.OUTBOX_RETRY, P.ORDERS_READ}),

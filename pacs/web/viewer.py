@@ -10,8 +10,9 @@ and WADO-RS request, so the viewer needs no token of its own.
   routes (``/viewer/viewer?StudyInstanceUIDs=…`` opens a study) answer the page, for a user with
   :attr:`~pacs.auth.roles.Permission.STUDIES_READ` (radiologists, technologists, clinicians);
   someone not logged in goes to the login form and back. The page is OHIF's ``index.html`` with
-  ``window.pacsViewer`` set first: the user's language, the labels of our catalogues and the
-  window presets of the mappings (``window_presets.yaml``), which the project's own app
+  ``window.pacsViewer`` set first: the user's language, the labels of our catalogues, the
+  window presets of the mappings (``window_presets.yaml``) and the session's CSRF token (which
+  STOW-RS of the measurements' SR needs), which the project's own app
   configuration (``pacs/web/viewer/app-config.js``, a plain file of this repository) reads.
 - ``/viewer/static/…`` serves the build's files and our configuration (:class:`~pacs.web.
   static_build.BuildFiles`): third-party code and configuration, no patient data, so no login.
@@ -77,7 +78,7 @@ def viewer_settings(request: Request, principal: Principal) -> dict[str, Any]:
     presets, _problems = load_window_presets(services.settings.mappings_dir)  # `pacs mappings check` says why
     labels = {key[len(LABEL_PREFIX):]: text for key, text in catalogue(lang).items() if key.startswith(LABEL_PREFIX)}
     return {"language": OHIF_LANGUAGES.get(lang, lang), "dicomweb": DICOMWEB, "presets": for_viewer(presets),
-            "labels": labels, "home": "/"}
+            "labels": labels, "home": "/", "csrf": principal.csrf}
 
 
 def _page(request: Request, principal: Principal) -> Response:

@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import httpx
+import pydicom
 import pytest
 from PIL import Image
 from playwright.sync_api import Browser, sync_playwright
@@ -26,7 +27,16 @@ from pacs.web.i18n import catalogue
 from tests.conftest import ADMIN_PASSWORD
 from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS, STEP_TIMEOUT_MS, Steps
 from tests.web.test_desk import add_user
-from tests.web.viewer_studies import BONE_HU, INSERT_RADIUS, WATER_HU, ct_phantom, rgb_photo, stow
+from tests.web.viewer_studies import (
+    BONE_HU,
+    INSERT_RADIUS,
+    PATIENT_ID,
+    PIXEL_MM,
+    WATER_HU,
+    ct_phantom,
+    rgb_photo,
+    stow,
+)
 
 ZH = catalogue("zh-CN")
 # WebGL2 in a headless Chromium without a GPU: SwiftShader, Chromium's software renderer.
@@ -35,11 +45,14 @@ GL_ARGS = [a for a in CHROMIUM_ARGS if a != "--disable-gpu"] + [
 VIEWPORT = '[data-cy="viewport-pane"]'
 OVERLAY_TOP_LEFT = '[data-cy="viewport-overlay-top-left"]'
 OVERLAY_BOTTOM_LEFT = '[data-cy="viewport-overlay-bottom-left"]'
+OVERLAY_BOTTOM_RIGHT = '[data-cy="viewport-overlay-bottom-right"]'
 STUDY_LIST_SEARCH = "table input"  # the filter row: name, dates, modalities, description, accession
 STUDY_ROWS = "tbody tr"
 PRESETS_MENU = "模态窗口预设"  # OHIF's zh menu entry of the W/L menu: the modality's window presets
 MENU_ITEM = "div.cursor-pointer"  # an item of OHIF's menus
 HU_TOLERANCE = 2
+PHANTOM_SIZE = 256  # pixels a side
+LENGTH_MM = 0.6 * PHANTOM_SIZE * PIXEL_MM  # from 0.2 to 0.8 of the image's width
 LOAD_TIMEOUT_MS = 60_000  # the first load parses 17 MB of script on a busy machine
 ADMIN = ("admin", ADMIN_PASSWORD)
 
@@ -128,6 +141,49 @@ def ellipse(page, x: float, y: float, radius: float) -> tuple[float, float, floa
     return numbers["Mean"], numbers["Min"], numbers["Max"]
 
 
+def length(page, x0: float, x1: float, y: float) -> float:  # type: ignore[no-untyped-def]
+    """Draw the length tool from (x0, y) to (x1, y) of the image; the millimetres it shows."""
+    left, top, side = image_box(page)
+    before = len(probe_texts(page))
+    page.mouse.move(left + x0 * side, top + y * side)
+    page.mouse.down()
+    page.mouse.move(left + x1 * side, top + y * side, steps=8)
+    page.mouse.up()
+    page.wait_for_function(f"[...document.querySelectorAll('{VIEWPORT} svg text')].slice({before})"
+                           ".some(t => / mm$/.test(t.textContent))")
+    shown = None
+    while True:  # the label follows the drag a frame behind: read it once it has settled
+        page.wait_for_timeout(300)
+        texts = [t for t in probe_texts(page) if t.endswith(" mm")]
+        if texts and texts == shown:
+            return float(texts[-1].split()[0])
+        shown = texts
+
+
+def multipart_parts(response: httpx.Response) -> list[tuple[str, bytes]]:
+    """The parts of a multipart/related answer: their Content-Type and body."""
+    boundary = re.search(r'boundary="?([^";]+)"?', response.headers["content-type"]).group(1)  # type: ignore[union-attr]
+    parts = []
+    for chunk in response.content.split(b"--" + boundary.encode())[1:-1]:
+        head, _, body = chunk.partition(b"\r\n\r\n")
+        kind = re.search(rb"Content-Type:\s*([^\r\n]+)", head, re.IGNORECASE)
+        parts.append(((kind.group(1).decode() if kind else ""), body[:-2]))
+    return parts
+
+
+def numeric_values(report: pydicom.Dataset, unit: str) -> list[float]:
+    """Every NUM content item's value in ``unit`` (its Measurement Units Code Value), in order
+    (PS3.3 C.18.1, TID 300)."""
+    found: list[float] = []
+    for item in report.get("ContentSequence", []):
+        for measured in item.get("MeasuredValueSequence", []):
+            units = measured.MeasurementUnitsCodeSequence[0].CodeValue
+            if units == unit:
+                found.append(float(measured.NumericValue))
+        found += numeric_values(item, unit)
+    return found
+
+
 def overlay(page, where: str = OVERLAY_TOP_LEFT) -> str:  # type: ignore[no-untyped-def]
     return page.locator(where).first.inner_text()
 
@@ -135,7 +191,7 @@ def overlay(page, where: str = OVERLAY_TOP_LEFT) -> str:  # type: ignore[no-unty
 def test_a_radiologist_finds_a_study_by_its_hanzi_name_and_reads_it(guarded_server, installed_viewer,
                                                                      viewer_steps):
     study = generate_uid()
-    slices = ct_phantom(12, 256, study_uid=study)
+    slices = ct_phantom(12, PHANTOM_SIZE, study_uid=study)
     stow(guarded_server.http_url, [*slices, rgb_photo(study)], auth=ADMIN)
     add_user(guarded_server, "lidoc", ["radiologist"], "李医生")
     page = viewer_steps.page
@@ -181,7 +237,7 @@ def test_a_radiologist_finds_a_study_by_its_hanzi_name_and_reads_it(guarded_serv
     # the probe reads Hounsfield units on two slices
     page.click('[data-cy="MoreTools-split-button-secondary"]')
     page.click('[data-cy="Probe"]')
-    first_slice = overlay(page, '[data-cy="viewport-overlay-bottom-right"]')
+    first_slice = overlay(page, OVERLAY_BOTTOM_RIGHT)
     assert abs(probe(page, 0.65, 0.5) - BONE_HU) <= HU_TOLERANCE
     assert abs(probe(page, 0.35, 0.5) - WATER_HU) <= HU_TOLERANCE
     viewer_steps.shot("probe-slice-1")
@@ -241,6 +297,49 @@ def test_a_radiologist_finds_a_study_by_its_hanzi_name_and_reads_it(guarded_serv
     blues = sum(n for n, (r, g, b) in colours if b > 150 and r < 80 and g < 80)
     assert reds and greens and blues, colours[:10]
     viewer_steps.shot("colour-photo")
+
+    # a length between two points of known distance, kept as a DICOM SR in the archive
+    page.locator('[data-cy="study-browser-thumbnail"]', has_text="CT phantom").dblclick()
+    page.wait_for_function(f"document.querySelector('{OVERLAY_TOP_LEFT}')?.innerText.includes('CT phantom')")
+    page.click('[data-cy="Length"]')
+    shown_mm = length(page, 0.2, 0.8, 0.5)
+    assert abs(shown_mm - LENGTH_MM) <= PIXEL_MM, shown_mm  # within a pixel
+    page.click('[data-cy="prompt-begin-tracking-yes-btn"]')
+    page.click('[data-cy="trackedMeasurements-btn"]')
+    page.get_by_role("button", name="Create SR").click()
+    page.fill('[data-cy="dialog-input"]', "测量报告")
+    with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/dicomweb/studies")) as posted:
+        page.get_by_role("button", name="Save").click()
+    assert posted.value.status == 200
+    viewer_steps.shot("sr-saved")
+    with httpx.Client(base_url=guarded_server.http_url + "/dicomweb", auth=ADMIN, timeout=30) as archive:
+        [series] = archive.get(f"/studies/{study}/series", params={"Modality": "SR"}).json()
+        assert series["0008103E"]["Value"] == ["测量报告"]
+        found = archive.get(f"/studies/{study}/series/{series['0020000E']['Value'][0]}",
+                            headers={"Accept": 'multipart/related; type="application/dicom"'})
+    [(_, body)] = multipart_parts(found)
+    report = pydicom.dcmread(io.BytesIO(body))
+    assert report.Modality == "SR" and report.PatientID == PATIENT_ID
+    [kept_mm] = numeric_values(report, "mm")  # the length as measured; the viewport rounds it
+    assert abs(kept_mm - shown_mm) <= 0.5 and abs(kept_mm - LENGTH_MM) <= PIXEL_MM
+
+    # the study opened again: the report's series is there, and shows the length on its image
+    page.goto(f"{guarded_server.http_url}/viewer/viewer?StudyInstanceUIDs={study}")
+    page.get_by_text("测量报告").dblclick(timeout=LOAD_TIMEOUT_MS)  # the SR's row in the study panel
+    page.wait_for_function(f"[...document.querySelectorAll('{VIEWPORT} svg text')].length > 0",
+                           timeout=LOAD_TIMEOUT_MS)  # the report drawn on its first image: the probes
+    viewer_steps.shot("sr-opened")
+    left, top, side = image_box(page)
+    page.mouse.click(left + side / 2, top + side / 2)  # the viewport takes the keys
+    for _ in range(12):  # to the slice the length was drawn on (the sixth, as at the start)
+        if "(6/12)" in overlay(page, OVERLAY_BOTTOM_RIGHT):
+            break
+        page.keyboard.press("ArrowDown")
+        page.wait_for_timeout(200)
+    assert "(6/12)" in overlay(page, OVERLAY_BOTTOM_RIGHT)
+    page.wait_for_function(f"[...document.querySelectorAll('{VIEWPORT} svg text')].some(t => t.textContent"
+                           f".includes('{kept_mm:.2f} mm'))", timeout=LOAD_TIMEOUT_MS)
+    viewer_steps.shot("sr-reopened")
 
 
 # -- serving: who may open it, and how its files go out (no browser) -----------------------------

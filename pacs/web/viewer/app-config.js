@@ -41,6 +41,40 @@
     // no local storage (a private window): OHIF's own detection then
   }
 
+  // -- what the viewer stores (measurements as SR, STOW-RS) goes with the session's CSRF token,
+  // which the archive asks of a logged-in browser for every change (OHIF's DICOMweb client passes
+  // no header but Authorization on; it sends with XMLHttpRequest, fetch is covered too) --------
+  var SAFE_METHODS = /^(GET|HEAD|OPTIONS)$/i;
+
+  function sameOrigin(url) {
+    try {
+      return new URL(String(url), window.location.href).origin === window.location.origin;
+    } catch (e) {
+      return false;
+    }
+  }
+
+  if (pacs.csrf) {
+    var xhrOpen = XMLHttpRequest.prototype.open;
+    XMLHttpRequest.prototype.open = function (method, url) {
+      xhrOpen.apply(this, arguments);
+      if (!SAFE_METHODS.test(method) && sameOrigin(url)) {
+        this.setRequestHeader('X-CSRF-Token', pacs.csrf);
+      }
+    };
+    var windowFetch = window.fetch;
+    window.fetch = function (resource, init) {
+      var method = (init && init.method) || (resource && resource.method) || 'GET';
+      var url = typeof resource === 'string' || resource instanceof URL ? resource : resource && resource.url;
+      if (!SAFE_METHODS.test(method) && sameOrigin(url)) {
+        var headers = new Headers((init && init.headers) || (resource && resource.headers) || {});
+        headers.set('X-CSRF-Token', pacs.csrf);
+        init = Object.assign({}, init, { headers: headers });
+      }
+      return windowFetch.call(this, resource, init);
+    };
+  }
+
   // -- person names (PS3.5 6.2.1, PS3.18 F.2.2) ----------------------------------------------
 
   /** A PN value's groups, whether DICOM JSON ({Alphabetic, Ideographic}), OHIF's naturalized
