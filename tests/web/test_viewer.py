@@ -36,6 +36,7 @@ from tests.web.viewer_studies import (
     ct_phantom,
     rgb_photo,
     stow,
+    ultrasound_cine,
 )
 
 ZH = catalogue("zh-CN")
@@ -192,7 +193,7 @@ def test_a_radiologist_finds_a_study_by_its_hanzi_name_and_reads_it(guarded_serv
                                                                      viewer_steps):
     study = generate_uid()
     slices = ct_phantom(12, PHANTOM_SIZE, study_uid=study)
-    stow(guarded_server.http_url, [*slices, rgb_photo(study)], auth=ADMIN)
+    stow(guarded_server.http_url, [*slices, rgb_photo(study), ultrasound_cine(study)], auth=ADMIN)
     add_user(guarded_server, "lidoc", ["radiologist"], "李医生")
     page = viewer_steps.page
 
@@ -297,6 +298,25 @@ def test_a_radiologist_finds_a_study_by_its_hanzi_name_and_reads_it(guarded_serv
     blues = sum(n for n, (r, g, b) in colours if b > 150 and r < 80 and g < 80)
     assert reds and greens and blues, colours[:10]
     viewer_steps.shot("colour-photo")
+
+    # the ultrasound loop plays by itself at its frame rate (Frame Time 33.3 ms: 30 frames/s),
+    # and stops when paused
+    page.locator('[data-cy="study-browser-thumbnail"]', has_text="超声动态").dblclick()
+    page.wait_for_function(f"document.querySelector('{OVERLAY_TOP_LEFT}')?.innerText.includes('超声动态')")
+    page.wait_for_function(f"/\\(([2-9]|[1-3]\\d)\\/30\\)/.test(document.querySelector('{OVERLAY_BOTTOM_RIGHT}')"
+                           ".innerText)")  # past the first frame without anyone pressing play
+    frames = set()
+    for _ in range(10):
+        frames.add(overlay(page, OVERLAY_BOTTOM_RIGHT))
+        page.wait_for_timeout(100)
+    assert len(frames) >= 3, frames
+    viewer_steps.shot("cine-playing")
+    page.hover(VIEWPORT)
+    page.click('[data-cy="cine-player-play-pause"]')
+    paused = overlay(page, OVERLAY_BOTTOM_RIGHT)
+    page.wait_for_timeout(500)
+    assert overlay(page, OVERLAY_BOTTOM_RIGHT) == paused
+    viewer_steps.shot("cine-paused")
 
     # a length between two points of known distance, kept as a DICOM SR in the archive
     page.locator('[data-cy="study-browser-thumbnail"]', has_text="CT phantom").dblclick()

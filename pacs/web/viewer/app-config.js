@@ -16,7 +16,8 @@
  *  - the study list's columns in the user's language; the language itself (zh-CN by default);
  *  - window presets per modality from the mappings (window_presets.yaml), the image's own
  *    window first and those suited to the series' body part next;
- *  - hanging protocols per modality (the layout a study opens in).
+ *  - hanging protocols per modality (the layout a study opens in);
+ *  - cine: a multi-frame series plays as soon as it is shown.
  */
 (function () {
   'use strict';
@@ -343,6 +344,9 @@
     showWarningMessageForCrossOrigin: false,
     showCPUFallbackMessage: true,
     showLoadingIndicator: true,
+    // A multi-frame series (ultrasound loops, OHIF's autoCineModalities) plays when shown, at the
+    // rate of its Frame Time (0018,1063); without this OHIF opens its cine player paused.
+    autoPlayCine: true,
     strictZSpacingForVolumeViewport: true,
     groupEnabledModesFirst: true,
     investigationalUseDialog: { option: 'never' },
