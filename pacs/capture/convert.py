@@ -214,7 +214,11 @@ def inspect(data: bytes, file_name: str = "") -> Source:
                 baseline = (not image.info.get("progressive") and not image.info.get("progression")
                             and getattr(image, "bits", 8) == 8 and mode in ("L", "RGB"))
                 subsampling = JpegImagePlugin.get_sampling(image)
-            image.load()  # the whole file decodes: a truncated copy is refused here, not later
+            if not (baseline and data.rstrip(b"\0")[-2:] == b"\xff\xd9"):
+                # The whole file decodes: a truncated copy is refused here, not later. A baseline
+                # JPEG kept as it is needs only its header and its EOI marker (ISO/IEC 10918-1
+                # B.2.1) at the end: a copy cut short has none.
+                image.load()
     except Unconvertible:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:

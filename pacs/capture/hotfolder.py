@@ -13,6 +13,10 @@ at the start of its name, and ``devices.yaml``'s rules for the device) and is mo
   beside it saying why;
 - the archive could not store it (storage full): left where it is and tried again later.
 
+Files of one accession number found whole in the same look are taken together (up to
+:data:`GROUP_MAX`), as one series, their objects stored side by side so the index files them in
+shared commits; one of them that cannot be converted goes to ``error/`` alone.
+
 Files whose names start with ``.`` or end in ``.tmp``, ``.part`` or ``.partial`` (what copy
 tools write before renaming) are not looked at, nor are sub-folders.
 """
@@ -26,12 +30,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pacs.capture.convert import inspect
 from pacs.capture.devices import CaptureDevice
-from pacs.capture.service import Capture, StoreFailed, Unconvertible
+from pacs.capture.service import Capture, StoreFailed, Unconvertible, accession_in_name
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5  # how often the folders are listed
+GROUP_MAX = 32  # files of one accession number taken together (one series, shared commits)
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".reason.txt")
 
 
@@ -132,12 +138,55 @@ class HotFolders:
             hot, done, error = folders
             hot.mkdir(parents=True, exist_ok=True)
             watch = self.watches.setdefault(device.name, Watch())
+            groups: dict[str, list[Path]] = {}
             for path in watch.settled(hot, device.settle_seconds, now):
-                if self._stop.is_set():
-                    return taken
-                taken += self.take(device, path, done, error)
-                watch.forget(path)
+                groups.setdefault(accession_in_name(path.name), []).append(path)
+            for paths in groups.values():
+                for start in range(0, len(paths), GROUP_MAX):
+                    if self._stop.is_set():
+                        return taken
+                    chunk = paths[start:start + GROUP_MAX]
+                    taken += self.take_group(device, chunk, done, error)
+                    for path in chunk:
+                        watch.forget(path)
         return taken
+
+    def take_group(self, device: CaptureDevice, paths: list[Path], done: Path, error: Path) -> int:
+        """Files of one accession number found whole together: each looked at, those that
+        cannot be converted to error/, the rest in one capture, one series (their objects
+        share the index's commits)."""
+        if len(paths) == 1:
+            return self.take(device, paths[0], done, error)
+        taken, good = 0, []
+        for path in paths:
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            try:
+                good.append((path, inspect(data, path.name)))
+            except Unconvertible as exc:
+                taken += self._refuse(device, path, len(data), error, exc)
+        if not good:
+            return taken
+        try:
+            results = self.capture.capture_sources([source for _, source in good], device=device,
+                                                   by=f"hot folder {device.name}")
+        except StoreFailed as exc:
+            log.error("hot folder %s: %d files not stored, tried again later: %s", device.name, len(good), exc)
+            return taken
+        for path, _ in good:
+            aside(path, done)
+        log.info("hot folder %s: %d files %s", device.name, len(good), results[0].outcome)
+        return taken + len(good)
+
+    def _refuse(self, device: CaptureDevice, path: Path, size: int, error: Path, exc: Exception) -> int:
+        if _changed(path, size):
+            return 0  # written to again while it was read: not whole after all
+        moved = aside(path, error)
+        moved.with_name(moved.name + ".reason.txt").write_text(f"{exc}\n", encoding="utf-8")
+        log.warning("hot folder %s: %s moved to %s: %s", device.name, path.name, error, exc)
+        return 1
 
     def take(self, device: CaptureDevice, path: Path, done: Path, error: Path) -> int:
         try:
@@ -147,12 +196,7 @@ class HotFolders:
         try:
             [result] = self.capture.capture([(path.name, data)], device=device, by=f"hot folder {device.name}")
         except Unconvertible as exc:
-            if _changed(path, len(data)):
-                return 0  # written to again while it was read: not whole after all
-            moved = aside(path, error)
-            moved.with_name(moved.name + ".reason.txt").write_text(f"{exc}\n", encoding="utf-8")
-            log.warning("hot folder %s: %s moved to %s: %s", device.name, path.name, error, exc)
-            return 1
+            return self._refuse(device, path, len(data), error, exc)
         except StoreFailed as exc:
             log.error("hot folder %s: %s not stored, tried again later: %s", device.name, path.name, exc)
             return 0

@@ -27,12 +27,14 @@ import os
 import tempfile
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 from sqlalchemy import event
 from sqlmodel import Session, col, select
 
@@ -50,6 +52,8 @@ from pacs.registry.models import ImagingOrder, Patient
 from pacs.settings import Settings
 
 log = logging.getLogger(__name__)
+
+STORE_WORKERS = 4  # objects of one capture handed to store() at once
 
 __all__ = ["Capture", "Captured", "OrderEnded", "Queued", "StoreFailed", "Unconvertible", "UnknownOrder"]
 
@@ -173,6 +177,13 @@ class Capture:
                 sources.append(inspect(data, name))
             except Unconvertible as exc:
                 raise Unconvertible(f"{name or 'the file'}: {exc}") from None
+        return self.capture_sources(sources, device=device, order=order, accession_number=accession_number,
+                                    patient_id=patient_id, by=by)
+
+    def capture_sources(self, sources: Sequence[Source], *, device: CaptureDevice = DEFAULT_DEVICE,
+                        order: int | None = None, accession_number: str | None = None,
+                        patient_id: str | None = None, by: str = "") -> list[Captured | Queued]:
+        """:meth:`capture` of files already looked at (:func:`pacs.capture.convert.inspect`)."""
         if not sources:
             raise Unconvertible("no file was sent")
         now = self.now()
@@ -184,13 +195,20 @@ class Capture:
         if found is None or target is None:
             return [self._queue(source, device=device, reason=reason, candidates=candidates, keys=keys,
                                 patient=patient, now=now, by=by) for source in sources]
-        series = None
+        series = str(generate_uid())
+        made = [to_dataset(source, target=target, device=device.equipment, now=now, series_instance_uid=series,
+                           series_number=_series_number(now), instance_number=number)
+                for number, source in enumerate(sources, 1)]
+        # Stored side by side: the index writer then files them in shared commits (one fsync of
+        # the database for several objects instead of one each).
+        workers = min(STORE_WORKERS, len(made))
+        if workers > 1:
+            with ThreadPoolExecutor(workers, thread_name_prefix="capture-store") as pool:
+                list(pool.map(lambda ds: self._store(ds, device.equipment), made))
+        else:
+            self._store(made[0], device.equipment)
         results: list[Captured | Queued] = []
-        for number, source in enumerate(sources, 1):
-            ds = to_dataset(source, target=target, device=device.equipment, now=now, series_instance_uid=series,
-                            series_number=_series_number(now), instance_number=number)
-            series = str(ds.SeriesInstanceUID)
-            self._store(ds, device.equipment)
+        for source, ds in zip(sources, made, strict=True):
             results.append(Captured(source.file_name, str(ds.SOPClassUID), str(ds.SOPInstanceUID), series,
                                     target.study_instance_uid, target.accession_number, found.id))
             log.info("captured %s from %s as %s for order %s (accession %s)", source.file_name, device.name,

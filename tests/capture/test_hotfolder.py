@@ -81,6 +81,25 @@ def test_a_file_written_slowly_is_taken_once_whole(server, tmp_path):
     assert ds.AccessionNumber == "ACC21" and ds.PatientName.ideographic == "吴^十"
 
 
+def test_files_dropped_together_are_one_series_and_a_bad_one_alone_goes_to_error(server, tmp_path):
+    hl7(server, us_order("P201", "冯", "五", "FENG WU", 23, 11))
+    hot = tmp_path / "hot"
+    wait_for(hot.is_dir)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    names = [f"ACC23_{n}.jpg" for n in range(6)]
+    for n, name in enumerate(names):
+        (staging / name).write_bytes(jpeg(n))
+    (staging / "ACC23_cut.jpg").write_bytes(jpeg(9)[:500])  # a JPEG cut short, among them
+    for path in staging.iterdir():
+        path.rename(hot / path.name)  # all whole at once
+    wait_for(lambda: len(list((hot / "done").glob("*.jpg"))) == len(names)
+             and (hot / "error" / "ACC23_cut.jpg.reason.txt").exists())
+    assert "cannot be read" in (hot / "error" / "ACC23_cut.jpg.reason.txt").read_text()
+    stored = instances(server)
+    assert len(stored) == len(names) and len({i.series for i in stored}) == 1
+
+
 def instance_series(server, instance: Instance) -> str:
     from pacs.archive.index import Series
 
