@@ -22,7 +22,6 @@ from sqlalchemy import (
     bindparam,
     insert,
     or_,
-    union,
     update,
 )
 from sqlalchemy import select as core_select
@@ -306,7 +305,8 @@ def search(
     """Messages matching every filter given, newest first, and how many match in all.
 
     ``sender`` is a sending application (MSH-3) or facility (MSH-4); a patient ID or accession
-    number also finds the refused messages that hold it in their raw text; ``text`` is looked for in
+    number no mapped message has finds the refused messages holding it in their raw text; ``text``
+    is looked for in
     the raw bytes as sent, in UTF-8 and in GB18030 (a scan of every message the other filters
     leave: narrow by time or type first at scale)."""
     query = select(StoredMessage)
@@ -323,14 +323,14 @@ def search(
     if until:
         query = query.where(StoredMessage.received_at < until)
     if patient_id:
-        query = query.where(_key_or_refused(dialect, StoredMessage.patient_id, patient_id))
+        query = query.where(_key_or_refused(session, dialect, StoredMessage.patient_id, patient_id))
     if control_id:
         query = query.where(StoredMessage.control_id == control_id)
     if sender:
         query = query.where(or_(StoredMessage.sending_application == sender,
                                 StoredMessage.sending_facility == sender))
     if accession_number:
-        query = query.where(_key_or_refused(dialect, StoredMessage.accession_number, accession_number))
+        query = query.where(_key_or_refused(session, dialect, StoredMessage.accession_number, accession_number))
     if text:
         query = query.where(_raw_holds(dialect, text))
     if ids is not None:
@@ -340,14 +340,15 @@ def search(
     return total, list(rows)
 
 
-def _key_or_refused(dialect: str, column: Any, value: str) -> Any:
-    """``column`` is ``value``, or the message was refused before it was mapped (so the column
-    was never filled) and its raw bytes hold ``value``: the refused messages are few (the status
-    index finds them), and they are the ones an analyst looks for. Written as ``id IN (… UNION
-    …)`` so that each half uses its own index: as one OR, SQLite scanned every message."""
-    by_column = core_select(MESSAGE.c.id).where(column == value)
-    refused = core_select(MESSAGE.c.id).where(MESSAGE.c.status == Status.ERROR.value, _raw_holds(dialect, value))
-    return col(StoredMessage.id).in_(union(by_column, refused))
+def _key_or_refused(session: Session, dialect: str, column: Any, value: str) -> Any:
+    """``column`` is ``value``; if no message has it there, the refused messages whose raw bytes
+    hold it: a message refused before it was mapped never had the column filled, and it is the
+    one an analyst looks for. The first is an index look-up; the second reads the raw bytes of
+    every refused message (the status index finds them), so it is only done when the first
+    finds nothing."""
+    if session.connection().execute(core_select(MESSAGE.c.id).where(column == value).limit(1)).first():
+        return column == value
+    return (StoredMessage.status == Status.ERROR.value) & _raw_holds(dialect, value)
 
 
 def _raw_holds(dialect: str, text: str) -> Any:
