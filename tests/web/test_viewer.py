@@ -361,6 +361,12 @@ def test_a_radiologist_finds_a_study_by_its_hanzi_name_and_reads_it(guarded_serv
                            f".includes('{kept_mm:.2f} mm'))", timeout=LOAD_TIMEOUT_MS)
     viewer_steps.shot("sr-reopened")
 
+    # the layout: 2×2, each viewport given a series of the study
+    page.click('[data-cy="Layout"]')
+    page.click('[data-cy="Layout-1-1"]')  # column 2, row 2 of the layout picker
+    page.wait_for_function(f"document.querySelectorAll('{VIEWPORT}').length === 4")
+    viewer_steps.shot("layout-2x2")
+
 
 # -- serving: who may open it, and how its files go out (no browser) -----------------------------
 
