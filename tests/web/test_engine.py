@@ -215,6 +215,12 @@ def test_the_bench_writes_nothing_and_saves_a_clean_draft(guarded_server, mappin
     assert entry["details"]["previous"].startswith(".previous/codes/priority.csv.")
     assert send(server, urgent_orm(95))[0]["code"] == "AA"  # in force at once
 
+    table.write_text(shipped + "急,routine,\n", encoding="utf-8")  # saved by hand, broken: refused
+    with analyst(server, "wangqiang") as http:
+        refused_note = ZH["engine.mappings.refused"].format(count=1)
+        wait_for(lambda: refused_note in http.get("/engine").text)
+        assert re.search(r"codes/priority\.csv:\d+: code &#39;急&#39; appears twice", http.get("/engine").text)
+
 
 def test_an_analyst_fixes_a_refused_order_and_retries_the_his(start_server, his, steps, mappings_dir):
     """The issue's proof: last night's AE'd ORM found by accession, why read (the field named),
