@@ -188,13 +188,13 @@ class Capture:
             raise Unconvertible("no file was sent")
         now = self.now()
         with self.db.session(read_only=True) as session:
-            found, reason, candidates, keys, patient = self._find(
+            found, (reason, rule), candidates, keys, patient = self._find(
                 session, device=device, order=order, accession_number=accession_number, patient_id=patient_id,
                 file_name=sources[0].file_name, now=now)
             target = self._target(session, found, None) if found is not None else None
         if found is None or target is None:
             return [self._queue(source, device=device, reason=reason, candidates=candidates, keys=keys,
-                                patient=patient, now=now, by=by) for source in sources]
+                                patient=patient, now=now, by=by, rule=rule) for source in sources]
         series = str(generate_uid())
         made = [to_dataset(source, target=target, device=device.equipment, now=now, series_instance_uid=series,
                            series_number=_series_number(now), instance_number=number)
@@ -217,9 +217,9 @@ class Capture:
 
     def _find(self, session: Session, *, device: CaptureDevice, order: int | None, accession_number: str | None,
               patient_id: str | None, file_name: str, now: datetime) -> tuple[
-                  ImagingOrder | None, str, list[int], ImageKeys, Patient | None]:
-        """The order, or why there is none, the candidates, the keys matched on, and the
-        patient a queued file is filed under meanwhile."""
+                  ImagingOrder | None, tuple[str, str], list[int], ImageKeys, Patient | None]:
+        """The order, or (why there is none, the devices.yaml entry that said so), the
+        candidates, the keys matched on, and the patient a queued file is filed under meanwhile."""
         patient = service.patient_by_id(session, patient_id) if patient_id else None
         keys = ImageKeys(calling_ae=device.name, accession_number=accession_number or accession_in_name(file_name),
                          patient_id=patient_id or "", modality=device.equipment.image_modality, acquired_at=now)
@@ -228,7 +228,7 @@ class Capture:
             if found is None:
                 raise UnknownOrder(f"order {order} does not exist")
             self._check_open(found)
-            return found, "", [], keys, patient
+            return found, ("", ""), [], keys, patient
         if accession_number:
             orders = list(session.exec(select(ImagingOrder).where(ImagingOrder.accession_number == accession_number)
                                        .order_by(col(ImagingOrder.id))).all())
@@ -238,16 +238,16 @@ class Capture:
             if not live:
                 self._check_open(orders[-1])
             if len(live) > 1:
-                return None, (f"accession number {accession_number} belongs to {len(live)} orders; "
-                              "a person picks one"), [o.id for o in live if o.id is not None], keys, patient
-            return live[0], "", [], keys, patient
+                why = f"accession number {accession_number} belongs to {len(live)} orders; a person picks one"
+                return None, (why, ""), [o.id for o in live if o.id is not None], keys, patient
+            return live[0], ("", ""), [], keys, patient
         rules = self.mappings.current().devices
         if rules is None:
-            return None, "no order was named and devices.yaml has no rules", [], keys, patient
+            return None, ("no order was named and devices.yaml has no rules", ""), [], keys, patient
         match = match_order(session, rules, keys, now=now)
         if match.order_id is None:
-            return None, match.reason, list(match.candidates), keys, patient
-        return session.get_one(ImagingOrder, match.order_id), "", [], keys, patient
+            return None, (match.reason, match.device), list(match.candidates), keys, patient
+        return session.get_one(ImagingOrder, match.order_id), ("", ""), [], keys, patient
 
     @staticmethod
     def _check_open(order: ImagingOrder) -> None:
@@ -302,7 +302,7 @@ class Capture:
 
     # -- the reconciliation list --------------------------------------------------------------
     def _queue(self, source: Source, *, device: CaptureDevice, reason: str, candidates: list[int], keys: ImageKeys,
-               patient: Patient | None, now: datetime, by: str) -> Queued:
+               patient: Patient | None, now: datetime, by: str, rule: str = "") -> Queued:
         handle, name = tempfile.mkstemp(prefix="capture-", dir=self._scratch())
         with os.fdopen(handle, "wb") as out:
             out.write(source.data)
@@ -317,7 +317,7 @@ class Capture:
                     kind=ItemKind.FILE, area=area.name, key=stored.key, file_name=source.file_name[:255],
                     media_type=source.media_type, patient=patient.id if patient is not None else None,
                     accession_number=keys.accession_number[:64], keys=reconciliation.keys_json(keys, arrived=now),
-                    reason=reason or "no order found", device=device.label, candidates=candidates)
+                    reason=reason or "no order found", device=rule or device.label, candidates=candidates)
                 session.add(item)
                 session.flush()
                 assert item.id is not None

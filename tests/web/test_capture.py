@@ -8,11 +8,13 @@ import io
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+import httpx
 import numpy as np
 from PIL import Image
 
 from pacs.web.i18n import catalogue
 from tests.archive.test_reconciliation import hl7
+from tests.auth.test_access import basic
 from tests.capture.test_api import PDF, order_of
 from tests.web.test_desk import add_user, log_in
 
@@ -103,3 +105,30 @@ def dicomweb_as(server):  # type: ignore[no-untyped-def]
 
     return DICOMwebClient(url=server.http_url + "/dicomweb",
                           session=create_session_from_user_pass("admin", ADMIN_PASSWORD))
+
+
+def test_a_photo_that_found_no_exam_is_attached_from_the_technologists_page(guarded_server, steps, tmp_path):
+    server = guarded_server
+    add_user(server, "liuyang", ["technologist"], "刘洋")
+    hl7(server, todays_order("P40003", "黄", "河", "HUANG HE", 4003, 11))
+    picture = photo(3, (80, 80, 200))
+    response = httpx.post(f"{server.http_url}/api/capture", headers=basic("liuyang", "correct horse 1"),
+                          files=[("file", ("IMG_0042.jpg", picture, "image/jpeg"))])
+    assert response.status_code == 202, response.text  # no exam named, none found: it waits
+    [queued] = response.json()["queued"]
+
+    page = steps.page
+    log_in(page, server, "liuyang", "/technologist")
+    item = page.locator(f"#item-{queued['item']}")
+    assert item.locator(".file-name").inner_text() == "IMG_0042.jpg · image/jpeg"
+    assert "devices.yaml" in item.inner_text()  # the rule that found no order, as for a study
+    steps.shot("file-waits")
+    item.locator("input[name=accession_number]").focus()
+    page.keyboard.type("ACC4003")
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/technologist?attached=*")
+    assert page.locator("article.item").count() == 0
+    steps.shot("file-attached")
+    order = order_of(server, "ACC4003")
+    [instance] = dicomweb_as(server).search_for_instances(order.study_instance_uid)
+    assert instance["00080016"]["Value"] == ["1.2.840.10008.5.1.4.1.1.77.1.4"]
