@@ -30,6 +30,7 @@ from pacs.archive.query import (
     match_string,
     match_time_range,
     match_uid_list,
+    readable,
     records,
 )
 from pacs.archive.status import Status
@@ -66,6 +67,7 @@ def level_of(identifier: Dataset, model: str) -> str:
 
 
 def validate(identifier: Dataset) -> None:
+    readable(identifier)
     for element in identifier:
         if element.tag.is_private or element.tag.element == 0:
             continue

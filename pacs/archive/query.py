@@ -18,6 +18,7 @@ from sqlalchemy import ColumnElement, and_, func, or_
 from pacs.archive.status import Status
 
 WILDCARDS = ("*", "?")
+MAX_ITEM_DEPTH = 8  # nesting of sequences read in an identifier; deeper items are not keys of any model
 _DATE = re.compile(r"^\d{8}$")
 _TIME = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(\.\d{1,6})?$")
 
@@ -32,6 +33,23 @@ class QueryError(Exception):
 
     def __str__(self) -> str:
         return self.comment
+
+
+def readable(identifier: Any, depth: int = 0) -> None:
+    """Every element of ``identifier`` and its sequences' items decoded once, or
+    :class:`QueryError` (0xA900, PS3.4 C.4.1.1.4) naming the first that can't be: pydicom
+    decodes a value when it is first read, and some it can't (a name in a character set whose
+    encoder fails on it) raise errors of many kinds, which would otherwise surface half-way
+    through a query."""
+    for tag in list(identifier.keys()):
+        try:
+            element = identifier[tag]
+        except Exception as exc:  # pydicom's converters raise many kinds of errors
+            raise QueryError(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+                             f"{tag} cannot be read: {type(exc).__name__}: {exc}", int(tag)) from None
+        if element.VR == "SQ" and isinstance(element.value, list) and depth < MAX_ITEM_DEPTH:
+            for item in element.value:
+                readable(item, depth + 1)
 
 
 def is_universal(value: str | None) -> bool:

@@ -32,6 +32,7 @@ from pacs.archive.query import (
     match_string,
     match_time_range,
     match_uid_list,
+    readable,
     records,
 )
 from pacs.archive.status import Status
@@ -103,6 +104,7 @@ def _offending(tag: int, comment: str, status: Status = Status.IDENTIFIER_DOES_N
 
 def validate_identifier(identifier: Dataset) -> None:
     """Refuse keys outside the worklist information model and values of the wrong VR."""
+    readable(identifier)
     for element in identifier:
         if element.tag.is_private or element.tag.element == 0:
             continue  # private keys are not matched and not returned; group lengths are noise

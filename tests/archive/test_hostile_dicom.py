@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import subprocess
 import time
 from io import BytesIO
 
@@ -37,6 +38,7 @@ from sqlmodel import Session, select
 from pacs.archive.index import Instance
 from tests.archive.mutate import commitment_request, mwl_identifier, qr_identifier, store_mutations
 from tests.archive.raw import RawStorer, plain_ct, with_value
+from tests.dicom import needs_dcmtk
 
 INPUTS = int(os.environ.get("PACS_HOSTILE_INPUTS", "60"))
 SEED = int(os.environ.get("PACS_HOSTILE_SEED", "18"))
@@ -166,6 +168,30 @@ def query(port: int, model: str, identifiers: list[tuple[str, Dataset]], send: s
         answers.append((label, final))
     assoc.release()
     return answers
+
+
+# Patient's Name ``^ `` under ISO 2022 IR 87: pydicom re-encodes the empty ideographic component
+# when it reads the value and its JIS encoder raises IndexError. DCMTK sends the bytes as given.
+UNDECODABLE_NAME = ["SpecificCharacterSet=ISO 2022 IR 87", "PatientName=^ "]
+
+
+@needs_dcmtk
+@pytest.mark.parametrize(("command", "model", "keys"), [
+    ("findscu", "-S", ["QueryRetrieveLevel=STUDY", "StudyInstanceUID"]),
+    ("findscu", "-W", ["AccessionNumber"]),
+    ("getscu", "-S", ["QueryRetrieveLevel=STUDY", "StudyInstanceUID=1.2.3"]),
+])
+def test_a_key_pydicom_cannot_read_is_refused_naming_it(server, caplog, command, model, keys):
+    caplog.set_level(logging.INFO)
+    args = [command, model, "-v", "-aec", "PACS", "-aet", "HOSTILE"]
+    for key in UNDECODABLE_NAME + keys:
+        args += ["-k", key]
+    result = subprocess.run(args + ["127.0.0.1", str(server.dicom_port)], check=False, capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "TCP_NODELAY": "1"})
+    said = result.stdout + result.stderr
+    assert "DataSetDoesNotMatchSOPClass" in said or "0xa900" in said.lower(), said  # PS3.4 C.4.1.1.4
+    assert tracebacks(caplog) == []
+    assert echo(server.dicom_port) == 0
 
 
 @pytest.mark.parametrize(("model", "make", "send", "allowed"), [
