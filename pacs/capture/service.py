@@ -42,6 +42,7 @@ from pacs.archive import reconciliation
 from pacs.archive.reconciliation import Kind as ItemKind
 from pacs.archive.reconciliation import ReconciliationItem
 from pacs.archive.store import Archive, incoming_dir
+from pacs.capture.barcode import read_barcodes
 from pacs.capture.convert import Equipment, Source, Target, Unconvertible, inspect, to_dataset
 from pacs.capture.devices import DEFAULT_DEVICE, CaptureDevice, CaptureDevices, load_capture_devices
 from pacs.db import Database
@@ -190,7 +191,7 @@ class Capture:
         with self.db.session(read_only=True) as session:
             found, (reason, rule), candidates, keys, patient = self._find(
                 session, device=device, order=order, accession_number=accession_number, patient_id=patient_id,
-                file_name=sources[0].file_name, now=now)
+                source=sources[0], now=now)
             target = self._target(session, found, None) if found is not None else None
         if found is None or target is None:
             return [self._queue(source, device=device, reason=reason, candidates=candidates, keys=keys,
@@ -216,12 +217,12 @@ class Capture:
         return results
 
     def _find(self, session: Session, *, device: CaptureDevice, order: int | None, accession_number: str | None,
-              patient_id: str | None, file_name: str, now: datetime) -> tuple[
+              patient_id: str | None, source: Source, now: datetime) -> tuple[
                   ImagingOrder | None, tuple[str, str], list[int], ImageKeys, Patient | None]:
         """The order, or (why there is none, the devices.yaml entry that said so), the
         candidates, the keys matched on, and the patient a queued file is filed under meanwhile."""
         patient = service.patient_by_id(session, patient_id) if patient_id else None
-        keys = ImageKeys(calling_ae=device.name, accession_number=accession_number or accession_in_name(file_name),
+        keys = ImageKeys(calling_ae=device.name, accession_number=accession_number or accession_in_name(source.file_name),
                          patient_id=patient_id or "", modality=device.equipment.image_modality, acquired_at=now)
         if order is not None:
             found = session.get(ImagingOrder, order)
@@ -246,8 +247,25 @@ class Capture:
             return None, ("no order was named and devices.yaml has no rules", ""), [], keys, patient
         match = match_order(session, rules, keys, now=now)
         if match.order_id is None:
-            return None, (match.reason, match.device), list(match.candidates), keys, patient
+            found, said = self._by_barcode(session, source)
+            if found is not None:
+                return found, ("", ""), [], keys, patient
+            return None, (f"{match.reason}; {said}", match.device), list(match.candidates), keys, patient
         return session.get_one(ImagingOrder, match.order_id), ("", ""), [], keys, patient
+
+    @staticmethod
+    def _by_barcode(session: Session, source: Source) -> tuple[ImagingOrder | None, str]:
+        """The one live order whose accession number a barcode on the file carries (a scanned
+        requisition, a photographed label), and what the barcodes said."""
+        values = read_barcodes(source.data, source.media_type) if source.video is None else []
+        if not values:
+            return None, "barcode: none found on the file"
+        for value in values:
+            orders = session.exec(select(ImagingOrder).where(ImagingOrder.accession_number == value[:16])
+                                  .where(col(ImagingOrder.status).not_in(ENDED_ORDERS))).all()
+            if len(orders) == 1:
+                return orders[0], f"barcode {value}"
+        return None, f"barcode: {', '.join(values)} names no single order"
 
     @staticmethod
     def _check_open(order: ImagingOrder) -> None:
