@@ -77,6 +77,11 @@ def _attach(session: Any, args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         item = reconciliation.find_item(session, args.item)
+        if item.kind == reconciliation.Kind.FILE:
+            # Made DICOM and stored by the running server's capture service, through store().
+            raise reconciliation.ReconcileError(
+                f"item {item.id} is a file ({item.file_name}) that becomes DICOM when attached, which the "
+                f"running server does: POST /api/reconciliation/{item.id}/attach, or the /technologist page")
         order, patient = reconciliation.find_target(session, order=args.order, accession_number=args.accession,
                                                     patient_id=args.patient_id, issuer=args.issuer)
         # The HIS hears of the order's move as it does from the server (the outbox, which the

@@ -140,7 +140,8 @@ def test_bad_input_is_4xx_with_its_reason_and_nothing_kept(server, tmp_path):
         assert session.exec(select(ReconciliationItem)).all() == []
 
 
-def test_a_file_that_names_no_order_waits_and_is_stored_once_attached(server, tmp_path):
+def test_a_file_that_names_no_order_waits_and_is_stored_once_attached(server, tmp_path, settings, monkeypatch,
+                                                                     capsys):
     hl7(server, us_order("P103", "赵", "丽", "ZHAO LI", 4, 13))
     order = order_of(server, "ACC4")
     photo = jpeg(7)
@@ -157,6 +158,13 @@ def test_a_file_that_names_no_order_waits_and_is_stored_once_attached(server, tm
         key = session.get_one(ReconciliationItem, queued["item"]).key
     raw = server.settings.storage_dir / key[:2] / key[2:4] / key
     assert raw.read_bytes() == photo  # kept as received until attached
+
+    from pacs.cli import main
+
+    monkeypatch.setenv("PACS_DATABASE_URL", settings.database_url)
+    assert main(["reconcile", "attach", str(queued["item"]), "--accession", "ACC4",
+                 "--data-dir", str(settings.data_dir)]) == 1
+    assert "POST /api/reconciliation" in capsys.readouterr().err  # the server makes it DICOM, not the command
 
     response = httpx.post(f"{server.http_url}/api/reconciliation/{queued['item']}/attach",
                           json={"accession_number": "ACC4"})
