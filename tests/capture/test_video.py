@@ -128,3 +128,16 @@ def test_inspect_refuses_a_video_without_a_stream(tmp_path):
                     str(audio)], check=True, timeout=60)
     with pytest.raises(Unconvertible, match="no video stream"):
         inspect(audio.read_bytes(), "a.mp4")
+
+
+def test_hevc_is_kept_under_its_own_transfer_syntax(tmp_path):
+    from pydicom.uid import HEVCMP51
+
+    hevc = make(tmp_path / "h.mp4", "-c:v", "libx265", "-pix_fmt", "yuv420p", "-tag:v", "hvc1", "-x265-params",
+                "log-level=error")
+    ds = written(to_dataset(inspect(hevc, "h.mp4"), target=TARGET, device=Equipment("ENDO2", Kind.ENDOSCOPE),
+                            now=datetime.now()), tmp_path / "h.dcm")
+    assert ds.file_meta.TransferSyntaxUID == HEVCMP51 and ds.LossyImageCompressionMethod == "ISO_23008_2"
+    assert stream_of(ds)[:len(hevc)] == hevc and ds.NumberOfFrames == SECONDS * RATE
+    # (Debian 12's dicom3tools, 2022, does not know the HEVC transfer syntaxes: it reads the
+    # encapsulated pixel data as native and stops, so dciodvfy cannot judge this object.)
