@@ -47,7 +47,7 @@ def readable(identifier: Any, depth: int = 0) -> None:
         except Exception as exc:  # pydicom's converters raise many kinds of errors
             raise QueryError(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
                              f"{tag} cannot be read: {type(exc).__name__}: {exc}", int(tag)) from None
-        if element.VR == "SQ" and isinstance(element.value, list) and depth < MAX_ITEM_DEPTH:
+        if element.VR == "SQ" and element.value and depth < MAX_ITEM_DEPTH:
             for item in element.value:
                 readable(item, depth + 1)
 

@@ -170,21 +170,23 @@ def query(port: int, model: str, identifiers: list[tuple[str, Dataset]], send: s
     return answers
 
 
-# Patient's Name ``^ `` under ISO 2022 IR 87: pydicom re-encodes the empty ideographic component
+# A person's name ``^ `` under ISO 2022 IR 87: pydicom re-encodes the empty ideographic component
 # when it reads the value and its JIS encoder raises IndexError. DCMTK sends the bytes as given.
-UNDECODABLE_NAME = ["SpecificCharacterSet=ISO 2022 IR 87", "PatientName=^ "]
+JIS = "SpecificCharacterSet=ISO 2022 IR 87"
+UNDECODABLE = "^ "
 
 
 @needs_dcmtk
 @pytest.mark.parametrize(("command", "model", "keys"), [
-    ("findscu", "-S", ["QueryRetrieveLevel=STUDY", "StudyInstanceUID"]),
-    ("findscu", "-W", ["AccessionNumber"]),
-    ("getscu", "-S", ["QueryRetrieveLevel=STUDY", "StudyInstanceUID=1.2.3"]),
+    ("findscu", "-S", ["QueryRetrieveLevel=STUDY", "StudyInstanceUID", f"PatientName={UNDECODABLE}"]),
+    ("findscu", "-W", ["AccessionNumber", f"PatientName={UNDECODABLE}"]),
+    ("findscu", "-W", ["AccessionNumber", f"ScheduledProcedureStepSequence[0].ScheduledPerformingPhysicianName={UNDECODABLE}"]),
+    ("getscu", "-S", ["QueryRetrieveLevel=STUDY", "StudyInstanceUID=1.2.3", f"PatientName={UNDECODABLE}"]),
 ])
 def test_a_key_pydicom_cannot_read_is_refused_naming_it(server, caplog, command, model, keys):
     caplog.set_level(logging.INFO)
     args = [command, model, "-v", "-aec", "PACS", "-aet", "HOSTILE"]
-    for key in UNDECODABLE_NAME + keys:
+    for key in [JIS, *keys]:
         args += ["-k", key]
     result = subprocess.run(args + ["127.0.0.1", str(server.dicom_port)], check=False, capture_output=True,
                             text=True, timeout=60, env={**os.environ, "TCP_NODELAY": "1"})
