@@ -292,6 +292,12 @@ def test_an_analyst_fixes_a_refused_order_and_retries_the_his(start_server, his,
 
     his.answer = "AA"  # the HIS is back
     page.get_by_role("link", name=ZH["engine.tab.outbox"]).click()
+    dead = page.locator("table.outbox tr.status-dead")
+    assert dead.count() == 1
+    dead.locator("summary").click()  # what was sent, and the HIS's answer
+    assert dead.locator("pre").nth(0).inner_text().startswith("MSH|")
+    assert "MSA|AE" in dead.locator("pre").nth(1).inner_text()
+    steps.shot("outbox-dead")
     page.locator("button.retry-all").click()
     page.wait_for_url("**/engine/outbox?done=*")
     wait_for(lambda: len(his.received) >= 1)
