@@ -267,6 +267,11 @@ def reprocess(request: Request, principal: ReprocessForm, services: ServicesDep,
     return RedirectResponse(f"{PAGE}/messages?done={_q(done)}", status_code=HTTPStatus.SEE_OTHER)
 
 
+def _named_hl7(text: str) -> list[Any]:
+    """An HL7 v2 message's segments named, or [] for anything else (a FHIR resource)."""
+    return named_segments(text) if text.startswith("MSH") else []
+
+
 def _q(text: str) -> str:
     return quote(text, safe="")
 
@@ -283,7 +288,7 @@ def outbox_page(request: Request, principal: OutboxReader, session: SessionDep, 
                                 offset=offset)
     return _render(request, "engine_outbox.html", principal=principal, view="outbox", rows=rows, total=total,
                   statuses=[s.value for s in OutboxStatus], chosen_status=status, destination=destination,
-                  queues=outbox.queues(session), offset=offset, shown=SHOWN, done=done)
+                  queues=outbox.queues(session), offset=offset, shown=SHOWN, done=done, named=_named_hl7)
 
 
 @router.post(PAGE + "/outbox/retry")

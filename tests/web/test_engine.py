@@ -297,6 +297,7 @@ def test_an_analyst_fixes_a_refused_order_and_retries_the_his(start_server, his,
     dead.locator("summary").click()  # what was sent, and the HIS's answer
     assert dead.locator("pre").nth(0).inner_text().startswith("MSH|")
     assert "MSA|AE" in dead.locator("pre").nth(1).inner_text()
+    assert dead.locator("pre").nth(1).locator(".field[title^='MSA-1 ']").inner_text() == "AE"  # named
     steps.shot("outbox-dead")
     page.locator("button.retry-all").click()
     page.wait_for_url("**/engine/outbox?done=*")
