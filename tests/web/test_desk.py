@@ -8,6 +8,7 @@ import time
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from playwright.sync_api import Page
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
 from sqlmodel import Session, select
 
@@ -37,6 +38,18 @@ def log_in(page, server, username: str, target: str) -> None:  # type: ignore[no
     page.wait_for_url(re.compile(re.escape(server.http_url + target)))
 
 
+
+def choose_slot(page: Page, at: str) -> None:
+    """The slot list focused, ArrowDown to ``at``, Enter: as a clerk books without the mouse."""
+    page.locator("#slots").focus()
+    for _ in range(SLOTS_A_DAY):
+        if page.locator("#slots li[aria-selected='true']").inner_text().startswith(at):
+            break
+        page.keyboard.press("ArrowDown")
+    assert page.evaluate("document.getElementById('slots').contains(document.activeElement)"), \
+        "the slot list lost the focus while the clerk chose a time"
+    page.keyboard.press("Enter")
+
 def test_the_desk_opens_for_a_registrar_and_shows_its_keys(guarded_server, steps):
     add_user(guarded_server, "zhangsan", ["registrar"], "张三")
     page = steps.page
@@ -63,6 +76,7 @@ def test_a_role_without_the_desk_is_told_so(guarded_server, steps):
 # -- a day at the desk ---------------------------------------------------------------------------
 
 HOSPITAL = ZoneInfo("Asia/Shanghai")  # the settings fixture's time zone
+SLOTS_A_DAY = 96  # quarter hours: more ArrowDown presses than any room's day has slots
 CARD = "12345678"
 
 
@@ -186,10 +200,7 @@ def test_a_day_at_the_desk_from_the_keyboard(start_server, steps, installed_asse
         page.fill("#book-date", tomorrow.isoformat())
         page.dispatch_event("#book-date", "change")
         page.wait_for_selector("#slots li:has-text('09:00')")
-        page.locator("#slots").focus()
-        while not page.locator("#slots li[aria-selected='true']").inner_text().startswith("09:00"):
-            page.keyboard.press("ArrowDown")
-        page.keyboard.press("Enter")
+        choose_slot(page, "09:00")
         page.wait_for_selector("#message:has-text('已预约')")
         assert "CT2 " in page.locator("#message").inner_text()
         page.wait_for_selector("#exams li:has-text('09:00')")
@@ -208,10 +219,7 @@ def test_a_day_at_the_desk_from_the_keyboard(start_server, steps, installed_asse
         page.fill("#book-date", tomorrow.isoformat())
         page.dispatch_event("#book-date", "change")
         page.wait_for_selector("#slots li.full:has-text('09:00')")
-        page.locator("#slots").focus()
-        while not page.locator("#slots li[aria-selected='true']").inner_text().startswith("09:00"):
-            page.keyboard.press("ArrowDown")
-        page.keyboard.press("Enter")
+        choose_slot(page, "09:00")
         page.wait_for_selector("#message.error")
         assert ZH["desk.refused.full"] in page.locator("#message").inner_text()
         with Session(server.db.engine) as session:
@@ -263,7 +271,7 @@ def test_a_day_at_the_desk_from_the_keyboard(start_server, steps, installed_asse
                                   patient_id="P20001")
         assert assoc.send_n_create(started, ModalityPerformedProcedureStep, "1.2.826.0.1.3680043.8.498.9001")[0].Status == 0
         assoc.release()
-        page.wait_for_selector(f"#exams li:has-text('A9001') .badge[data-status='in_progress']", timeout=10_000)
+        page.wait_for_selector("#exams li:has-text('A9001') .badge[data-status='in_progress']", timeout=10_000)
         steps.shot("in-progress-live")
 
         # today's totals
@@ -318,8 +326,9 @@ def test_bad_input_at_the_desk_is_told_plainly_and_saves_nothing(start_server, s
     yesterday = (datetime.now(HOSPITAL) - timedelta(days=1)).date()
     page.fill("#book-date", yesterday.isoformat())
     page.dispatch_event("#book-date", "change")
-    page.wait_for_selector("#slots li")
-    assert page.locator("#slots li.full").count() == page.locator("#slots li").count()  # every time has passed
+    # the list of that day (not today's, shown before it): every time has passed
+    page.wait_for_function("(() => { const all = document.querySelectorAll('#slots li');"
+                           " return all.length > 0 && [...all].every(li => li.classList.contains('full')); })()")
     page.locator("#slots").focus()
     page.keyboard.press("Enter")
     page.wait_for_selector(f"#message.error:has-text('{ZH['desk.refused.past']}')")

@@ -19,7 +19,7 @@ import httpx
 import pydicom
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, Playwright
 from pydicom.uid import generate_uid
 
 from pacs import assets
@@ -59,11 +59,10 @@ ADMIN = ("admin", ADMIN_PASSWORD)
 
 
 @pytest.fixture(scope="module")
-def gl_browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=GL_ARGS)
-        yield launched
-        launched.close()
+def gl_browser(playwright: Playwright) -> Iterator[Browser]:
+    launched = playwright.chromium.launch(executable_path=CHROMIUM, args=GL_ARGS)
+    yield launched
+    launched.close()
 
 
 @pytest.fixture

@@ -174,8 +174,10 @@ async function choosePatient(patient) {
     const dd = document.createElement("dd"); dd.textContent = v;
     return [dt, dd];
   }));
+  const focused = document.activeElement;
   await loadExams();
-  $("exams").focus();
+  // The exams take the focus unless the clerk has moved on (F4, F3…) while they loaded.
+  if (document.activeElement === focused || document.activeElement === document.body) $("exams").focus();
 }
 
 const examsLoad = latest();
