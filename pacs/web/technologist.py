@@ -22,6 +22,7 @@ from pacs.auth.access import Principal, _check_csrf
 from pacs.auth.pages import page_language, render, require_page
 from pacs.auth.roles import Permission
 from pacs.http import RowId, ServicesDep, SessionDep
+from pacs.registry.models import ImagingOrder
 from pacs.web.i18n import translator
 
 router = APIRouter(tags=["technologist"], include_in_schema=False)
@@ -61,7 +62,9 @@ def technologist(request: Request, principal: TechnologistPage, session: Session
         shown = reconciliation.describe(session, item)
         patient = shown["patient"] or {"shown_name": "", "patient_id": ""}
         if item.order is not None:
-            done = t("technologist.reconcile.attached_order", id=item.id, accession=shown["study"]["accession_number"],
+            # a file item has no study yet when the page comes back: the order names the accession
+            accession = (shown["study"] or {}).get("accession_number") or session.get(ImagingOrder, item.order).accession_number
+            done = t("technologist.reconcile.attached_order", id=item.id, accession=accession,
                      name=patient["shown_name"] or patient["patient_id"])
         else:
             done = t("technologist.reconcile.attached_patient", id=item.id, name=patient["shown_name"],

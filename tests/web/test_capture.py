@@ -127,6 +127,7 @@ def test_a_photo_that_found_no_exam_is_attached_from_the_technologists_page(guar
     page.keyboard.type("ACC4003")
     page.keyboard.press("Enter")
     page.wait_for_url("**/technologist?attached=*")
+    page.wait_for_selector("#done")  # the page again, saying what was attached
     assert page.locator("article.item").count() == 0
     steps.shot("file-attached")
     order = order_of(server, "ACC4003")
