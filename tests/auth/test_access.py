@@ -173,11 +173,12 @@ def test_a_browser_session_reads_changes_with_its_csrf_token_and_logs_out(guarde
 
 
 def test_a_session_ends_after_its_idle_time_and_when_the_user_is_disabled(start_server):
-    server = start_server(guarded=True, auth={"session_idle_minutes": 0.02})  # 1.2 s
+    # 4 s: long enough that a loaded machine answers the first request within it
+    server = start_server(guarded=True, auth={"session_idle_minutes": 4 / 60})
     add_user(server, "wang", ["clinician"])
     with log_in(server, "wang", "correct horse 1") as browser:
         assert browser.get("/dicomweb/studies").status_code == 200
-        time.sleep(1.5)
+        time.sleep(4.5)
         assert browser.get("/dicomweb/studies").status_code == 401
     with log_in(server, "wang", "correct horse 1") as browser:
         with Session(server.db.engine) as session:
