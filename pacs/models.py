@@ -4,6 +4,7 @@ from pacs.archive.index import Instance, InstanceFile, Series, Study
 from pacs.archive.reconciliation import ReconciliationItem
 from pacs.archive.storage.tables import PendingReplica, ScrubRun
 from pacs.audit.tables import AuditCursor, AuditEvent, AuditObject
+from pacs.auth.links import SharedLink
 from pacs.auth.models import ApiToken, User
 from pacs.integration.message_store import StoredMessage
 from pacs.integration.outbox import OutboxItem
@@ -38,6 +39,7 @@ __all__ = [
     "ReportVersion",
     "ScrubRun",
     "Series",
+    "SharedLink",
     "StoredMessage",
     "Study",
     "User",

@@ -5,7 +5,9 @@ A request is authenticated by the first of (RFC 9110 11.6.2, RFC 6750, RFC 7617)
 1. ``Authorization: Bearer`` — an API token of this server (``pacs tokens create``), or a JWT
    of the hospital's identity provider where ``[auth.oidc]`` names one;
 2. ``Authorization: Basic`` — a user's name and password, for scripts;
-3. the session cookie of a browser that logged in at ``/login``.
+3. the session cookie of a browser that logged in at ``/login``;
+4. the cookie of a shared link opened in the browser (:mod:`pacs.auth.links`): reads of that
+   link's one study and nothing else (403 for anything else).
 
 A route declares what it needs with ``dependencies=[Depends(require(Permission.X))]`` (or
 :data:`PUBLIC`); a request without credentials gets 401 with a ``WWW-Authenticate`` challenge,
@@ -40,7 +42,7 @@ from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from pacs.auth import accounts
+from pacs.auth import accounts, links
 from pacs.auth.models import User
 from pacs.auth.roles import Permission, fhir_permission, role_table, scope_permissions
 from pacs.auth.sessions import COOKIE, CSRF_FIELD, CSRF_HEADER, SessionData, Sessions, cookie_header
@@ -70,6 +72,7 @@ class Principal:
     via: str = ""  # "session", "basic", "token", "oidc"
     csrf: str = ""  # the session's CSRF token (via session only)
     display_name: str = ""  # what pages call the user (张三); the name when none is set
+    link: links.Grant | None = None  # via "link": the shared link's study and purpose
 
     @property
     def shown(self) -> str:
@@ -164,6 +167,7 @@ class Gate:
         self._basic = _Cache()
         self._users = _Cache()
         self._touched: dict[int, float] = {}
+        self.links = links.Checker(links.secret_key(settings), db)
 
     # -- who is asking ----------------------------------------------------------------------
     def principal(self, request: Request, *, memory_only: bool = False) -> Principal:
@@ -201,8 +205,26 @@ class Gate:
             raise unauthorized(f"the {scheme or 'empty'} authorization scheme is not accepted here; use Bearer or Basic")
         cookie = request.cookies.get(COOKIE)
         if cookie:
-            return self._session(request, cookie, memory_only)
+            principal = self._session(request, cookie, memory_only)
+            if principal is not None:
+                return principal
+        shared = request.cookies.get(links.COOKIE)
+        if shared:
+            return self._link(request, shared, memory_only)
         return None
+
+    def _link(self, request: Request, token: str, memory_only: bool = False) -> Principal | None:
+        """A shared link's principal: it reads its one study (:func:`pacs.auth.links.allows`)."""
+        try:
+            grant = self.links.grant(token, memory_only=memory_only)
+        except LookupError:
+            raise _NotKept from None
+        if grant is None:
+            return None
+        if not links.allows(grant, request.method, request.url.path, request.query_params):
+            raise forbidden("a shared link reads its own study and nothing else")
+        return Principal(name=grant.user, kind="link", permissions=frozenset({Permission.STUDIES_READ}),
+                         via="link", link=grant)
 
     def _bearer(self, token: str, memory_only: bool = False) -> Principal:
         if not token:
