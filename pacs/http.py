@@ -224,6 +224,8 @@ def create_app(services: Services) -> FastAPI:
     from pacs.registry.desk_api import desk as desk_api_router
     from pacs.registry.desk_api import orders as desk_orders_router
     from pacs.registry.patient_api import router as patients_router
+    from pacs.reporting.api import reading as reading_api_router
+    from pacs.reporting.api import reports as reports_router
     from pacs.web.capture import router as capture_page_router
     from pacs.web.desk import router as desk_router
     from pacs.web.engine import router as engine_router
@@ -295,6 +297,8 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(capture_router)  # photos, scans and PDFs from non-DICOM devices
     app.include_router(desk_api_router)  # the registration desk: rooms, slots, bookings, lists, labels
     app.include_router(desk_orders_router)
+    app.include_router(reading_api_router)  # the reading worklist
+    app.include_router(reports_router)  # a report's claim, draft, signature and versions
     app.include_router(outbox_router)
     app.include_router(fhir_router)
     app.include_router(dicomweb_router)

@@ -17,7 +17,7 @@ from pacs.registry.models import (
     ProcedureStep,
     Visit,
 )
-from pacs.reporting.models import Report, ReportVersion
+from pacs.reporting.models import Report, ReportPhrase, ReportVersion
 
 __all__ = [
     "ApiToken",
@@ -36,6 +36,7 @@ __all__ = [
     "ProcedureStep",
     "ReconciliationItem",
     "Report",
+    "ReportPhrase",
     "ReportVersion",
     "ScrubRun",
     "Series",

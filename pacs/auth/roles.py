@@ -36,7 +36,8 @@ class Permission(StrEnum):
     REPORTS_READ = "reports.read"  # every report, drafts included
     REPORTS_READ_FINAL = "reports.read.final"  # final and corrected reports only
     REPORTS_WRITE = "reports.write"
-    REPORTS_SIGN = "reports.sign"
+    REPORTS_SIGN = "reports.sign"  # a resident's signature makes a preliminary report
+    REPORTS_VERIFY = "reports.verify"  # an attending's: signs final, verifies a preliminary
     MESSAGES_READ = "messages.read"
     MESSAGES_REPROCESS = "messages.reprocess"
     MAPPINGS_READ = "mappings.read"
@@ -53,7 +54,8 @@ class Permission(StrEnum):
 class Role(StrEnum):
     REGISTRAR = "registrar"  # 登记员
     TECHNOLOGIST = "technologist"  # 技师
-    RADIOLOGIST = "radiologist"  # 诊断医生
+    RADIOLOGIST = "radiologist"  # 诊断医生 (a resident: reports are preliminary until verified)
+    ATTENDING = "attending"  # 主治医师/上级医师: a radiologist whose signature is final
     CLINICIAN = "clinician"  # 临床医生
     ANALYST = "analyst"  # interface analyst
     ADMIN = "admin"
@@ -68,6 +70,9 @@ ROLE_PERMISSIONS: Mapping[str, frozenset[Permission]] = {
     # images.write: the viewer keeps a radiologist's measurements in the archive as DICOM SR (STOW-RS)
     Role.RADIOLOGIST: frozenset({P.PATIENTS_READ, P.ORDERS_READ, P.WORKLIST_READ, P.STUDIES_READ, P.IMAGES_WRITE,
                                  P.REPORTS_READ, P.REPORTS_READ_FINAL, P.REPORTS_WRITE, P.REPORTS_SIGN}),
+    Role.ATTENDING: frozenset({P.PATIENTS_READ, P.ORDERS_READ, P.WORKLIST_READ, P.STUDIES_READ, P.IMAGES_WRITE,
+                               P.REPORTS_READ, P.REPORTS_READ_FINAL, P.REPORTS_WRITE, P.REPORTS_SIGN,
+                               P.REPORTS_VERIFY}),
     Role.CLINICIAN: frozenset({P.PATIENTS_READ, P.ORDERS_READ, P.STUDIES_READ, P.REPORTS_READ_FINAL}),
     Role.ANALYST: frozenset({P.MESSAGES_READ, P.MESSAGES_REPROCESS, P.MAPPINGS_READ, P.MAPPINGS_WRITE,
                              P.OUTBOX_READ, P.OUTBOX_RETRY, P.ORDERS_READ}),

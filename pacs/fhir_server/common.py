@@ -17,6 +17,7 @@ REQUEST_STATUS = {
     OrderStatus.COMPLETED: "completed",
     OrderStatus.IMAGES_RECEIVED: "completed",
     OrderStatus.REPORTED: "completed",
+    OrderStatus.VERIFIED: "completed",
     OrderStatus.CANCELLED: "revoked",
     OrderStatus.DISCONTINUED: "revoked",
 }

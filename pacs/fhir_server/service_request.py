@@ -72,7 +72,8 @@ def service_request_resource(session: Session, order: ImagingOrder, zone: tzinfo
 
 
 STATUS_IN = {"active": [OrderStatus.SCHEDULED, OrderStatus.ARRIVED, OrderStatus.IN_PROGRESS],
-             "completed": [OrderStatus.COMPLETED, OrderStatus.IMAGES_RECEIVED, OrderStatus.REPORTED],
+             "completed": [OrderStatus.COMPLETED, OrderStatus.IMAGES_RECEIVED, OrderStatus.REPORTED,
+                           OrderStatus.VERIFIED],
              "revoked": [OrderStatus.CANCELLED, OrderStatus.DISCONTINUED]}
 
 

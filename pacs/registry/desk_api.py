@@ -90,7 +90,7 @@ SOURCES = (Source.OUTPATIENT, Source.EMERGENCY, Source.WARD, Source.OTHER)
 STAGES: dict[str, tuple[OrderStatus, ...]] = {
     "registered": (OrderStatus.SCHEDULED, OrderStatus.ARRIVED),
     "examined": (OrderStatus.IN_PROGRESS, OrderStatus.COMPLETED, OrderStatus.IMAGES_RECEIVED),
-    "completed": (OrderStatus.REPORTED,),
+    "completed": (OrderStatus.REPORTED, OrderStatus.VERIFIED),
 }
 
 

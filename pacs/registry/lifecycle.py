@@ -1,7 +1,7 @@
 """The procedure status lifecycle: which transitions are allowed, and the record of each.
 
-scheduled → arrived (checked in) → in progress → completed → images received → reported, or
-cancelled / discontinued on the way (IHE RAD TF-1 §3, scheduled workflow; HL7 table 0038).
+scheduled → arrived (checked in) → in progress → completed → images received → reported (a report
+signed, preliminary or final) → verified (the report final, HL7 OBR-25 F), or cancelled / discontinued on the way (IHE RAD TF-1 §3, scheduled workflow; HL7 table 0038).
 Every transition is written as an :class:`~pacs.registry.models.OrderEvent`, timestamped and
 attributed.
 
@@ -35,6 +35,7 @@ RANK: dict[OrderStatus, int] = {
     S.COMPLETED: 3,
     S.IMAGES_RECEIVED: 4,
     S.REPORTED: 5,
+    S.VERIFIED: 6,
 }
 # The ends: an order is cancelled before it starts, discontinued before it is complete, and
 # neither leaves its end.
@@ -44,9 +45,10 @@ ALLOWED: dict[OrderStatus, set[OrderStatus]] = {
     S.SCHEDULED: {S.ARRIVED, S.IN_PROGRESS, S.COMPLETED, S.IMAGES_RECEIVED, S.CANCELLED, S.DISCONTINUED},
     S.ARRIVED: {S.IN_PROGRESS, S.COMPLETED, S.IMAGES_RECEIVED, S.CANCELLED, S.DISCONTINUED},
     S.IN_PROGRESS: {S.COMPLETED, S.IMAGES_RECEIVED, S.DISCONTINUED},
-    S.COMPLETED: {S.IMAGES_RECEIVED, S.REPORTED},
-    S.IMAGES_RECEIVED: {S.REPORTED},
-    S.REPORTED: set(),
+    S.COMPLETED: {S.IMAGES_RECEIVED, S.REPORTED, S.VERIFIED},
+    S.IMAGES_RECEIVED: {S.REPORTED, S.VERIFIED},
+    S.REPORTED: {S.VERIFIED},
+    S.VERIFIED: set(),
     S.CANCELLED: set(),
     S.DISCONTINUED: set(),
 }

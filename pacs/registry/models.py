@@ -49,7 +49,8 @@ class OrderStatus(StrEnum):
     IN_PROGRESS = "in_progress"
     COMPLETED = "completed"
     IMAGES_RECEIVED = "images_received"
-    REPORTED = "reported"
+    REPORTED = "reported"  # a report signed (preliminary or final)
+    VERIFIED = "verified"  # the report final: signed or verified by an attending
     CANCELLED = "cancelled"
     DISCONTINUED = "discontinued"
 

@@ -90,3 +90,19 @@ class ReportVersion(SQLModel, table=True):
     reason: str = ""  # why an amendment was made (required for C)
     sr_sop_instance_uid: str = ""  # the Basic Text SR stored in the archive for this version
     pdf_sop_instance_uid: str = ""  # the Encapsulated PDF stored for this version
+
+
+class ReportPhrase(SQLModel, table=True):
+    """A radiologist's own phrase (常用语), inserted into the findings or impression by its
+    abbreviation. The department's shared phrases are in the mappings (``report_phrases.yaml``)."""
+
+    __tablename__ = "report_phrase"
+    __table_args__ = (UniqueConstraint("owner", "abbreviation"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    owner: str = Field(index=True)  # user name
+    abbreviation: str  # what is typed to find it, e.g. "fjzc"
+    title: str = ""  # as listed
+    text: str  # what is inserted
+    modality: str = ""  # offered for this modality only; "" for every one
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
