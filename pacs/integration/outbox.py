@@ -9,14 +9,17 @@ on stays visible and can be sent again (``pacs outbox retry``, ``POST /api/outbo
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from sqlalchemy import text
 from sqlmodel import Field, Session, SQLModel, col, func, select
 
 from pacs.db import Database, UTCDateTime, utcnow
@@ -73,8 +76,27 @@ class Delivered:
 Deliver = Callable[[OutboxItem], Delivered]
 
 
+WAITING = (OutboxStatus.PENDING, OutboxStatus.RETRYING)
+
+
+def destination_lock_key(destination: str) -> int:
+    """The PostgreSQL advisory lock key (a signed 64-bit integer) of one destination's queue."""
+    digest = hashlib.blake2b(f"outbox:{destination}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 class OutboxWorker:
-    """Delivers due items, oldest first, one destination's queue at a time in order."""
+    """Delivers due items, oldest first, one destination's queue at a time in order.
+
+    Several processes may run a worker on one PostgreSQL database (nodes behind a load
+    balancer): a worker delivers a destination's head only while it holds that destination's
+    session-level advisory lock (PostgreSQL 15 §9.27.10), taken with ``pg_try_advisory_lock`` on
+    a connection of its own, so one destination is served by one worker at a time, in order. The
+    lock dies with the connection: a node that stops mid-delivery frees the queue for the
+    others, which deliver the item again (at least once; a receiver that keeps MSH-10 or the
+    resource's conditional key sees one). On SQLite, one process owns the database and needs no
+    lock.
+    """
 
     def __init__(self, db: Database, deliverers: dict[str, Deliver], *, poll_seconds: float = 1.0,
                  base_delay: float = 2.0, max_delay: float = 300.0, max_attempts: int = 1000) -> None:
@@ -116,22 +138,48 @@ class OutboxWorker:
         """Try the first due item of each destination; True if anything was attempted."""
         now = now or utcnow()
         attempted = False
-        with Session(self.db.engine) as session:
+        with Session(self.db.reader) as session:
             heads = session.exec(
-                select(OutboxItem).where(col(OutboxItem.status).in_([OutboxStatus.PENDING, OutboxStatus.RETRYING]))
-                .order_by(col(OutboxItem.id))
+                select(func.min(OutboxItem.id)).where(col(OutboxItem.status).in_(WAITING))
+                .group_by(OutboxItem.destination)
             ).all()
-        seen: set[str] = set()
-        for item in heads:
-            if item.destination in seen:
-                continue  # strictly in order per destination
-            seen.add(item.destination)
+            items = session.exec(select(OutboxItem).where(col(OutboxItem.id).in_(heads))
+                                 .order_by(col(OutboxItem.id))).all() if heads else []
+        for item in items:
             deliver = self.deliverer(item.destination)
             if item.next_attempt_at > now or deliver is None:
                 continue
-            attempted = True
-            self._attempt(item, deliver)
+            with self._claim(item.destination) as claimed:
+                if not claimed:
+                    continue  # another node is delivering this destination's queue
+                head = self._head(item.destination)
+                if head is None or head.next_attempt_at > now:
+                    continue  # delivered, or put back, while this worker waited for the lock
+                attempted = True
+                self._attempt(head, deliver)
         return attempted
+
+    @contextmanager
+    def _claim(self, destination: str) -> Iterator[bool]:
+        """Hold ``destination``'s queue for the block (on PostgreSQL; SQLite has one process)."""
+        if self.db.is_sqlite:
+            yield True
+            return
+        key = destination_lock_key(destination)
+        with self.db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            got = bool(connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar())
+            try:
+                yield got
+            finally:
+                if got:
+                    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+
+    def _head(self, destination: str) -> OutboxItem | None:
+        """The destination's first waiting item, read again under the claim."""
+        with Session(self.db.reader) as session:
+            return session.exec(select(OutboxItem).where(OutboxItem.destination == destination)
+                                .where(col(OutboxItem.status).in_(WAITING))
+                                .order_by(col(OutboxItem.id)).limit(1)).first()
 
     def deliverer(self, destination: str) -> Deliver | None:
         """The deliverer for a destination, by its full name or its kind ("dicom:CT1" → "dicom:")."""
@@ -164,6 +212,11 @@ class OutboxWorker:
                 delay: float = 0.0) -> None:
         with self.db.session() as session:
             row = session.get_one(OutboxItem, item.id)
+            if row.status == OutboxStatus.SENT and status != OutboxStatus.SENT:
+                # Another node delivered it after this one lost its claim (its connection went).
+                log.warning("outbox %s: delivered by another node meanwhile; this attempt's %s not kept",
+                            item.id, status)
+                return
             row.status = status
             row.attempts += 1
             row.last_error = error
