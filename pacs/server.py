@@ -46,6 +46,7 @@ from pacs.integration.mapping import MappingHolder
 from pacs.integration.outbox import OutboxWorker
 from pacs.metrics import Metrics
 from pacs.registry import lifecycle
+from pacs.reporting.sending import ReportSender
 from pacs.settings import Settings, service_manager
 from pacs.tls import client_context, server_context
 
@@ -109,6 +110,7 @@ class Services:
                           min_free_bytes=settings.archive.min_free_bytes,
                           acknowledge=Acknowledge(settings.archive.acknowledge))
         storage.attach(archive)
+        deliverers.update(ReportSender(settings, db, archive).deliverers())  # signed reports' outputs
         services = cls(settings=settings, db=db, mappings=mappings, channel=channel, intake=intake,
                        queries=QueryService(db, mappings, settings), mpps=MPPSService(db, notify),
                        notify=notify, outbox=outbox, archive=archive, publisher=publishing, storage=storage)

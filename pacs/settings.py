@@ -358,6 +358,8 @@ class HISDestination(TLSClient):
     facility: str = "HOSPITAL"
     notify_images_available: bool = False
     """Also tell the HIS when an order's first images arrive (ORC-5 = A, some results available)."""
+    charset: Literal["UNICODE UTF-8", "GB 18030-2000"] = "UNICODE UTF-8"
+    """The character set of what is sent to the HIS (MSH-18, HL7 table 0211): UTF-8 or GB 18030."""
     pdq: str | None = None
     """The HIS's Patient Demographics Supplier, ``"mllp://host:port"``: the desk's patient search
     asks it when the registry finds no one (IHE PDQ, ITI-21: QBP^Q22 → RSP^K22, HL7 v2.5)."""
@@ -515,6 +517,19 @@ class AuthSettings(BaseModel):
     """Single sign-on (``[auth.oidc]``): off unless its issuer is set."""
 
 
+class ReportSettings(BaseModel):
+    """What a signed report's PDF carries (``[report]``, :mod:`pacs.reporting.pdf`)."""
+
+    hospital: str = ""
+    """The hospital's name, at the head of every report (e.g. 市第一人民医院)."""
+    department: str = "放射科"
+    """The department under it."""
+    logo: Path | None = None
+    """A PNG or JPEG printed left of the name."""
+    film_link_days: int = Field(default=30, ge=1, le=366)
+    """How long the cloud-film link printed as a QR code on a final report stays valid."""
+
+
 class DeskSettings(BaseModel):
     """The registration desk's printouts (``[desk]``, :mod:`pacs.registry.labels`): the page
     sizes of the label printer's labels and of the patient's slip, in millimetres."""
@@ -593,6 +608,7 @@ class Settings(BaseSettings):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     desk: DeskSettings = Field(default_factory=DeskSettings)
+    report: ReportSettings = Field(default_factory=ReportSettings)
     assets: AssetSettings = Field(default_factory=AssetSettings)
     admin_password: SecretStr | None = None
     """PACS_ADMIN_PASSWORD: the password of the first administrator ("admin"), made at a start

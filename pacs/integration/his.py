@@ -109,7 +109,7 @@ def order_message(session: Session, order: ImagingOrder, *, control: str, status
     msh.msh_9 = "OMI^O23^OMI_O23" if modern else "ORM^O01^ORM_O01"
     msh.msh_10 = next_control_id()
     msh.msh_11 = "P"
-    msh.msh_18 = "UNICODE UTF-8"
+    msh.msh_18 = his.charset
     patient_group = message.add_group(f"{structure}_PATIENT")
     patient_group.pid.pid_3 = f"{escape(patient.patient_id)}^^^{escape(patient.issuer)}"
     name = patient.name_ideographic or patient.name_alphabetic
@@ -234,13 +234,15 @@ class HISNotifier:
 
 def mllp_deliverer(host: str, port: int, timeout: float = 30.0,  # type: ignore[no-untyped-def]
                    tls: Callable[[], ssl.SSLContext] | None = None):
-    """Send an HL7 v2 item over MLLP and read its ACK: AA/CA delivered, AE/AR/CE/CR refused.
+    """Send an HL7 v2 item over MLLP, encoded as its MSH-18 says (``[his] charset``), and read
+    its ACK: AA/CA delivered, AE/AR/CE/CR refused.
     Over TLS with ``tls``, which gives the client context for each connection
     (``[his] tls = true``: :func:`pacs.tls.client_context`)."""
 
     def deliver(item: OutboxItem) -> Delivered:
         with mllp.connect(host, port, timeout, tls() if tls is not None else None) as sock:
-            sock.sendall(mllp.frame(item.payload.encode("utf-8")))
+            raw = item.payload.encode("ascii", "replace")  # MSH is ASCII whatever MSH-18 says
+            sock.sendall(mllp.frame(mllp.encode(item.payload, mllp.declared_charset(raw) or "UNICODE UTF-8")))
             buffer = b""
             while mllp.TRAILER not in buffer:
                 chunk = sock.recv(65536)
