@@ -284,12 +284,15 @@ def _mappings(args: argparse.Namespace) -> int:
     loaded, problems = mapping.load(root)
     if args.action == "check":
         from pacs.capture.devices import load_capture_devices
+        from pacs.reporting.phrases import load_report_phrases
+        from pacs.reporting.templates import load_report_templates
         from pacs.web.scanners import load_scanners
         from pacs.web.window_presets import load_window_presets
 
         problems = [*problems, *load_scanners(root)[1]]  # the desk's card readers and scanners
         problems = [*problems, *load_window_presets(root)[1]]  # the viewer's window presets
         problems = [*problems, *load_capture_devices(root)[1]]  # devices without DICOM, hot folders
+        problems = [*problems, *load_report_templates(root)[1], *load_report_phrases(root)[1]]  # reports
         for problem in problems:
             print(problem)
         if problems:

@@ -61,11 +61,14 @@ def read(root: Path, name: str) -> str:
 
 def check_folder(root: Path) -> tuple[mapping.Mappings | None, list[str]]:
     """What ``pacs mappings check`` says of ``root``: the mappings and every problem."""
+    from pacs.reporting.phrases import load_report_phrases
+    from pacs.reporting.templates import load_report_templates
     from pacs.web.scanners import load_scanners
     from pacs.web.window_presets import load_window_presets
 
     loaded, problems = mapping.load(root)
-    problems = [*problems, *load_scanners(root)[1], *load_window_presets(root)[1]]
+    problems = [*problems, *load_scanners(root)[1], *load_window_presets(root)[1],
+                *load_report_templates(root)[1], *load_report_phrases(root)[1]]
     return (loaded if not problems else None), problems
 
 

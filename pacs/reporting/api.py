@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Query, Request, Response
 from pydantic import AfterValidator, BaseModel, Field
 from sqlmodel import Session, col, select
 
@@ -24,7 +24,7 @@ from pacs.auth.roles import Permission
 from pacs.db import utcnow
 from pacs.http import RowId, ServicesDep, SessionDep
 from pacs.registry.models import ImagingOrder, Patient
-from pacs.reporting import service, worklist
+from pacs.reporting import phrases, service, templates, worklist
 from pacs.reporting.models import Report, ReportVersion
 from pacs.reporting.service import Reader, ReportError
 
@@ -254,6 +254,56 @@ def reading_priors(order_id: RowId, session: SessionDep) -> list[dict[str, Any]]
     return worklist.priors(session, _order(session, order_id))
 
 
+# -- phrases (before /{order_id}, which would take their path) --------------------------------
+
+class PhraseIn(BaseModel):
+    abbreviation: ShortText
+    title: ShortText = ""
+    text: Text
+    modality: ShortText = ""
+
+
+class PhrasesPublic(BaseModel):
+    department: list[dict[str, Any]]
+    mine: list[dict[str, Any]]
+    problems: list[str]  # what is wrong with report_phrases.yaml, when it offers none
+
+
+@reports.get("/phrases", response_model=PhrasesPublic)
+def list_phrases(session: SessionDep, services: ServicesDep,
+                 principal: Annotated[Principal, Depends(require(Permission.REPORTS_WRITE))],
+                 modality: Annotated[str, Query(max_length=16)] = "") -> PhrasesPublic:
+    """The department's phrases for ``modality`` and the user's own."""
+    shared, problems = phrases.load_report_phrases(services.settings.mappings_dir)
+    return PhrasesPublic(department=[p.public() for p in phrases.department(shared, modality)],
+                         mine=[p.public() for p in phrases.own(session, principal.name, modality)],
+                         problems=[_relative(p, services) for p in problems])
+
+
+@reports.post("/phrases", status_code=201)
+def add_phrase(body: PhraseIn, session: SessionDep, principal: WriteReports) -> dict[str, Any]:
+    """Keep a phrase of one's own; 409 when the abbreviation is taken, 422 when it is malformed."""
+    try:
+        made = phrases.add(session, principal.name, abbreviation=body.abbreviation, title=body.title,
+                           text=body.text, modality=body.modality)
+    except phrases.PhraseRefused as exc:
+        raise HTTPException(409 if "already" in str(exc) else 422, str(exc)) from None
+    return phrases.Phrase(abbreviation=made.abbreviation, title=made.title, text=made.text,
+                          modality=made.modality, id=made.id).public()
+
+
+@reports.delete("/phrases/{phrase_id}", status_code=204)
+def delete_phrase(phrase_id: RowId, session: SessionDep, principal: WriteReports) -> Response:
+    """Delete one of one's own phrases."""
+    if not phrases.remove(session, principal.name, phrase_id):
+        raise HTTPException(404, f"you have no phrase {phrase_id}")
+    return Response(status_code=204)
+
+
+def _relative(problem: str, services: Any) -> str:
+    return problem.replace(str(services.settings.mappings_dir).rstrip("/") + "/", "")
+
+
 # -- one report -------------------------------------------------------------------------------
 
 @reports.get("/{order_id}", response_model=ReportPublic, dependencies=[ReadReports])
@@ -381,3 +431,33 @@ def study_images(order_id: RowId, session: SessionDep) -> list[SeriesImages]:
                                               "number": i.instance_number, "frames": i.number_of_frames or 1}
                                              for i in instances]))
     return shown
+
+
+class TemplatePublic(BaseModel):
+    id: str
+    key: str
+    name: str
+    findings: str
+    impression: str
+
+
+class TemplatesPublic(BaseModel):
+    templates: list[TemplatePublic]
+    problems: list[str]  # what is wrong with report_templates.yaml, when it offers none
+
+
+@reports.get("/{order_id}/templates", response_model=TemplatesPublic, dependencies=[ReadReports])
+def order_templates(order_id: RowId, session: SessionDep, services: ServicesDep) -> TemplatesPublic:
+    """The templates the order is offered (its procedure code's first), with the order's facts
+    filled in; where ``report_templates.yaml`` has problems, none, and the problems."""
+    order = _order(session, order_id)
+    found, problems = templates.load_report_templates(services.settings.mappings_dir)
+    shown = header(session, order, services)
+    values = templates.facts(shown)
+    offered = templates.for_order(found, procedure_code=order.procedure_code, modality=shown.modality,
+                                  body_part=shown.body_part)
+    return TemplatesPublic(templates=[TemplatePublic(id=t.id, key=t.key, name=t.name,
+                                                     findings=templates.fill(t.findings, values),
+                                                     impression=templates.fill(t.impression, values))
+                                      for t in offered],
+                           problems=[_relative(p, services) for p in problems])

@@ -32,6 +32,9 @@ class As:
     def put(self, path: str, body: Any) -> requests.Response:
         return requests.put(self.base + path, json=body, auth=self.auth, timeout=30)
 
+    def delete(self, path: str) -> requests.Response:
+        return requests.delete(self.base + path, auth=self.auth, timeout=30)
+
 
 def people(server: Any) -> tuple[As, As, As]:
     add_user(server, "liyi", ["radiologist"], "李医生")
