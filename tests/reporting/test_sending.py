@@ -4,7 +4,6 @@ platform, SR, KOS and Encapsulated PDF into the archive; each version P, F, C in
 from __future__ import annotations
 
 import base64
-import io
 import json
 import socket
 import subprocess
@@ -363,4 +362,63 @@ def test_the_pdf_renders_with_its_hanzi(start_server, his, platform, tmp_path, i
     page = Image.open(tmp_path / "report.png")
     assert page.size == (827, 1170)  # A4 at 100 dpi
     assert page.convert("L").getextrema()[0] < 64  # something is drawn
-    assert io.BytesIO(data).getvalue()[-6:].strip().endswith(b"%%EOF")
+    assert data.rstrip().endswith(b"%%EOF")
+    # the cloud-film link, as the patient's phone reads it from the printed QR code
+    read = subprocess.run(["zbarimg", "--raw", "-q", str(tmp_path / "report.png")], capture_output=True, text=True,
+                          timeout=60, check=True).stdout.strip()
+    from pacs.auth import links
+
+    token = read.rsplit("/s/", 1)[1]
+    key = links.secret_key(server.settings)
+    grant = links.read_token(key, token)
+    assert grant is not None and grant.purpose == links.FILM and grant.study_instance_uid == STUDY
+
+
+def test_sign_verify_amend_through_the_reading_service(start_server, his, platform, tmp_path, installed_assets):
+    """A resident signs (P), an attending verifies (F) and amends (C), each by the reading
+    service's own functions: the HIS, the platform and the archive get every version."""
+    from pacs.reporting import service
+    from pacs.reporting.service import Draft, Reader
+
+    server = reporting_server(start_server, his, platform)
+    order_id = imaged_order(server, tmp_path)
+    resident = Reader(name="li", display_name="李住院")
+    attending = Reader(name="wang", display_name="王主任", attending=True)
+    notify = server.server.services.notify
+    with server.db.session() as session:
+        report = service.claim(session, order_id, reader=resident)
+        service.save_draft(session, order_id, Draft(revision=report.draft_revision, findings=FINDINGS,
+                                                    impression=IMPRESSION, key_images=KEY_IMAGES), reader=resident)
+        assert service.sign(session, order_id, reader=resident, notify=notify).status == "P"
+    with server.db.session() as session:
+        assert service.verify(session, order_id, reader=attending, notify=notify).status == "F"
+    with server.db.session() as session:
+        report = service.claim(session, order_id, reader=attending)
+        service.save_draft(session, order_id, Draft(revision=report.draft_revision, findings=FINDINGS,
+                                                    impression="右肺上叶结节，建议6个月后复查。"), reader=attending)
+        assert service.amend(session, order_id, reason="复查间隔更正", reader=attending, notify=notify).status == "C"
+
+    wait_for(lambda: len(his.results()) == 3, describe=lambda: [i.last_error for i in outbox(server, "his")])
+    assert [parse(t).get("OBR-25") for t in his.results()] == ["P", "F", "C"]
+    for text in his.results():
+        strictly_valid(text)
+    assert parse(his.results()[1]).get("OBR-32.1.2") == "王主任" and parse(his.results()[1]).get("OBR-33.1.2") == "李住院"
+
+    def reports() -> list[dict]:
+        return [body for _identifier, body in platform.received if body["resourceType"] == "DiagnosticReport"]
+
+    wait_for(lambda: len(reports()) == 3)
+    assert [r["status"] for r in reports()] == ["preliminary", "final", "corrected"]
+    for body in reports():
+        DiagnosticReport.model_validate(body)
+    wait_for(lambda: [i.status for i in outbox(server, "archive")] == [OutboxStatus.SENT] * 3)
+    web = DICOMwebClient(server.http_url + "/dicomweb")
+    assert len(web.search_for_instances(study_instance_uid=STUDY, search_filters={"Modality": "SR"})) == 3
+    assert len(web.search_for_instances(study_instance_uid=STUDY, search_filters={"Modality": "DOC"})) == 3
+    with server.db.session(read_only=True) as session:
+        assert session.get_one(ImagingOrder, order_id).status == OrderStatus.VERIFIED  # storing left it there
+        versions = session.exec(select(ReportVersion).order_by(ReportVersion.number)).all()
+        assert [v.reason for v in versions] == ["", "", "复查间隔更正"]
+        assert all(v.sr_sop_instance_uid for v in versions)
+    last = reports()[2]
+    assert "复查间隔更正" in pdf_text(base64.b64decode(last["presentedForm"][0]["data"]))
