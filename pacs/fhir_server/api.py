@@ -19,8 +19,10 @@ from sqlmodel import Session, or_, select
 
 from pacs import __version__
 from pacs.archive.index import Study
+from pacs.auth.access import Principal, PrincipalDep, forbidden, public, require, require_fhir
+from pacs.auth.roles import Permission
 from pacs.db import row_id
-from pacs.fhir_server import outcome
+from pacs.fhir_server import diagnostic_report, outcome
 from pacs.fhir_server.common import version_of
 from pacs.fhir_server.imaging_study import endpoint_resource, imaging_study_resource
 from pacs.fhir_server.outcome import FHIR_JSON
@@ -31,8 +33,7 @@ from pacs.fhir_server.service_request import service_request_resource
 from pacs.http import ServicesDep, SessionDep
 from pacs.integration.channel import Inbound, Outcome
 from pacs.registry.models import ImagingOrder, Patient
-from pacs.auth.access import public, require, require_fhir
-from pacs.auth.roles import Permission
+from pacs.reporting.models import Report
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
 MAX_BODY = 8 * 1024 * 1024
@@ -304,10 +305,55 @@ def read_endpoint(endpoint_id: str, services: ServicesDep) -> Response:
     return fhir_json(endpoint_resource(dicomweb_url(services)))
 
 
+def _reports_reader(principal: PrincipalDep) -> Principal:
+    """Who may read DiagnosticReport: reports.read (every signed report) or reports.read.final
+    (final and corrected ones alone, as a clinician)."""
+    if not (principal.may(Permission.REPORTS_READ) or principal.may(Permission.REPORTS_READ_FINAL)):
+        raise forbidden(f"{principal.name} may not do this: it needs reports.read or reports.read.final")
+    return principal
+
+
+_reports_reader.permission = (Permission.REPORTS_READ, Permission.REPORTS_READ_FINAL)  # type: ignore[attr-defined]
+ReportsReader = Annotated[Principal, Depends(_reports_reader)]
+
+
+def _shown_reports(principal: Principal) -> list[Any]:
+    """The reports ``principal`` may see: signed ones; final and corrected alone without reports.read."""
+    shown = [diagnostic_report.signed()]
+    if not principal.may(Permission.REPORTS_READ):
+        shown.append(diagnostic_report.final_only())
+    return shown
+
+
+@router.get("/DiagnosticReport/{report_id}")
+def read_diagnostic_report(report_id: str, session: SessionDep, services: ServicesDep,
+                           principal: ReportsReader) -> Response:
+    key = row_id(report_id)
+    row = session.exec(select(Report).where(Report.id == key, *_shown_reports(principal))).first() \
+        if key is not None else None
+    version = diagnostic_report.latest_version(session, row) if row is not None else None
+    if row is None or version is None:
+        return outcome.response(404, f"DiagnosticReport/{report_id} does not exist", code="not-found")
+    resource = diagnostic_report.diagnostic_report_resource(session, row, version, zone=services.settings.zone)
+    return fhir_json(resource, headers={"ETag": f'W/"{resource["meta"]["versionId"]}"'})
+
+
+@router.get("/DiagnosticReport")
+def search_diagnostic_reports(request: Request, session: SessionDep, services: ServicesDep, principal: ReportsReader,
+                              prefer: Annotated[str | None, Header()] = None) -> Response:
+    """Search DiagnosticReport: what :func:`search` does, within the reports the caller may see."""
+    return _search("DiagnosticReport", request, session, services, prefer, _shown_reports(principal))
+
+
 @router.get("/{resource_type}", dependencies=[Depends(require_fhir(write=False))])
 def search(resource_type: str, request: Request, session: SessionDep, services: ServicesDep,
            prefer: Annotated[str | None, Header()] = None) -> Response:
     """Search (FHIR R4 search.html): Bundle searchset with total and paging links."""
+    return _search(resource_type, request, session, services, prefer)
+
+
+def _search(resource_type: str, request: Request, session: Session, services: Any, prefer: str | None,
+            scope: list[Any] | None = None) -> Response:
     ctx = context(services)
     if resource_type == ENDPOINT_TYPE:
         endpoint = endpoint_resource(ctx.dicomweb_url)
@@ -323,6 +369,7 @@ def search(resource_type: str, request: Request, session: SessionDep, services: 
     try:
         query = parse(params, provider.params, strict=strict, sortable=set(provider.sortable),
                       includes=set(provider.includes), revincludes=set(provider.revincludes))
+        query.conditions.extend(scope or [])
         total, rows = provider.search(session, query)
     except SearchError as exc:
         return outcome.response(400, str(exc), code="invalid", expression=exc.expression)

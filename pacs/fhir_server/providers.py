@@ -12,9 +12,10 @@ from sqlalchemy import ColumnElement, func
 from sqlmodel import Session, col, select
 
 from pacs.archive.index import Study
-from pacs.fhir_server import imaging_study, patient, service_request
+from pacs.fhir_server import diagnostic_report, imaging_study, patient, service_request
 from pacs.fhir_server.search import Param, Query
 from pacs.registry.models import ImagingOrder, Patient
+from pacs.reporting.models import Report
 
 
 @dataclass
@@ -86,6 +87,12 @@ def providers(ctx: Context) -> dict[str, Provider]:
             includes={"ImagingStudy:patient": Link("Patient", Study.patient),
                       "ImagingStudy:subject": Link("Patient", Study.patient),
                       "ImagingStudy:basedon": Link("ServiceRequest", Study.order)},
+        ),
+        "DiagnosticReport": Provider(
+            "DiagnosticReport", Report, diagnostic_report.search_parameters(), diagnostic_report.SORTABLE,
+            lambda s, row, c: diagnostic_report.diagnostic_report_resource(
+                s, row, diagnostic_report.latest_version(s, row), zone=c.zone),  # type: ignore[arg-type]
+            includes={"DiagnosticReport:based-on": Link("ServiceRequest", Report.order)},
         ),
     }
 
