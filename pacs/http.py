@@ -218,6 +218,7 @@ def create_app(services: Services) -> FastAPI:
     from pacs.capture.api import router as capture_router
     from pacs.fhir_server.api import error_response as fhir_error
     from pacs.fhir_server.api import router as fhir_router
+    from pacs.film.api import router as film_router
     from pacs.integration.api import outbox_router
     from pacs.integration.api import router as messages_router
     from pacs.registry.api import router as orders_router
@@ -229,6 +230,9 @@ def create_app(services: Services) -> FastAPI:
     from pacs.web.capture import router as capture_page_router
     from pacs.web.desk import router as desk_router
     from pacs.web.engine import router as engine_router
+    from pacs.web.film import router as film_page_router
+    from pacs.web.links import pages as link_pages
+    from pacs.web.links import router as links_router
     from pacs.web.technologist import router as technologist_router
     from pacs.web.viewer import STATIC_PATH as VIEWER_STATIC
     from pacs.web.viewer import router as viewer_router
@@ -281,6 +285,8 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(technologist_router)  # the reconciliation list
     app.include_router(capture_page_router)  # photos, scans, PDFs and videos for an exam
     app.include_router(engine_router)  # the interface analysts' console
+    app.include_router(film_page_router)  # film printing, opened from the viewer
+    app.include_router(link_pages)  # shared links: /share, consultation /c/…, cloud film /s/…
     app.mount(VIEWER_STATIC, viewer_files(), name="viewer-static")  # before the viewer's catch-all route
     app.include_router(viewer_router)
     app.add_exception_handler(PageRedirect, page_redirect)
@@ -295,6 +301,8 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(orders_router)
     app.include_router(reconciliation_router)  # studies that found no order, for a person to attach
     app.include_router(capture_router)  # photos, scans and PDFs from non-DICOM devices
+    app.include_router(film_router)  # film printing (DICOM Basic Grayscale Print Management)
+    app.include_router(links_router)  # shared links to a study (pacs.auth.links)
     app.include_router(desk_api_router)  # the registration desk: rooms, slots, bookings, lists, labels
     app.include_router(desk_orders_router)
     app.include_router(reading_api_router)  # the reading worklist
