@@ -34,7 +34,16 @@ from pacs.integration.ack import (
     header_from_raw,
 )
 from pacs.integration.hl7v2 import Address
-from pacs.integration.mapping import SUPPORTED_MESSAGE_CODES, Filtered, MappingHolder, Mappings, map_hl7
+from pacs.integration.mapping import (
+    SUPPORTED_MESSAGE_CODES,
+    Filtered,
+    MappingHolder,
+    Mappings,
+    Scope,
+    _cx,
+    choose_patient_id,
+    map_hl7,
+)
 from pacs.integration.message_store import (
     AppliedIndex,
     Clean,
@@ -363,6 +372,52 @@ class Channel:
                          application=self.settings.hl7.application, facility=self.settings.hl7.facility,
                          error=error)
 
+    def _search_keys(self, row: MessageRow) -> None:
+        """Fill a refused message's empty patient ID and accession number columns with what its
+        raw text still yields, so that the message browser finds it by an index look-up.
+
+        A message refused before or while it was mapped (AR for its header, AE for a code not in
+        a table) never reached the step that sets them. The text is decoded per MSH-18 (else the
+        sender's default), undecodable bytes replaced; the field map in force for its sender says
+        where the keys are (``patient.identifiers``, the sender's Patient ID choice;
+        ``order.accession_number`` in the first order group, HL7 v2.5.1 §4.4.1), read as they
+        stand: no code table, no condition, nothing that could refuse it again."""
+        try:
+            mappings = self.mappings.current()
+            sender = mappings.sender(row.sending_application, row.sending_facility)
+            profile = mappings.profiles.get(sender.profile)
+            if profile is None or profile.kind != "hl7v2" or is_fhir(row):
+                return
+            charset = mllp.declared_charset(row.raw) or sender.charset or self.settings.mllp.default_charset
+            text = row.raw.decode(mllp.python_codec(charset) or "utf-8", errors="replace")
+            message = hl7v2.parse(text.lstrip("\ufeff").replace("\x00", "\ufffd"))
+            if not row.patient_id:
+                identifiers = []
+                for rule in profile.rules.get("patient.identifiers", []):
+                    for address in rule.addresses:
+                        segment = Scope(message).segment(address)
+                        if segment is None:
+                            continue
+                        count = len(segment.repetitions(address.field))
+                        for repetition in [address.repetition] if address.repetition else range(1, count + 1):
+                            if (cx := _cx(segment, address.field, repetition)) is not None:
+                                identifiers.append(cx)
+                chosen = choose_patient_id(identifiers, sender) or (identifiers[0] if identifiers else None)
+                row.patient_id = storable(chosen.value[:64]) if chosen else ""
+            if not row.accession_number:
+                head, groups = message.groups(profile.order_group)
+                scope = Scope(groups[0], head) if groups else Scope(message)
+                for rule in profile.rules.get("order.accession_number", []):
+                    values = [segment.value(address.field, address.repetition or 1, address.component,
+                                            address.subcomponent).strip()
+                              for address in rule.addresses if (segment := scope.segment(address)) is not None]
+                    found = next((v for v in values if v and v != '""'), "")
+                    if found:
+                        row.accession_number = storable(found[:64])
+                        break
+        except Exception:  # a best effort: the message is refused and stored whatever this finds
+            log.debug("search keys of refused message %s not read", row.id, exc_info=True)
+
     def save(self, session: Session, rows: list[MessageRow]) -> None:
         """Write the results of finished messages and their audit entries (a few statements for
         a whole batch, not a few per message); they commit with the messages' effects."""
@@ -380,6 +435,8 @@ class Channel:
             row.ack_code = ack.value
             row.response = response
         row.processed_at = utcnow()
+        if row.status == Status.ERROR and not (row.patient_id and row.accession_number):
+            self._search_keys(row)
         if finished is not None:
             finished.append(row)
         else:

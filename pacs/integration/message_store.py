@@ -304,11 +304,11 @@ def search(
 ) -> tuple[int, list[StoredMessage]]:
     """Messages matching every filter given, newest first, and how many match in all.
 
-    ``sender`` is a sending application (MSH-3) or facility (MSH-4); a patient ID or accession
-    number no mapped message has finds the refused messages holding it in their raw text; ``text``
-    is looked for in
-    the raw bytes as sent, in UTF-8 and in GB18030 (a scan of every message the other filters
-    leave: narrow by time or type first at scale)."""
+    ``sender`` is a sending application (MSH-3) or facility (MSH-4); control ID, patient ID and
+    accession number are index look-ups (a refused message has the patient ID and accession number
+    its raw text still yields, :meth:`pacs.integration.channel.Channel._search_keys`); ``text`` is
+    looked for in the raw bytes as sent, in UTF-8 and in GB18030 (a scan of every message the
+    other filters leave: narrow by time or type first at scale)."""
     query = select(StoredMessage)
     dialect = session.get_bind().dialect.name
     if message_type:
@@ -323,14 +323,14 @@ def search(
     if until:
         query = query.where(StoredMessage.received_at < until)
     if patient_id:
-        query = query.where(_key_or_refused(session, dialect, StoredMessage.patient_id, patient_id))
+        query = query.where(StoredMessage.patient_id == patient_id)
     if control_id:
         query = query.where(StoredMessage.control_id == control_id)
     if sender:
         query = query.where(or_(StoredMessage.sending_application == sender,
                                 StoredMessage.sending_facility == sender))
     if accession_number:
-        query = query.where(_key_or_refused(session, dialect, StoredMessage.accession_number, accession_number))
+        query = query.where(StoredMessage.accession_number == accession_number)
     if text:
         query = query.where(_raw_holds(dialect, text))
     if ids is not None:
@@ -338,17 +338,6 @@ def search(
     total = session.exec(select(func.count()).select_from(query.subquery())).one()
     rows = session.exec(query.order_by(col(StoredMessage.id).desc()).offset(offset).limit(limit)).all()
     return total, list(rows)
-
-
-def _key_or_refused(session: Session, dialect: str, column: Any, value: str) -> Any:
-    """``column`` is ``value``; if no message has it there, the refused messages whose raw bytes
-    hold it: a message refused before it was mapped never had the column filled, and it is the
-    one an analyst looks for. The first is an index look-up; the second reads the raw bytes of
-    every refused message (the status index finds them), so it is only done when the first
-    finds nothing."""
-    if session.connection().execute(core_select(MESSAGE.c.id).where(column == value).limit(1)).first():
-        return column == value
-    return (StoredMessage.status == Status.ERROR.value) & _raw_holds(dialect, value)
 
 
 def _raw_holds(dialect: str, text: str) -> Any:

@@ -76,16 +76,25 @@ def admin(server) -> httpx.Client:  # type: ignore[no-untyped-def]
 
 def test_the_browser_finds_messages_by_every_key(guarded_server):
     server = guarded_server
-    acks = send(server, load("orm_o01_nw_ihe.hl7"), load("adt_a04_china_gb18030.hl7"), urgent_orm(99))
-    assert [a["code"] for a in acks] == ["AA", "AA", "AE"]
+    unsupported = urgent_orm(98).replace(b"|P|2.3.1|", b"|P|2.9|").replace(b"P10001", b"P10098")
+    acks = send(server, load("orm_o01_nw_ihe.hl7"), load("adt_a04_china_gb18030.hl7"), urgent_orm(99), unsupported)
+    assert [a["code"] for a in acks] == ["AA", "AA", "AE", "AR"]
     with server.db.session() as session:
-        ids = {m.control_id: m.id for m in session.exec(select(StoredMessage)).all()}
+        stored = {m.control_id: m for m in session.exec(select(StoredMessage)).all()}
+        ids = {control_id: m.id for control_id, m in stored.items()}
+        # Refused at mapping (AE) or at its header (AR): the keys its raw text holds are kept in
+        # the indexed columns, as for a message that was applied.
+        assert (stored["ORM0099"].patient_id, stored["ORM0099"].accession_number) == ("P10001", "ACC0099")
+        assert (stored["ORM0098"].patient_id, stored["ORM0098"].accession_number) == ("P10098", "ACC0098")
+        assert stored["ORM0098"].status == "ERROR" and stored["ORM0098"].mapped is None
+        session.delete(session.get_one(StoredMessage, ids.pop("ORM0098")))
+        session.commit()
     orm, adt, refused = ids["ORM0001"], ids["CN0001"], ids["ORM0099"]
     with analyst(server) as http:
         def found(**params: str) -> list[int]:
             response = http.get("/engine/messages", params=params)
             assert response.status_code == 200, response.text
-            assert re.fullmatch(r"search;dur=\d+\.\d\d", response.headers["server-timing"])
+            assert re.fullmatch(r"search;dur=\d+\.\d\d, page;dur=\d+\.\d\d", response.headers["server-timing"])
             return shown_ids(response.text)
 
         assert found() == [refused, adt, orm]  # newest first
@@ -94,9 +103,9 @@ def test_the_browser_finds_messages_by_every_key(guarded_server):
         assert found(type="ORM^O01", status="ERROR") == [refused]
         assert found(status="PROCESSED") == [adt, orm]
         assert found(sender="WINNING") == [adt] and found(sender="IHE_OP") == [refused, orm]
-        assert found(patient_id="P10001") == [orm]  # a mapped message has it: the index answers
+        assert found(patient_id="P10001") == [refused, orm]  # the refused one has it too
         assert found(accession="ACC0001") == [orm]
-        assert found(accession="ACC0099") == [refused]  # never mapped: found in what it sent
+        assert found(accession="ACC0099") == [refused]  # never mapped: its raw text's accession kept
         assert found(text="欧阳娜娜") == [adt]  # sent in GB18030
         assert found(text="咳嗽两周") == [refused, orm]
         assert found(text="100%") == []  # LIKE's wildcards are only text
@@ -139,7 +148,8 @@ def test_reprocess_one_or_a_selection_each_a_new_message(guarded_server):
         assert answer.status_code == 303
         listing = http.get(answer.headers["location"]).text
         done = re.search(r'id="done"[^>]*>([^<]*)<', listing).group(1)
-        assert done.startswith(ZH["engine.reprocess.done"].split("{")[0] + "2") and "PROCESSED" in done and "ERROR" in done
+        assert done.startswith(ZH["engine.reprocess.done"].split("{")[0] + "2") \
+            and ZH["engine.status.PROCESSED"] in done and ZH["engine.status.ERROR"] in done
         one = http.post("/engine/messages/reprocess", data={"id": ids["ORM0098"]})
         assert one.status_code == 303 and re.search(r"/engine/messages/\d+\?done=", one.headers["location"])
     with server.db.session() as session:
@@ -290,6 +300,27 @@ def test_an_analyst_fixes_a_refused_order_and_retries_the_his(start_server, his,
     assert "ACC0042" in page.locator("#applied").inner_text()
     steps.shot("reprocessed-applied")
 
+    page.keyboard.press("Alt+2")  # the messages tab, from the keyboard
+    page.wait_for_url("**/engine/messages")
+    page.select_option("select[name=status]", "ERROR")
+    page.fill("#search-accession", "")
+    page.locator("#search button[type=submit]").click()
+    page.wait_for_url("**/engine/messages?*status=ERROR*")
+    errored = page.locator("table.messages tbody tr")
+    assert errored.count() == 2  # the one fixed above as first received, and the one sent since
+    page.locator("#select-all").check()
+    with page.expect_download() as downloaded:
+        page.keyboard.press("Alt+E")
+    exported = Path(downloaded.value.path()).read_bytes()
+    assert exported.count(b"MSH|") == 2 and b"ORM0042" in exported and b"ORM0043" in exported
+    page.locator("table.messages tbody tr", has_text="ORM0042").locator("input[name=id]").uncheck()
+    steps.shot("selection")
+    page.keyboard.press("Alt+R")  # the selection (ORM0043 alone) reprocessed
+    page.wait_for_url("**/engine/messages?done=*")
+    assert re.search(r"#\d+ → #\d+ " + ZH["engine.status.PROCESSED"], page.locator("#done").inner_text())
+    assert page.locator("#done").inner_text().count("→") == 1
+    steps.shot("selection-reprocessed")
+
     his.answer = "AA"  # the HIS is back
     page.get_by_role("link", name=ZH["engine.tab.outbox"]).click()
     dead = page.locator("table.outbox tr.status-dead")
@@ -314,4 +345,4 @@ def test_an_analyst_fixes_a_refused_order_and_retries_the_his(start_server, his,
     steps.shot("his-back")
     entries = audit_entries(server, user="lina")
     assert {e["description"] for e in entries} >= {"message read", "mapping file saved", "message reprocessed",
-                                                   "outbox item sent again"}
+                                                   "outbox item sent again", "messages exported"}

@@ -26,3 +26,16 @@ if (all) {
     for (const box of all.form.querySelectorAll("input[name=id]")) box.checked = all.checked;
   });
 }
+
+// Every action has a key: Alt with the key an element names in its data-key (and announces in
+// aria-keyshortcuts) clicks it: the tabs Alt+1…4, reprocess Alt+R, download Alt+E, send again
+// Alt+Y; on the bench try Alt+T, save Alt+S, download Alt+D.
+document.addEventListener("keydown", (event) => {
+  if (!event.altKey || event.ctrlKey || event.metaKey) return;
+  const key = event.code.replace(/^(Digit|Key)/, "").toLowerCase();
+  const target = document.querySelector(`[data-key="${key}"]`);
+  if (target) {
+    event.preventDefault();
+    target.click();
+  }
+});
