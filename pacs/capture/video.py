@@ -1,4 +1,4 @@
-"""Videos (MP4, MOV, AVI, MKV) made ready for a DICOM video object, with ffprobe and ffmpeg from
+"""Videos (MP4, MOV, AVI, MKV, WebM) made ready for a DICOM video object, with ffprobe and ffmpeg from
 the distribution (Debian's ``ffmpeg`` package).
 
 The transfer syntax is the video's own codec when DICOM has one for it (PS3.5 8.2.7, 8.2.8,
@@ -11,8 +11,8 @@ video); HEVC Main or Main 10 up to level 5.1. The stream is then not touched:
 - an H.264/HEVC stream in another container (MOV, AVI, MKV) is copied into MP4 (``ffmpeg -c
   copy``), its frames unchanged.
 
-Anything else (MPEG-4 Part 2, Motion JPEG, H.264 above level 4.2, 4:2:2 or 10-bit H.264) is
-transcoded once to H.264 High Profile / Level 4.1, at most 1920x1080 and 30 frames a second, and
+Anything else (VP8 or VP9 in WebM, as a browser's MediaRecorder makes it; MPEG-4 Part 2, Motion
+JPEG, H.264 above level 4.2, 4:2:2 or 10-bit H.264) is transcoded once to H.264 High Profile / Level 4.1, at most 1920x1080 and 30 frames a second, and
 the object says so (Lossy Image Compression, Derivation Description). The bit stream goes in one
 fragment, as the non-fragmentable transfer syntaxes ask (PS3.5 A.4.5).
 """
@@ -106,8 +106,9 @@ def prepare(data: bytes, media_type: str) -> Video:
         args = ["-i", str(source), "-map", "0:v:0", "-map", "0:a?", "-vf", fit, "-c:v", "libx264",
                 "-profile:v", "high", "-level:v", "4.1", "-pix_fmt", "yuv420p", "-crf", "18", "-c:a", "aac",
                 "-movflags", "+faststart", "-f", "mp4"]
-        if rate > MAX_FRAME_RATE_41:
-            args += ["-r", str(int(MAX_FRAME_RATE_41))]
+        # A constant frame rate, at most level 4.1's: a browser's recording (MediaRecorder's
+        # WebM) has variable frame timing, which DICOM's Frame Time cannot say.
+        args += ["-r", f"{min(rate, MAX_FRAME_RATE_41) if rate > 0 else MAX_FRAME_RATE_41:.6g}", "-fps_mode", "cfr"]
         _ffmpeg([*args, str(out)])
         stream2, container2 = probe(out)
         syntax2 = transfer_syntax(stream2)

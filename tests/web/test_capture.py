@@ -5,17 +5,21 @@ an accession number that names no exam is told plainly and nothing is stored."""
 from __future__ import annotations
 
 import io
+import json
+import subprocess
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import httpx
 import numpy as np
 from PIL import Image
+from pydicom.encaps import generate_frames
 
 from pacs.web.i18n import catalogue
 from tests.archive.test_reconciliation import hl7
 from tests.auth.test_access import basic
 from tests.capture.test_api import PDF, order_of
+from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS, STEP_TIMEOUT_MS, Steps
 from tests.web.test_desk import add_user, log_in
 
 ZH = catalogue("zh-CN")
@@ -133,3 +137,74 @@ def test_a_photo_that_found_no_exam_is_attached_from_the_technologists_page(guar
     order = order_of(server, "ACC4003")
     [instance] = dicomweb_as(server).search_for_instances(order.study_instance_uid)
     assert instance["00080016"]["Value"] == ["1.2.840.10008.5.1.4.1.1.77.1.4"]
+
+
+def test_photos_and_a_clip_from_the_tablets_camera_reach_the_study(guarded_server, playwright, tmp_path):
+    """The camera on a tablet-sized page (Chromium's fake camera): a photo and a 2-second clip,
+    checked as thumbnails, sent, and found in the exam's study; the clip, recorded as WebM
+    (VP8/VP9), is stored as H.264 in MP4 (DICOM has no WebM transfer syntax) that ffprobe reads
+    as about 2 seconds long."""
+    server = guarded_server
+    add_user(server, "liuyang", ["technologist"], "刘洋")
+    hl7(server, todays_order("P40005", "周", "杰", "ZHOU JIE", 4005, 14))
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+        *CHROMIUM_ARGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
+    try:
+        context = browser.new_context(viewport={"width": 820, "height": 1180}, is_mobile=True, has_touch=True,
+                                      locale="zh-CN", timezone_id="Asia/Shanghai", accept_downloads=False)
+        context.grant_permissions(["camera"], origin=server.http_url)
+        # A browser that records WebM alone (Firefox; Chromium before MP4 recording): the page's
+        # first choice, MP4, refused, as such a browser answers.
+        context.add_init_script("""{
+            const supported = MediaRecorder.isTypeSupported.bind(MediaRecorder);
+            MediaRecorder.isTypeSupported = (type) => !type.startsWith("video/mp4") && supported(type);
+        }""")
+        page = context.new_page()
+        page.set_default_timeout(STEP_TIMEOUT_MS)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        steps = Steps(page, tmp_path / "camera")
+        steps.folder.mkdir()
+        log_in(page, server, "liuyang", "/capture")
+        page.locator("label.exam", has_text="ACC4005").locator("input[name=order]").check()
+        page.keyboard.press("Alt+C")  # the camera on
+        page.wait_for_function("document.getElementById('camera-view').videoWidth > 0")
+        steps.shot("camera-on")
+        page.keyboard.press("Alt+P")  # a photo
+        page.wait_for_selector("#previews li.captured img.thumb")
+        page.keyboard.press("Alt+V")  # a clip of about two seconds
+        expect_text = ZH["capture.camera.recording"]
+        assert page.locator("#camera-state").inner_text() == expect_text
+        page.wait_for_timeout(2_200)
+        page.keyboard.press("Alt+S")
+        page.wait_for_selector("#previews li.captured video.thumb")
+        page.wait_for_function("Array.from(document.querySelectorAll('#previews img')).every(i => i.naturalWidth > 0)")
+        names = page.locator("#previews li.captured .file-name").all_inner_texts()
+        assert len(names) == 2 and names[0].endswith(".jpg") and names[1].endswith(".webm")
+        steps.shot("thumbnails")
+        page.locator("#send").click()
+        page.wait_for_selector("#done", timeout=120_000)  # the clip transcoded on a loaded machine
+        assert page.locator("#done").inner_text() == ZH["capture.stored"].format(count=2, accession="ACC4005")
+        steps.shot("stored")
+        assert errors == []
+        context.close()
+    finally:
+        browser.close()
+    client = dicomweb_as(server)
+    order = order_of(server, "ACC4005")
+    found = client.search_for_instances(order.study_instance_uid)
+    classes = sorted(i["00080016"]["Value"][0] for i in found)
+    assert classes == ["1.2.840.10008.5.1.4.1.1.77.1.4", "1.2.840.10008.5.1.4.1.1.77.1.4.1"]  # VL and Video Photographic
+    [clip] = [i for i in found if i["00080016"]["Value"][0].endswith(".1.4.1")]
+    ds = client.retrieve_instance(order.study_instance_uid, clip["0020000E"]["Value"][0], clip["00080018"]["Value"][0])
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.102"  # MPEG-4 AVC/H.264 High Profile / Level 4.1
+    assert "transcoded from vp" in ds.DerivationDescription
+    [stream] = list(generate_frames(ds.PixelData, number_of_frames=1))
+    (tmp_path / "clip.mp4").write_bytes(stream)
+    probed = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries",
+                             "stream=codec_name,nb_read_frames:format=duration,format_name", "-of", "json",
+                             str(tmp_path / "clip.mp4")], capture_output=True, text=True, check=True, timeout=60)
+    info = json.loads(probed.stdout)
+    assert info["streams"][0]["codec_name"] == "h264" and "mp4" in info["format"]["format_name"]
+    assert 1.0 <= float(info["format"]["duration"]) <= 4.0
+    assert int(info["streams"][0]["nb_read_frames"]) == int(ds.NumberOfFrames) > 10
