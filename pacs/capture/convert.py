@@ -94,6 +94,7 @@ BODY_PARTS: dict[str, tuple[str, str]] = {
     "SKIN": ("39937001", "Skin"), "BREAST": ("76752008", "Breast"), "HEART": ("80891009", "Heart"),
 }
 UNKNOWN_REGION = ("261665006", "Unknown")  # SNOMED CT qualifier value
+MICROSCOPE_SLIDE = ("433466003", "Microscope slide")  # PS3.16 CID 8101 Container Type
 PAIRED = {"72696002", "76752008"}  # knee, breast: Laterality applies
 DOCUMENT_MODALITY = "DOC"  # PS3.3 C.24.1: Encapsulated Document Series' usual modality
 IMAGE_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "TIFF": "image/tiff"}
@@ -260,9 +261,12 @@ def to_dataset(source: Source, *, target: Target, device: Equipment, now: dateti
         syntax = _pdf(ds, source)
     elif source.video is not None:
         syntax = _video(ds, source.video)
-        _anatomy(ds, target)
+        _anatomy(ds, target, required=True)
     else:
         syntax = _image(ds, source, device)
+        _anatomy(ds, target, required=False, sequence=device.kind != Kind.SECONDARY)
+    if device.kind == Kind.MICROSCOPE and not source.is_pdf:
+        _specimen(ds, source, target)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -403,14 +407,60 @@ def _video(ds: Dataset, video: Video) -> UID:
     return video.transfer_syntax
 
 
-def _anatomy(ds: Dataset, target: Target) -> None:
-    """Anatomic Region Sequence (PS3.3 C.8.12.1) from the order's body part, else Unknown."""
-    code, meaning = BODY_PARTS.get(target.body_part.strip().upper(), UNKNOWN_REGION)
-    item = Dataset()
-    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code, "SCT", meaning
-    ds.AnatomicRegionSequence = [item]
-    if (code, meaning) != UNKNOWN_REGION and code not in PAIRED:
-        del ds.Laterality  # General Series 2C: absent for an unpaired body part
+def _anatomy(ds: Dataset, target: Target, *, required: bool, sequence: bool = True) -> None:
+    """What was examined, from the order's body part (a PS3.16 Annex L defined term, the
+    procedure table's ``body_part``): Body Part Examined (0018,0015, General Series) and the VL
+    image's Anatomic Region Sequence (PS3.3 C.8.12.1) with its SNOMED CT code from CID 4031.
+    A multi-frame VL image must have the sequence (``required``): Unknown when the order names
+    no body part this table knows. Laterality (General Series, 2C) is removed for a known
+    unpaired part and left empty, as unknown, for a paired one."""
+    term = target.body_part.strip().upper()
+    known = BODY_PARTS.get(term)
+    if known is not None:
+        ds.BodyPartExamined = term
+        if known[0] not in PAIRED and "Laterality" in ds:
+            del ds.Laterality
+    code, meaning = known or UNKNOWN_REGION
+    if sequence and (known is not None or required):
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code, "SCT", meaning
+        ds.AnatomicRegionSequence = [item]
+
+
+def container_identifier(file_name: str, target: Target) -> str:
+    """The slide's Container Identifier (0040,0512): the file's name when it carries the order's
+    accession number with the slide's own label after it (``A0017-S2.jpg`` → ``A0017-S2``), as
+    slide scanners name their files by the label they read; else the accession number (the
+    order's one container)."""
+    stem = file_name.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0].strip()
+    accession = target.accession_number
+    if accession and stem.upper().startswith(accession.upper()) and len(stem) > len(accession) \
+            and stem.isascii() and len(stem) <= 64:
+        return stem
+    return accession or stem[:64] or "UNKNOWN"
+
+
+def _specimen(ds: Dataset, source: Source, target: Target) -> None:
+    """Specimen Module (PS3.3 C.7.6.22), which a VL Microscopic image needs (A.32.2): the slide
+    (Container Identifier, a microscope slide by CID 8101) and the one specimen on it, whose
+    Specimen UID is derived from the study and the container so every image of the slide names
+    the same specimen (PS3.3 C.7.6.22.1)."""
+    container = container_identifier(source.file_name, target)
+    if "Laterality" in ds:  # General Series 2C: a slide is no paired body part (what dciodvfy checks)
+        del ds.Laterality
+    ds.ContainerIdentifier = container[:64]
+    ds.IssuerOfTheContainerIdentifierSequence = []  # type 2
+    kind = Dataset()
+    kind.CodeValue, kind.CodingSchemeDesignator, kind.CodeMeaning = MICROSCOPE_SLIDE[0], "SCT", MICROSCOPE_SLIDE[1]
+    ds.ContainerTypeCodeSequence = [kind]
+    specimen = Dataset()
+    specimen.SpecimenIdentifier = container[:64]
+    specimen.SpecimenUID = generate_uid(entropy_srcs=[target.study_instance_uid, container])
+    specimen.IssuerOfTheSpecimenIdentifierSequence = []  # type 2
+    if target.procedure_text:
+        specimen.SpecimenShortDescription = target.procedure_text[:64]
+    specimen.SpecimenPreparationSequence = []  # type 2: how it was prepared is not known here
+    ds.SpecimenDescriptionSequence = [specimen]
 
 
 def _pdf(ds: Dataset, source: Source) -> UID:

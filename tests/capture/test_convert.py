@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
+from dataclasses import replace
 from datetime import date, datetime
 from pathlib import Path
 
@@ -73,6 +74,52 @@ def test_each_kind_of_device_gives_its_iod(kind, sop_class, modality, tmp_path):
     if shutil.which("dciodvfy"):
         assert dciodvfy_errors(tmp_path / "a.dcm") == []
         assert dciodvfy_errors(tmp_path / "b.dcm") == []
+
+
+def test_body_part_from_the_order_with_its_cid_4031_code(tmp_path):
+    """Body Part Examined and the Anatomic Region Sequence (PS3.3 C.8.12.1) from the order's body
+    part: SNOMED CT codes of PS3.16 CID 4031; Laterality absent for an unpaired part, empty
+    (unknown) for a paired one; Secondary Capture has Body Part Examined alone."""
+    photo = encoded(RGB, "JPEG")
+    for body_part, code, meaning, laterality in (("STOMACH", "69695003", "Stomach", False),
+                                                  ("knee", "72696002", "Knee", True)):
+        target = replace(TARGET, body_part=body_part)
+        ds = written(to_dataset(inspect(photo, "a.jpg"), target=target, device=Equipment("ENDO2", Kind.ENDOSCOPE),
+                                now=NOW), tmp_path / "a.dcm")
+        assert ds.BodyPartExamined == body_part.upper()
+        [region] = ds.AnatomicRegionSequence
+        assert (region.CodeValue, region.CodingSchemeDesignator, region.CodeMeaning) == (code, "SCT", meaning)
+        assert ("Laterality" in ds) is laterality
+        if shutil.which("dciodvfy"):
+            assert dciodvfy_errors(tmp_path / "a.dcm") == []
+    unknown = to_dataset(inspect(photo, "a.jpg"), target=replace(TARGET, body_part="SPLEENISH"),
+                         device=Equipment("CAM"), now=NOW)
+    assert "BodyPartExamined" not in unknown and "AnatomicRegionSequence" not in unknown  # a still: type 3
+    sc = to_dataset(inspect(photo, "a.jpg"), target=replace(TARGET, body_part="CHEST"),
+                    device=Equipment("SCAN", Kind.SECONDARY), now=NOW)
+    assert sc.BodyPartExamined == "CHEST" and "AnatomicRegionSequence" not in sc
+
+
+def test_a_microscope_image_carries_its_slide_as_the_specimen_module(tmp_path):
+    """VL Microscopic Image (PS3.3 A.32.2) with the Specimen Module (C.7.6.22): the slide's
+    label from the file name, else the accession number; one specimen UID per slide."""
+    scope = Equipment("PATHCAM", Kind.MICROSCOPE)
+    photo = encoded(RGB, "JPEG")
+    labelled = written(to_dataset(inspect(photo, "slides/A0017-S2.jpg"), target=TARGET, device=scope, now=NOW),
+                       tmp_path / "s2.dcm")
+    again = to_dataset(inspect(photo, "A0017-S2.jpg"), target=TARGET, device=scope, now=NOW)
+    plain = to_dataset(inspect(photo, "IMG_0001.jpg"), target=TARGET, device=scope, now=NOW)
+    assert labelled.ContainerIdentifier == "A0017-S2" and plain.ContainerIdentifier == "A0017"
+    [slide] = labelled.ContainerTypeCodeSequence
+    assert (slide.CodeValue, slide.CodingSchemeDesignator) == ("433466003", "SCT")
+    [specimen] = labelled.SpecimenDescriptionSequence
+    assert specimen.SpecimenIdentifier == "A0017-S2" and specimen.SpecimenShortDescription == "胃镜检查"
+    assert specimen.SpecimenUID == again.SpecimenDescriptionSequence[0].SpecimenUID
+    assert specimen.SpecimenUID != plain.SpecimenDescriptionSequence[0].SpecimenUID
+    assert "ContainerIdentifier" not in to_dataset(inspect(photo, "a.jpg"), target=TARGET,
+                                                   device=Equipment("CAM"), now=NOW)
+    if shutil.which("dciodvfy"):
+        assert dciodvfy_errors(tmp_path / "s2.dcm") == []
 
 
 def test_native_pixels_of_every_image_format(tmp_path):
