@@ -35,7 +35,9 @@ FINDINGS = "18782-3^Radiology Study observation (narrative)^LN"
 IMPRESSION = "19005-8^Radiology Imaging study [Impression] (narrative)^LN"
 ORDER_CONTROL = "RE"  # HL7 table 0119: observations/performed service to follow
 ORDER_COMPLETED = "CM"  # HL7 table 0038
-TEXT_LINE = 2000  # characters of one OBX-5 TX line at most; longer lines are cut into several
+# Characters of one OBX-5 value at most, escaped: OBX-5 "varies" is read as ST (199) by a strict
+# reader such as hl7apy; longer lines go into several OBX.
+TEXT_LINE = 199
 
 
 def _ts(moment: datetime | None, zone: tzinfo | None) -> str:
@@ -54,17 +56,21 @@ def _person(user: str, name: str) -> str:
 
 
 def _lines(text: str) -> list[str]:
-    """The text's lines as TX values (HL7 v2.5.1 2.A.79): each escaped, the long ones cut."""
+    """The text's lines as escaped TX values (HL7 v2.5.1 2.A.79, 2.7). A line longer than
+    :data:`TEXT_LINE` characters once escaped is cut into several, never inside an escape
+    sequence; trailing blank lines are dropped."""
     out: list[str] = []
     for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
-        line = line.rstrip()
-        while len(line) > TEXT_LINE:
-            out.append(line[:TEXT_LINE])
-            line = line[TEXT_LINE:]
-        out.append(line)
+        piece = ""
+        for char in line.rstrip():
+            if len(piece) + len(escape(char)) > TEXT_LINE:
+                out.append(piece)
+                piece = ""
+            piece += escape(char)
+        out.append(piece)
     while out and not out[-1]:
         out.pop()
-    return [escape(line) for line in out]
+    return out
 
 
 def report_message(*, order: ImagingOrder, patient: Patient, visit: Visit | None, version: ReportVersion,
