@@ -233,6 +233,7 @@ def create_app(services: Services) -> FastAPI:
     from pacs.web.film import router as film_page_router
     from pacs.web.links import pages as link_pages
     from pacs.web.links import router as links_router
+    from pacs.web.reading import router as reading_router
     from pacs.web.technologist import router as technologist_router
     from pacs.web.viewer import STATIC_PATH as VIEWER_STATIC
     from pacs.web.viewer import router as viewer_router
@@ -285,6 +286,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(technologist_router)  # the reconciliation list
     app.include_router(capture_page_router)  # photos, scans, PDFs and videos for an exam
     app.include_router(engine_router)  # the interface analysts' console
+    app.include_router(reading_router)  # the reading worklist and the report editor
     app.include_router(film_page_router)  # film printing, opened from the viewer
     app.include_router(link_pages)  # shared links: /share, consultation /c/…, cloud film /s/…
     app.mount(VIEWER_STATIC, viewer_files(), name="viewer-static")  # before the viewer's catch-all route

@@ -46,6 +46,7 @@ LANGUAGE_COOKIE_SECONDS = 365 * 24 * 3600
 PAGES: list[tuple[str, str, Permission]] = [
     ("/desk", "desk.title", Permission.ORDERS_CHECKIN),
     ("/viewer", "viewer.title", Permission.STUDIES_READ),
+    ("/reading", "reading.title", Permission.REPORTS_WRITE),
     ("/technologist", "technologist.title", Permission.RECONCILE),
     ("/capture", "capture.title", Permission.IMAGES_WRITE),
     ("/engine", "engine.title", Permission.MESSAGES_READ),

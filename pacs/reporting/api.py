@@ -412,8 +412,9 @@ def show_version(order_id: RowId, number: RowId, session: SessionDep) -> Version
 
 @reports.get("/{order_id}/images", response_model=list[SeriesImages], dependencies=[ReadReports])
 def study_images(order_id: RowId, session: SessionDep) -> list[SeriesImages]:
-    """The study's series and their instances (UIDs, SOP class, number), for the editor's
-    thumbnails (DICOMweb ``…/thumbnail``) and its key images."""
+    """The study's images by series (UIDs, SOP class, number), for the editor's thumbnails
+    (DICOMweb ``…/thumbnail``) and its key images; objects without pixels (SR, KOS, an
+    encapsulated PDF: no Rows, PS3.3 C.7.6.3) are left out."""
     order = _order(session, order_id)
     study = session.exec(select(Study).where(Study.order == order.id)).first()
     if study is None:
@@ -422,7 +423,8 @@ def study_images(order_id: RowId, session: SessionDep) -> list[SeriesImages]:
     for series in session.exec(select(Series).where(Series.study == study.id)
                                .order_by(col(Series.series_number), col(Series.id))):
         instances = session.exec(select(Instance).where(Instance.series == series.id,
-                                                        col(Instance.rejected_at).is_(None))
+                                                        col(Instance.rejected_at).is_(None),
+                                                        col(Instance.rows).is_not(None))  # images only
                                  .order_by(col(Instance.instance_number), col(Instance.id))).all()
         shown.append(SeriesImages(series_instance_uid=series.series_instance_uid, modality=series.modality,
                                   series_number=series.series_number, description=series.description,
@@ -430,7 +432,7 @@ def study_images(order_id: RowId, session: SessionDep) -> list[SeriesImages]:
                                   instances=[{"sop": i.sop_instance_uid, "sop_class": i.sop_class_uid,
                                               "number": i.instance_number, "frames": i.number_of_frames or 1}
                                              for i in instances]))
-    return shown
+    return [series for series in shown if series.instances]
 
 
 class TemplatePublic(BaseModel):
