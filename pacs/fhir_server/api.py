@@ -334,7 +334,8 @@ def read_diagnostic_report(report_id: str, session: SessionDep, services: Servic
     version = diagnostic_report.latest_version(session, row) if row is not None else None
     if row is None or version is None:
         return outcome.response(404, f"DiagnosticReport/{report_id} does not exist", code="not-found")
-    resource = diagnostic_report.diagnostic_report_resource(session, row, version, zone=services.settings.zone)
+    pdf = diagnostic_report.stored_pdf(session, services.archive.readable, version.pdf_sop_instance_uid)
+    resource = diagnostic_report.diagnostic_report_resource(session, row, version, zone=services.settings.zone, pdf=pdf)
     return fhir_json(resource, headers={"ETag": f'W/"{resource["meta"]["versionId"]}"'})
 
 

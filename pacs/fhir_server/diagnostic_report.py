@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 from datetime import UTC, tzinfo
 from typing import Any
 
+import pydicom
+from pydicom.errors import InvalidDicomError
 from sqlalchemy import false
 from sqlmodel import Session, col, select
 
-from pacs.archive.index import Study
+from pacs.archive.index import Instance, InstanceFile, Study
 from pacs.fhir_server.imaging_study import DICOM_UID, V2_0203, _pn_display, _started
 from pacs.registry.models import ImagingOrder, Patient
 from pacs.reporting.models import Report, ReportVersion
@@ -113,6 +116,27 @@ def diagnostic_report_resource(session: Session, report: Report, version: Report
                                       "title": pdf_title or f"{order.procedure_text} 诊断报告".strip(),
                                       "creation": issued(version, zone)}]
     return resource
+
+
+def stored_pdf(session: Session, areas: dict[str, Any], sop_instance_uid: str) -> bytes | None:
+    """The PDF of the Encapsulated PDF the archive holds under ``sop_instance_uid`` (PS3.3
+    C.24.2), read from the first of its copies in ``areas``; None if there is none to read."""
+    if not sop_instance_uid:
+        return None
+    instance = session.exec(select(Instance).where(Instance.sop_instance_uid == sop_instance_uid)).first()
+    if instance is None:
+        return None
+    for copy in session.exec(select(InstanceFile).where(InstanceFile.instance == instance.id)):
+        area = areas.get(copy.area)
+        if area is None:
+            continue
+        try:
+            ds = pydicom.dcmread(io.BytesIO(area.read(copy.key)))
+        except (OSError, InvalidDicomError):
+            continue
+        document = bytes(ds.EncapsulatedDocument)
+        return document[:int(ds.get("EncapsulatedDocumentLength") or len(document))]
+    return None
 
 
 def latest_version(session: Session, report: Report) -> ReportVersion | None:

@@ -12,6 +12,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
@@ -422,3 +423,10 @@ def test_sign_verify_amend_through_the_reading_service(start_server, his, platfo
         assert all(v.sr_sop_instance_uid for v in versions)
     last = reports()[2]
     assert "复查间隔更正" in pdf_text(base64.b64decode(last["presentedForm"][0]["data"]))
+    # the same report read at /fhir, with the PDF the archive holds
+    with server.db.session(read_only=True) as session:
+        report_id = session.exec(select(Report.id)).one()
+    served = httpx.get(f"{server.http_url}/fhir/DiagnosticReport/{report_id}").json()
+    DiagnosticReport.model_validate(served)
+    assert served["status"] == "corrected" and served["basedOn"] == [{"reference": f"ServiceRequest/{order_id}"}]
+    assert served["presentedForm"][0]["data"] == last["presentedForm"][0]["data"]
