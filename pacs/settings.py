@@ -160,6 +160,35 @@ class Peer(TLSClient):
     """The AE titles (under [[peers]]) this peer may C-MOVE to (default: any of them)."""
 
 
+class Printer(TLSClient):
+    """A DICOM film printer (``[[printers]]``): a Basic Grayscale Print Management SCP (PS3.4
+    Annex H) the viewer's film page prints to (:mod:`pacs.film.print_management`)."""
+
+    ae_title: str
+    host: str
+    port: int
+    tls: bool = False
+    """Open associations to it over TLS (PS3.15 Annex B), as for ``[[peers]]``."""
+    name: str = ""
+    """What the film page calls it (e.g. "1F CT film"); its AE title when empty."""
+    film_size: str = "14INX17IN"
+    """Film Size ID (2010,0050): 8INX10IN, 10INX12IN, 11INX14IN, 14INX14IN, 14INX17IN, 24CMX30CM ..."""
+    medium: str = "BLUE FILM"
+    """Medium Type (2000,0030): PAPER, CLEAR FILM, BLUE FILM, MAMMO CLEAR FILM, MAMMO BLUE FILM."""
+    destination: str = "PROCESSOR"
+    """Film Destination (2000,0040): MAGAZINE, PROCESSOR, BIN_i."""
+    orientation: Literal["PORTRAIT", "LANDSCAPE"] = "PORTRAIT"
+    """Film Orientation (2010,0040)."""
+    bits: Literal[8, 12] = 12
+    """Bits Stored of the images sent (2028,0101): 12 where the printer supports it, else 8."""
+    magnification: str = ""
+    """Magnification Type (2010,0060): REPLICATE, BILINEAR, CUBIC, NONE; the printer's own when empty."""
+
+    @property
+    def label(self) -> str:
+        return self.name or self.ae_title
+
+
 class DicomSettings(TLSServer):
     """The DICOM application entity (PS3.7, PS3.8); with ``tls_cert``, DICOM over TLS (PS3.15
     Annex B) on ``tls_port`` as well, served by the main process."""
@@ -598,6 +627,8 @@ class Settings(BaseSettings):
     archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
     hl7: HL7Settings = Field(default_factory=HL7Settings)
     peers: list[Peer] = Field(default_factory=list)
+    printers: list[Printer] = Field(default_factory=list)
+    """DICOM film printers (``[[printers]]``), the first one the film page's default."""
     publish: PublishSettings = Field(default_factory=PublishSettings)
     his: HISDestination = Field(default_factory=HISDestination)
     walk_in: WalkInSettings = Field(default_factory=WalkInSettings)
@@ -661,6 +692,13 @@ class Settings(BaseSettings):
         for peer in self.peers:
             if peer.ae_title == ae_title.strip():
                 return peer
+        return None
+
+    def printer(self, name: str) -> Printer | None:
+        """The film printer called ``name`` (its name or its AE title); the first where ``name`` is empty."""
+        for printer in self.printers:
+            if name.strip() in (printer.name, printer.ae_title) or not name.strip():
+                return printer
         return None
 
 

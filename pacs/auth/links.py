@@ -131,6 +131,16 @@ def new_grant(study_instance_uid: str, purpose: str, ttl: timedelta, *, now: dat
                  ((now or utcnow()) + ttl).replace(microsecond=0))
 
 
+def issue(settings: Any, study_instance_uid: str, purpose: str, ttl: timedelta, *,
+          session: Session | None = None, created_by: str = "", base_url: str | None = None) -> tuple[Grant, str]:
+    """:func:`issue_link`, with the link's grant as well as its URL."""
+    grant = new_grant(study_instance_uid, purpose, ttl)
+    if session is not None:
+        session.add(SharedLink(id=grant.link_id, study_instance_uid=study_instance_uid, purpose=purpose,
+                               created_by=created_by, expires_at=grant.expires))
+    return grant, link_url(settings, grant, make_token(secret_key(settings), grant), base_url=base_url)
+
+
 def issue_link(settings: Any, study_instance_uid: str, purpose: str, ttl: timedelta, *,
                session: Session | None = None, created_by: str = "", base_url: str | None = None) -> str:
     """A link to ``study_instance_uid`` for ``purpose`` lasting ``ttl``: its URL.
@@ -139,11 +149,8 @@ def issue_link(settings: Any, study_instance_uid: str, purpose: str, ttl: timede
     unit of work, which the caller commits; without, it is only signed (valid until it expires).
     Raises :class:`LinkError` for a purpose or a lifetime out of bounds.
     """
-    grant = new_grant(study_instance_uid, purpose, ttl)
-    if session is not None:
-        session.add(SharedLink(id=grant.link_id, study_instance_uid=study_instance_uid, purpose=purpose,
-                               created_by=created_by, expires_at=grant.expires))
-    return link_url(settings, grant, make_token(secret_key(settings), grant), base_url=base_url)
+    return issue(settings, study_instance_uid, purpose, ttl, session=session, created_by=created_by,
+                 base_url=base_url)[1]
 
 
 def revoke(session: Session, link_id: str, *, by: str) -> SharedLink | None:
@@ -216,4 +223,4 @@ class Checker:
 
 
 __all__ = ["CONSULTATION", "COOKIE", "FILM", "Checker", "Grant", "LinkError", "SharedLink", "allows",
-           "issue_link", "read_token", "revoke"]
+           "issue", "issue_link", "read_token", "revoke"]

@@ -16,6 +16,8 @@ and WADO-RS request, so the viewer needs no token of its own.
   configuration (``pacs/web/viewer/app-config.js``, a plain file of this repository) reads.
 - ``/viewer/static/…`` serves the build's files and our configuration (:class:`~pacs.web.
   static_build.BuildFiles`): third-party code and configuration, no patient data, so no login.
+- Opened through a consultation link (:mod:`pacs.auth.links`, ``/c/{token}``) the page is the
+  same on the link's one study, without the study list, the film and share buttons or storing.
 """
 
 from __future__ import annotations
@@ -75,10 +77,12 @@ def viewer_settings(request: Request, principal: Principal) -> dict[str, Any]:
     """``window.pacsViewer``: what the app configuration takes from this server."""
     services = request.app.state.services
     lang = page_language(request, principal)
+    shared = principal.via == "link"  # a consultation link (pacs.auth.links): its one study, nothing else
+    tools = {} if shared else {"film": "/film", "share": "/share" if principal.may(Permission.REPORTS_WRITE) else ""}
     presets, _problems = load_window_presets(services.settings.mappings_dir)  # `pacs mappings check` says why
     labels = {key[len(LABEL_PREFIX):]: text for key, text in catalogue(lang).items() if key.startswith(LABEL_PREFIX)}
     return {"language": OHIF_LANGUAGES.get(lang, lang), "dicomweb": DICOMWEB, "presets": for_viewer(presets),
-            "labels": labels, "home": "/", "csrf": principal.csrf}
+            "labels": labels, "home": "/", "csrf": principal.csrf, "shared": shared, "tools": tools}
 
 
 def _page(request: Request, principal: Principal) -> Response:

@@ -25,7 +25,8 @@ from tests.conftest import ADMIN_PASSWORD
 from tests.helpers import DATA
 
 FHIR = "application/fhir+json"
-PUBLIC_ROUTES = {"/healthz", "/fhir/metadata", "/login", "/logout", "/"}
+PUBLIC_ROUTES = {"/healthz", "/fhir/metadata", "/login", "/logout", "/",
+                 "/c/{token}", "/s/{token}"}  # shared links: the signed token in the path is the credential
 
 
 def basic(username: str, password: str) -> dict[str, str]:

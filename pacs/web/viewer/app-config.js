@@ -17,7 +17,10 @@
  *  - window presets per modality from the mappings (window_presets.yaml), the image's own
  *    window first and those suited to the series' body part next;
  *  - hanging protocols per modality (the layout a study opens in);
- *  - cine: a multi-frame series plays as soon as it is shown.
+ *  - cine: a multi-frame series plays as soon as it is shown;
+ *  - two buttons on a study, each opening a page of the project in a window of its own: film
+ *    printing (/film, Alt+F) and consultation links (/share, Alt+S);
+ *  - opened through a consultation link (pacs.shared): the one study, no study list.
  */
 (function () {
   'use strict';
@@ -294,6 +297,66 @@
     },
   };
 
+  // -- the project's pages for the study on screen, in windows of their own ------------------
+
+  var tools = pacs.tools || {};
+  var TOOL_KEYS = { f: 'film', s: 'share' };
+
+  function studyOnScreen() {
+    var query = new URLSearchParams(window.location.search);
+    return (query.get('StudyInstanceUIDs') || '').split(',')[0];
+  }
+
+  function openTool(name) {
+    var uid = studyOnScreen();
+    if (!tools[name] || !uid) {
+      return;
+    }
+    window.open(tools[name] + '?StudyInstanceUIDs=' + encodeURIComponent(uid), 'pacs-' + name);
+  }
+
+  function toolButtons() {
+    var bar = document.createElement('div');
+    bar.id = 'pacs-tools';
+    bar.setAttribute('style', 'position:fixed;top:10px;right:150px;z-index:50;display:none;gap:6px');
+    ['film', 'share'].forEach(function (name) {
+      if (!tools[name]) {
+        return;
+      }
+      var key = name === 'film' ? 'F' : 'S';
+      var button = document.createElement('button');
+      button.type = 'button';
+      button.id = 'pacs-tool-' + name;
+      button.title = 'Alt+' + key;
+      button.textContent = label('tools.' + name, name) + ' (Alt+' + key + ')';
+      button.setAttribute('style', 'background:#041c4a;color:#5acce6;border:1px solid #3a3f99;border-radius:4px;' +
+                          'padding:4px 10px;font-size:13px;cursor:pointer');
+      button.addEventListener('click', function () { openTool(name); });
+      bar.appendChild(button);
+    });
+    document.body.appendChild(bar);
+    var shown = function () {
+      bar.style.display = /\/viewer\/viewer/.test(window.location.pathname) && studyOnScreen() ? 'flex' : 'none';
+    };
+    shown();
+    window.setInterval(shown, 500);  // OHIF's router changes the path without a page load
+    window.addEventListener('keydown', function (event) {
+      var name = event.altKey && !event.ctrlKey && !event.metaKey && TOOL_KEYS[String(event.key).toLowerCase()];
+      if (name && tools[name]) {
+        event.preventDefault();
+        openTool(name);
+      }
+    }, true);
+  }
+
+  if (tools.film || tools.share) {
+    if (document.body) {
+      toolButtons();
+    } else {
+      document.addEventListener('DOMContentLoaded', toolButtons);
+    }
+  }
+
   // -- the overlay: the patient's name in full, ID, study and series -------------------------
 
   function overlayItem(id, title, condition, content) {
@@ -336,7 +399,7 @@
     routerBasename: '/viewer',
     extensions: [extension],
     modes: [],
-    showStudyList: true,
+    showStudyList: !pacs.shared,  // a consultation link opens its one study, no list
     // The header's patient box shows the alphabetic group only (OHIF formats it itself): the
     // overlay shows the patient instead.
     showPatientInfo: 'disabled',
