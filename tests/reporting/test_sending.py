@@ -430,3 +430,25 @@ def test_sign_verify_amend_through_the_reading_service(start_server, his, platfo
     DiagnosticReport.model_validate(served)
     assert served["status"] == "corrected" and served["basedOn"] == [{"reference": f"ServiceRequest/{order_id}"}]
     assert served["presentedForm"][0]["data"] == last["presentedForm"][0]["data"]
+
+
+def test_without_the_font_the_report_waits_then_goes(start_server, his, platform, tmp_path, installed_assets):
+    """No CJK font, no PDF: the version waits whole in the outbox, saying why, and nothing of it
+    is sent; once the font is installed, everything goes."""
+    import shutil
+
+    from pacs import assets
+
+    empty = tmp_path / "assets"
+    empty.mkdir()
+    server = start_server(his=HISDestination(host="127.0.0.1", port=his.port),
+                          outbox=OutboxSettings(base_delay_seconds=0.1, max_delay_seconds=0.5), assets={"dir": empty})
+    order_id = imaged_order(server, tmp_path)
+    sign(server, order_id, "F", signed_at=datetime.now(UTC), author="wang", author_name="王主任")
+    wait_for(lambda: any(i.attempts >= 2 for i in outbox(server, sending.DESTINATION)))
+    [waiting] = outbox(server, sending.DESTINATION)
+    assert waiting.status == OutboxStatus.RETRYING and "pacs assets install" in waiting.last_error
+    assert his.results() == [] and outbox(server, "archive") == []
+    shutil.copytree(assets.folder(installed_assets, assets.NOTO_SANS_SC), assets.folder(empty, assets.NOTO_SANS_SC))
+    wait_for(lambda: len(his.results()) == 1)
+    wait_for(lambda: [i.status for i in outbox(server, "archive")] == [OutboxStatus.SENT])
