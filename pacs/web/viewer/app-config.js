@@ -16,7 +16,7 @@
  *  - the study list's columns in the user's language; the language itself (zh-CN by default);
  *  - window presets per modality from the mappings (window_presets.yaml), the image's own
  *    window first and those suited to the series' body part next;
- *  - hanging protocols per modality (the layout a study opens in);
+ *  - hanging protocols per modality (the layout a study opens in); layouts up to 4 × 4;
  *  - cine: a multi-frame series plays as soon as it is shown;
  *  - two buttons on a study, each opening a page of the project in a window of its own: film
  *    printing (/film, Alt+F) and consultation links (/share, Alt+S);
@@ -394,6 +394,19 @@
     });
   }
 
+  // -- the layout picker: up to 4 × 4 viewports (OHIF offers 3 rows × 4 columns) -------------
+
+  var LAYOUT_MAX = 4;
+
+  function largerLayouts(buttons) {
+    return (buttons || []).map(function (button) {
+      if (!button || button.id !== 'Layout') {
+        return button;
+      }
+      return Object.assign({}, button, { props: Object.assign({}, button.props, { rows: LAYOUT_MAX, columns: LAYOUT_MAX }) });
+    });
+  }
+
   window.config = {
     name: 'pacs',
     routerBasename: '/viewer',
@@ -448,6 +461,7 @@
         'viewportOverlay.topLeft': { $set: topLeft },
         'cornerstone.windowLevelPresets': { $apply: presetsInOrder },
         'workList.columns': { $apply: relabel },
+        'cornerstone.toolbarButtons': { $apply: largerLayouts },
         'ohif.tours': { $set: [] },  // the first-visit walkthrough would cover the images
       },
     },

@@ -1,0 +1,156 @@
+"""The viewer's tools beyond reading values, each used on a CT phantom in Chromium: the
+magnifier, an arrow with its text, the angle, the freehand ROI with its Hounsfield statistics,
+slices of two series scrolled together, and a 4 × 4 layout. Screenshots of each step."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from pydicom.uid import generate_uid
+
+from tests.web import test_viewer
+from tests.web.conftest import Steps
+from tests.web.test_desk import add_user
+from tests.web.test_viewer import (
+    ADMIN,
+    HU_TOLERANCE,
+    LOAD_TIMEOUT_MS,
+    OVERLAY_BOTTOM_RIGHT,
+    OVERLAY_TOP_LEFT,
+    VIEWPORT,
+    WATER_HU,
+    image_box,
+    log_in,
+    probe_texts,
+)
+from tests.web.viewer_studies import ct_phantom, stow
+
+gl_browser = test_viewer.gl_browser  # the viewer tests' fixtures: a browser with WebGL, its page
+viewer_steps = test_viewer.viewer_steps
+SLICES = 12
+
+
+def two_series(study: str) -> list:  # type: ignore[type-arg]
+    """Two CT series of one study over the same slices (one frame of reference): an acquisition
+    and its reconstruction, as a radiologist compares them."""
+    first = ct_phantom(SLICES, 128, study_uid=study)
+    second = ct_phantom(SLICES, 128, study_uid=study)
+    for ds, twin in zip(second, first, strict=True):
+        ds.FrameOfReferenceUID = twin.FrameOfReferenceUID
+        ds.SeriesNumber = 3
+        ds.SeriesDescription = "重建 CT phantom"
+    return first + second
+
+
+def texts_since(page, before: int) -> list[str]:  # type: ignore[no-untyped-def]
+    return probe_texts(page)[before:]
+
+
+def test_magnifier_arrow_angle_freehand_sync_and_4x4(guarded_server, installed_viewer, viewer_steps: Steps) -> None:
+    study = generate_uid()
+    stow(guarded_server.http_url, two_series(study), auth=ADMIN)
+    add_user(guarded_server, "lidoc", ["radiologist"], "李医生")
+    page = viewer_steps.page
+    log_in(page, guarded_server, "lidoc", f"/viewer/viewer?StudyInstanceUIDs={study}")
+    page.wait_for_selector(f"{VIEWPORT} canvas", timeout=LOAD_TIMEOUT_MS)
+    page.wait_for_function(f"document.querySelector('{OVERLAY_TOP_LEFT}')?.innerText.includes('张三')",
+                           timeout=LOAD_TIMEOUT_MS)
+    page.wait_for_timeout(500)
+    left, top, side = image_box(page)
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return left + x * side, top + y * side
+
+    # the magnifier: a magnified view follows the pointer while the button is held
+    page.click('[data-cy="MoreTools-split-button-secondary"]')
+    page.click('[data-cy="Magnify"]')
+    canvases = page.locator(f"{VIEWPORT} canvas").count()
+    page.mouse.move(*at(0.6, 0.5))
+    page.mouse.down()
+    page.wait_for_function(f"document.querySelectorAll('{VIEWPORT} canvas').length > {canvases}")
+    viewer_steps.shot("magnifier")
+    page.mouse.up()
+    page.wait_for_function(f"document.querySelectorAll('{VIEWPORT} canvas').length === {canvases}")
+
+    # an arrow with its text (OHIF asks for the text when the arrow is drawn)
+    page.click('[data-cy="MeasurementTools-split-button-secondary"]')
+    page.click('[data-cy="ArrowAnnotate"]')
+    before = len(probe_texts(page))
+    page.mouse.move(*at(0.35, 0.3))
+    page.mouse.down()
+    page.mouse.move(*at(0.6, 0.45), steps=8)
+    page.mouse.up()
+    page.fill('[data-cy="dialog-input"]', "骨性结节")
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"[...document.querySelectorAll('{VIEWPORT} svg text')].some(t => "
+                           "t.textContent.includes('骨性结节'))")
+    viewer_steps.shot("arrow-with-text")
+    tracking = page.locator('[data-cy="prompt-begin-tracking-yes-btn"]')
+    if tracking.is_visible():
+        tracking.click()
+
+    # the angle: two arms drawn at a right angle read 90°
+    page.click('[data-cy="MoreTools-split-button-secondary"]')
+    page.click('[data-cy="Angle"]')
+    before = len(probe_texts(page))
+    page.mouse.move(*at(0.2, 0.85))
+    page.mouse.down()
+    page.mouse.move(*at(0.5, 0.85), steps=8)
+    page.mouse.up()
+    page.mouse.click(*at(0.5, 0.55))
+    page.wait_for_function(f"[...document.querySelectorAll('{VIEWPORT} svg text')].slice({before})"
+                           ".some(t => t.textContent.includes('°'))")
+    shown = [t for t in texts_since(page, before) if "°" in t][-1]
+    degrees = float(re.search(r"(\d+(?:\.\d+)?)\s*°", shown).group(1))  # type: ignore[union-attr]
+    assert abs(degrees - 90) <= 1, shown
+    viewer_steps.shot("angle")
+
+    # the freehand ROI: a closed loop in the water reads 0 HU, with its area
+    page.click('[data-cy="MeasurementTools-split-button-secondary"]')
+    page.click('[data-cy="PlanarFreehandROI"]')
+    before = len(probe_texts(page))
+    cx, cy, r = 0.3, 0.5, 0.07
+    page.mouse.move(*at(cx + r, cy))
+    page.mouse.down()
+    for step in range(1, 41):
+        angle = 2 * math.pi * step / 40
+        page.mouse.move(*at(cx + r * math.cos(angle), cy + r * math.sin(angle)))
+    page.mouse.up()
+    page.wait_for_function(f"[...document.querySelectorAll('{VIEWPORT} svg text')].slice({before})"
+                           ".some(t => t.textContent.includes('Mean'))")
+    text = " ".join(texts_since(page, before))
+    mean = float(re.search(r"Mean:\s*(-?\d+(?:\.\d+)?)\s*HU", text).group(1))  # type: ignore[union-attr]
+    assert abs(mean - WATER_HU) <= HU_TOLERANCE, text
+    assert re.search(r"Area:\s*\d", text), text
+    viewer_steps.shot("freehand-roi")
+
+    # two series side by side, their slices scrolled together (OHIF's image slice sync)
+    page.click('[data-cy="Layout"]')
+    page.click('[data-cy="Layout-1-0"]')  # column 2, row 1 of the layout picker: 1 × 2
+    page.wait_for_function(f"document.querySelectorAll('{VIEWPORT}').length === 2")
+    page.wait_for_function(f"document.querySelectorAll('{OVERLAY_BOTTOM_RIGHT}').length === 2 && "
+                           f"[...document.querySelectorAll('{OVERLAY_TOP_LEFT}')].some(o => o.innerText.includes('重建'))",
+                           timeout=LOAD_TIMEOUT_MS)
+    page.click('[data-cy="MoreTools-split-button-secondary"]')
+    page.click('[data-cy="ImageSliceSync"]')
+    page.keyboard.press("Escape")
+    panes = page.locator(VIEWPORT)
+    box = panes.nth(0).bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    positions = page.locator(OVERLAY_BOTTOM_RIGHT)
+    start = [positions.nth(i).inner_text() for i in range(2)]
+    page.mouse.wheel(0, 400)  # scroll the left series
+    page.wait_for_function(f"document.querySelectorAll('{OVERLAY_BOTTOM_RIGHT}')[0].innerText !== {start[0]!r}")
+    page.wait_for_timeout(500)
+    moved = [positions.nth(i).inner_text() for i in range(2)]
+    left_slice = re.search(r"\((\d+)/", moved[0]).group(1)  # type: ignore[union-attr]
+    assert moved[1] != start[1], (start, moved)
+    assert f"({left_slice}/{SLICES})" in moved[1], moved
+    viewer_steps.shot("slices-in-sync")
+
+    # the layout picker offers up to 4 × 4
+    page.click('[data-cy="Layout"]')
+    page.click('[data-cy="Layout-3-3"]')
+    page.wait_for_function(f"document.querySelectorAll('{VIEWPORT}').length === 16")
+    viewer_steps.shot("layout-4x4")
