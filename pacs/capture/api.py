@@ -15,7 +15,9 @@ become one series.
 - 400: a file that is no JPEG, PNG, BMP, TIFF or PDF, or cannot be read, or an unknown device;
   nothing is stored; 404: the order or accession number named does not exist; 409: the order
   has ended (cancelled, discontinued); 413: a file larger than ``MAX_FILE_BYTES``;
-  507: the archive could not store it.
+  507: the archive could not store it. A refusal's body is ``detail`` (the reason in English),
+  ``code`` and ``values`` (the same reason as a code of :mod:`pacs.capture.reasons`, which the
+  catalogues translate as ``capture.reason.<code>``); a queued file has them too.
 
     curl -u tech:... -F file=@endo_1.jpg -F file=@report.pdf -F accession_number=A0017 \\
          -F device=ENDO2 https://pacs.example/api/capture
@@ -84,13 +86,13 @@ async def capture_files(
             capture.capture, files, device=chosen, order=order, accession_number=(accession_number or "").strip(),
             patient_id=(patient_id or "").strip() or None, by=principal.name or "api")
     except Unconvertible as exc:
-        raise HTTPException(400, str(exc)) from None
+        return JSONResponse(exc.as_json(), status_code=400)
     except UnknownOrder as exc:
-        raise HTTPException(404, str(exc)) from None
+        return JSONResponse(exc.as_json(), status_code=404)
     except OrderEnded as exc:
-        raise HTTPException(409, str(exc)) from None
+        return JSONResponse(exc.as_json(), status_code=409)
     except StoreFailed as exc:
-        raise HTTPException(507, str(exc)) from None
+        return JSONResponse(exc.as_json(), status_code=507)
     stored = [r.as_json() for r in results if not isinstance(r, Queued)]
     queued = [r.as_json() for r in results if isinstance(r, Queued)]
     return JSONResponse({"stored": stored, "queued": queued}, status_code=202 if queued and not stored else 201)

@@ -55,6 +55,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from pacs.capture.reasons import Coded
 from pacs.capture.video import COMPRESSION_METHOD, Video, VideoError, prepare, sniff_video
 
 CHARSET = "ISO_IR 192"  # (0008,0005): UTF-8, PS3.3 C.12.1.1.2
@@ -100,8 +101,11 @@ DOCUMENT_MODALITY = "DOC"  # PS3.3 C.24.1: Encapsulated Document Series' usual m
 IMAGE_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "TIFF": "image/tiff"}
 
 
-class Unconvertible(ValueError):
-    """A file this service cannot make DICOM; the message says why and what would do."""
+class Unconvertible(Coded, ValueError):
+    """A file this service cannot make DICOM; the message says why and what would do (a reason
+    code and its values beside it, :mod:`pacs.capture.reasons`)."""
+
+    default_code = "unconvertible"
 
 
 @dataclass
@@ -182,32 +186,37 @@ def inspect(data: bytes, file_name: str = "") -> Source:
     """What ``data`` is and whether it can be converted; raises :class:`Unconvertible` with the
     reason when it cannot (not an image or PDF, truncated, several pages, too large)."""
     if not data:
-        raise Unconvertible("the file is empty")
+        raise Unconvertible("the file is empty", "empty")
     media_type = sniff(data)
     if media_type == "application/pdf":
         if len(data) > MAX_PDF_BYTES:
-            raise Unconvertible(f"the PDF has {len(data)} bytes; at most {MAX_PDF_BYTES} are taken")
+            raise Unconvertible(f"the PDF has {len(data)} bytes; at most {MAX_PDF_BYTES} are taken", "pdf_too_large",
+                                size=len(data), most=MAX_PDF_BYTES)
         if b"%%EOF" not in data[-2048:]:
-            raise Unconvertible("the PDF has no %%EOF at its end: it is truncated (still being copied?)")
+            raise Unconvertible("the PDF has no %%EOF at its end: it is truncated (still being copied?)",
+                                "pdf_truncated")
         return Source(data, file_name, media_type)
     if not media_type:
-        raise Unconvertible("not a JPEG, PNG, BMP, TIFF, PDF or MP4/MOV/AVI/MKV video file (by its first bytes"
-                            + (f"; its name says {file_name.rsplit('.', 1)[-1]!r}" if "." in file_name else "")
-                            + ")")
+        suffix = file_name.rsplit(".", 1)[-1] if "." in file_name else ""
+        raise Unconvertible("not a JPEG, PNG, BMP, TIFF, PDF or MP4/MOV/AVI/MKV/WebM video file (by its first bytes"
+                            + (f"; its name says {suffix!r}" if suffix else "") + ")",
+                            "not_supported_named" if suffix else "not_supported", suffix=suffix)
     if media_type.startswith("video/"):
         try:
             video = prepare(data, media_type)
         except VideoError as exc:
-            raise Unconvertible(str(exc)) from None
+            raise Unconvertible(str(exc), "video", detail=str(exc)) from None
         return Source(data, file_name, media_type, width=video.width, height=video.height, video=video)
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height, mode = image.width, image.height, image.mode
             if width * height > MAX_PIXELS:
-                raise Unconvertible(f"the image is {width}x{height}; at most {MAX_PIXELS} pixels are taken")
+                raise Unconvertible(f"the image is {width}x{height}; at most {MAX_PIXELS} pixels are taken",
+                                    "image_too_large", width=width, height=height, most=MAX_PIXELS)
             pages = getattr(image, "n_frames", 1)
             if pages > 1:
-                raise Unconvertible(f"the {image.format} file has {pages} pages; send one image per file")
+                raise Unconvertible(f"the {image.format} file has {pages} pages; send one image per file", "pages",
+                                    format=image.format, pages=pages)
             baseline = subsampling = None
             if image.format == "JPEG":
                 # SOF0 is the baseline process; Pillow records a progressive (SOF2) file, and the
@@ -223,7 +232,9 @@ def inspect(data: bytes, file_name: str = "") -> Source:
     except Unconvertible:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise Unconvertible(f"the {media_type.split('/')[1].upper()} file cannot be read: {exc}") from None
+        kind = media_type.split("/")[1].upper()
+        raise Unconvertible(f"the {kind} file cannot be read: {exc}", "unreadable", format=kind,
+                            detail=str(exc)) from None
     return Source(data, file_name, media_type, width=width, height=height, mode=mode,
                   baseline_jpeg=bool(baseline), subsampling=-1 if subsampling is None else subsampling)
 

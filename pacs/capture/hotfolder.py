@@ -32,6 +32,7 @@ from pathlib import Path
 
 from pacs.capture.convert import inspect
 from pacs.capture.devices import CaptureDevice
+from pacs.capture.reasons import reason_text
 from pacs.capture.service import Capture, StoreFailed, Unconvertible, accession_in_name
 
 log = logging.getLogger(__name__)
@@ -184,9 +185,18 @@ class HotFolders:
         if _changed(path, size):
             return 0  # written to again while it was read: not whole after all
         moved = aside(path, error)
-        moved.with_name(moved.name + ".reason.txt").write_text(f"{exc}\n", encoding="utf-8")
+        moved.with_name(moved.name + ".reason.txt").write_text(self._reason(exc), encoding="utf-8")
         log.warning("hot folder %s: %s moved to %s: %s", device.name, path.name, error, exc)
         return 1
+
+    def _reason(self, exc: Exception) -> str:
+        """A refused file's reason: in the site's language (``[auth] default_language``), then in
+        English when that differs (:mod:`pacs.capture.reasons`)."""
+        from pacs.web.i18n import translator
+
+        english = f"{exc}"
+        local = reason_text(exc, translator(self.capture.settings.auth.default_language))
+        return f"{local}\n" if local == english else f"{local}\n{english}\n"
 
     def take(self, device: CaptureDevice, path: Path, done: Path, error: Path) -> int:
         try:

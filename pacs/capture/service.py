@@ -45,6 +45,7 @@ from pacs.archive.store import Archive, incoming_dir
 from pacs.capture.barcode import read_barcodes
 from pacs.capture.convert import Equipment, Source, Target, Unconvertible, inspect, to_dataset
 from pacs.capture.devices import DEFAULT_DEVICE, CaptureDevice, CaptureDevices, load_capture_devices
+from pacs.capture.reasons import Coded
 from pacs.db import Database
 from pacs.integration.mapping import MappingHolder
 from pacs.registry import service
@@ -59,16 +60,22 @@ STORE_WORKERS = 4  # objects of one capture handed to store() at once
 __all__ = ["Capture", "Captured", "OrderEnded", "Queued", "StoreFailed", "Unconvertible", "UnknownOrder"]
 
 
-class UnknownOrder(LookupError):
+class UnknownOrder(Coded, LookupError):
     """The caller named an order (id or accession number) that does not exist."""
 
+    default_code = "unknown_order"
 
-class OrderEnded(ValueError):
+
+class OrderEnded(Coded, ValueError):
     """The caller named an order that was cancelled or discontinued."""
 
+    default_code = "order_ended"
 
-class StoreFailed(RuntimeError):
+
+class StoreFailed(Coded, RuntimeError):
     """The archive did not take the object (storage full, a write failed); nothing was kept."""
+
+    default_code = "store_failed"
 
 
 @dataclass
@@ -94,12 +101,32 @@ class Queued:
 
     file_name: str
     item: int
-    reason: str
+    reason: str  # in English; code and values for the pages (pacs.capture.reasons)
     candidates: list[int] = field(default_factory=list)
     outcome: str = "queued"
+    code: str = "no_order"
+    values: dict[str, str] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Why a file waits on the reconciliation list: the English text kept on the item, and the
+    reason code and values the pages translate (:mod:`pacs.capture.reasons`)."""
+
+    text: str
+    code: str = "no_order"
+    values: dict[str, str] = field(default_factory=dict)
+
+    def __init__(self, text: str, code: str = "no_order", **values: Any) -> None:
+        object.__setattr__(self, "text", text)
+        object.__setattr__(self, "code", code)
+        object.__setattr__(self, "values", {k: str(v) for k, v in values.items()})
+
+
+NO_WAIT = Wait("no order found")
 
 
 def accession_in_name(file_name: str) -> str:
@@ -155,7 +182,9 @@ class Capture:
     def device(self, name: str | None) -> CaptureDevice:
         found = self.devices().get(name)
         if found is None:
-            raise Unconvertible(f"device {name!r} is not in capture.yaml; known: {', '.join(self.devices().names)}")
+            known = ", ".join(self.devices().names)
+            raise Unconvertible(f"device {name!r} is not in capture.yaml; known: {known}", "unknown_device",
+                                device=name, known=known)
         return found
 
     def now(self) -> datetime:
@@ -177,7 +206,8 @@ class Capture:
             try:
                 sources.append(inspect(data, name))
             except Unconvertible as exc:
-                raise Unconvertible(f"{name or 'the file'}: {exc}") from None
+                raise Unconvertible(f"{name or 'the file'}: {exc}", "in_file", file=name or "?",
+                                    reason_code=exc.code, **exc.values) from None
         return self.capture_sources(sources, device=device, order=order, accession_number=accession_number,
                                     patient_id=patient_id, by=by)
 
@@ -186,7 +216,7 @@ class Capture:
                         patient_id: str | None = None, by: str = "") -> list[Captured | Queued]:
         """:meth:`capture` of files already looked at (:func:`pacs.capture.convert.inspect`)."""
         if not sources:
-            raise Unconvertible("no file was sent")
+            raise Unconvertible("no file was sent", "no_file")
         now = self.now()
         with self.db.session(read_only=True) as session:
             found, (reason, rule), candidates, keys, patient = self._find(
@@ -218,7 +248,7 @@ class Capture:
 
     def _find(self, session: Session, *, device: CaptureDevice, order: int | None, accession_number: str | None,
               patient_id: str | None, source: Source, now: datetime) -> tuple[
-                  ImagingOrder | None, tuple[str, str], list[int], ImageKeys, Patient | None]:
+                  ImagingOrder | None, tuple[Wait, str], list[int], ImageKeys, Patient | None]:
         """The order, or (why there is none, the devices.yaml entry that said so), the
         candidates, the keys matched on, and the patient a queued file is filed under meanwhile."""
         patient = service.patient_by_id(session, patient_id) if patient_id else None
@@ -227,31 +257,34 @@ class Capture:
         if order is not None:
             found = session.get(ImagingOrder, order)
             if found is None:
-                raise UnknownOrder(f"order {order} does not exist")
+                raise UnknownOrder(f"order {order} does not exist", "unknown_order", order=order)
             self._check_open(found)
-            return found, ("", ""), [], keys, patient
+            return found, (NO_WAIT, ""), [], keys, patient
         if accession_number:
             orders = list(session.exec(select(ImagingOrder).where(ImagingOrder.accession_number == accession_number)
                                        .order_by(col(ImagingOrder.id))).all())
             if not orders:
-                raise UnknownOrder(f"no order has accession number {accession_number}")
+                raise UnknownOrder(f"no order has accession number {accession_number}", "unknown_accession",
+                                   accession=accession_number)
             live = [o for o in orders if o.status not in ENDED_ORDERS]
             if not live:
                 self._check_open(orders[-1])
             if len(live) > 1:
-                why = f"accession number {accession_number} belongs to {len(live)} orders; a person picks one"
+                why = Wait(f"accession number {accession_number} belongs to {len(live)} orders; a person picks one",
+                           "ambiguous_accession", accession=accession_number, count=len(live))
                 return None, (why, ""), [o.id for o in live if o.id is not None], keys, patient
-            return live[0], ("", ""), [], keys, patient
+            return live[0], (NO_WAIT, ""), [], keys, patient
         rules = self.mappings.current().devices
         if rules is None:
-            return None, ("no order was named and devices.yaml has no rules", ""), [], keys, patient
+            return None, (Wait("no order was named and devices.yaml has no rules", "no_rules"), ""), [], keys, patient
         match = match_order(session, rules, keys, now=now)
         if match.order_id is None:
             found, said = self._by_barcode(session, source)
             if found is not None:
-                return found, ("", ""), [], keys, patient
-            return None, (f"{match.reason}; {said}", match.device), list(match.candidates), keys, patient
-        return session.get_one(ImagingOrder, match.order_id), ("", ""), [], keys, patient
+                return found, (NO_WAIT, ""), [], keys, patient
+            why = Wait(f"{match.reason}; {said}", "no_match", detail=match.reason, barcode=said)
+            return None, (why, match.device), list(match.candidates), keys, patient
+        return session.get_one(ImagingOrder, match.order_id), (NO_WAIT, ""), [], keys, patient
 
     @staticmethod
     def _by_barcode(session: Session, source: Source) -> tuple[ImagingOrder | None, str]:
@@ -271,7 +304,8 @@ class Capture:
     def _check_open(order: ImagingOrder) -> None:
         if order.status in ENDED_ORDERS:
             raise OrderEnded(f"order {order.id} (accession {order.accession_number}) is {order.status}; "
-                             "images are not added to it")
+                             "images are not added to it", "order_ended", order=order.id,
+                             accession=order.accession_number, status=order.status)
 
     @staticmethod
     def _target(session: Session, order: ImagingOrder | None, patient: Patient | None) -> Target:
@@ -316,10 +350,12 @@ class Capture:
         finally:
             path.unlink(missing_ok=True)  # moved into the area, or left behind by a failure
         if not result.ok:
-            raise StoreFailed(f"the archive did not store {ds.SOPInstanceUID}: {result.comment or result.outcome}")
+            detail = result.comment or result.outcome
+            raise StoreFailed(f"the archive did not store {ds.SOPInstanceUID}: {detail}", "store_failed",
+                              uid=ds.SOPInstanceUID, detail=detail)
 
     # -- the reconciliation list --------------------------------------------------------------
-    def _queue(self, source: Source, *, device: CaptureDevice, reason: str, candidates: list[int], keys: ImageKeys,
+    def _queue(self, source: Source, *, device: CaptureDevice, reason: Wait, candidates: list[int], keys: ImageKeys,
                patient: Patient | None, now: datetime, by: str, rule: str = "") -> Queued:
         handle, name = tempfile.mkstemp(prefix="capture-", dir=self._scratch())
         with os.fdopen(handle, "wb") as out:
@@ -335,7 +371,7 @@ class Capture:
                     kind=ItemKind.FILE, area=area.name, key=stored.key, file_name=source.file_name[:255],
                     media_type=source.media_type, patient=patient.id if patient is not None else None,
                     accession_number=keys.accession_number[:64], keys=reconciliation.keys_json(keys, arrived=now),
-                    reason=reason or "no order found", device=rule or device.label, candidates=candidates)
+                    reason=reason.text, device=rule or device.label, candidates=candidates)
                 session.add(item)
                 session.flush()
                 assert item.id is not None
@@ -344,8 +380,8 @@ class Capture:
             area.remove(stored.key)
             raise
         log.info("%s from %s is on the reconciliation list as item %s: %s", source.file_name, device.name,
-                 item_id, reason)
-        return Queued(source.file_name, item_id, reason or "no order found", candidates)
+                 item_id, reason.text)
+        return Queued(source.file_name, item_id, reason.text, candidates, code=reason.code, values=reason.values)
 
     def attach_file(self, session: Session, item: ReconciliationItem, order: ImagingOrder | None, patient: Patient,
                     by: str, notify: Any = None) -> tuple[str, str]:

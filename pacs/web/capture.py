@@ -7,7 +7,8 @@ and Enter); a file field that takes several files and, on a tablet, the camera; 
 what was picked (``/static/capture.js``, the page's only script, which only draws them) to check
 before sending. The form posts to the capture service (:mod:`pacs.capture.service`) like
 ``POST /api/capture``: the page then says what was stored, or why not, or that the files wait on
-the reconciliation list. Texts come from the message catalogues (``capture.*``).
+the reconciliation list. Texts come from the message catalogues (``capture.*``), a refusal's or
+a queued file's reason too (``capture.reason.*``, :mod:`pacs.capture.reasons`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pacs.auth.access import Principal
 from pacs.auth.pages import page_language, render, require_page
 from pacs.auth.roles import Permission
 from pacs.capture.api import MAX_FILE_BYTES
+from pacs.capture.reasons import reason_text
 from pacs.capture.service import OrderEnded, Queued, StoreFailed, Unconvertible, UnknownOrder
 from pacs.http import ServicesDep, SessionDep
 from pacs.registry.device_rules import ENDED_ORDERS
@@ -96,13 +98,13 @@ async def capture_upload(request: Request, principal: CaptureForm, services: Ser
                                               order=None if accession else order, accession_number=accession,
                                               by=principal.name)
         except Unconvertible as exc:
-            error, status = str(exc), HTTPStatus.BAD_REQUEST
+            error, status = reason_text(exc, t), HTTPStatus.BAD_REQUEST
         except UnknownOrder as exc:
-            error, status = str(exc), HTTPStatus.NOT_FOUND
+            error, status = reason_text(exc, t), HTTPStatus.NOT_FOUND
         except OrderEnded as exc:
-            error, status = str(exc), HTTPStatus.CONFLICT
+            error, status = reason_text(exc, t), HTTPStatus.CONFLICT
         except StoreFailed as exc:
-            error, status = str(exc), HTTPStatus.INSUFFICIENT_STORAGE
+            error, status = reason_text(exc, t), HTTPStatus.INSUFFICIENT_STORAGE
     stored = [r for r in results if not isinstance(r, Queued)]
     queued = [r for r in results if isinstance(r, Queued)]
     done = ""
@@ -110,7 +112,7 @@ async def capture_upload(request: Request, principal: CaptureForm, services: Ser
         done = t("capture.stored", count=len(stored), accession=stored[0].accession_number)
     elif queued:
         done = t("capture.queued", count=len(queued), items=", ".join(str(q.item) for q in queued),
-                 reason=queued[0].reason)
+                 reason=reason_text(queued[0].reason, t, queued[0].code, queued[0].values))
     with services.db.session(read_only=True) as session:
         return _page(request, principal, session, services, done=done, stored=stored, queued=queued,
                      error=t("capture.failed", reason=error) if error else "", status=status,

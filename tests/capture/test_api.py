@@ -18,7 +18,9 @@ from sqlmodel import Session, select
 from pacs.archive.index import Instance
 from pacs.archive.reconciliation import ReconciliationItem
 from pacs.auth import accounts
+from pacs.capture.reasons import reason_text
 from pacs.registry.models import ImagingOrder, OrderStatus
+from pacs.web.i18n import translator
 from tests.archive.test_dicomweb import dicomweb
 from tests.archive.test_reconciliation import hl7, study_as_found, us_order
 from tests.archive.test_store import storage_files
@@ -122,10 +124,14 @@ def test_bad_input_is_4xx_with_its_reason_and_nothing_kept(server, tmp_path):
     # one bad file among good ones: none is stored
     response = post(server, [("a.jpg", jpeg()), ("cut.png", png()[0][:200])], accession_number="ACC3")
     assert response.status_code == 400 and response.json()["detail"].startswith("cut.png: ")
+    refused = response.json()  # the reason as a code and its values too, for a page to translate
+    assert (refused["code"], refused["values"]["file"], refused["values"]["reason_code"]) == (
+        "in_file", "cut.png", "unreadable")
     response = post(server, [("cut.pdf", PDF[:60])], accession_number="ACC3")
     assert response.status_code == 400 and "truncated" in response.json()["detail"]
     response = post(server, [("a.jpg", jpeg())], accession_number="NOSUCH")
     assert response.status_code == 404 and "NOSUCH" in response.json()["detail"]
+    assert response.json()["code"] == "unknown_accession" and response.json()["values"] == {"accession": "NOSUCH"}
     response = post(server, [("a.jpg", jpeg())], order="999999")
     assert response.status_code == 404 and "999999" in response.json()["detail"]
     response = post(server, [("a.jpg", jpeg())], accession_number="ACC3", device="NOSUCHDEVICE")
@@ -149,6 +155,9 @@ def test_a_file_that_names_no_order_waits_and_is_stored_once_attached(server, tm
     assert response.status_code == 202, response.text
     [queued] = response.json()["queued"]
     assert response.json()["stored"] == []
+    assert queued["code"] == "no_match" and "IMG" in queued["values"]["detail"]  # why, for a page to translate
+    zh = reason_text(queued["reason"], translator("zh-CN"), queued["code"], queued["values"])
+    assert zh.startswith("设备规则未找到唯一的检查（") and queued["values"]["barcode"] in zh
     listed = httpx.get(f"{server.http_url}/api/reconciliation").json()["items"]
     [item] = [i for i in listed if i["id"] == queued["item"]]
     assert item["kind"] == "file" and item["file"] == {"file_name": "IMG_0042.jpg", "media_type": "image/jpeg"}

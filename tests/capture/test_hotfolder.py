@@ -115,6 +115,8 @@ def test_what_cannot_be_converted_goes_to_error_with_its_reason(server, tmp_path
     reason = wait_for(lambda: (hot / "error" / "ACC22_notes.txt.reason.txt").exists()
                       and (hot / "error" / "ACC22_notes.txt.reason.txt").read_text())
     assert "not a JPEG, PNG, BMP, TIFF, PDF or MP4" in reason
+    # the site's language (zh-CN) first, then English
+    assert reason.splitlines()[0].startswith("ACC22_notes.txt：不是 JPEG、PNG、BMP、TIFF、PDF") and "“txt”" in reason
     assert (hot / "error" / "ACC22_notes.txt").read_text() == "not an image\n"
     time.sleep(SETTLE * 2)
     assert (hot / "copying.jpg.part").exists() and instances(server) == []

@@ -93,7 +93,8 @@ def test_a_technologist_sends_two_photos_and_a_pdf_for_todays_exam(guarded_serve
     page.set_input_files("#files", [str(tmp_path / "胃窦_1.jpg")])
     page.keyboard.press("Enter")
     page.wait_for_selector("#error")
-    assert "NOSUCH" in page.locator("#error").inner_text()
+    assert page.locator("#error").inner_text() == ZH["capture.failed"].format(
+        reason=ZH["capture.reason.unknown_accession"].format(accession="NOSUCH"))  # in Chinese
     assert page.locator("#done").count() == 0
     assert page.input_value("#accession") == "NOSUCH"  # kept, to be corrected
     steps.shot("unknown-accession")
