@@ -19,7 +19,7 @@ user's name (DICOM PS3.15 A.5.3.9, Procedure Record); the caller commits, then w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from enum import IntEnum
 from typing import Any
 
@@ -404,11 +404,3 @@ def _audit(session: Session, order: ImagingOrder, reader: Reader, action: Action
                           studies=[order.study_instance_uid],
                           details={"order": order.id, "accession_number": order.accession_number, **details}))
 
-
-def waiting_since(order: ImagingOrder, study_received: datetime | None) -> datetime:
-    """When the study began to wait for its report: its first image, else the order's last change."""
-    return study_received or order.updated_at
-
-
-def hours(delta: timedelta) -> float:
-    return round(delta.total_seconds() / 3600, 1)
