@@ -1,26 +1,33 @@
 #!/usr/bin/env python
 """The message browser's search (``/engine/messages``) at 1,000,000 stored messages: the time of
 the search the page runs (its count and its first page of 100, newest first), p50/p95/p99 per
-kind of search, in process on the migrated schema.
+kind of search, in process on the migrated schema, then over HTTP against ``pacs serve`` on the
+same store, as a logged-in analyst's browser asks for the page.
 
 Builds a message store of its own: ``--messages`` rows as the channel leaves them, from three
 senders (an IHE HIS, a Chinese HIS sending GB 18030, a FHIR client), ADT^A04/A08, ORM^O01 and
-ServiceRequest in proportion, spread over ``--days`` days; 1 % refused (ERROR, no patient ID or
-accession of their own, as a message refused at mapping is), the rest applied; each with a raw
-message of ~600 bytes holding its patient ID, accession number and a Chinese name. Rows go in
+ServiceRequest in proportion, spread over ``--days`` days; 1 % refused (ERROR, nothing mapped,
+with the patient ID and accession number the channel reads from a refused message's raw text),
+the rest applied; each with a raw message of ~600 bytes holding its patient ID, accession
+number and a Chinese name. Rows go in
 the fast way each database has: COPY on PostgreSQL, ``executemany`` on SQLite. Then times
 :func:`pacs.integration.message_store.search` (the function the page calls, on a fresh session
 per search, as a request has) for searches drawn at random from the rows:
 
 - ``control_id``: one message by MSH-10;
 - ``accession``: one order's messages by accession number;
-- ``accession_refused``: the same for a message refused before it was mapped (no mapped message
-  has its accession number, so the raw text of every refused message is read);
+- ``accession_refused``: the same for a message refused before it was mapped;
 - ``patient_id``: one patient's messages;
 - ``errors_today``: status ERROR, type ORM, the last 24 hours;
 - ``text_hour``: a Chinese name in the raw text, within one hour (a scan of that hour).
 
 Each search must find the row it was drawn from. The goal: control ID and accession under 100 ms.
+
+Over HTTP (``--http-queries`` of each kind; ``--no-http`` leaves it out): ``pacs serve`` is
+started on the store, an analyst logs in through ``/login`` and ``GET /engine/messages`` is
+asked with the same filters; the figures are the server's own time for the search (its
+``Server-Timing: search;dur=`` header), for the whole page (``page;dur=``, the search and the
+rendering of up to 100 rows), and the request's round trip as the client sees it.
 
 Run from the project root::
 
@@ -96,8 +103,8 @@ def rows(count: int, days: int, seed: int) -> Iterator[dict[str, Any]]:
             "error": "AE 103 Table value not found at OBR-27.6" if refused else None,
             "mapped": None, "applied": None, "ack_code": "AE" if refused else "AA",
             "response": f"MSH|^~\\&|PACS|RADIOLOGY|{application}|{facility}|||ACK^O01|ACK{i}|P|2.3.1\rMSA|AA|{control}\r",
-            "patient_id": "" if refused else patient,
-            "accession_number": "" if refused or not mtype.startswith(("ORM", "Service")) else accession,
+            "patient_id": patient,  # a refused message's too: read from its raw text (Channel._search_keys)
+            "accession_number": accession if mtype.startswith(("ORM", "Service")) else "",
             "reprocess_of": None, "processed_at": at,
         }
 
@@ -164,8 +171,8 @@ def searches(count: int, days: int, seed: int, queries: int) -> dict[str, list[t
     for i, row in wanted.items():
         assert row is not None
         control = row["control_id"]
-        if row["status"] == "ERROR":  # never mapped: found in the raw text of the refused
-            out["accession_refused"].append(({"accession_number": f"A{i:08d}"}, control))
+        if row["status"] == "ERROR" and row["accession_number"]:  # never mapped; its key kept
+            out["accession_refused"].append(({"accession_number": row["accession_number"]}, control))
         if i not in chosen_set:
             continue
         out["control_id"].append(({"control_id": control}, control))
@@ -204,6 +211,71 @@ def run(url: str, kinds: dict[str, list[tuple[dict[str, Any], str]]]) -> dict[st
     return timings
 
 
+HTTP_PARAMS = {"message_type": "type", "accession_number": "accession"}
+
+
+def page_params(params: dict[str, Any]) -> dict[str, str]:
+    """A search's filters as the page's form sends them."""
+    return {HTTP_PARAMS.get(k, k): v.isoformat() if isinstance(v, datetime) else str(v)
+            for k, v in params.items() if k != "limit"}
+
+
+def run_http(url: str, folder: Path, kinds: dict[str, list[tuple[dict[str, Any], str]]],
+             queries: int) -> dict[str, dict[str, list[float]]]:
+    """The searches over HTTP against ``pacs serve`` on the store: per kind, the server's search
+    time, its page time (both from ``Server-Timing``) and the client's round trip, in ms."""
+    import re
+
+    import httpx
+    from sqlmodel import Session
+
+    from bench.capture import Serve
+    from pacs.auth import accounts
+    from pacs.db import Database
+    from pacs.settings import SHIPPED_MAPPINGS
+
+    db = Database(url)
+    with Session(db.engine) as session:
+        accounts.add_user(session, username="bench-analyst", password="correct horse 1", roles=["analyst"],
+                          display_name="李娜")
+        session.commit()
+    db.dispose()
+    (folder / "data").mkdir(exist_ok=True)
+    server = Serve(folder / "data", Path(SHIPPED_MAPPINGS), url)  # on the store built above
+    server.start()
+    out: dict[str, dict[str, list[float]]] = {}
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.http_port}", timeout=60) as http:
+            form = http.get("/login", params={"next": "/engine"})
+            token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+            assert token is not None, form.text
+            logged_in = http.post("/login", data={"username": "bench-analyst", "password": "correct horse 1",
+                                                  "next": "/engine", "csrf_token": token.group(1)})
+            assert logged_in.status_code == 303, logged_in.text
+            for kind, items in kinds.items():
+                chosen = items[:queries]
+                for params, _must_find in chosen[:3]:  # warm, as a running server is
+                    http.get("/engine/messages", params=page_params(params))
+                timings: dict[str, list[float]] = {"search": [], "page": [], "round_trip": []}
+                for params, must_find in chosen:
+                    started = time.perf_counter()
+                    response = http.get("/engine/messages", params=page_params(params))
+                    timings["round_trip"].append((time.perf_counter() - started) * 1000)
+                    if response.status_code != 200:
+                        log = (folder / "server.log").read_text(errors="replace")[-4000:]
+                        raise AssertionError(f"HTTP {kind} {params}: {response.status_code}\n{log}")
+                    server_timing = dict(re.findall(r"(\w+);dur=([\d.]+)", response.headers["server-timing"]))
+                    timings["search"].append(float(server_timing["search"]))
+                    timings["page"].append(float(server_timing["page"]))
+                    if must_find and kind in ("control_id", "accession", "accession_refused") \
+                            and f"<td>{must_find}</td>" not in response.text:
+                        raise AssertionError(f"HTTP {kind} {params}: {must_find} not in the page")
+                out[kind] = timings
+    finally:
+        server.stop()
+    return out
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -216,6 +288,8 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=400)
     parser.add_argument("--seed", type=int, default=26)
     parser.add_argument("--database-url", help="a PostgreSQL server, connected to as an administrator")
+    parser.add_argument("--http-queries", type=int, default=100, help="searches of each kind over HTTP")
+    parser.add_argument("--no-http", action="store_true", help="time the search function only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pacs-engine-bench-") as folder:
         admin_url = args.database_url
@@ -233,19 +307,27 @@ def main() -> int:
             load_seconds = populate(url, args.messages, args.days, args.seed)
             kinds = searches(args.messages, args.days, args.seed, args.queries)
             timings = run(url, kinds)
+            database = "PostgreSQL" if admin_url else "SQLite"
+            print(f"message browser search, {args.messages:,} messages over {args.days} days, {database}; "
+                  f"loaded in {load_seconds:.0f} s")
+            print(f"{'search':17} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+            for kind, values in timings.items():
+                print(f"{kind:17} {len(values):5d} {statistics.median(values):8.2f} {percentile(values, 95):8.2f} "
+                      f"{percentile(values, 99):8.2f} {max(values):8.2f}", flush=True)
+            http_timings = {} if args.no_http else run_http(url, Path(folder), kinds, args.http_queries)
         finally:
             if admin_url:
                 import psycopg
 
                 with psycopg.connect(admin_url, autocommit=True) as connection:
                     connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    database = "PostgreSQL" if admin_url else "SQLite"
-    print(f"message browser search, {args.messages:,} messages over {args.days} days, {database}; "
-          f"loaded in {load_seconds:.0f} s")
-    print(f"{'search':17} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}")
-    for kind, values in timings.items():
-        print(f"{kind:17} {len(values):5d} {statistics.median(values):8.2f} {percentile(values, 95):8.2f} "
-              f"{percentile(values, 99):8.2f} {max(values):8.2f}")
+    if http_timings:
+        print(f"over HTTP, GET /engine/messages as a logged-in analyst, pacs serve, {args.http_queries} of each kind")
+        print(f"{'search':17} {'n':>5} {'search p50/p95 ms':>18} {'page p50/p95 ms':>16} {'round trip p50/p95':>19}")
+        for kind, parts in http_timings.items():
+            shown = [f"{statistics.median(parts[k]):7.2f}/{percentile(parts[k], 95):<7.2f}"
+                     for k in ("search", "page", "round_trip")]
+            print(f"{kind:17} {len(parts['search']):5d} {shown[0]:>18} {shown[1]:>16} {shown[2]:>19}")
     print(f"machine: {cpu_model()}, {memory_gb():.0f} GB, load {load_average()}; {git_state()}")
     print("command: .venv/bin/python bench/engine_search.py " + shlex.join(sys.argv[1:]))
     return 0
