@@ -58,6 +58,12 @@ def test_a_ct_read_signed_verified_and_amended_from_the_keyboard(guarded_server,
     assert "ACC7302" in rows.nth(0).inner_text() and ZH["reading.priority.emergency"] in rows.nth(0).inner_text()
     assert page.evaluate("document.activeElement.id") == "rows"
     steps.shot("worklist")
+    page.keyboard.press("F1")
+    assert ZH["reading.keys.open"] in page.locator("dialog#keys").inner_text()
+    steps.shot("keys")
+    page.keyboard.press("Escape")
+    assert not page.locator("dialog#keys").is_visible()
+    page.locator("#rows").focus()
 
     page.keyboard.press("ArrowDown")
     selected = page.locator("#rows tr[aria-selected='true']")
