@@ -200,6 +200,13 @@ def test_a_radiologist_finds_a_study_by_its_hanzi_name_and_reads_it(guarded_serv
     # logged out: the login form, then back to the study list
     log_in(page, guarded_server, "lidoc", "/viewer")
     page.wait_for_selector("text=张三 (ZHANG SAN)", timeout=LOAD_TIMEOUT_MS)
+    # the list's own words in Chinese, those OHIF's zh resources leave in English too
+    page.wait_for_selector(f"text={ZH['viewer.study_list']}")
+    page.wait_for_selector(f"text={ZH['viewer.list.launch']}")
+    shown_text = page.inner_text("body")
+    for english in ("Study List", "Launch workflow", "Select a study", "Reset", "1-1 of 1"):
+        assert english not in shown_text, english
+    assert "共 1 条" in shown_text
     viewer_steps.shot("study-list")
 
     # the list's search, typed in Hanzi: the archive's QIDO matches the ideographic group

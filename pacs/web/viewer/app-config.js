@@ -394,6 +394,70 @@
     });
   }
 
+  // -- the study list's own words: OHIF 3.13 writes a few of them into its page untranslated
+  // ("Study List", "Launch workflow" ...), so the list's text is put in the user's language as
+  // it is drawn ------------------------------------------------------------------------------
+
+  var LIST_TEXTS = {
+    'Study List': label('study_list', 'Study List'),
+    'Select a study': label('list.select', 'Select a study'),
+    'Launch workflow': label('list.launch', 'Launch workflow'),
+    'Reset': label('list.reset', 'Reset'),
+    'View': label('list.view', 'View'),
+    'Start': label('list.start', 'Start'),
+    'End': label('list.end', 'End'),
+  };
+  var LIST_RANGE = /^(\d+)-(\d+) of (\d+)$/;  // "1-25 of 120"
+
+  function onStudyList() {
+    return /^\/viewer\/?$/.test(window.location.pathname);
+  }
+
+  function translateList(root) {
+    if (!onStudyList() || !root) {
+      return;
+    }
+    var walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+    var node;
+    while ((node = walker.nextNode())) {
+      var text = node.nodeValue.trim();
+      var range = LIST_RANGE.exec(text);
+      if (LIST_TEXTS[text] && LIST_TEXTS[text] !== text) {
+        node.nodeValue = node.nodeValue.replace(text, LIST_TEXTS[text]);
+      } else if (range) {
+        node.nodeValue = label('list.range', '{from}-{to} of {total}').replace('{from}', range[1])
+          .replace('{to}', range[2]).replace('{total}', range[3]);
+      }
+    }
+    Array.prototype.forEach.call(root.querySelectorAll ? root.querySelectorAll('input[placeholder]') : [], function (input) {
+      var shown = LIST_TEXTS[input.getAttribute('placeholder')];
+      if (shown) {
+        input.setAttribute('placeholder', shown);
+      }
+    });
+  }
+
+  function watchList() {
+    var pending = false;
+    new MutationObserver(function () {
+      if (pending) {
+        return;
+      }
+      pending = true;
+      window.requestAnimationFrame(function () {
+        pending = false;
+        translateList(document.body);
+      });
+    }).observe(document.body, { childList: true, subtree: true, characterData: true });
+    translateList(document.body);
+  }
+
+  if (document.body) {
+    watchList();
+  } else {
+    document.addEventListener('DOMContentLoaded', watchList);
+  }
+
   // -- the layout picker: up to 4 × 4 viewports (OHIF offers 3 rows × 4 columns) -------------
 
   var LAYOUT_MAX = 4;
