@@ -187,3 +187,35 @@ def test_what_cannot_be_read_is_refused(guarded_server):
     assert resident.post("/reports/1/sign").status_code == 404
     assert resident.put("/reports/1/draft", {"revision": 0, "findings": "a\x00b"}).status_code == 422
     assert resident.get("/reading", sort="nonsense").status_code == 422
+
+
+def test_the_worklist_puts_emergencies_first_and_filters(guarded_server):
+    server = guarded_server
+    resident, _attending, other = people(server)
+    routine = ct_study(server, 7111, "P71111", ZHANG)
+    stat = ct_study(server, 7112, "P71112", ("王", "五", "WANG WU"), priority="S", code="CT0101^头颅CT平扫")
+    emergency = ct_study(server, 7113, "P71113", ("赵", "丽", "ZHAO LI"), patient_class="E", sex="F")
+
+    def accessions(**params: Any) -> list[str]:
+        answer = resident.get("/reading", **params)
+        assert answer.status_code == 200, answer.text
+        return [row["accession_number"] for row in answer.json()["items"]]
+
+    first = accessions()
+    assert set(first[:2]) == {"ACC7112", "ACC7113"} and first[2] == "ACC7111"  # STAT and emergency, then routine
+    assert accessions(sort="waiting") == ["ACC7111", "ACC7112", "ACC7113"]  # the first images in, first
+    assert accessions(priority="urgent") == first[:2]
+    assert accessions(priority="STAT") == ["ACC7112"]
+    assert accessions(body_part="HEAD") == ["ACC7112"]  # from the procedure table
+    assert accessions(modality="MR") == []
+    assert accessions(q="zhao") == ["ACC7113"] and accessions(q="赵") == ["ACC7113"]
+    assert accessions(q="ACC7111") == ["ACC7111"]
+    rows = {row["accession_number"]: row for row in resident.get("/reading").json()["items"]}
+    assert rows["ACC7113"]["emergency"] and rows["ACC7113"]["sex"] == "F"
+    assert rows["ACC7112"]["priority"] == "STAT" and not rows["ACC7111"]["urgent"]
+
+    assert other.post(f"/reports/{stat['id']}/claim").status_code == 200
+    assert resident.post(f"/reports/{routine['id']}/claim").status_code == 200
+    assert accessions(claimed="mine") == ["ACC7111"]
+    assert accessions(claimed="free") == ["ACC7113"]
+    assert [p["accession_number"] for p in resident.get(f"/reading/{emergency['id']}/priors").json()] == []
