@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import uuid
 from datetime import UTC, tzinfo
 from typing import Any
 
@@ -32,6 +33,12 @@ V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
 STATUS = {"P": "preliminary", "F": "final", "C": "corrected"}  # HL7 table 0123 → DiagnosticReportStatus
 FINAL_STATUSES = ("F", "C")  # what reports.read.final shows
 XHTML = "http://www.w3.org/1999/xhtml"
+
+
+def report_uid(report: Report) -> str:
+    """The report's own UID, the same for all its versions: a UUID-derived UID (PS3.5 B.2) of a
+    name-based UUID (RFC 9562 5.5) of its study and its number here."""
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, f'{report.study_instance_uid}/report/{report.id}').int}"
 
 
 def issued(version: ReportVersion, zone: tzinfo | None) -> str:
@@ -59,8 +66,9 @@ def diagnostic_report_resource(session: Session, report: Report, version: Report
     patient = session.get_one(Patient, order.patient)
     study = session.exec(select(Study).where(Study.study_instance_uid == report.study_instance_uid)).first()
     filler = order.filler_number or order.accession_number
-    identifiers: list[dict[str, Any]] = [{"type": {"coding": [{"system": V2_0203, "code": "FILL"}]},
-                                          "value": filler}] if filler else []
+    identifiers: list[dict[str, Any]] = [{"system": DICOM_UID, "value": f"urn:oid:{report_uid(report)}"}]
+    if filler:
+        identifiers.append({"type": {"coding": [{"system": V2_0203, "code": "FILL"}]}, "value": filler})
     if order.accession_number:
         identifiers.append({"type": {"coding": [{"system": V2_0203, "code": "ACSN"}]},
                             "value": order.accession_number})
@@ -101,8 +109,6 @@ def diagnostic_report_resource(session: Session, report: Report, version: Report
         "resultsInterpreter": interpreters,
         "imagingStudy": imaging,
     }
-    if not identifiers:
-        del resource["identifier"]
     if not based_on:
         del resource["basedOn"]
     started = _started(study, zone) if study is not None else None
@@ -144,9 +150,9 @@ def latest_version(session: Session, report: Report) -> ReportVersion | None:
                                                     ReportVersion.number == report.current_version)).first()
 
 
-def conditional_url(order: ImagingOrder) -> str:
-    """The platform's DiagnosticReport of this order, by its filler number (OBR-3 → identifier FILL)."""
-    return f"DiagnosticReport?identifier={V2_0203}|{order.filler_number or order.accession_number}"
+def conditional_url(report: Report) -> str:
+    """The platform's DiagnosticReport of this report, by the report's UID (as ImagingStudy is by its study's)."""
+    return f"DiagnosticReport?identifier={DICOM_UID}|urn:oid:{report_uid(report)}"
 
 
 # -- search (diagnosticreport.html#search) -----------------------------------------------------

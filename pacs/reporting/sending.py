@@ -164,7 +164,7 @@ class ReportSender:
                     pdf_title=f"{page.procedure} 诊断报告".strip())
                 content = {k: v for k, v in resource.items() if k not in ("id", "meta")}
                 outbox_enqueue(session, destination=publisher.DESTINATION, kind="fhir", order=order.id,
-                               payload=json.dumps({"method": "PUT", "url": diagnostic_report.conditional_url(order),
+                               payload=json.dumps({"method": "PUT", "url": diagnostic_report.conditional_url(report),
                                                    "resource": content}, ensure_ascii=False),
                                description=f"DiagnosticReport {order.accession_number} ({content['status']}, "
                                            f"report no. {version.number})")

@@ -224,7 +224,9 @@ def test_preliminary_final_corrected_reach_his_platform_and_archive(start_server
     wait_for(lambda: len(reports()) == 3, describe=lambda: [i.last_error for i in outbox(server, "platform")])
     assert [r["status"] for r in reports()] == ["preliminary", "final", "corrected"]
     keys = [identifier for identifier, body in platform.received if body["resourceType"] == "DiagnosticReport"]
-    assert set(keys) == {"http://terminology.hl7.org/CodeSystem/v2-0203|ACC0001"}  # one report, updated
+    [key] = set(keys)  # one report, updated
+    assert key.startswith("urn:dicom:uid|urn:oid:2.25.")
+    assert {"system": "urn:dicom:uid", "value": key.split("|")[1]} in reports()[0]["identifier"]
     for body in reports():
         DiagnosticReport.model_validate(body)
         assert body["code"]["coding"][0]["code"] == "18748-4"
