@@ -12,6 +12,8 @@ whether it can be converted at all, so a file that cannot is refused before anyt
   for the VL images, which allow no other depth (PS3.3 C.8.12.1.1.2), 16-bit grey kept for
   Secondary Capture;
 - PDF: Encapsulated PDF (PS3.3 A.45.1), the document's bytes as they came;
+- HL7 aECG (XML): 12-Lead ECG Waveform (PS3.3 A.34.3), the rhythm strip's samples as they are
+  (:mod:`pacs.capture.aecg`);
 - MP4, MOV, AVI, MKV: Video Photographic, Endoscopic or Microscopic Image with the transfer
   syntax of its H.264 or HEVC stream, not transcoded when DICOM can hold it
   (:mod:`pacs.capture.video`).
@@ -46,6 +48,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
     SecondaryCaptureImageStorage,
+    TwelveLeadECGWaveformStorage,
     VideoEndoscopicImageStorage,
     VideoMicroscopicImageStorage,
     VideoPhotographicImageStorage,
@@ -55,6 +58,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from pacs.capture.aecg import ECG, AECGError, add_waveform, is_aecg
+from pacs.capture.aecg import read as read_aecg
 from pacs.capture.reasons import Coded
 from pacs.capture.video import COMPRESSION_METHOD, Video, VideoError, prepare, sniff_video
 
@@ -98,6 +103,8 @@ UNKNOWN_REGION = ("261665006", "Unknown")  # SNOMED CT qualifier value
 MICROSCOPE_SLIDE = ("433466003", "Microscope slide")  # PS3.16 CID 8101 Container Type
 PAIRED = {"72696002", "76752008"}  # knee, breast: Laterality applies
 DOCUMENT_MODALITY = "DOC"  # PS3.3 C.24.1: Encapsulated Document Series' usual modality
+AECG_TYPE = "application/x-hl7-aecg+xml"  # HL7 v3 Annotated ECG (no registered media type)
+ECG_MODALITY = "ECG"  # PS3.3 A.34.3.4.1
 IMAGE_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "TIFF": "image/tiff"}
 
 
@@ -121,6 +128,7 @@ class Source:
     baseline_jpeg: bool = False  # kept as it is, as JPEG Baseline
     subsampling: int = -1  # JpegImagePlugin.get_sampling: 0 4:4:4, 1 4:2:2, 2 4:2:0
     video: Video | None = None  # a video, ready to be encapsulated
+    ecg: ECG | None = None  # an HL7 aECG's waveform
 
     @property
     def is_pdf(self) -> bool:
@@ -179,6 +187,8 @@ def sniff(data: bytes) -> str:
         return "image/tiff"
     if data[:5] == b"%PDF-" or (data[:1024].find(b"%PDF-") >= 0 and data[:3] == b"\xef\xbb\xbf"):
         return "application/pdf"
+    if is_aecg(data):
+        return AECG_TYPE
     return sniff_video(data)
 
 
@@ -201,6 +211,12 @@ def inspect(data: bytes, file_name: str = "") -> Source:
         raise Unconvertible("not a JPEG, PNG, BMP, TIFF, PDF or MP4/MOV/AVI/MKV/WebM video file (by its first bytes"
                             + (f"; its name says {suffix!r}" if suffix else "") + ")",
                             "not_supported_named" if suffix else "not_supported", suffix=suffix)
+    if media_type == AECG_TYPE:
+        try:
+            ecg = read_aecg(data)
+        except AECGError as exc:
+            raise Unconvertible(str(exc), "aecg", detail=str(exc)) from None
+        return Source(data, file_name, media_type, ecg=ecg)
     if media_type.startswith("video/"):
         try:
             video = prepare(data, media_type)
@@ -250,6 +266,8 @@ def to_dataset(source: Source, *, target: Target, device: Equipment, now: dateti
     ds.SpecificCharacterSet = CHARSET
     if source.is_pdf:
         sop_class, modality = EncapsulatedPDFStorage, DOCUMENT_MODALITY
+    elif source.ecg is not None:
+        sop_class, modality = TwelveLeadECGWaveformStorage, ECG_MODALITY
     elif source.video is not None:
         sop_class, modality = VIDEO_CLASSES[device.kind], device.image_modality
     else:
@@ -270,13 +288,19 @@ def to_dataset(source: Source, *, target: Target, device: Equipment, now: dateti
     _request(ds, target)
     if source.is_pdf:
         syntax = _pdf(ds, source)
+    elif source.ecg is not None:  # Waveform Identification (C.10.8): when it was recorded
+        if source.ecg.started is not None:
+            ds.AcquisitionDateTime = source.ecg.started.strftime("%Y%m%d%H%M%S")
+            ds.ContentDate, ds.ContentTime = _da(source.ecg.started), _tm(source.ecg.started)
+        add_waveform(ds, source.ecg)
+        syntax = ExplicitVRLittleEndian
     elif source.video is not None:
         syntax = _video(ds, source.video)
         _anatomy(ds, target, required=True)
     else:
         syntax = _image(ds, source, device)
         _anatomy(ds, target, required=False, sequence=device.kind != Kind.SECONDARY)
-    if device.kind == Kind.MICROSCOPE and not source.is_pdf:
+    if device.kind == Kind.MICROSCOPE and not source.is_pdf and source.ecg is None:
         _specimen(ds, source, target)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
