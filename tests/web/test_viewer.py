@@ -464,3 +464,47 @@ def test_without_its_files_the_viewer_says_how_to_install_them(start_server, tmp
         answer = client.get("/viewer")
         assert answer.status_code == 503
         assert "pacs assets install" in answer.text and ZH["viewer.missing"] in answer.text
+
+
+def test_an_exam_row_at_the_desk_opens_its_images(guarded_server, steps, tmp_path):
+    """A desk user whose roles may view images gets the exam's images from its row (a link,
+    Alt+V), in a window of its own; a registrar alone gets no such link."""
+    from tests.reporting.studies import ct_order, send_hl7, store_ct
+
+    message, study = ct_order(9, "P90009", ("孙", "七", "SUN QI"))
+    send_hl7(guarded_server, message)
+    store_ct(guarded_server.dicom_port, study_uid=study, accession="ACC9", patient_id="P90009", images=2)
+    deadline = time.monotonic() + 30
+    with httpx.Client(base_url=guarded_server.http_url, auth=ADMIN, timeout=30) as api:
+        while api.get("/api/orders", params={"accession_number": "ACC9"}).json()["items"][0]["status"] not in (
+                "in_progress", "completed", "images_received", "reported") and time.monotonic() < deadline:
+            time.sleep(0.2)
+    add_user(guarded_server, "deskdoc", ["registrar", "clinician"], "赵医生")
+    add_user(guarded_server, "desk1", ["registrar"], "王登记")
+    page = steps.page
+
+    log_in(page, guarded_server, "deskdoc", "/desk")
+    page.fill("#search", "P90009")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#results li:has-text('P90009')")
+    page.locator("#results").focus()
+    page.keyboard.press("Enter")  # the patient chosen: their exams
+    page.wait_for_selector("#exams li:has-text('ACC9') a.images")
+    assert page.locator("#exams li:has-text('ACC9') a.images").inner_text() == ZH["desk.exams.images"]
+    steps.shot("desk-exam-with-images")
+    page.locator("#exams").focus()
+    with page.context.expect_page() as opened:
+        page.keyboard.press("Alt+v")
+    assert opened.value.url.endswith(f"/viewer/viewer?StudyInstanceUIDs={study}")
+    opened.value.close()
+
+    page.context.clear_cookies()
+    log_in(page, guarded_server, "desk1", "/desk")
+    page.fill("#search", "P90009")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#results li:has-text('P90009')")
+    page.locator("#results").focus()
+    page.keyboard.press("Enter")  # the patient chosen: their exams
+    page.wait_for_selector("#exams li:has-text('ACC9')")
+    assert page.locator("#exams a.images").count() == 0
+    steps.shot("desk-exam-registrar")

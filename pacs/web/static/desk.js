@@ -147,11 +147,33 @@ const results = new Listbox($("results"), (p) => row(
   p.source === "his" ? { text: t("desk.search.from_his"), class: "badge his" } : null,
 ), (p) => choosePatient(p));
 
+// The exam's images in the viewer, in a window of its own (Alt+V on the selected exam), for the
+// roles that may view images (the page says so in data-viewer) and once the modality has begun.
+const mayView = document.querySelector(".desk")?.dataset.viewer === "yes";
+const WITH_IMAGES = new Set(["in_progress", "completed", "images_received", "reported"]);
+const viewable = (o) => mayView && o?.study_instance_uid && WITH_IMAGES.has(o.status);
+const viewerUrl = (o) => `/viewer/viewer?StudyInstanceUIDs=${encodeURIComponent(o.study_instance_uid)}`;
+
+function openImages(o) {
+  if (viewable(o)) window.open(viewerUrl(o), "pacs-viewer");
+}
+
 const exams = new Listbox($("exams"), (o) => {
   const step = o.steps?.[0] ?? {};
   const li = row({ text: o.procedure_text || o.procedure_code, class: "exam" },
     step.station_name || step.station_ae_title || step.modality || "", when(step.start),
     { text: o.accession_number, class: "id" }, statusBadge(o.status));
+  if (viewable(o)) {
+    const link = document.createElement("a");
+    link.href = viewerUrl(o);
+    link.target = "pacs-viewer";
+    link.className = "images";
+    link.title = `${t("desk.exams.images")} (Alt+V)`;
+    link.style.whiteSpace = "nowrap";
+    link.textContent = t("desk.exams.images");
+    link.addEventListener("click", (event) => event.stopPropagation());
+    li.append(link);
+  }
   li.dataset.order = o.id;
   return li;
 }, (o) => checkIn(o));
@@ -544,6 +566,9 @@ const KEYS = {
 };
 
 document.addEventListener("keydown", (event) => {
+  if (event.altKey && event.key.toLowerCase() === "v" && viewable(exams.current())) {
+    event.preventDefault(); openImages(exams.current()); return;
+  }
   const action = KEYS[event.key];
   if (action) { event.preventDefault(); action(); return; }
   if (event.key === "Escape" && !document.querySelector("dialog[open]") && document.activeElement !== search) {
