@@ -226,3 +226,37 @@ def test_the_editor_refuses_what_cannot_be_signed_and_a_stale_tab(guarded_server
     wait_text(page, "message", ZH["reading.editor.stale"].split("，")[0])
     assert api(server, "liyi", "GET", f"/reports/{study['id']}")["findings"] == "另一标签页"
     steps.shot("stale")
+
+
+def test_a_critical_result_is_signed_only_with_whom_was_told_and_when(guarded_server, steps):
+    server = guarded_server
+    add_user(server, "wangzr", ["attending"], "王主任")
+    study = ct_study(server, 7320, "P73201", ("孙", "七", "SUN QI"))
+    page = steps.page
+    log_in(page, server, "wangzr", "/reading")
+    page.locator("#rows tr").first.wait_for()
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"**/reading/{study['id']}")
+    page.wait_for_function("document.getElementById('template').options.length > 1")
+    page.keyboard.press("Alt+F")
+    page.keyboard.type("右侧大量气胸，右肺压缩约70%。")
+    page.keyboard.press("Alt+I")
+    page.keyboard.type("右侧大量气胸。")
+    page.keyboard.press("Alt+X")  # flagged: the focus goes to whom was told
+    assert page.locator("#critical").is_checked()
+    assert page.evaluate("document.activeElement.id") == "critical-told"
+    wait_saved(page)
+    page.keyboard.press("Alt+S")
+    wait_text(page, "message", "危急值")
+    assert api(server, "wangzr", "GET", f"/reports/{study['id']}/versions") == []
+    steps.shot("critical-refused")
+
+    page.keyboard.type("急诊科 刘医生")
+    page.fill("#critical-told-at", "2026-12-06T10:05")
+    wait_saved(page)
+    page.keyboard.press("Alt+S")
+    wait_text(page, "message", ZH["reading.version.F"])
+    [signed] = api(server, "wangzr", "GET", f"/reports/{study['id']}/versions")
+    assert signed["status"] == "F" and signed["critical"] and signed["critical_told"] == "急诊科 刘医生"
+    assert signed["critical_told_at"].startswith("2026-12-06T02:05")  # 10:05 in Shanghai, kept in UTC
+    steps.shot("critical-signed")
