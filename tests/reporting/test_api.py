@@ -187,6 +187,13 @@ def test_what_cannot_be_read_is_refused(guarded_server):
     assert resident.post("/reports/1/sign").status_code == 404
     assert resident.put("/reports/1/draft", {"revision": 0, "findings": "a\x00b"}).status_code == 422
     assert resident.get("/reading", sort="nonsense").status_code == 422
+    add_user(server, "doc", ["clinician"], "临床医生")
+    clinician = As(server, "doc")
+    assert clinician.get("/reading").status_code == 403  # reports.read: drafts included
+    assert clinician.post("/reports/1/claim").status_code == 403
+    page = requests.get(f"{server.http_url}/reading", auth=("doc", PASSWORD), timeout=30)
+    assert page.status_code == 403
+    assert requests.get(f"{server.http_url}/reading", auth=("liyi", PASSWORD), timeout=30).status_code == 200
 
 
 def test_the_worklist_puts_emergencies_first_and_filters(guarded_server):
