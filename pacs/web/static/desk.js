@@ -150,7 +150,7 @@ const results = new Listbox($("results"), (p) => row(
 // The exam's images in the viewer, in a window of its own (Alt+V on the selected exam), for the
 // roles that may view images (the page says so in data-viewer) and once the modality has begun.
 const mayView = document.querySelector(".desk")?.dataset.viewer === "yes";
-const WITH_IMAGES = new Set(["in_progress", "completed", "images_received", "reported"]);
+const WITH_IMAGES = new Set(["in_progress", "completed", "images_received", "reported", "verified"]);
 const viewable = (o) => mayView && o?.study_instance_uid && WITH_IMAGES.has(o.status);
 const viewerUrl = (o) => `/viewer/viewer?StudyInstanceUIDs=${encodeURIComponent(o.study_instance_uid)}`;
 
