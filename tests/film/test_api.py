@@ -58,7 +58,7 @@ def test_a_2x2_film_of_a_ct_is_printed(printing_server: RunningServer, printer: 
         [box] = stored.FilmBoxContentSequence
         assert box.ImageDisplayFormat == "STANDARD\\2,2"
         assert box.FilmSizeID == "14INX17IN" and box.FilmOrientation == "PORTRAIT"
-    assert [len(stored.ImageBoxContentSequence) for stored in (first, second)] == [4, 1]
+    assert sorted(len(stored.ImageBoxContentSequence) for stored in (first, second)) == [1, 4]
     shown = printer.films()  # a Hardcopy Grayscale Image per image box given an image
     assert len(shown) == 5 and {f.Rows for f in shown} == {128}
     for film in shown:
