@@ -153,6 +153,13 @@ def issue_link(settings: Any, study_instance_uid: str, purpose: str, ttl: timede
                  base_url=base_url)[1]
 
 
+def url_of(settings: Any, link: SharedLink, *, base_url: str | None = None) -> str:
+    """A kept link's URL again (its token is made from the row: the same id, study, purpose and
+    expiry sign to the same token)."""
+    grant = Grant(link.id, link.study_instance_uid, link.purpose, link.expires_at.replace(microsecond=0))
+    return link_url(settings, grant, make_token(secret_key(settings), grant), base_url=base_url)
+
+
 def revoke(session: Session, link_id: str, *, by: str) -> SharedLink | None:
     """Revoke a kept link (None: no such link); revoking twice keeps the first time."""
     link = session.get(SharedLink, link_id)

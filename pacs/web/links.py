@@ -117,6 +117,32 @@ def list_links(services: ServicesDep, study: Annotated[str, Query(pattern=UID, m
         return [_out(row) for row in rows]
 
 
+def qr_svg(text: str, size: float = 160.0) -> bytes:
+    """``text`` as a QR code (ISO/IEC 18004, error correction M) in SVG, ``size`` points a side."""
+    from reportlab.graphics import renderSVG
+    from reportlab.graphics.barcode.qr import QrCodeWidget
+    from reportlab.graphics.shapes import Drawing
+
+    widget = QrCodeWidget(text, barLevel="M")
+    x0, y0, x1, y1 = widget.getBounds()
+    drawing = Drawing(size, size, transform=[size / (x1 - x0), 0, 0, size / (y1 - y0), 0, 0])
+    drawing.add(widget)
+    return renderSVG.drawToString(drawing).encode()
+
+
+@router.get("/api/links/{link_id}/qr.svg", summary="A shared link as a QR code (SVG)",
+            response_class=Response, responses={200: {"content": {"image/svg+xml": {}}}},
+            dependencies=[Depends(require(SHARE))])
+def link_qr(link_id: Annotated[str, PathParam(max_length=32)], request: Request, services: ServicesDep) -> Response:
+    """For a phone to scan from the screen (cloud film handed to the patient)."""
+    with services.db.session(read_only=True) as session:
+        link = session.get(links.SharedLink, link_id)
+        if link is None or link.revoked_at is not None or link.expires_at <= utcnow():
+            raise HTTPException(HTTPStatus.NOT_FOUND, f"no shared link {link_id} that still opens")
+        url = links.url_of(services.settings, link, base_url=str(request.base_url))
+    return Response(qr_svg(url), media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
+
+
 @router.post("/api/links/{link_id}/revoke", response_model=LinkOut, summary="End a shared link now")
 def revoke_link(link_id: Annotated[str, PathParam(max_length=32)], request: Request, services: ServicesDep,
                 principal: ShareUser) -> LinkOut:

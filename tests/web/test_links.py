@@ -6,6 +6,7 @@ phone. Every opening is in the audit log with the client's address."""
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -70,7 +71,13 @@ def test_a_consultation_link_opens_one_study_until_revoked(guarded_server, insta
     url = share.input_value("#url")
     assert re.fullmatch(re.escape(guarded_server.http_url) + r"/c/[A-Za-z0-9_.\-]+", url), url
     share.wait_for_selector("#links tbody tr .revoke")
+    share.wait_for_function("document.querySelector('#qr img').complete && "
+                            "document.querySelector('#qr img').naturalWidth > 0")
     Steps(share, viewer_steps.folder).shot("link-made")
+    code = viewer_steps.folder / "qr.png"
+    share.locator("#qr img").screenshot(path=str(code))
+    read = subprocess.run(["zbarimg", "--raw", "-q", str(code)], capture_output=True, text=True, timeout=60)
+    assert read.stdout.strip() == url  # the QR code a phone scans is the link
 
     # the expert, with no account: the viewer on that study
     expert = gl_browser.new_context(viewport={"width": 1400, "height": 900}, locale="zh-CN",

@@ -96,6 +96,9 @@
         url.value = answer.url;
         url.focus();
         url.select();
+        var qr = document.getElementById('qr');
+        qr.querySelector('img').src = '/api/links/' + encodeURIComponent(answer.id) + '/qr.svg';
+        qr.hidden = false;
         list();
       }, fail);
   });
