@@ -3,7 +3,7 @@
 The language of a page is the user's own (set in their account), else one the request asks for
 (``?lang=``, the ``pacs_lang`` cookie), else the site's ``[auth] default_language``. A key
 missing from a catalogue shows the other language's text, and the key itself as a last resort,
-so a page never fails for a missing translation (``tests/web/test_i18n.py`` checks both
+so a page never fails for a missing translation (``tests/web/test_login.py`` checks both
 catalogues hold the same keys).
 """
 
