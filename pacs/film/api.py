@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from pacs.archive.dicomweb import wado
 from pacs.archive.dicomweb.media import DicomwebError
+from pacs.assets import font_path
 from pacs.audit import codes
 from pacs.audit.codes import Action, Outcome
 from pacs.audit.service import Event
@@ -67,6 +68,7 @@ class FilmIn(BaseModel):
     layout: str = Field(default="1x1", description=f"columns x rows, 1x1 to {MAX_COLUMNS}x{MAX_ROWS}")
     window: WindowIn | None = None
     copies: int = Field(default=1, ge=1, le=MAX_COPIES)
+    annotate: bool = Field(default=True, description="the patient, study, window and image burnt into the corners")
     printer: str = Field(default="", max_length=64, description="a printer's name or AE title; the first one if empty")
 
     @field_validator("layout")
@@ -170,7 +172,8 @@ def print_film(body: FilmIn, request: Request, services: ServicesDep, principal:
     try:
         job = Job(images=[(reader.dataset(item), frame) if i else (first, frame)
                           for i, (item, frame) in enumerate(chosen)],
-                  columns=columns, rows=rows, copies=body.copies, label=label,
+                  columns=columns, rows=rows, copies=body.copies, label=label, annotate=body.annotate,
+                  font=font_path(settings.assets_dir),
                   window=Window(body.window.center, body.window.width) if body.window else None)
     except ValueError as exc:
         raise HTTPException(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc)) from None

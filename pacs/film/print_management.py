@@ -10,7 +10,7 @@ One print job is one association (H.4):
 3. N-SET each Image Box (H.4.3) with its image: a Basic Grayscale Image Sequence (PS3.3
    C.13.5), MONOCHROME2, 8 or 12 bits stored, the pixel values already passed through the
    Modality LUT and the chosen window (PS3.3 C.11.2), so the printer prints what the
-   radiologist saw;
+   radiologist saw, with the corners a viewer shows burnt in (patient, study, window, image);
 4. N-ACTION Print on the film box (H.4.2.1.2, action type 1);
 5. N-DELETE the film session (H.4.1.1.4), which ends the job on the printer.
 
@@ -25,10 +25,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_windowing, pixel_array
 from pydicom.uid import generate_uid
@@ -79,6 +80,8 @@ class Job:
     copies: int = 1
     window: Window | None = None
     label: str = ""  # Film Session Label (2000,0050)
+    annotate: bool = True  # the corners burnt into each image
+    font: Path | None = None  # a font with Hanzi (the labels' Noto Sans SC); Pillow's own without
 
     def __post_init__(self) -> None:
         if not (1 <= self.columns <= MAX_COLUMNS and 1 <= self.rows <= MAX_ROWS):
@@ -135,11 +138,55 @@ def _voi_dataset(window: Window, bits: int) -> Dataset:
     return ds
 
 
-def grayscale_image(ds: Dataset, frame: int, window: Window | None, bits: int) -> Dataset:
+def _shown_name(value: Any) -> str:
+    """A PN as the viewer shows it: 张三 (ZHANG SAN), the groups without their carets (PS3.5 6.2.1)."""
+    groups = str(value or "").split("=")
+    alphabetic = " ".join(p for p in groups[0].split("^") if p) if groups else ""
+    ideographic = "".join(p for p in groups[1].split("^") if p) if len(groups) > 1 else ""
+    return f"{ideographic} ({alphabetic})" if ideographic and alphabetic else ideographic or alphabetic
+
+
+def corners(ds: Dataset, frame: int, window: Window) -> dict[str, list[str]]:
+    """What each corner of a printed image says, as the viewer's overlay does."""
+    date = str(ds.get("StudyDate", "") or "")
+    shown_date = f"{date[:4]}-{date[4:6]}-{date[6:8]}" if len(date) == 8 else date
+    who = " ".join(str(v) for v in (ds.get("PatientID", ""), ds.get("PatientSex", ""), ds.get("PatientAge", "")) if v)
+    image = f"Se {ds.get('SeriesNumber', '')} Im {ds.get('InstanceNumber', '')}"
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    return {
+        "top_left": [line for line in (_shown_name(ds.get("PatientName")), who) if line],
+        "top_right": [line for line in (shown_date, str(ds.get("AccessionNumber", "") or "")) if line],
+        "bottom_left": [f"W {window.width:g} L {window.center:g}"],
+        "bottom_right": [image + (f" Fr {frame}/{frames}" if frames > 1 else "")],
+    }
+
+
+def burn_in(pixels: np.ndarray, top: int, text: dict[str, list[str]], font_path: Path | None) -> np.ndarray:
+    """``pixels`` with ``text`` drawn in its corners, white with a black edge so that it reads on
+    any grey."""
+    rows, columns = pixels.shape
+    size = max(9, min(rows, columns) // 32)
+    font = (ImageFont.truetype(str(font_path), size) if font_path is not None
+            else ImageFont.load_default(size))
+    image = Image.fromarray(pixels.astype(np.int32), mode="I")
+    draw = ImageDraw.Draw(image)
+    margin, step = max(2, size // 3), size + max(2, size // 4)
+    for corner, lines in text.items():
+        for i, line in enumerate(lines):
+            width = draw.textlength(line, font=font)
+            x = margin if corner.endswith("left") else columns - margin - width
+            y = margin + i * step if corner.startswith("top") else rows - margin - (len(lines) - i) * step
+            draw.text((x, y), line, font=font, fill=top, stroke_width=1, stroke_fill=0)
+    return np.asarray(image, dtype=np.int32).clip(0, top).astype(np.uint16)
+
+
+def grayscale_image(ds: Dataset, frame: int, window: Window | None, bits: int, *, annotate: bool = False,
+                    font: Path | None = None) -> Dataset:
     """The Basic Grayscale Image Sequence item (PS3.3 C.13.5) of one frame of ``ds``: the
     Modality LUT applied, then ``window`` (else the object's own Window Center/Width, else its
     VOI LUT, else the frame's range), as MONOCHROME2 of ``bits`` bits. A colour image is printed
-    as its luminance (ITU-R 601, Pillow's L)."""
+    as its luminance (ITU-R 601, Pillow's L). With ``annotate``, the corners the viewer shows
+    are burnt in (:func:`corners`)."""
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if not 1 <= frame <= frames:
         raise ValueError(f"instance {ds.get('SOPInstanceUID', '')} has {frames} frame(s), not a frame {frame}")
@@ -169,6 +216,8 @@ def grayscale_image(ds: Dataset, frame: int, window: Window | None, bits: int) -
         out = apply_windowing(values, _voi_dataset(window, bits)).clip(0, top).round().astype(np.uint16)
         if photometric == "MONOCHROME1":
             out = top - out
+    if annotate:
+        out = burn_in(out, top, corners(ds, frame, window or Window(top / 2, top + 1)), font)
     item = Dataset()
     item.SamplesPerPixel = 1
     item.PhotometricInterpretation = "MONOCHROME2"
@@ -219,7 +268,8 @@ class _Session:
 
 def print_job(settings: Settings, printer: Printer, job: Job) -> Printed:
     """Print ``job`` on ``printer`` (PS3.4 H.4); see the module's docstring for the steps."""
-    images = [grayscale_image(ds, frame, job.window, printer.bits) for ds, frame in job.images]
+    images = [grayscale_image(ds, frame, job.window, printer.bits, annotate=job.annotate, font=job.font)
+              for ds, frame in job.images]
     ae = AE(ae_title=settings.ae_title)
     ae.add_requested_context(BasicGrayscalePrintManagementMeta)
     ae.acse_timeout = ae.network_timeout = 30

@@ -66,10 +66,13 @@ def test_a_2x2_film_of_a_ct_is_printed(printing_server: RunningServer, printer: 
         pixels = film.pixel_array.astype(float)
         water = pixels[64, 40]  # inside the cylinder, away from the insert
         bone = pixels[64, 83]  # the insert at (0.65, 0.5)
-        air = pixels[2, 2]
+        air = pixels[64, 1]  # left of the cylinder, between the corners' text
         assert abs(water - printed_value(WATER_HU)) <= 2, water
         assert bone == printed_value(BONE_HU) == 4095
         assert air == 0
+        # the corners burnt in, white on the air: the patient top left, the window bottom left
+        assert (pixels[:28, :48] == 4095).sum() > 20
+        assert (pixels[100:, :48] == 4095).sum() > 20
     assert np.ptp(shown[0].pixel_array) == 4095
 
 
@@ -81,13 +84,14 @@ def test_the_image_s_own_window_in_8_bits(start_server, printer: FilmPrinter) ->
     stow(running.http_url, slices)
     sop = slices[0].SOPInstanceUID
     answer = httpx.post(f"{running.http_url}/api/film", timeout=120, json={
-        "study_instance_uid": slices[0].StudyInstanceUID, "layout": "1x1",
+        "study_instance_uid": slices[0].StudyInstanceUID, "layout": "1x1", "annotate": False,
         "images": [{"series": slices[0].SeriesInstanceUID, "instance": sop, "frame": 1}]})
     assert answer.status_code == 200, answer.text
     [film] = printer.films()
     assert film.BitsStored == 8
     assert abs(int(film.pixel_array[32, 20]) - 127) <= 1
     assert int(film.pixel_array[1, 1]) == 0
+    assert int(film.pixel_array[:4, :].max()) == 0  # no text asked for: the air above the cylinder stays black
     [stored] = printer.stored_prints()
     assert stored.FilmBoxContentSequence[0].FilmSizeID == "8INX10IN"
 

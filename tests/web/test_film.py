@@ -48,6 +48,7 @@ def test_a_radiologist_prints_a_2x2_film_from_the_viewer(start_server, printer: 
     assert film.locator("select[name=layout]").input_value() == "2x2"
     lung = [o for o in film.locator("select[name=window] option").all_inner_texts() if "肺窗" in o]
     assert lung, "the CT presets of window_presets.yaml are offered"
+    assert film.locator("input[name=annotate]").is_checked()
     film.select_option("select[name=window]", label=lung[0])
     level, width = (float(v) for v in film.locator("select[name=window]").input_value().split(","))
     shots.shot("film-page")
@@ -65,3 +66,4 @@ def test_a_radiologist_prints_a_2x2_film_from_the_viewer(start_server, printer: 
     expected = min(max((0 - (level - 0.5)) / (width - 1) + 0.5, 0.0), 1.0) * 4095  # PS3.3 C.11.2.1.2.1
     water = float(films[0].pixel_array[64, 40])
     assert abs(water - expected) <= 2 and water > 0.75 * 4095, (water, expected)
+    assert (films[0].pixel_array[:28, :48] == 4095).sum() > 20  # the patient burnt in, top left

@@ -43,6 +43,7 @@
       series: series,
       layout: form.elements.layout.value,
       copies: Number(form.elements.copies.value || 1),
+      annotate: form.elements.annotate.checked,
       printer: form.elements.printer.value,
     };
     if (form.elements.window.value) {
