@@ -10,7 +10,10 @@ runs on a schedule:
   (:mod:`pacs.archive.dicomweb.warm`).
 
 Jobs run one at a time in their own thread; a job that fails is logged and tried again at its next
-turn.
+turn. With several nodes on one PostgreSQL database, the audit purge, retention and the backup run
+on one node only, the leader elected by :class:`pacs.cluster.Leadership`; a follower whose leader
+dies takes the jobs over at its next tick and runs those that are due. Metadata warming fills
+each node's own cache, so every node runs it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pacs.archive.retention import Rejections, Retention
 from pacs.audit import Auditor
 from pacs.audit import service as audit_service
 from pacs.audit.messages import audit_message
+from pacs.cluster import Leadership
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,7 @@ class Job:
     interval: Callable[[], float]  # seconds; 0 = not scheduled
     due: Callable[[float], bool] | None = None  # overrides the interval when given
     last: float = 0.0
+    singleton: bool = True  # on one node of several only (the leader)
 
 
 class Housekeeping:
@@ -55,8 +60,10 @@ class Housekeeping:
             Job("retention", self.retention, lambda: settings.retention.interval_hours * 3600.0),
             Job("backup", self.backup, lambda: settings.backup.interval_hours * 3600.0,
                 due=lambda _now: _backup_due(settings)),
-            Job("metadata", self.warm_metadata, lambda: settings.archive.metadata_warm_seconds),
+            Job("metadata", self.warm_metadata, lambda: settings.archive.metadata_warm_seconds,
+                singleton=False),
         ]
+        self.leadership = Leadership(services.db, "housekeeping")
         self.warmer: Any = None
         now = time.monotonic()
         for job in self.jobs:  # each job's first turn comes first_run_delay after start
@@ -71,6 +78,7 @@ class Housekeeping:
         if self._thread is not None:
             self._thread.join(60)
             self._thread = None
+        self.leadership.resign()
 
     def _run(self) -> None:
         while not self._stop.wait(self.tick):
@@ -89,6 +97,8 @@ class Housekeeping:
             due = job.due(now) if job.due is not None else now - job.last >= interval
             if not due:
                 continue
+            if job.singleton and not self.leadership.leads():
+                continue  # another node runs it; due here still, should that node die
             job.last = now
             try:
                 job.run()

@@ -6,6 +6,10 @@ The forwarder reads committed entries from the audit table in id order and remem
 it delivered (``audit_cursor``), so nothing that was rolled back is sent, nothing is sent twice
 after a restart, and entries recorded while the collector was unreachable over TCP follow when it
 is back. A new forwarder starts from the newest entry: history is not replayed.
+
+With several nodes on one PostgreSQL database, one of them forwards (the leader of ``syslog``,
+:class:`pacs.cluster.Leadership`); a node that takes the lead over reads the cursor the last leader
+left, so entries are sent once (an entry being sent as its leader died may be sent again).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from sqlalchemy import select
 from pacs.audit.message import Source, to_xml
 from pacs.audit.service import lock_for_writing
 from pacs.audit.tables import AuditCursor, AuditEvent, AuditObject
+from pacs.cluster import Leadership
 from pacs.db import Database, utcnow
 
 log = logging.getLogger("pacs.audit.syslog")
@@ -124,6 +129,7 @@ class Forwarder:
         self.delay = 1.0
         self.sent = 0
         self._last: int | None = None
+        self.leadership = Leadership(db, self.NAME)
 
     def start(self) -> None:
         """Start forwarding; a first start takes the newest entry as the point to send after."""
@@ -144,6 +150,7 @@ class Forwarder:
             except Exception:
                 log.warning("audit entries left for the next start: the collector is unreachable")
         self.sender.close()
+        self.leadership.resign()
 
     def wake(self) -> None:
         self._wake.set()
@@ -178,6 +185,9 @@ class Forwarder:
 
     def forward_once(self) -> int:
         """Send what was committed since the last call; returns how many were sent."""
+        if not self.leadership.leads():
+            self._last = None  # another node forwards; read its cursor when this one leads
+            return 0
         if self._last is None:
             with self.db.engine.begin() as connection:
                 self._last = self._cursor(connection)

@@ -5,6 +5,11 @@ A study is published once it is stable: its MPPS completed, or no new instance f
 changes: new instances, an ADT update or merge of its patient, a cancelled order. Each version
 is sent as a conditional update on the study-UID identifier (FHIR R4 http.html#cond-update)
 through the outbox, so it is retried while the platform is down and survives restarts.
+
+Every node of several on one PostgreSQL database runs a publisher: each pass claims the studies
+it reads with ``SELECT … FOR UPDATE OF study SKIP LOCKED`` (PostgreSQL 15 SELECT, "The Locking
+Clause"), so a study another node is publishing is skipped, and once that node commits the study
+is no longer changed. The claim lasts the pass's transaction and dies with it.
 """
 
 from __future__ import annotations
@@ -73,11 +78,12 @@ class Publisher:
         with Session(self.db.engine, expire_on_commit=False) as session:
             changed = or_(col(Study.published_at).is_(None), Study.updated_at > Study.published_at,
                           Patient.updated_at > Study.published_at, ImagingOrder.updated_at > Study.published_at)
-            candidates = session.exec(
-                select(Study).join(Patient, Patient.id == Study.patient)
-                .outerjoin(ImagingOrder, ImagingOrder.id == Study.order)
-                .where(changed).order_by(col(Study.updated_at)).limit(500)
-            ).all()
+            query = (select(Study).join(Patient, Patient.id == Study.patient)
+                     .outerjoin(ImagingOrder, ImagingOrder.id == Study.order)
+                     .where(changed).order_by(col(Study.updated_at)).limit(500))
+            if not self.db.is_sqlite:  # another node's studies are skipped, not waited for
+                query = query.with_for_update(of=Study, skip_locked=True)  # type: ignore[arg-type]
+            candidates = session.exec(query).all()
             for study in candidates:
                 if study.updated_at > quiet_since and not self._performed(session, study):
                     continue  # instances may still be coming

@@ -15,6 +15,11 @@ copy: write the new copies → read them back and compare their SHA-256 → reco
 index and forget the old ones in one transaction → only then delete the old objects. Objects
 written but never indexed (a crash between the first two steps) are counted by the scrubber as
 orphans; nothing indexed is deleted before its replacement is committed.
+
+With several nodes on one PostgreSQL database, the scheduled jobs (rules and eviction, the
+scrub, replica repair, queueing the prefetch of priors) run on the node that leads ``storage``
+(:class:`pacs.cluster.Leadership`); another node takes them over when that node dies. Recalls
+asked for by a reader run on the node that was asked.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from pacs.archive.storage import FilesystemArea, StorageArea, Stored
 from pacs.archive.storage.compression import NotLossless, compress
 from pacs.archive.storage.container import ContainerArea
 from pacs.archive.storage.tables import PendingReplica, ScrubRun
+from pacs.cluster import Leadership
 from pacs.db import Database, utcnow
 from pacs.settings import Settings, StorageAreaSettings, StorageRule, StorageSettings
 
@@ -160,6 +166,7 @@ class StorageManager:
         self._prefetch_queued: set[int] = set()
         self._order_watermark: int | None = None
         self.prefetched: list[int] = []  # study ids recalled by prefetch (most recent last)
+        self.leadership = Leadership(db, "storage")
 
     @classmethod
     def from_settings(cls, settings: Settings, db: Database) -> StorageManager:
@@ -228,6 +235,7 @@ class StorageManager:
         for thread in self._threads:
             thread.join(30)
         self._threads.clear()
+        self.leadership.resign()
         self._flush_touches()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._background.shutdown(wait=True, cancel_futures=True)
@@ -244,6 +252,8 @@ class StorageManager:
             first = False
             if self._stop.is_set():
                 return
+            if name != "storage-housekeeping" and not self.leadership.leads():
+                continue  # another node of several runs the storage jobs
             try:
                 work()
             except Exception:
@@ -256,7 +266,7 @@ class StorageManager:
 
     def _housekeeping(self) -> None:
         self._flush_touches()
-        if self._prefetching:
+        if self._prefetching and self.leadership.leads():
             self.queue_prefetch()
 
     # -- locks and access -----------------------------------------------------------------------
