@@ -146,7 +146,7 @@ def _shown_name(value: Any) -> str:
     return f"{ideographic} ({alphabetic})" if ideographic and alphabetic else ideographic or alphabetic
 
 
-def corners(ds: Dataset, frame: int, window: Window) -> dict[str, list[str]]:
+def corners(ds: Dataset, frame: int, window: Window | None) -> dict[str, list[str]]:
     """What each corner of a printed image says, as the viewer's overlay does."""
     date = str(ds.get("StudyDate", "") or "")
     shown_date = f"{date[:4]}-{date[4:6]}-{date[6:8]}" if len(date) == 8 else date
@@ -156,7 +156,7 @@ def corners(ds: Dataset, frame: int, window: Window) -> dict[str, list[str]]:
     return {
         "top_left": [line for line in (_shown_name(ds.get("PatientName")), who) if line],
         "top_right": [line for line in (shown_date, str(ds.get("AccessionNumber", "") or "")) if line],
-        "bottom_left": [f"W {window.width:g} L {window.center:g}"],
+        "bottom_left": [f"W {window.width:g} L {window.center:g}"] if window else [],  # none for colour
         "bottom_right": [image + (f" Fr {frame}/{frames}" if frames > 1 else "")],
     }
 
@@ -217,7 +217,7 @@ def grayscale_image(ds: Dataset, frame: int, window: Window | None, bits: int, *
         if photometric == "MONOCHROME1":
             out = top - out
     if annotate:
-        out = burn_in(out, top, corners(ds, frame, window or Window(top / 2, top + 1)), font)
+        out = burn_in(out, top, corners(ds, frame, window), font)
     item = Dataset()
     item.SamplesPerPixel = 1
     item.PhotometricInterpretation = "MONOCHROME2"
