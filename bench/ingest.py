@@ -93,6 +93,7 @@ SERVER_START_TIMEOUT = 120.0
 SEND_TIMEOUT = 3600.0
 
 GOAL_RATIO = 1.0  # our ingest rate over Orthanc's, same machine, same run
+ISSUE_GOALS = {1: (1.5, 0.0), 4: (1.3, 1.0)}  # issue 25, the issue way: median ratio, every round's ratio
 GOAL_SCALE = 0.8  # at 1M instances: rate >= 80 % and C-FIND p50 <= 120 % of the empty archive's
 GOAL_FIND_P50_MS = 10.0
 
@@ -143,6 +144,71 @@ class Corpus:
                     os.link(path, folder / path.name)
             (base / "complete").touch()
         return folders
+
+    def deal(self, parts: int) -> list[Path]:
+        """Folders for ``parts`` associations as a user would make them: one folder per patient
+        (``<patient>/<study>/<file>``, hard links), the patients dealt round-robin to the parts.
+        With 5 patients of 300 instances and 4 parts, the first part gets 600 and its storescu
+        sends alone at the end. With fewer patients than parts, as many folders as patients."""
+        base = self.folder / f"dealt{parts}"
+        folders = [base / f"a{i}" for i in range(parts)]
+        if not (base / "complete").exists():
+            shutil.rmtree(base, ignore_errors=True)
+            patients = list(dict.fromkeys(study["patient_id"] for study in self.studies))
+            for number, study in enumerate(self.studies):
+                part = folders[patients.index(study["patient_id"]) % parts]
+                folder = part / study["patient_id"] / f"S{number:03d}"
+                folder.mkdir(parents=True)
+                for path in self.files:
+                    if path.name.startswith(f"S{number:03d}_"):
+                        os.link(path, folder / path.name)
+            (base / "complete").touch()
+        return [folder for folder in folders if folder.exists()]  # fewer patients than parts: fewer associations
+
+
+@dataclass(frozen=True)
+class Way:
+    """How a row is sent and what surrounds it. ``bench``: the corpus in contiguous parts of one
+    folder each, a warm-up study first, rows back to back, archives deleted at the end of the run,
+    ours with ``--dicom-processes``. ``issue`` (as a new user measures, issue 25): one folder per
+    patient dealt round-robin to the associations (``storescu +sd +r +sp '*.dcm'``), no warm-up,
+    20 s between rows, each archive deleted as soon as its row is done, ours on the server's own
+    default configuration. A spec such as ``dealt+warmup+pause=0+config=3`` sets each part alone,
+    to test one difference at a time: ``dealt``, ``warmup``, ``pause=S``, ``delete``, ``config=N``
+    (``config=default``: no ``[dicom] processes`` given)."""
+
+    name: str
+    dealt: bool = False
+    warm_up: bool = True
+    pause: float = 0.0
+    delete: bool = False
+    configs: tuple[int | None, ...] = ()  # ours' [dicom] processes; None = the server's default; () = --dicom-processes
+
+
+WAYS = {"bench": Way("bench"), "issue": Way("issue", dealt=True, warm_up=False, pause=20.0, delete=True, configs=(None,))}
+
+
+def parse_way(spec: str) -> Way:
+    if spec in WAYS:
+        return WAYS[spec]
+    way: dict[str, Any] = {"name": spec, "warm_up": False}
+    configs: list[int | None] = []
+    for part in filter(None, spec.split("+")):
+        key, _, value = part.partition("=")
+        if key == "dealt":
+            way["dealt"] = True
+        elif key == "warmup":
+            way["warm_up"] = True
+        elif key == "delete":
+            way["delete"] = True
+        elif key == "pause":
+            way["pause"] = float(value)
+        elif key == "config":
+            configs.append(None if value == "default" else int(value))
+        else:
+            raise argparse.ArgumentTypeError(f"unknown part {part!r} of --way {spec!r} (dealt, warmup, pause=S, "
+                                             f"delete, config=N|default)")
+    return Way(**way, configs=tuple(configs))
 
 
 def phantom(rng: Any, z: int, grid: tuple[Any, Any]) -> bytes:
@@ -544,7 +610,11 @@ class OurServer:
     ae_title: str = OUR_AE
     changes: str = ""  # what-if changes applied by the bootstrap (see VARIANTS)
     tag: str = ""  # tells apart the logs of processes sharing a data folder
-    processes: int = 1  # [dicom] processes: receivers sharing the DICOM port
+    processes: int | None = 1  # [dicom] processes: receivers sharing the DICOM port; None: the server's default
+
+    @property
+    def config_name(self) -> str:
+        return "default" if self.processes is None else f"processes={self.processes}"
 
     @property
     def log(self) -> Path:
@@ -582,7 +652,8 @@ class OurServer:
             self.command_line = command
         env = nodelay_env()
         env["PACS_LOG_LEVEL"] = "WARNING"
-        env["PACS_DICOM__PROCESSES"] = str(self.processes)
+        if self.processes is not None:
+            env["PACS_DICOM__PROCESSES"] = str(self.processes)
         if self.database_url:
             env["PACS_DATABASE_URL"] = self.database_url
         with self.log.open("wb") as log:
@@ -749,6 +820,9 @@ class SendResult:
     expected: int = 0
     failures: list[str] = field(default_factory=list)
     label: str = ""
+    way: str = "bench"
+    finishes: list[float] = field(default_factory=list)  # seconds to each storescu's exit
+    config: str = ""  # ours: [dicom] processes as run ("default" = the server's own default)
 
     @property
     def rate(self) -> float:
@@ -763,24 +837,37 @@ class SendResult:
         return self.arrived == self.expected and not self.failures
 
 
-def storescu(target: Any, folders: list[Path], log: Path) -> tuple[float, list[str]]:
-    """Send each folder over its own association, all at once; wall time and problems."""
+def storescu(target: Any, folders: list[Path], log: Path, *, recursive: bool = False,
+             finishes: list[float] | None = None) -> tuple[float, list[str]]:
+    """Send each folder over its own association, all at once; wall time and problems. With
+    ``recursive`` (``+r``) storescu walks the folder's subfolders; ``finishes`` gets the seconds
+    from the start to each process's exit, in the order of ``folders``."""
     processes = []
     started = time.perf_counter()
     with log.open("ab") as out:
         for folder in folders:
-            command = ["storescu", "-nh", "-aet", CALLING_AE, "-aec", target.ae_title, "+sd", "+sp", "*.dcm",
-                       "127.0.0.1", str(target.dicom_port), str(folder)]
+            command = ["storescu", "-nh", "-aet", CALLING_AE, "-aec", target.ae_title, "+sd", *(["+r"] if recursive else []),
+                       "+sp", "*.dcm", "127.0.0.1", str(target.dicom_port), str(folder)]
             processes.append(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=nodelay_env()))
         problems = []
+        ended: dict[int, float] = {}
+        deadline = time.monotonic() + SEND_TIMEOUT
+        while len(ended) < len(processes):
+            for number, process in enumerate(processes):
+                if number not in ended and process.poll() is not None:
+                    ended[number] = time.perf_counter() - started
+            if time.monotonic() > deadline:
+                for number, process in enumerate(processes):
+                    if number not in ended:
+                        process.kill()
+                        process.wait()
+                        ended[number] = time.perf_counter() - started
+            time.sleep(0.002)
         for process, folder in zip(processes, folders, strict=True):
-            try:
-                code = process.wait(SEND_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                code = process.wait()
-            if code != 0:
-                problems.append(f"storescu for {folder.name} exited with {code}")
+            if process.returncode != 0:
+                problems.append(f"storescu for {folder.name} exited with {process.returncode}")
+        if finishes is not None:
+            finishes[:] = [ended[number] for number in range(len(processes))]
     seconds = time.perf_counter() - started
     text = log.read_text(errors="replace")
     failed = [line for line in text.splitlines() if line.startswith(("E:", "F:"))]
@@ -790,17 +877,20 @@ def storescu(target: Any, folders: list[Path], log: Path) -> tuple[float, list[s
 
 
 def send(target: Any, corpus: Corpus, associations: int, log: Path, expected: int, label: str = "",
-         expected_files: int | None = None) -> SendResult:
-    folders = corpus.split(associations)
+         expected_files: int | None = None, way: Way | None = None) -> SendResult:
+    way = way or WAYS["bench"]
+    folders = corpus.deal(associations) if way.dealt else corpus.split(associations)
     log.write_text("")
     cpu_before = target.cpu_seconds()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    seconds, problems = storescu(target, folders, log)
+    finishes: list[float] = []
+    seconds, problems = storescu(target, folders, log, recursive=way.dealt, finishes=finishes)
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_after = target.cpu_seconds()
     client = (children_after.ru_utime + children_after.ru_stime) - (children.ru_utime + children.ru_stime)
     result = SendResult(target.name, associations, len(corpus.files), corpus.bytes, seconds, cpu_after - cpu_before,
-                        client, expected=expected, failures=problems, label=label)
+                        client, expected=expected, failures=problems, label=label, way=way.name, finishes=finishes,
+                        config=getattr(target, "config_name", ""))
     deadline = time.monotonic() + 30
     while True:  # both answer after indexing, but give a lagging index a moment anyway
         result.arrived = target.count()
@@ -1323,6 +1413,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="300 instances, a 100,000-row index and 100 queries (a couple of minutes)")
     parser.add_argument("--no-orthanc", action="store_true", help="measure only this archive")
+    parser.add_argument("--way", dest="ways", action="append", type=parse_way,
+                        help="how rows are sent, repeatable: bench, issue, or a spec such as "
+                             "dealt+warmup+pause=0+delete+config=3 (see Way; default: bench and issue)")
     parser.add_argument("--dicom-processes", type=int, default=(os.cpu_count() or 1) + 1,
                         help="our [dicom] processes: processes serving the DICOM port (default: the CPU count "
                              "plus one, as docs/administrator.md advises: Orthanc's threads use every core; 1 = a single "
@@ -1354,6 +1447,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.profile_only and not args.profile and not args.variants:
         args.profile = "stages"
     args.association_counts = [int(c) for c in args.associations.split(",") if c.strip()]
+    args.ways = args.ways or [WAYS["bench"], WAYS["issue"]]
     return args
 
 
@@ -1393,28 +1487,66 @@ class Databases:
                 print(f"could not drop database {database}: {exc}", file=sys.stderr)
 
 
-def median_rate(results: list[SendResult], target: str, associations: int) -> tuple[float, float] | None:
-    """Median inst/s and MB/s of the unlabelled runs of ``target`` at ``associations``."""
-    rows = [r for r in results if r.target == target and r.associations == associations and not r.label and r.rate]
+def median_rate(results: list[SendResult], target: str, associations: int, way: str = "bench",
+                config: str | None = None) -> tuple[float, float] | None:
+    """Median inst/s and MB/s of the unlabelled runs of ``target`` at ``associations`` sent ``way``
+    (ours: with ``config`` if given)."""
+    rows = rows_of(results, target, associations, way, config)
     if not rows:
         return None
     return statistics.median(r.rate for r in rows), statistics.median(r.mb_per_s for r in rows)
+
+
+def rows_of(results: list[SendResult], target: str, associations: int, way: str,
+            config: str | None = None) -> list[SendResult]:
+    return [r for r in results if r.target == target and r.associations == associations and not r.label
+            and r.rate and r.way == way and (config is None or r.config == config)]
+
+
+def print_ratios(results: list[SendResult], args: argparse.Namespace) -> None:
+    """Ours over Orthanc per way, association count and configuration: the median and each round
+    (ours in round r over Orthanc in round r), and the issue's goal lines for the issue way."""
+    print("\nours / Orthanc" + (f" (medians of {args.rounds} rounds; each round's ratio after)" if args.rounds > 1 else "")
+          + ":")
+    print(f"  {'way':28} {'assoc':>5} {'ours config':16} {'ours inst/s':>11} {'Orthanc':>8} {'ratio':>6}  rounds")
+    for way in args.ways:
+        for associations in args.association_counts:
+            theirs = rows_of(results, "orthanc", associations, way.name)
+            configs = list(dict.fromkeys(r.config for r in rows_of(results, "ours", associations, way.name)))
+            for config in configs:
+                ours = rows_of(results, "ours", associations, way.name, config)
+                if not ours or not theirs:
+                    continue
+                o, t = statistics.median(r.rate for r in ours), statistics.median(r.rate for r in theirs)
+                rounds = [a.rate / b.rate for a, b in zip(ours, theirs, strict=False)]
+                line = (f"  {way.name:28} {associations:>5} {config:16} {o:>11.1f} {t:>8.1f} {o / t:>6.2f}  "
+                        + ", ".join(f"{r:.2f}" for r in rounds))
+                if way.name == "issue":
+                    goal = ISSUE_GOALS.get(associations)
+                    if goal:
+                        median_goal, every_goal = goal
+                        met = o / t >= median_goal and all(r >= every_goal for r in rounds)
+                        line += (f"  (issue 25: median >= {median_goal}" + (f", every round >= {every_goal}"
+                                 if every_goal else "") + f" -> {'met' if met else 'not met'})")
+                print(line)
 
 
 def print_send(result: SendResult) -> None:
     n = max(result.instances, 1)
     cores = result.server_cpu / result.seconds if result.seconds else 0.0
     check = "all indexed and filed" if result.complete else "PROBLEMS: " + "; ".join(result.failures)
-    print(f"  {result.target + (' ' + result.label if result.label else ''):18} {result.associations:>5} "
+    name = result.target + (f" {result.config}" if result.config else "") + (f" {result.label}" if result.label else "")
+    ends = "/".join(f"{end:.1f}" for end in result.finishes) if len(result.finishes) > 1 else ""
+    print(f"  {result.way[:14]:14} {name:26} {result.associations:>5} "
           f"{result.instances:>9} {result.seconds:>8.2f} {result.rate:>8.1f} {result.mb_per_s:>7.1f} "
-          f"{result.server_cpu / n * 1000:>10.2f} {cores:>6.2f} {result.client_cpu / n * 1000:>9.2f}  {check}",
-          flush=True)
+          f"{result.server_cpu / n * 1000:>10.2f} {cores:>6.2f} {result.client_cpu / n * 1000:>9.2f}  {check}"
+          + (f"; ends {ends} s" if ends else ""), flush=True)
 
 
 def print_send_header() -> None:
-    print(f"  {'target':18} {'assoc':>5} {'instances':>9} {'seconds':>8} {'inst/s':>8} {'MB/s':>7} "
+    print(f"  {'way':14} {'target':26} {'assoc':>5} {'instances':>9} {'seconds':>8} {'inst/s':>8} {'MB/s':>7} "
           f"{'server CPU':>10} {'server':>6} {'storescu':>9}  verified")
-    print(f"  {'':18} {'':>5} {'':>9} {'':>8} {'':>8} {'':>7} {'ms/inst':>10} {'cores':>6} {'ms/inst':>9}")
+    print(f"  {'':14} {'':26} {'':>5} {'':>9} {'':>8} {'':>8} {'':>7} {'ms/inst':>10} {'cores':>6} {'ms/inst':>9}")
 
 
 def print_find(result: FindResult) -> None:
@@ -1447,23 +1579,23 @@ def main(argv: list[str] | None = None) -> int:
               f"(ready in {time.perf_counter() - started:.1f} s; page cache warmed in "
               f"{warm_page_cache(corpus.files):.1f} s); each archive gets a {corpus.warmup_count}-instance "
               f"warm-up study first")
-        print("every server and storescu runs with TCP_NODELAY=1; storescu -nh +sd +sp '*.dcm', one process per "
-              "association, the corpus split in contiguous parts")
-        print(f"ours: [dicom] processes = {args.dicom_processes} (processes serving the DICOM port; server CPU "
-              f"counts them all)")
+        print("every server and storescu runs with TCP_NODELAY=1; storescu -nh +sd +sp '*.dcm' (+r with dealt "
+              "patient folders), one process per association; server CPU counts every process serving the DICOM port")
 
         def start(target: Any) -> Any:
             running.append(target)
             target.start()
             return target
 
-        def finish(target: Any, result: SendResult | None = None) -> None:
+        def finish(target: Any, result: SendResult | None = None, delete: bool = False) -> None:
             target.stop()
             running.remove(target)
             folder = getattr(target, "data_dir", None) or target.folder
             if result is not None and not result.complete:
                 kept.append(folder)
                 print(f"    (kept {folder} and its log for a look)")
+            elif delete and not args.keep:
+                shutil.rmtree(folder, ignore_errors=True)
             # Otherwise it goes with the scratch folder at the end of the run, not now: on a file
             # system without a journal, ext4 skips freed inodes for a minute or more when it
             # allocates new ones (find_inode_bit, recently_deleted), which slowed whichever
@@ -1472,35 +1604,50 @@ def main(argv: list[str] | None = None) -> int:
         results: list[SendResult] = []
         finds: dict[str, FindResult] = {}
         if not args.profile_only:
-            print("\ningest (fresh archive per row, kept until the end of the run; the target measured first "
-                  "alternates by round; rates over the corpus, warm-up excluded):")
+            print("\ningest (fresh archive per row; the target measured first alternates by round; rates over the "
+                  "corpus, warm-up excluded; 'ends' are the seconds at which each storescu exited):")
+            for way in args.ways:
+                configs = ", ".join("default" if c is None else str(c) for c in way.configs or (args.dicom_processes,))
+                print(f"  way {way.name}: {'patient folders dealt round-robin, storescu +r' if way.dealt else 'contiguous parts'}"
+                      f"; {'a warm-up study first' if way.warm_up else 'no warm-up'}; {way.pause:g} s between rows; "
+                      f"archives deleted {'after each row' if way.delete else 'at the end of the run'}; "
+                      f"ours' [dicom] processes: {configs}")
             print_send_header()
             orthanc_config_shown = False
-            for round_number, associations in [(r, a) for r in range(args.rounds) for a in args.association_counts]:
-                first = round_number == 0 and associations == args.association_counts[0]
+            first_done = False
+            plan = [(r, a, w) for r in range(args.rounds) for a in args.association_counts for w in args.ways]
+            for round_number, associations, way in plan:
 
                 def measure(target: Any, name: str, key: str) -> None:
-                    warm_up(target, corpus, scratch / "warmup.log")
+                    nonlocal first_done
+                    expected = len(corpus.files)
+                    if way.warm_up:
+                        warm_up(target, corpus, scratch / "warmup.log")
+                        expected += corpus.warmup_count
                     result = send(target, corpus, associations, scratch / f"{key}-{associations}.storescu.log",
-                                  corpus.warmup_count + len(corpus.files))
+                                  expected, way=way)
                     results.append(result)
                     print_send(result)
-                    if first:
-                        label = f"{name}, {len(corpus.studies) + 1} studies"
+                    if not first_done and key in ("ours", "orthanc") and f"{key}-empty" not in finds:
+                        label = f"{name}, {len(corpus.studies) + way.warm_up} studies"
                         finds[f"{key}-empty"] = c_find_latency(target, corpus.patient_studies, args.queries,
                                                                args.seed, label)
                         finds[f"{key}-empty-findscu"] = c_find_findscu(target, corpus.patient_studies, args.queries,
                                                                        args.seed, label + ", findscu", scratch)
-                    finish(target, result)
+                    finish(target, result, delete=way.delete)
+                    if way.pause:
+                        time.sleep(way.pause)
 
                 def run_ours() -> None:
-                    measure(start(OurServer(scratch / f"ours-{associations}-{round_number}",
-                                            databases.new(f"a{associations}r{round_number}"),
-                                            processes=args.dicom_processes)), "ours", "ours")
+                    for config in way.configs or (args.dicom_processes,):
+                        tag = f"{associations}-{round_number}-{way.name}-{config}".replace("+", "_").replace("=", "")
+                        measure(start(OurServer(scratch / f"ours-{tag}", databases.new(f"r{len(results)}"),
+                                                processes=config)), "ours", "ours")
 
                 def run_orthanc() -> None:
                     nonlocal orthanc_config_shown
-                    orthanc = start(Orthanc(scratch / f"orthanc-{associations}-{round_number}"))
+                    tag = f"{associations}-{round_number}-{way.name}".replace("+", "_").replace("=", "")
+                    orthanc = start(Orthanc(scratch / f"orthanc-{tag}"))
                     if not orthanc_config_shown:
                         shown = {k: v for k, v in orthanc.config.items() if "Directory" not in k}
                         print(f"  (Orthanc configuration: {json.dumps(shown)}; "
@@ -1513,14 +1660,10 @@ def main(argv: list[str] | None = None) -> int:
                 order = [run_ours] if args.no_orthanc else [run_ours, run_orthanc]
                 for run in order if round_number % 2 == 0 else order[::-1]:
                     run()
+                first_done = True
 
             if not args.no_orthanc:
-                print("\nours / Orthanc" + (f" (medians of {args.rounds} rounds)" if args.rounds > 1 else "") + ":")
-                for associations in args.association_counts:
-                    o, t = median_rate(results, "ours", associations), median_rate(results, "orthanc", associations)
-                    if o and t:
-                        print(f"  {associations} association(s): {o[0]:.1f} vs {t[0]:.1f} inst/s, "
-                              f"{o[1]:.1f} vs {t[1]:.1f} MB/s -> ratio {o[0] / t[0]:.2f}")
+                print_ratios(results, args)
 
             if args.index_instances:
                 studies = args.index_instances // args.index_per_study
