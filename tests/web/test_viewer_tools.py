@@ -154,3 +154,130 @@ def test_magnifier_arrow_angle_freehand_sync_and_4x4(guarded_server, installed_v
     page.click('[data-cy="Layout-3-3"]')
     page.wait_for_function(f"document.querySelectorAll('{VIEWPORT}').length === 16")
     viewer_steps.shot("layout-4x4")
+
+
+def sorted_series(study: str) -> list:  # type: ignore[type-arg]
+    """Two CT series of one study whose images' three orders differ: slice position (along z),
+    instance number and acquisition time each give another sequence."""
+    series = two_series(study)
+    for ds in series:
+        n = int(ds.InstanceNumber)  # the phantom numbers its slices along z
+        ds.InstanceNumber = (n * 7 + 2) % SLICES + 1
+        ds.AcquisitionDate = "20261206"
+        ds.AcquisitionTime = f"1000{(n * 5 + 3) % SLICES:02d}"
+    return series
+
+
+def instance_numbers(series: list, key) -> list[int]:  # type: ignore[no-untyped-def,type-arg]
+    return [int(ds.InstanceNumber) for ds in sorted(series[:SLICES], key=key)]
+
+
+def shown_instances(page, count: int) -> list[int]:  # type: ignore[no-untyped-def]
+    """The instance numbers of the first ``count`` images of the active viewport's series, in the
+    order the viewer shows them (the overlay's "I:" while stepping with the arrow key)."""
+    numbers = []
+    for step in range(count):
+        page.wait_for_function(f"/\\({step + 1}\\/{SLICES}\\)/.test(document.querySelector('{OVERLAY_BOTTOM_RIGHT}')"
+                               ".innerText)")
+        shown = page.locator(OVERLAY_BOTTOM_RIGHT).first.inner_text()
+        numbers.append(int(re.search(r"I:\s*(\d+)", shown).group(1)))  # type: ignore[union-attr]
+        page.keyboard.press("ArrowDown")
+    return numbers
+
+
+VIEWPORT_STATE = """() => cornerstone.getEnabledElements()
+  .sort((a, b) => a.viewport.element.getBoundingClientRect().left - b.viewport.element.getBoundingClientRect().left)
+  .map(e => { const p = e.viewport.getProperties(); return [p.voiRange.lower, p.voiRange.upper, e.viewport.getZoom()]; })"""
+
+
+def test_images_reordered_window_linked_and_a_second_window(guarded_server, installed_viewer,
+                                                            viewer_steps: Steps) -> None:
+    study = generate_uid()
+    series = sorted_series(study)
+    stow(guarded_server.http_url, series, auth=ADMIN)
+    add_user(guarded_server, "lidoc", ["radiologist"], "李医生")
+    page = viewer_steps.page
+    log_in(page, guarded_server, "lidoc", f"/viewer/viewer?StudyInstanceUIDs={study}")
+    page.wait_for_selector(f"{VIEWPORT} canvas", timeout=LOAD_TIMEOUT_MS)
+    page.wait_for_function(f"document.querySelector('{OVERLAY_TOP_LEFT}')?.innerText.includes('张三')",
+                           timeout=LOAD_TIMEOUT_MS)
+    box = page.locator(VIEWPORT).first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+
+    # the images of a series in three orders: slice position (the default), instance number,
+    # acquisition time; Alt+O goes to the next and shows the study again in it
+    by_position = instance_numbers(series, lambda ds: ds.ImagePositionPatient[2])
+    assert page.locator("#pacs-tool-sort").inner_text().startswith("排序：层面位置")
+    shown = shown_instances(page, 3)
+    assert shown in (by_position[:3], by_position[::-1][:3]), (shown, by_position)
+    viewer_steps.shot("order-by-position")
+    for name, key in (("instance", lambda ds: int(ds.InstanceNumber)), ("time", lambda ds: ds.AcquisitionTime)):
+        page.keyboard.press("Alt+O")
+        page.wait_for_function(f"document.querySelector('#pacs-tool-sort')?.innerText.startsWith("
+                               f"{('排序：图像号' if name == 'instance' else '排序：采集时间')!r})", timeout=LOAD_TIMEOUT_MS)
+        page.wait_for_selector(f"{VIEWPORT} canvas", timeout=LOAD_TIMEOUT_MS)
+        page.wait_for_function(f"document.querySelector('{OVERLAY_BOTTOM_RIGHT}')?.innerText.includes('/{SLICES})')",
+                               timeout=LOAD_TIMEOUT_MS)
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        expected = instance_numbers(series, key)
+        assert shown_instances(page, 3) == expected[:3], (name, expected)
+        viewer_steps.shot(f"order-by-{name}")
+
+    # two series side by side: a window change applies to its own series, until Alt+L links
+    # every viewport (window, zoom and pan)
+    page.click('[data-cy="Layout"]')
+    page.click('[data-cy="Layout-1-0"]')
+    page.wait_for_function(f"document.querySelectorAll('{VIEWPORT}').length === 2 && "
+                           "cornerstone.getEnabledElements().length === 2 && "
+                           "cornerstone.getEnabledElements().every(e => e.viewport.getImageIds().length > 0)",
+                           timeout=LOAD_TIMEOUT_MS)
+    page.wait_for_timeout(500)
+    left = page.locator(VIEWPORT).nth(0).bounding_box()
+    middle = (left["x"] + left["width"] / 2, left["y"] + left["height"] / 2)
+
+    def drag(dx: float, dy: float, button: str = "left") -> None:
+        page.mouse.move(*middle)
+        page.mouse.down(button=button)  # type: ignore[arg-type]
+        page.mouse.move(middle[0] + dx, middle[1] + dy, steps=8)
+        page.mouse.up(button=button)  # type: ignore[arg-type]
+        page.wait_for_timeout(300)
+
+    before = page.evaluate(VIEWPORT_STATE)
+    drag(80, 40)  # W/L on the left series alone
+    alone = page.evaluate(VIEWPORT_STATE)
+    assert alone[0][:2] != before[0][:2] and alone[1] == before[1], (before, alone)
+    assert page.locator("#pacs-tool-link").inner_text().startswith("窗宽/缩放：本序列")
+    page.keyboard.press("Alt+L")
+    page.wait_for_function("document.querySelector('#pacs-tool-link').innerText.startsWith('窗宽/缩放：全部视窗')")
+    drag(-60, 90)  # W/L: both series now
+    linked = page.evaluate(VIEWPORT_STATE)
+    assert linked[0][:2] != alone[0][:2] and linked[1][:2] == linked[0][:2], (alone, linked)
+    drag(0, -120, button="right")  # zoom (OHIF's right button): both series
+    zoomed = page.evaluate(VIEWPORT_STATE)
+    assert zoomed[0][2] != linked[0][2] and abs(zoomed[1][2] - zoomed[0][2]) < 1e-6, (linked, zoomed)
+    viewer_steps.shot("window-and-zoom-linked")
+    page.keyboard.press("Alt+L")
+    page.wait_for_function("document.querySelector('#pacs-tool-link').innerText.startsWith('窗宽/缩放：本序列')")
+    drag(50, 50)
+    unlinked = page.evaluate(VIEWPORT_STATE)
+    assert unlinked[0][:2] != zoomed[0][:2] and unlinked[1] == zoomed[1], (zoomed, unlinked)
+
+    # a second window (another monitor) on the study with the series after the active one
+    page.mouse.click(*middle)  # the left viewport active
+    reconstruction_left = "重建" in page.locator(OVERLAY_TOP_LEFT).first.inner_text()
+    following = series[0 if reconstruction_left else SLICES].SeriesInstanceUID  # the other series
+    with page.context.expect_page() as opened:
+        page.keyboard.press("Alt+N")
+    second = opened.value
+    second.set_default_timeout(LOAD_TIMEOUT_MS)
+    second.wait_for_load_state()
+    assert f"StudyInstanceUIDs={study}" in second.url
+    assert f"initialSeriesInstanceUID={following}" in second.url, second.url
+    second.wait_for_selector(f"{OVERLAY_TOP_LEFT}")
+    try:
+        second.wait_for_function(f"document.querySelector('{OVERLAY_TOP_LEFT}')?.innerText.includes('重建') === "
+                                 f"{'false' if reconstruction_left else 'true'}")
+    finally:
+        second.screenshot(path=str(viewer_steps.folder / "second-window.png"))
+    viewer_steps.shot("first-window")
+    second.close()

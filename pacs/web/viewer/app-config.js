@@ -20,6 +20,12 @@
  *  - cine: a multi-frame series plays as soon as it is shown;
  *  - two buttons on a study, each opening a page of the project in a window of its own: film
  *    printing (/film, Alt+F) and consultation links (/share, Alt+S);
+ *  - a second window on the same study (another monitor) showing the series after the one in
+ *    the active viewport (Alt+N);
+ *  - what a change of window, zoom or pan applies to: the series in its viewport, or every
+ *    viewport of the window (Alt+L toggles; OHIF's voi and zoompan synchronizers);
+ *  - the order of a series' images: by slice position (OHIF's default), instance number or
+ *    acquisition time (Alt+O, remembered in the browser; the study is shown again in it);
  *  - opened through a consultation link (pacs.shared): the one study, no study list.
  */
 (function () {
@@ -262,6 +268,8 @@
           seriesMatchingRules: [
             { attribute: 'numImageFrames', constraint: { greaterThan: { value: 0 } }, required: true, weight: 1 },
             { attribute: 'Modality', constraint: { includes: modalities }, weight: 2 },
+            // the series the address names (initialSeriesInstanceUID: a second window's)
+            { attribute: 'isDisplaySetFromUrl', constraint: { equals: true }, weight: 20 },
           ],
         },
       },
@@ -297,10 +305,143 @@
     },
   };
 
+  // -- the order of a series' images (OHIF's instanceSortingCriteria customization) ----------
+
+  var SORT_KEY = 'pacs.viewer.sort';
+  var SORTS = ['position', 'instance', 'time'];
+
+  function number(value) {
+    var n = parseFloat([].concat(value === undefined ? [] : value)[0]);
+    return isNaN(n) ? 0 : n;
+  }
+
+  /** An instance's acquisition moment (PS3.3 C.7.6.1: Acquisition Date Time, or Acquisition Date
+   * and Time, or Content Date and Time) as a sortable string. */
+  function acquired(instance) {
+    return String(instance.AcquisitionDateTime || ((instance.AcquisitionDate || instance.ContentDate || '') +
+                  (instance.AcquisitionTime || instance.ContentTime || '')));
+  }
+
+  var sortFunctions = {
+    pacsInstanceNumber: function (a, b) {
+      return number(a.InstanceNumber) - number(b.InstanceNumber);
+    },
+    pacsAcquisitionTime: function (a, b) {
+      var x = acquired(a);
+      var y = acquired(b);
+      return x < y ? -1 : x > y ? 1 : number(a.InstanceNumber) - number(b.InstanceNumber);
+    },
+  };
+
+  function chosenSort() {
+    try {
+      var chosen = window.localStorage.getItem(SORT_KEY);
+      return SORTS.indexOf(chosen) >= 0 ? chosen : 'position';
+    } catch (e) {
+      return 'position';
+    }
+  }
+
+  var instanceSorting = {
+    sortFunctions: sortFunctions,
+    // no name: OHIF sorts by slice position when the series allows it, by instance number otherwise
+    defaultSortFunctionName: { instance: 'pacsInstanceNumber', time: 'pacsAcquisitionTime' }[chosenSort()] || '',
+  };
+
+  function nextSort() {
+    var following = SORTS[(SORTS.indexOf(chosenSort()) + 1) % SORTS.length];
+    try {
+      window.localStorage.setItem(SORT_KEY, following);
+    } catch (e) {
+      return;
+    }
+    window.location.reload();  // OHIF sorts a series' images when it makes its display set
+  }
+
+  // -- what a change of window, zoom or pan applies to: its series, or every viewport --------
+
+  var LINK_GROUPS = [{ type: 'voi', id: 'pacs-voi-all' }, { type: 'zoompan', id: 'pacs-zoompan-all' }];
+  var linked = false;
+
+  function gridViewports() {
+    var grid = ohifServices.viewportGridService.getState();
+    return grid.viewports instanceof Map ? Array.from(grid.viewports.values()) : Object.values(grid.viewports || {});
+  }
+
+  function applyLink() {
+    if (!ohifServices) {
+      return;
+    }
+    var sync = ohifServices.syncGroupService;
+    gridViewports().forEach(function (gridViewport) {
+      var id = gridViewport.viewportId || (gridViewport.viewportOptions || {}).viewportId;
+      var viewport = ohifServices.cornerstoneViewportService.getCornerstoneViewport(id);
+      if (!viewport) {
+        return;
+      }
+      var engine = viewport.getRenderingEngine().id;
+      LINK_GROUPS.forEach(function (group) {
+        if (linked) {
+          sync.addViewportToSyncGroup(id, engine, { type: group.type, id: group.id, source: true, target: true });
+        } else {
+          sync.removeViewportFromSyncGroup(id, engine, group.id);
+        }
+      });
+    });
+  }
+
+  function toggleLink() {
+    linked = !linked;
+    applyLink();
+    refreshButtons();
+  }
+
+  window.setInterval(function () {
+    if (linked) {
+      applyLink();  // viewports made since (another layout) join the link too
+    }
+  }, 500);
+
+  // -- a second window on the study: the series after the active viewport's -----------------
+
+  function activeSeries() {
+    var grid = ohifServices.viewportGridService.getState();
+    var active = gridViewports().filter(function (v) { return v.viewportId === grid.activeViewportId; })[0];
+    var uid = active && (active.displaySetInstanceUIDs || [])[0];
+    var displaySet = uid && ohifServices.displaySetService.getDisplaySetByUID(uid);
+    return displaySet ? displaySet.SeriesInstanceUID : '';
+  }
+
+  function nextSeries() {
+    if (!ohifServices) {
+      return '';
+    }
+    var series = [];
+    ohifServices.displaySetService.getActiveDisplaySets().forEach(function (displaySet) {
+      if (displaySet.StudyInstanceUID === studyOnScreen() && (displaySet.numImageFrames || 0) > 0 &&
+          series.indexOf(displaySet.SeriesInstanceUID) < 0) {
+        series.push(displaySet.SeriesInstanceUID);
+      }
+    });
+    var at = series.indexOf(activeSeries());
+    return series.length ? series[(at + 1) % series.length] : '';
+  }
+
+  function secondWindow() {
+    var uid = studyOnScreen();
+    if (!uid) {
+      return;
+    }
+    var next = nextSeries();
+    var url = window.location.pathname + '?StudyInstanceUIDs=' + encodeURIComponent(uid) +
+      (next ? '&initialSeriesInstanceUID=' + encodeURIComponent(next) : '');
+    // a window of its own (drag it to the second monitor), the same one each time
+    window.open(url, 'pacs-viewer-2', 'popup,width=' + window.screen.availWidth + ',height=' + window.screen.availHeight);
+  }
+
   // -- the project's pages for the study on screen, in windows of their own ------------------
 
   var tools = pacs.tools || {};
-  var TOOL_KEYS = { f: 'film', s: 'share' };
 
   function studyOnScreen() {
     var query = new URLSearchParams(window.location.search);
@@ -315,46 +456,77 @@
     window.open(tools[name] + '?StudyInstanceUIDs=' + encodeURIComponent(uid), 'pacs-' + name);
   }
 
-  function toolButtons() {
-    var bar = document.createElement('div');
-    bar.id = 'pacs-tools';
-    bar.setAttribute('style', 'position:fixed;top:10px;right:150px;z-index:50;display:none;gap:6px');
-    ['film', 'share'].forEach(function (name) {
-      if (!tools[name]) {
+  /** The buttons over the viewer, each with its key (Alt+key) and what it does; its text from
+   * the catalogues (a function: the text may tell the state). */
+  var BUTTONS = [
+    { id: 'link', key: 'L', action: toggleLink,
+      text: function () { return label(linked ? 'tools.link_all' : 'tools.link_series', linked ? 'All viewports' : 'This series'); } },
+    { id: 'sort', key: 'O', action: nextSort,
+      text: function () { return label('tools.sort_' + chosenSort(), chosenSort()); } },
+    { id: 'window', key: 'N', action: secondWindow, text: function () { return label('tools.window', 'Second window'); } },
+    { id: 'film', key: 'F', action: function () { openTool('film'); }, shown: !!tools.film,
+      text: function () { return label('tools.film', 'film'); } },
+    { id: 'share', key: 'S', action: function () { openTool('share'); }, shown: !!tools.share,
+      text: function () { return label('tools.share', 'share'); } },
+  ].filter(function (button) { return button.shown !== false; });
+
+  function refreshButtons() {
+    BUTTONS.forEach(function (button) {
+      var element = document.getElementById('pacs-tool-' + button.id);
+      if (element) {
+        element.textContent = button.text() + ' (Alt+' + button.key + ')';
+        element.setAttribute('aria-pressed', button.id === 'link' ? String(linked) : 'false');
+      }
+    });
+  }
+
+  function keys() {
+    window.addEventListener('keydown', function (event) {
+      if (!event.altKey || event.ctrlKey || event.metaKey || !studyOnScreen()) {
         return;
       }
-      var key = name === 'film' ? 'F' : 'S';
+      var key = String(event.key).toUpperCase();
+      var spec = BUTTONS.filter(function (b) { return b.key === key; })[0];
+      if (spec) {
+        event.preventDefault();
+        spec.action();
+      }
+    }, true);
+  }
+
+  function toolButtons() {
+    keys();
+    if (pacs.shared) {
+      return;  // a consultation link: the keys, no buttons of the project's over the viewer
+    }
+    var bar = document.createElement('div');
+    bar.id = 'pacs-tools';
+    // at the foot of the study panel, clear of OHIF's toolbar and of the images' corners
+    bar.setAttribute('style', 'position:fixed;bottom:10px;left:8px;width:264px;z-index:50;display:none;' +
+                     'flex-direction:column;gap:6px');
+    BUTTONS.forEach(function (spec) {
       var button = document.createElement('button');
       button.type = 'button';
-      button.id = 'pacs-tool-' + name;
-      button.title = 'Alt+' + key;
-      button.textContent = label('tools.' + name, name) + ' (Alt+' + key + ')';
+      button.id = 'pacs-tool-' + spec.id;
+      button.title = 'Alt+' + spec.key;
       button.setAttribute('style', 'background:#041c4a;color:#5acce6;border:1px solid #3a3f99;border-radius:4px;' +
-                          'padding:4px 10px;font-size:13px;cursor:pointer');
-      button.addEventListener('click', function () { openTool(name); });
+                          'padding:4px 10px;font-size:13px;cursor:pointer;text-align:left');
+      button.addEventListener('click', function () { spec.action(); });
       bar.appendChild(button);
     });
     document.body.appendChild(bar);
+    refreshButtons();
     var shown = function () {
       bar.style.display = /\/viewer\/viewer/.test(window.location.pathname) && studyOnScreen() ? 'flex' : 'none';
     };
     shown();
     window.setInterval(shown, 500);  // OHIF's router changes the path without a page load
-    window.addEventListener('keydown', function (event) {
-      var name = event.altKey && !event.ctrlKey && !event.metaKey && TOOL_KEYS[String(event.key).toLowerCase()];
-      if (name && tools[name]) {
-        event.preventDefault();
-        openTool(name);
-      }
-    }, true);
   }
 
-  if (tools.film || tools.share) {
-    if (document.body) {
-      toolButtons();
-    } else {
-      document.addEventListener('DOMContentLoaded', toolButtons);
-    }
+  if (document.body) {
+    toolButtons();
+  } else {
+    document.addEventListener('DOMContentLoaded', toolButtons);
   }
 
   // -- the overlay: the patient's name in full, ID, study and series -------------------------
@@ -527,6 +699,7 @@
         'workList.columns': { $apply: relabel },
         'cornerstone.toolbarButtons': { $apply: largerLayouts },
         'ohif.tours': { $set: [] },  // the first-visit walkthrough would cover the images
+        'instanceSortingCriteria': { $set: instanceSorting },
       },
     },
     httpErrorHandler: function (error) {
