@@ -15,12 +15,14 @@ One path for every kind (HL7 v2 over MLLP, FHIR over REST, a reprocessed message
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import text
 from sqlmodel import Session
 
 from pacs.db import nested, utcnow
@@ -451,6 +453,56 @@ class Channel:
             applied=row.applied,
             mapped=mapped,
         )
+
+
+def cluster_lock_keys(rows: list[MessageRow], inbounds: list[Inbound]) -> list[int]:
+    """The advisory lock keys a batch of HL7 v2 messages is applied under on PostgreSQL, in the
+    order to take them: each message's sender and MSH-10, and its patient (PID-3's first ID).
+
+    Held to the end of the batch's transaction (``pg_advisory_xact_lock``, PostgreSQL 15
+    §9.27.10), they make the duplicate check hold across nodes (a node applying a message holds
+    its key until it has committed, and the other node's check then sees it applied) and apply
+    one patient's messages one after another whichever node received them. Taken in one
+    order, two batches never wait for each other in a cycle."""
+    keys = set()
+    for row, inbound in zip(rows, inbounds, strict=True):
+        if not row.control_id or is_fhir(row):
+            continue
+        keys.add(_lock_key(f"hl7:{row.sending_application}|{row.sending_facility}|{row.control_id}"))
+        patient = _patient_of(row, inbound)
+        if patient:
+            keys.add(_lock_key(f"patient:{patient}"))
+    return sorted(keys)
+
+
+def take_cluster_locks(session: Session, rows: list[MessageRow], inbounds: list[Inbound]) -> None:
+    """Take :func:`cluster_lock_keys` for the session's transaction (SQLite has one process)."""
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        return
+    for key in cluster_lock_keys(rows, inbounds):
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def _lock_key(name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def _patient_of(row: MessageRow, inbound: Inbound) -> str:
+    """PID-3's first identifier, from the mapping made ahead or read from the raw segment."""
+    ready = inbound.transformed
+    if ready is not None and ready.mapped.patient.patient_id is not None:
+        return ready.mapped.patient.patient_id.value or ""
+    raw = row.raw or b""
+    if len(raw) < 8 or not raw.startswith(b"MSH"):
+        return ""
+    field, component = raw[3:4], raw[4:5]
+    for segment in raw.replace(b"\n", b"\r").split(b"\r"):
+        if segment.startswith(b"PID" + field):
+            fields = segment.split(field)
+            if len(fields) > 3:
+                return fields[3].split(b"~")[0].split(component)[0].decode("latin-1").strip()
+    return ""
 
 
 # What a message does through the ORM (whose flush may fail), rather than prepared statements.

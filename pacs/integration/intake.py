@@ -27,8 +27,15 @@ from sqlmodel import Session, col, select
 
 from pacs import batching
 from pacs.db import Database
-from pacs.integration.channel import Channel, Inbound, Outcome
-from pacs.integration.message_store import AppliedIndex, MessageRow, Status, StoredMessage, load_row, store_raw
+from pacs.integration.channel import Channel, Inbound, Outcome, take_cluster_locks
+from pacs.integration.message_store import (
+    AppliedIndex,
+    MessageRow,
+    Status,
+    StoredMessage,
+    load_row,
+    store_raw,
+)
 from pacs.metrics import MessageCounts
 
 log = logging.getLogger(__name__)
@@ -151,6 +158,7 @@ class Intake:
             return None
         try:
             outcomes: list[Outcome] = []
+            take_cluster_locks(session, rows, [inbound for inbound, _ in batch])  # nodes sharing PostgreSQL
             applied = AppliedIndex(session, rows)
             finished: list[MessageRow] = []
             for (inbound, _), row in zip(batch, rows, strict=True):

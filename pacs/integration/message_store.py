@@ -249,6 +249,9 @@ class Applied:
     response: str
 
 
+ANY_ID = 2**31 - 1  # the largest message id (an INTEGER column)
+
+
 class AppliedIndex:
     """:func:`find_processed` for a batch of stored messages: one SELECT per sender in the batch,
     then the batch's own messages as they are applied (:meth:`add`), so a message sent twice in
@@ -260,7 +263,10 @@ class AppliedIndex:
         for row in rows:
             if row.control_id:
                 senders.setdefault((row.sending_application, row.sending_facility), set()).add(row.control_id)
-        before = min((row.id or 0 for row in rows), default=0)  # the batch's own come from add()
+        # Any message applied already, whatever its id: with several nodes, one that came later
+        # to another node may have been applied first (the batch holds its messages' locks,
+        # pacs.integration.channel.take_cluster_locks). The batch's own come from add().
+        before = ANY_ID
         for (application, facility), control_ids in senders.items():
             wanted = {f"control_{i}": control_id for i, control_id in enumerate(sorted(control_ids))}
             found = _sent_before(len(wanted)).rows(session.connection(), {
@@ -275,7 +281,7 @@ class AppliedIndex:
         if not row.control_id:
             return None
         for earlier in self._by_key.get((row.sending_application, row.sending_facility, row.control_id), ()):
-            if earlier.id < (row.id or 0):
+            if earlier.id != row.id:
                 return earlier
         return None
 
