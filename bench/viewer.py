@@ -18,19 +18,30 @@ its compiled code too, as on a reading workstation). Then ``scroll``: from the
 first image, every slice in turn, each step waiting for the slice to be drawn (cornerstone's
 ``setImageIdIndex`` then its ``IMAGE_RENDERED``), as a radiologist holding the arrow key sees
 them: images per second, first pass (slices fetched as it goes, as far as the viewer's own
-prefetch has not fetched them) and second pass (all in the viewer's cache).
+prefetch has not fetched them) and second pass (all in the viewer's cache); then the slice on
+screen drawn again as many times (cornerstone's ``render``): the cost of drawing alone, without a
+new image's texture.
 
 Goals: first image under 1 s cached, under 3 s cold; 30 images/s or more scrolling.
+
+``--variant NAME=JSON`` (repeatable) compares settings of the app configuration A/B on the same
+run: each round opens the study with the shipped configuration, then with each variant in turn
+(alternating, so the machine's load falls on all alike), a variant being the shipped
+configuration with the JSON's keys set over it (``dataSource`` merges into the data source's
+configuration). ``--scroll-slices`` limits the scrolling passes to the first N slices.
 
 Run from the project root::
 
     .venv/bin/python bench/viewer.py
     .venv/bin/python bench/viewer.py --rounds 5 --slices 300
+    .venv/bin/python bench/viewer.py --variant 'thumbs={"dataSource": {"thumbnailRendering": "thumbnailDirect"}}'
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import platform
 import shlex
@@ -40,13 +51,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))  # the imports below need both paths
 
 from common import ADMIN_PASSWORD, ADMIN_USER, admin_env, cpu_model, git_state, load_average, session_login  # noqa: E402
-from playwright.sync_api import BrowserContext, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, BrowserContext, sync_playwright  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 from sqlmodel import Session  # noqa: E402
 
@@ -76,12 +88,34 @@ document.addEventListener('CORNERSTONE_IMAGE_RENDERED', () => {
   if (window.__bench.firstImage === null) window.__bench.firstImage = performance.now();
 }, true);
 """
+# A variant: the keys set over window.config as OHIF's page reads it (app-config.js assigns it).
+VARIANT = """
+(function (variant) {
+  let config;
+  Object.defineProperty(window, 'config', {configurable: true, get: () => config, set: (value) => {
+    const {dataSource, ...top} = variant;
+    config = Object.assign(value, top);
+    if (dataSource) Object.assign(value.dataSources[0].configuration, dataSource);
+  }});
+})(%s);
+"""
+SHIPPED = "shipped"
 FIRST_IMAGE = "window.__bench.firstImage"
+# The scripts and the DICOMweb requests that started before the first image: how many, how many
+# bytes over the network.
+BEFORE_FIRST = """(() => {
+  const until = window.__bench.firstImage;
+  const entries = performance.getEntriesByType('resource').filter(e => e.startTime < until);
+  const scripts = entries.filter(e => e.initiatorType === 'script' || e.name.endsWith('.js'));
+  const dicomweb = entries.filter(e => e.name.includes('/dicomweb/'));
+  return [scripts.length, scripts.reduce((n, e) => n + e.encodedBodySize, 0),
+          dicomweb.length, dicomweb.reduce((n, e) => n + e.encodedBodySize, 0)];
+})()"""
 FIRST_DICOMWEB = ("performance.getEntriesByType('resource').filter(e => e.name.includes('/dicomweb/'))"
                   ".map(e => e.startTime).sort((a, b) => a - b)[0] ?? null")
-SCROLL = """() => {
+SCROLL = """(limit) => {
   const viewport = cornerstone.getEnabledElements()[0].viewport;
-  const count = viewport.getImageIds().length;
+  const count = Math.min(limit || Infinity, viewport.getImageIds().length);
   const step = (index) => new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('slice ' + index + ' not drawn in 10 s')), 10000);
     viewport.element.addEventListener('CORNERSTONE_IMAGE_RENDERED', () => { clearTimeout(timer); resolve(); },
@@ -95,20 +129,34 @@ SCROLL = """() => {
     }
     return count / ((performance.now() - start) / 1000);
   };
+  const redraw = async () => {  // the slice on screen drawn again: drawing alone, no new texture
+    const start = performance.now();
+    for (let n = 0; n < count; n++) {
+      await new Promise((resolve) => {
+        viewport.element.addEventListener('CORNERSTONE_IMAGE_RENDERED', resolve, {once: true});
+        viewport.render();
+      });
+    }
+    return count / ((performance.now() - start) / 1000);
+  };
   window.__bench.scroll = null;
-  (async () => { window.__bench.scroll = [count, await pass(), await pass()]; })()
+  (async () => { window.__bench.scroll = [count, await pass(), await pass(), await redraw()]; })()
     .catch(error => { window.__bench.scroll = String(error); });
 }"""
 
 
-def open_study(context: BrowserContext, url: str) -> tuple[float, float, object]:
-    """First image and study-to-first-image (ms), and the page."""
+def open_study(context: BrowserContext, url: str, before: list[list[float]] | None = None
+               ) -> tuple[float, float, object]:
+    """First image and study-to-first-image (ms), and the page; what was fetched before the
+    first image appended to ``before``."""
     page = context.new_page()
     page.set_default_timeout(LOAD_TIMEOUT_MS)
     page.goto(url)
     page.wait_for_function(f"{FIRST_IMAGE} !== null")
     first = float(page.evaluate(FIRST_IMAGE))
     dicomweb = page.evaluate(FIRST_DICOMWEB)
+    if before is not None:
+        before.append(page.evaluate(BEFORE_FIRST))
     return first, first - float(dicomweb if dicomweb is not None else 0), page
 
 
@@ -118,6 +166,68 @@ def row(name: str, values: list[float], unit: str = "ms") -> str:
                                  f"{max(values):.1f} |")
 
 
+@dataclasses.dataclass
+class Results:
+    cold: list[tuple[float, float]] = dataclasses.field(default_factory=list)
+    reopened: list[tuple[float, float]] = dataclasses.field(default_factory=list)  # files cached, code not yet
+    cached: list[tuple[float, float]] = dataclasses.field(default_factory=list)
+    scroll: list[tuple[int, float, float, float]] = dataclasses.field(default_factory=list)
+    before_cold: list[list[float]] = dataclasses.field(default_factory=list)
+    before_cached: list[list[float]] = dataclasses.field(default_factory=list)
+
+
+def measure(browser: Browser, cookie: dict[str, str], target: str, variant: dict[str, Any], got: Results,
+            scroll_slices: int) -> None:
+    """One round of one configuration: cold, reopened twice in the same context, scrolled."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, locale="zh-CN")
+    context.add_cookies([cookie])  # type: ignore[list-item]
+    context.add_init_script(TIMING)
+    if variant:
+        context.add_init_script(VARIANT % json.dumps(variant))
+    first, to_image, page = open_study(context, target, got.before_cold)
+    got.cold.append((first, to_image))
+    page.close()  # type: ignore[attr-defined]
+    for reopening in range(REOPENINGS):
+        last = reopening == REOPENINGS - 1
+        first, to_image, page = open_study(context, target, got.before_cached if last else None)
+        (got.cached if last else got.reopened).append((first, to_image))
+        if not last:
+            page.close()  # type: ignore[attr-defined]
+    page.wait_for_timeout(1000)  # type: ignore[attr-defined]
+    page.evaluate(SCROLL, scroll_slices)  # type: ignore[attr-defined]
+    page.wait_for_function("window.__bench.scroll !== null")  # type: ignore[attr-defined]
+    result = page.evaluate("window.__bench.scroll")  # type: ignore[attr-defined]
+    if isinstance(result, str):
+        raise RuntimeError(f"scrolling failed: {result}")
+    got.scroll.append(result)
+    context.close()
+
+
+def report(got: Results) -> None:
+    print("| measure | median | min | max |")
+    print("|---|---:|---:|---:|")
+    print(row("first image, cold (nothing cached)", [f for f, _ in got.cold]))
+    print(row("study to first image, cold", [s for _, s in got.cold]))
+    print(row("first image, files cached (first reopening)", [f for f, _ in got.reopened]))
+    print(row("first image, viewer cached (third opening)", [f for f, _ in got.cached]))
+    print(row("study to first image, viewer cached", [s for _, s in got.cached]))
+    print(row("scroll, first pass", [first for _, first, _, _ in got.scroll], "images/s"))
+    print(row("scroll, second pass (cached)", [second for _, _, second, _ in got.scroll], "images/s"))
+    print(row("the same slice drawn again", [again for _, _, _, again in got.scroll], "images/s"))
+    scripts, script_bytes, requests, request_bytes = (statistics.median(v) for v in zip(*got.before_cold, strict=True))
+    print(f"\nbefore the first image, cold: {scripts:.0f} scripts ({script_bytes / 1e6:.1f} MB over the network), "
+          f"{requests:.0f} DICOMweb requests ({request_bytes / 1e6:.2f} MB)")
+    worst_cold = max(f for f, _ in got.cold)
+    worst_cached = max(f for f, _ in got.cached)
+    slowest = min(first for _, first, _, _ in got.scroll)
+    print(f"goals: first image cached < {GOAL_CACHED_MS} ms: "
+          f"{'met' if worst_cached < GOAL_CACHED_MS else 'NOT met'} (slowest {worst_cached:.0f}); "
+          f"cold < {GOAL_COLD_MS} ms: "
+          f"{'met' if worst_cold < GOAL_COLD_MS else 'NOT met'} (slowest {worst_cold:.0f}); scroll ≥ "
+          f"{GOAL_SCROLL_PER_S} images/s: {'met' if slowest >= GOAL_SCROLL_PER_S else 'NOT met'} "
+          f"(slowest first pass {slowest:.1f})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="study openings of each kind")
@@ -125,7 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--assets-dir", type=Path, default=Path(os.environ.get("PACS_TEST_ASSETS_DIR") or
                                                                    Path.home() / ".cache" / "pacs" / "assets"),
                         help="where the viewer is installed (installed there if it is not)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                        help="settings set over the shipped configuration, compared with it")
+    parser.add_argument("--scroll-slices", type=int, default=0, help="scroll through the first N slices only")
     args = parser.parse_args(argv)
+    variants: dict[str, dict[str, Any]] = {SHIPPED: {}}
+    for given in args.variant:
+        name, _, settings = given.partition("=")
+        variants[name] = json.loads(settings)
     assets.install(args.assets_dir, [assets.OHIF_VIEWER], say=print)
     tmp = Path(tempfile.mkdtemp(prefix="viewer-bench-"))
     data_dir = tmp / "data"
@@ -147,56 +264,24 @@ def main(argv: list[str] | None = None) -> int:
         stored = stow(base, ct_phantom(args.slices, 512, study_uid=study), auth=(ADMIN_USER, ADMIN_PASSWORD))
         print(f"stored {stored} CT slices (512×512, 16 bits) through STOW-RS in {time.monotonic() - started:.1f} s")
         cookie_header, _csrf = session_login(base, "reader", PASSWORD)
-        name, _, value = cookie_header.partition("=")
-        cookie = {"name": name, "value": value, "url": base}
+        cookie_name, _, value = cookie_header.partition("=")
+        cookie = {"name": cookie_name, "value": value, "url": base}
         target = f"{base}/viewer/viewer?StudyInstanceUIDs={study}"
-        cold: list[tuple[float, float]] = []
-        reopened: list[tuple[float, float]] = []  # the first reopening: files cached, their code not yet
-        cached: list[tuple[float, float]] = []
-        scroll: list[tuple[int, float, float]] = []
+        results = {name: Results() for name in variants}
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=GL_ARGS)
             for _ in range(args.rounds):
-                context = browser.new_context(viewport={"width": 1400, "height": 900}, locale="zh-CN")
-                context.add_cookies([cookie])  # type: ignore[list-item]
-                context.add_init_script(TIMING)
-                first, to_image, page = open_study(context, target)
-                cold.append((first, to_image))
-                page.close()  # type: ignore[attr-defined]
-                for reopening in range(REOPENINGS):
-                    first, to_image, page = open_study(context, target)
-                    (cached if reopening == REOPENINGS - 1 else reopened).append((first, to_image))
-                    if reopening < REOPENINGS - 1:
-                        page.close()  # type: ignore[attr-defined]
-                page.wait_for_timeout(1000)  # type: ignore[attr-defined]
-                page.evaluate(SCROLL)  # type: ignore[attr-defined]
-                page.wait_for_function("window.__bench.scroll !== null")  # type: ignore[attr-defined]
-                result = page.evaluate("window.__bench.scroll")  # type: ignore[attr-defined]
-                if isinstance(result, str):
-                    raise RuntimeError(f"scrolling failed: {result}")
-                scroll.append(result)
-                context.close()
+                for name, variant in variants.items():  # alternating: the load falls on each alike
+                    measure(browser, cookie, target, variant, results[name], args.scroll_slices)
+                    print(f"  {name}: load average {load_average()}", flush=True)
             browser.close()
+        scrolled = f"the first {args.scroll_slices} slices" if args.scroll_slices else "every slice"
         print(f"\n/viewer in headless Chromium (SwiftShader WebGL2), a {args.slices}-slice CT, {args.rounds} "
-              f"openings of each kind (ms from navigation start)\n")
-        print("| measure | median | min | max |")
-        print("|---|---:|---:|---:|")
-        print(row("first image, cold (nothing cached)", [f for f, _ in cold]))
-        print(row("study to first image, cold", [s for _, s in cold]))
-        print(row("first image, files cached (first reopening)", [f for f, _ in reopened]))
-        print(row("first image, viewer cached (third opening)", [f for f, _ in cached]))
-        print(row("study to first image, viewer cached", [s for _, s in cached]))
-        print(row("scroll, first pass", [first for _, first, _ in scroll], "images/s"))
-        print(row("scroll, second pass (cached)", [second for _, _, second in scroll], "images/s"))
-        worst_cold = max(f for f, _ in cold)
-        worst_cached = max(f for f, _ in cached)
-        slowest = min(first for _, first, _ in scroll)
-        print(f"\ngoals: first image cached < {GOAL_CACHED_MS} ms: "
-              f"{'met' if worst_cached < GOAL_CACHED_MS else 'NOT met'} (slowest {worst_cached:.0f}); "
-              f"cold < {GOAL_COLD_MS} ms: "
-              f"{'met' if worst_cold < GOAL_COLD_MS else 'NOT met'} (slowest {worst_cold:.0f}); scroll ≥ "
-              f"{GOAL_SCROLL_PER_S} images/s: {'met' if slowest >= GOAL_SCROLL_PER_S else 'NOT met'} "
-              f"(slowest first pass {slowest:.1f})")
+              f"openings of each kind (ms from navigation start); scrolling {scrolled}; "
+              f"load average at the end: {load_average()}")
+        for name, got in results.items():
+            print(f"\n{name}: {json.dumps(variants[name], ensure_ascii=False) if variants[name] else 'as shipped'}\n")
+            report(got)
         print(f"reproduce: cd {ROOT} && {shlex.join([sys.executable, *sys.argv])}")
     finally:
         server.stop()
