@@ -125,6 +125,18 @@ def test_magnifier_arrow_angle_freehand_sync_and_4x4(guarded_server, installed_v
     assert re.search(r"Area:\s*\d", text), text
     viewer_steps.shot("freehand-roi")
 
+    # the annotations' font and colour: OHIF's yellow 15 px, then large, then large and cyan (Alt+A)
+    arrow_text = (f"[...document.querySelectorAll('{VIEWPORT} svg text')].filter(t => "
+                  "t.textContent.includes('骨性结节')).map(t => t.outerHTML).join(' ')")
+    assert page.locator("#pacs-tool-style").inner_text().startswith("标注：标准")
+    assert "15px" in page.evaluate(arrow_text)
+    page.keyboard.press("Alt+A")
+    page.wait_for_function(f"({arrow_text}).includes('20px')")
+    page.keyboard.press("Alt+A")
+    page.wait_for_function(f"({arrow_text}).includes('rgb(0, 255, 255)')")
+    assert page.locator("#pacs-tool-style").inner_text().startswith("标注：大字青色")
+    viewer_steps.shot("annotations-large-cyan")
+
     # two series side by side, their slices scrolled together (OHIF's image slice sync)
     page.click('[data-cy="Layout"]')
     page.click('[data-cy="Layout-1-0"]')  # column 2, row 1 of the layout picker: 1 × 2

@@ -26,6 +26,7 @@
  *    viewport of the window (Alt+L toggles; OHIF's voi and zoompan synchronizers);
  *  - the order of a series' images: by slice position (OHIF's default), instance number or
  *    acquisition time (Alt+O, remembered in the browser; the study is shown again in it);
+ *  - the annotations' font size, line width and colour: OHIF's, large, large and cyan (Alt+A);
  *  - opened through a consultation link (pacs.shared): the one study, no study list.
  */
 (function () {
@@ -402,6 +403,59 @@
     }
   }, 500);
 
+  // -- the annotations' font and colour (cornerstone's tool styles), chosen from a few --------
+
+  var STYLE_KEY = 'pacs.viewer.annotations';
+  var ANNOTATION_STYLES = {
+    standard: {},  // OHIF's: yellow, 15 px
+    large: { textBoxFontSize: '20px', lineWidth: '2.5' },
+    // the text cyan in every state; a selected or highlighted line stays green, as cornerstone draws it
+    cyan: { textBoxFontSize: '20px', lineWidth: '2.5', color: 'rgb(0, 255, 255)', textBoxColor: 'rgb(0, 255, 255)',
+            textBoxColorSelected: 'rgb(0, 255, 255)', textBoxColorHighlighted: 'rgb(0, 255, 255)' },
+  };
+  var STYLE_NAMES = Object.keys(ANNOTATION_STYLES);
+  var ohifStyle = null;  // the global style OHIF set, which each choice starts from
+  var appliedStyle = null;
+
+  function chosenStyle() {
+    try {
+      var chosen = window.localStorage.getItem(STYLE_KEY);
+      return STYLE_NAMES.indexOf(chosen) >= 0 ? chosen : 'standard';
+    } catch (e) {
+      return 'standard';
+    }
+  }
+
+  /** The chosen style over OHIF's, once OHIF has set its own (its tools are made with the first
+   * viewport), and every viewport drawn again in it. */
+  function applyStyle() {
+    var tools = window.cornerstoneTools;
+    var core = window.cornerstone;
+    if (!tools || !core || appliedStyle === chosenStyle() || !core.getEnabledElements().length) {
+      return;
+    }
+    var styles = tools.annotation.config.style;
+    if (ohifStyle === null) {
+      ohifStyle = Object.assign({}, (styles.getDefaultToolStyles() || {}).global);
+    }
+    appliedStyle = chosenStyle();
+    styles.setDefaultToolStyles({ global: Object.assign({}, ohifStyle, ANNOTATION_STYLES[appliedStyle]) });
+    core.getRenderingEngines().forEach(function (engine) { engine.render(); });
+  }
+
+  function nextStyle() {
+    var following = STYLE_NAMES[(STYLE_NAMES.indexOf(chosenStyle()) + 1) % STYLE_NAMES.length];
+    try {
+      window.localStorage.setItem(STYLE_KEY, following);
+    } catch (e) {
+      return;
+    }
+    applyStyle();
+    refreshButtons();
+  }
+
+  window.setInterval(applyStyle, 500);
+
   // -- a second window on the study: the series after the active viewport's -----------------
 
   function activeSeries() {
@@ -463,6 +517,8 @@
       text: function () { return label(linked ? 'tools.link_all' : 'tools.link_series', linked ? 'All viewports' : 'This series'); } },
     { id: 'sort', key: 'O', action: nextSort,
       text: function () { return label('tools.sort_' + chosenSort(), chosenSort()); } },
+    { id: 'style', key: 'A', action: nextStyle,
+      text: function () { return label('tools.style_' + chosenStyle(), chosenStyle()); } },
     { id: 'window', key: 'N', action: secondWindow, text: function () { return label('tools.window', 'Second window'); } },
     { id: 'film', key: 'F', action: function () { openTool('film'); }, shown: !!tools.film,
       text: function () { return label('tools.film', 'film'); } },
@@ -652,7 +708,9 @@
     // The header's patient box shows the alphabetic group only (OHIF formats it itself): the
     // overlay shows the patient instead.
     showPatientInfo: 'disabled',
-    maxNumberOfWebWorkers: 3,
+    // Image decoding workers: one core left to the page's own thread (on two cores one worker
+    // brought the study to its first image in 1.0 s instead of 1.6 s: bench/viewer.py --variant).
+    maxNumberOfWebWorkers: Math.max(1, Math.min(3, (navigator.hardwareConcurrency || 2) - 1)),
     showWarningMessageForCrossOrigin: false,
     showCPUFallbackMessage: true,
     showLoadingIndicator: true,
