@@ -42,6 +42,7 @@ from pacs import assets
 from pacs.audit import codes
 from pacs.audit.codes import Action
 from pacs.audit.service import Event, record
+from pacs.auth import links
 from pacs.auth.access import Principal, PrincipalDep, forbidden, require
 from pacs.auth.roles import Permission
 from pacs.http import RowId, ServicesDep, SessionDep
@@ -697,6 +698,20 @@ def today(request: Request, session: SessionDep, services: ServicesDep, principa
 # -- the label --------------------------------------------------------------------------------
 
 
+def _film_url(session: Session, order_id: int, services: Any, principal: Principal, request: Request) -> str:
+    """The exam's cloud-film page (云胶片) for the slip's QR code: signed, lasting ``[report]
+    film_link_days`` from printing; the page shows the exam until a report is final."""
+    order = session.get(ImagingOrder, order_id)
+    if order is None:
+        return ""
+    try:
+        return links.issue_link(services.settings, order.study_instance_uid, links.FILM,
+                                timedelta(days=services.settings.report.film_link_days), created_by=principal.name,
+                                base_url=str(request.base_url))
+    except links.LinkError:
+        return ""  # a study UID the HIS sent that no link can name: the slip goes without
+
+
 @orders.get("/{order_id}/label.pdf", response_class=Response,
             responses={200: {"content": {"application/pdf": {}}}, 503: {"description": "run pacs assets install"}})
 def label(order_id: RowId, request: Request, session: SessionDep, services: ServicesDep, principal: ReadOrders,
@@ -704,7 +719,8 @@ def label(order_id: RowId, request: Request, session: SessionDep, services: Serv
           lang: Annotated[Literal["zh-CN", "en"] | None, Query()] = None) -> Response:
     """The exam's label (``[desk] label_mm``) or the patient's slip (``[desk] slip_mm``) as PDF:
     Code 128 of the accession number (ISO/IEC 15417), the name in Hanzi and pinyin, ID, sex and
-    age, exam, room and time; the slip adds where to go and the preparation."""
+    age, exam, room and time; the slip adds where to go, the preparation and a QR code of the
+    exam's cloud-film page."""
     settings = services.settings
     font = assets.font_path(settings.assets_dir)
     if font is None:
@@ -721,7 +737,8 @@ def label(order_id: RowId, request: Request, session: SessionDep, services: Serv
         room=(room.name or room.room) if room else row.room, location=row.location,
         start=row.start.replace(tzinfo=None) if row.start else None,
         preparation=mappings.preparations.text(row.procedure_code, row.modality) if mappings.preparations else "",
-        department=row.department, priority=row.priority, requisition_number=row.requisition_number)
+        department=row.department, priority=row.priority, requisition_number=row.requisition_number,
+        film_url=_film_url(session, order_id, services, principal, request) if kind == "slip" else "")
     language = lang or principal.language or settings.auth.default_language
     make = labels.label_pdf if kind == "label" else labels.slip_pdf
     size = settings.desk.label_mm if kind == "label" else settings.desk.slip_mm

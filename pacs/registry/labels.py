@@ -20,6 +20,8 @@ from datetime import date, datetime
 from pathlib import Path
 
 from reportlab.graphics.barcode.code128 import Code128
+from reportlab.graphics.barcode.qr import QrCodeWidget
+from reportlab.graphics.shapes import Rect
 from reportlab.lib.units import mm
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
@@ -32,6 +34,7 @@ MIN_MODULE_MM = 0.25  # narrower bars than this a 203 dpi label printer cannot p
 MARGIN_MM = 2.5
 BAR_HEIGHT_LABEL_MM = 9.0
 BAR_HEIGHT_SLIP_MM = 12.0
+QR_SLIP_MM = 22.0  # the cloud-film link's QR code on the slip: a phone reads it at arm's length
 
 _lock = threading.Lock()  # reportlab's font subsetting keeps per-document state in the font object
 _registered: dict[Path, str] = {}
@@ -40,12 +43,12 @@ TEXT = {
     "zh-CN": {"sex": {"M": "男", "F": "女", "O": "其他"}, "years": "{n}岁", "months": "{n}月", "days": "{n}天",
               "title": "检查单", "exam": "检查", "room": "检查室", "time": "时间", "where": "地点", "id": "ID",
               "accession": "检查号", "preparation": "检查前准备", "department": "申请科室", "priority": "优先级",
-              "requisition": "申请单号",
+              "requisition": "申请单号", "film": "扫码查看云胶片",
               "priorities": {"stat": "急", "urgent": "急", "asap": "尽快", "routine": "普通"}},
     "en": {"sex": {"M": "male", "F": "female", "O": "other"}, "years": "{n} y", "months": "{n} mo", "days": "{n} d",
            "title": "Examination slip", "exam": "Exam", "room": "Room", "time": "Time", "where": "Where", "id": "ID",
            "accession": "Accession", "preparation": "Preparation", "department": "Requested by",
-           "priority": "Priority", "requisition": "Requisition",
+           "priority": "Priority", "requisition": "Requisition", "film": "Scan for your images",
            "priorities": {"stat": "STAT", "urgent": "urgent", "asap": "ASAP", "routine": "routine"}},
 }
 LANGUAGES = tuple(TEXT)
@@ -77,6 +80,7 @@ class LabelData:
     department: str = ""
     priority: str = ""
     requisition_number: str = ""
+    film_url: str = ""  # the cloud-film page of the exam (pacs.auth.links), printed as a QR code
 
 
 def age(birth: date | None, on: date, language: str) -> str:
@@ -156,6 +160,24 @@ def _barcode(value: str, width: float, height: float) -> Code128:
                    rquiet=QUIET_ZONE_MODULES * module, humanReadable=0)
 
 
+def qr_code(canvas: Canvas, url: str, x: float, y: float, size: float) -> None:
+    """``url`` as a QR code (ISO/IEC 18004, error correction level M) of ``size`` points square,
+    its lower left corner at (``x``, ``y``): the code's dark modules drawn as filled rectangles,
+    so the page needs no font but its own."""
+    widget = QrCodeWidget(url, barLevel="M")
+    x0, y0, x1, y1 = widget.getBounds()
+    scale_x, scale_y = size / (x1 - x0), size / (y1 - y0)
+    canvas.saveState()
+    canvas.setFillColorRGB(1, 1, 1)
+    canvas.rect(x, y, size, size, stroke=0, fill=1)  # the quiet zone stays white on any paper
+    canvas.setFillColorRGB(0, 0, 0)
+    for shape in widget.draw().contents:
+        if isinstance(shape, Rect) and shape.fillColor is not None and shape.fillColor.red == 0:
+            canvas.rect(x + (shape.x - x0) * scale_x, y + (shape.y - y0) * scale_y,
+                        shape.width * scale_x, shape.height * scale_y, stroke=0, fill=1)
+    canvas.restoreState()
+
+
 def _when(start: datetime | None) -> str:
     return f"{start:%Y-%m-%d %H:%M}" if start else ""
 
@@ -207,7 +229,8 @@ def label_pdf(data: LabelData, *, font: Path | None, size_mm: tuple[float, float
 
 
 def slip_pdf(data: LabelData, *, font: Path | None, size_mm: tuple[float, float], language: str = "zh-CN") -> bytes:
-    """The patient's slip: who, what, where, when, how to prepare, and the accession barcode."""
+    """The patient's slip: who, what, where, when, how to prepare, the accession barcode, and
+    with ``film_url`` a QR code of the exam's cloud-film page (云胶片)."""
     if font is None:
         raise FontMissing("the labels' CJK font is not installed: run `pacs assets install`")
     language = language if language in TEXT else LANGUAGES[0]
@@ -254,13 +277,19 @@ def slip_pdf(data: LabelData, *, font: Path | None, size_mm: tuple[float, float]
                 canvas.drawString(margin + label_width, y, line)
                 y -= 12
         symbol = _barcode(data.accession_number, usable, BAR_HEIGHT_SLIP_MM * mm)
+        bottom = margin + symbol.height + 12
+        if data.film_url:
+            size = QR_SLIP_MM * mm
+            qr_code(canvas, data.film_url, width - margin - size, bottom, size)
+            canvas.setFont(name, 8)
+            canvas.drawRightString(width - margin - size - 2 * mm, bottom + size / 2 - 3, words["film"])
+            bottom += size + 3
         if data.preparation:
             y -= 3
             canvas.setFont(name, 9)
             canvas.drawString(margin, y, words["preparation"])
             y -= 12
             canvas.setFont(name, 8)
-            bottom = margin + symbol.height + 12
             for line in _wrap(data.preparation, name, 8, usable):
                 if y < bottom:
                     break

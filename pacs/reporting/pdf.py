@@ -18,14 +18,11 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 
-from reportlab.graphics import renderPDF
-from reportlab.graphics.barcode.qr import QrCodeWidget
-from reportlab.graphics.shapes import Drawing
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.units import mm
 from reportlab.pdfgen.canvas import Canvas
 
-from pacs.registry.labels import FontMissing, _font, _lock, _wrap, age
+from pacs.registry.labels import FontMissing, _font, _lock, _wrap, age, qr_code
 
 STATUS_TITLE = {"P": "初步报告", "F": "正式报告", "C": "更正报告"}
 SEX = {"M": "男", "F": "女", "O": "其他"}
@@ -185,11 +182,7 @@ def report_pdf(page: ReportPage, *, font: Path | None) -> bytes:
         canvas.setFont(name, 7.5)
         canvas.drawString(MARGIN, 17 * mm, "本报告仅供临床参考，以签名医师意见为准。")
         if page.film_url:
-            widget = QrCodeWidget(page.film_url, barLevel="M")
-            x0, y0, x1, y1 = widget.getBounds()
-            drawing = Drawing(QR_SIZE, QR_SIZE, transform=[QR_SIZE / (x1 - x0), 0, 0, QR_SIZE / (y1 - y0), 0, 0])
-            drawing.add(widget)
-            renderPDF.draw(drawing, canvas, width - MARGIN - QR_SIZE, 12 * mm)
+            qr_code(canvas, page.film_url, width - MARGIN - QR_SIZE, 12 * mm, QR_SIZE)
             canvas.setFont(name, 7.5)
             canvas.drawCentredString(width - MARGIN - QR_SIZE / 2, 9 * mm, "扫码查看云胶片")
         footer()

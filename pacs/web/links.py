@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
 from pacs.archive.index import Study
+from pacs.archive.reconciliation import shown_name
 from pacs.audit import codes
 from pacs.audit.codes import Action
 from pacs.audit.service import Event
@@ -36,6 +37,7 @@ from pacs.auth.pages import render, require_page, secure
 from pacs.auth.roles import Permission
 from pacs.db import utcnow
 from pacs.http import ServicesDep
+from pacs.registry.models import ImagingOrder, Patient, ProcedureStep
 from pacs.reporting.models import Report, ReportVersion, VersionStatus
 from pacs.web.film import study_facts
 
@@ -237,13 +239,30 @@ def _rendered_url(study_uid: str, image: dict[str, str]) -> str:
     return f"{base}/frames/{frame}/rendered?viewport=1024,1024" if frame.isdigit() else f"{base}/rendered?viewport=1024,1024"
 
 
+def ordered_exam(request: Request, study_uid: str) -> dict[str, Any] | None:
+    """The exam as ordered, before its images arrive (a slip's link is printed at registration):
+    the patient, the procedure, the scheduled day; None where no order has this study UID."""
+    with request.app.state.services.db.session(read_only=True) as session:
+        order = session.exec(select(ImagingOrder).where(col(ImagingOrder.study_instance_uid) == study_uid)).first()
+        if order is None:
+            return None
+        patient = session.get(Patient, order.patient)
+        step = session.exec(select(ProcedureStep).where(col(ProcedureStep.order) == order.id)
+                            .order_by(col(ProcedureStep.id))).first()
+        day = step.start_date if step else ""
+        return {"uid": study_uid, "patient": shown_name(patient), "patient_id": patient.patient_id if patient else "",
+                "date": day, "date_shown": f"{day[:4]}-{day[4:6]}-{day[6:]}" if len(day) == 8 else "",
+                "description": order.procedure_text, "accession": order.accession_number,
+                "modalities": [step.modality] if step and step.modality else [], "series": []}
+
+
 @pages.get("/s/{token}", dependencies=[Depends(public)])
 def cloud_film(token: str, request: Request) -> Response:
     """Cloud film: the exam, its final report and key images, on a phone."""
     grant = _opened(request, token, links.FILM)
     if grant is None:
         return _gone(request)
-    study = study_facts(request, grant.study_instance_uid)
+    study = study_facts(request, grant.study_instance_uid) or ordered_exam(request, grant.study_instance_uid)
     if study is None:
         return _gone(request)
     zone = request.app.state.services.settings.zone

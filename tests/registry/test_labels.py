@@ -1,6 +1,6 @@
 """The label and the slip as a printer gets them: a PDF that poppler renders, whose Hanzi are
 drawn with the embedded Noto Sans SC subset, whose Code 128 barcode (ISO/IEC 15417) zbar reads
-back as the accession number; 503 with the fix when the font is not installed."""
+back as the accession number, and on the slip a QR code (ISO/IEC 18004) of the cloud-film page; 503 with the fix when the font is not installed."""
 
 from __future__ import annotations
 
@@ -69,7 +69,18 @@ def test_the_label_renders_with_hanzi_and_a_barcode_of_the_accession(server, ins
     width, height = Image.open(png).size
     expected = (60, 40) if kind == "label" else (80, 120)  # [desk] label_mm, slip_mm
     assert (round(width / 300 * 25.4), round(height / 300 * 25.4)) == expected
-    assert barcodes(png) == [order["accession_number"]]
+    if kind == "label":
+        assert barcodes(png) == [order["accession_number"]]
+        return
+    # the slip: the accession's barcode, and a QR code of the exam's cloud-film page, which opens
+    # on a phone without an account and shows the exam (its report once one is final)
+    read = barcodes(png)
+    films = [code for code in read if "/s/" in code]
+    assert order["accession_number"] in read and len(films) == 1 and len(read) == 2, read
+    assert films[0].startswith(server.http_url.replace("127.0.0.1", "localhost")) or \
+        films[0].startswith(server.http_url), films[0]
+    page = httpx.get(server.http_url + films[0][films[0].index("/s/"):])
+    assert page.status_code == 200 and "上腹部CT增强" in page.text, page.text[:300]
 
 
 def test_the_name_is_drawn_in_hanzi(installed_assets, tmp_path):
