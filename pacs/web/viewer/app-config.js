@@ -708,9 +708,7 @@
     // The header's patient box shows the alphabetic group only (OHIF formats it itself): the
     // overlay shows the patient instead.
     showPatientInfo: 'disabled',
-    // Image decoding workers: one core left to the page's own thread (on two cores one worker
-    // brought the study to its first image in 1.0 s instead of 1.6 s: bench/viewer.py --variant).
-    maxNumberOfWebWorkers: Math.max(1, Math.min(3, (navigator.hardwareConcurrency || 2) - 1)),
+    maxNumberOfWebWorkers: 3,
     showWarningMessageForCrossOrigin: false,
     showCPUFallbackMessage: true,
     showLoadingIndicator: true,
