@@ -105,6 +105,7 @@ def test_magnifier_arrow_angle_freehand_sync_and_4x4(guarded_server, installed_v
     degrees = float(re.search(r"(\d+(?:\.\d+)?)\s*°", shown).group(1))  # type: ignore[union-attr]
     assert abs(degrees - 90) <= 1, shown
     viewer_steps.shot("angle")
+    page.keyboard.press("Escape")  # the angle done with: no handle of it follows the pointer any more
 
     # the freehand ROI: a closed loop in the water reads 0 HU, with its area
     page.click('[data-cy="MeasurementTools-split-button-secondary"]')
