@@ -210,6 +210,26 @@ class Problems(list[str]):
         self.append(f"{path}:{line}: {what}")
 
 
+def read_mapping(path: Path, problems: Problems, shape: str) -> dict[str, Any] | None:
+    """What a YAML file of the mappings folder maps (``{}`` when it is empty); None, with the
+    problem added to ``problems`` at its line, when the file can't be read, is not YAML, or
+    holds something other than a mapping (``shape`` says what it should hold)."""
+    try:
+        data = read_yaml(path)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problems.add(path, (mark.line + 1) if mark else 1, f"not valid YAML: {getattr(exc, 'problem', exc)}")
+        return None
+    except OSError as exc:
+        problems.add(path, 1, f"cannot read: {exc.strerror}")
+        return None
+    data = data or {}
+    if not isinstance(data, dict):
+        problems.add(path, 1, shape)
+        return None
+    return data
+
+
 # --------------------------------------------------------------------------------------------
 # Code tables and the procedure table
 # --------------------------------------------------------------------------------------------

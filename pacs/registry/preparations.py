@@ -18,9 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pacs.integration.mapping import Problems, Procedure, read_yaml
+from pacs.integration.mapping import Problems, Procedure, read_mapping
 
 FILE_NAME = "preparations.yaml"
 KEYS = {"by_modality", "by_procedure"}
@@ -43,14 +41,8 @@ def load_preparations(mappings_dir: Path, procedures: dict[str, Procedure]) -> t
     problems = Problems()
     if not path.exists():
         return Preparations(), []
-    try:
-        data = read_yaml(path) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problems.add(path, (mark.line + 1) if mark else 1, f"not valid YAML: {getattr(exc, 'problem', exc)}")
-        return None, problems
-    if not isinstance(data, dict):
-        problems.add(path, 1, "preparations.yaml is a mapping with by_modality and by_procedure")
+    data = read_mapping(path, problems, "preparations.yaml is a mapping with by_modality and by_procedure")
+    if data is None:
         return None, problems
     for key in sorted(set(data) - KEYS):
         problems.add(path, getattr(data, "line", 1), f"unknown key {key!r}; the file holds by_modality and by_procedure")

@@ -21,10 +21,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from sqlmodel import Session, col, select
 
-from pacs.integration.mapping import Problems, read_yaml
+from pacs.integration.mapping import Problems, read_mapping
 from pacs.reporting.models import ReportPhrase
 
 FILE_NAME = "report_phrases.yaml"
@@ -53,14 +52,8 @@ def load_report_phrases(mappings_dir: Path) -> tuple[dict[str, list[Phrase]], li
     problems = Problems()
     if not path.exists():
         return {}, problems
-    try:
-        data = read_yaml(path) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problems.add(path, (mark.line + 1) if mark else 1, f"not valid YAML: {getattr(exc, 'problem', exc)}")
-        return {}, problems
-    if not isinstance(data, dict):
-        problems.add(path, 1, f"{FILE_NAME} maps a modality (or \"*\") to a list of phrases")
+    data = read_mapping(path, problems, f"{FILE_NAME} maps a modality (or \"*\") to a list of phrases")
+    if data is None:
         return {}, problems
     found: dict[str, list[Phrase]] = {}
     for modality, entries in data.items():

@@ -26,9 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pacs.integration.mapping import Problems, read_yaml
+from pacs.integration.mapping import Problems, read_mapping
 
 FILE_NAME = "report_templates.yaml"
 TEMPLATE_KEYS = {"name", "findings", "impression"}
@@ -105,15 +103,9 @@ def load_report_templates(mappings_dir: Path) -> tuple[dict[str, list[Template]]
     problems = Problems()
     if not path.exists():
         return {}, problems
-    try:
-        data = read_yaml(path) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problems.add(path, (mark.line + 1) if mark else 1, f"not valid YAML: {getattr(exc, 'problem', exc)}")
-        return {}, problems
-    if not isinstance(data, dict):
-        problems.add(path, 1, f"{FILE_NAME} maps a procedure code, MODALITY/BODY_PART or MODALITY to a list "
+    data = read_mapping(path, problems, f"{FILE_NAME} maps a procedure code, MODALITY/BODY_PART or MODALITY to a list "
                               "of templates")
+    if data is None:
         return {}, problems
     lines = path.read_text(encoding="utf-8").splitlines()
     found: dict[str, list[Template]] = {}

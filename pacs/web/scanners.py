@@ -8,9 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pacs.integration.mapping import Problems, read_yaml
+from pacs.integration.mapping import Problems, read_mapping
 
 FILE_NAME = "scanners.yaml"
 KINDS = ("card", "barcode")
@@ -47,14 +45,8 @@ def load_scanners(mappings_dir: Path) -> tuple[Scanners, list[str]]:
     problems = Problems()
     if not path.exists():
         return Scanners(), problems
-    try:
-        data = read_yaml(path) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problems.add(path, (mark.line + 1) if mark else 1, f"not valid YAML: {getattr(exc, 'problem', exc)}")
-        return Scanners(), problems
-    if not isinstance(data, dict):
-        problems.add(path, 1, f"{FILE_NAME} is a mapping with max_key_interval_ms, min_length and devices")
+    data = read_mapping(path, problems, f"{FILE_NAME} is a mapping with max_key_interval_ms, min_length and devices")
+    if data is None:
         return Scanners(), problems
     for key in sorted(set(data) - TOP_KEYS):
         problems.add(path, _line_of(path, key), f"unknown key {key!r} (known: {', '.join(sorted(TOP_KEYS))})")

@@ -14,9 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pacs.integration.mapping import Problems, read_yaml
+from pacs.integration.mapping import Problems, read_mapping
 
 FILE_NAME = "window_presets.yaml"
 PRESET_KEYS = {"name", "name_en", "window", "level", "body_parts"}
@@ -40,14 +38,8 @@ def load_window_presets(mappings_dir: Path) -> tuple[dict[str, list[WindowPreset
     problems = Problems()
     if not path.exists():
         return {}, problems
-    try:
-        data = read_yaml(path) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problems.add(path, (mark.line + 1) if mark else 1, f"not valid YAML: {getattr(exc, 'problem', exc)}")
-        return {}, problems
-    if not isinstance(data, dict):
-        problems.add(path, 1, f"{FILE_NAME} maps each modality (CT, MR, …) to a list of presets")
+    data = read_mapping(path, problems, f"{FILE_NAME} maps each modality (CT, MR, …) to a list of presets")
+    if data is None:
         return {}, problems
     lines = path.read_text(encoding="utf-8").splitlines()
     found: dict[str, list[WindowPreset]] = {}

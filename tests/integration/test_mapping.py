@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sqlmodel import Session, func, select
 
-from pacs.integration.mapping import load
+from pacs.integration.mapping import Problems, load, read_mapping
 from pacs.integration.message_store import StoredMessage
 from pacs.settings import SHIPPED_MAPPINGS
 from tests.helpers import DATA, MLLPClient, ack_fields, load as load_message
@@ -148,3 +148,20 @@ def test_check_covers_device_rules_and_surnames(mappings_dir):
     assert result.returncode == 1
     assert f"{devices}:{line_of(devices, 'telepathy')}:" in result.stdout and "telepathy" in result.stdout
     assert "surnames.csv:" in result.stdout
+
+
+def test_a_mapping_file_that_is_not_yaml_or_not_a_mapping_is_a_problem_at_its_line(tmp_path):
+    problems = Problems()
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n", encoding="utf-8")
+    assert read_mapping(empty, problems, "a mapping") == {} and problems == []
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("CT:\n  - name: lung\n  window: [1500\n", encoding="utf-8")
+    assert read_mapping(broken, problems, "a mapping") is None
+    assert problems[-1].startswith(f"{broken}:") and "not valid YAML" in problems[-1]
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("- CT\n- MR\n", encoding="utf-8")
+    assert read_mapping(listed, problems, "maps each modality to its presets") is None
+    assert problems[-1] == f"{listed}:1: maps each modality to its presets"
+    assert read_mapping(tmp_path / "absent.yaml", problems, "a mapping") is None
+    assert problems[-1].endswith("cannot read: No such file or directory")
