@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Three `pacs serve` nodes on this machine, on loopback with their own ports, sharing one
-# PostgreSQL database, with HAProxy (deploy/haproxy.cfg) in front. For trying a cluster out;
-# see "Several nodes" in README.md.
+# PostgreSQL database and (with PACS_CLUSTER_S3=moto) one S3 object store, with HAProxy
+# (deploy/haproxy.cfg) in front. For trying a cluster out; see "Several nodes" in README.md.
 #
 #   deploy/cluster.sh start [DIR]      nodes, then HAProxy; prints the addresses
 #   deploy/cluster.sh stop [DIR]       HAProxy, then the nodes (SIGTERM: messages in flight finish)
@@ -10,7 +10,8 @@
 #   deploy/cluster.sh restart N [DIR]  start node N again
 #
 # DIR (default ./pacs-cluster) holds each node's data folder and log, the shared session key,
-# the pid files, and cluster.env (the database and ports `start` used, for the other commands).
+# the pid files, and cluster.env (the database, ports and object store `start` used, for the
+# other commands).
 #
 # Environment:
 #   PACS_DATABASE_URL    the shared database (default postgresql://postgres@127.0.0.1:5432/pacs_cluster,
@@ -19,6 +20,15 @@
 #                        PORT+2 (HTTP); node N takes PORT+10N, PORT+10N+1 and PORT+10N+2
 #   PACS_BIN             the pacs command (default: pacs on PATH, else this checkout's .venv/bin/pacs)
 #   HAPROXY              the haproxy command (default haproxy; Debian: apt-get install haproxy)
+#   PACS_CLUSTER_S3      "moto": start moto's S3 server (moto_server, from `pip install
+#                        'moto[server]'`, the test extras) on 127.0.0.1:PORT+3 and give every node
+#                        the storage area "online" in its bucket "pacs-cluster", with
+#                        [archive] acknowledge = "indexed": each object a node acknowledges is then
+#                        in the shared store and indexed, and any node serves it. moto keeps the
+#                        objects in memory: `stop` ends it and they are gone (the index stays).
+#                        Unset: each node keeps objects in its own data folder (or give the nodes
+#                        an S3 area of your own in PACS_CONFIG).
+#   MOTO_SERVER          the moto_server command (default: on PATH, else this checkout's .venv)
 #   PACS_CONFIG, PACS_ADMIN_PASSWORD, ... are passed on to every node.
 set -euo pipefail
 
@@ -27,7 +37,7 @@ command="${1:-}"
 case "$command" in
     kill|restart) node="${2:?which node (1-3)?}"; dir="${3:-./pacs-cluster}" ;;
     start|stop|status) dir="${2:-./pacs-cluster}" ;;
-    *) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
@@ -38,6 +48,8 @@ export PACS_DATABASE_URL="${PACS_DATABASE_URL:-postgresql://postgres@127.0.0.1:5
 port="${PACS_CLUSTER_PORT:-24000}"
 pacs="${PACS_BIN:-$(command -v pacs || echo "$here/../.venv/bin/pacs")}"
 haproxy="${HAPROXY:-haproxy}"
+s3="${PACS_CLUSTER_S3:-}"
+moto="${MOTO_SERVER:-$(command -v moto_server || echo "$here/../.venv/bin/moto_server")}"
 export PACS_AUTH__SECRET_KEY_FILE="$dir/session.key"  # one key: a session cookie works on every node
 
 node_port() { echo $((port + 10 * $1 + $2)); }  # node, 0 DICOM / 1 MLLP / 2 HTTP
@@ -54,6 +66,37 @@ wait_healthy() {  # HTTP port, seconds[, pid file of the process that must keep 
 }
 
 running() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+s3_url() { echo "http://127.0.0.1:$((port + 3))"; }
+
+s3_env() {  # the nodes' shared storage area, in the environment (over any PACS_CONFIG's areas)
+    case "$s3" in
+    "") return ;;
+    moto) ;;
+    *) echo "PACS_CLUSTER_S3=$s3: only \"moto\" is known" >&2; exit 2 ;;
+    esac
+    export PACS_STORAGE__AREAS="[{\"name\": \"online\", \"kind\": \"s3\", \"bucket\": \"pacs-cluster\",
+        \"endpoint_url\": \"$(s3_url)\", \"access_key\": \"cluster\", \"secret_key\": \"cluster\",
+        \"region\": \"us-east-1\"}]"
+    export PACS_STORAGE__WRITE='["online"]' PACS_STORAGE__CACHE=online PACS_ARCHIVE__ACKNOWLEDGE=indexed
+}
+
+start_moto() {
+    [[ "$s3" == moto ]] || return 0
+    if running "$dir/moto.pid"; then return; fi
+    [[ -x "$moto" ]] || { echo "moto_server not found (pip install 'moto[server]')" >&2; exit 1; }
+    setsid "$moto" -H 127.0.0.1 -p $((port + 3)) >>"$dir/moto.log" 2>&1 </dev/null &
+    echo $! >"$dir/moto.pid"
+    for _ in $(seq 150); do
+        curl -fs -o /dev/null --max-time 2 "$(s3_url)" && { echo "S3 (moto): $(s3_url)"; return; }
+        running "$dir/moto.pid" || break
+        sleep 0.2
+    done
+    echo "moto_server did not start; see $dir/moto.log" >&2
+    exit 1
+}
+
+s3_env
 
 create_database() {
     local base="${PACS_DATABASE_URL%/*}" name="${PACS_DATABASE_URL##*/}"
@@ -101,7 +144,9 @@ case "$command" in
 start)
     command -v "$haproxy" >/dev/null || { echo "haproxy not found (Debian: apt-get install haproxy)" >&2; exit 1; }
     create_database
-    printf ': "${PACS_DATABASE_URL:=%s}"\n: "${PACS_CLUSTER_PORT:=%s}"\n' "$PACS_DATABASE_URL" "$port" >"$dir/cluster.env"
+    printf ': "${PACS_DATABASE_URL:=%s}"\n: "${PACS_CLUSTER_PORT:=%s}"\n: "${PACS_CLUSTER_S3:=%s}"\n' \
+        "$PACS_DATABASE_URL" "$port" "$s3" >"$dir/cluster.env"
+    start_moto
     start_node 1  # the first node alone: it brings the schema up to date
     start_node 2 & second=$!
     start_node 3 & third=$!
@@ -118,6 +163,7 @@ stop)
     stoppers=()
     for n in 1 2 3; do stop_pid "$dir/node$n.pid" TERM & stoppers+=($!); done
     wait "${stoppers[@]}"
+    stop_pid "$dir/moto.pid" TERM
     echo "stopped"
     ;;
 status)
@@ -125,6 +171,9 @@ status)
         if healthy "$(node_port "$n" 2)"; then echo "node $n: ok"; else echo "node $n: down"; fi
     done
     if healthy $((port + 2)); then echo "haproxy: ok"; else echo "haproxy: down"; fi
+    if [[ -n "$s3" ]]; then
+        if curl -fs -o /dev/null --max-time 2 "$(s3_url)"; then echo "s3: ok"; else echo "s3: down"; fi
+    fi
     ;;
 kill)
     stop_pid "$dir/node$node.pid" KILL
