@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 
 from pydicom.uid import generate_uid
 
@@ -168,6 +169,14 @@ def test_magnifier_arrow_angle_freehand_sync_and_4x4(guarded_server, installed_v
     page.wait_for_function(f"document.querySelectorAll('{VIEWPORT}').length === 16")
     viewer_steps.shot("layout-4x4")
 
+    # the patient has no other study: Alt+P says so, and leaves no empty window open
+    page.keyboard.press("Alt+P")
+    page.wait_for_function("document.querySelector('#pacs-tool-prior').innerText.startsWith('无前次检查')")
+    deadline = time.monotonic() + 10
+    while len(page.context.pages) > 1 and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    assert [p.url for p in page.context.pages] == [page.url]
+
 
 def sorted_series(study: str) -> list:  # type: ignore[type-arg]
     """Two CT series of one study whose images' three orders differ: slice position (along z),
@@ -198,16 +207,48 @@ def shown_instances(page, count: int) -> list[int]:  # type: ignore[no-untyped-d
     return numbers
 
 
+# Each viewport, left to right, as cornerstone has it: its window (lower, upper), zoom, rotation
+# and the index of the image it shows.
 VIEWPORT_STATE = """() => cornerstone.getEnabledElements()
   .sort((a, b) => a.viewport.element.getBoundingClientRect().left - b.viewport.element.getBoundingClientRect().left)
-  .map(e => { const p = e.viewport.getProperties(); return [p.voiRange.lower, p.voiRange.upper, e.viewport.getZoom()]; })"""
+  .map(e => { const v = e.viewport; const p = v.getProperties();
+              return [p.voiRange.lower, p.voiRange.upper, v.getZoom(), v.getRotation(), v.getCurrentImageIdIndex()]; })"""
+SCOPE_BUTTON = "#pacs-tool-link"
+PRIOR_DATE = "20251120"
+
+
+def prior_study() -> list:  # type: ignore[type-arg]
+    """The same patient's CT a year before, a study of its own."""
+    older = ct_phantom(4, 64, study_uid=generate_uid())
+    for ds in older:
+        ds.StudyDate = PRIOR_DATE
+        ds.StudyDescription = "胸部CT平扫（前次）"
+        ds.AccessionNumber = "A29999"
+    return older
+
+
+def wait_state(page, holds, what: str) -> list:  # type: ignore[no-untyped-def,type-arg]
+    """The viewports' state once ``holds`` says it is as expected (the viewer draws a changed image
+    asynchronously); the assertion names ``what`` with the last state seen."""
+    deadline = time.monotonic() + LOAD_TIMEOUT_MS / 1000
+    state = page.evaluate(VIEWPORT_STATE)
+    while not holds(state) and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+        state = page.evaluate(VIEWPORT_STATE)
+    assert holds(state), (what, state)
+    return state
+
+
+def scope_is(page, text: str) -> None:  # type: ignore[no-untyped-def]
+    page.wait_for_function(f"document.querySelector('{SCOPE_BUTTON}').innerText.startsWith({text!r})")
 
 
 def test_images_reordered_window_linked_and_a_second_window(guarded_server, installed_viewer,
                                                             viewer_steps: Steps) -> None:
     study = generate_uid()
     series = sorted_series(study)
-    stow(guarded_server.http_url, series, auth=ADMIN)
+    prior = prior_study()
+    stow(guarded_server.http_url, series + prior, auth=ADMIN)
     add_user(guarded_server, "lidoc", ["radiologist"], "李医生")
     page = viewer_steps.page
     log_in(page, guarded_server, "lidoc", f"/viewer/viewer?StudyInstanceUIDs={study}")
@@ -237,7 +278,7 @@ def test_images_reordered_window_linked_and_a_second_window(guarded_server, inst
         viewer_steps.shot(f"order-by-{name}")
 
     # two series side by side: a window change applies to its own series, until Alt+L links
-    # every viewport (window, zoom and pan)
+    # every viewport (window, zoom, pan and rotation)
     page.click('[data-cy="Layout"]')
     page.click('[data-cy="Layout-1-0"]')
     page.wait_for_function(f"document.querySelectorAll('{VIEWPORT}').length === 2 && "
@@ -259,9 +300,9 @@ def test_images_reordered_window_linked_and_a_second_window(guarded_server, inst
     drag(80, 40)  # W/L on the left series alone
     alone = page.evaluate(VIEWPORT_STATE)
     assert alone[0][:2] != before[0][:2] and alone[1] == before[1], (before, alone)
-    assert page.locator("#pacs-tool-link").inner_text().startswith("窗宽/缩放：本序列")
+    assert page.locator(SCOPE_BUTTON).inner_text().startswith("窗宽/缩放/旋转：本序列")
     page.keyboard.press("Alt+L")
-    page.wait_for_function("document.querySelector('#pacs-tool-link').innerText.startsWith('窗宽/缩放：全部视窗')")
+    scope_is(page, "窗宽/缩放/旋转：全部视窗")
     drag(-60, 90)  # W/L: both series now
     linked = page.evaluate(VIEWPORT_STATE)
     assert linked[0][:2] != alone[0][:2] and linked[1][:2] == linked[0][:2], (alone, linked)
@@ -270,10 +311,58 @@ def test_images_reordered_window_linked_and_a_second_window(guarded_server, inst
     assert zoomed[0][2] != linked[0][2] and abs(zoomed[1][2] - zoomed[0][2]) < 1e-6, (linked, zoomed)
     viewer_steps.shot("window-and-zoom-linked")
     page.keyboard.press("Alt+L")
-    page.wait_for_function("document.querySelector('#pacs-tool-link').innerText.startsWith('窗宽/缩放：本序列')")
+    scope_is(page, "窗宽/缩放/旋转：本序列")
     drag(50, 50)
     unlinked = page.evaluate(VIEWPORT_STATE)
     assert unlinked[0][:2] != zoomed[0][:2] and unlinked[1] == zoomed[1], (zoomed, unlinked)
+
+    # this image alone (Alt+W from the series): a window and a rotation set on the image shown
+    # stay on it, the next slice shows the series' own, and coming back shows them again
+    page.keyboard.press("Alt+W")
+    scope_is(page, "窗宽/缩放/旋转：本图像")
+    page.mouse.move(*middle)
+    series_view = page.evaluate(VIEWPORT_STATE)
+    here = series_view[0][4]
+    step, back = ("ArrowDown", "ArrowUp") if here < SLICES - 1 else ("ArrowUp", "ArrowDown")
+    drag(70, -50)
+    page.keyboard.press("r")  # OHIF's rotation to the right
+    own = wait_state(page, lambda s: s[0][3] == 90, "this image rotated")
+    assert own[0][:2] != series_view[0][:2] and own[1] == series_view[1], (series_view, own)
+    own_mark = page.locator(VIEWPORT).nth(0).locator(".pacs-own-view")  # "本图像单独窗宽/视图"
+    own_mark.wait_for(state="visible")
+    viewer_steps.shot("this-image-window-and-rotation")
+    page.keyboard.press(step)
+    wait_state(page, lambda s: s[0][4] != here and s[0][:2] == series_view[0][:2] and s[0][3] == 0,
+               "the next slice in the series' window, not rotated")
+    own_mark.wait_for(state="hidden")
+    viewer_steps.shot("next-slice-the-series-window")
+    page.keyboard.press(back)
+    wait_state(page, lambda s: s[0][4] == here and s[0][:2] == own[0][:2] and s[0][3] == 90,
+               "the image again in its own window and rotation")
+    own_mark.wait_for(state="visible")
+
+    # every viewport (Alt+W again): a rotation turns the other series too
+    page.keyboard.press("Alt+W")
+    scope_is(page, "窗宽/缩放/旋转：全部视窗")
+    page.mouse.move(*middle)
+    page.keyboard.press("r")
+    turned = wait_state(page, lambda s: s[0][3] == 180 and s[1][3] == 180, "both viewports rotated")
+    viewer_steps.shot("rotation-linked")
+
+    # the series (Alt+W a third time): a window set on the image with a window of its own is
+    # every slice's, that image's too; the other series keeps its own
+    page.keyboard.press("Alt+W")
+    scope_is(page, "窗宽/缩放/旋转：本序列")
+    drag(-40, 60)
+    series_wide = wait_state(page, lambda s: s[0][:2] != own[0][:2], "the series' new window")
+    assert series_wide[1] == turned[1], (turned, series_wide)
+    page.keyboard.press(step)
+    wait_state(page, lambda s: s[0][4] != here and s[0][:2] == series_wide[0][:2] and s[0][3] == 180,
+               "the next slice in the series' new window")
+    page.keyboard.press(back)
+    wait_state(page, lambda s: s[0][4] == here and s[0][:2] == series_wide[0][:2], "the image in it too")
+    own_mark.wait_for(state="hidden")
+    viewer_steps.shot("series-window")
 
     # a second window (another monitor) on the study with the series after the active one
     page.mouse.click(*middle)  # the left viewport active
@@ -293,4 +382,13 @@ def test_images_reordered_window_linked_and_a_second_window(guarded_server, inst
     finally:
         second.screenshot(path=str(viewer_steps.folder / "second-window.png"))
     viewer_steps.shot("first-window")
+
+    # the patient's prior study in that second window (Alt+P), to compare the two side by side
+    page.keyboard.press("Alt+P")
+    try:
+        second.wait_for_url(re.compile(f"StudyInstanceUIDs={re.escape(prior[0].StudyInstanceUID)}"))
+        second.wait_for_function(f"document.querySelector('{OVERLAY_TOP_LEFT}')?.innerText.includes('2025-11-20')")
+        second.wait_for_selector(f"{VIEWPORT} canvas")
+    finally:
+        second.screenshot(path=str(viewer_steps.folder / "prior-in-second-window.png"))
     second.close()

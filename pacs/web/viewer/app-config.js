@@ -21,9 +21,14 @@
  *  - two buttons on a study, each opening a page of the project in a window of its own: film
  *    printing (/film, Alt+F) and consultation links (/share, Alt+S);
  *  - a second window on the same study (another monitor) showing the series after the one in
- *    the active viewport (Alt+N);
- *  - what a change of window, zoom or pan applies to: the series in its viewport, or every
- *    viewport of the window (Alt+L toggles; OHIF's voi and zoompan synchronizers);
+ *    the active viewport (Alt+N), or the patient's prior study (Alt+P: the latest before the
+ *    one on screen, found by QIDO-RS on the Patient ID; again, the one before that);
+ *  - what a change of window, zoom, pan or rotation applies to (Alt+W goes round the three;
+ *    Alt+L links every viewport and back; the button shows which, orange when not the series):
+ *    the series in its viewport (cornerstone's stack viewport), the image on screen alone
+ *    (kept per imageId and put back each time the stack shows that image, the series' own for
+ *    the others; such an image is marked), or every viewport of the window (OHIF's voi and
+ *    zoompan synchronizers, and one of ours for rotation and flips);
  *  - the order of a series' images: by slice position (OHIF's default), instance number or
  *    acquisition time (Alt+O, remembered in the browser; the study is shown again in it);
  *  - the annotations' font size, line width and colour: OHIF's, large, large and cyan (Alt+A);
@@ -359,21 +364,52 @@
     window.location.reload();  // OHIF sorts a series' images when it makes its display set
   }
 
-  // -- what a change of window, zoom or pan applies to: its series, or every viewport --------
+  // -- what a change of window, zoom, pan or rotation applies to: the image on screen alone,
+  // its series (cornerstone's stack viewport: one window and one view for all its images), or
+  // every viewport of the window (OHIF's voi and zoompan synchronizers, and one of ours for the
+  // rotation) -------------------------------------------------------------------------------
 
-  var LINK_GROUPS = [{ type: 'voi', id: 'pacs-voi-all' }, { type: 'zoompan', id: 'pacs-zoompan-all' }];
-  var linked = false;
+  var SCOPES = ['series', 'image', 'all'];
+  var scope = 'series';
+  var ROTATION_SYNC = 'pacsrotation';
+  var LINK_GROUPS = [{ type: 'voi', id: 'pacs-voi-all' }, { type: 'zoompan', id: 'pacs-zoompan-all' },
+                     { type: ROTATION_SYNC, id: 'pacs-rotation-all' }];
 
   function gridViewports() {
     var grid = ohifServices.viewportGridService.getState();
     return grid.viewports instanceof Map ? Array.from(grid.viewports.values()) : Object.values(grid.viewports || {});
   }
 
+  /** A synchronizer of the rotation and flips of the viewports it links (OHIF's zoompan one
+   * keeps their zoom and pan alike, not their orientation). */
+  function rotationSynchronizer(id) {
+    var core = window.cornerstone;
+    var tools = window.cornerstoneTools;
+    return tools.SynchronizerManager.createSynchronizer(id, core.Enums.Events.CAMERA_MODIFIED, function (sync, source, target) {
+      var from = core.getRenderingEngine(source.renderingEngineId).getViewport(source.viewportId);
+      var to = core.getRenderingEngine(target.renderingEngineId).getViewport(target.viewportId);
+      if (!from || !to || !from.getViewPresentation || !to.setViewPresentation) {
+        return;
+      }
+      var want = from.getViewPresentation({ rotation: true, flipHorizontal: true, flipVertical: true });
+      var has = to.getViewPresentation({ rotation: true, flipHorizontal: true, flipVertical: true });
+      if (Math.abs(want.rotation - has.rotation) > 0.01 || want.flipHorizontal !== has.flipHorizontal ||
+          want.flipVertical !== has.flipVertical) {
+        to.setViewPresentation({ rotation: want.rotation, flipHorizontal: want.flipHorizontal,
+                                 flipVertical: want.flipVertical });
+        to.render();
+      }
+    });
+  }
+
   function applyLink() {
-    if (!ohifServices) {
+    if (!ohifServices || !window.cornerstoneTools) {
       return;
     }
     var sync = ohifServices.syncGroupService;
+    if (!sync.getSyncCreatorForType(ROTATION_SYNC)) {
+      sync.addSynchronizerType(ROTATION_SYNC, rotationSynchronizer);
+    }
     gridViewports().forEach(function (gridViewport) {
       var id = gridViewport.viewportId || (gridViewport.viewportOptions || {}).viewportId;
       var viewport = ohifServices.cornerstoneViewportService.getCornerstoneViewport(id);
@@ -382,7 +418,7 @@
       }
       var engine = viewport.getRenderingEngine().id;
       LINK_GROUPS.forEach(function (group) {
-        if (linked) {
+        if (scope === 'all') {
           sync.addViewportToSyncGroup(id, engine, { type: group.type, id: group.id, source: true, target: true });
         } else {
           sync.removeViewportFromSyncGroup(id, engine, group.id);
@@ -391,17 +427,160 @@
     });
   }
 
-  function toggleLink() {
-    linked = !linked;
+  function setScope(chosen) {
+    scope = chosen;
     applyLink();
     refreshButtons();
   }
 
+  function nextScope() {
+    setScope(SCOPES[(SCOPES.indexOf(scope) + 1) % SCOPES.length]);
+  }
+
   window.setInterval(function () {
-    if (linked) {
+    if (scope === 'all') {
       applyLink();  // viewports made since (another layout) join the link too
     }
   }, 500);
+
+  // Images with a window or view of their own (set while the scope was "this image"), by their
+  // imageId: {voi: {lower, upper}, view: cornerstone's view presentation (zoom, pan, rotation,
+  // flips)}. A stack viewport shows every image in the window and view it has, so each time it
+  // shows another image, that image's own are put back, or the series' for an image without.
+  var ownViews = {};
+  var stacks = new WeakMap();  // per stack viewport: the image it settled on and the series' window and view
+  var applying = false;  // our own changes, not the radiologist's
+  var EVENTS = { voi: 'CORNERSTONE_VOI_MODIFIED', view: 'CORNERSTONE_CAMERA_MODIFIED',
+                 image: 'CORNERSTONE_STACK_NEW_IMAGE' };
+  var KINDS = ['voi', 'view'];
+
+  function stackViewportOf(event) {
+    var core = window.cornerstone;
+    var enabled = core && event.target instanceof Element ? core.getEnabledElement(event.target) : null;
+    var viewport = enabled && enabled.viewport;
+    return viewport && viewport.type === 'stack' && viewport.getViewPresentation ? viewport : null;
+  }
+
+  /** What the viewport shows now of one kind: its window (null: each image its own, from its
+   * Window Center and Width, as cornerstone does until a window is set) or its view. */
+  function shownNow(viewport, kind) {
+    if (kind === 'voi') {
+      var properties = viewport.getProperties();
+      return properties.isComputedVOI || !properties.voiRange ? null :
+        { lower: properties.voiRange.lower, upper: properties.voiRange.upper };
+    }
+    return viewport.getViewPresentation();
+  }
+
+  function same(a, b) {
+    return JSON.stringify(a) === JSON.stringify(b);
+  }
+
+  function show(viewport, kind, value) {
+    if (kind === 'voi') {
+      var range = value || (viewport._getVOIRangeForCurrentImage && viewport._getVOIRangeForCurrentImage());
+      if (range) {
+        viewport.setProperties({ voiRange: range });
+        if (!value) {
+          viewport.voiUpdatedWithSetProperties = false;  // the next images their own window again
+        }
+      }
+    } else if (value) {
+      viewport.setViewPresentation(value);
+    }
+  }
+
+  /** A mark on a viewport whose image has a window or view of its own, not its series'. */
+  function markOwn(viewport, own) {
+    var element = viewport.element;
+    var mark = element && element.querySelector('.pacs-own-view');
+    if (!element || (!mark && !own)) {
+      return;
+    }
+    if (!mark) {
+      mark = document.createElement('div');
+      mark.className = 'pacs-own-view';
+      mark.setAttribute('style', 'position:absolute;bottom:30px;left:50%;transform:translateX(-50%);z-index:10;' +
+                        'padding:2px 8px;border-radius:4px;background:#7a4b00;color:#fff;font-size:12px;pointer-events:none');
+      mark.textContent = label('tools.own_view', 'This image: a window and view of its own');
+      element.appendChild(mark);
+    }
+    mark.style.display = own ? 'block' : 'none';
+  }
+
+  function onNewImage(event) {
+    var viewport = stackViewportOf(event);
+    if (!viewport) {
+      return;
+    }
+    var state = stacks.get(viewport);
+    var first = viewport.getImageIds()[0];
+    if (!state || state.first !== first) {  // a new viewport, or another series in it
+      state = { first: first, series: { voi: shownNow(viewport, 'voi'), view: shownNow(viewport, 'view') }, own: false };
+      stacks.set(viewport, state);
+    }
+    state.settled = event.detail.imageId;
+    var own = ownViews[state.settled];
+    if (!own && !state.own) {
+      state.series = { voi: shownNow(viewport, 'voi'), view: shownNow(viewport, 'view') };
+      markOwn(viewport, false);
+      return;
+    }
+    applying = true;
+    try {
+      KINDS.forEach(function (kind) {
+        var wanted = own && own[kind] ? own[kind] : state.series[kind];
+        if (!same(wanted, shownNow(viewport, kind))) {
+          show(viewport, kind, wanted);
+        }
+      });
+    } finally {
+      applying = false;
+    }
+    state.own = !!own;
+    markOwn(viewport, state.own);
+    viewport.render();
+  }
+
+  /** The radiologist changed the window or the view of the image on screen: it is this
+   * image's own, or the series' (every image's, those with their own too). */
+  function onChange(kind, event) {
+    var viewport = applying ? null : stackViewportOf(event);
+    var state = viewport && stacks.get(viewport);
+    if (!state || viewport.getCurrentImageId() !== state.settled) {
+      return;  // an image on its way: cornerstone carries the last one's window and view over
+    }
+    var now = shownNow(viewport, kind);
+    var own = ownViews[state.settled];
+    if (same(now, own && own[kind] ? own[kind] : state.series[kind])) {
+      return;
+    }
+    if (scope === 'image') {
+      own = ownViews[state.settled] = own || {};
+      own[kind] = now;
+      state.own = true;
+      markOwn(viewport, true);
+      return;
+    }
+    state.series[kind] = now;
+    viewport.getImageIds().forEach(function (imageId) {
+      if (ownViews[imageId]) {
+        delete ownViews[imageId][kind];
+        if (!ownViews[imageId].voi && !ownViews[imageId].view) {
+          delete ownViews[imageId];
+        }
+      }
+    });
+    state.own = !!ownViews[state.settled];
+    markOwn(viewport, state.own);
+  }
+
+  // Listened to on the document as the events go down to a viewport's element (capture): every
+  // viewport, whenever made, before OHIF's and the synchronizers' own listeners.
+  document.addEventListener(EVENTS.image, onNewImage, true);
+  KINDS.forEach(function (kind) {
+    document.addEventListener(EVENTS[kind], function (event) { onChange(kind, event); }, true);
+  });
 
   // -- the annotations' font and colour (cornerstone's tool styles), chosen from a few --------
 
@@ -481,16 +660,90 @@
     return series.length ? series[(at + 1) % series.length] : '';
   }
 
+  var SECOND_WINDOW = 'pacs-viewer-2';
+
+  /** The second window (drag it to the second monitor), the same one each time. */
+  function openSecond(url) {
+    return window.open(url, SECOND_WINDOW, 'popup,width=' + window.screen.availWidth + ',height=' + window.screen.availHeight);
+  }
+
+  function viewerAddress(study, series) {
+    return window.location.pathname + '?StudyInstanceUIDs=' + encodeURIComponent(study) +
+      (series ? '&initialSeriesInstanceUID=' + encodeURIComponent(series) : '');
+  }
+
   function secondWindow() {
     var uid = studyOnScreen();
-    if (!uid) {
+    if (uid) {
+      openSecond(viewerAddress(uid, nextSeries()));
+    }
+  }
+
+  // -- the patient's prior study in the second window, to compare on two monitors ------------
+
+  var STUDY_UID = '0020000D';
+  var STUDY_DATE = '00080020';
+  var STUDY_TIME = '00080030';
+  var priorOpened = '';  // the prior last opened: the next time, the one before it
+  var priorMissing = false;
+
+  /** The first image of the study on screen (its patient, its date). */
+  function instanceOnScreen() {
+    var found = null;
+    (ohifServices ? ohifServices.displaySetService.getActiveDisplaySets() : []).forEach(function (displaySet) {
+      if (!found && displaySet.StudyInstanceUID === studyOnScreen() && (displaySet.instances || []).length) {
+        found = displaySet.instances[0];
+      }
+    });
+    return found;
+  }
+
+  function tagValue(item, tag) {
+    return String(((item[tag] || {}).Value || [''])[0]);
+  }
+
+  /** The patient's studies before the one on screen, the latest first (QIDO-RS, PS3.18 10.6);
+   * the patient's other studies, the latest first, when none is earlier. */
+  function priorStudies(instance) {
+    var url = DICOMWEB + '/studies?PatientID=' + encodeURIComponent(instance.PatientID) +
+      '&includefield=' + STUDY_DATE + ',' + STUDY_TIME;
+    return window.fetch(url, { headers: { Accept: 'application/dicom+json' }, credentials: 'same-origin' })
+      .then(function (answer) { return answer.status === 204 ? [] : answer.json(); })
+      .then(function (found) {
+        var when = String(instance.StudyDate || '') + String(instance.StudyTime || '');
+        var others = (found || []).map(function (item) {
+          return { uid: tagValue(item, STUDY_UID), when: tagValue(item, STUDY_DATE) + tagValue(item, STUDY_TIME) };
+        }).filter(function (study) { return study.uid && study.uid !== studyOnScreen(); });
+        others.sort(function (a, b) { return a.when < b.when ? 1 : a.when > b.when ? -1 : 0; });
+        var earlier = others.filter(function (study) { return study.when < when; });
+        return (earlier.length ? earlier : others).map(function (study) { return study.uid; });
+      });
+  }
+
+  function priorWindow() {
+    var instance = instanceOnScreen();
+    if (!instance || !instance.PatientID) {
       return;
     }
-    var next = nextSeries();
-    var url = window.location.pathname + '?StudyInstanceUIDs=' + encodeURIComponent(uid) +
-      (next ? '&initialSeriesInstanceUID=' + encodeURIComponent(next) : '');
-    // a window of its own (drag it to the second monitor), the same one each time
-    window.open(url, 'pacs-viewer-2', 'popup,width=' + window.screen.availWidth + ',height=' + window.screen.availHeight);
+    // opened now, while the key press lets a page open a window; its address once the archive answered
+    var second = openSecond('');
+    var closeBlank = function () {
+      if (second && !second.closed && second.location.href === 'about:blank') {
+        second.close();  // opened for a prior there is none of (or the archive did not answer)
+      }
+    };
+    priorStudies(instance).then(function (priors) {
+      priorMissing = !priors.length;
+      refreshButtons();
+      if (!priors.length) {
+        closeBlank();
+        return;
+      }
+      priorOpened = priors[(priors.indexOf(priorOpened) + 1) % priors.length];
+      if (second) {
+        second.location.href = viewerAddress(priorOpened, '');
+      }
+    }, closeBlank);
   }
 
   // -- the project's pages for the study on screen, in windows of their own ------------------
@@ -513,13 +766,17 @@
   /** The buttons over the viewer, each with its key (Alt+key) and what it does; its text from
    * the catalogues (a function: the text may tell the state). */
   var BUTTONS = [
-    { id: 'link', key: 'L', action: toggleLink,
-      text: function () { return label(linked ? 'tools.link_all' : 'tools.link_series', linked ? 'All viewports' : 'This series'); } },
+    { id: 'link', key: 'W', action: nextScope,
+      text: function () { return label('tools.scope_' + scope, 'W/L, zoom, rotation: ' + scope); } },
+    // Alt+L: every viewport linked, or back to the series
+    { id: 'link-all', key: 'L', hidden: true, action: function () { setScope(scope === 'all' ? 'series' : 'all'); } },
     { id: 'sort', key: 'O', action: nextSort,
       text: function () { return label('tools.sort_' + chosenSort(), chosenSort()); } },
     { id: 'style', key: 'A', action: nextStyle,
       text: function () { return label('tools.style_' + chosenStyle(), chosenStyle()); } },
     { id: 'window', key: 'N', action: secondWindow, text: function () { return label('tools.window', 'Second window'); } },
+    { id: 'prior', key: 'P', action: priorWindow, shown: !pacs.shared,  // a link's one study has no prior
+      text: function () { return priorMissing ? label('tools.no_prior', 'No prior study') : label('tools.prior', 'Prior study'); } },
     { id: 'film', key: 'F', action: function () { openTool('film'); }, shown: !!tools.film,
       text: function () { return label('tools.film', 'film'); } },
     { id: 'share', key: 'S', action: function () { openTool('share'); }, shown: !!tools.share,
@@ -531,7 +788,10 @@
       var element = document.getElementById('pacs-tool-' + button.id);
       if (element) {
         element.textContent = button.text() + ' (Alt+' + button.key + ')';
-        element.setAttribute('aria-pressed', button.id === 'link' ? String(linked) : 'false');
+        element.setAttribute('aria-pressed', button.id === 'link' ? String(scope !== 'series') : 'false');
+        if (button.id === 'link') {  // another scope than cornerstone's own stands out
+          element.style.background = scope === 'series' ? '#041c4a' : '#7a4b00';
+        }
       }
     });
   }
@@ -561,6 +821,9 @@
     bar.setAttribute('style', 'position:fixed;bottom:10px;left:8px;width:264px;z-index:50;display:none;' +
                      'flex-direction:column;gap:6px');
     BUTTONS.forEach(function (spec) {
+      if (spec.hidden) {
+        return;
+      }
       var button = document.createElement('button');
       button.type = 'button';
       button.id = 'pacs-tool-' + spec.id;
