@@ -26,7 +26,7 @@ from sqlalchemy import Connection
 from sqlmodel import Session, col, select
 
 from pacs import batching
-from pacs.db import Database
+from pacs.db import Database, utcnow
 from pacs.integration.channel import Channel, Inbound, Outcome, take_cluster_locks
 from pacs.integration.message_store import (
     AppliedIndex,
@@ -66,6 +66,7 @@ class Intake:
         self._thread: threading.Thread | None = None
         self._accepting = False
         self.counts = MessageCounts()  # read by pacs.metrics at each scrape
+        self._created = utcnow()  # what was stored before is another life's to recover (recover())
 
     # -- lifecycle ------------------------------------------------------------------------------
     @property
@@ -192,21 +193,35 @@ class Intake:
         return [future.result() for _, future in batch]
 
     def recover(self) -> int:
-        """Process messages stored but never finished (the process stopped between the commits)."""
+        """Process messages stored but never finished (a process stopped between the commits).
+
+        With several nodes on one database such a message may be another node's, and its sender,
+        never answered, may have sent it again to a node that applied it: the duplicate check
+        looks at every message applied, whatever its id, under the batch's cluster locks
+        (:func:`take_cluster_locks`), and a message another node finished meanwhile is left
+        alone. Only messages stored before this process started are taken: a node alive takes
+        its batch's locks right after storing it."""
         with Session(self.db.engine) as session:
             pending = session.exec(
-                select(StoredMessage.id).where(StoredMessage.status == Status.RECEIVED)
+                select(StoredMessage.id).where(StoredMessage.status == Status.RECEIVED,
+                                               col(StoredMessage.received_at) < self._created)
                 .order_by(col(StoredMessage.id))
             ).all()
+        recovered = 0
         for message_id in pending:
             with Session(self.db.engine, expire_on_commit=False, autoflush=False) as session:
                 row = load_row(session, message_id)
-                self.channel.process(session, row, Inbound(raw=row.raw, source=row.source, peer=row.peer,
-                                                           endpoint=row.endpoint))
+                inbound = Inbound(raw=row.raw, source=row.source, peer=row.peer, endpoint=row.endpoint)
+                take_cluster_locks(session, [row], [inbound])
+                status = session.exec(select(StoredMessage.status).where(StoredMessage.id == message_id)).one()
+                if status != Status.RECEIVED:
+                    continue  # another node finished it
+                self.channel.process(session, row, inbound, AppliedIndex(session, [row]))
                 session.commit()
-        if pending:
-            log.warning("recovered %d message(s) stored before an interruption", len(pending))
-        return len(pending)
+                recovered += 1
+        if recovered:
+            log.warning("recovered %d message(s) stored before an interruption", recovered)
+        return recovered
 
 
 def reprocess(intake: Intake, db: Database, message_id: int) -> Outcome:
