@@ -9,8 +9,8 @@
 #   deploy/cluster.sh kill N [DIR]     SIGKILL node N (1-3), as a machine that dies
 #   deploy/cluster.sh restart N [DIR]  start node N again
 #
-# DIR (default ./pacs-cluster) holds each node's data folder and log, the shared session key,
-# the pid files, and cluster.env (the database, ports and object store `start` used, for the
+# DIR (default ./pacs-cluster) holds each node's data folder and log, HAProxy's log, the shared
+# session key, the pid files, and cluster.env (the database, ports and object store `start` used, for the
 # other commands).
 #
 # Environment:
@@ -153,7 +153,9 @@ start)
     wait "$second" "$third"
     haproxy_env
     if ! running "$dir/haproxy.pid"; then
-        "$haproxy" -D -p "$dir/haproxy.pid" -f "$here/haproxy.cfg"
+        # in the foreground, so that its log (one line a connection or request) goes to a file
+        setsid "$haproxy" -f "$here/haproxy.cfg" >>"$dir/haproxy.log" 2>&1 </dev/null &
+        echo $! >"$dir/haproxy.pid"
     fi
     wait_healthy $((port + 2)) 30
     echo "HAProxy: DICOM 127.0.0.1:$port  MLLP :$((port + 1))  HTTP http://127.0.0.1:$((port + 2))/"
