@@ -256,7 +256,24 @@ def test_images_reordered_window_linked_and_a_second_window(guarded_server, inst
     page.wait_for_function(f"document.querySelector('{OVERLAY_TOP_LEFT}')?.innerText.includes('张三')",
                            timeout=LOAD_TIMEOUT_MS)
     box = page.locator(VIEWPORT).first.bounding_box()
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    centre = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.move(*centre)
+
+    # a window set on the first image alone (Alt+W) before any was set on the series: the next
+    # slice keeps the window of its own header (as cornerstone computes it), the first its own
+    headers = wait_state(page, lambda s: len(s) == 1 and s[0][4] == 0, "the first slice shown")
+    page.keyboard.press("Alt+W")
+    scope_is(page, "窗宽/缩放/旋转：本图像")
+    page.mouse.move(*centre)
+    page.mouse.down()
+    page.mouse.move(centre[0] + 60, centre[1] + 30, steps=8)
+    page.mouse.up()
+    first_own = wait_state(page, lambda s: s[0][:2] != headers[0][:2], "the first image's own window")
+    page.keyboard.press("ArrowDown")
+    wait_state(page, lambda s: s[0][4] == 1 and s[0][:2] == headers[0][:2], "the next slice in its header's window")
+    assert page.evaluate("cornerstone.getEnabledElements()[0].viewport.getProperties().isComputedVOI")
+    page.keyboard.press("ArrowUp")
+    wait_state(page, lambda s: s[0][4] == 0 and s[0][:2] == first_own[0][:2], "the first image in its own window")
 
     # the images of a series in three orders: slice position (the default), instance number,
     # acquisition time; Alt+O goes to the next and shows the study again in it
