@@ -194,8 +194,6 @@ class Server:
         self._receivers = Receivers(settings, services.archive)
         self._receivers.own_load = self._dicom.load
         services.archive.receiving = self._dicom.load
-        if settings.dicom.processes > 1:
-            await asyncio.to_thread(self._receivers.start)
         await asyncio.to_thread(self._dicom.start, settings.host, settings.dicom_port,
                                 hand_off=self._receivers.hand_off)
         self.dicom_port = self._dicom.port
@@ -234,6 +232,8 @@ class Server:
         gc.collect()
         gc.freeze()
         log.info("PACS ready: %s", self.ports())
+        if settings.dicom.processes > 1:
+            self._receivers.start_in_background()  # this process serves DICOM until they are up
 
     async def _serve_http(self, port: int, protocol: type[asyncio.Protocol],
                           tls: ssl.SSLContext | None = None) -> Any:

@@ -121,6 +121,9 @@ def settings(tmp_path: Path, database_url: str, mappings_dir: Path) -> Settings:
         # MLLP served in this process: a front process costs a Python start per server. The MLLP
         # tests turn it on (front_process_settings), as `pacs serve` has it by default.
         mllp={"front_process": False},
+        # DICOM served in this process too: a receiver is a Python start per server, and tests
+        # that patch a handler must see it called here. test_receivers covers the default.
+        dicom={"processes": 1},
         admin_password=ADMIN_PASSWORD,
         assets={"dir": ASSETS_DIR},
     )

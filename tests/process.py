@@ -32,12 +32,24 @@ def spawned_children(parent: int) -> list[int]:
 
 
 def alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie does not)."""
+    """Whether process ``pid`` runs (a zombie does not). A killed process's first thread is a
+    zombie while its other threads still exit, holding its files open: it is dead only when
+    every thread is."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return False
-    return state != "Z"
+    for task in tasks:
+        try:
+            state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state not in ("Z", "X"):
+            return True
+    return False
+
+
+DEFAULT_PROCESSES = "default"  # ServeProcess(..., PACS_DICOM__PROCESSES=DEFAULT_PROCESSES)
 
 
 class ServeProcess:
@@ -53,7 +65,12 @@ class ServeProcess:
 
     def start(self, timeout: float = 60) -> ServeProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PACS_DATABASE_URL": self.database_url, "PACS_TIMEZONE": "Asia/Shanghai", **self.env}
+        # One DICOM process unless a test asks (a receiver is a Python start: seconds of CPU on a
+        # loaded machine); DEFAULT_PROCESSES leaves ``[dicom] processes`` to the server's default.
+        env = {**os.environ, "PACS_DATABASE_URL": self.database_url, "PACS_TIMEZONE": "Asia/Shanghai",
+               "PACS_DICOM__PROCESSES": "1", **self.env}
+        if env["PACS_DICOM__PROCESSES"] == DEFAULT_PROCESSES:
+            del env["PACS_DICOM__PROCESSES"]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pacs.cli", "serve", "--host", "127.0.0.1", "--data-dir", str(self.data_dir),
              "--mllp-port", str(self.mllp_port), "--http-port", str(self.http_port),
@@ -71,6 +88,19 @@ class ServeProcess:
             except OSError:
                 time.sleep(0.1)
         raise TimeoutError(f"pacs serve did not start:\n{self.log.read_text()}")
+
+    def wait_for_receivers(self, timeout: float = 120) -> ServeProcess:
+        """Wait until the DICOM receiver processes, started once the server is ready, serve
+        (pacs.archive.receivers); they say so in the log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log.read_text(errors="replace")
+            if "DICOM connections handed to" in text:
+                return self
+            assert "DICOM receivers did not start" not in text, text
+            assert self.proc is not None and self.proc.poll() is None, text
+            time.sleep(0.1)
+        raise TimeoutError(f"the DICOM receivers did not start:\n{self.log.read_text()}")
 
     def kill(self) -> None:
         assert self.proc is not None

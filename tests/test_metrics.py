@@ -117,7 +117,7 @@ def listening_addresses(port: int) -> set[str]:
 def test_receiver_processes_and_the_front_are_counted_by_the_main_process(tmp_path, database_url):
     port = free_port()
     server = ServeProcess(tmp_path / "data", database_url, PACS_DICOM__PROCESSES="2",
-                          PACS_METRICS__PORT=str(port), PACS_ARCHIVE__MIN_FREE_BYTES="0").start()
+                          PACS_METRICS__PORT=str(port), PACS_ARCHIVE__MIN_FREE_BYTES="0").start().wait_for_receivers()
     try:
         assert listening_addresses(port) == {LOOPBACK_HEX}
         url = f"http://127.0.0.1:{port}/metrics"

@@ -36,6 +36,9 @@ meet in the database: a study or series two of them create at the same moment is
 clash that the loser retries (:meth:`pacs.archive.store.Archive._index_one`), and writers take
 turns on SQLite's write lock (:class:`pacs.db.WriterConnection`).
 
+The receivers start once ``pacs serve`` is ready (:meth:`Receivers.start_in_background`): until
+they report, and for good if one does not start, the main process serves every association.
+
 A receiver stops when the main process stops it (SIGTERM, after the main process has stopped
 accepting) and dies with the main process if that is killed (``PR_SET_PDEATHSIG``): what it had
 acknowledged is in the storage area, staged or indexed (the main process indexes what is staged
@@ -68,6 +71,7 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT = 60.0  # seconds a receiver may take to build its services and report
 STOP_TIMEOUT = 30.0  # seconds it may take to finish the associations in flight
+ACCEPT_POLL = 0.5  # seconds between looks at whether a start was called off
 
 
 class Receivers:
@@ -84,30 +88,61 @@ class Receivers:
         self.own_load: Callable[[], int] = lambda: 0  # associations the main process serves
         self._lock = threading.Lock()
         self.reported: dict[int, dict[str, Any]] = {}  # each receiver's C-STORE counts, as it last sent them
+        self._starter: threading.Thread | None = None
+        self._stopping = False
+        self._stopped = threading.Event()
 
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes if p.pid is not None]
 
+    def start_in_background(self) -> None:
+        """Start the receivers in a thread of their own: ``pacs serve`` is ready and serves
+        every association itself until they are (a receiver is a fresh interpreter, seconds of
+        start-up on a busy machine); one that does not start leaves the work to this process."""
+        def start() -> None:
+            try:
+                self.start()
+            except Exception as exc:
+                log.error("DICOM receivers did not start (%s); this process serves every association", exc)
+                return
+            # The thread that started a receiver stays until the receivers stop: a receiver's
+            # PR_SET_PDEATHSIG fires when the *thread* that forked it exits, not only the process.
+            self._stopped.wait()
+
+        self._starter = threading.Thread(target=start, name="dicom-receivers-start", daemon=True)
+        self._starter.start()
+
     def start(self) -> None:
         """Start the receivers and wait until each is ready for connections (raises if one
-        is not)."""
+        is not, or if :meth:`stop` is called meanwhile)."""
         context = multiprocessing.get_context("spawn")  # a fresh interpreter, not a fork of threads
         address = f"\0pacs-dicom-{os.getpid()}-{id(self)}"  # Linux abstract namespace: no file
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
             listener.bind(address)
             listener.listen()
-            listener.settimeout(START_TIMEOUT)
-            for number in range(1, self.settings.dicom.processes):
-                process = context.Process(target=serve_receiver, args=(self.settings, address),
-                                          name=f"pacs-dicom-{number}", daemon=False)
-                process.start()
-                self.processes.append(process)
+            listener.settimeout(ACCEPT_POLL)
+            with self._lock:
+                if self._stopping:
+                    return
+                for number in range(1, self.settings.dicom.processes):
+                    process = context.Process(target=serve_receiver, args=(self.settings, address),
+                                              name=f"pacs-dicom-{number}", daemon=False)
+                    process.start()
+                    self.processes.append(process)
             by_pid: dict[int, socket.socket] = {}
             links: dict[int, socket.socket] = {}
+            deadline = time.monotonic() + START_TIMEOUT
             try:
                 while len(by_pid) + len(links) < 2 * len(self.processes):  # a channel and an index link each
-                    channel, _ = listener.accept()
+                    if self._stopping:
+                        raise OSError("stopped while starting")
+                    if time.monotonic() > deadline:
+                        raise OSError(f"not ready in {START_TIMEOUT:.0f} s")
+                    try:
+                        channel, _ = listener.accept()
+                    except TimeoutError:
+                        continue
                     channel.settimeout(START_TIMEOUT)
                     hello = channel.recv(64).decode()  # the receiver's pid once it is ready
                     channel.settimeout(None)
@@ -116,16 +151,23 @@ class Receivers:
                     else:
                         by_pid[int(hello)] = channel
             except (OSError, ValueError) as exc:
-                self.stop()
+                for channel in [*by_pid.values(), *links.values()]:
+                    channel.close()
+                self._stop_processes()
                 raise RuntimeError(f"a DICOM receiver did not start: {exc}") from exc
-        self._channels = [by_pid.get(pid) for pid in self.pids]
-        self._handed = [0] * len(self._channels)
-        self._finished = [0] * len(self._channels)
-        for number, pid in enumerate(self.pids):
-            link = links[pid]
-            self._links.append(link)
-            threading.Thread(target=self._index_for, args=(link, pid, number), name=f"index-link-{pid}",
-                             daemon=True).start()
+        with self._lock:
+            if self._stopping:
+                for channel in [*by_pid.values(), *links.values()]:
+                    channel.close()
+                return
+            self._handed = [0] * len(self.pids)
+            self._finished = [0] * len(self.pids)
+            for number, pid in enumerate(self.pids):
+                link = links[pid]
+                self._links.append(link)
+                threading.Thread(target=self._index_for, args=(link, pid, number), name=f"index-link-{pid}",
+                                 daemon=True).start()
+            self._channels = [by_pid.get(pid) for pid in self.pids]  # from now on, hand_off hands out
         log.info("DICOM connections handed to the least busy of %d receiver(s) (%s) and this process",
                  len(self.processes), ", ".join(str(pid) for pid in self.pids))
 
@@ -205,8 +247,22 @@ class Receivers:
         log.info("index link of DICOM receiver %d closed", pid)
 
     def stop(self) -> None:
-        """SIGTERM every receiver and wait for it (SIGKILL after :data:`STOP_TIMEOUT`)."""
-        channels, self._channels = self._channels, []
+        """SIGTERM every receiver and wait for it (SIGKILL after :data:`STOP_TIMEOUT`); one still
+        starting is stopped too."""
+        with self._lock:
+            self._stopping = True
+            channels, self._channels = self._channels, []
+        self._stop_processes()
+        self._stopped.set()
+        if self._starter is not None:
+            self._starter.join(START_TIMEOUT)
+        self._stop_processes()  # any a start in progress made meanwhile
+        for channel in [*channels, *self._links]:
+            if channel is not None:
+                channel.close()
+        self._links = []
+
+    def _stop_processes(self) -> None:
         for process in self.processes:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)
@@ -216,10 +272,7 @@ class Receivers:
                 log.error("DICOM receiver %s did not stop in %.0f s; killed", process.name, STOP_TIMEOUT)
                 process.kill()
                 process.join()
-        for channel in [*channels, *self._links]:
-            if channel is not None:
-                channel.close()
-        self.processes, self._channels, self._links = [], [], []
+        self.processes = []
 
 
 def serve_receiver(settings: Settings, address: str) -> None:

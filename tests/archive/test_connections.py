@@ -439,7 +439,7 @@ def serve(tmp_path: Path, database_url: str, env: dict[str, str]) -> ServeProces
     take ephemeral ports by the hundred)."""
     for attempt in range(3):
         try:
-            return ServeProcess(tmp_path / f"data-{attempt}", database_url, **env).start()
+            return ServeProcess(tmp_path / f"data-{attempt}", database_url, **env).start().wait_for_receivers()
         except RuntimeError as exc:
             if "address already in use" not in str(exc) or attempt == 2:
                 raise

@@ -21,6 +21,7 @@ from sqlmodel import Session, func, select
 
 from pacs.archive.index import Instance, InstanceFile, Series, Study
 from pacs.db import Database
+from pacs.settings import default_dicom_processes
 from tests.archive.corpus import dataset_bytes
 from tests.archive.test_durability import (
     COUNT,
@@ -30,7 +31,7 @@ from tests.archive.test_durability import (
     verbose_storescu,
 )
 from tests.dicom import needs_dcmtk
-from tests.process import ServeProcess, alive, spawned_children
+from tests.process import DEFAULT_PROCESSES, ServeProcess, alive, spawned_children
 
 # The MLLP front process is another spawned interpreter: left out, so that every child is a receiver.
 ENV = {"PACS_DICOM__PROCESSES": "2", "PACS_ARCHIVE__MIN_FREE_BYTES": "0", "PACS_MLLP__FRONT_PROCESS": "false"}
@@ -63,7 +64,7 @@ def serving_process(server_port: int, client_port: int, candidates: list[int]) -
 
 def test_associations_are_spread_over_the_receivers_and_every_object_is_kept(tmp_path, database_url):
     files = make_instances(tmp_path / "in")  # one study, one series
-    server = ServeProcess(tmp_path / "data", database_url, **{**ENV, "PACS_DICOM__PROCESSES": "3"}).start()
+    server = ServeProcess(tmp_path / "data", database_url, **{**ENV, "PACS_DICOM__PROCESSES": "3"}).start().wait_for_receivers()
     try:
         children = receivers(server.proc.pid)
         assert len(children) == 2 and all(alive(pid) for pid in children)
@@ -126,7 +127,7 @@ def test_nothing_acknowledged_by_any_process_is_lost_when_the_server_is_killed(t
     files = make_instances(tmp_path / "in")
     by_path = {str(p): uid for uid, p in files.items()}
     ordered = sorted(by_path)
-    server = ServeProcess(tmp_path / "data", database_url, **ENV).start()
+    server = ServeProcess(tmp_path / "data", database_url, **ENV).start().wait_for_receivers()
     children = receivers(server.proc.pid)
     assert len(children) == 1
     senders = [verbose_storescu(server.dicom_port, ordered[i::4]) for i in range(4)]
@@ -165,7 +166,7 @@ def test_nothing_acknowledged_by_any_process_is_lost_when_the_server_is_killed(t
 
 
 def test_a_receiver_that_is_gone_leaves_its_turns_to_the_main_process(tmp_path, database_url):
-    server = ServeProcess(tmp_path / "data", database_url, **ENV).start()
+    server = ServeProcess(tmp_path / "data", database_url, **ENV).start().wait_for_receivers()
     try:
         [child] = receivers(server.proc.pid)
         os.kill(child, signal.SIGKILL)
@@ -183,11 +184,19 @@ def test_a_receiver_that_is_gone_leaves_its_turns_to_the_main_process(tmp_path, 
         assert server.terminate() == 0
 
 
-def test_one_process_by_default(tmp_path, database_url):
-    """No DICOM receiver unless asked for (the MLLP front process, left out here, has its own tests)."""
+def test_by_default_the_server_is_ready_first_then_cores_plus_one_processes_serve(tmp_path, database_url):
+    """``[dicom] processes`` unset: the server answers DICOM as soon as it is ready, from the main
+    process, and the receivers (the cores plus one, less the main process) join once started
+    (the MLLP front process, left out here, has its own tests)."""
     server = ServeProcess(tmp_path / "data", database_url, PACS_ARCHIVE__MIN_FREE_BYTES="0",
-                          PACS_MLLP__FRONT_PROCESS="false").start()
+                          PACS_MLLP__FRONT_PROCESS="false", PACS_DICOM__PROCESSES=DEFAULT_PROCESSES).start()
     try:
-        assert receivers(server.proc.pid) == []
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title="PACS")  # receivers or not
+        assert assoc.is_established and int(assoc.send_c_echo().Status) == 0
+        assoc.release()
+        server.wait_for_receivers()
+        assert len(receivers(server.proc.pid)) == default_dicom_processes() - 1 >= 1
     finally:
         assert server.terminate() == 0
