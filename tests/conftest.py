@@ -85,7 +85,12 @@ def _truncate(url: str) -> None:
 def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path,
                  pg_database: str | None) -> str:
     """Each test that asks for a database runs once per database."""
-    if request.param == "sqlite":
+    return database_on(request.param, tmp_path, sqlite_template, pg_database)
+
+
+def database_on(kind: str, tmp_path: Path, sqlite_template: Path, pg_database: str | None) -> str:
+    """A fresh database of ``kind`` ("sqlite" or "postgresql") for one test."""
+    if kind == "sqlite":
         target = tmp_path / "db" / "pacs.db"
         target.parent.mkdir()
         shutil.copy(sqlite_template, target)

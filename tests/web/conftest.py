@@ -11,11 +11,23 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
+from tests.conftest import PG_URL, database_on
+
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking flags Chromium keeps trying hosts this network refuses.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 STEP_TIMEOUT_MS = 15_000
+
+
+@pytest.fixture(params=["postgresql" if PG_URL else "sqlite"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path,
+                 pg_database: str | None) -> str:
+    """A page's flow runs on one database: PostgreSQL where the run has one (as CI does),
+    SQLite otherwise. What the pages ask of the database goes through the same services as the
+    API, whose tests run on both; a browser flow is the suite's dearest test, and running each
+    twice cost minutes for nothing the API tests do not already check."""
+    return database_on(request.param, tmp_path, sqlite_template, pg_database)
 
 
 @pytest.fixture(scope="session")
