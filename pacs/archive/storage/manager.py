@@ -167,6 +167,8 @@ class StorageManager:
         self._order_watermark: int | None = None
         self.prefetched: list[int] = []  # study ids recalled by prefetch (most recent last)
         self.leadership = Leadership(db, "storage")
+        self._another_node_seen = False
+        self._lead_asked = False
 
     @classmethod
     def from_settings(cls, settings: Settings, db: Database) -> StorageManager:
@@ -252,12 +254,28 @@ class StorageManager:
             first = False
             if self._stop.is_set():
                 return
-            if name != "storage-housekeeping" and not self.leadership.leads():
+            if name != "storage-housekeeping" and not self.leads():
                 continue  # another node of several runs the storage jobs
             try:
                 work()
             except Exception:
                 log.exception("%s failed; trying again in %.0f s", name, interval)
+
+    def leads(self) -> bool:
+        """Whether this node runs the storage jobs (:class:`Leadership`). When another node does,
+        several share the database, and a first write area on this node's own disk is warned
+        of, once: the others cannot read what it stores ("Several nodes" in README.md)."""
+        if self.leadership.leads():
+            return True
+        if not self._another_node_seen:
+            self._another_node_seen = True
+            first = self.areas[self.write[0]] if self.write else None
+            if isinstance(first, (FilesystemArea, ContainerArea)):
+                log.warning("another node shares this database, and new objects go to storage area %s on "
+                            "this node's own disk: the other nodes cannot read them. Make an S3 area that "
+                            "every node uses the first of [storage] write, with [archive] acknowledge = "
+                            '"indexed"', first.name)
+        return False
 
     @property
     def _prefetching(self) -> bool:
@@ -265,8 +283,11 @@ class StorageManager:
         return self.config.prefetch and len(self.online) < len(self.areas)
 
     def _housekeeping(self) -> None:
+        if not self._lead_asked:  # at once, so that a node finds whether another shares its database
+            self._lead_asked = True
+            self.leads()
         self._flush_touches()
-        if self._prefetching and self.leadership.leads():
+        if self._prefetching and self.leads():
             self.queue_prefetch()
 
     # -- locks and access -----------------------------------------------------------------------
