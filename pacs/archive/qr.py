@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -146,31 +147,40 @@ def trash_excluded(level: str) -> list[ColumnElement[bool]]:
     return visible
 
 
+@cache
+def _base_query(level: str) -> Any:
+    """The columns, joins and order of a level's query, built once: a select of some forty
+    columns costs a query about as much coercing them as the database takes to answer it."""
+    if level == "PATIENT":
+        return (select(*columns(Patient), func.count(func.distinct(Study.id)),
+                       func.coalesce(func.sum(Study.number_of_series), 0),
+                       func.coalesce(func.sum(Study.number_of_instances), 0))
+                .join(Study, Study.patient == Patient.id).where(col(Patient.merged_into).is_(None))
+                .group_by(col(Patient.id)).order_by(col(Patient.id)))
+    if level == "STUDY":
+        return (select(*columns(Patient, Study)).join(Study, Study.patient == Patient.id)
+                .order_by(col(Study.study_date).desc(), col(Study.id)))
+    if level == "SERIES":
+        return (select(*columns(Patient, Study, Series)).join(Study, Study.patient == Patient.id)
+                .join(Series, Series.study == Study.id)
+                .order_by(col(Study.id), col(Series.series_number), col(Series.id)))
+    return (select(*columns(Patient, Study, Series, Instance)).join(Study, Study.patient == Patient.id)
+            .join(Series, Series.study == Study.id).join(Instance, Instance.series == Series.id)
+            .order_by(col(Series.id), col(Instance.instance_number), col(Instance.id)))
+
+
 def find_rows(session: Session, identifier: Dataset, level: str, *, limit: int = MAX_MATCHES,
               offset: int = 0) -> list[Found]:
     """Matches in a stable order; ``limit`` and ``offset`` page through them in the database."""
     limit = min(limit, MAX_MATCHES + 1)
-    where = and_(true(), *conditions(identifier, level))
+    query = _base_query(level).where(*conditions(identifier, level)).offset(offset).limit(limit)
     conn = session.connection()  # Core rows, not the ORM's: each is read into a Record
     if level == "PATIENT":
-        query = (select(*columns(Patient), func.count(func.distinct(Study.id)),
-                        func.coalesce(func.sum(Study.number_of_series), 0),
-                        func.coalesce(func.sum(Study.number_of_instances), 0))
-                 .join(Study, Study.patient == Patient.id).where(col(Patient.merged_into).is_(None), where)
-                 .group_by(col(Patient.id)).order_by(col(Patient.id)).offset(offset).limit(limit))
         return [Found(p, counts=(int(a), int(b), int(c))) for p, a, b, c in records(conn, (Patient,), query)]
     if level == "STUDY":
-        query = (select(*columns(Patient, Study)).join(Study, Study.patient == Patient.id).where(where)
-                 .order_by(col(Study.study_date).desc(), col(Study.id)).offset(offset).limit(limit))
         return [Found(p, s) for p, s in records(conn, (Patient, Study), query)]
     if level == "SERIES":
-        query = (select(*columns(Patient, Study, Series)).join(Study, Study.patient == Patient.id)
-                 .join(Series, Series.study == Study.id).where(where)
-                 .order_by(col(Study.id), col(Series.series_number), col(Series.id)).offset(offset).limit(limit))
         return [Found(p, s, r) for p, s, r in records(conn, (Patient, Study, Series), query)]
-    query = (select(*columns(Patient, Study, Series, Instance)).join(Study, Study.patient == Patient.id)
-             .join(Series, Series.study == Study.id).join(Instance, Instance.series == Series.id).where(where)
-             .order_by(col(Series.id), col(Instance.instance_number), col(Instance.id)).offset(offset).limit(limit))
     return [Found(p, s, r, i) for p, s, r, i in records(conn, (Patient, Study, Series, Instance), query)]
 
 
