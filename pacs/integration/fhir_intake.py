@@ -389,6 +389,7 @@ def process(channel: Any, session: Session, row: MessageRow) -> Any:
     from pacs.integration.channel import Outcome, apply_mapped, applying
 
     mappings = channel.mappings.current()
+    data: Any = None
     try:
         try:
             data = json.loads(row.raw)
@@ -424,6 +425,7 @@ def process(channel: Any, session: Session, row: MessageRow) -> Any:
     except MessageError as exc:
         http_status, body = for_error(exc)
         row.status, row.error = Status.ERROR, str(exc)
+        _keys_of_refused(data, mappings, row)
         row.ack_code, row.response = str(http_status), json.dumps(body, ensure_ascii=False)
         error = exc
     except Exception as exc:  # a fault of ours: keep the message for reprocessing, say so
@@ -433,6 +435,7 @@ def process(channel: Any, session: Session, row: MessageRow) -> Any:
         error = MessageError.content(ErrorCode.APPLICATION_INTERNAL_ERROR, None,
                                      f"internal error, message kept for reprocessing: {exc}")
         row.status, row.error = Status.ERROR, str(error)
+        _keys_of_refused(data, mappings, row)
         row.ack_code = "500"
         row.response = json.dumps({"resourceType": "OperationOutcome", "issue": [
             {"severity": "error", "code": "exception", "diagnostics": error.text}]})
@@ -440,6 +443,63 @@ def process(channel: Any, session: Session, row: MessageRow) -> Any:
     channel.save(session, [row])
     return Outcome(message_id=row.id, status=Status(row.status), ack_code=row.ack_code,
                    response=row.response.encode(), error=error, applied=row.applied)
+
+
+def _keys_of_refused(data: Any, mappings: Mappings, row: MessageRow) -> None:
+    try:
+        search_keys(data, mappings, row)
+    except Exception:  # best effort: a refusal is answered whatever its keys
+        import logging
+
+        logging.getLogger(__name__).debug("search keys of refused message %s not read", row.id, exc_info=True)
+
+
+def search_keys(data: Any, mappings: Mappings, row: MessageRow) -> None:
+    """The patient ID and accession number of a message refused before it was mapped, read
+    tolerantly where the field map reads them (``patient.identifiers``,
+    ``order.accession_number``) from its first ServiceRequest and that request's Patient
+    (contained, in the Bundle, or named by identifier), so that the message browser finds it
+    by them like any other. Whatever cannot be read is left empty."""
+    if not isinstance(data, dict):
+        return
+    rules = mappings.profiles[FHIR_PROFILE].rules
+    resources = _resources(data)
+    request = next((r for r in resources if isinstance(r, dict) and r.get("resourceType") == "ServiceRequest"), None)
+    patients = [r for r in resources if isinstance(r, dict) and r.get("resourceType") == "Patient"]
+    if request is not None:
+        subject = request.get("subject") if isinstance(request.get("subject"), dict) else {}
+        reference = str(subject.get("reference") or "")
+        contained = [c for c in _list(request.get("contained")) if isinstance(c, dict)]
+        named = [c for c in contained + patients if reference in (f"#{c.get('id')}", f"Patient/{c.get('id')}")]
+        patients = named or patients
+        if not row.accession_number:
+            row.accession_number = _first(request, rules.get("order.accession_number", []))[:64]
+        identifier = subject.get("identifier")
+        if not row.patient_id and isinstance(identifier, dict) and identifier.get("value"):
+            row.patient_id = str(identifier["value"])[:64]
+        if not row.patient_id and reference.startswith("Patient?identifier="):
+            row.patient_id = reference.rpartition("|")[2].rpartition("=")[2][:64]
+    if not row.patient_id and patients:
+        row.patient_id = _first(patients[0], rules.get("patient.identifiers", []), field="value")[:64]
+
+
+def _first(scope: dict[str, Any], rules: list[Rule], field: str | None = None) -> str:
+    """The first value a rule's sources find in ``scope`` (``field`` of it when it is an
+    element such as an Identifier), or ""."""
+    for rule in rules:
+        for expression in rule.sources:
+            if not expression.startswith(str(scope.get("resourceType", "?"))):
+                continue
+            try:
+                found = _evaluate(scope, expression)
+            except MessageError:
+                continue
+            for value in found:
+                if isinstance(value, dict) and field is not None:
+                    value = value.get(field)
+                if isinstance(value, str | int) and str(value).strip():
+                    return str(value).strip()
+    return ""
 
 
 def mapper_source(target: str) -> str:

@@ -194,3 +194,25 @@ def test_wrong_content_type_and_unknown_ids(server):
     assert httpx.get(server.http_url + "/fhir/ServiceRequest/12345").status_code == 404
     assert httpx.get(server.http_url + "/fhir/Patient/abc").status_code == 404
     assert httpx.get(server.http_url + "/fhir/metadata").json()["fhirVersion"] == "4.0.1"
+
+
+@pytest.mark.parametrize(
+    ("body", "patient_id", "accession"),
+    [
+        ({**resource("servicerequest_contained.json"), "status": "unknown"}, "P10001", "ACC0001"),
+        ({**resource("servicerequest_contained.json"), "subject": {"reference": "Patient/99999"}}, "", "ACC0001"),
+        ({**resource("servicerequest_contained.json"),
+          "subject": {"reference": "Patient?identifier=http://hospital.example.cn/fhir/sid/patient-id|P777"}},
+         "P777", "ACC0001"),
+        (_two_study_uids(), "P10001", "ACC0001"),
+        ("{not json", "", ""),
+    ],
+)
+def test_a_refused_request_keeps_the_keys_it_holds_for_the_message_browser(server, body, patient_id, accession):
+    """A refused ServiceRequest is stored with the patient ID and accession number read where
+    the field map reads them, as a refused HL7 message is, so that a search by either finds it."""
+    assert post(server, "/fhir/ServiceRequest", body).status_code in (400, 422)
+    with Session(server.db.engine) as session:
+        [message] = session.exec(select(StoredMessage)).all()
+    assert message.status == Status.ERROR
+    assert (message.patient_id or "", message.accession_number or "") == (patient_id, accession)
