@@ -69,6 +69,21 @@ class Cluster:
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
 
+    def log_size(self) -> int:
+        return (self.folder / "haproxy.log").stat().st_size
+
+    def wait_in_log(self, lines: list[str], after: int, timeout: float = 60) -> None:
+        """Wait until HAProxy's log says each of ``lines`` (a server taken out or back) past
+        its first ``after`` bytes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = (self.folder / "haproxy.log").read_bytes()[after:].decode(errors="replace")
+            missing = [line for line in lines if line not in text]
+            if not missing:
+                return
+            assert time.monotonic() < deadline, f"HAProxy's log never said {missing}"
+            time.sleep(0.2)
+
     def node(self, n: int, what: int) -> int:
         """Node n's own port: 0 DICOM, 1 MLLP, 2 HTTP (deploy/cluster.sh)."""
         return self.base + 10 * n + what
@@ -287,12 +302,14 @@ def test_a_cluster_through_haproxy_while_a_node_is_killed(database_url: str, tmp
         while len(acknowledged) < INSTANCES // 3 and dicom.is_alive():  # HL7 waits at a third
             assert time.monotonic() < deadline
             time.sleep(0.02)
+        before = cluster.log_size()
         cluster("kill", "1")
         killed.set()
         hl7.join()
         dicom.join()
         assert len(sent) == MESSAGES and len(acknowledged) == INSTANCES
         assert broken, "no association broke off when node 1 was killed: the kill hit nothing under way"
+        cluster.wait_in_log([f"Server pacs_{side}/node1 is DOWN" for side in ("dicom", "mllp", "http")], before)
         status = cluster("status")
         assert "node 1: down" in status and "node 2: ok" in status and "haproxy: ok" in status, status
 
@@ -305,8 +322,10 @@ def test_a_cluster_through_haproxy_while_a_node_is_killed(database_url: str, tmp
         assert wado_study(cluster.http, study.study_uid) == originals
 
         # 3. node 1 restarts and rejoins: it serves what the others stored, and adds nothing
+        before = cluster.log_size()
         cluster("restart", "1")
         assert "node 1: ok" in cluster("status")
+        cluster.wait_in_log([f"Server pacs_{side}/node1 is UP" for side in ("dicom", "mllp", "http")], before)
         assert wado_study(cluster.node(1, 2), study.study_uid) == originals
         assert check_indexed_once(database_url, study.study_uid, study.sop_instance_uids) == keys
 
