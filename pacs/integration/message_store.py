@@ -49,6 +49,7 @@ class StoredMessage(SQLModel, table=True):
     __tablename__ = "message"
     __table_args__ = (
         Index("ix_message_sender_control", "sending_application", "sending_facility", "control_id"),
+        Index("ix_message_status_received", "status", "received_at"),  # errors of the last day
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -65,7 +66,7 @@ class StoredMessage(SQLModel, table=True):
     version: str = ""  # MSH-12
     charset: str = ""  # MSH-18 or the default used
     raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # exactly as received
-    status: str = Field(default=Status.RECEIVED, index=True)
+    status: str = Field(default=Status.RECEIVED)  # indexed with received_at
     stage: str = Stage.RECEIVED
     error: str | None = None
     mapped: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
