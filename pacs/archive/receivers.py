@@ -223,27 +223,32 @@ class Receivers:
             except OSError:
                 pass  # the receiver is gone; what it staged is indexed all the same
 
-        with link.makefile("rb") as stream:
-            for raw in stream:
-                try:
-                    request = json.loads(raw)
-                except ValueError:
-                    log.error("receiver %d sent an unreadable line on its index link: %r", pid, raw[:120])
-                    continue
-                if "finished" in request:
-                    self._finished[number] = int(request["finished"])
-                    continue
-                if "metrics" in request:
-                    self.reported[pid] = request["metrics"]
-                    continue
-                try:
-                    future = archive.index_staged(request["key"], request["calling_ae"], request["values"],
-                                                  request["syntax"], int(request["size"]), request["checksum"])
-                except Exception as exc:  # the staged file unreadable: left staged, reported
-                    log.error("receiver %d: staged object %s cannot be indexed: %s", pid, request["key"], exc)
-                    future = Future()
-                    future.set_exception(exc)
-                future.add_done_callback(lambda done, sequence=request["n"]: reply(sequence, done))
+        try:
+            with link.makefile("rb") as stream:
+                for raw in stream:
+                    try:
+                        request = json.loads(raw)
+                    except ValueError:
+                        log.error("receiver %d sent an unreadable line on its index link: %r", pid, raw[:120])
+                        continue
+                    if "finished" in request:
+                        self._finished[number] = int(request["finished"])
+                        continue
+                    if "metrics" in request:
+                        self.reported[pid] = request["metrics"]
+                        continue
+                    try:
+                        future = archive.index_staged(request["key"], request["calling_ae"], request["values"],
+                                                      request["syntax"], int(request["size"]), request["checksum"])
+                    except Exception as exc:  # the staged file unreadable: left staged, reported
+                        log.error("receiver %d: staged object %s cannot be indexed: %s", pid, request["key"], exc)
+                        future = Future()
+                        future.set_exception(exc)
+                    future.add_done_callback(lambda done, sequence=request["n"]: reply(sequence, done))
+        except (OSError, ValueError) as exc:  # the link closed under this reader
+            if not self._stopping:
+                log.error("index link of DICOM receiver %d broken: %s", pid, exc)
+            return
         log.info("index link of DICOM receiver %d closed", pid)
 
     def stop(self) -> None:
