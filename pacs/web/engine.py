@@ -49,6 +49,7 @@ from pacs.web.technologist import page_form
 router = APIRouter(tags=["engine"], include_in_schema=False)
 PAGE = "/engine"
 SHOWN = 100  # messages or outbox items on a page
+PART_SHOWN = 8_000  # characters of an outbox item's payload or answer shown on the page; the rest is downloaded
 REPROCESS_MAX = 500  # messages reprocessed by one press
 REPROCESS_WAIT_SECONDS = 60.0
 EXPORT_MAX = 10_000
@@ -291,7 +292,19 @@ def outbox_page(request: Request, principal: OutboxReader, session: SessionDep, 
                                 offset=offset)
     return _render(request, "engine_outbox.html", principal=principal, view="outbox", rows=rows, total=total,
                   statuses=[s.value for s in OutboxStatus], chosen_status=status, destination=destination,
-                  queues=outbox.queues(session), offset=offset, shown=SHOWN, done=done, named=_named_hl7)
+                  queues=outbox.queues(session), offset=offset, shown=SHOWN, done=done, named=_named_hl7,
+                  part_shown=PART_SHOWN)
+
+
+@router.get(PAGE + "/outbox/{item_id}/{part}")
+def outbox_part(item_id: RowId, part: str, principal: OutboxReader, session: SessionDep) -> Response:
+    """An outbox item's whole payload or answer as text, for one the page shows only the start
+    of (a report's ORU carries its PDF: tens of kilobytes)."""
+    item = session.get(OutboxItem, item_id)
+    if item is None or part not in ("payload", "response"):
+        return Response(f"no outbox item {item_id} {part}", status_code=HTTPStatus.NOT_FOUND, media_type="text/plain")
+    return Response(getattr(item, part) or "", media_type="text/plain; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="outbox-{item_id}-{part}.txt"'})
 
 
 @router.post(PAGE + "/outbox/retry")

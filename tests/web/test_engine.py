@@ -346,3 +346,30 @@ def test_an_analyst_fixes_a_refused_order_and_retries_the_his(start_server, his,
     entries = audit_entries(server, user="lina")
     assert {e["description"] for e in entries} >= {"message read", "mapping file saved", "message reprocessed",
                                                    "outbox item sent again", "messages exported"}
+
+
+def test_a_long_outbox_payload_shows_its_start_and_downloads_whole(guarded_server):
+    """A report's ORU carries its PDF: the outbox page shows the start of each payload, says how
+    much is left out and links the whole text, so a page of a hundred items stays small."""
+    from pacs.integration import outbox as outbox_module
+    from pacs.web.engine import PART_SHOWN
+
+    server = guarded_server
+    payload = "MSH|^~\\&|PACS|RAD|HIS|HOSP|20261207||ORU^R01|X1|P|2.5\r" + "OBX|1|ED|PDF^Report||" + "A" * 40_000
+    with server.db.session() as session:
+        item = outbox_module.enqueue(session, destination="nowhere", kind="hl7", payload=payload, description="long")
+        session.flush()
+        item_id = item.id
+    with analyst(server) as http:
+        page = http.get("/engine/outbox")
+        assert page.status_code == 200, page.text
+        assert f"/engine/outbox/{item_id}/payload" in page.text
+        assert str(len(payload) - PART_SHOWN) in page.text and "A" * (PART_SHOWN + 1) not in page.text
+        assert len(page.content) < len(payload)
+        whole = http.get(f"/engine/outbox/{item_id}/payload")
+        assert whole.status_code == 200 and whole.text == payload
+        assert "attachment" in whole.headers["content-disposition"]
+        assert http.get(f"/engine/outbox/{item_id}/nothing").status_code == 404
+        assert http.get("/engine/outbox/999999/payload").status_code == 404
+    with httpx.Client(base_url=server.http_url, timeout=30, follow_redirects=False) as anonymous:
+        assert anonymous.get(f"/engine/outbox/{item_id}/payload").status_code in (302, 303, 401)
