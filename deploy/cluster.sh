@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Three `pacs serve` nodes on this machine, on loopback with their own ports, sharing one
-# PostgreSQL database and (with PACS_CLUSTER_S3=moto) one S3 object store, with HAProxy
+# Three `pacs serve` nodes (or PACS_CLUSTER_NODES) on this machine, on loopback with their own
+# ports, sharing one PostgreSQL database and (with PACS_CLUSTER_S3=moto) one S3 object store, with HAProxy
 # (deploy/haproxy.cfg) in front. For trying a cluster out; see "Several nodes" in README.md.
 #
 #   deploy/cluster.sh start [DIR]      nodes, then HAProxy; prints the addresses
@@ -28,6 +28,8 @@
 #                        objects in memory: `stop` ends it and they are gone (the index stays).
 #                        Unset: each node keeps objects in its own data folder (or give the nodes
 #                        an S3 area of your own in PACS_CONFIG).
+#   PACS_CLUSTER_NODES   how many nodes (1-3, default 3); HAProxy is given a copy of
+#                        deploy/haproxy.cfg (DIR/haproxy.cfg) without the other nodes' server lines
 #   MOTO_SERVER          the moto_server command (default: on PATH, else this checkout's .venv)
 #   PACS_CONFIG, PACS_ADMIN_PASSWORD, ... are passed on to every node.
 set -euo pipefail
@@ -37,7 +39,7 @@ command="${1:-}"
 case "$command" in
     kill|restart) node="${2:?which node (1-3)?}"; dir="${3:-./pacs-cluster}" ;;
     start|stop|status) dir="${2:-./pacs-cluster}" ;;
-    *) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
@@ -49,6 +51,8 @@ port="${PACS_CLUSTER_PORT:-24000}"
 pacs="${PACS_BIN:-$(command -v pacs || echo "$here/../.venv/bin/pacs")}"
 haproxy="${HAPROXY:-haproxy}"
 s3="${PACS_CLUSTER_S3:-}"
+nodes="${PACS_CLUSTER_NODES:-3}"
+[[ "$nodes" =~ ^[123]$ ]] || { echo "PACS_CLUSTER_NODES=$nodes: 1, 2 or 3" >&2; exit 2; }
 moto="${MOTO_SERVER:-$(command -v moto_server || echo "$here/../.venv/bin/moto_server")}"
 export PACS_AUTH__SECRET_KEY_FILE="$dir/session.key"  # one key: a session cookie works on every node
 
@@ -146,15 +150,19 @@ start)
     create_database
     printf ': "${PACS_DATABASE_URL:=%s}"\n: "${PACS_CLUSTER_PORT:=%s}"\n: "${PACS_CLUSTER_S3:=%s}"\n' \
         "$PACS_DATABASE_URL" "$port" "$s3" >"$dir/cluster.env"
+    printf ': "${PACS_CLUSTER_NODES:=%s}"\n' "$nodes" >>"$dir/cluster.env"
     start_moto
     start_node 1  # the first node alone: it brings the schema up to date
-    start_node 2 & second=$!
-    start_node 3 & third=$!
-    wait "$second" "$third"
+    starters=()
+    for n in $(seq 2 "$nodes"); do start_node "$n" & starters+=($!); done
+    for pid in "${starters[@]}"; do wait "$pid"; done
     haproxy_env
+    # the nodes that run, and no others: a server line per node up to PACS_CLUSTER_NODES
+    awk -v nodes="$nodes" '!(/^ *server node[0-9]+ / && substr($2, 5) + 0 > nodes)' \
+        "$here/haproxy.cfg" >"$dir/haproxy.cfg"
     if ! running "$dir/haproxy.pid"; then
         # in the foreground, so that its log (one line a connection or request) goes to a file
-        setsid "$haproxy" -f "$here/haproxy.cfg" >>"$dir/haproxy.log" 2>&1 </dev/null &
+        setsid "$haproxy" -f "$dir/haproxy.cfg" >>"$dir/haproxy.log" 2>&1 </dev/null &
         echo $! >"$dir/haproxy.pid"
     fi
     wait_healthy $((port + 2)) 30
@@ -169,7 +177,7 @@ stop)
     echo "stopped"
     ;;
 status)
-    for n in 1 2 3; do
+    for n in $(seq "$nodes"); do
         if healthy "$(node_port "$n" 2)"; then echo "node $n: ok"; else echo "node $n: down"; fi
     done
     if healthy $((port + 2)); then echo "haproxy: ok"; else echo "haproxy: down"; fi
