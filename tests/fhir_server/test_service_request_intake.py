@@ -46,11 +46,14 @@ def order_fields(server) -> list[dict]:
 
 
 def wipe(db) -> None:
+    """Every table but the audit log's, which the server's audit writer keeps appending to
+    meanwhile (an event deleted under its newly written objects would break their key)."""
     from sqlmodel import SQLModel
 
     with db.engine.begin() as connection:
         for table in reversed(SQLModel.metadata.sorted_tables):
-            connection.execute(table.delete())
+            if not table.name.startswith("audit"):
+                connection.execute(table.delete())
 
 
 def test_service_request_with_contained_patient_gives_the_same_order_as_the_orm(server):
