@@ -294,6 +294,23 @@ def test_images_reordered_window_linked_and_a_second_window(guarded_server, inst
         assert shown_instances(page, 3) == expected[:3], (name, expected)
         viewer_steps.shot(f"order-by-{name}")
 
+    # each change of order reloaded the page: the scope is still this image, and the first image
+    # (wherever the order put it now) still shows its own window, marked
+    scope_is(page, "窗宽/缩放/旋转：本图像")
+    own_index = page.evaluate("""() => {
+        const own = Object.keys(JSON.parse(sessionStorage.getItem('pacs.viewer.ownViews') || '{}'));
+        return own.length === 1 ? cornerstone.getEnabledElements()[0].viewport.getImageIds().indexOf(own[0]) : -1; }""")
+    assert own_index >= 0
+    page.evaluate(f"cornerstone.getEnabledElements()[0].viewport.setImageIdIndex({own_index})")
+    wait_state(page, lambda s: s[0][4] == own_index and s[0][:2] == first_own[0][:2],
+               "the first image in its own window after the reloads")
+    page.locator(VIEWPORT).first.locator(".pacs-own-view").wait_for(state="visible")
+    viewer_steps.shot("own-window-after-reload")
+    page.keyboard.press("Alt+W")
+    scope_is(page, "窗宽/缩放/旋转：全部视窗")
+    page.keyboard.press("Alt+W")
+    scope_is(page, "窗宽/缩放/旋转：本序列")
+
     # two series side by side: a window change applies to its own series, until Alt+L links
     # every viewport (window, zoom, pan and rotation)
     page.click('[data-cy="Layout"]')

@@ -370,7 +370,30 @@
   // rotation) -------------------------------------------------------------------------------
 
   var SCOPES = ['series', 'image', 'all'];
-  var scope = 'series';
+  // The scope and the images' own windows and views are this browser tab's: kept across a reload
+  // (a change of the images' order reloads the page) and not carried into another window or the
+  // next day, where a scope other than the series' would surprise.
+  var SCOPE_KEY = 'pacs.viewer.scope';
+  var OWN_VIEWS_KEY = 'pacs.viewer.ownViews';
+
+  function kept(key, fallback) {
+    try {
+      var value = window.sessionStorage.getItem(key);
+      return value ? JSON.parse(value) : fallback;
+    } catch (e) {
+      return fallback;
+    }
+  }
+
+  function keep(key, value) {
+    try {
+      window.sessionStorage.setItem(key, JSON.stringify(value));
+    } catch (e) {
+      return;  // storage full or refused: kept until the page goes, as before
+    }
+  }
+
+  var scope = SCOPES.indexOf(kept(SCOPE_KEY, '')) >= 0 ? kept(SCOPE_KEY, '') : 'series';
   var ROTATION_SYNC = 'pacsrotation';
   var LINK_GROUPS = [{ type: 'voi', id: 'pacs-voi-all' }, { type: 'zoompan', id: 'pacs-zoompan-all' },
                      { type: ROTATION_SYNC, id: 'pacs-rotation-all' }];
@@ -429,6 +452,7 @@
 
   function setScope(chosen) {
     scope = chosen;
+    keep(SCOPE_KEY, scope);
     applyLink();
     refreshButtons();
   }
@@ -447,7 +471,7 @@
   // imageId: {voi: {lower, upper}, view: cornerstone's view presentation (zoom, pan, rotation,
   // flips)}. A stack viewport shows every image in the window and view it has, so each time it
   // shows another image, that image's own are put back, or the series' for an image without.
-  var ownViews = {};
+  var ownViews = kept(OWN_VIEWS_KEY, {});
   var stacks = new WeakMap();  // per stack viewport: the image it settled on and the series' window and view
   var applying = false;  // our own changes, not the radiologist's
   var EVENTS = { voi: 'CORNERSTONE_VOI_MODIFIED', view: 'CORNERSTONE_CAMERA_MODIFIED',
@@ -558,6 +582,7 @@
     if (scope === 'image') {
       own = ownViews[state.settled] = own || {};
       own[kind] = now;
+      keep(OWN_VIEWS_KEY, ownViews);
       state.own = true;
       markOwn(viewport, true);
       return;
@@ -571,6 +596,7 @@
         }
       }
     });
+    keep(OWN_VIEWS_KEY, ownViews);
     state.own = !!ownViews[state.settled];
     markOwn(viewport, state.own);
   }
