@@ -56,7 +56,10 @@ class FakePlatform:
         return found[-1] if found else None
 
     def close(self) -> None:
+        # Closed too, not only stopped: a listening socket left open takes the server's next
+        # connection into its backlog, and that request would wait out the client's timeout.
         self.server.shutdown()
+        self.server.server_close()
 
 
 @pytest.fixture

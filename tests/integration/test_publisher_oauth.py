@@ -109,7 +109,10 @@ class Platform:
         self.url = f"https://localhost:{self.server.server_address[1]}"
 
     def close(self) -> None:
+        # Closed too, not only stopped: a listening socket left open takes the server's next
+        # connection into its backlog, and that request would wait out the client's timeout.
         self.server.shutdown()
+        self.server.server_close()
 
 
 @pytest.fixture
