@@ -228,7 +228,7 @@ def test_without_credentials_every_operation_but_the_public_ones_answers_401(gua
     assert checked > len(declared)
 
 
-def test_each_role_is_refused_what_its_permissions_do_not_cover(guarded_server):
+def test_each_role_is_refused_what_its_permissions_do_not_cover(guarded_server, installed_assets):
     seed(guarded_server)
     declared = declared_dependencies(guarded_server.server.app)
     streaming = streams(guarded_server.server.app)
@@ -265,7 +265,7 @@ def test_each_role_is_refused_what_its_permissions_do_not_cover(guarded_server):
     assert refused["admin"] == 0
 
 
-def test_an_administrator_gets_no_server_error(guarded_server):
+def test_an_administrator_gets_no_server_error(guarded_server, installed_assets):
     seed(guarded_server)
     streaming = streams(guarded_server.server.app)
     errors: list[str] = []
