@@ -50,6 +50,9 @@ log = logging.getLogger("pacs.dicom")
 # and each dropped one waited a second or more to be tried again). As uvicorn's 2048 and
 # asyncio's 100 for HTTP and MLLP; the kernel caps it at net.core.somaxconn.
 LISTEN_BACKLOG = 1024
+# seconds: how often the acceptor's loop looks whether it is asked to stop (socketserver's
+# serve_forever polls; its default of 0.5 s made each stop wait up to half a second)
+ACCEPT_POLL_SECONDS = 0.05
 UNCOMPRESSED = ALL_TRANSFER_SYNTAXES[:4]
 # What modalities send (PS3.5 Annex A): uncompressed, deflate, JPEG, JPEG-LS, JPEG 2000 and
 # HTJ2K, RLE, MPEG-2, MPEG-4/H.264 and HEVC video. Listing these rather than every syntax
@@ -256,7 +259,8 @@ class DicomServer:
                                server.dispatch, name=f"dicom-gate-{port}", tls=tls,
                                on_tls_failure=self.access.tls_refused if tls is not None else None)
         server.contexts = SharedContexts(server.contexts)
-        threading.Thread(target=server.serve_forever, name=f"dicom-acceptor-{port}", daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(ACCEPT_POLL_SECONDS,), name=f"dicom-acceptor-{port}",
+                         daemon=True).start()
         self.ae._servers.append(server)
         return server
 
