@@ -81,6 +81,14 @@ def _truncate(url: str) -> None:
     db.dispose()
 
 
+# The database a test runs on when it checks what does not depend on the database (a process's
+# life, a protocol's framing, who may call what): PostgreSQL where the run has one, as CI does.
+ONE_DATABASE = "postgresql" if PG_URL else "sqlite"
+one_database = pytest.mark.parametrize("database_url", [ONE_DATABASE], indirect=True)
+"""Run a test once, on :data:`ONE_DATABASE`, where ``database_url`` would run it on each; what
+it exercises reaches the database through services whose own tests run on both."""
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path,
                  pg_database: str | None) -> str:

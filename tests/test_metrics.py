@@ -15,6 +15,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 from sqlmodel import Session
 
 from pacs.integration import outbox
+from tests.conftest import one_database
 from tests.helpers import MLLPClient, ack_fields, load
 from tests.process import ServeProcess, free_port
 
@@ -114,6 +115,7 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
+@one_database
 def test_receiver_processes_and_the_front_are_counted_by_the_main_process(tmp_path, database_url):
     port = free_port()
     server = ServeProcess(tmp_path / "data", database_url, PACS_DICOM__PROCESSES="2",

@@ -38,7 +38,7 @@ from schemathesis.errors import FailureGroup
 from pacs.auth.roles import FHIR_RESOURCES, ROLE_PERMISSIONS, Permission, fhir_permission
 from pacs.auth.sessions import COOKIE, CSRF_HEADER
 from tests.auth.test_access import add_user, api_routes, basic
-from tests.conftest import ADMIN_PASSWORD
+from tests.conftest import ADMIN_PASSWORD, one_database
 from tests.test_http_hostile import prepare
 
 EXAMPLES_ANONYMOUS = 8  # generated requests per operation without credentials
@@ -204,6 +204,7 @@ def seed(server: Any) -> None:
         prepare(client)
 
 
+@one_database
 def test_without_credentials_every_operation_but_the_public_ones_answers_401(guarded_server):
     declared = declared_dependencies(guarded_server.server.app)
     streaming = streams(guarded_server.server.app)
@@ -228,6 +229,7 @@ def test_without_credentials_every_operation_but_the_public_ones_answers_401(gua
     assert checked > len(declared)
 
 
+@one_database
 def test_each_role_is_refused_what_its_permissions_do_not_cover(guarded_server, installed_assets):
     seed(guarded_server)
     declared = declared_dependencies(guarded_server.server.app)

@@ -15,7 +15,7 @@ from sqlmodel import Session, func, select
 from pacs.integration import channel as channel_module
 from pacs.integration.message_store import Status, StoredMessage
 from pacs.registry.models import ImagingOrder, Patient
-from tests.conftest import front_process_settings
+from tests.conftest import front_process_settings, one_database
 from tests.helpers import MLLPClient, ack_fields, load
 from tests.process import ServeProcess, alive, spawned_children
 
@@ -92,6 +92,7 @@ def health(server) -> tuple[int, dict]:
     return response.status_code, response.json()
 
 
+@one_database
 def test_a_front_that_dies_is_replaced_on_the_same_port(server):
     first = front_pid(server)
     assert health(server) == (200, {**health(server)[1], "mllp_front": "running"})
@@ -123,6 +124,7 @@ def listening_sockets(port: int) -> set[str]:
     return found
 
 
+@one_database
 def test_the_front_dies_with_a_killed_server_and_leaves_the_port_free(tmp_path, database_url):
     server = ServeProcess(tmp_path / "data", database_url).start()
     try:
@@ -146,6 +148,7 @@ def test_the_front_dies_with_a_killed_server_and_leaves_the_port_free(tmp_path, 
         server.stop()
 
 
+@one_database
 def test_sigterm_stops_the_front_too(tmp_path, database_url):
     server = ServeProcess(tmp_path / "data", database_url).start()
     assert server.proc is not None
@@ -155,6 +158,7 @@ def test_sigterm_stops_the_front_too(tmp_path, database_url):
     assert not any(alive(pid) for pid in fronts)
 
 
+@one_database
 def test_sigterm_to_every_process_of_the_service_stops_it_cleanly(tmp_path, database_url):
     """systemd (KillMode=control-group) and timeout(1) signal the main process and the front at
     once: the front leaves stopping to the main process, which is not taken for a crash."""

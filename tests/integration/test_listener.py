@@ -11,7 +11,7 @@ from sqlmodel import Session, col, func, select
 
 from pacs.integration.message_store import Status, StoredMessage
 from pacs.registry.models import ImagingOrder, OrderEvent, Patient
-from tests.conftest import front_process_settings
+from tests.conftest import front_process_settings, one_database
 from tests.helpers import CR, VT, MLLPClient, ack_fields, load
 
 ADT = load("adt_a01_ihe.hl7")
@@ -77,6 +77,7 @@ def test_bad_message_is_answered_and_stored(server, name, payload, code, error):
     assert count(server.db, Patient) == 1  # only the good ADT did anything
 
 
+@one_database
 def test_err_segment_names_segment_and_field_v25(server):
     with MLLPClient(server.mllp_port) as client:
         ack = ack_fields(client.send(replace(ADT, "|19900101|M|", "|19900101|X|")))
@@ -87,6 +88,7 @@ def test_err_segment_names_segment_and_field_v25(server):
     assert "'X'" in err[8]  # ERR-8 user message says what was wrong
 
 
+@one_database
 def test_err_segment_v231_uses_err1_and_msa3(server):
     order = load("orm_o01_nw_ihe.hl7").replace(b"ORC|NW|PL0001^HIS|", b"ORC|NW||").replace(
         b"OBR|1|PL0001^HIS|", b"OBR|1||")
@@ -137,6 +139,7 @@ def test_duplicate_control_id_is_acknowledged_again_not_applied_twice(server):
     assert "duplicate of message" in rows[1].error
 
 
+@one_database
 def test_truncated_frame_and_dropped_connection_are_discarded(server):
     with socket.create_connection(("127.0.0.1", server.mllp_port)) as sock:
         sock.sendall(VT + ADT[:40])  # the sender dies mid-frame
@@ -144,12 +147,14 @@ def test_truncated_frame_and_dropped_connection_are_discarded(server):
     assert len(stored(server.db)) == 1  # never acknowledged, never stored
 
 
+@one_database
 def test_new_start_block_abandons_the_partial_frame(server):
     with MLLPClient(server.mllp_port) as client:
         client.sock.sendall(VT + b"MSH|^~\\&|HIS|IHE_OP|PA")
         assert ack_fields(client.send(ADT))["code"] == "AA"
 
 
+@one_database
 def test_frame_over_size_limit_is_rejected_and_connection_continues(start_server):
     server = start_server(mllp={"max_message_bytes": 2000})
     big = ADT + b"NTE|1||" + b"x" * 5000 + CR
@@ -160,6 +165,7 @@ def test_frame_over_size_limit_is_rejected_and_connection_continues(start_server
     assert len(stored(server.db)) == 1
 
 
+@one_database
 def test_silent_connection_is_closed_after_idle_timeout(start_server):
     server = start_server(mllp={"idle_timeout_seconds": 0.5})
     with socket.create_connection(("127.0.0.1", server.mllp_port)) as sock:
@@ -195,6 +201,7 @@ def test_many_connections_many_messages(server):
     assert len(stored(server.db, status=Status.PROCESSED)) == 160
 
 
+@one_database
 def test_keepalive_bytes_between_frames_are_ignored(server):
     with MLLPClient(server.mllp_port) as client:
         client.sock.sendall(b"\r\n")

@@ -14,7 +14,7 @@ from sqlmodel import Session, col, func, select
 from pacs.db import Database
 from pacs.integration.message_store import Status, StoredMessage
 from pacs.registry.models import Patient, PatientIdentifier
-from tests.conftest import mappings_dir_default
+from tests.conftest import mappings_dir_default, one_database
 from tests.helpers import MLLPClient, ack_fields, load
 from tests.process import ServeProcess
 
@@ -102,6 +102,7 @@ def test_nothing_acknowledged_is_lost_when_the_server_is_killed(serve, database_
     db.dispose()
 
 
+@one_database
 def test_sigterm_stops_cleanly(serve, database_url):
     server = serve()
     with MLLPClient(server.mllp_port) as client:
@@ -131,6 +132,7 @@ def test_stored_but_unprocessed_messages_are_finished_at_start(tmp_path, databas
     db.dispose()
 
 
+@one_database
 def test_refuses_to_start_with_broken_mappings(tmp_path, database_url):
     broken = tmp_path / "mappings"
     shutil.copytree(mappings_dir_default(), broken)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
-from tests.conftest import PG_URL, database_on
+from tests.conftest import ONE_DATABASE, database_on
 
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking flags Chromium keeps trying hosts this network refuses.
@@ -20,7 +20,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 STEP_TIMEOUT_MS = 15_000
 
 
-@pytest.fixture(params=["postgresql" if PG_URL else "sqlite"])
+@pytest.fixture(params=[ONE_DATABASE])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path,
                  pg_database: str | None) -> str:
     """A page's flow runs on one database: PostgreSQL where the run has one (as CI does),
