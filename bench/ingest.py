@@ -1416,10 +1416,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--way", dest="ways", action="append", type=parse_way,
                         help="how rows are sent, repeatable: bench, issue, or a spec such as "
                              "dealt+warmup+pause=0+delete+config=3 (see Way; default: bench and issue)")
-    parser.add_argument("--dicom-processes", type=int, default=(os.cpu_count() or 1) + 1,
-                        help="our [dicom] processes: processes serving the DICOM port (default: the CPU count "
-                             "plus one, as docs/administrator.md advises: Orthanc's threads use every core; 1 = a single "
-                             "process)")
+    parser.add_argument("--dicom-processes", type=int, default=1,
+                        help="our [dicom] processes: processes serving the DICOM port (default 1, the server's "
+                             "own default; N = the main process and N - 1 receivers)")
     parser.add_argument("--profile", nargs="?", const="stages", choices=["stages", "cprofile"],
                         help="one more one-association ingest with our server instrumented: stages (timers on "
                              "store()'s steps, fsync, index writer, PDU reading; default) or cprofile (every "

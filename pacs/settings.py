@@ -189,16 +189,6 @@ class Printer(TLSClient):
         return self.name or self.ae_title
 
 
-def default_dicom_processes() -> int:
-    """``[dicom] processes`` when not set: the cores this process may run on plus one (a receiver
-    spends much of each object waiting on fsyncs and the GIL, so one more keeps the cores busy;
-    bench/README.md, ingest.py), at most :data:`MAX_DEFAULT_DICOM_PROCESSES`."""
-    return min(len(os.sched_getaffinity(0)) + 1, MAX_DEFAULT_DICOM_PROCESSES)
-
-
-MAX_DEFAULT_DICOM_PROCESSES = 8  # each process is a Python interpreter of its own, ~100 MB
-
-
 class DicomSettings(TLSServer):
     """The DICOM application entity (PS3.7, PS3.8); with ``tls_cert``, DICOM over TLS (PS3.15
     Annex B) on ``tls_port`` as well, served by the main process."""
@@ -209,10 +199,12 @@ class DicomSettings(TLSServer):
     """Reject associations addressed to another AE title than ours."""
     max_associations: int = 32
     """Associations served at once, per process."""
-    processes: int = Field(default_factory=default_dicom_processes, ge=1, le=64)
-    """Processes serving DICOM associations (the main process hands new connections out in turn;
-    see pacs.archive.receivers): more than one lets associations arriving together use more than
-    one core. By default the cores this process may use plus one, at most 8."""
+    processes: int = Field(default=1, ge=1, le=64)
+    """Processes serving DICOM associations (the main process hands new connections to the least
+    busy; see pacs.archive.receivers): more than one lets associations arriving together use more
+    than one core, at the price of each object's trip to the main process's index writer. One by
+    default: on two cores it received faster with one association and with four than three
+    processes did (bench/README.md, ingest.py)."""
     network_timeout_seconds: float = 60.0
     """An association silent this long is aborted; so is one whose peer stops this long in the
     middle of a PDU, or stops reading what is sent to it."""

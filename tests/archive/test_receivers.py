@@ -21,7 +21,6 @@ from sqlmodel import Session, func, select
 
 from pacs.archive.index import Instance, InstanceFile, Series, Study
 from pacs.db import Database
-from pacs.settings import default_dicom_processes
 from tests.archive.corpus import dataset_bytes
 from tests.archive.test_durability import (
     COUNT,
@@ -30,6 +29,7 @@ from tests.archive.test_durability import (
     successes,
     verbose_storescu,
 )
+from tests.conftest import one_database
 from tests.dicom import needs_dcmtk
 from tests.process import DEFAULT_PROCESSES, ServeProcess, alive, spawned_children
 
@@ -165,6 +165,7 @@ def test_nothing_acknowledged_by_any_process_is_lost_when_the_server_is_killed(t
         assert restarted.terminate() == 0
 
 
+@one_database
 def test_a_receiver_that_is_gone_leaves_its_turns_to_the_main_process(tmp_path, database_url):
     server = ServeProcess(tmp_path / "data", database_url, **ENV).start().wait_for_receivers()
     try:
@@ -184,12 +185,30 @@ def test_a_receiver_that_is_gone_leaves_its_turns_to_the_main_process(tmp_path, 
         assert server.terminate() == 0
 
 
-def test_by_default_the_server_is_ready_first_then_cores_plus_one_processes_serve(tmp_path, database_url):
-    """``[dicom] processes`` unset: the server answers DICOM as soon as it is ready, from the main
-    process, and the receivers (the cores plus one, less the main process) join once started
-    (the MLLP front process, left out here, has its own tests)."""
+@one_database
+def test_by_default_one_process_serves_dicom(tmp_path, database_url):
+    """``[dicom] processes`` unset: the main process serves every association and starts no
+    receiver (the MLLP front process, left out here, has its own tests)."""
     server = ServeProcess(tmp_path / "data", database_url, PACS_ARCHIVE__MIN_FREE_BYTES="0",
                           PACS_MLLP__FRONT_PROCESS="false", PACS_DICOM__PROCESSES=DEFAULT_PROCESSES).start()
+    try:
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title="PACS")
+        assert assoc.is_established and int(assoc.send_c_echo().Status) == 0
+        assoc.release()
+        assert receivers(server.proc.pid) == []
+        assert "receiver" not in server.log.read_text()
+    finally:
+        assert server.terminate() == 0
+
+
+@one_database
+def test_with_three_processes_the_server_is_ready_first_then_the_receivers_join(tmp_path, database_url):
+    """The server answers DICOM as soon as it is ready, from the main process, and the two
+    receivers join once started."""
+    server = ServeProcess(tmp_path / "data", database_url, PACS_ARCHIVE__MIN_FREE_BYTES="0",
+                          PACS_MLLP__FRONT_PROCESS="false", PACS_DICOM__PROCESSES="3").start()
     try:
         ae = AE(ae_title="MODALITY")
         ae.add_requested_context(Verification)
@@ -197,6 +216,6 @@ def test_by_default_the_server_is_ready_first_then_cores_plus_one_processes_serv
         assert assoc.is_established and int(assoc.send_c_echo().Status) == 0
         assoc.release()
         server.wait_for_receivers()
-        assert len(receivers(server.proc.pid)) == default_dicom_processes() - 1 >= 1
+        assert len(receivers(server.proc.pid)) == 2
     finally:
         assert server.terminate() == 0
