@@ -15,6 +15,7 @@ import socket
 import ssl
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +54,7 @@ LISTEN_BACKLOG = 1024
 # seconds: how often the acceptor's loop looks whether it is asked to stop (socketserver's
 # serve_forever polls; its default of 0.5 s made each stop wait up to half a second)
 ACCEPT_POLL_SECONDS = 0.05
+ABORT_WAIT_SECONDS = 10.0  # at stop: how long the aborted associations' threads are waited for
 UNCOMPRESSED = ALL_TRANSFER_SYNTAXES[:4]
 # What modalities send (PS3.5 Annex A): uncompressed, deflate, JPEG, JPEG-LS, JPEG 2000 and
 # HTJ2K, RLE, MPEG-2, MPEG-4/H.264 and HEVC video. Listing these rather than every syntax
@@ -300,4 +302,23 @@ class DicomServer:
             else:  # a server of handed-off connections runs no serve_forever
                 server.server_close()
         self._server = self._tls_server = None
+        self._abort_associations()
         tempfile.tempdir = self._tempdir
+
+    def _abort_associations(self) -> None:
+        """End the associations still open, with an A-ABORT (PS3.8 7.3.1), and wait for their
+        threads, while the index writer still runs: what was answered Success is durable and
+        indexed or staged for the next start, and the peer sends the rest again. Left open, a
+        modality in the middle of a study went on sending to a server whose index writer had
+        stopped, and the process waited out the index's 30 s before it could exit."""
+        associations = self.ae.active_associations
+        for association in associations:
+            try:
+                association.abort()
+            except Exception:  # a peer gone meanwhile: its thread ends by itself
+                log.debug("aborting an association at stop", exc_info=True)
+        deadline = time.monotonic() + ABORT_WAIT_SECONDS
+        for association in associations:
+            association.join(max(0.0, deadline - time.monotonic()))
+        if associations:
+            log.info("stopping: %d association(s) still open aborted", len(associations))
