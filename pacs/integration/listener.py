@@ -57,6 +57,8 @@ class MLLPServer:
         self._server: asyncio.base_events.Server | None = None
         self._tls_server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._frames: dict[asyncio.Task[None], mllp.FrameReader] = {}  # each connection's reader
+        self._stopping = False
         self._by_host: Counter[str] = Counter()  # open connections per remote address
         self._refused: dict[str, tuple[float, int]] = {}  # per address: last line logged, refusals since
 
@@ -93,13 +95,19 @@ class MLLPServer:
                                           **options)
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Stop accepting; let connections finish the message they are on, then close them."""
+        """Stop accepting; close the connections between two messages at once, let the others
+        finish the message they are on (``grace`` seconds at most), then close them."""
         servers = [server for server in (self._server, self._tls_server) if server is not None]
         if not servers:
             return
+        self._stopping = True  # a connection that finishes its message closes
         for server in servers:
             server.close()
         tasks = list(self._connections)
+        for task in tasks:
+            frames = self._frames.get(task)
+            if frames is not None and frames.between_frames:
+                task.cancel()  # nothing of theirs is in flight: the sender sends its next message again
         if tasks:
             _done, pending = await asyncio.wait(tasks, timeout=grace)
             for task in pending:
@@ -153,6 +161,7 @@ class MLLPServer:
                       f", certificate of {who}" if who else "")
         frames = mllp.FrameReader(reader, self.settings.mllp.max_message_bytes,
                                   self.settings.mllp.idle_timeout_seconds, self.settings.mllp.frame_timeout_seconds)
+        self._frames[task] = frames
         closing = False
         try:
             while not closing:
@@ -187,13 +196,14 @@ class MLLPServer:
                     break
                 writer.write(mllp.frame(outcome.response))
                 await writer.drain()
-                closing = not self.intake.accepting
+                closing = self._stopping or not self.intake.accepting
         except (ConnectionResetError, BrokenPipeError):
             log.info("MLLP %s reset the connection", peer_text)
         except asyncio.CancelledError:
             pass
         finally:
             self._connections.discard(task)
+            self._frames.pop(task, None)
             writer.close()
             try:
                 await writer.wait_closed()

@@ -185,6 +185,8 @@ class FrameReader:
 
     def __post_init__(self) -> None:
         self._buffer = bytearray()
+        self.between_frames = True
+        """Waiting for a frame's start block: no message of this connection is in flight."""
 
     async def _fill(self, deadline: float) -> bool:
         async with asyncio.timeout_at(deadline):  # no task per read, as wait_for makes
@@ -205,11 +207,13 @@ class FrameReader:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.idle_timeout
         buf = self._buffer
+        self.between_frames = True
         # Skip anything before the start block (keep-alive newlines, noise).
         while True:
             start = buf.find(START_BLOCK)
             if start >= 0:
                 del buf[: start + 1]
+                self.between_frames = False
                 break
             buf.clear()
             if not await self._fill(deadline):

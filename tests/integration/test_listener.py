@@ -9,10 +9,11 @@ import time
 import pytest
 from sqlmodel import Session, col, func, select
 
+from pacs.integration.front import STOP_GRACE
 from pacs.integration.message_store import Status, StoredMessage
 from pacs.registry.models import ImagingOrder, OrderEvent, Patient
-from tests.conftest import front_process_settings, one_database
-from tests.helpers import CR, VT, MLLPClient, ack_fields, load
+from tests.conftest import RunningServer, front_process_settings, one_database
+from tests.helpers import CR, FS, VT, MLLPClient, ack_fields, load
 
 ADT = load("adt_a01_ihe.hl7")
 
@@ -234,3 +235,43 @@ def test_tolerant_mode_takes_what_strict_mode_rejects(server):
     with MLLPClient(server.mllp_port) as client:
         extra = load("adt_a08_ihe.hl7").replace(b"\rPV1|", b"|" * 60 + b"x\rPV1|")
         assert ack_fields(client.send(extra))["code"] == "AA"
+
+
+@one_database
+@pytest.mark.parametrize("front", [True, False], ids=["front process", "in the main process"])
+def test_at_stop_a_connection_between_messages_closes_at_once_one_in_a_message_is_not_cut(settings, front):
+    """A stop closes at once what has no message in flight (it used to wait out the whole grace
+    for an idle sender) and leaves a connection that is in a message open until it arrives. In
+    the main process the message is answered; the front process has stopped taking messages by
+    then (the main process stops it last), so it closes without an ACK and the sender resends."""
+    running = RunningServer(settings.model_copy(
+        update={"mllp": settings.mllp.model_copy(update={"front_process": front})})).start()
+    idle = MLLPClient(running.mllp_port, timeout=STOP_GRACE)
+    busy = MLLPClient(running.mllp_port, timeout=STOP_GRACE)
+    stopper = threading.Thread(target=running.stop)
+    try:
+        assert ack_fields(idle.send(ADT))["code"] == "AA"  # and now between two messages
+        half = len(ADT) // 2
+        busy.sock.sendall(VT + ADT[:half])
+        time.sleep(0.5)  # the start block and half the message are in before the stop
+        asked = time.monotonic()
+        stopper.start()
+        assert idle.sock.recv(1) == b""  # closed by the server, not timed out
+        assert time.monotonic() - asked < STOP_GRACE / 2
+        busy.sock.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            busy.sock.recv(1)  # still open
+        busy.sock.settimeout(STOP_GRACE)
+        busy.sock.sendall(ADT[half:] + FS + CR)
+        if front:
+            with pytest.raises(ConnectionError):
+                busy.read()
+        else:
+            assert ack_fields(busy.read())["code"] == "AA"
+    finally:
+        if stopper.ident is None:
+            running.stop()
+        else:
+            stopper.join(60)
+        idle.close()
+        busy.close()
