@@ -199,7 +199,8 @@ def _outbox(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from pacs.integration.mapping import MappingsInvalid
-    from pacs.server import configure_logging, run, serve
+    from pacs.runtime import run
+    from pacs.server import configure_logging, serve
 
     settings = _settings(args, host=args.host, dicom_port=args.dicom_port, mllp_port=args.mllp_port,
                          http_port=args.http_port, ae_title=args.ae_title)

@@ -18,7 +18,8 @@ from pacs.archive import dul
 from pacs.auth.access import Principal, current_principal
 from pacs.auth.roles import Permission
 from pacs.db import Database
-from pacs.server import Server, new_event_loop
+from pacs.runtime import new_event_loop
+from pacs.server import Server
 from pacs.settings import SHIPPED_MAPPINGS, Settings
 
 # The tests' DICOM clients are pynetdicom associations as well: the same fix of the reactor's

@@ -283,7 +283,7 @@ class Receivers:
 def serve_receiver(settings: Settings, address: str) -> None:
     """A receiver process: serves the connections the main process hands it, until SIGTERM;
     the objects it stages are indexed by the main process."""
-    from pacs.server import die_with_parent
+    from pacs.runtime import die_with_parent
 
     die_with_parent()
     from pacs.archive.ae import DicomServer

@@ -22,7 +22,7 @@ and hands the listening socket to the front (SCM_RIGHTS); so with the MLLP over 
 (``[mllp] tls_cert``), whose TLS the front serves with a context it makes from the same settings. The front keeps nothing: if it dies,
 its connections drop, the senders resend what was not acknowledged and the main process starts
 another front on the same listening socket. If the main process dies, the front dies with it
-(:func:`pacs.server.die_with_parent`, and the link's end of file).
+(:func:`pacs.runtime.die_with_parent`, and the link's end of file).
 
 The link carries length-prefixed pickles between the two processes of one ``pacs serve``: the
 main process accepts it on an abstract Unix socket and checks that the peer is the process it
@@ -375,10 +375,11 @@ class Link:
 def serve_front(settings: Settings, address: str) -> None:
     """The front process: serves the MLLP connections on the listening socket the main process
     hands it, until the main process says stop or is gone."""
-    from pacs.server import configure_logging, die_with_parent, run
+    from pacs import logs
+    from pacs.runtime import die_with_parent, run
 
     die_with_parent()
-    configure_logging(settings)
+    logs.configure(settings)
     # The main process stops it (STOP over the link) once it has stopped taking messages; a
     # SIGTERM sent to every process of the service at once is the main process's to act on.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -21,7 +21,6 @@ from types import SimpleNamespace
 from typing import Any
 
 from pydantic_core import PydanticUndefined
-from pydicom.uid import generate_uid
 from sqlalchemy import Connection, Table, and_, bindparam, case, insert, or_, update
 from sqlalchemy import select as core_select
 from sqlmodel import Session, SQLModel, col, select
@@ -662,7 +661,13 @@ def _new_order(session: Session, patient: Any, visit: Any, data: OrderIn, ctx: C
     order = Record(**ORDER_DEFAULTS)
     order.patient = patient.id
     order.visit = visit.id if visit else None
-    order.study_instance_uid = data.study_instance_uid or generate_uid(prefix=ctx.uid_root)
+    if data.study_instance_uid:
+        order.study_instance_uid = data.study_instance_uid
+    else:
+        # imported here: pydicom is a fifth of the MLLP front process's start, which never gets here
+        from pydicom.uid import generate_uid
+
+        order.study_instance_uid = generate_uid(prefix=ctx.uid_root)
     order.source_message = ctx.source_message
     for name in ORDER_FIELDS:
         value = getattr(data, name)
