@@ -89,6 +89,18 @@ class Cluster:
         return self.base + 10 * n + what
 
 
+def established_to(port: int) -> bool:
+    """Whether a TCP connection to local ``port`` is established now (/proc/net/tcp, IPv4)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == TCP_ESTABLISHED and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            return True
+    return False
+
+
+TCP_ESTABLISHED = "01"  # /proc/net/tcp's st column
+
+
 def free_base() -> int:
     """A first port for deploy/cluster.sh whose ports are all free, below the ephemeral range
     (32768-60999 on Linux), where outgoing connections could take one before a node binds it."""
@@ -302,6 +314,11 @@ def test_a_cluster_through_haproxy_while_a_node_is_killed(database_url: str, tmp
         while len(acknowledged) < INSTANCES // 3 and dicom.is_alive():  # HL7 waits at a third
             assert time.monotonic() < deadline
             time.sleep(0.02)
+        # the kill must hit an association under way: each storescu sends a few files and ends,
+        # so node 1 can be between two when a third is acknowledged
+        while not established_to(cluster.node(1, 0)) and dicom.is_alive():
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
         before = cluster.log_size()
         cluster("kill", "1")
         killed.set()
