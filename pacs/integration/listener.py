@@ -56,8 +56,7 @@ class MLLPServer:
         self.intake = intake
         self._server: asyncio.base_events.Server | None = None
         self._tls_server: asyncio.base_events.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
-        self._frames: dict[asyncio.Task[None], mllp.FrameReader] = {}  # each connection's reader
+        self._connections: dict[asyncio.Task[None], mllp.FrameReader | None] = {}  # each one's reader, once made
         self._stopping = False
         self._by_host: Counter[str] = Counter()  # open connections per remote address
         self._refused: dict[str, tuple[float, int]] = {}  # per address: last line logged, refusals since
@@ -105,7 +104,7 @@ class MLLPServer:
             server.close()
         tasks = list(self._connections)
         for task in tasks:
-            frames = self._frames.get(task)
+            frames = self._connections.get(task)
             if frames is not None and frames.between_frames:
                 task.cancel()  # nothing of theirs is in flight: the sender sends its next message again
         if tasks:
@@ -149,7 +148,7 @@ class MLLPServer:
     async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: object) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections.add(task)
+        self._connections[task] = None
         peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         sock = writer.get_extra_info("socket")
         if sock is not None:
@@ -161,7 +160,7 @@ class MLLPServer:
                       f", certificate of {who}" if who else "")
         frames = mllp.FrameReader(reader, self.settings.mllp.max_message_bytes,
                                   self.settings.mllp.idle_timeout_seconds, self.settings.mllp.frame_timeout_seconds)
-        self._frames[task] = frames
+        self._connections[task] = frames
         closing = False
         try:
             while not closing:
@@ -202,8 +201,7 @@ class MLLPServer:
         except asyncio.CancelledError:
             pass
         finally:
-            self._connections.discard(task)
-            self._frames.pop(task, None)
+            self._connections.pop(task, None)
             writer.close()
             try:
                 await writer.wait_closed()

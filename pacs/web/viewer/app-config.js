@@ -393,7 +393,10 @@
     }
   }
 
-  var scope = SCOPES.indexOf(kept(SCOPE_KEY, '')) >= 0 ? kept(SCOPE_KEY, '') : 'series';
+  var scope = kept(SCOPE_KEY, 'series');
+  if (SCOPES.indexOf(scope) < 0) {
+    scope = 'series';
+  }
   var ROTATION_SYNC = 'pacsrotation';
   var LINK_GROUPS = [{ type: 'voi', id: 'pacs-voi-all' }, { type: 'zoompan', id: 'pacs-zoompan-all' },
                      { type: ROTATION_SYNC, id: 'pacs-rotation-all' }];
