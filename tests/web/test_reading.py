@@ -114,7 +114,7 @@ def test_a_ct_read_signed_verified_and_amended_from_the_keyboard(guarded_server,
     with page.context.expect_page() as opened:
         page.keyboard.press("Alt+V")  # the viewer in a window of its own
     viewer = opened.value
-    assert f"/viewer/viewer?StudyInstanceUIDs={today['study_instance_uid']}" in viewer.url
+    viewer.wait_for_url(f"**/viewer/viewer?StudyInstanceUIDs={today['study_instance_uid']}")
     viewer.close()
 
     page.keyboard.press("Alt+S")

@@ -466,21 +466,27 @@ def test_without_its_files_the_viewer_says_how_to_install_them(start_server, tmp
         assert "pacs assets install" in answer.text and ZH["viewer.missing"] in answer.text
 
 
-def test_an_exam_row_at_the_desk_opens_its_images(guarded_server, steps, tmp_path):
+def test_an_exam_row_at_the_desk_opens_its_images(guarded_server, installed_viewer, viewer_steps: Steps):
     """A desk user whose roles may view images gets the exam's images from its row (a link,
-    Alt+V), in a window of its own; a registrar alone gets no such link."""
+    Alt+V), in a window of its own; the next exam's images come into that same window without
+    the viewer loading again; a registrar alone gets no such link."""
     from tests.reporting.studies import ct_order, send_hl7, store_ct
 
-    message, study = ct_order(9, "P90009", ("孙", "七", "SUN QI"))
-    send_hl7(guarded_server, message)
-    store_ct(guarded_server.dicom_port, study_uid=study, accession="ACC9", patient_id="P90009", images=2)
+    studies = {}
+    for number in (9, 10):
+        message, studies[number] = ct_order(number, "P90009", ("孙", "七", "SUN QI"))
+        send_hl7(guarded_server, message)
+        store_ct(guarded_server.dicom_port, study_uid=studies[number], accession=f"ACC{number}",
+                 patient_id="P90009", images=2)
     deadline = time.monotonic() + 30
     with httpx.Client(base_url=guarded_server.http_url, auth=ADMIN, timeout=30) as api:
-        while api.get("/api/orders", params={"accession_number": "ACC9"}).json()["items"][0]["status"] not in (
-                "in_progress", "completed", "images_received", "reported") and time.monotonic() < deadline:
+        while any(api.get("/api/orders", params={"accession_number": f"ACC{n}"}).json()["items"][0]["status"]
+                  not in ("in_progress", "completed", "images_received", "reported") for n in studies):
+            assert time.monotonic() < deadline, "the orders never saw their images"
             time.sleep(0.2)
     add_user(guarded_server, "deskdoc", ["registrar", "clinician"], "赵医生")
     add_user(guarded_server, "desk1", ["registrar"], "王登记")
+    steps = viewer_steps
     page = steps.page
 
     log_in(page, guarded_server, "deskdoc", "/desk")
@@ -490,13 +496,49 @@ def test_an_exam_row_at_the_desk_opens_its_images(guarded_server, steps, tmp_pat
     page.locator("#results").focus()
     page.keyboard.press("Enter")  # the patient chosen: their exams
     page.wait_for_selector("#exams li:has-text('ACC9') a.images")
+    page.wait_for_selector("#exams li:has-text('ACC10') a.images")
     assert page.locator("#exams li:has-text('ACC9') a.images").inner_text() == ZH["desk.exams.images"]
     steps.shot("desk-exam-with-images")
-    page.locator("#exams").focus()
+
+    def shows(viewer, study: str) -> None:  # type: ignore[no-untyped-def]
+        viewer.wait_for_url(re.compile(f"/viewer/viewer\\?StudyInstanceUIDs={re.escape(study)}$"),
+                            timeout=LOAD_TIMEOUT_MS)
+        viewer.wait_for_function(
+            "(uid) => window.cornerstone && cornerstone.getEnabledElements().some(e => "
+            "(e.viewport.getCurrentImageId?.() || '').includes(uid))", arg=study, timeout=LOAD_TIMEOUT_MS)
+        viewer.wait_for_function(f"document.querySelector('{OVERLAY_TOP_LEFT}')?.innerText.includes('孙七')",
+                                 timeout=LOAD_TIMEOUT_MS)
+
+    def select_exam(accession: str) -> None:
+        page.bring_to_front()
+        page.locator("#exams").focus()
+        page.keyboard.press("ArrowUp")
+        page.keyboard.press("ArrowUp")  # above the first of the two: none selected
+        for _ in range(2):
+            page.keyboard.press("ArrowDown")
+            if accession in page.locator("#exams li[aria-selected='true']").inner_text():
+                return
+        raise AssertionError(f"no exam {accession} to select")
+
+    select_exam("ACC9")
     with page.context.expect_page() as opened:
         page.keyboard.press("Alt+v")
-    assert opened.value.url.endswith(f"/viewer/viewer?StudyInstanceUIDs={study}")
-    opened.value.close()
+    viewer = opened.value
+    shows(viewer, studies[9])
+    viewer.screenshot(path=str(steps.folder / "viewer-first-exam.png"))
+    viewer.evaluate("window.pacsLoadedOnce = true")  # gone if the page loads again
+
+    select_exam("ACC10")
+    page.keyboard.press("Alt+v")
+    shows(viewer, studies[10])
+    assert viewer.evaluate("window.pacsLoadedOnce") is True, "the viewer loaded again for the second exam"
+    viewer.screenshot(path=str(steps.folder / "viewer-second-exam-in-place.png"))
+    page.bring_to_front()
+    page.locator("#exams li:has-text('ACC9') a.images").click()  # the link itself: the same window, in place
+    shows(viewer, studies[9])
+    assert viewer.evaluate("window.pacsLoadedOnce") is True, "the viewer loaded again from the link"
+    assert len(page.context.pages) == 2
+    viewer.close()
 
     page.context.clear_cookies()
     log_in(page, guarded_server, "desk1", "/desk")

@@ -406,8 +406,7 @@ def test_images_reordered_window_linked_and_a_second_window(guarded_server, inst
         page.keyboard.press("Alt+N")
     second = opened.value
     second.set_default_timeout(LOAD_TIMEOUT_MS)
-    second.wait_for_load_state()
-    assert f"StudyInstanceUIDs={study}" in second.url
+    second.wait_for_url(re.compile(f"StudyInstanceUIDs={re.escape(study)}"))
     assert f"initialSeriesInstanceUID={following}" in second.url, second.url
     second.wait_for_selector(f"{OVERLAY_TOP_LEFT}")
     try:
@@ -417,12 +416,15 @@ def test_images_reordered_window_linked_and_a_second_window(guarded_server, inst
         second.screenshot(path=str(viewer_steps.folder / "second-window.png"))
     viewer_steps.shot("first-window")
 
-    # the patient's prior study in that second window (Alt+P), to compare the two side by side
+    # the patient's prior study in that second window (Alt+P), to compare the two side by side,
+    # shown in place: the second window's viewer does not load again
+    second.evaluate("window.pacsLoadedOnce = true")
     page.keyboard.press("Alt+P")
     try:
         second.wait_for_url(re.compile(f"StudyInstanceUIDs={re.escape(prior[0].StudyInstanceUID)}"))
         second.wait_for_function(f"document.querySelector('{OVERLAY_TOP_LEFT}')?.innerText.includes('2025-11-20')")
         second.wait_for_selector(f"{VIEWPORT} canvas")
+        assert second.evaluate("window.pacsLoadedOnce") is True, "the second window loaded the viewer again"
     finally:
         second.screenshot(path=str(viewer_steps.folder / "prior-in-second-window.png"))
     second.close()

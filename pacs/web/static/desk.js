@@ -2,6 +2,8 @@
 // Texts come from the message catalogue the page embeds; card readers and barcode scanners
 // from scanners.yaml. Order changes arrive as server-sent events (/api/desk/events).
 
+import { VIEWER_WINDOW, openInViewer, viewerUrl } from "/static/viewer_window.js";
+
 const messages = JSON.parse(document.getElementById("desk-messages").textContent);
 const scanners = JSON.parse(document.getElementById("desk-scanners").textContent);
 const csrf = document.querySelector('meta[name="csrf-token"]')?.content ?? "";
@@ -152,10 +154,9 @@ const results = new Listbox($("results"), (p) => row(
 const mayView = document.querySelector(".desk")?.dataset.viewer === "yes";
 const WITH_IMAGES = new Set(["in_progress", "completed", "images_received", "reported", "verified"]);
 const viewable = (o) => mayView && o?.study_instance_uid && WITH_IMAGES.has(o.status);
-const viewerUrl = (o) => `/viewer/viewer?StudyInstanceUIDs=${encodeURIComponent(o.study_instance_uid)}`;
 
 function openImages(o) {
-  if (viewable(o)) window.open(viewerUrl(o), "pacs-viewer");
+  if (viewable(o)) openInViewer(o.study_instance_uid);
 }
 
 const exams = new Listbox($("exams"), (o) => {
@@ -165,13 +166,19 @@ const exams = new Listbox($("exams"), (o) => {
     { text: o.accession_number, class: "id" }, statusBadge(o.status));
   if (viewable(o)) {
     const link = document.createElement("a");
-    link.href = viewerUrl(o);
-    link.target = "pacs-viewer";
+    link.href = viewerUrl(o.study_instance_uid);
+    link.target = VIEWER_WINDOW;
     link.className = "images";
     link.title = `${t("desk.exams.images")} (Alt+V)`;
     link.style.whiteSpace = "nowrap";
     link.textContent = t("desk.exams.images");
-    link.addEventListener("click", (event) => event.stopPropagation());
+    link.addEventListener("click", (event) => {
+      event.stopPropagation();
+      if (event.button === 0 && !event.ctrlKey && !event.metaKey && !event.shiftKey) {
+        event.preventDefault();  // the open viewer shows it in place; a new tab (Ctrl+click) loads it
+        openImages(o);
+      }
+    });
     li.append(link);
   }
   li.dataset.order = o.id;

@@ -2,6 +2,8 @@
 // Texts come from the message catalogue the page embeds; data from /api/reading and /api/reports.
 // Everything has a key (F1 lists them).
 
+import { openInViewer } from "/static/viewer_window.js";
+
 const messages = JSON.parse(document.getElementById("reading-messages").textContent);
 const settings = JSON.parse(document.getElementById("reading-settings").textContent);
 const csrf = document.querySelector('meta[name="csrf-token"]')?.content ?? "";
@@ -623,8 +625,7 @@ function editorPage() {
   function openViewer() {
     const uid = report?.order.study_instance_uid;
     if (!uid) return;
-    window.open(`/viewer/viewer?StudyInstanceUIDs=${encodeURIComponent(uid)}`, "pacs-viewer",
-                "popup=yes,width=1600,height=1000");
+    openInViewer(uid, "popup=yes,width=1600,height=1000");
   }
 
   $("claim").addEventListener("click", claim);
