@@ -27,6 +27,9 @@ already running, as a radiologist going from one study of the worklist to the ne
 
 Goals: first image under 1 s cached, under 3 s cold; 30 images/s or more scrolling.
 
+``--profile-scroll`` samples the page's main thread (V8's profiler) during the scrolling and
+prints the functions its time went to.
+
 ``--variant NAME=JSON`` (repeatable) compares settings of the app configuration A/B on the same
 run: each round opens the study with the shipped configuration, then with each variant in turn
 (alternating, so the machine's load falls on all alike), a variant being the shipped
@@ -43,6 +46,7 @@ Run from the project root::
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import os
@@ -80,6 +84,7 @@ LOAD_TIMEOUT_MS = 120_000
 # Chromium keeps the compiled code of a script it has run from its cache the second time it runs it
 # (V8's code cache), so the study is opened three times in one browser: the last is "cached".
 REOPENINGS = 3
+PROFILE_INTERVAL_US = 200
 GL_ARGS = [a for a in CHROMIUM_ARGS if a != "--disable-gpu"] + [
     "--use-gl=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"]
 # In every page before its own script: when the first image was drawn and when the first
@@ -194,12 +199,13 @@ class Results:
     cached: list[tuple[float, float]] = dataclasses.field(default_factory=list)
     scroll: list[tuple[int, float, float, float]] = dataclasses.field(default_factory=list)
     next_study: list[float] = dataclasses.field(default_factory=list)  # in the open viewer
+    scroll_profile: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # V8 CPU profiles
     before_cold: list[list[float]] = dataclasses.field(default_factory=list)
     before_cached: list[list[float]] = dataclasses.field(default_factory=list)
 
 
 def measure(browser: Browser, cookie: dict[str, str], target: str, variant: dict[str, Any], got: Results,
-            scroll_slices: int, next_study: str) -> None:
+            scroll_slices: int, next_study: str, profile: bool = False) -> None:
     """One round of one configuration: cold, reopened twice in the same context, scrolled, then
     the next study in the open viewer."""
     context = browser.new_context(viewport={"width": 1400, "height": 900}, locale="zh-CN")
@@ -217,8 +223,15 @@ def measure(browser: Browser, cookie: dict[str, str], target: str, variant: dict
         if not last:
             page.close()  # type: ignore[attr-defined]
     page.wait_for_timeout(1000)  # type: ignore[attr-defined]
+    profiler = context.new_cdp_session(page) if profile else None  # type: ignore[arg-type]
+    if profiler:
+        profiler.send("Profiler.enable")
+        profiler.send("Profiler.setSamplingInterval", {"interval": PROFILE_INTERVAL_US})
+        profiler.send("Profiler.start")
     page.evaluate(SCROLL, scroll_slices)  # type: ignore[attr-defined]
     page.wait_for_function("window.__bench.scroll !== null")  # type: ignore[attr-defined]
+    if profiler:
+        got.scroll_profile.append(profiler.send("Profiler.stop")["profile"])
     result = page.evaluate("window.__bench.scroll")  # type: ignore[attr-defined]
     if isinstance(result, str):
         raise RuntimeError(f"scrolling failed: {result}")
@@ -230,6 +243,21 @@ def measure(browser: Browser, cookie: dict[str, str], target: str, variant: dict
         raise RuntimeError(f"the next study: {result}")
     got.next_study.append(result)
     context.close()
+
+
+def where_scrolling_goes(profiles: list[dict[str, Any]], top: int = 6) -> None:
+    """The page's main thread while scrolling (V8's sampling profiler, Profiler domain of the
+    DevTools protocol): the functions it spent most time in, their own time."""
+    spent: collections.Counter[str] = collections.Counter()
+    for profile in profiles:
+        nodes = {node["id"]: node["callFrame"] for node in profile["nodes"]}
+        for sample, delta in zip(profile["samples"], profile["timeDeltas"], strict=True):
+            frame = nodes[sample]
+            spent[f"{frame['functionName'] or '(anonymous)'} ({frame['url'].rsplit('/', 1)[-1] or 'native'})"] += delta
+    total = sum(spent.values())
+    print(f"\nscrolling, the main thread's time by function (own time, {total / 1000:.0f} ms sampled):")
+    for name, micros in spent.most_common(top):
+        print(f"  {micros / total:6.1%}  {micros / 1000:7.0f} ms  {name}")
 
 
 def report(got: Results) -> None:
@@ -258,6 +286,8 @@ def report(got: Results) -> None:
           f"{'met' if worst_cold < GOAL_COLD_MS else 'NOT met'} (slowest {worst_cold:.0f}); scroll ≥ "
           f"{GOAL_SCROLL_PER_S} images/s: {'met' if slowest >= GOAL_SCROLL_PER_S else 'NOT met'} "
           f"(slowest first pass {slowest:.1f})")
+    if got.scroll_profile:
+        where_scrolling_goes(got.scroll_profile)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                         help="settings set over the shipped configuration, compared with it")
     parser.add_argument("--scroll-slices", type=int, default=0, help="scroll through the first N slices only")
+    parser.add_argument("--profile-scroll", action="store_true",
+                        help="sample the page's main thread while scrolling and say where its time went")
     args = parser.parse_args(argv)
     variants: dict[str, dict[str, Any]] = {SHIPPED: {}}
     for given in args.variant:
@@ -306,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=GL_ARGS)
             for _ in range(args.rounds):
                 for name, variant in variants.items():  # alternating: the load falls on each alike
-                    measure(browser, cookie, target, variant, results[name], args.scroll_slices, next_study)
+                    measure(browser, cookie, target, variant, results[name], args.scroll_slices, next_study,
+                            args.profile_scroll)
                     print(f"  {name}: load average {load_average()}", flush=True)
             browser.close()
         scrolled = f"the first {args.scroll_slices} slices" if args.scroll_slices else "every slice"
