@@ -12,9 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
 from sqlalchemy import create_engine, text
 
 from pacs.archive import dul
+from pacs.auth import accounts
 from pacs.auth.access import Principal, current_principal
 from pacs.auth.roles import Permission
 from pacs.db import Database
@@ -25,6 +28,18 @@ from pacs.settings import SHIPPED_MAPPINGS, Settings
 # The tests' DICOM clients are pynetdicom associations as well: the same fix of the reactor's
 # pause (a response taken as an unexpected message under load) as the server's.
 dul.close_pause_race()
+
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """argon2id at the cost the server uses (RFC 9106's second parameter set: 64 MiB, 3 passes)
+    takes about 0.14 s a hash and as long a check here, by design. The suite makes the first
+    administrator at each of about 1,400 server starts, and the users of every browser flow, and
+    logs them in: in a test run's processes passwords are hashed with argon2id at its lowest
+    cost instead. They are still argon2id hashes made and checked by the same code; servers the
+    tests start as processes keep the full cost, and test_access checks what the shipped hasher
+    makes. (Here, not at import: the benchmarks that import this module keep the full cost.)"""
+    accounts._hasher = PasswordHash((Argon2Hasher(time_cost=1, memory_cost=8, parallelism=1),))
 
 PG_URL = os.environ.get("PACS_TEST_DATABASE_URL")
 DATA = Path(__file__).parent / "data"

@@ -7,8 +7,9 @@ only what it may."""
 from __future__ import annotations
 
 import base64
-import json
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -296,6 +297,20 @@ def test_users_and_tokens_from_the_command_line_are_audited(settings, tmp_path):
     assert any("sun added" in d for d in described) and any("roles of sun" in d for d in described)
     assert any("sun disabled" in d for d in described) and any("token 1 for platform" in d for d in described)
     db.engine.dispose()
+
+
+def test_the_server_hashes_passwords_with_argon2id_at_rfc_9106_cost() -> None:
+    """The tests' own process hashes at argon2id's lowest cost (tests/conftest.py); the server,
+    as a fresh interpreter imports it, at RFC 9106's second recommended set (64 MiB, 3 passes,
+    4 lanes), and checks such a hash."""
+    made = subprocess.run(
+        [sys.executable, "-c", "from pacs.auth import accounts\n"
+                               "made = accounts.hash_password('correct horse 1')\n"
+                               "assert accounts.verify_password('correct horse 1', made)\n"
+                               "assert not accounts.verify_password('correct horse 2', made)\n"
+                               "print(made)"],
+        capture_output=True, text=True, check=True, timeout=60)
+    assert made.stdout.startswith("$argon2id$v=19$m=65536,t=3,p=4$"), made.stdout
 
 
 def test_the_first_administrator_comes_from_the_setting_or_a_file(start_server, tmp_path):
