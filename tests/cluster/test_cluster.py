@@ -145,8 +145,11 @@ def send_hl7(port: int, sent: list[str], killed: threading.Event, deadline: floa
 
 # -- DICOM ------------------------------------------------------------------------------------
 def storescu(port: int, paths: list[Path]) -> tuple[list[Path], int]:
-    """One association sending ``paths``: the files it saw acknowledged (Success), and its exit
-    status (non-zero when the association broke off)."""
+    """One association sending ``paths``: the files it saw acknowledged, and its exit status
+    (non-zero when the association broke off). A Warning is an acknowledgement too (PS3.4
+    B.2.3): a file sent again after its first answer was lost with node 1 may find its first
+    copy indexed already (taken over from node 1's staging), and is answered 0xB006, a copy
+    already held."""
     done = subprocess.run(["storescu", "-v", "-aet", "CT1", "-aec", "PACS", "-to", "30", "-ta", "30",
                            "-td", "60", "127.0.0.1", str(port), *map(str, paths)],
                           capture_output=True, text=True, timeout=300, check=False)
@@ -154,7 +157,8 @@ def storescu(port: int, paths: list[Path]) -> tuple[list[Path], int]:
     for line in (done.stdout + done.stderr).splitlines():
         if line.startswith("I: Sending file: "):
             current = Path(line.removeprefix("I: Sending file: ").strip())
-        elif line.startswith("I: Received Store Response (Success)") and current is not None:
+        elif line.startswith(("I: Received Store Response (Success)", "I: Received Store Response (Warning")) \
+                and current is not None:
             acknowledged.append(current)
             current = None
     return acknowledged, done.returncode
