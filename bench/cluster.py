@@ -32,10 +32,8 @@ import argparse
 import json
 import os
 import platform
-import random
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -60,6 +58,10 @@ from common import (  # (bench/common.py)
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # for the tests' helpers
+
+from tests.process import free_cluster_base  # noqa: E402  (tests/process.py)
+
 CLUSTER = ROOT / "deploy" / "cluster.sh"
 WARMUP_QUERIES = 5
 ARRIVAL_TIMEOUT = 60.0  # seconds for the last acknowledged object or message to be in the index
@@ -87,7 +89,7 @@ class Cluster:
 
     def __init__(self, folder: Path, nodes: int, url: str, s3: bool) -> None:
         self.folder, self.nodes, self.url = folder, nodes, url
-        self.base = free_base(nodes)
+        self.base = free_cluster_base(nodes)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PACS_", "MOTO_"))}
         self.env.update(admin_env(), PACS_DATABASE_URL=url, PACS_CLUSTER_PORT=str(self.base),
                         PACS_CLUSTER_NODES=str(nodes), PACS_LOG_LEVEL="WARNING",
@@ -110,21 +112,6 @@ class Cluster:
 
     def node_pid(self, node: int) -> int:
         return int((self.folder / f"node{node}.pid").read_text())
-
-
-def free_base(nodes: int) -> int:
-    """A first port for deploy/cluster.sh with all its ports free, below the ephemeral range."""
-    for _ in range(50):
-        base = random.randrange(10000, 32000, 100)
-        ports = [base + k for k in range(4)] + [base + 10 * n + k for n in range(1, nodes + 1) for k in range(3)]
-        try:
-            for port in ports:
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free ports for the cluster")
 
 
 def count_instances(url: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -15,6 +16,25 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_cluster_base(nodes: int = 3, front_ports: int = 6) -> int:
+    """A first port for deploy/cluster.sh (``PACS_CLUSTER_PORT``) whose ports are all free:
+    ``front_ports`` from it (HAProxy's DICOM, MLLP and HTTP, moto's S3, and what the caller puts
+    beside them) and three for each node N at PORT+10N. Below the ephemeral range (32768-60999
+    on Linux), where outgoing connections could take one before a node binds it."""
+    for _ in range(50):
+        base = random.randrange(10000, 32000, 100)
+        ports = [base + k for k in range(front_ports)] + [base + 10 * n + k for n in range(1, nodes + 1)
+                                                          for k in range(3)]
+        try:
+            for port in ports:
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free ports for the cluster")
 
 
 def spawned_children(parent: int) -> list[int]:

@@ -210,10 +210,11 @@ class Problems(list[str]):
         self.append(f"{path}:{line}: {what}")
 
 
-def read_mapping(path: Path, problems: Problems, shape: str) -> dict[str, Any] | None:
-    """What a YAML file of the mappings folder maps (``{}`` when it is empty); None, with the
-    problem added to ``problems`` at its line, when the file can't be read, is not YAML, or
-    holds something other than a mapping (``shape`` says what it should hold)."""
+def read_mapping(path: Path, problems: Problems, shape: str, *, empty_ok: bool = True) -> dict[str, Any] | None:
+    """What a YAML file of the mappings folder maps (``{}`` when it is empty, unless not
+    ``empty_ok``); None, with the problem added to ``problems`` at its line, when the file can't
+    be read, is not YAML, or holds something other than a mapping (``shape`` says what it should
+    hold)."""
     try:
         data = read_yaml(path)
     except yaml.YAMLError as exc:
@@ -223,7 +224,7 @@ def read_mapping(path: Path, problems: Problems, shape: str) -> dict[str, Any] |
     except OSError as exc:
         problems.add(path, 1, f"cannot read: {exc.strerror}")
         return None
-    data = data or {}
+    data = data if data is not None or not empty_ok else {}
     if not isinstance(data, dict):
         problems.add(path, 1, shape)
         return None
@@ -418,17 +419,8 @@ def _load_profile(path: Path, root: Path, problems: Problems, kind: str, seen: t
     if path in seen:
         problems.add(path, 1, "extends itself (directly or through another file)")
         return None
-    try:
-        data = read_yaml(path)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problems.add(path, (mark.line + 1) if mark else 1, f"not valid YAML: {getattr(exc, 'problem', exc)}")
-        return None
-    except OSError as exc:
-        problems.add(path, 1, f"cannot read: {exc.strerror}")
-        return None
-    if not isinstance(data, dict):
-        problems.add(path, 1, "a field map is a mapping with a 'fields' list")
+    data = read_mapping(path, problems, "a field map is a mapping with a 'fields' list", empty_ok=False)
+    if data is None:
         return None
     rules: dict[str, list[Rule]] = {}
     order_group, step_segment, events = "ORC", "", {}

@@ -20,10 +20,8 @@ from __future__ import annotations
 import io
 import os
 import queue
-import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -45,6 +43,7 @@ from pacs.db import Database
 from pacs.integration.message_store import Status, StoredMessage
 from tests.archive.storage_helpers import make_study
 from tests.helpers import MLLPClient, ack_fields, load
+from tests.process import free_cluster_base
 
 CLUSTER = Path(__file__).resolve().parents[2] / "deploy" / "cluster.sh"
 MOTO = Path(sys.executable).parent / "moto_server"
@@ -99,22 +98,6 @@ def established_to(port: int) -> bool:
 
 
 TCP_ESTABLISHED = "01"  # /proc/net/tcp's st column
-
-
-def free_base() -> int:
-    """A first port for deploy/cluster.sh whose ports are all free, below the ephemeral range
-    (32768-60999 on Linux), where outgoing connections could take one before a node binds it."""
-    for _ in range(50):
-        base = random.randrange(10000, 32000, 100)
-        ports = [base + k for k in range(6)] + [base + 10 * n + k for n in (1, 2, 3) for k in range(3)]
-        try:
-            for port in ports:
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free ports for the cluster")
 
 
 # -- HL7 --------------------------------------------------------------------------------------
@@ -289,7 +272,7 @@ def test_a_cluster_through_haproxy_while_a_node_is_killed(database_url: str, tmp
             pytest.skip(f"{command} is not installed (Debian: apt-get install haproxy dcmtk)")
     if not MOTO.exists():
         pytest.skip("moto_server is missing: pip install -e '.[test]' installs moto[server]")
-    base = free_base()
+    base = free_cluster_base()
     destination_port = base + 5
     received = tmp_path / "received"
     received.mkdir()
