@@ -1033,7 +1033,7 @@ def decompose_qido(url: str, kinds: list[Kind], facts: Facts, rounds: int, seed:
                 t0 = time.perf_counter()
                 query = qido.parse(params, "studies")
                 t1 = time.perf_counter()
-                rows = qr.find_rows(session, query.identifier, query.level)
+                rows = qr.find_rows(session.connection(), query.identifier, query.level)
                 t2 = time.perf_counter()
                 # what qido.search does with the rows: slice the page, values, DICOM JSON
                 answer = qr.Answer(UNICODE, names)

@@ -714,7 +714,7 @@ def decompose(url: str, kinds: list[Kind], rounds: int, budget: float, implicit_
             captured.clear()
             with db.session() as session:
                 t0 = time.perf_counter()
-                rows = worklist.find_rows(session, query)
+                rows = worklist.find_rows(session.connection(), query)
                 t1 = time.perf_counter()
             statement, parameters = captured[0]
             with db.engine.connect() as conn:
@@ -727,7 +727,7 @@ def decompose(url: str, kinds: list[Kind], rounds: int, budget: float, implicit_
             with db.session() as session, warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 t4 = time.perf_counter()
-                answers = list(worklist.find(session, query, names=names))
+                answers = list(worklist.find(session.connection(), query, names=names))
                 t5 = time.perf_counter()
             warned.update(f"{kind.name}: {w.message}" for w in caught)
             warned.update(f"{kind.name}: sent: {path}" for answer in answers for path in overlong(answer))
@@ -753,7 +753,7 @@ def decompose(url: str, kinds: list[Kind], rounds: int, budget: float, implicit_
     with db.session() as session, warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         examples: dict[str, str] = {}
-        for answer in worklist.find(session, query, names=names):
+        for answer in worklist.find(session.connection(), query, names=names):
             for path in overlong(answer):
                 warned[f"ZHANG* + station name and location asked for: sent: {path}"] += 1
                 sps = answer.ScheduledProcedureStepSequence[0]

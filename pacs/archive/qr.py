@@ -16,12 +16,13 @@ from functools import cache
 from typing import Any
 
 from pydicom.dataset import Dataset
-from sqlalchemy import ColumnElement, and_, exists, false, func, true
+from sqlalchemy import ColumnElement, Connection, exists, false, func
 from sqlalchemy.orm import aliased
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 
 from pacs.archive.charset import Answer as BaseAnswer
 from pacs.archive.charset import answer_charset
+from pacs.archive.encoding import Encoded
 from pacs.archive.index import NOT_REJECTED, Instance, Series, Study
 from pacs.archive.query import (
     QueryError,
@@ -35,7 +36,6 @@ from pacs.archive.query import (
     records,
 )
 from pacs.archive.status import Status
-from pacs.archive.encoding import Encoded
 from pacs.archive.worklist import _birth_date_text, _check_vr, _tag_vr, values_by_keyword
 from pacs.db import row_id
 from pacs.integration.names import NameRules
@@ -169,12 +169,12 @@ def _base_query(level: str) -> Any:
             .order_by(col(Series.id), col(Instance.instance_number), col(Instance.id)))
 
 
-def find_rows(session: Session, identifier: Dataset, level: str, *, limit: int = MAX_MATCHES,
+def find_rows(conn: Connection, identifier: Dataset, level: str, *, limit: int = MAX_MATCHES,
               offset: int = 0) -> list[Found]:
-    """Matches in a stable order; ``limit`` and ``offset`` page through them in the database."""
+    """Matches in a stable order; ``limit`` and ``offset`` page through them in the database.
+    Core rows, not the ORM's, each read into a Record: a connection is all it needs."""
     limit = min(limit, MAX_MATCHES + 1)
     query = _base_query(level).where(*conditions(identifier, level)).offset(offset).limit(limit)
-    conn = session.connection()  # Core rows, not the ORM's: each is read into a Record
     if level == "PATIENT":
         return [Found(p, counts=(int(a), int(b), int(c))) for p, a, b, c in records(conn, (Patient,), query)]
     if level == "STUDY":
@@ -286,14 +286,14 @@ class Answer(BaseAnswer):
         return Encoded([(tag, vr, fill(self, found)) for tag, vr, fill in plan], self.charset, ordered=True)
 
 
-def find(session: Session, identifier: Dataset, *, model: str, names: NameRules, retrieve_ae: str,
+def find(conn: Connection, identifier: Dataset, *, model: str, names: NameRules, retrieve_ae: str,
          peer_charset: str | None = None, cancelled: Callable[[], bool] = lambda: False) -> Iterator[Dataset]:
     """C-FIND answers for ``identifier`` in the Patient Root (``model='PATIENT'``) or Study Root model."""
     validate(identifier)
     level = level_of(identifier, model)
     answer = Answer(answer_charset(identifier.get("SpecificCharacterSet"), peer_charset), names)
     plan = answer.plan(identifier, level, retrieve_ae)
-    for found in find_rows(session, identifier, level):
+    for found in find_rows(conn, identifier, level):
         if cancelled():
             return
         yield answer.respond(found, plan)

@@ -25,13 +25,15 @@ class QueryService:
 
     def worklist(self, identifier: Dataset, calling_ae: str,
                  cancelled: Callable[[], bool] = lambda: False) -> Iterator[Dataset]:
-        with self.db.session(read_only=True) as session:
-            yield from worklist.find(session, identifier, names=self.mappings.current().names,
+        with self.db.reader.connect() as conn:  # rows read, nothing written: no ORM session (see archive)
+            yield from worklist.find(conn, identifier, names=self.mappings.current().names,
                                      peer_charset=self._peer_charset(calling_ae), cancelled=cancelled)
 
     def archive(self, identifier: Dataset, calling_ae: str, model: str,
                 cancelled: Callable[[], bool] = lambda: False) -> Iterator[Dataset]:
-        with self.db.session(read_only=True) as session:
-            yield from qr.find(session, identifier, model=model, names=self.mappings.current().names,
+        # A connection, not an ORM session: a query reads rows and writes nothing, and a session
+        # (its transaction, its commit) took a fifth of a study-level C-FIND's CPU (3.3 ms, now 2.6).
+        with self.db.reader.connect() as conn:
+            yield from qr.find(conn, identifier, model=model, names=self.mappings.current().names,
                                retrieve_ae=self.settings.ae_title, peer_charset=self._peer_charset(calling_ae),
                                cancelled=cancelled)

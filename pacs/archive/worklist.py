@@ -17,8 +17,8 @@ from typing import Any
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
-from sqlalchemy import ColumnElement, Select, and_, true
-from sqlmodel import Session, col, select
+from sqlalchemy import ColumnElement, Connection, Select, and_, true
+from sqlmodel import col, select
 
 from pacs.archive.charset import Answer as BaseAnswer
 from pacs.archive.charset import answer_charset
@@ -233,9 +233,9 @@ def _open_items() -> Select[Any]:
     )
 
 
-def find_rows(session: Session, identifier: Dataset) -> list[Row]:
+def find_rows(conn: Connection, identifier: Dataset) -> list[Row]:
     query = _open_items().where(and_(true(), *conditions(identifier)))
-    return [Row(*found) for found in records(session.connection(), TABLES, query, only=READ)]
+    return [Row(*found) for found in records(conn, TABLES, query, only=READ)]
 
 
 # Longest values of the VRs that carry text here, in characters (PS3.5 Table 6.2-1).
@@ -368,14 +368,14 @@ class Answer(BaseAnswer):
         return Encoded([(tag, vr, fill(self, row)) for tag, vr, fill in plan], self.charset, ordered=True)
 
 
-def find(session: Session, identifier: Dataset, *, names: NameRules, peer_charset: str | None = None,
+def find(conn: Connection, identifier: Dataset, *, names: NameRules, peer_charset: str | None = None,
          cancelled: Callable[[], bool] = lambda: False) -> Iterator[Dataset]:
     """Worklist items matching ``identifier``, as the query's return keys. Raises QueryError."""
     validate_identifier(identifier)
     charset = answer_charset(identifier.get("SpecificCharacterSet"), peer_charset)
     answer = Answer(charset, names)
     plan = answer.plan(identifier)
-    for row in find_rows(session, identifier):
+    for row in find_rows(conn, identifier):
         if cancelled():
             return
         yield answer.respond(row, plan)

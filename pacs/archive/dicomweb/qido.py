@@ -169,7 +169,7 @@ def search(session: Session, query: Query, *, names: NameRules, base_url: str,
         qr.validate(query.identifier)
         # The page is cut in the database; one row more tells whether the maximum was passed.
         limit = min(query.limit if query.limit is not None else qr.MAX_MATCHES, qr.MAX_MATCHES)
-        rows = qr.find_rows(session, query.identifier, query.level, limit=limit + 1, offset=query.offset)
+        rows = qr.find_rows(session.connection(), query.identifier, query.level, limit=limit + 1, offset=query.offset)
     except QueryError as exc:
         raise bad_request(str(exc)) from None
     warnings = list(query.warnings)
