@@ -15,7 +15,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlmodel import Session
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
@@ -47,6 +47,17 @@ def get_session(services: ServicesDep, request: Request):  # type: ignore[no-unt
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def get_reader(services: ServicesDep):  # type: ignore[no-untyped-def]
+    """A connection for a request that only reads rows through Core statements (QIDO-RS): no ORM
+    session, whose transaction and commit cost such a read more than its statement does (see
+    :meth:`pacs.archive.query_service.QueryService.archive`)."""
+    with services.db.reader.connect() as connection:
+        yield connection
+
+
+ReaderDep = Annotated[Connection, Depends(get_reader, scope="function")]
 
 RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
 """A row's id in a path: anything past the largest key is refused (422), as it names no row."""

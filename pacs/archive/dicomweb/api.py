@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 from fastapi.routing import APIRoute
+from sqlalchemy import Connection
 
 from pacs.archive.dicomweb import cache, qido, render, wado
 from pacs.archive.dicomweb.cache import MetadataCache
@@ -38,7 +39,7 @@ from pacs.archive.dicomweb.stow import Stow, boundary_of
 from pacs.archive.store import incoming_dir
 from pacs.auth.access import require_by_method
 from pacs.auth.roles import Permission
-from pacs.http import ServicesDep, SessionDep
+from pacs.http import ReaderDep, ServicesDep, SessionDep
 from pacs.server import Services
 
 PREFIX = "/dicomweb"
@@ -120,46 +121,46 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # -- QIDO-RS (PS3.18 10.6) ---------------------------------------------------------------------
 
-def _search(request: Request, services: Services, session: Any, resource: str, *, study: str | None = None,
+def _search(request: Request, services: Services, reader: Connection, resource: str, *, study: str | None = None,
             series: str | None = None) -> Response:
     require_json(request.headers.get("accept"))
     query = qido.parse(list(request.query_params.multi_items()), resource, study=study, series=series)
-    result = qido.search(session, query, names=services.mappings.current().names, base_url=base_url(request),
+    result = qido.search(reader, query, names=services.mappings.current().names, base_url=base_url(request),
                          study=study, series=series)
     return Response(dumps(result.items), media_type=DICOM_JSON, headers=_warning_header(result.warnings))
 
 
 @router.get("/studies", summary="Search for studies (QIDO-RS)")
-def search_studies(request: Request, services: ServicesDep, session: SessionDep) -> Response:
+def search_studies(request: Request, services: ServicesDep, reader: ReaderDep) -> Response:
     """PS3.18 10.6.1: ``PatientName=ZHANG*``, ``StudyDate=20260101-20261231``, ``includefield``,
     ``limit``, ``offset``; an empty match is ``[]``."""
-    return _search(request, services, session, "studies")
+    return _search(request, services, reader, "studies")
 
 
 @router.get("/series", summary="Search for series (QIDO-RS)")
-def search_all_series(request: Request, services: ServicesDep, session: SessionDep) -> Response:
-    return _search(request, services, session, "series")
+def search_all_series(request: Request, services: ServicesDep, reader: ReaderDep) -> Response:
+    return _search(request, services, reader, "series")
 
 
 @router.get("/studies/{study}/series", summary="Search for a study's series (QIDO-RS)")
-def search_series(study: str, request: Request, services: ServicesDep, session: SessionDep) -> Response:
-    return _search(request, services, session, "series", study=study)
+def search_series(study: str, request: Request, services: ServicesDep, reader: ReaderDep) -> Response:
+    return _search(request, services, reader, "series", study=study)
 
 
 @router.get("/instances", summary="Search for instances (QIDO-RS)")
-def search_all_instances(request: Request, services: ServicesDep, session: SessionDep) -> Response:
-    return _search(request, services, session, "instances")
+def search_all_instances(request: Request, services: ServicesDep, reader: ReaderDep) -> Response:
+    return _search(request, services, reader, "instances")
 
 
 @router.get("/studies/{study}/instances", summary="Search for a study's instances (QIDO-RS)")
-def search_study_instances(study: str, request: Request, services: ServicesDep, session: SessionDep) -> Response:
-    return _search(request, services, session, "instances", study=study)
+def search_study_instances(study: str, request: Request, services: ServicesDep, reader: ReaderDep) -> Response:
+    return _search(request, services, reader, "instances", study=study)
 
 
 @router.get("/studies/{study}/series/{series}/instances", summary="Search for a series' instances (QIDO-RS)")
 def search_instances(study: str, series: str, request: Request, services: ServicesDep,
-                     session: SessionDep) -> Response:
-    return _search(request, services, session, "instances", study=study, series=series)
+                     reader: ReaderDep) -> Response:
+    return _search(request, services, reader, "instances", study=study, series=series)
 
 
 # -- WADO-RS: DICOM and metadata (PS3.18 10.4.1.1.1, 10.4.1.1.2) -------------------------------

@@ -22,7 +22,7 @@ from typing import Any
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
-from sqlmodel import Session
+from sqlalchemy import Connection
 
 from pacs.archive import qr
 from pacs.archive.charset import UNICODE
@@ -162,14 +162,14 @@ class Result:
     warnings: list[str]
 
 
-def search(session: Session, query: Query, *, names: NameRules, base_url: str,
+def search(conn: Connection, query: Query, *, names: NameRules, base_url: str,
            study: str | None = None, series: str | None = None) -> Result:
     """Matches of ``query`` as DICOM JSON (PS3.18 F.2), in the index's order."""
     try:
         qr.validate(query.identifier)
         # The page is cut in the database; one row more tells whether the maximum was passed.
         limit = min(query.limit if query.limit is not None else qr.MAX_MATCHES, qr.MAX_MATCHES)
-        rows = qr.find_rows(session.connection(), query.identifier, query.level, limit=limit + 1, offset=query.offset)
+        rows = qr.find_rows(conn, query.identifier, query.level, limit=limit + 1, offset=query.offset)
     except QueryError as exc:
         raise bad_request(str(exc)) from None
     warnings = list(query.warnings)
