@@ -91,6 +91,9 @@ def test_a_consultation_link_opens_one_study_until_revoked(guarded_server, insta
     assert "张三" in overlay(shown)
     assert shown.locator("#pacs-tools").count() == 0  # no film, no further sharing
     Steps(shown, viewer_steps.folder).shot("expert-sees-the-study")
+    # the link's page does not change study in place (what the worklist's window does)
+    assert shown.evaluate(f"window.pacsViewer.open({other!r})") is False
+    assert shown.url.endswith(f"/viewer/viewer?StudyInstanceUIDs={shared}")
     assert errors == []
 
     # ... and nothing else
