@@ -224,7 +224,8 @@ def read_mapping(path: Path, problems: Problems, shape: str, *, empty_ok: bool =
     except OSError as exc:
         problems.add(path, 1, f"cannot read: {exc.strerror}")
         return None
-    data = data if data is not None or not empty_ok else {}
+    if data is None and empty_ok:
+        data = {}
     if not isinstance(data, dict):
         problems.add(path, 1, shape)
         return None

@@ -43,6 +43,8 @@
   var EXTENSION = '@pacs/extension-viewer';
   var DATA_SOURCE = 'pacs';
   var PN_GROUPS = ['Alphabetic', 'Ideographic', 'Phonetic'];
+  var ROUTER_BASE = '/viewer';  // the study list; pacs.web.viewer serves the page at every route below it
+  var STUDY_ROUTE = ROUTER_BASE + '/viewer';  // a study: ?StudyInstanceUIDs=…
 
   function label(key, fallback) {
     return labels[key] || fallback;
@@ -696,9 +698,6 @@
     return window.open(url, SECOND_WINDOW, 'popup,width=' + window.screen.availWidth + ',height=' + window.screen.availHeight);
   }
 
-  var ROUTER_BASE = '/viewer';  // the study list; pacs.web.viewer serves the page at every route below it
-  var STUDY_ROUTE = ROUTER_BASE + '/viewer';
-
   function viewerAddress(study, series) {
     return STUDY_ROUTE + '?StudyInstanceUIDs=' + encodeURIComponent(study) +
       (series ? '&initialSeriesInstanceUID=' + encodeURIComponent(series) : '');
@@ -899,7 +898,7 @@
     document.body.appendChild(bar);
     refreshButtons();
     var shown = function () {
-      bar.style.display = /\/viewer\/viewer/.test(window.location.pathname) && studyOnScreen() ? 'flex' : 'none';
+      bar.style.display = window.location.pathname.indexOf(STUDY_ROUTE) === 0 && studyOnScreen() ? 'flex' : 'none';
     };
     shown();
     window.setInterval(shown, 500);  // OHIF's router changes the path without a page load
@@ -964,7 +963,7 @@
   var LIST_RANGE = /^(\d+)-(\d+) of (\d+)$/;  // "1-25 of 120"
 
   function onStudyList() {
-    return /^\/viewer\/?$/.test(window.location.pathname);
+    return window.location.pathname.replace(/\/$/, '') === ROUTER_BASE;
   }
 
   function translateList(root) {
