@@ -611,6 +611,7 @@ class OurServer:
     changes: str = ""  # what-if changes applied by the bootstrap (see VARIANTS)
     tag: str = ""  # tells apart the logs of processes sharing a data folder
     processes: int | None = 1  # [dicom] processes: receivers sharing the DICOM port; None: the server's default
+    source: Path = ROOT  # the checkout whose pacs package runs (bench/cfind.py's --against)
 
     @property
     def config_name(self) -> str:
@@ -657,7 +658,7 @@ class OurServer:
         if self.database_url:
             env["PACS_DATABASE_URL"] = self.database_url
         with self.log.open("wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.source,
                                             start_new_session=True)
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         while "pacs: serving" not in self.log.read_text(errors="replace"):
