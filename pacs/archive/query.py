@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_
+from sqlalchemy import ColumnElement, Connection, and_, func, or_
 
 from pacs.archive.status import Status
+from pacs.db import Shapes
 
 WILDCARDS = ("*", "?")
 MAX_ITEM_DEPTH = 8  # nesting of sequences read in an identifier; deeper items are not keys of any model
@@ -240,7 +241,10 @@ def columns(*models: Any, only: Only | None = None) -> list[Any]:
     return [column for model in models for column in _table_columns(model, only)]
 
 
-def records(session: Any, models: tuple[Any, ...], query: Any, only: Only | None = None) -> Iterator[list[Any]]:
+SHAPES = Shapes()  # the matching queries of C-FIND, QIDO-RS and the worklist, compiled once per shape
+
+
+def records(conn: Connection, models: tuple[Any, ...], query: Any, only: Only | None = None) -> Iterator[list[Any]]:
     """Each row of ``query`` (which selects :func:`columns` of ``models``, then any extra values)
     as one :class:`Record` per model, or None for an outer-joined model without a row (its
     primary key is NULL), followed by the extra values."""
@@ -249,7 +253,7 @@ def records(session: Any, models: tuple[Any, ...], query: Any, only: Only | None
         keys = tuple(column.key for column in _table_columns(model, only))
         primary = [column.key for column in model.__table__.primary_key.columns]
         layout.append((keys, keys.index(primary[0])))
-    for row in session.execute(query):
+    for row in SHAPES.rows(conn, query):
         out: list[Any] = []
         start = 0
         for keys, primary_at in layout:

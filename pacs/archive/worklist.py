@@ -201,7 +201,7 @@ def _birth_date_text() -> ColumnElement[str]:
     reused by every query)."""
     from sqlalchemy import String, cast, func
 
-    return func.replace(cast(Patient.birth_date, String), "-", "")
+    return func.replace(cast(Patient.__table__.c.birth_date, String), "-", "")  # type: ignore[attr-defined]
 
 
 # The columns an answer reads (VALUES, SPS_VALUES, the names), per table, its primary key first.
