@@ -25,6 +25,8 @@ from pacs.archive.index import Instance, Series, Study
 from pacs.archive.query import (
     QueryError,
     columns,
+    elements,
+    keyword_of,
     match_date_range,
     match_person_name,
     match_string,
@@ -75,7 +77,7 @@ def level_of(identifier: Dataset, model: str) -> str:
 
 def validate(identifier: Dataset) -> None:
     readable(identifier)
-    for element in identifier:
+    for element in elements(identifier):
         if element.tag.is_private or element.tag.element == 0:
             continue
         _check_vr(element)
@@ -142,15 +144,17 @@ def match_number(column: ColumnElement[Any], value: str | None) -> ColumnElement
     return column == number if number is not None else false()
 
 
-def trash_excluded(level: str) -> list[ColumnElement[bool]]:
+@cache
+def trash_excluded(level: str) -> tuple[ColumnElement[bool], ...]:
     """Rejected and expired instances are in the trash: they, and studies and series left with
-    nothing else, are not answered (IHE IOCM); the counts already leave them out."""
+    nothing else, are not answered (IHE IOCM); the counts already leave them out. Built once per
+    level: an expression is immutable, and one reused keeps its memoized cache key."""
     visible: list[ColumnElement[bool]] = [STUDY.number_of_instances > 0]
     if level in ("SERIES", "IMAGE"):
         visible.append(SERIES.number_of_instances > 0)
     if level == "IMAGE":
         visible.append(INSTANCE.rejected_at.is_(None))  # NOT_REJECTED, on the table
-    return visible
+    return tuple(visible)
 
 
 @cache
@@ -266,8 +270,8 @@ class Answer(BaseAnswer):
             charset = self.charset
             out.append((*_tag_vr("SpecificCharacterSet"), lambda a, f: charset))
         asked = set()
-        for element in identifier:
-            keyword = element.keyword
+        for element in elements(identifier):
+            keyword = keyword_of(element.tag)
             if element.tag.is_private or keyword in ("", "SpecificCharacterSet") or keyword in asked:
                 continue
             asked.add(keyword)

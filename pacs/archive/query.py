@@ -11,8 +11,11 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
+from functools import lru_cache
 from typing import Any
 
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataelem import DataElement, RawDataElement
 from sqlalchemy import ColumnElement, Connection, and_, func, or_
 
 from pacs.archive.status import Status
@@ -51,6 +54,21 @@ def readable(identifier: Any, depth: int = 0) -> None:
         if element.VR == "SQ" and element.value and depth < MAX_ITEM_DEPTH:
             for item in element.value:
                 readable(item, depth + 1)
+
+
+@lru_cache(maxsize=4096)
+def keyword_of(tag: int) -> str:
+    """A tag's keyword ('' for a private or unknown tag), looked up once per tag."""
+    return keyword_for_tag(tag)
+
+
+def elements(identifier: Any) -> list[DataElement]:
+    """The top-level elements of ``identifier`` in tag order, decoded. pydicom decodes an element
+    the first time it is read; one decoded already is taken as it is, without the checks of
+    ``Dataset.__getitem__``, which cost a query more than its matching while every pass over the
+    identifier (checks, keys, answer plan, audit) paid them again."""
+    return [identifier[element.tag] if isinstance(element, RawDataElement) else element
+            for element in identifier.elements()]
 
 
 def is_universal(value: str | None) -> bool:

@@ -27,6 +27,8 @@ from pacs.archive.query import (
     Only,
     QueryError,
     columns,
+    elements,
+    keyword_of,
     match_date_range,
     match_person_name,
     match_string,
@@ -105,10 +107,10 @@ def _offending(tag: int, comment: str, status: Status = Status.IDENTIFIER_DOES_N
 def validate_identifier(identifier: Dataset) -> None:
     """Refuse keys outside the worklist information model and values of the wrong VR."""
     readable(identifier)
-    for element in identifier:
+    for element in elements(identifier):
         if element.tag.is_private or element.tag.element == 0:
             continue  # private keys are not matched and not returned; group lengths are noise
-        keyword = keyword_for_tag(element.tag)
+        keyword = keyword_of(element.tag)
         if keyword not in TOP_KEYS:
             raise _offending(element.tag, f"{keyword or element.tag} is not a Modality Worklist key (PS3.4 K.6)")
         _check_vr(element)
@@ -160,7 +162,7 @@ def _text(value: Any) -> str:
 def values_by_keyword(ds: Dataset) -> dict[str, str]:
     """Every top-level value of ``ds`` with a keyword, as :func:`_value` reads each: one pass
     over the identifier instead of a lookup per matching key."""
-    return {element.keyword: _text(element.value) for element in ds if element.keyword}
+    return {keyword: _text(element.value) for element in elements(ds) if (keyword := keyword_of(element.tag))}
 
 
 def conditions(identifier: Dataset) -> list[ColumnElement[bool]]:

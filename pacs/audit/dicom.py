@@ -27,6 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pynetdicom import evt
 
+from pacs.archive.query import elements, keyword_of
 from pacs.audit import codes
 from pacs.audit.codes import Action, Outcome
 from pacs.audit.service import Auditor, Event
@@ -198,9 +199,10 @@ class DicomAudit:
         keys: dict[str, str] = {}
         try:
             identifier = event.identifier
-            for element in identifier:
-                if element.VR != "SQ" and element.keyword and not element.tag.is_private:
-                    keys[element.keyword] = str(element.value if element.value is not None else "")
+            for element in elements(identifier):  # decoded already by the query, mostly
+                keyword = keyword_of(element.tag)
+                if element.VR != "SQ" and keyword and not element.tag.is_private:
+                    keys[keyword] = str(element.value if element.value is not None else "")
         except Exception:
             identifier = Dataset()
         patient = keys.get("PatientID", "")
