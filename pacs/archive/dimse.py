@@ -18,11 +18,11 @@ few answers to a write, so that pynetdicom's per-response loop and its DUL's per
 once per batch instead of once per match. The PDUs are the ones pynetdicom would send, one
 message after another; the final response follows through the DIMSE provider.
 
-The C-STORE request an archive gets for every object is read the same way in reverse
-(:func:`decode_command`): its seven command elements (PS3.7 9.3.1.1) are read straight from the
-bytes into a :class:`StoreRequestCommand`, and the request primitive is made from it, instead of a
-pydicom Dataset whose values are converted one by one and copied to the primitive by name (about a
-quarter of a millisecond of the receiving thread's time per object). A request with anything
+The C-STORE request an archive gets for every object, and each C-FIND request, are read the same
+way in reverse (:func:`decode_command`): their seven or six command elements (PS3.7 9.3.1.1,
+9.3.2.1) are read straight from the bytes into a :class:`RequestCommand`, and the request primitive
+is made from it, instead of a pydicom Dataset whose values are converted one by one and copied to
+the primitive by name (about a quarter of a millisecond of the receiving thread's time per object). A request with anything
 else (a Move Originator, an element of another kind, a UID or priority pynetdicom would refuse)
 is decoded by pynetdicom, which also answers what is wrong with it.
 """
@@ -323,11 +323,15 @@ def install() -> None:
     fsm.ACTIONS[DATA_TRANSFER_ACTION] = (description, _send_data, next_state)
 
 
-# -- C-STORE requests received ------------------------------------------------------------------
-# The elements of a C-STORE-RQ without Move Originator (PS3.7 Table 9.3-1): element → keyword, VR
-STORE_REQUEST = {0x0000: ("CommandGroupLength", "UL"), 0x0002: ("AffectedSOPClassUID", "UI"),
-                 0x0100: ("CommandField", "US"), 0x0110: ("MessageID", "US"), 0x0700: ("Priority", "US"),
-                 0x0800: ("CommandDataSetType", "US"), 0x1000: ("AffectedSOPInstanceUID", "UI")}
+# -- C-STORE and C-FIND requests received -----------------------------------------------------
+# The elements of a C-STORE-RQ without Move Originator (PS3.7 Table 9.3-1) and of a C-FIND-RQ
+# (Table 9.3-2): element → keyword, VR; then the elements each request has, exactly.
+REQUEST_ELEMENTS = {0x0000: ("CommandGroupLength", "UL"), 0x0002: ("AffectedSOPClassUID", "UI"),
+                    0x0100: ("CommandField", "US"), 0x0110: ("MessageID", "US"), 0x0700: ("Priority", "US"),
+                    0x0800: ("CommandDataSetType", "US"), 0x1000: ("AffectedSOPInstanceUID", "UI")}
+C_FIND_RQ = 0x0020
+REQUESTS = {C_STORE_RQ: frozenset(keyword for keyword, _vr in REQUEST_ELEMENTS.values()),
+            C_FIND_RQ: frozenset(keyword for keyword, _vr in REQUEST_ELEMENTS.values()) - {"AffectedSOPInstanceUID"}}
 PRIORITIES = (0x0000, 0x0001, 0x0002)  # medium, high, low (PS3.7 9.1.1.1.10)
 UID_CHARACTERS = frozenset("0123456789.")
 _COMMAND_ELEMENT = struct.Struct("<HHI")  # group, element, value length (implicit VR little endian)
@@ -335,21 +339,22 @@ _US = struct.Struct("<H")
 _UL = struct.Struct("<I")
 
 
-class StoreRequestCommand:
-    """The command set of a C-STORE request as pynetdicom's message decoding reads it (by
-    keyword), read from its bytes by :func:`decode_command`."""
+class RequestCommand:
+    """The command set of a C-STORE or C-FIND request as pynetdicom's message decoding reads it
+    (by keyword), read from its bytes by :func:`decode_command`."""
 
-    __slots__ = tuple(keyword for keyword, _vr in STORE_REQUEST.values())
+    __slots__ = tuple(keyword for keyword, _vr in REQUEST_ELEMENTS.values())
 
     def __init__(self, values: dict[str, Any]) -> None:
         for keyword, value in values.items():
             setattr(self, keyword, value)
 
 
-def store_request(data: bytes) -> StoreRequestCommand | None:
+def request_command(data: bytes) -> RequestCommand | None:
     """The command set ``data`` (PS3.7 6.3.1: implicit VR little endian) if it is a C-STORE
-    request of exactly the elements of :data:`STORE_REQUEST`, its UIDs of digits and dots and
-    of a length pynetdicom accepts, its priority a valid one; None otherwise."""
+    or C-FIND request of exactly the elements :data:`REQUESTS`
+    gives it, its UIDs of digits and dots and of a length pynetdicom accepts, its priority a
+    valid one; None otherwise."""
     values: dict[str, Any] = {}
     position = 0
     while position < len(data):
@@ -357,7 +362,7 @@ def store_request(data: bytes) -> StoreRequestCommand | None:
             return None
         group, element, length = _COMMAND_ELEMENT.unpack_from(data, position)
         position += 8
-        known = STORE_REQUEST.get(element)
+        known = REQUEST_ELEMENTS.get(element)
         if group != 0 or known is None or position + length > len(data):
             return None
         keyword, vr = known
@@ -372,9 +377,17 @@ def store_request(data: bytes) -> StoreRequestCommand | None:
             return None
         else:
             values[keyword] = (_US if vr == "US" else _UL).unpack(value)[0]
-    if len(values) != len(STORE_REQUEST) or values["CommandField"] != C_STORE_RQ or values["Priority"] not in PRIORITIES:
+    wanted = REQUESTS.get(values.get("CommandField", -1))
+    if (wanted is None or len(values) != len(wanted) or not wanted.issuperset(values)
+            or values["Priority"] not in PRIORITIES):
         return None
-    return StoreRequestCommand(values)
+    return RequestCommand(values)
+
+
+def store_request(data: bytes) -> RequestCommand | None:
+    """:func:`request_command` of a C-STORE request; None for anything else."""
+    command = request_command(data)
+    return command if command is not None and command.CommandField == C_STORE_RQ else None
 
 
 _pynetdicom_decode = dimse_messages.decode  # type: ignore[attr-defined]
@@ -382,24 +395,29 @@ _pynetdicom_message_to_primitive = dimse_messages.DIMSEMessage.message_to_primit
 
 
 def decode_command(stream: BytesIO, is_implicit_vr: bool, is_little_endian: bool) -> Any:
-    """What pynetdicom's message decoding calls to decode a command set: a C-STORE request's
-    as a :class:`StoreRequestCommand`, any other through pydicom."""
-    command = store_request(stream.getvalue())
+    """What pynetdicom's message decoding calls to decode a command set: a C-STORE or C-FIND
+    request's as a :class:`RequestCommand`, any other through pydicom."""
+    command = request_command(stream.getvalue())
     return command if command is not None else _pynetdicom_decode(stream, is_implicit_vr, is_little_endian)
 
 
 def message_to_primitive(self: Any) -> Any:
-    """DIMSEMessage.message_to_primitive: a C-STORE request read by :func:`decode_command`
-    becomes its primitive directly; any other message as pynetdicom has it."""
+    """DIMSEMessage.message_to_primitive: a request read by :func:`decode_command` becomes its
+    primitive directly; any other message as pynetdicom has it."""
     command = self.command_set
-    if not isinstance(command, StoreRequestCommand):
+    if not isinstance(command, RequestCommand):
         return _pynetdicom_message_to_primitive(self)
-    primitive = C_STORE()
+    primitive: C_STORE | C_FIND
+    if command.CommandField == C_STORE_RQ:
+        primitive = C_STORE()
+        primitive.AffectedSOPInstanceUID = command.AffectedSOPInstanceUID
+        primitive.DataSet = self.data_set
+    else:
+        primitive = C_FIND()
+        primitive.Identifier = self.data_set
     primitive.MessageID = command.MessageID
     primitive.AffectedSOPClassUID = command.AffectedSOPClassUID
-    primitive.AffectedSOPInstanceUID = command.AffectedSOPInstanceUID
     primitive.Priority = command.Priority
-    primitive.DataSet = self.data_set
     primitive._context_id = self.context_id
     primitive._dataset_path = self._data_set_path
     primitive._dataset_file = self._data_set_file
@@ -407,6 +425,6 @@ def message_to_primitive(self: Any) -> Any:
 
 
 def install_store_requests() -> None:
-    """Decode received C-STORE requests with :func:`decode_command` (idempotent)."""
+    """Decode received C-STORE and C-FIND requests with :func:`decode_command` (idempotent)."""
     dimse_messages.decode = decode_command  # type: ignore[attr-defined]
     dimse_messages.DIMSEMessage.message_to_primitive = message_to_primitive  # type: ignore[method-assign]

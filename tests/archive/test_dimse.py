@@ -197,9 +197,9 @@ def test_a_store_request_is_read_as_pynetdicom_reads_it(values):
 
     data = _store_request_bytes(**values)
     command = dimse.decode_command(BytesIO(data), True, True)
-    assert isinstance(command, dimse.StoreRequestCommand)
+    assert isinstance(command, dimse.RequestCommand)
     reference = dimse._pynetdicom_decode(BytesIO(data), True, True)
-    for keyword in dimse.StoreRequestCommand.__slots__:
+    for keyword in dimse.REQUESTS[dimse.C_STORE_RQ]:
         assert getattr(command, keyword) == reference[keyword].value
     made, expected = C_STORE_RQ(), C_STORE_RQ()
     for message, command_set in ((made, command), (expected, reference)):
@@ -212,8 +212,55 @@ def test_a_store_request_is_read_as_pynetdicom_reads_it(values):
     assert isinstance(ours.AffectedSOPInstanceUID, type(theirs.AffectedSOPInstanceUID))
 
 
+def _find_request_bytes(**values) -> bytes:
+    """A C-FIND-RQ command set as pynetdicom encodes it from a primitive."""
+    from pynetdicom.dimse_messages import C_FIND_RQ
+    from pynetdicom.dimse_primitives import C_FIND
+
+    primitive = C_FIND()
+    primitive.MessageID = values.get("message_id", 9)
+    primitive.AffectedSOPClassUID = values.get("sop_class", "1.2.840.10008.5.1.4.1.2.2.1")
+    primitive.Priority = values.get("priority", 2)
+    primitive.Identifier = BytesIO(b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY ")
+    message = C_FIND_RQ()
+    message.primitive_to_message(primitive)
+    if "data_set_type" in values:
+        message.command_set.CommandDataSetType = values["data_set_type"]
+    return encode(message.command_set, True, True)
+
+
+@pytest.mark.parametrize("values", [
+    {}, {"message_id": 0}, {"message_id": 65535, "priority": 1}, {"priority": 0},
+    {"sop_class": "1.2.840.10008.5.1.4.31"},  # the worklist: an odd length, padded
+    {"sop_class": "1.2.840.10008.5.1.4.1.2.1.1"}, {"data_set_type": 0x0000}, {"data_set_type": 0x0101},
+])
+def test_a_find_request_is_read_as_pynetdicom_reads_it(values):
+    """A C-FIND request's primitive made from its command's bytes equals pynetdicom's, identifier
+    and context included."""
+    from pynetdicom.dimse_messages import C_FIND_RQ
+
+    from pacs.archive import dimse
+
+    data = _find_request_bytes(**values)
+    command = dimse.decode_command(BytesIO(data), True, True)
+    assert isinstance(command, dimse.RequestCommand)
+    reference = dimse._pynetdicom_decode(BytesIO(data), True, True)
+    for keyword in dimse.REQUESTS[dimse.C_FIND_RQ]:
+        assert getattr(command, keyword) == reference[keyword].value
+    identifier = BytesIO(b"identifier")
+    made, expected = C_FIND_RQ(), C_FIND_RQ()
+    for message, command_set in ((made, command), (expected, reference)):
+        message.command_set, message.context_id, message.data_set = command_set, 3, identifier
+        message._data_set_path = message._data_set_file = None
+    ours, theirs = dimse.message_to_primitive(made), dimse._pynetdicom_message_to_primitive(expected)
+    assert type(ours) is type(theirs)
+    for attribute in ("MessageID", "AffectedSOPClassUID", "Priority", "Identifier", "_context_id"):
+        assert getattr(ours, attribute) == getattr(theirs, attribute), attribute
+    assert isinstance(ours.AffectedSOPClassUID, type(theirs.AffectedSOPClassUID))
+
+
 def test_any_other_command_is_left_to_pynetdicom():
-    from pacs.archive.dimse import StoreRequestCommand, decode_command, store_request
+    from pacs.archive.dimse import RequestCommand, decode_command, store_request
 
     good = _store_request_bytes()
     assert store_request(good) is not None
@@ -227,7 +274,13 @@ def test_any_other_command_is_left_to_pynetdicom():
         assert store_request(data) is None
         if data:
             decoded = decode_command(BytesIO(data), True, True)
-            assert isinstance(decoded, Dataset) and not isinstance(decoded, StoreRequestCommand)
+            assert isinstance(decoded, Dataset) and not isinstance(decoded, RequestCommand)
+    from pacs.archive.dimse import request_command
+
+    find_with_instance = bytearray(good)  # a C-STORE's elements under C-FIND's command field
+    at = good.index(bytes.fromhex("0000 0001 0200 0000".replace(" ", "")))  # (0000,0100) US, length 2
+    find_with_instance[at + 8:at + 10] = b"\x20\x00"
+    assert request_command(bytes(find_with_instance)) is None
     echo = Dataset()
     echo.CommandGroupLength, echo.AffectedSOPClassUID, echo.CommandField = 0, "1.2.840.10008.1.1", 0x0030
     echo.MessageID, echo.CommandDataSetType = 1, 0x0101
