@@ -56,6 +56,7 @@ FINAL = (0x0000, 0xFE00)  # Success; Cancel (PS3.4 C.4.1.1.4)
 PDV_HEADER = 6  # item length (4), presentation context ID (1), message control header (1)
 P_DATA_TF_TYPE = 0x04  # PS3.8 Table 9-22
 BATCH = 8  # answers per write of the direct path
+HELD = "_pacs_held_answers"  # an association's attribute: PDUs of answers waiting for the final response
 DATA_TRANSFER_ACTION = "DT-1"  # PS3.8 Table 9-7: send a P-DATA-TF PDU (Sta6 + Evt9)
 DATA_TRANSFER_STATE = "Sta6"  # PS3.8 9.2.1: association established, ready for data transfer
 RESPONSE_POLL = 0.05  # seconds between two looks at the association while a response is awaited
@@ -160,6 +161,7 @@ class PendingSender:
     its answers to pynetdicom as usual."""
 
     def __init__(self, assoc: Any, context_id: int, implicit: bool, sop_class_uid: str, message_id: int) -> None:
+        self.assoc = assoc
         self.dul = assoc.dul
         self.context_id = context_id
         self.implicit = implicit
@@ -191,6 +193,16 @@ class PendingSender:
         """Hand the queued answers' PDUs to the DUL as one write."""
         if self.waiting:
             self.dul.send_pdu(EncodedPData(b"".join(self.waiting)))
+            self.waiting = []
+            self.sent += self.queued
+            self.queued = 0
+
+    def finish(self) -> None:
+        """The last answers: kept for the final response, which the DIMSE provider sends next, to
+        go out with it in one write (one turn of the DUL and one send instead of two; most
+        queries have fewer answers than a batch)."""
+        if self.waiting:
+            self.assoc.__dict__[HELD] = b"".join(self.waiting)
             self.waiting = []
             self.sent += self.queued
             self.queued = 0
@@ -307,8 +319,16 @@ def install() -> None:
 
     def send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
         command = _fast(self, primitive)
+        held = self.assoc.__dict__.pop(HELD, None)  # answers a PendingSender left for this response
+        if held is not None and (command is None or not isinstance(primitive, C_FIND)
+                                 or primitive.Identifier is not None):
+            self.dul.send_pdu(EncodedPData(held))
+            held = None
         if command is None:
             original(self, primitive, context_id)
+        elif held is not None:  # the final C-FIND response, after the last answers, in one write
+            self.dul.send_pdu(EncodedPData(held + b"".join(
+                encode_pdu(item) for item in pdata(context_id, command, None, self.maximum_pdu_size))))
         elif isinstance(primitive, C_STORE) or primitive.Identifier is None:  # no data set
             for item in pdata(context_id, command, None, self.maximum_pdu_size):
                 self.dul.send_pdu(item)

@@ -189,7 +189,8 @@ def handle_find(event: evt.Event, queries: QueryService) -> Iterator[tuple[int |
             else:
                 yield Status.PENDING, match
         if direct is not None and not cancelled():
-            flush()
+            direct.finish()  # out with the final response
+            event.direct_answers = direct.sent
         if cancelled():
             yield Status.CANCEL, None
     except QueryError as exc:
