@@ -9,15 +9,23 @@ log clock, from the request to the final response: no Python client in the figur
 seconds the server spent per query, read from /proc before and after: on a 2-core machine the
 steadier of the two figures. Every query's match count is checked.
 
+``--floor`` adds the floor of the DIMSE stack: pynetdicom with the archive's patches installed as
+``pacs serve`` installs them (:mod:`pacs.archive.dul`, :mod:`~pacs.archive.dimse`,
+:mod:`~pacs.archive.encoding`), whose C-FIND handler decodes the identifier and answers from
+memory as many matches as the archive would, through the same direct sender: what a C-FIND costs
+before any query, audit or access check runs.
+
     .venv/bin/python bench/cfind.py                        # ours and Orthanc, 4 rounds of 500 queries
     .venv/bin/python bench/cfind.py --against HEAD~1 --no-orthanc --rounds 6   # A/B of a change
     .venv/bin/python bench/cfind.py --index-instances 1000000   # ours on a 1M-instance index too
+    .venv/bin/python bench/cfind.py --floor                     # and the DIMSE stack alone
     .venv/bin/python bench/cfind.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import shutil
 import statistics
@@ -28,6 +36,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+FLOOR_AE = "FLOOR"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ingest  # noqa: E402  (bench/ingest.py: corpus, servers, storescu, findscu)
@@ -43,6 +53,81 @@ class Figures:
     p95: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)  # server CPU ms per query
     wrong: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Floor:
+    """``bench/cfind.py --serve-floor``: the DIMSE stack's C-FIND with the answers in memory."""
+
+    folder: Path
+    expected: dict[str, int]
+    name: str = "DIMSE floor"
+    ae_title: str = FLOOR_AE
+    dicom_port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.dicom_port = ingest.free_port()
+        (self.folder / "expected.json").write_text(json.dumps(self.expected))
+        log = (self.folder / "floor.log").open("wb")
+        self.process = subprocess.Popen([sys.executable, __file__, "--serve-floor", str(self.dicom_port),
+                                         str(self.folder / "expected.json")], stdout=log, stderr=subprocess.STDOUT,
+                                        cwd=ROOT, env=ingest.nodelay_env(), start_new_session=True)
+        ingest.wait_for_port(self.dicom_port, self.process, self.folder / "floor.log", 30)
+
+    def cpu_seconds(self) -> float:
+        assert self.process is not None
+        return ingest.process_cpu_seconds(self.process.pid)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(30)
+
+
+def serve_floor(port: int, expected_path: str) -> None:
+    """A pynetdicom SCP set up as :mod:`pacs.archive.ae` sets up its AE (library logging off, the
+    same patches, TCP_NODELAY and the wake-ups on each connection); its C-FIND handler decodes the
+    identifier and sends the number of matches the archive holds for the Patient ID, each a
+    pre-encoded answer, through :class:`pacs.archive.dimse.PendingSender`."""
+    import logging
+    import socket
+
+    from pynetdicom import AE, _config, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+    from pacs.archive import dimse, dul, encoding, spool
+    from pacs.archive.encoding import Encoded
+
+    _config.LOG_HANDLER_LEVEL = "none"
+    _config.LOG_REQUEST_IDENTIFIERS = _config.LOG_RESPONSE_IDENTIFIERS = False
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    encoding.install()
+    dul.install()
+    dimse.install()
+    spool.install()
+    expected = json.loads(Path(expected_path).read_text())
+    answer = Encoded([(0x00080052, "CS", "STUDY"), (0x00100020, "LO", "P"), (0x0020000D, "UI", "1.2.3.4")], None,
+                     ordered=True)
+
+    def handle(event: Any) -> Any:
+        patient_id = str(event.identifier.PatientID)
+        direct = dimse.PendingSender.for_event(event)
+        assert direct is not None
+        for _ in range(expected.get(patient_id, 0)):
+            if direct.add(answer):
+                direct.flush()
+        direct.finish()
+        yield 0x0000, None
+
+    def opened(event: Any) -> None:
+        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        dul.wake_up(event.assoc)
+
+    ae = AE(ae_title=FLOOR_AE)
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.start_server(("127.0.0.1", port), evt_handlers=[(evt.EVT_C_FIND, handle), (evt.EVT_CONN_OPEN, opened)])
 
 
 def worktree(rev: str, scratch: Path) -> tuple[Path, str]:
@@ -78,12 +163,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also ours on a fresh archive with this many generated instance rows (default 0: not)")
     parser.add_argument("--database-url", help="our archive's database (default: SQLite in its data folder); "
                         "each of ours gets a database of its own on that server")
+    parser.add_argument("--floor", action="store_true", help="also the DIMSE stack alone, answers from memory")
     parser.add_argument("--seed", type=int, default=3, help="query order seed")
+    parser.add_argument("--serve-floor", nargs=2, metavar=("PORT", "EXPECTED"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.serve_floor:
+        serve_floor(int(args.serve_floor[0]), args.serve_floor[1])
+        return 0
     print("reproduce: .venv/bin/python bench/cfind.py " + shlex.join(argv if argv is not None else sys.argv[1:]))
     print(f"machine: {cpu_model()}; load average {load_average()}; {git_state()}")
     scratch = Path(tempfile.mkdtemp(prefix="pacs-cfind-bench-"))
@@ -105,8 +195,12 @@ def main(argv: list[str] | None = None) -> int:
             targets.append(other)
         if not args.no_orthanc:
             targets.append(ingest.Orthanc(scratch / "orthanc"))
+        if args.floor:
+            targets.append(Floor(scratch / "floor", expected))
         for target in targets:
             target.start()
+            if isinstance(target, Floor):
+                continue
             sent = ingest.send(target, corpus, 1, scratch / f"{target.name}-store.log", len(corpus.files))
             if not sent.complete:
                 raise RuntimeError(f"{target.name}: {sent.failures}")
