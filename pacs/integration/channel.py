@@ -475,13 +475,21 @@ def cluster_lock_keys(rows: list[MessageRow], inbounds: list[Inbound]) -> list[i
     return sorted(keys)
 
 
+# Every key of a batch in one round trip, in the order given: a volatile function of the target
+# list is evaluated after ORDER BY (PostgreSQL 15 §7.5, since 9.6), and the ordinal is the array's.
+TAKE_LOCKS = text("SELECT pg_advisory_xact_lock(taken.key) FROM unnest(CAST(:keys AS BIGINT[])) "
+                  "WITH ORDINALITY AS taken(key, position) ORDER BY taken.position")
+
+
 def take_cluster_locks(session: Session, rows: list[MessageRow], inbounds: list[Inbound]) -> None:
-    """Take :func:`cluster_lock_keys` for the session's transaction (SQLite has one process)."""
+    """Take :func:`cluster_lock_keys` for the session's transaction (SQLite has one process), in
+    one statement: a batch took one round trip to PostgreSQL per key, 1.5 a message."""
     connection = session.connection()
     if connection.dialect.name != "postgresql":
         return
-    for key in cluster_lock_keys(rows, inbounds):
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    keys = cluster_lock_keys(rows, inbounds)
+    if keys:
+        connection.execute(TAKE_LOCKS, {"keys": keys})
 
 
 def _lock_key(name: str) -> int:
