@@ -142,3 +142,20 @@ def test_first_alone_reads_what_is_committed_outside_any_transaction(db: Databas
     for _ in range(3 * 30):  # more lookups than the pool holds connections: each goes back
         PATIENT_BY_ID.first_alone(db.engine, {"pk": row_id})
     assert db.engine.pool.checkedout() == checked_out  # type: ignore[attr-defined]
+
+
+def test_insert_each_gives_each_row_its_own_id_in_order(db: Database) -> None:
+    """On PostgreSQL the ids come from the sequence and the rows go in one executemany; on SQLite
+    one INSERT … RETURNING a row: either way row n gets id n, and a later plain INSERT does not
+    collide with them (the sequence moved on)."""
+    names = ["一", "二", "三", "四"]
+    with db.engine.connect() as conn, conn.begin():
+        ids = INSERT_PATIENT.insert_each(conn, [new_patient(patient_id=f"E{n}", family_name=name)
+                                                 for n, name in enumerate(names)])
+        assert len(set(ids)) == 4 and ids == sorted(ids)
+        for n, (row_id, name) in enumerate(zip(ids, names, strict=True)):
+            stored = PATIENT_BY_ID.first(conn, {"pk": row_id})
+            assert stored is not None and (stored["patient_id"], stored["family_name"]) == (f"E{n}", name)
+        after = INSERT_PATIENT.rows(conn, new_patient(patient_id="E9"))[0]["id"]
+        assert after > max(ids)
+        assert INSERT_PATIENT.insert_each(conn, []) == []

@@ -192,7 +192,7 @@ def write(connection: Connection, events: list[Event]) -> None:
             json.dumps(row["details"])
         except (TypeError, ValueError):  # a value JSON does not know: written as its text
             row["details"] = json.loads(json.dumps(row["details"], default=str))
-    ids = [r["id"] for r in _INSERT_EVENT.returning_each(connection, rows)]
+    ids = _INSERT_EVENT.insert_each(connection, rows)
     objects: list[dict[str, Any]] = []
     for event_id, event in zip(ids, events, strict=True):
         named = [{"event": event_id, "kind": "patient", "value": v[:256]}

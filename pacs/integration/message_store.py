@@ -162,9 +162,9 @@ def _columns(row: MessageRow, names: tuple[str, ...]) -> dict[str, Any]:
 def store_raw(session: Session, rows: list[MessageRow]) -> None:
     """INSERT the messages as received (status RECEIVED) and set their ids. The caller commits
     before parsing them."""
-    inserted = _INSERT.returning_each(session.connection(), [_columns(row, ROW_COLUMNS) for row in rows])
+    inserted = _INSERT.insert_each(session.connection(), [_columns(row, ROW_COLUMNS) for row in rows])
     for row, new in zip(rows, inserted, strict=True):
-        row.id = new["id"]
+        row.id = new
 
 
 def save_results(session: Session, rows: list[MessageRow]) -> None:
