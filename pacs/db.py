@@ -11,6 +11,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -492,6 +493,7 @@ class Shapes:
     def __init__(self, size: int = 512) -> None:
         self.size = size
         self._shapes: dict[Any, _Shape | object] = {}
+        self._adding = threading.Lock()  # a miss compiles and makes room under it; a hit takes no lock
 
     def __len__(self) -> int:
         """Shapes held (compiled, or known to need SQLAlchemy)."""
@@ -522,9 +524,10 @@ class Shapes:
         cache_key = (dialect.name, dialect.driver, key.key)
         shape = self._shapes.get(cache_key)
         if shape is None:
-            if len(self._shapes) >= self.size:
-                self._shapes.pop(next(iter(self._shapes)), None)  # the oldest shape
-            shape = self._shapes[cache_key] = self._compile(statement, dialect, key.bindparams)
+            with self._adding:
+                if len(self._shapes) >= self.size:
+                    self._shapes.pop(next(iter(self._shapes)), None)  # the oldest shape
+                shape = self._shapes[cache_key] = self._compile(statement, dialect, key.bindparams)
         if not isinstance(shape, _Shape):
             return list(conn.execute(statement))
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
