@@ -195,21 +195,30 @@ def test_a_store_request_is_read_as_pynetdicom_reads_it(values):
 
     from pacs.archive import dimse
 
-    data = _store_request_bytes(**values)
-    command = dimse.decode_command(BytesIO(data), True, True)
-    assert isinstance(command, dimse.RequestCommand)
-    reference = dimse._pynetdicom_decode(BytesIO(data), True, True)
-    for keyword in dimse.REQUESTS[dimse.C_STORE_RQ]:
-        assert getattr(command, keyword) == reference[keyword].value
-    made, expected = C_STORE_RQ(), C_STORE_RQ()
-    for message, command_set in ((made, command), (expected, reference)):
-        message.command_set, message.context_id = command_set, 5
-        message._data_set_path = message._data_set_file = None
-    ours, theirs = dimse.message_to_primitive(made), dimse._pynetdicom_message_to_primitive(expected)
+    ours, theirs = _read_both_ways(_store_request_bytes(**values), dimse.C_STORE_RQ, C_STORE_RQ)
     for attribute in ("MessageID", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "Priority",
                       "MoveOriginatorApplicationEntityTitle", "MoveOriginatorMessageID", "_context_id"):
         assert getattr(ours, attribute) == getattr(theirs, attribute), attribute
     assert isinstance(ours.AffectedSOPInstanceUID, type(theirs.AffectedSOPInstanceUID))
+
+
+def _read_both_ways(data: bytes, command_field: int, message_class):  # type: ignore[no-untyped-def]
+    """A request's primitive made from its command's bytes (dimse.decode_command,
+    message_to_primitive) and pynetdicom's through pydicom, once both readings of the command
+    elements are checked equal."""
+    from pacs.archive import dimse
+
+    command = dimse.decode_command(BytesIO(data), True, True)
+    assert isinstance(command, dimse.RequestCommand)
+    reference = dimse._pynetdicom_decode(BytesIO(data), True, True)
+    for keyword in dimse.REQUESTS[command_field]:
+        assert getattr(command, keyword) == reference[keyword].value
+    data_set = BytesIO(b"data set")
+    made, expected = message_class(), message_class()
+    for message, command_set in ((made, command), (expected, reference)):
+        message.command_set, message.context_id, message.data_set = command_set, 5, data_set
+        message._data_set_path = message._data_set_file = None
+    return dimse.message_to_primitive(made), dimse._pynetdicom_message_to_primitive(expected)
 
 
 def _find_request_bytes(**values) -> bytes:
@@ -241,18 +250,7 @@ def test_a_find_request_is_read_as_pynetdicom_reads_it(values):
 
     from pacs.archive import dimse
 
-    data = _find_request_bytes(**values)
-    command = dimse.decode_command(BytesIO(data), True, True)
-    assert isinstance(command, dimse.RequestCommand)
-    reference = dimse._pynetdicom_decode(BytesIO(data), True, True)
-    for keyword in dimse.REQUESTS[dimse.C_FIND_RQ]:
-        assert getattr(command, keyword) == reference[keyword].value
-    identifier = BytesIO(b"identifier")
-    made, expected = C_FIND_RQ(), C_FIND_RQ()
-    for message, command_set in ((made, command), (expected, reference)):
-        message.command_set, message.context_id, message.data_set = command_set, 3, identifier
-        message._data_set_path = message._data_set_file = None
-    ours, theirs = dimse.message_to_primitive(made), dimse._pynetdicom_message_to_primitive(expected)
+    ours, theirs = _read_both_ways(_find_request_bytes(**values), dimse.C_FIND_RQ, C_FIND_RQ)
     assert type(ours) is type(theirs)
     for attribute in ("MessageID", "AffectedSOPClassUID", "Priority", "Identifier", "_context_id"):
         assert getattr(ours, attribute) == getattr(theirs, attribute), attribute
