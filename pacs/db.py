@@ -521,7 +521,7 @@ class Shapes:
     and the values are the bound parameters that key extracts, in the same order each time, as
     SQLAlchemy's compiled cache pairs them. What this leaves out of SQLAlchemy's execution of a
     cached statement is its connection events, its autobegun transaction and its result objects:
-    about a third of a study-level C-FIND's time on the association's thread. A SELECT outside any
+    about a quarter of a study-level C-FIND's time on the association's thread. A SELECT outside any
     transaction is one statement's snapshot on either database; on PostgreSQL the pool rolls back
     the driver's implicit transaction when the connection goes back. Statements whose SQL depends
     on the values (an IN list, expanded at execution) run through SQLAlchemy."""

@@ -20,11 +20,12 @@ message after another; the final response follows through the DIMSE provider.
 
 The C-STORE request an archive gets for every object, and each C-FIND request, are read the same
 way in reverse (:func:`decode_command`): their seven or six command elements (PS3.7 9.3.1.1,
-9.3.2.1) are read straight from the bytes into a :class:`RequestCommand`, and the request primitive
-is made from it, instead of a pydicom Dataset whose values are converted one by one and copied to
-the primitive by name (about a quarter of a millisecond of the receiving thread's time per object). A request with anything
-else (a Move Originator, an element of another kind, a UID or priority pynetdicom would refuse)
-is decoded by pynetdicom, which also answers what is wrong with it.
+9.3.2.1) are read straight from the bytes into a :class:`RequestCommand`, and the request
+primitive is made from it, instead of a pydicom Dataset whose values are converted one by one
+and copied to the primitive by name (about a quarter of a millisecond of the receiving thread's
+time per object). A request with anything else (a Move Originator, an element of another kind,
+a UID or priority pynetdicom would refuse) is decoded by pynetdicom, which also answers what is
+wrong with it.
 """
 
 from __future__ import annotations
@@ -371,10 +372,9 @@ class RequestCommand:
 
 
 def request_command(data: bytes) -> RequestCommand | None:
-    """The command set ``data`` (PS3.7 6.3.1: implicit VR little endian) if it is a C-STORE
-    or C-FIND request of exactly the elements :data:`REQUESTS`
-    gives it, its UIDs of digits and dots and of a length pynetdicom accepts, its priority a
-    valid one; None otherwise."""
+    """The command set ``data`` (PS3.7 6.3.1: implicit VR little endian) if it is a C-STORE or
+    C-FIND request of exactly the elements :data:`REQUESTS` gives it, its UIDs of digits and dots
+    and of a length pynetdicom accepts, its priority a valid one; None otherwise."""
     values: dict[str, Any] = {}
     position = 0
     while position < len(data):
@@ -402,12 +402,6 @@ def request_command(data: bytes) -> RequestCommand | None:
             or values["Priority"] not in PRIORITIES):
         return None
     return RequestCommand(values)
-
-
-def store_request(data: bytes) -> RequestCommand | None:
-    """:func:`request_command` of a C-STORE request; None for anything else."""
-    command = request_command(data)
-    return command if command is not None and command.CommandField == C_STORE_RQ else None
 
 
 _pynetdicom_decode = dimse_messages.decode  # type: ignore[attr-defined]
