@@ -469,20 +469,42 @@ class Prepared:
         """Run a SELECT by itself on a pooled connection, outside any transaction SQLAlchemy
         begins: one statement's snapshot, without the BEGIN and COMMIT round of
         ``engine.begin()`` (a lookup made for every object received). On SQLite the statement
-        runs in autocommit (pysqlite begins nothing here); on PostgreSQL the pool ends the
-        driver's implicit transaction when the connection goes back."""
+        runs in autocommit (pysqlite begins nothing here); on PostgreSQL too, for the statement
+        (:func:`lone_statement`)."""
         plan = self._plan(engine.dialect, ())
         connection = engine.raw_connection()
         try:
-            cursor = connection.cursor()
-            try:
-                cursor.execute(plan.sql, plan.parameters(values))
-                raw = cursor.fetchone()
-            finally:
-                cursor.close()
+            with lone_statement(connection.driver_connection, engine.dialect):
+                cursor = connection.cursor()
+                try:
+                    cursor.execute(plan.sql, plan.parameters(values))
+                    raw = cursor.fetchone()
+                finally:
+                    cursor.close()
         finally:
             connection.close()  # back to the pool
         return plan.row(raw) if raw is not None else None
+
+
+@contextmanager
+def lone_statement(conn: Any, dialect: Dialect) -> Iterator[None]:
+    """Run one SELECT on the DB-API connection ``conn`` outside any transaction: on PostgreSQL,
+    in autocommit while it runs, where psycopg would otherwise send BEGIN first (a round trip
+    of its own) and the pool a ROLLBACK when the connection goes back (another): three round
+    trips for one statement. Within a transaction, or on SQLite (which begins nothing for a
+    lone statement here), it changes nothing."""
+    if dialect.name != "postgresql" or conn.autocommit or conn.info.transaction_status != _PG_IDLE:
+        yield
+        return
+    conn.autocommit = True
+    try:
+        yield
+    finally:
+        if not conn.closed and conn.info.transaction_status == _PG_IDLE:
+            conn.autocommit = False  # a broken connection is left as it is, for the pool to discard
+
+
+_PG_IDLE = 0  # psycopg.pq.TransactionStatus.IDLE: no transaction open
 
 
 @dataclass(frozen=True, slots=True)
@@ -522,8 +544,8 @@ class Shapes:
     SQLAlchemy's compiled cache pairs them. What this leaves out of SQLAlchemy's execution of a
     cached statement is its connection events, its autobegun transaction and its result objects:
     about a quarter of a study-level C-FIND's time on the association's thread. A SELECT outside any
-    transaction is one statement's snapshot on either database; on PostgreSQL the pool rolls back
-    the driver's implicit transaction when the connection goes back. Statements whose SQL depends
+    transaction is one statement's snapshot on either database, and on PostgreSQL it runs in
+    autocommit (:func:`lone_statement`): no BEGIN before it, no ROLLBACK after. Statements whose SQL depends
     on the values (an IN list, expanded at execution) run through SQLAlchemy."""
 
     def __init__(self, size: int = 512) -> None:
@@ -566,12 +588,14 @@ class Shapes:
                 shape = self._shapes[cache_key] = self._compile(statement, dialect, key.bindparams)
         if not isinstance(shape, _Shape):
             return list(conn.execute(statement))
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.execute(shape.sql, shape.parameters([bind.effective_value for bind in key.bindparams]))
-            raw = cursor.fetchall()
-        finally:
-            cursor.close()
+        driver = conn.connection.driver_connection
+        with lone_statement(driver, dialect):
+            cursor = driver.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute(shape.sql, shape.parameters([bind.effective_value for bind in key.bindparams]))
+                raw = cursor.fetchall()
+            finally:
+                cursor.close()
         return [shape.row(values) for values in raw]
 
 

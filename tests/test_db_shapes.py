@@ -87,16 +87,21 @@ def test_the_cache_keeps_its_size_and_still_answers(db: Database) -> None:
             assert len(shapes) <= 2
 
 
-def test_a_read_leaves_no_transaction_behind(db: Database) -> None:
-    """Outside SQLAlchemy's transaction, the driver's own (PostgreSQL begins one implicitly) ends
-    when the connection goes back to the pool, so no connection sits idle in a transaction."""
+def test_a_read_outside_a_transaction_begins_none(db: Database) -> None:
+    """A lone SELECT begins no transaction: on PostgreSQL it runs in autocommit (no BEGIN before
+    it, no ROLLBACK when the connection goes back: two round trips of three), and the connection
+    is back in its usual mode for the next user."""
     shapes = Shapes()
     with db.reader.connect() as conn:
         assert len(shapes.rows(conn, by_issuer("HOSP"))) == 2
         driver = conn.connection.driver_connection
-    if db.engine.dialect.name == "postgresql":
-        from psycopg.pq import TransactionStatus
+        if db.engine.dialect.name == "postgresql":
+            from psycopg.pq import TransactionStatus
 
-        assert driver.info.transaction_status == TransactionStatus.IDLE  # type: ignore[union-attr]
-    else:
-        assert not driver.in_transaction  # type: ignore[union-attr]
+            assert driver.info.transaction_status == TransactionStatus.IDLE  # type: ignore[union-attr]
+            assert driver.autocommit is False  # type: ignore[union-attr]
+        else:
+            assert not driver.in_transaction  # type: ignore[union-attr]
+        with conn.begin():  # within SQLAlchemy's transaction, the statement is part of it
+            assert len(shapes.rows(conn, by_issuer("OTHER"))) == 1
+            assert conn.in_transaction()
