@@ -400,19 +400,22 @@ class RemoteIndex:
     def _read(self) -> None:
         from pacs.archive.store import Outcome, StoreResult, _text
 
-        with self.link.makefile("rb") as stream:
-            for raw in stream:
-                answer = json.loads(raw)
-                with self._lock:
-                    job = self._waiting.pop(answer["n"], None)
-                if job is None:
-                    continue
-                self.archive.settle_pending(_text(job.header, "SOPInstanceUID"))
-                if answer.get("error"):
-                    job.future.set_exception(RuntimeError(answer["error"]))
-                else:
-                    job.future.set_result(StoreResult(Outcome(answer["outcome"]), answer["status"],
-                                                      answer.get("comment", ""), answer.get("instance")))
+        try:
+            with self.link.makefile("rb") as stream:
+                for raw in stream:
+                    answer = json.loads(raw)
+                    with self._lock:
+                        job = self._waiting.pop(answer["n"], None)
+                    if job is None:
+                        continue
+                    self.archive.settle_pending(_text(job.header, "SOPInstanceUID"))
+                    if answer.get("error"):
+                        job.future.set_exception(RuntimeError(answer["error"]))
+                    else:
+                        job.future.set_result(StoreResult(Outcome(answer["outcome"]), answer["status"],
+                                                          answer.get("comment", ""), answer.get("instance")))
+        except (OSError, ValueError) as exc:  # the link closed under this reader, as the receiver stops
+            log.info("index link closed under its reader: %s", exc)
         log.error("the main process closed the index link; %d object(s) staged and not confirmed indexed "
                   "(the main process indexes them when it starts)", len(self._waiting))
 
