@@ -9,9 +9,9 @@ log clock, from the request to the final response: no Python client in the figur
 seconds the server spent per query, read from /proc before and after: on a 2-core machine the
 steadier of the two figures. Every query's match count is checked.
 
-``--floor`` adds the floor of the DIMSE stack: pynetdicom with the archive's patches installed as
-``pacs serve`` installs them (:mod:`pacs.archive.dul`, :mod:`~pacs.archive.dimse`,
-:mod:`~pacs.archive.encoding`), whose C-FIND handler decodes the identifier and answers from
+``--floor`` adds the floor of the DIMSE stack: the archive's own AE as ``pacs serve`` makes it
+(:func:`pacs.archive.ae.make_ae`, with the patches of :mod:`pacs.archive.dul`,
+:mod:`~pacs.archive.dimse` and :mod:`~pacs.archive.encoding`), whose C-FIND handler decodes the identifier and answers from
 memory as many matches as the archive would, through the same direct sender: what a C-FIND costs
 before any query, audit or access check runs.
 
@@ -87,26 +87,18 @@ class Floor:
 
 
 def serve_floor(port: int, expected_path: str) -> None:
-    """A pynetdicom SCP set up as :mod:`pacs.archive.ae` sets up its AE (library logging off, the
-    same patches, TCP_NODELAY and the wake-ups on each connection); its C-FIND handler decodes the
-    identifier and sends the number of matches the archive holds for the Patient ID, each a
-    pre-encoded answer, through :class:`pacs.archive.dimse.PendingSender`."""
-    import logging
-    import socket
+    """The archive's own AE (:func:`pacs.archive.ae.make_ae`: library logging off, the same
+    patches and presentation contexts, the same connection handler: TCP_NODELAY, stall limits,
+    wake-ups), whose C-FIND handler decodes the identifier and sends the number of matches the
+    archive holds for the Patient ID, each a pre-encoded answer, through
+    :class:`pacs.archive.dimse.PendingSender`."""
+    from pynetdicom import evt
 
-    from pynetdicom import AE, _config, evt
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
-
-    from pacs.archive import dimse, dul, encoding, spool
+    from pacs.archive import dimse
+    from pacs.archive.ae import _connection_opened, make_ae
     from pacs.archive.encoding import Encoded
+    from pacs.settings import Settings
 
-    _config.LOG_HANDLER_LEVEL = "none"
-    _config.LOG_REQUEST_IDENTIFIERS = _config.LOG_RESPONSE_IDENTIFIERS = False
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    encoding.install()
-    dul.install()
-    dimse.install()
-    spool.install()
     expected = json.loads(Path(expected_path).read_text())
     answer = Encoded([(0x00080052, "CS", "STUDY"), (0x00100020, "LO", "P"), (0x0020000D, "UI", "1.2.3.4")], None,
                      ordered=True)
@@ -121,13 +113,9 @@ def serve_floor(port: int, expected_path: str) -> None:
         direct.finish()
         yield 0x0000, None
 
-    def opened(event: Any) -> None:
-        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        dul.wake_up(event.assoc)
-
-    ae = AE(ae_title=FLOOR_AE)
-    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
-    ae.start_server(("127.0.0.1", port), evt_handlers=[(evt.EVT_C_FIND, handle), (evt.EVT_CONN_OPEN, opened)])
+    ae = make_ae(Settings(data_dir=Path(expected_path).parent / "data", ae_title=FLOOR_AE))
+    ae.start_server(("127.0.0.1", port), evt_handlers=[(evt.EVT_C_FIND, handle),
+                                                        (evt.EVT_CONN_OPEN, _connection_opened)])
 
 
 def worktree(rev: str, scratch: Path) -> tuple[Path, str]:
