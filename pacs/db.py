@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from psycopg.pq import TransactionStatus
 from sqlalchemy import Connection, DateTime, Engine, create_engine, event, insert, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DisconnectionError
@@ -493,18 +494,15 @@ def lone_statement(conn: Any, dialect: Dialect) -> Iterator[None]:
     of its own) and the pool a ROLLBACK when the connection goes back (another): three round
     trips for one statement. Within a transaction, or on SQLite (which begins nothing for a
     lone statement here), it changes nothing."""
-    if dialect.name != "postgresql" or conn.autocommit or conn.info.transaction_status != _PG_IDLE:
+    if dialect.name != "postgresql" or conn.autocommit or conn.info.transaction_status != TransactionStatus.IDLE:
         yield
         return
     conn.autocommit = True
     try:
         yield
     finally:
-        if not conn.closed and conn.info.transaction_status == _PG_IDLE:
+        if not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE:
             conn.autocommit = False  # a broken connection is left as it is, for the pool to discard
-
-
-_PG_IDLE = 0  # psycopg.pq.TransactionStatus.IDLE: no transaction open
 
 
 @dataclass(frozen=True, slots=True)
