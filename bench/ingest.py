@@ -32,7 +32,7 @@ Run from the project root::
     .venv/bin/python bench/ingest.py --variants --profile-only  # what proposed changes would gain
     .venv/bin/python bench/ingest.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
 
-``--profile stages`` (the default of ``--profile``) runs one more one-association ingest with our
+``--profile stages`` (the default of ``--profile``) runs one more ingest (one association; `--profile-associations N`) with our
 server under a small bootstrap (passed with ``python -c``; nothing in ``pacs/`` changes) that times
 store()'s steps, the index writer, fsync and pynetdicom's PDU reading with ``perf_counter`` and
 ``thread_time``, only during the measured ingest. ``--profile cprofile`` instead runs a cProfile in
@@ -1424,6 +1424,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="one more one-association ingest with our server instrumented: stages (timers on "
                              "store()'s steps, fsync, index writer, PDU reading; default) or cprofile (every "
                              "function of every thread of the association and of the index writer)")
+    parser.add_argument("--profile-associations", type=int, default=1,
+                        help="associations of the profiled ingest, the corpus split as --way bench does (default 1)")
     parser.add_argument("--profile-only", action="store_true", help="run only the profiled ingest (and --variants)")
     parser.add_argument("--variants", action="store_true",
                         help="also measure what-if changes applied at start (see VARIANTS in the source): "
@@ -1702,13 +1704,14 @@ def main(argv: list[str] | None = None) -> int:
 
         profiled: SendResult | None = None
         if args.profile:
-            print(f"\nprofiled ingest ({args.profile}), one association, fresh archive:", flush=True)
+            print(f"\nprofiled ingest ({args.profile}), {args.profile_associations} association(s), fresh archive:",
+                  flush=True)
             server = start(OurServer(scratch / "ours-profiled", databases.new("prof"), profile=args.profile))
             print(f"  {shlex.join(server.command_line)}")
             warm_up(server, corpus, scratch / "warmup.log")
             time.sleep(0.5)  # the warm-up association's threads end
             os.kill(server.pid, signal.SIGUSR1)
-            profiled = send(server, corpus, 1, scratch / "ours-profiled.storescu.log",
+            profiled = send(server, corpus, args.profile_associations, scratch / "ours-profiled.storescu.log",
                             corpus.warmup_count + len(corpus.files), label="profiled")
             prefix = server.profile_prefix
             server.stop()

@@ -43,9 +43,9 @@ from pydicom.datadict import DicomDictionary
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
-from pydicom.valuerep import VR
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
-from sqlalchemy import bindparam, insert, update
+from pydicom.valuerep import VR
+from sqlalchemy import ARRAY, Connection, String, any_, bindparam, insert, update
 from sqlalchemy import select as sql_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -478,6 +478,61 @@ COUNT_STUDY = Prepared(update(_STUDY).where(_STUDY.c.id == bindparam("row"))
                                size_bytes=_STUDY.c.size_bytes + bindparam("size"), updated_at=bindparam("now")))
 
 
+# Which of a batch's SOP Instance UIDs the index holds, in one statement (PostgreSQL's arrays)
+FIND_INSTANCES = Prepared(sql_select(_INSTANCE.c.sop_instance_uid)
+                          .where(_INSTANCE.c.sop_instance_uid == any_(bindparam("uids", type_=ARRAY(String)))))
+
+
+def _indexed_already(connection: Connection, uids: list[str]) -> list[str]:
+    """Those of ``uids`` the index holds: in one statement on PostgreSQL, where each is a round
+    trip; one look-up each on SQLite, which runs in this process."""
+    if connection.dialect.name == "postgresql":
+        return [row["sop_instance_uid"] for row in FIND_INSTANCES.rows(connection, {"uids": uids})]
+    return [uid for uid in uids if FIND_INSTANCE.first(connection, {"uid": uid}) is not None]
+
+
+def _instance_row(job: IndexJob, series_id: int, now: datetime) -> dict[str, Any]:
+    ds = job.header
+    return {
+        "sop_instance_uid": _text(ds, "SOPInstanceUID"),
+        "series": series_id,
+        "sop_class_uid": _text(ds, "SOPClassUID"),
+        "instance_number": _int(ds, "InstanceNumber"),
+        "transfer_syntax_uid": job.transfer_syntax,
+        "content_date": _text(ds, "ContentDate")[:8],
+        "content_time": _text(ds, "ContentTime"),
+        "rows": _int(ds, "Rows"),
+        "columns": _int(ds, "Columns"),
+        "number_of_frames": _int(ds, "NumberOfFrames"),
+        "size": job.stored.size,
+        "checksum": job.stored.checksum,
+        "received_at": now,
+    }
+
+
+def _file_row(job: IndexJob, instance_id: int, now: datetime) -> dict[str, Any]:
+    return {"instance": instance_id, "area": job.area, "key": job.stored.key, "size": job.stored.size,
+            "checksum": job.stored.checksum, "created_at": now}
+
+
+def _count(counts: dict[int, list[int]], study_id: int, series_id: int, size: int, new_series: bool) -> None:
+    """Add one instance to what :meth:`Archive._apply_counts` adds at the batch's end: by study
+    id [instances, bytes, new series], by minus the series id [instances, -, whether new]."""
+    entry = counts.setdefault(study_id, [0, 0, 0])
+    entry[0] += 1
+    entry[1] += size
+    entry[2] += 1 if new_series else 0
+    series_entry = counts.setdefault(-series_id, [0, 0, 0])
+    series_entry[0] += 1
+    series_entry[2] = series_entry[2] or int(new_series)
+
+
+def _recent(cache: OrderedDict[str, int], uid: str) -> int:
+    """A cached row id, marked as the most recently used."""
+    cache.move_to_end(uid)
+    return cache[uid]
+
+
 class Archive:
     """The archive's context: an index (the database) and a storage area, and nothing else."""
 
@@ -748,8 +803,10 @@ class Archive:
         try:
             with Session(self.db.engine, expire_on_commit=False, autoflush=False) as session:
                 counts: dict[int, list[int]] = {}
+                together = self._index_known(session, batch, counts)
                 for job in batch:
-                    results.append((job, self._index_one(session, job, counts)))
+                    done = together.get(id(job))
+                    results.append((job, done if done is not None else self._index_one(session, job, counts)))
                 self._apply_counts(session, counts)
                 session.commit()
         except Exception as exc:
@@ -899,36 +956,69 @@ class Archive:
         # ORM-enabled INSERT, cost more than the statements themselves.
         now = utcnow()
         connection = session.connection()
-        instance_id = INSERT_INSTANCE.rows(connection, {
-            "sop_instance_uid": _text(ds, "SOPInstanceUID"),
-            "series": series_id,
-            "sop_class_uid": _text(ds, "SOPClassUID"),
-            "instance_number": _int(ds, "InstanceNumber"),
-            "transfer_syntax_uid": job.transfer_syntax,
-            "content_date": _text(ds, "ContentDate")[:8],
-            "content_time": _text(ds, "ContentTime"),
-            "rows": _int(ds, "Rows"),
-            "columns": _int(ds, "Columns"),
-            "number_of_frames": _int(ds, "NumberOfFrames"),
-            "size": job.stored.size,
-            "checksum": job.stored.checksum,
-            "received_at": now,
-        })[0]["id"]
-        INSERT_FILE.execute(connection, {"instance": instance_id, "area": job.area, "key": job.stored.key,
-                                         "size": job.stored.size, "checksum": job.stored.checksum,
-                                         "created_at": now})
+        instance_id = INSERT_INSTANCE.rows(connection, _instance_row(job, series_id, now))[0]["id"]
+        INSERT_FILE.execute(connection, _file_row(job, instance_id, now))
+        self._indexed(session, job, instance_id)
+        _count(counts, study_id, series_id, job.stored.size, new_series)
+        return StoreResult(Outcome.STORED, Status.SUCCESS, "", instance_id, _text(ds, "StudyInstanceUID"))
+
+    def _indexed(self, session: Session, job: IndexJob, instance_id: int) -> None:
+        """Run the hooks for a newly indexed instance."""
         for hook in self.index_hooks:
             hook(session, instance_id, False)
         for object_hook in self.object_hooks:  # e.g. an IOCM rejection note applied (pacs.archive.retention)
             object_hook(session, instance_id, job)
-        entry = counts.setdefault(study_id, [0, 0, 0])
-        entry[0] += 1
-        entry[1] += job.stored.size
-        entry[2] += 1 if new_series else 0
-        series_entry = counts.setdefault(-series_id, [0, 0, 0])
-        series_entry[0] += 1
-        series_entry[2] = series_entry[2] or int(new_series)
-        return StoreResult(Outcome.STORED, Status.SUCCESS, "", instance_id, _text(ds, "StudyInstanceUID"))
+
+    def _index_known(self, session: Session, batch: list[IndexJob],
+                     counts: dict[int, list[int]]) -> dict[int, StoreResult]:
+        """Index together, under one savepoint, the batch's new instances of series already
+        filed: one look-up of which are indexed already, the instance rows with their ids in
+        two statements and the file rows in one (:meth:`Prepared.insert_each`), where each
+        object alone costs a savepoint and three statements, a round trip each on PostgreSQL.
+        The results by ``id(job)``; the objects left out (new studies or series, a copy to
+        replace, one indexed already or twice in the batch) and, if any statement fails (a
+        clash with another writer), all of them are indexed one by one after, each under its
+        own savepoint as before."""
+        known: dict[str, IndexJob] = {}
+        for job in batch:
+            uid = _text(job.header, "SOPInstanceUID")
+            if (job.replace is None and uid not in known and _text(job.header, "StudyInstanceUID") in self._studies
+                    and _text(job.header, "SeriesInstanceUID") in self._series):
+                known[uid] = job
+        if len(known) < 2:
+            return {}
+        mine: dict[int, list[int]] = {}
+        done: dict[int, StoreResult] = {}
+        try:
+            with nested(session, "instances") as connection:
+                for uid in _indexed_already(connection, list(known)):
+                    del known[uid]
+                jobs = list(known.values())
+                if not jobs:
+                    return {}
+                now = utcnow()
+                places = [(_recent(self._studies, _text(job.header, "StudyInstanceUID")),
+                           _recent(self._series, _text(job.header, "SeriesInstanceUID"))) for job in jobs]
+                ids = INSERT_INSTANCE.insert_each(connection, [_instance_row(job, series_id, now)
+                                                               for job, (_, series_id) in zip(jobs, places, strict=True)])
+                INSERT_FILE.execute_many(connection, [_file_row(job, instance_id, now)
+                                                      for job, instance_id in zip(jobs, ids, strict=True)])
+                for job, instance_id, (study_id, series_id) in zip(jobs, ids, places, strict=True):
+                    self._indexed(session, job, instance_id)
+                    _count(mine, study_id, series_id, job.stored.size, False)
+                    done[id(job)] = StoreResult(Outcome.STORED, Status.SUCCESS, "", instance_id,
+                                                _text(job.header, "StudyInstanceUID"))
+        except Exception as exc:  # undone; one by one, each alone, tells which object it was
+            log.info("indexing %d instances together failed (%s); indexing them one by one", len(known), exc)
+            self._studies.clear()
+            self._series.clear()
+            return {}
+        for key, (instances, size, series) in mine.items():
+            entry = counts.setdefault(key, [0, 0, 0])
+            entry[0] += instances
+            entry[1] += size
+            entry[2] = entry[2] + series if key > 0 else (entry[2] or series)
+        return done
 
     def _apply_counts(self, session: Session, counts: dict[int, list[int]]) -> None:
         """Add the batch's objects to their series' and studies' counts, then recount the
