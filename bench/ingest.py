@@ -1109,17 +1109,22 @@ def bulk_index(url: str, *, instances: int, per_study: int, patients: int) -> tu
     with engine.begin() as conn:
         if engine.dialect.name == "sqlite":
             conn.exec_driver_sql("PRAGMA synchronous=OFF")
-        pending: dict[Any, list[dict[str, Any]]] = {}
-        for rows in (patient_rows(), study_rows()):
-            for table, row in rows:
-                batch = pending.setdefault(table, [])
-                batch.append(row)
-                if len(batch) >= 20000:
+        # rows are written parents first (the foreign keys PostgreSQL checks at each statement)
+        pending: dict[Any, list[dict[str, Any]]] = {model.__table__: [] for model in tables}  # type: ignore[attr-defined]
+
+        def flush() -> None:
+            for table, batch in pending.items():
+                if batch:
                     conn.execute(insert(table), batch)
                     batch.clear()
-        for table, batch in pending.items():
-            if batch:
-                conn.execute(insert(table), batch)
+
+        for rows in (patient_rows(), study_rows()):
+            for table, row in rows:
+                batch = pending[table]
+                batch.append(row)
+                if len(batch) >= 20000:
+                    flush()
+        flush()
         if engine.dialect.name == "postgresql":
             for model in tables:
                 name = model.__tablename__
