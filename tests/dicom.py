@@ -47,10 +47,11 @@ def mwl_find(port: int, query: Dataset, calling: str = "CT1",
 
 
 def findscu(port: int, keys: list[str], out: Path, calling: str = "FINDSCU",
-            options: tuple[str, ...] = ()) -> list[Dataset]:
-    """DCMTK findscu -W; every answer is written by findscu as a file and read back."""
+            options: tuple[str, ...] = (), model: str = "-W") -> list[Dataset]:
+    """DCMTK findscu, of the worklist (``-W``) unless ``model`` names another information model
+    (``-S``: Study Root); every answer is written by findscu as a file and read back."""
     out.mkdir(parents=True, exist_ok=True)
-    args = ["findscu", "-W", "-aet", calling, "-aec", "PACS", "-X", "-od", str(out), *options]
+    args = ["findscu", model, "-aet", calling, "-aec", "PACS", "-X", "-od", str(out), *options]
     for key in keys:
         args += ["-k", key]
     result = subprocess.run(args + ["127.0.0.1", str(port)], capture_output=True, text=True, timeout=60,

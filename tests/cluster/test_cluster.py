@@ -9,7 +9,11 @@
 - storage commitment (N-ACTION, the N-EVENT-REPORT on the same association) through HAProxy
   commits what any node stored;
 - C-MOVE (DCMTK's movescu) to a loopback storescp that every node knows as a peer, through
-  HAProxy and to each node in turn: every node sends the whole study, whoever stored it.
+  HAProxy and to each node in turn: every node sends the whole study, whoever stored it;
+- query and retrieve (findscu at study and image level, getscu), QIDO-RS and the FHIR
+  ImagingStudy through HAProxy and from each node: the same answers everywhere, every object
+  retrieved as sent; a FHIR ServiceRequest posted to one node is on the next one's worklist and
+  read back from the third, and posted again there with If-None-Exist it is not ordered twice.
 
 One test function: a cluster costs most of a minute to start on a loaded machine, and pytest-xdist
 could hand the tests of one module to different workers, each starting its own.
@@ -18,6 +22,7 @@ could hand the tests of one module to different workers, each starting its own.
 from __future__ import annotations
 
 import io
+import json
 import os
 import queue
 import re
@@ -42,7 +47,8 @@ from sqlmodel import select
 from pacs.db import Database
 from pacs.integration.message_store import Status, StoredMessage
 from tests.archive.storage_helpers import make_study
-from tests.helpers import MLLPClient, ack_fields, load
+from tests.dicom import findscu
+from tests.helpers import DATA, MLLPClient, ack_fields, load
 from tests.process import free_cluster_base
 
 CLUSTER = Path(__file__).resolve().parents[2] / "deploy" / "cluster.sh"
@@ -347,6 +353,15 @@ def test_a_cluster_through_haproxy_while_a_node_is_killed(database_url: str, tmp
             assert len(files) == INSTANCES and moved == originals, port
             for path in files:
                 path.unlink()
+
+        # 6. query, retrieve, DICOMweb and FHIR: every node answers as HAProxy does, and what
+        # one node is given the others serve at once
+        answers = {port: served(port, study.study_uid, tmp_path / f"served-{port}", originals)
+                   for port in (cluster.dicom, cluster.node(1, 0), cluster.node(2, 0), cluster.node(3, 0))}
+        first = answers[cluster.dicom]
+        assert first["C-FIND"] == [("PCLUSTER", study.study_uid, "1", str(INSTANCES))], first["C-FIND"]
+        assert all(answer == first for answer in answers.values()), answers
+        ordered_on_one_node_found_on_the_others(cluster, tmp_path)
     finally:
         try:
             cluster("stop")
@@ -361,8 +376,61 @@ def test_a_cluster_through_haproxy_while_a_node_is_killed(database_url: str, tmp
     finally:
         db.dispose()
     applied = [control for control, status in rows if status == Status.PROCESSED]
-    assert sorted(applied) == sorted(sent), "an acknowledged message is missing or applied twice"
+    # and the ServiceRequest of step 6 once, by its placer number, though posted twice
+    assert sorted(applied) == sorted([*sent, "PL0001"]), "an acknowledged message is missing or applied twice"
     assert not [control for control, status in rows if status not in (Status.PROCESSED, Status.FILTERED)]
+
+
+def served(dicom_port: int, study_uid: str, out: Path, originals: dict[str, bytes]) -> dict[str, object]:
+    """What the node behind ``dicom_port`` (or HAProxy; its HTTP port is two above) answers about
+    the study: C-FIND at study and image level (DCMTK findscu), QIDO-RS, the FHIR ImagingStudy;
+    its C-GET (DCMTK getscu) must give back every object as it was sent."""
+    studies = findscu(dicom_port, ["QueryRetrieveLevel=STUDY", "PatientID=PCLUSTER", "StudyInstanceUID",
+                                   "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"],
+                      out / "studies", calling="VIEWER", model="-S")
+    images = findscu(dicom_port, ["QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={study_uid}", "SeriesInstanceUID",
+                                  "SOPInstanceUID"], out / "images", calling="VIEWER", model="-S")
+    got = out / "got"
+    got.mkdir()
+    done = subprocess.run(["getscu", "-S", "-aet", "VIEWER", "-aec", "PACS", "-od", str(got), "-k",
+                           "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}", "127.0.0.1",
+                           str(dicom_port)], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert dict(pixels(path.read_bytes()) for path in got.iterdir()) == originals, dicom_port
+    http = f"http://127.0.0.1:{dicom_port + 2}"
+    qido = httpx.get(f"{http}/dicomweb/studies/{study_uid}/instances", auth=("admin", PASSWORD), timeout=60)
+    assert qido.status_code == 200, qido.text[:500]
+    fhir = httpx.get(f"{http}/fhir/ImagingStudy", params={"identifier": f"urn:dicom:uid|urn:oid:{study_uid}"},
+                     auth=("admin", PASSWORD), timeout=60)
+    assert fhir.status_code == 200, fhir.text[:500]
+    [imaging_study] = [entry["resource"] for entry in fhir.json().get("entry", [])]
+    return {
+        "C-FIND": [(str(ds.PatientID), str(ds.StudyInstanceUID), str(ds.NumberOfStudyRelatedSeries),
+                    str(ds.NumberOfStudyRelatedInstances)) for ds in studies],
+        "C-FIND images": sorted(str(ds.SOPInstanceUID) for ds in images),
+        "QIDO-RS": sorted(item["00080018"]["Value"][0] for item in qido.json()),
+        "ImagingStudy": (imaging_study["id"], imaging_study["numberOfSeries"], imaging_study["numberOfInstances"]),
+    }
+
+
+def ordered_on_one_node_found_on_the_others(cluster: Cluster, tmp_path: Path) -> None:
+    """A FHIR ServiceRequest posted to node 2 is on node 3's worklist and read back from node 1;
+    posted again through node 3 with If-None-Exist, it is found, not ordered twice."""
+    body = json.dumps(json.loads((DATA / "fhir" / "servicerequest_contained.json").read_text(encoding="utf-8")),
+                      ensure_ascii=False).encode()
+    headers = {"Content-Type": "application/fhir+json"}
+    created = httpx.post(f"http://127.0.0.1:{cluster.node(2, 2)}/fhir/ServiceRequest", content=body,
+                         headers=headers, auth=("admin", PASSWORD), timeout=60)
+    assert created.status_code == 201, created.text[:500]
+    [item] = findscu(cluster.node(3, 0), ["AccessionNumber=ACC0001", "PatientID", "ScheduledProcedureStepSequence"],
+                     tmp_path / "worklist")
+    assert item.PatientID == "P10001"  # the contained Patient's
+    read = httpx.get(f"http://127.0.0.1:{cluster.node(1, 2)}/fhir/ServiceRequest",
+                     params={"identifier": "ACC0001"}, auth=("admin", PASSWORD), timeout=60)
+    assert [entry["resource"]["id"] for entry in read.json().get("entry", [])] == [created.json()["id"]]
+    again = httpx.post(f"http://127.0.0.1:{cluster.node(3, 2)}/fhir/ServiceRequest", content=body,
+                       headers={**headers, "If-None-Exist": "identifier=ACC0001"}, auth=("admin", PASSWORD), timeout=60)
+    assert again.status_code == 200 and again.json()["id"] == created.json()["id"], again.text[:500]
 
 
 def check_indexed_once(database_url: str, study_uid: str, uids: list[str]) -> list[str]:
