@@ -21,6 +21,10 @@ costs. Each row, one after the other:
    administrator through the login form (the session cookie any node reads), one connection,
    p50/p95 of ``--queries`` requests after 5 not counted; each answer must hold the patient's studies.
 
+During each phase ``pg_stat_activity`` is read every 0.1 s: the most connections the nodes held
+open at once (in all, and in one process) and the most busy at once, the measure of the pool
+sizes and ``max_connections`` a deployment needs (docs/administrator.md).
+
 On two cores more nodes cannot be faster: the nodes, HAProxy, PostgreSQL and the clients share
 them. The figures show what the proxy and the shared database cost, not a speed-up. Exits 1 when
 anything did not arrive.
@@ -37,7 +41,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -77,6 +83,7 @@ class Row:
     megabytes: float = 0.0
     hl7: Any = None  # hl7_throughput.RunResult
     qido: Any = None  # dicomweb.Timing
+    connections: dict[str, Any] = field(default_factory=dict)  # phase -> Connections
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -112,6 +119,51 @@ class Cluster:
 
     def node_pid(self, node: int) -> int:
         return int((self.folder / f"node{node}.pid").read_text())
+
+
+class Connections(threading.Thread):
+    """The cluster's connections to its database while a phase runs: ``pg_stat_activity`` read
+    every :data:`SAMPLE_SECONDS`; the most open at once in all and in one process (each names
+    its connections, ``pacs.db.application_name``), and the most busy at once (a statement
+    running, or a transaction open between two)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.database = url, url.rsplit("/", 1)[1]
+        self.done = threading.Event()
+        self.open = self.busy = self.per_process = self.samples = 0
+        self.processes: set[str] = set()
+
+    def run(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self.done.wait(SAMPLE_SECONDS):
+                rows = conn.execute("SELECT application_name, state FROM pg_stat_activity "
+                                    "WHERE datname = %s AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+                                    [self.database]).fetchall()
+                names = Counter(name for name, _ in rows)
+                self.processes.update(names)
+                self.samples += 1
+                self.open = max(self.open, len(rows))
+                self.per_process = max(self.per_process, *names.values(), 0)
+                self.busy = max(self.busy, sum(1 for _, state in rows if state in BUSY_STATES))
+
+    def __enter__(self) -> Connections:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.done.set()
+        self.join(10)
+
+    def summary(self) -> str:
+        return (f"at most {self.open} open ({self.per_process} in one of {len(self.processes)} processes), "
+                f"{self.busy} busy at once ({self.samples} samples)")
+
+
+SAMPLE_SECONDS = 0.1
+BUSY_STATES = ("active", "idle in transaction")
 
 
 def count_instances(url: str) -> int:
@@ -180,15 +232,18 @@ def measure(row: Row, cluster: Cluster, corpus: ingest.Corpus, args: argparse.Na
             tag: str) -> None:
     dicom, mllp, http = cluster.ports(None if row.proxied else 1)
     print(f"\n{row.label}: DICOM :{dicom}, MLLP :{mllp}, HTTP :{http}; load average {load_average()}", flush=True)
-    measure_ingest(row, corpus, dicom, cluster.url, args.associations, scratch / f"storescu-{tag}.log")
-    print(f"  ingest {row.instances} instances in {row.ingest_seconds:.2f} s: {row.ingest_rate:.1f} inst/s",
-          flush=True)
-    measure_hl7(row, mllp, cluster.url, args.connections, args.messages, tag, cluster.node_pid(1))
+    with Connections(cluster.url) as row.connections["ingest"]:
+        measure_ingest(row, corpus, dicom, cluster.url, args.associations, scratch / f"storescu-{tag}.log")
+    print(f"  ingest {row.instances} instances in {row.ingest_seconds:.2f} s: {row.ingest_rate:.1f} inst/s; "
+          f"database connections {row.connections['ingest'].summary()}", flush=True)
+    with Connections(cluster.url) as row.connections["HL7"]:
+        measure_hl7(row, mllp, cluster.url, args.connections, args.messages, tag, cluster.node_pid(1))
     print(f"  HL7 {len(row.hl7.latencies)} messages: {row.hl7.rate:.0f} msg/s, ACK p50 {row.hl7.percentile(50):.1f} ms, "
-          f"p95 {row.hl7.percentile(95):.1f} ms", flush=True)
-    measure_qido(row, corpus, http, args.queries)
-    print(f"  QIDO {len(row.qido.latencies)} queries: p50 {row.qido.pct(50):.2f} ms, p95 {row.qido.pct(95):.2f} ms",
-          flush=True)
+          f"p95 {row.hl7.percentile(95):.1f} ms; database connections {row.connections['HL7'].summary()}", flush=True)
+    with Connections(cluster.url) as row.connections["QIDO"]:
+        measure_qido(row, corpus, http, args.queries)
+    print(f"  QIDO {len(row.qido.latencies)} queries: p50 {row.qido.pct(50):.2f} ms, p95 {row.qido.pct(95):.2f} ms; "
+          f"database connections {row.connections['QIDO'].summary()}", flush=True)
     for problem in row.problems:
         print(f"  PROBLEM: {problem}", flush=True)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -206,9 +207,24 @@ def make_engine(url: str, *, writer_lock: bool = False) -> Engine:
     def checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         _ping_if_idle(dialect, dbapi_connection, record)
 
+    def connect(_dialect: Any, _record: Any, _args: Any, parameters: dict[str, Any]) -> None:
+        parameters.setdefault("application_name", application_name())  # unless the URL names it
+
     event.listen(engine, "checkin", _checked_in)
     event.listen(engine, "checkout", checkout)
+    event.listen(engine, "do_connect", connect)
     return engine
+
+
+def application_name() -> str:
+    """How this process's PostgreSQL connections are named (``application_name``, shown in
+    ``pg_stat_activity`` and the server's log with ``%a``): the machine and the process, so
+    that an administrator of several nodes sees which one holds a connection, a transaction or
+    an advisory lock (``pg_locks.pid`` joined to ``pg_stat_activity``)."""
+    return f"pacs {socket.gethostname()} {os.getpid()}"[:APPLICATION_NAME_BYTES]
+
+
+APPLICATION_NAME_BYTES = 63  # PostgreSQL keeps NAMEDATALEN - 1 bytes of it
 
 
 PING_AFTER_IDLE_SECONDS = 5.0
