@@ -31,10 +31,11 @@ Run from the project root::
     .venv/bin/python bench/ingest.py --profile cprofile --profile-only
     .venv/bin/python bench/ingest.py --variants --profile-only  # what proposed changes would gain
     .venv/bin/python bench/ingest.py --database-url postgresql://postgres@127.0.0.1:5432/postgres
+    .venv/bin/python bench/ingest.py --against HEAD~1 --no-orthanc --way issue --associations 4  # A/B of a change
 
-``--profile stages`` (the default of ``--profile``) runs one more ingest (one association; `--profile-associations N`) with our
-server under a small bootstrap (passed with ``python -c``; nothing in ``pacs/`` changes) that times
-store()'s steps, the index writer, fsync and pynetdicom's PDU reading with ``perf_counter`` and
+``--profile stages`` (the default of ``--profile``) runs one more ingest (one association;
+``--profile-associations N`` for more) with our server under a small bootstrap (passed with
+``python -c``; nothing in ``pacs/`` changes) that times store()'s steps, the index writer, fsync and pynetdicom's PDU reading with ``perf_counter`` and
 ``thread_time``, only during the measured ingest. ``--profile cprofile`` instead runs a cProfile in
 every thread started during the measured ingest and in the index writer: pynetdicom serves each
 association in an Association thread and a DUL thread, which ``python -m cProfile -m pacs.cli
@@ -1422,6 +1423,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="300 instances, a 100,000-row index and 100 queries (a couple of minutes)")
     parser.add_argument("--no-orthanc", action="store_true", help="measure only this archive")
+    parser.add_argument("--against", metavar="REV",
+                        help="also our archive at this git revision (a worktree), in every round: an A/B of a change")
     parser.add_argument("--way", dest="ways", action="append", type=parse_way,
                         help="how rows are sent, repeatable: bench, issue, or a spec such as "
                              "dealt+warmup+pause=0+delete+config=3 (see Way; default: bench and issue)")
@@ -1541,6 +1544,27 @@ def print_ratios(results: list[SendResult], args: argparse.Namespace) -> None:
                 print(line)
 
 
+def print_against(results: list[SendResult], args: argparse.Namespace, other: str) -> None:
+    """This checkout over the ``--against`` revision, per way and association count: the
+    median rate and server CPU per instance of each, and each round's ratio."""
+    print(f"\nours / {other}" + (f" (medians of {args.rounds} rounds; each round's ratio after)"
+                                  if args.rounds > 1 else "") + ":")
+    print(f"  {'way':28} {'assoc':>5} {'ours inst/s':>11} {'CPU ms':>7} {other + ' inst/s':>18} {'CPU ms':>7} "
+          f"{'ratio':>6}  rounds")
+    for way in args.ways:
+        for associations in args.association_counts:
+            ours, theirs = rows_of(results, "ours", associations, way.name), rows_of(results, other, associations,
+                                                                                      way.name)
+            if not ours or not theirs:
+                continue
+            o, t = statistics.median(r.rate for r in ours), statistics.median(r.rate for r in theirs)
+            cpu_o = statistics.median(r.server_cpu / max(r.instances, 1) * 1000 for r in ours)
+            cpu_t = statistics.median(r.server_cpu / max(r.instances, 1) * 1000 for r in theirs)
+            rounds = ", ".join(f"{a.rate / b.rate:.2f}" for a, b in zip(ours, theirs, strict=False))
+            print(f"  {way.name:28} {associations:>5} {o:>11.1f} {cpu_o:>7.2f} {t:>18.1f} {cpu_t:>7.2f} "
+                  f"{o / t:>6.2f}  {rounds}")
+
+
 def print_send(result: SendResult) -> None:
     n = max(result.instances, 1)
     cores = result.server_cpu / result.seconds if result.seconds else 0.0
@@ -1578,7 +1602,13 @@ def main(argv: list[str] | None = None) -> int:
     kept: list[Path] = []
     failed = False
     print(f"reproduce: {reproduce_command(args, argv)}")
+    against: tuple[Path, str] | None = None
     try:
+        if args.against:
+            from cfind import worktree  # (bench/cfind.py)
+
+            against = worktree(args.against, scratch)
+            print(f"against: {args.against} = {against[1]}, from a worktree in {against[0]}")
         print_facts(scratch, args)
         started = time.perf_counter()
         corpus = make_corpus(cache / f"v{CORPUS_VERSION}-{args.instances}x{args.per_study}-seed{args.seed}",
@@ -1649,10 +1679,15 @@ def main(argv: list[str] | None = None) -> int:
                         time.sleep(way.pause)
 
                 def run_ours() -> None:
-                    for config in way.configs or (args.dicom_processes,):
-                        tag = f"{associations}-{round_number}-{way.name}-{config}".replace("+", "_").replace("=", "")
-                        measure(start(OurServer(scratch / f"ours-{tag}", databases.new(f"r{len(results)}"),
-                                                processes=config)), "ours", "ours")
+                    # this checkout and, with --against, the other revision, the first changing by round
+                    sources = [(ROOT, "ours"), *([(against[0], f"ours@{against[1]}")] if against else [])]
+                    for source, name in sources if round_number % 2 == 0 else sources[::-1]:
+                        for config in way.configs or (args.dicom_processes,):
+                            tag = (f"{name}-{associations}-{round_number}-{way.name}-{config}"
+                                   .replace("+", "_").replace("=", "").replace("@", "-"))
+                            server = OurServer(scratch / tag, databases.new(f"r{len(results)}"), processes=config,
+                                               source=source, name=name)
+                            measure(start(server), name, "ours")
 
                 def run_orthanc() -> None:
                     nonlocal orthanc_config_shown
@@ -1674,6 +1709,8 @@ def main(argv: list[str] | None = None) -> int:
 
             if not args.no_orthanc:
                 print_ratios(results, args)
+            if against:
+                print_against(results, args, f"ours@{against[1]}")
 
             if args.index_instances:
                 studies = args.index_instances // args.index_per_study
@@ -1777,6 +1814,9 @@ def main(argv: list[str] | None = None) -> int:
         for target in list(running):
             target.stop()
         databases.drop() if not args.keep else None
+        if against:
+            subprocess.run(["git", "worktree", "remove", "--force", str(against[0])], cwd=ROOT, capture_output=True,
+                           check=False)
         if args.keep or kept:
             print(f"scratch folder kept: {scratch}")
         else:
