@@ -635,15 +635,16 @@ class Archive:
             log.error("storage area %s has less than %d bytes free; refusing %s", self.area.name,
                       self.min_free_bytes, uid)
             return StoreResult(Outcome.STORAGE_FULL, OUT_OF_RESOURCES, "storage is full")
+        # The duplicate policy is applied now, as the answer goes now; its look-up (a round trip
+        # on PostgreSQL) is made while the receiving side's fsync of the file runs.
+        held = self._held(uid) if staging and self.duplicates != DuplicatePolicy.KEEP_NEWER else None
         on_disk, checksum = False, None
         if spooled is not None:
             on_disk, checksum = spooled.sync(), spooled.checksum()
             if not on_disk:
                 return StoreResult(Outcome.FAILED, OUT_OF_RESOURCES, "could not write the object to disk")
-        if staging and self.duplicates != DuplicatePolicy.KEEP_NEWER:
-            held = self._held(uid)  # answered now, so the policy is applied now
-            if held is not None:
-                return self._duplicate_answer(header, held, checksum or sha256_file(path), calling_ae)
+        if held is not None:
+            return self._duplicate_answer(header, held, checksum or sha256_file(path), calling_ae)
         try:
             # A staged object not hashed on arrival is hashed by the index writer, off the path
             # of the answer (Stored.checksum "" until then).

@@ -213,3 +213,36 @@ def test_an_object_its_receiver_could_not_get_to_disk_is_not_stored(settings, tm
     finally:
         services.archive.stop()
         services.close()
+
+
+def test_the_duplicate_look_up_goes_while_the_receiving_side_syncs(settings, tmp_path, monkeypatch):
+    """store() looks the object up in the index (a round trip on PostgreSQL) before it waits for
+    the receiving side's fsync, which runs meanwhile in the DUL thread; a second copy still gets
+    the duplicate's answer."""
+    from pacs.archive.spool import HashingSpool
+
+    services = Services.build(settings)
+    services.archive.start()
+    steps: list[str] = []
+    held = services.archive._held
+    monkeypatch.setattr(services.archive, "_held", lambda uid: steps.append("look-up") or held(uid))
+    try:
+        incoming = services.archive.area.incoming  # type: ignore[attr-defined]
+        path, _ = received(tmp_path, 7)
+        results = []
+        for _copy in range(2):
+            file = HashingSpool(dir=str(incoming))
+            file.write(path.read_bytes())
+            sync = file.sync
+            monkeypatch.setattr(file, "sync", lambda sync=sync: steps.append("sync") or sync())
+            results.append(services.archive.store(Path(file.name), calling_ae="CT1", move=True, early=True,
+                                                  spooled=file))
+            file.close()
+            if results[-1].pending is not None:
+                results[-1].pending.result(30)
+        assert steps == ["look-up", "sync"] * 2
+        assert [r.outcome for r in results] == [Outcome.STORED, Outcome.ALREADY_STORED]
+        assert results[1].status == store_module.WARNING_DUPLICATE
+    finally:
+        services.archive.stop()
+        services.close()

@@ -50,17 +50,22 @@ def test_a_restart_under_load_loses_nothing_acknowledged(tmp_path, database_url)
         except (ConnectionError, OSError):
             pass  # the server went away: what has no ACK would be sent again
 
-    sender = verbose_storescu(server.dicom_port, sorted(by_path))
-
     def stream_dicom() -> None:
         for path in successes(sender):
             stored.append(by_path[path])
 
-    threads = [threading.Thread(target=stream_hl7), threading.Thread(target=stream_dicom)]
-    for thread in threads:
-        thread.start()
+    # The modality starts once the HIS is well under way, and the stop comes as soon as a third
+    # of its objects are answered: it must not have sent them all (no association left to abort)
+    # while the HIS was still getting to HL7_BEFORE_STOP.
+    threads = [threading.Thread(target=stream_hl7)]
+    threads[0].start()
     deadline = time.monotonic() + STREAM_SECONDS
-    while (len(messages) < HL7_BEFORE_STOP or len(stored) < COUNT // 3) and time.monotonic() < deadline:
+    while len(messages) < HL7_BEFORE_STOP and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sender = verbose_storescu(server.dicom_port, sorted(by_path))
+    threads.append(threading.Thread(target=stream_dicom))
+    threads[1].start()
+    while len(stored) < COUNT // 3 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert len(messages) >= HL7_BEFORE_STOP and COUNT // 3 <= len(stored) < COUNT, "the streams did not get going"
     # SIGTERM with both streams running: a clean stop that does not wait for the modality to
