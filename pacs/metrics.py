@@ -3,11 +3,12 @@
 Two kinds of numbers, two costs:
 
 - **Counts on the hot paths** (HL7 and FHIR messages, C-STOREs) are plain Python numbers owned
-  by the component that does the work (:class:`MessageCounts` in the intake worker,
+  by the component that does the work (:class:`MessageCounts` in the intake workers,
   :class:`CStoreCounts` in the archive): one dictionary or list item incremented, one float
-  added, no lock and no object made per message or object. Under CPython's GIL one ``+=`` on a
-  list item, a pre-made dictionary key or an attribute is not interleaved with another
-  thread's, so counts are exact.
+  added, no object made per message or object. The C-STORE counts take no lock: under
+  CPython's GIL one ``+=`` on a list item, a pre-made dictionary key or an attribute is not
+  interleaved with another thread's. The message counts, read and written by two intake workers
+  on PostgreSQL, take one uncontended lock a message. Counts are exact.
 - **Gauges** (open associations, outbox depth and age per destination, free space per storage
   area, replicas waiting, recalls queued, the audit backlog) are worked out when Prometheus
   scrapes, from the database and the components' state; nothing is kept for them in between.
@@ -31,6 +32,7 @@ Metric names follow the Prometheus naming guide: a ``pacs_`` prefix, base units 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
@@ -89,16 +91,19 @@ def _histogram(name: str, documentation: str, snapshots: Iterable[dict[str, Any]
 
 class MessageCounts:
     """HL7 v2 messages and FHIR orders run through the channel, by type, status and ACK code,
-    and how long each waited for its answer (owned by the intake worker, one thread)."""
+    and how long each waited for its answer (recorded by the intake workers: on PostgreSQL two
+    threads, hence the lock, taken once a message)."""
 
     def __init__(self) -> None:
         self.by_kind: dict[tuple[str, str, str], int] = {}
         self.latency = Latencies()
+        self._lock = threading.Lock()
 
     def record(self, message_type: str, status: str, ack_code: str, seconds: float) -> None:
         key = (message_type, status, ack_code)
-        self.by_kind[key] = self.by_kind.get(key, 0) + 1
-        self.latency.observe(seconds)
+        with self._lock:
+            self.by_kind[key] = self.by_kind.get(key, 0) + 1
+            self.latency.observe(seconds)
 
 
 class CStoreCounts:

@@ -204,3 +204,49 @@ def test_a_batch_saves_each_message_result_and_audit_entry(server):
         event = by_message[row.id]
         assert event.outcome == (0 if row.status == Status.PROCESSED else 4)
         assert (event.id, "patient", row.patient_id) in named and row.patient_id
+
+
+def test_a_slow_message_holds_up_its_own_patient_alone_on_postgresql(server, monkeypatch):
+    """On PostgreSQL two workers take batches (``WORKERS``): while one message is slow to apply,
+    another patient's message is applied and answered, and a message of the slow one's patient
+    sent after it waits for it (the batch's advisory lock on the patient) and is applied after
+    it. On SQLite one worker takes them in turn: the other patient's message waits too."""
+    import threading
+
+    from pacs.integration.channel import Channel
+    from pacs.integration.intake import WORKERS
+
+    intake = server.server.services.intake
+    postgresql = server.db.engine.dialect.name == "postgresql"
+    assert intake.workers == WORKERS[server.db.engine.dialect.name] == (2 if postgresql else 1)
+    assert sum(thread.is_alive() for thread in intake._threads) == intake.workers
+    started, gate = threading.Event(), threading.Event()
+    real = Channel.process
+
+    def slow(self, session, row, inbound, *args, **kwargs):
+        if b"|ADT0001|" in row.raw:
+            started.set()
+            gate.wait(20)
+        return real(self, session, row, inbound, *args, **kwargs)
+
+    monkeypatch.setattr(Channel, "process", slow)
+    first = intake.submit(Inbound(load("adt_a01_ihe.hl7"), "mllp", "his-1"))  # P10001, 东华门大街
+    assert started.wait(20)
+    other = intake.submit(Inbound(load("adt_a01_ihe.hl7").replace(b"|ADT0001|", b"|ADT0003|")
+                                  .replace(b"P10001^", b"P20002^"), "mllp", "his-2"))
+    try:
+        if postgresql:
+            assert other.result(20).ack_code == "AA" and not first.done()
+        else:
+            with pytest.raises(TimeoutError):
+                other.result(1)
+        # (sent once the other is answered: a batch waits for all its messages' locks)
+        update = intake.submit(Inbound(load("adt_a08_ihe.hl7"), "mllp", "his-3"))  # P10001, 王府井大街
+        with pytest.raises(TimeoutError):
+            update.result(1)
+    finally:
+        gate.set()
+    assert [f.result(20).ack_code for f in (first, other, update)] == ["AA", "AA", "AA"]
+    with Session(server.db.engine) as session:
+        address = session.exec(select(Patient.address).where(Patient.patient_id == "P10001")).one()
+    assert "王府井" in address  # the update was applied after the message it followed
