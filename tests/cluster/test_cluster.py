@@ -13,7 +13,9 @@
 - query and retrieve (findscu at study and image level, getscu), QIDO-RS and the FHIR
   ImagingStudy through HAProxy and from each node: the same answers everywhere, every object
   retrieved as sent; a FHIR ServiceRequest posted to one node is on the next one's worklist and
-  read back from the third, and posted again there with If-None-Exist it is not ordered twice.
+  read back from the third, and posted again there with If-None-Exist it is not ordered twice;
+  an object stored by STOW-RS on one node is found by QIDO-RS and retrieved by WADO-RS from the
+  others.
 
 One test function: a cluster costs most of a minute to start on a loaded machine, and pytest-xdist
 could hand the tests of one module to different workers, each starting its own.
@@ -362,6 +364,7 @@ def test_a_cluster_through_haproxy_while_a_node_is_killed(database_url: str, tmp
         assert first["C-FIND"] == [("PCLUSTER", study.study_uid, "1", str(INSTANCES))], first["C-FIND"]
         assert all(answer == first for answer in answers.values()), answers
         ordered_on_one_node_found_on_the_others(cluster, tmp_path)
+        stored_on_one_node_served_by_the_others(cluster, study.paths[0])
     finally:
         try:
             cluster("stop")
@@ -431,6 +434,32 @@ def ordered_on_one_node_found_on_the_others(cluster: Cluster, tmp_path: Path) ->
     again = httpx.post(f"http://127.0.0.1:{cluster.node(3, 2)}/fhir/ServiceRequest", content=body,
                        headers={**headers, "If-None-Exist": "identifier=ACC0001"}, auth=("admin", PASSWORD), timeout=60)
     assert again.status_code == 200 and again.json()["id"] == created.json()["id"], again.text[:500]
+
+
+def stored_on_one_node_served_by_the_others(cluster: Cluster, template: Path) -> None:
+    """An object stored by STOW-RS on node 3 (a new series of the study) is found by QIDO-RS on
+    node 1 and retrieved by WADO-RS from node 2, as sent."""
+    ds = pydicom.dcmread(template)
+    ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.SeriesNumber = generate_uid(), generate_uid(), 99
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    boundary = "cluster-stow"
+    body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + buffer.getvalue()
+            + f"\r\n--{boundary}--\r\n".encode())
+    stored = httpx.post(f"http://127.0.0.1:{cluster.node(3, 2)}/dicomweb/studies", content=body,
+                        headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                                 "Accept": "application/dicom+json"}, auth=("admin", PASSWORD), timeout=60)
+    assert stored.status_code == 200, stored.text[:500]
+    series = f"studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+    found = httpx.get(f"http://127.0.0.1:{cluster.node(1, 2)}/dicomweb/{series}/instances",
+                      auth=("admin", PASSWORD), timeout=60)
+    assert found.status_code == 200 and [item["00080018"]["Value"][0] for item in found.json()] == [ds.SOPInstanceUID]
+    got = httpx.get(f"http://127.0.0.1:{cluster.node(2, 2)}/dicomweb/{series}/instances/{ds.SOPInstanceUID}",
+                    headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+                    auth=("admin", PASSWORD), timeout=60)
+    assert got.status_code == 200, got.text[:500]
+    assert [pixels(part) for part in multipart(got)] == [(ds.SOPInstanceUID, ds.PixelData)]
 
 
 def check_indexed_once(database_url: str, study_uid: str, uids: list[str]) -> list[str]:
