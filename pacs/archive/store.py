@@ -988,7 +988,7 @@ class Archive:
                 known[uid] = job
         if len(known) < 2:
             return {}
-        mine: dict[int, list[int]] = {}
+        placed: list[tuple[int, int, int]] = []  # study, series, bytes: counted once all are in
         done: dict[int, StoreResult] = {}
         try:
             with nested(session, "instances") as connection:
@@ -1006,7 +1006,7 @@ class Archive:
                                                       for job, instance_id in zip(jobs, ids, strict=True)])
                 for job, instance_id, (study_id, series_id) in zip(jobs, ids, places, strict=True):
                     self._indexed(session, job, instance_id)
-                    _count(mine, study_id, series_id, job.stored.size, False)
+                    placed.append((study_id, series_id, job.stored.size))
                     done[id(job)] = StoreResult(Outcome.STORED, Status.SUCCESS, "", instance_id,
                                                 _text(job.header, "StudyInstanceUID"))
         except Exception as exc:  # undone; one by one, each alone, tells which object it was
@@ -1014,11 +1014,8 @@ class Archive:
             self._studies.clear()
             self._series.clear()
             return {}
-        for key, (instances, size, series) in mine.items():
-            entry = counts.setdefault(key, [0, 0, 0])
-            entry[0] += instances
-            entry[1] += size
-            entry[2] = entry[2] + series if key > 0 else (entry[2] or series)
+        for study_id, series_id, size in placed:
+            _count(counts, study_id, series_id, size, False)
         return done
 
     def _apply_counts(self, session: Session, counts: dict[int, list[int]]) -> None:
@@ -1043,8 +1040,7 @@ class Archive:
     def _study(self, session: Session, ds: Dataset, job: IndexJob) -> tuple[int, bool]:
         uid = _text(ds, "StudyInstanceUID")
         if uid in self._studies:
-            self._studies.move_to_end(uid)
-            return self._studies[uid], False
+            return _recent(self._studies, uid), False
         found = session.exec(select(Study.id).where(Study.study_instance_uid == uid)).first()
         if found is not None:
             self._remember(self._studies, uid, found)
@@ -1084,8 +1080,7 @@ class Archive:
     def _series_row(self, session: Session, ds: Dataset, study_id: int, job: IndexJob) -> tuple[int, bool]:
         uid = _text(ds, "SeriesInstanceUID")
         if uid in self._series:
-            self._series.move_to_end(uid)
-            return self._series[uid], False
+            return _recent(self._series, uid), False
         found = session.exec(select(Series.id).where(Series.series_instance_uid == uid)).first()
         if found is not None:
             self._remember(self._series, uid, found)
