@@ -79,7 +79,8 @@ def test_a_ct_read_signed_verified_and_amended_from_the_keyboard(guarded_server,
     page.wait_for_function("document.getElementById('template').options.length > 1")
     assert page.locator("#h-name").inner_text() == "张三 (ZHANG SAN)"
     assert page.locator("#h-claim").inner_text() == ZH["reading.editor.claimed_by_you"]
-    assert page.evaluate("document.activeElement.id") == "template"
+    # the editor puts the cursor on the template once templates, images and phrases are in
+    page.wait_for_function("document.activeElement.id === 'template'", timeout=10_000)
     steps.shot("editor")
 
     page.keyboard.press("ArrowDown")  # the procedure's first template

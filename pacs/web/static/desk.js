@@ -203,11 +203,16 @@ async function choosePatient(patient) {
     const dd = document.createElement("dd"); dd.textContent = v;
     return [dt, dd];
   }));
-  const focused = document.activeElement;
+  const seen = gestures;
   await loadExams();
-  // The exams take the focus unless the clerk has moved on (F4, F3…) while they loaded.
-  if (document.activeElement === focused || document.activeElement === document.body) $("exams").focus();
+  // The exams take the focus unless the clerk has moved on (F2, F3, a click…) while they loaded.
+  if (gestures === seen) $("exams").focus();
 }
+
+// Every key and click the registrar gives, counted before any handler runs: a list that loads
+// late takes the focus only if nothing was asked meanwhile.
+let gestures = 0;
+for (const kind of ["keydown", "pointerdown"]) document.addEventListener(kind, () => { gestures += 1; }, true);
 
 const examsLoad = latest();
 
@@ -297,9 +302,10 @@ async function takeScan(scan) {
     const found = await api("GET", `/api/patients?q=${encodeURIComponent(order.patient_id)}&limit=1`);
     if (found.items[0]) {
       state.patient = found.items[0];
+      const seen = gestures;
       await choosePatient(found.items[0]);
       await loadExams(order.id);
-      $("exams").focus();
+      if (gestures === seen) $("exams").focus();
     }
   } catch (error) { failed(error); }
 }
