@@ -88,12 +88,21 @@ def pg_database() -> Iterator[str | None]:
 
 
 def _truncate(url: str) -> None:
+    """Empty every table a test may have written, and start every sequence again at 1.
+
+    Only the tables holding rows are truncated: TRUNCATE gives each table it names new files,
+    about 0.3 s for all of them, where asking which hold rows takes a few milliseconds."""
     db = Database(url)
     with db.engine.begin() as connection:
         tables = [r[0] for r in connection.execute(text(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"))]
-        if tables:
-            connection.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
+        holding = [r[0] for r in connection.execute(text(" UNION ALL ".join(
+            f"SELECT '{t}' WHERE EXISTS (SELECT 1 FROM \"{t}\")" for t in tables)))] if tables else []
+        if holding:
+            connection.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in holding) + " CASCADE"))
+        connection.execute(text(
+            "SELECT setval(c.oid, 1, false) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind = 'S' AND n.nspname = 'public'"))
     db.dispose()
 
 
