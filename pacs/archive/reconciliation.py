@@ -41,13 +41,13 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, or_
+from sqlalchemy import JSON, and_, bindparam, or_
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from pacs.archive.index import Study
 from pacs.audit import Event, codes, record
 from pacs.audit.codes import Action
-from pacs.db import UTCDateTime, utcnow
+from pacs.db import Prepared, UTCDateTime, utcnow
 from pacs.registry import lifecycle, service
 from pacs.registry.device_rules import ENDED_ORDERS, DeviceRules, ImageKeys, Match, match_order
 from pacs.registry.models import ImagingOrder, OrderStatus, Patient
@@ -91,6 +91,9 @@ class ReconciliationItem(SQLModel, table=True):
     resolution: str = ""  # what was done, in words
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     resolved_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+RECONCILIATION = ReconciliationItem.__table__  # type: ignore[attr-defined]
 
 
 class ReconcileError(Exception):
@@ -242,10 +245,27 @@ def _open(session: Session, *conditions: Any) -> list[ReconciliationItem]:
                              .order_by(col(ReconciliationItem.id))).all())
 
 
+# Whether any open item may wait for a new order: its patient's, or one that typed its accession
+# number or Study Instance UID (an empty one matches nothing). Asked for every order the HIS sends,
+# and almost always answered no: a prepared statement (pacs.db.Prepared), the items themselves
+# loaded only when there are some.
+_ANY_OPEN_FOR_ORDER = Prepared(
+    select(RECONCILIATION.c.id).where(
+        RECONCILIATION.c.status == Status.OPEN.value,
+        or_(RECONCILIATION.c.patient == bindparam("patient"),
+            and_(bindparam("accession") != "", RECONCILIATION.c.accession_number == bindparam("accession")),
+            and_(bindparam("uid") != "", RECONCILIATION.c.study_instance_uid == bindparam("uid"))))
+    .limit(1))
+
+
 def on_new_order(session: Session, order: Any, ctx: service.Context) -> None:
     """A new order (HL7 ORM/OMI, FHIR, the desk) may be the one an open item waited for: its
     accession number or Study Instance UID was typed, or its patient now has one order of the
     day. Those items are tried again (registry hook, in the order's transaction)."""
+    if _ANY_OPEN_FOR_ORDER.first(session.connection(), {
+            "patient": order.patient, "accession": order.accession_number or "",
+            "uid": order.study_instance_uid or ""}) is None:
+        return
     conditions = [ReconciliationItem.patient == order.patient]
     if order.accession_number:
         conditions.append(ReconciliationItem.accession_number == order.accession_number)
