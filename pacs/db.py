@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from psycopg.pq import TransactionStatus
-from sqlalchemy import Connection, DateTime, Engine, create_engine, event, insert, text
+from sqlalchemy import Connection, DateTime, Engine, create_engine, event, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.sql.expression import Executable
@@ -353,7 +353,7 @@ class _Plan:
 
 
 # n new values of a table's id sequence (SERIAL), in one statement (Prepared.insert_each)
-_NEXT_IDS = text("SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM generate_series(1, :count)")
+_NEXT_IDS = "SELECT nextval(pg_get_serial_sequence(%(table)s, 'id')) FROM generate_series(1, %(count)s)"
 
 
 class Prepared:
@@ -429,9 +429,13 @@ class Prepared:
         if not rows:
             return
         plan = self._plan(conn.dialect, tuple(rows[0]) if self._dml else ())
+        parameters = [plan.parameters(row) for row in rows]
         cursor = self._cursor(conn)
         try:
-            cursor.executemany(plan.sql, [plan.parameters(row) for row in rows])
+            if len(parameters) == 1:  # psycopg would set up a pipeline for it: 110 against 170 µs of CPU
+                cursor.execute(plan.sql, parameters[0])
+            else:
+                cursor.executemany(plan.sql, parameters)
         finally:
             cursor.close()
 
@@ -474,7 +478,12 @@ class Prepared:
         table = self.statement.table  # type: ignore[attr-defined]
         if self._plain is None:
             self._plain = Prepared(insert(table))
-        ids = sorted(conn.execute(_NEXT_IDS, {"table": table.name, "count": len(rows)}).scalars())
+        cursor = self._cursor(conn)
+        try:
+            cursor.execute(_NEXT_IDS, {"table": table.name, "count": len(rows)})
+            ids = sorted(new for (new,) in cursor.fetchall())
+        finally:
+            cursor.close()
         self._plain.execute_many(conn, [{**row, "id": new} for row, new in zip(rows, ids, strict=True)])
         return ids
 

@@ -74,6 +74,42 @@ def test_constants_of_the_statement_and_many_rows(db: Database) -> None:
     assert none is None
 
 
+def test_many_rows_in_one_statement_are_stored_as_one_at_a_time(db: Database) -> None:
+    """Several rows (a pipeline on PostgreSQL) and one row (a plain execute) give the same:
+    bytes, JSON, timestamps in any zone, text and NULLs."""
+    shanghai = datetime(2026, 12, 7, 9, 5, tzinfo=timezone(timedelta(hours=8)))
+    rows = [{"raw": f"MSH|^~\\&|{i}".encode() + b"\x00\xff", "received_at": shanghai + timedelta(minutes=i),
+             "mapped": {"name": "王芳", "n": i} if i % 2 else None, "control_id": f"C{i}",
+             "patient_id": "" if i == 2 else f"P{i}", "status": "PROCESSED"} for i in range(4)]
+    many = Prepared(insert(MESSAGE))
+    keys = (MESSAGE.c.raw, MESSAGE.c.received_at, MESSAGE.c.mapped, MESSAGE.c.control_id, MESSAGE.c.patient_id,
+            MESSAGE.c.status)
+    with db.engine.connect() as conn, conn.begin():
+        many.execute_many(conn, rows)
+        together = [tuple(r) for r in conn.execute(select(*keys).order_by(MESSAGE.c.id))]
+        conn.execute(MESSAGE.delete())
+        for row in rows:
+            many.execute_many(conn, [row])
+        alone = [tuple(r) for r in conn.execute(select(*keys).order_by(MESSAGE.c.id))]
+    assert together == alone
+    assert [r[0] for r in together] == [row["raw"] for row in rows]
+    assert together[1][2] == {"name": "王芳", "n": 1} and together[1][1] == shanghai + timedelta(minutes=1)
+
+
+def test_an_update_of_many_rows_by_id_writes_each_its_own_values(db: Database) -> None:
+    """An UPDATE run for several rows writes each row's values to the row it names."""
+    save = Prepared(update(MESSAGE).where(MESSAGE.c.id == bindparam("row_id")))
+    with db.engine.connect() as conn, conn.begin():
+        ids = [conn.execute(insert(MESSAGE).values(raw=b"MSH|", received_at=utcnow())).inserted_primary_key[0]
+               for _ in range(4)]
+        save.execute_many(conn, [{"status": f"S{n}", "mapped": {"n": n} if n else None, "error": None, "row_id": i}
+                                 for n, i in enumerate(ids[:3])])
+        stored = [tuple(r) for r in conn.execute(select(MESSAGE.c.status, MESSAGE.c.mapped, MESSAGE.c.error)
+                                                  .order_by(MESSAGE.c.id))]
+    assert stored[:3] == [("S0", None, None), ("S1", {"n": 1}, None), ("S2", {"n": 2}, None)]
+    assert stored[3][0] not in ("S0", "S1", "S2")  # a row not named is left alone
+
+
 def test_json_columns_are_serialised_as_sqlalchemy_would(db: Database) -> None:
     save = Prepared(update(MESSAGE).where(MESSAGE.c.id == bindparam("row_id")))
     with db.engine.connect() as conn, conn.begin():
