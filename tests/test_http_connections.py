@@ -2,7 +2,8 @@
 uvicorn's protocol): one that sends nothing is closed after ``[http]
 request_head_timeout_seconds``, one that trickles its request head is answered 408 and closed,
 a head over the limit 431, and one address past ``max_connections_per_address`` 503, while
-another address is served; kept-alive connections and request bodies are unaffected."""
+another address is served; kept-alive connections and request bodies are unaffected. At a stop
+the port is freed at once when no connection is open, and a kept-alive one is closed."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.conftest import RunningServer
 
 HEAD_TIMEOUT = 1.0  # seconds: the tests' request head timeout
 OTHER_HOST = "127.0.0.2"  # another address on loopback
@@ -132,3 +135,34 @@ def test_kept_alive_connections_and_bodies_are_served_as_before(quick):
                                headers={"content-type": "application/fhir+json"})
         assert response.status_code not in (408, 431, 503)
         assert client.get("/healthz").status_code == 200
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_at_stop_an_idle_server_frees_its_port(settings):  # type: ignore[no-untyped-def]
+    running = RunningServer(settings).start()
+    port = running.server.http_port
+    assert healthy(running)  # its connection closed after the answer: none open at the stop
+    running.stop()
+    assert refused(port)
+
+
+def test_at_stop_a_kept_alive_connection_is_closed_and_the_port_freed(settings):  # type: ignore[no-untyped-def]
+    running = RunningServer(settings).start()
+    port = running.server.http_port
+    sock = connect(running)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: pacs\r\n\r\n")
+    sock.settimeout(10)
+    answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200")  # and the connection is kept alive, idle
+    running.stop()  # with a connection open, uvicorn's own shutdown asks it to finish
+    closed, _ = until_closed(sock, 5)
+    assert closed is not None
+    sock.close()
+    assert refused(port)
