@@ -121,13 +121,16 @@ class Services:
     def close(self) -> None:
         if self.publisher is not None:
             self.publisher.stop()
+        # Before the archive and the intake: a delivery in flight may store into the archive (a
+        # report's SR and PDF). What the intake and the archive queue meanwhile waits, durable,
+        # for the next start.
+        self.outbox.stop()
         if self.storage is not None:
             self.storage.stop()
         self.intake.stop()
         if self.capture is not None:
             self.capture.stop()  # before the archive: a hot folder's file in flight is stored
         self.archive.stop()
-        self.outbox.stop()
         housekeeping.stop(self)
         self.db.dispose()
 

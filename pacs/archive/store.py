@@ -79,6 +79,13 @@ class Outcome(StrEnum):
     FAILED = "failed"
 
 
+WRITER_CHECK_SECONDS = 1.0  # how often a store() waiting for the index writer looks whether it still runs
+
+
+class WriterStopped(Exception):
+    """The index writer ended without taking a job (it was queued after the writer's STOP)."""
+
+
 class DuplicatePolicy(StrEnum):
     IGNORE = "ignore"
     KEEP_NEWER = "keep_newer"
@@ -673,11 +680,27 @@ class Archive:
                                pending=job.future)
         self._queue.put(job)
         try:
-            return job.future.result()
+            return self._indexed_result(job)
+        except WriterStopped:
+            self.area.remove(stored.key)
+            log.warning("%s came as the archive stopped; not stored, the sender may send it again", uid)
+            return StoreResult(Outcome.FAILED, OUT_OF_RESOURCES, "the archive is stopping")
         except Exception as exc:
             self.area.remove(stored.key)
             log.error("indexing %s failed; the file was removed: %s", uid, exc)
             return StoreResult(Outcome.FAILED, OUT_OF_RESOURCES, "could not index the object")
+
+    def _indexed_result(self, job: IndexJob) -> StoreResult:
+        """The index writer's result for ``job``. A job queued after the writer took its STOP is
+        never taken (a report's delivery, say, that came as the server stopped): rather than wait
+        for good, holding whatever its caller holds, the wait ends once the writer has ended."""
+        while True:
+            try:
+                return job.future.result(timeout=WRITER_CHECK_SECONDS)
+            except TimeoutError:
+                writer = self._thread
+                if (writer is None or not writer.is_alive()) and not job.future.done():
+                    raise WriterStopped from None
 
     def index_staged(self, key: str, calling_ae: str, values: dict[str, str], transfer_syntax: str,
                      size: int, checksum: str = "") -> Future[StoreResult]:

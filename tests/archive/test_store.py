@@ -296,3 +296,18 @@ def test_a_uid_with_bytes_no_uid_may_hold(server, tmp_path):
     assert status.Status == 0xC000 and status.ErrorComment.startswith("SOPInstanceUID")  # "... is not a valid UID"
     assert_nothing_kept(server)
     still_serving(server, tmp_path)
+
+
+def test_an_object_that_comes_as_the_archive_stops_fails_rather_than_waits(server, tmp_path):
+    """store() queued after the index writer took its STOP (a report's delivery in flight when
+    the server stops) used to wait for good, holding what its caller held (the outbox's lock on
+    its queue): once the writer has ended it is answered with a failure, its file removed."""
+    from pacs.archive.store import Outcome
+
+    archive = server.server.services.archive
+    archive.stop()
+    [item] = build(tmp_path / "corpus", [("CT_small.dcm", "")])
+    result = archive.store(item.path, calling_ae="REPORTS")
+    assert (result.outcome, result.comment) == (Outcome.FAILED, "the archive is stopping")
+    assert storage_files(server) == [] and count(server.db, Instance) == 0
+    assert item.path.exists()  # not moved: the caller still has it
