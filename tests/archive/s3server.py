@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import http.client
 import socket
 import subprocess
 import sys
@@ -22,22 +23,34 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+PORT_TRIES = 5  # a free port may be taken by another test's server before moto binds it
+
+
 class MotoServer:
     def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen([str(MOTO), "-H", "127.0.0.1", "-p", str(self.port)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(self.url, timeout=1).close()
+        for _ in range(PORT_TRIES):
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+            self.process = subprocess.Popen([str(MOTO), "-H", "127.0.0.1", "-p", str(self.port)],
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if self._answers():
                 return
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    self.stop()
-                    raise RuntimeError(f"moto_server did not start on port {self.port}") from None
-                time.sleep(0.1)
+            self.stop()
+        raise RuntimeError(f"moto_server did not start on any of {PORT_TRIES} ports")
+
+    def _answers(self) -> bool:
+        """Whether moto serves on the port: its bucket listing, from this process (whatever
+        else answers there, or moto gone because the port was taken, is not it)."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                with urllib.request.urlopen(self.url, timeout=1) as answer:
+                    if b"ListAllMyBucketsResult" in answer.read() and self.process.poll() is None:
+                        return True
+            except (OSError, http.client.HTTPException):
+                pass
+            time.sleep(0.1)
+        return False
 
     def area_settings(self, name: str, bucket: str, tier: str = "nearline") -> dict[str, object]:
         return {"name": name, "kind": "s3", "tier": tier, "bucket": bucket, "endpoint_url": self.url,

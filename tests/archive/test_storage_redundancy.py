@@ -7,7 +7,8 @@ from __future__ import annotations
 import time
 
 from pydicom.uid import ExplicitVRLittleEndian
-from sqlmodel import Session, func, select
+from sqlalchemy import update
+from sqlmodel import Session, col, func, select
 
 from pacs.archive.storage.tables import PendingReplica
 from tests.archive.s3server import free_port, moto_s3  # noqa: F401  (fixture)
@@ -70,10 +71,10 @@ def test_the_replicator_catches_up_after_a_restart(settings, start_server, tmp_p
     up = storage_config(tmp_path, None, write=["online", "s3"],
                         areas=[moto_s3.area_settings("s3", "later")])
     again = start_server(storage=up)  # the same data folder and database
-    with Session(again.db.engine) as session:  # retry now rather than after the backoff
-        for row in session.exec(select(PendingReplica)).all():
-            row.next_attempt_at = row.created_at
-            session.add(row)
+    # Retry now rather than after the backoff; in one statement, as the restarted replicator
+    # may take a row meanwhile.
+    with Session(again.db.engine) as session:
+        session.execute(update(PendingReplica).values(next_attempt_at=col(PendingReplica.created_at)))
         session.commit()
     storage(again).replicate_pending()
     assert pending(again) == 0
