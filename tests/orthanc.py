@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -13,18 +12,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.process import free_port
+
 ORTHANC = shutil.which("Orthanc")
 needs_orthanc = pytest.mark.skipif(ORTHANC is None, reason="Orthanc is not installed (apt-get install orthanc; .ci/run does)")
 
 
 HTTP_PORT_ATTEMPTS = 3
 PORT_IN_USE = "privileged or already in use"  # what Orthanc logs when it cannot bind a port
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Orthanc:

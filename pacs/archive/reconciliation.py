@@ -245,34 +245,27 @@ def _open(session: Session, *conditions: Any) -> list[ReconciliationItem]:
                              .order_by(col(ReconciliationItem.id))).all())
 
 
-# Whether any open item may wait for a new order: its patient's, or one that typed its accession
-# number or Study Instance UID (an empty one matches nothing). Asked for every order the HIS sends,
-# and almost always answered no: a prepared statement (pacs.db.Prepared), the items themselves
-# loaded only when there are some.
-_ANY_OPEN_FOR_ORDER = Prepared(
+# The open items a new order may resolve: its patient's, or those that typed its accession number
+# or Study Instance UID (an empty one matches nothing). Asked for every order the HIS sends, and
+# almost always none: a prepared statement (pacs.db.Prepared), the items themselves loaded only
+# when there are some.
+_OPEN_FOR_ORDER = Prepared(
     select(RECONCILIATION.c.id).where(
         RECONCILIATION.c.status == Status.OPEN.value,
         or_(RECONCILIATION.c.patient == bindparam("patient"),
             and_(bindparam("accession") != "", RECONCILIATION.c.accession_number == bindparam("accession")),
-            and_(bindparam("uid") != "", RECONCILIATION.c.study_instance_uid == bindparam("uid"))))
-    .limit(1))
+            and_(bindparam("uid") != "", RECONCILIATION.c.study_instance_uid == bindparam("uid")))))
 
 
 def on_new_order(session: Session, order: Any, ctx: service.Context) -> None:
     """A new order (HL7 ORM/OMI, FHIR, the desk) may be the one an open item waited for: its
     accession number or Study Instance UID was typed, or its patient now has one order of the
     day. Those items are tried again (registry hook, in the order's transaction)."""
-    if _ANY_OPEN_FOR_ORDER.first(session.connection(), {
-            "patient": order.patient, "accession": order.accession_number or "",
-            "uid": order.study_instance_uid or ""}) is None:
-        return
-    conditions = [ReconciliationItem.patient == order.patient]
-    if order.accession_number:
-        conditions.append(ReconciliationItem.accession_number == order.accession_number)
-    if order.study_instance_uid:
-        conditions.append(ReconciliationItem.study_instance_uid == order.study_instance_uid)
-    items = _open(session, *conditions)
-    if items:
+    found = _OPEN_FOR_ORDER.rows(session.connection(), {
+        "patient": order.patient, "accession": order.accession_number or "",
+        "uid": order.study_instance_uid or ""})
+    if found:
+        items = _open(session, col(ReconciliationItem.id).in_([row["id"] for row in found]))
         retry(session, items, ctx.devices, by=ctx.by, notify=ctx.notify)
 
 

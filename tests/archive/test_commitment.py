@@ -3,7 +3,6 @@ association, and on a new one when the modality has gone."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -15,6 +14,7 @@ from pynetdicom.sop_class import CTImageStorage, StorageCommitmentPushModel
 
 from pacs.settings import Peer
 from tests.archive.test_store import ct, send_file, stored_path
+from tests.process import free_port
 
 WELL_KNOWN = "1.2.840.10008.1.20.1.1"
 
@@ -31,12 +31,6 @@ def request(uids: list[tuple[str, str]]) -> tuple[Dataset, str]:
         items.append(item)
     ds.ReferencedSOPSequence = items
     return ds, transaction
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_report_on_the_same_association(server, tmp_path):

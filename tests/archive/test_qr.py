@@ -25,14 +25,9 @@ from pynetdicom.sop_class import (
 from pacs.settings import Peer
 from tests.archive.corpus import build, storescu
 from tests.dicom import needs_dcmtk
+from tests.process import free_port
 
 pytestmark = needs_dcmtk
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
