@@ -12,10 +12,31 @@ import time
 from pathlib import Path
 
 
+FREE_PORTS = range(3000, 10000)  # below the cluster's bases and the ephemeral range
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port for a server a test starts later, free now. Not one the kernel hands out: a port from
+    the ephemeral range (32768-60999 on Linux) can be taken by an outgoing connection (to
+    PostgreSQL, say) between this check and the server's bind. Each pytest-xdist worker draws from
+    its own stripe, so two workers never pick the same port."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(worker.removeprefix("gw")) if worker.removeprefix("gw").isdigit() else 0
+    stripe = FREE_PORTS[index % workers::workers]
+    for _ in range(200):
+        port = random.choice(stripe)
+        if port in _handed_out:
+            continue
+        try:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free port")
 
 
 def free_cluster_base(nodes: int = 3, front_ports: int = 6) -> int:
