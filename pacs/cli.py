@@ -217,15 +217,18 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _messages(args: argparse.Namespace) -> int:
-    from pacs.server import Services
-
     settings = _settings(args)
-    services = Services.build(settings)
+    if args.action == "reprocess":
+        return _reprocess(settings, args.id)
+    from pacs.db import Database  # reading needs the database only, not every service built
+
+    db = Database(settings.effective_database_url)
+    db.migrate()
     try:
         if args.action == "list":
             from pacs.integration import message_store
 
-            with services.db.session() as session:
+            with db.session() as session:
                 since = args.since.astimezone() if args.since and args.since.tzinfo is None else args.since
                 until = args.until.astimezone() if args.until and args.until.tzinfo is None else args.until
                 total, rows = message_store.search(
@@ -246,7 +249,7 @@ def _messages(args: argparse.Namespace) -> int:
         if args.action == "show":
             from pacs.integration.message_store import StoredMessage, as_json, decoded
 
-            with services.db.session() as session:
+            with db.session() as session:
                 row = session.get(StoredMessage, args.id)
                 if row is None:
                     print(f"pacs: message {args.id} does not exist", file=sys.stderr)
@@ -255,20 +258,27 @@ def _messages(args: argparse.Namespace) -> int:
                 data["raw"] = decoded(row).replace("\r", "\n")
                 print(as_json(data))
             return 0
-        if args.action == "reprocess":
-            from pacs.integration.intake import reprocess
+    finally:
+        db.dispose()
+    return 2
 
-            try:
-                outcome = reprocess(services.intake, services.db, args.id)
-            except LookupError as exc:
-                print(f"pacs: {exc}", file=sys.stderr)
-                return 1
-            print(f"message {args.id} reprocessed as message {outcome.message_id}: {outcome.status} "
-                  f"({outcome.ack_code}){' ' + str(outcome.error) if outcome.error else ''}")
-            return 0 if outcome.error is None else 1
+
+def _reprocess(settings: Settings, message_id: int) -> int:
+    """Run a stored message through the mappings in force, as the intake worker would."""
+    from pacs.integration.intake import reprocess
+    from pacs.server import Services
+
+    services = Services.build(settings)
+    try:
+        outcome = reprocess(services.intake, services.db, message_id)
+    except LookupError as exc:
+        print(f"pacs: {exc}", file=sys.stderr)
+        return 1
     finally:
         services.db.dispose()
-    return 2
+    print(f"message {message_id} reprocessed as message {outcome.message_id}: {outcome.status} "
+          f"({outcome.ack_code}){' ' + str(outcome.error) if outcome.error else ''}")
+    return 0 if outcome.error is None else 1
 
 
 def _mappings(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ from typing import Any
 from psycopg.pq import TransactionStatus
 from sqlalchemy import Connection, DateTime, Engine, create_engine, event, insert
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.sql.expression import Executable
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session
@@ -278,8 +278,27 @@ def _sqlite_begin(conn: Any) -> None:
         raise
 
 
+def newest_revision() -> str:
+    """The newest migration's revision id. Each file under ``migrations/versions`` is named after
+    its revision, numbered in order (``0017_message_status_received.py`` is revision 0017)."""
+    return max(path.name.split("_", 1)[0] for path in (MIGRATIONS_DIR / "versions").glob("[0-9]*_*.py"))
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The revision the database's schema is at (alembic's ``alembic_version``), or None for a
+    database alembic has not touched."""
+    try:
+        with engine.execution_options(sqlite_deferred=True).connect() as connection:
+            return connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    except DBAPIError:  # no such table
+        return None
+
+
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision (``alembic upgrade head``)."""
+    """Bring the schema to the newest revision (``alembic upgrade head``). A schema already there
+    is left alone without loading alembic and the models (most of a command's start-up)."""
+    if schema_revision(engine) == newest_revision():
+        return
     from alembic import command
     from alembic.config import Config
 
