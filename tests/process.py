@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-
 FREE_PORTS = range(3000, 10000)  # below the cluster's bases and the ephemeral range
 _handed_out: set[int] = set()
 
