@@ -46,9 +46,8 @@ def replace(message: bytes, old: str, new: str, codec: str = "utf-8") -> bytes:
     return message.decode(codec).replace(old, new).encode(codec)
 
 
-@pytest.mark.parametrize(
-    ("name", "payload", "code", "error"),
-    [
+# (case, payload, acknowledgement code, HL7 error code in ERR-3)
+BAD_MESSAGES = [
         ("no MSH", b"PID|1||X\rPV1|1|O", "AR", "100"),
         ("field separator is a letter", replace(ADT, "MSH|^~\\&|", "MSHA^~\\&A").replace(b"|", b"A"), "AR", "100"),
         ("encoding characters missing", replace(ADT, "MSH|^~\\&|", "MSH||"), "AR", "100"),
@@ -63,19 +62,26 @@ def replace(message: bytes, old: str, new: str, codec: str = "utf-8") -> bytes:
         ("unknown sex code", replace(ADT, "|19900101|M|", "|19900101|X|"), "AE", "103"),
         ("bad birth date", replace(ADT, "|19900101|M|", "|19901301|M|"), "AE", "102"),
         ("no patient identifier", replace(ADT, "P10001^^^HOSP^PI~110101199001011234^^^CHN^NI", ""), "AE", "101"),
-    ],
-)
-def test_bad_message_is_answered_and_stored(server, name, payload, code, error):
-    with MLLPClient(server.mllp_port) as client:
-        ack = ack_fields(client.send(payload))
-        assert ack["code"] == code, ack["text"]
-        assert ack["err"] is not None and error in "|".join(ack["err"]), ack["text"]
-        # the same connection keeps working
-        assert ack_fields(client.send(ADT))["code"] == "AA"
-    rows = stored(server.db)
-    assert rows[0].raw == payload  # kept byte for byte, whatever it was
-    assert rows[0].status == Status.ERROR and rows[0].error
-    assert count(server.db, Patient) == 1  # only the good ADT did anything
+]
+
+
+def test_bad_messages_are_answered_and_stored(server):
+    """One server for every case (a front process is a Python start): each bad message, then a
+    good one on the same connection, each case on a connection of its own."""
+    for number, (name, payload, code, error) in enumerate(BAD_MESSAGES):
+        good_adt = replace(ADT, "|ADT0001|", f"|GOOD{number:04d}|")  # not a resend of the last case's
+        seen = len(stored(server.db))
+        with MLLPClient(server.mllp_port) as client:
+            ack = ack_fields(client.send(payload))
+            assert ack["code"] == code, f"{name}: {ack['text']}"
+            assert ack["err"] is not None and error in "|".join(ack["err"]), f"{name}: {ack['text']}"
+            # the same connection keeps working
+            assert ack_fields(client.send(good_adt))["code"] == "AA", name
+        bad, good = stored(server.db)[seen:]
+        assert bad.raw == payload, name  # kept byte for byte, whatever it was
+        assert bad.status == Status.ERROR and bad.error, name
+        assert good.status == Status.PROCESSED, name
+        assert count(server.db, Patient) == 1, name  # only the good ADTs did anything
 
 
 @one_database
