@@ -61,7 +61,11 @@ def spawned_children(parent: int) -> list[int]:
     """The helper processes ``pacs serve`` started (multiprocessing's spawned interpreters)."""
     found = []
     for task in Path(f"/proc/{parent}/task").glob("*"):
-        for child in (task / "children").read_text().split():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:  # a thread that ended since the listing
+            continue
+        for child in children:
             try:
                 command = Path(f"/proc/{child}/cmdline").read_bytes()
             except OSError:
