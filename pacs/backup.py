@@ -50,7 +50,7 @@ from sqlalchemy.engine import make_url
 
 from pacs.archive.retention import backup_lock
 from pacs.archive.storage import CHUNK, StorageArea, _fsync_dir
-from pacs.db import Database, utcnow
+from pacs.db import Database, schema_revision, utcnow
 from pacs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -271,10 +271,7 @@ def _alembic_revision(url: str) -> str:
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1)
                            if url.startswith("postgresql://") else url)
     try:
-        with engine.connect() as connection:
-            return str(connection.execute(text("SELECT version_num FROM alembic_version")).scalar() or "")
-    except Exception:
-        return ""
+        return schema_revision(engine) or ""
     finally:
         engine.dispose()
 

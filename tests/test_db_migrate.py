@@ -26,7 +26,9 @@ def test_a_new_database_is_migrated_to_the_newest_revision(tmp_path):
 
 
 def test_a_schema_at_the_newest_revision_is_left_without_loading_alembic(database_url):
-    Database(database_url).migrate()
+    db = Database(database_url)
+    db.migrate()
+    db.dispose()
     check = ("import sys; from pacs.db import Database; db = Database(sys.argv[1]); db.migrate(); "
              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'pypinyin')))")
     done = subprocess.run([sys.executable, "-c", check, database_url], capture_output=True, text=True, timeout=120,
