@@ -152,12 +152,14 @@ def _connection_opened(event: evt.Event) -> None:
     """Nagle's algorithm costs ~40 ms per DIMSE exchange on loopback (DESIGN.md); a peer that
     stalls in the middle of a PDU, or stops reading, is given up after the network timeout
     (:func:`pacs.archive.dul.limit_stalls`); the reactors wake when there is work instead of
-    polling alone (:func:`pacs.archive.dul.wake_up`)."""
+    polling alone (:func:`pacs.archive.dul.wake_up`); C-FIND requests are served by the thread
+    that reads them (:func:`pacs.archive.dul.serve_directly`)."""
     sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         dul.limit_stalls(sock, event.assoc.network_timeout)
     dul.wake_up(event.assoc)
+    dul.serve_directly(event.assoc)
 
 
 class SharedContexts(list):  # type: ignore[type-arg]

@@ -30,6 +30,7 @@ wrong with it.
 
 from __future__ import annotations
 
+import functools
 import queue
 import struct
 import time
@@ -43,6 +44,11 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_FIND, C_STORE
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.sop_class import (
+    ModalityWorklistInformationFind,
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+)
 
 from pacs.archive.encoding import Encoded
 
@@ -209,7 +215,7 @@ class PendingSender:
             self.queued = 0
 
 
-def _send_data(dul: Any) -> str:
+def send_data(dul: Any) -> str:
     """DT-1 (PS3.8 9.2): send the P-DATA-TF PDU(s) of the next P-DATA request; stays in Sta6."""
     primitive = dul.to_provider_queue.get(False)
     if isinstance(primitive, EncodedPData):
@@ -341,7 +347,7 @@ def install() -> None:
     send_msg._pacs_fast = True  # type: ignore[attr-defined]
     DIMSEServiceProvider.send_msg = send_msg  # type: ignore[method-assign]
     description, _, next_state = fsm.ACTIONS[DATA_TRANSFER_ACTION]
-    fsm.ACTIONS[DATA_TRANSFER_ACTION] = (description, _send_data, next_state)
+    fsm.ACTIONS[DATA_TRANSFER_ACTION] = (description, send_data, next_state)
 
 
 # -- C-STORE and C-FIND requests received -----------------------------------------------------
@@ -351,6 +357,8 @@ REQUEST_ELEMENTS = {0x0000: ("CommandGroupLength", "UL"), 0x0002: ("AffectedSOPC
                     0x0100: ("CommandField", "US"), 0x0110: ("MessageID", "US"), 0x0700: ("Priority", "US"),
                     0x0800: ("CommandDataSetType", "US"), 0x1000: ("AffectedSOPInstanceUID", "UI")}
 C_FIND_RQ = 0x0020
+FIND_CLASSES = frozenset((ModalityWorklistInformationFind, PatientRootQueryRetrieveInformationModelFind,
+                          StudyRootQueryRetrieveInformationModelFind))
 REQUESTS = {C_STORE_RQ: frozenset(keyword for keyword, _vr in REQUEST_ELEMENTS.values()),
             C_FIND_RQ: frozenset(keyword for keyword, _vr in REQUEST_ELEMENTS.values()) - {"AffectedSOPInstanceUID"}}
 PRIORITIES = (0x0000, 0x0001, 0x0002)  # medium, high, low (PS3.7 9.1.1.1.10)
@@ -390,7 +398,7 @@ def request_command(data: bytes) -> RequestCommand | None:
         position += length
         if vr == "UI":  # anything but digits and dots (PS3.5 9.1) goes pynetdicom's way, as it did
             text = value.rstrip(b"\0 ").decode("latin-1")
-            if not text or not UID_CHARACTERS.issuperset(text) or not _config.VALIDATORS["UI"](text)[0]:
+            if not _acceptable_uid(text):
                 return None
             values[keyword] = UID(text)
         elif len(value) != (2 if vr == "US" else 4):
@@ -402,6 +410,22 @@ def request_command(data: bytes) -> RequestCommand | None:
             or values["Priority"] not in PRIORITIES):
         return None
     return RequestCommand(values)
+
+
+@functools.lru_cache(maxsize=1024)
+def _acceptable_uid(text: str) -> bool:
+    """Whether a request's UID is of digits and dots and one pynetdicom's setters accept (its
+    validator's regular expression, once per UID: a SOP class UID recurs in every request)."""
+    return bool(text) and UID_CHARACTERS.issuperset(text) and _config.VALIDATORS["UI"](text)[0]
+
+
+def set_uids(primitive: Any, command: RequestCommand) -> None:
+    """The request's UIDs onto its primitive. They passed the check pynetdicom's setters make
+    (:func:`_acceptable_uid`), so they go to the attributes behind the setters, which would
+    check each again and match it against pydicom's regular expression only to log a warning."""
+    primitive._affected_sop_class_uid = command.AffectedSOPClassUID
+    if isinstance(primitive, C_STORE):
+        primitive._affected_sop_instance_uid = command.AffectedSOPInstanceUID
 
 
 _pynetdicom_decode = dimse_messages.decode  # type: ignore[attr-defined]
@@ -424,13 +448,12 @@ def message_to_primitive(self: Any) -> Any:
     primitive: C_STORE | C_FIND
     if command.CommandField == C_STORE_RQ:
         primitive = C_STORE()
-        primitive.AffectedSOPInstanceUID = command.AffectedSOPInstanceUID
         primitive.DataSet = self.data_set
     else:
         primitive = C_FIND()
         primitive.Identifier = self.data_set
     primitive.MessageID = command.MessageID
-    primitive.AffectedSOPClassUID = command.AffectedSOPClassUID
+    set_uids(primitive, command)
     primitive.Priority = command.Priority
     primitive._context_id = self.context_id
     primitive._dataset_path = self._data_set_path

@@ -34,6 +34,16 @@ presentation context. Anything else (the last fragment, a command, another PDU, 
 item) goes through pynetdicom's decoding as before, so the message still ends, and errors are
 still answered, the way pynetdicom has it.
 
+A C-FIND request goes further (:func:`serve_directly`): the DUL thread that reads it serves it.
+On an association with nothing else under way it reads the request's command set and identifier
+from their P-DATA-TF PDUs itself, makes the request primitive, and hands it to the association's
+own ``_serve_request``, as the association thread would, with the same access check, service
+class, audit and handler; the answers are written by the same thread as the handler gives them.
+A study-level query answered this way skips the PDU objects, the state machine, the DIMSE
+message assembly and the hand-over between the two threads (0.15 ms of the 1.1 ms a findscu
+query took). A C-CANCEL that arrives meanwhile is read and acted on between answers; a request
+that comes any other way goes pynetdicom's way.
+
 What a peer sends wrong ends its association as PS3.8 9.2 says, in one log line, never a
 traceback nor a thread left blocked: every PDU is read here (:func:`_read_pdu`), in the state the
 previous one led to, not ahead of it; a PDU type PS3.8 does not define, or bytes that do not
@@ -66,24 +76,27 @@ import time
 import weakref
 from collections import Counter
 from collections.abc import Callable
+from io import BytesIO
 from typing import Any, cast
 
 from pynetdicom import association as pn_association
 from pynetdicom import dul as pn_dul
 from pynetdicom import events as pn_evt
 from pynetdicom import fsm as pn_fsm
+from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.fsm import InvalidEventError, StateMachine
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
     A_P_ABORT,
+    P_DATA,
     ImplementationClassUIDNotification,
     MaximumLengthNotification,
 )
 from pynetdicom.transport import AssociationSocket
 
-from pacs.archive import transport
+from pacs.archive import dimse, transport
 
 log = logging.getLogger(__name__)
 _pynetdicom_dt_2 = pn_fsm.ACTIONS["DT-2"][1]
@@ -286,6 +299,9 @@ def _read_pdu_data(self: DULServiceProvider) -> None:
     spool = getattr(message, "_data_set_file", None) if message is not None else None
     transport = self.socket
     sock = getattr(transport, "socket", None)
+    if (message is None and sock is not None and state == DATA_TRANSFER
+            and "_pacs_serving" in self.assoc.__dict__ and _serve_find(self, sock)):
+        return
     if (spool is None or sock is None or state != DATA_TRANSFER
             or self.assoc.get_handlers(pn_evt.EVT_PDU_RECV) or self.assoc.get_handlers(pn_evt.EVT_DATA_RECV)):
         _read_pdu(self)
@@ -345,6 +361,215 @@ def _bulk_fragments(pdu: memoryview, context_id: int) -> list[memoryview] | None
         fragments.append(pdu[offset + PDV_HEADER:stop])
         offset = stop
     return fragments or None
+
+
+def serve_directly(assoc: Any) -> None:
+    """Let ``assoc``'s DUL thread serve the C-FIND requests it reads itself (:func:`_serve_find`;
+    call before its threads start: pynetdicom's EVT_CONN_OPEN)."""
+    install_serving()
+    assoc._pacs_serving = threading.RLock()
+
+
+def install_serving() -> None:
+    """One request at a time per association, whichever thread serves it: pynetdicom's
+    ``_serve_request`` holds the association's serving lock when it has one (idempotent)."""
+    association = pn_association.Association
+    serve = association._serve_request
+    if getattr(serve, "_pacs_locked", False):
+        return
+
+    def _serve_request(self: Any, msg: Any, context_id: int) -> None:
+        lock = self.__dict__.get("_pacs_serving")
+        if lock is None:
+            serve(self, msg, context_id)
+            return
+        with lock:
+            serve(self, msg, context_id)
+
+    _serve_request._pacs_locked = True  # type: ignore[attr-defined]
+    association._serve_request = _serve_request  # type: ignore[method-assign]
+
+
+def _serve_find(self: DULServiceProvider, sock: socket.socket) -> bool:
+    """Serve a C-FIND request (PS3.7 9.1.2) in the DUL thread if the next PDUs are one; True when
+    PDUs were read (served, or handed to pynetdicom's decoding), False when nothing was.
+
+    Taken only on an association with nothing else under way (no message being assembled or
+    waiting to be served or sent, no request being served, no object of its own still being
+    indexed, no handler watching PDUs, messages or the state machine) and over plain TCP. The
+    request primitive goes to the association's own ``_serve_request``, as the association
+    thread would hand it: the access check, the service class, the audit and the handler run
+    as they do there, under the association's serving lock. Their answers are written as the
+    handler gives them (:func:`hold_back`), and a P-DATA-TF that arrives meanwhile (a C-CANCEL,
+    PS3.7 9.3.2.3) is read and acted on between answers; any other PDU waits unread until the
+    final response has gone, as it would behind the association thread."""
+    assoc = self.assoc
+    if (self.to_provider_queue.queue or assoc.dimse.msg_queue.queue or isinstance(sock, ssl.SSLSocket)
+            or _indexing(assoc) or any(assoc.get_handlers(watched) for watched in WATCHERS)):
+        return False
+    serving = assoc.__dict__["_pacs_serving"]
+    if not serving.acquire(blocking=False):
+        return False
+    try:
+        request = _take_find(self, sock)
+        if isinstance(request, bool):
+            return request
+        primitive, context_id = request
+        self._idle_timer.restart()
+        assoc.abort = assoc._abort_nonblocking  # as in a handler: an abort here cannot wait for this thread
+        try:
+            assoc._serve_request(primitive, context_id)
+        finally:
+            assoc.abort = assoc._abort_blocking
+            _pump(self, read=False)
+        return True
+    finally:
+        serving.release()
+
+
+WATCHERS = (pn_evt.EVT_PDU_RECV, pn_evt.EVT_DATA_RECV, pn_evt.EVT_DIMSE_RECV, pn_evt.EVT_PDU_SENT,
+            pn_evt.EVT_DATA_SENT, pn_evt.EVT_DIMSE_SENT, pn_evt.EVT_FSM_TRANSITION)
+PEEK_WHOLE = int(socket.MSG_PEEK | socket.MSG_WAITALL)  # as an int: an enum's | costs microseconds
+FIND_REQUEST_LIMIT = 64 << 10  # bytes: the most a C-FIND request served directly may take, PDUs and all
+FIND_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")  # implicit and explicit VR little endian
+
+
+def _indexing(assoc: Any) -> bool:
+    """Whether objects ``assoc`` sent are still being indexed (the handler settles them first)."""
+    return any(not future.done() for future in assoc.__dict__.get("_pacs_indexing", ()))
+
+
+def _peek_pdata(sock: socket.socket) -> int | None:
+    """The length of the P-DATA-TF PDU the socket holds next, header included; None when the
+    next PDU is of another type or its header cannot be read."""
+    try:
+        head = sock.recv(PDU_HEADER, PEEK_WHOLE)
+    except OSError:
+        return None
+    if len(head) < PDU_HEADER or head[0] != PDATA_TF:
+        return None
+    return PDU_HEADER + int.from_bytes(head[2:6], "big")
+
+
+def _pdvs(pdu: bytes | bytearray) -> list[tuple[int, int, bytes]] | None:
+    """The (context ID, message control header, fragment) of each PDV of a P-DATA-TF (PS3.8
+    9.3.5, E.2), or None if its items do not add up."""
+    items, offset, end = [], PDU_HEADER, len(pdu)
+    while offset < end:
+        length = int.from_bytes(pdu[offset:offset + 4], "big")
+        stop = offset + 4 + length
+        if end - offset < PDV_HEADER or length < 2 or stop > end:
+            return None
+        items.append((pdu[offset + 4], pdu[offset + 5], bytes(pdu[offset + PDV_HEADER:stop])))
+        offset = stop
+    return items or None
+
+
+def _take_find(self: DULServiceProvider, sock: socket.socket) -> tuple[C_FIND, int] | bool:
+    """Read a whole C-FIND request (its command set, then its identifier, in P-DATA-TF PDUs of
+    one presentation context) as its primitive and context ID. Anything else is left as it is:
+    False when nothing was read (the next PDU is not a P-DATA-TF, or too long to be one); True
+    when PDUs were read and have been handed to pynetdicom's decoding in order, the message then
+    going on the usual way (or the connection was lost, Evt17)."""
+    read: list[bytearray] = []
+    command, identifier = bytearray(), bytearray()
+    context_id: int | None = None
+    parsed: Any = None
+    done = False
+    while not done:
+        total = _peek_pdata(sock)
+        if total is None or total + sum(map(len, read)) > FIND_REQUEST_LIMIT:
+            return _hand_over(self, read)
+        pdu = bytearray(total)
+        try:
+            got = _fill(sock, memoryview(pdu))
+        except OSError as exc:
+            log.warning("DICOM %s: connection lost in a P-DATA-TF PDU of %d bytes: %s", _peer(self), total, _why(exc))
+            got = -1
+        if got < total:
+            if got >= 0:
+                log.warning("DICOM %s closed the connection %d bytes into a P-DATA-TF PDU of %d", _peer(self), got,
+                            total)
+            self.event_queue.put("Evt17")  # transport connection closed (PS3.8 9.2.3)
+            return True
+        read.append(pdu)
+        items = _pdvs(pdu)
+        if items is None:
+            return _hand_over(self, read)
+        for pdv_context, control, fragment in items:
+            if done or (context_id is not None and pdv_context != context_id):
+                return _hand_over(self, read)
+            context_id = pdv_context
+            if control & COMMAND:
+                if parsed is not None:
+                    return _hand_over(self, read)
+                command += fragment
+                if control & LAST_FRAGMENT:
+                    parsed = _find_command(self.assoc, bytes(command), context_id)
+                    if parsed is None:
+                        return _hand_over(self, read)
+            elif parsed is None:
+                return _hand_over(self, read)
+            else:
+                identifier += fragment
+                done = bool(control & LAST_FRAGMENT)
+    primitive = C_FIND()
+    primitive.MessageID = parsed.MessageID
+    dimse.set_uids(primitive, parsed)
+    primitive.Priority = parsed.Priority
+    primitive.Identifier = BytesIO(bytes(identifier))
+    primitive._context_id = context_id
+    return primitive, cast(int, context_id)
+
+
+COMMAND, LAST_FRAGMENT = 0x01, 0x02  # message control header bits (PS3.8 E.2)
+
+
+def _find_command(assoc: Any, command: bytes, context_id: int) -> Any:
+    """The command set of a C-FIND request with an identifier, in an accepted presentation
+    context of its SOP class in a little-endian uncompressed syntax; None for anything else."""
+    parsed = dimse.request_command(command)
+    context = assoc._accepted_cx.get(context_id)
+    if (parsed is None or parsed.CommandField != dimse.C_FIND_RQ or parsed.CommandDataSetType == dimse.NO_DATA_SET
+            or context is None or context.abstract_syntax != parsed.AffectedSOPClassUID
+            or context.abstract_syntax not in dimse.FIND_CLASSES or context.transfer_syntax[0] not in FIND_SYNTAXES):
+        return None
+    return parsed
+
+
+def _hand_over(self: DULServiceProvider, read: list[bytearray]) -> bool:
+    """PDUs read ahead by :func:`_take_find`, to pynetdicom's decoding in the order they came."""
+    for pdu_bytes in read:
+        try:
+            pdu, event = self._decode_pdu(pdu_bytes)
+        except Exception as exc:  # noqa: BLE001 - whatever pynetdicom raises on bytes it cannot decode
+            log.warning("DICOM %s sent a P-DATA-TF PDU that cannot be read (%s); aborting", _peer(self), exc)
+            self.event_queue.put("Evt19")  # unrecognised or invalid PDU
+            return True
+        self.event_queue.put(event)
+        self._recv_pdu.put(pdu)
+    return bool(read)
+
+
+def _pump(self: DULServiceProvider, *, read: bool = True) -> None:
+    """In the DUL thread serving a request: write what the handler has queued (DT-1, PS3.8
+    Table 9-7, while the association is in Sta6), and with ``read`` read a P-DATA-TF the peer has
+    sent meanwhile and act on it (a C-CANCEL). The idle timer restarts: the association is busy."""
+    waiting = self.to_provider_queue
+    while self.state_machine.current_state == DATA_TRANSFER and waiting.queue and isinstance(waiting.queue[0], P_DATA):
+        dimse.send_data(self)
+    self._idle_timer.restart()
+    if not read or self.event_queue.queue or self.state_machine.current_state != DATA_TRANSFER:
+        return
+    sock = getattr(self.socket, "socket", None)
+    try:
+        if sock is None or not select.select([sock], [], [], 0)[0] or _peek_pdata(sock) is None:
+            return
+    except (OSError, ValueError):
+        return
+    _read_pdu(self)
+    while self.event_queue.queue:
+        self.state_machine.do_action(self.event_queue.get(False))
 
 
 class _Checkpoint(threading.Event):
@@ -466,6 +691,9 @@ def install() -> None:
 def hold_back(assoc: Any, timeout: float) -> None:
     """Wait while more than :data:`MAX_WAITING` messages are queued for the DUL to send (at most
     ``timeout`` seconds, and not at all once the association has ended)."""
+    if threading.current_thread() is assoc.dul:  # the DUL thread itself serves the request
+        _pump(assoc.dul)
+        return
     waiting = assoc.dul.to_provider_queue
     if waiting.qsize() <= MAX_WAITING:
         return
