@@ -415,13 +415,18 @@ def _serve_find(self: DULServiceProvider, sock: socket.socket) -> bool:
         if isinstance(request, bool):
             return request
         primitive, context_id = request
-        self._idle_timer.restart()
+        # The association's thread is free meanwhile and checks the idle timer: a query that
+        # takes longer than the network timeout must not be taken for a silent peer.
+        timer, timeout = self._idle_timer, self._idle_timer.timeout
+        timer.timeout = None
         assoc.abort = assoc._abort_nonblocking  # as in a handler: an abort here cannot wait for this thread
         try:
             assoc._serve_request(primitive, context_id)
         finally:
             assoc.abort = assoc._abort_blocking
             _pump(self, read=False)
+            timer.timeout = timeout
+            timer.restart()
         return True
     finally:
         serving.release()
@@ -553,23 +558,38 @@ def _hand_over(self: DULServiceProvider, read: list[bytearray]) -> bool:
 
 def _pump(self: DULServiceProvider, *, read: bool = True) -> None:
     """In the DUL thread serving a request: write what the handler has queued (DT-1, PS3.8
-    Table 9-7, while the association is in Sta6), and with ``read`` read a P-DATA-TF the peer has
-    sent meanwhile and act on it (a C-CANCEL). The idle timer restarts: the association is busy."""
+    Table 9-7), while the association is in Sta6 and its connection has not failed (a failed
+    send queues Evt17, acted on once the request is served); with ``read``, read a P-DATA-TF
+    (a C-CANCEL) or A-ABORT the peer has sent meanwhile and act on it. An A-ABORT ends the
+    association (AA-3): the handler's remaining answers are not written. Any other PDU waits."""
     waiting = self.to_provider_queue
-    while self.state_machine.current_state == DATA_TRANSFER and waiting.queue and isinstance(waiting.queue[0], P_DATA):
+    while (self.state_machine.current_state == DATA_TRANSFER and not self.event_queue.queue and waiting.queue
+           and isinstance(waiting.queue[0], P_DATA)):
         dimse.send_data(self)
-    self._idle_timer.restart()
     if not read or self.event_queue.queue or self.state_machine.current_state != DATA_TRANSFER:
         return
     sock = getattr(self.socket, "socket", None)
     try:
-        if sock is None or not select.select([sock], [], [], 0)[0] or _peek_pdata(sock) is None:
+        if sock is None or not select.select([sock], [], [], 0)[0]:
             return
+        kind = sock.recv(1, socket.MSG_PEEK)
     except (OSError, ValueError):
         return
+    if kind not in (PDATA_TF_BYTE, ABORT_BYTE):
+        return
     _read_pdu(self)
-    while self.event_queue.queue:
+    while self.event_queue.queue and self.state_machine.current_state == DATA_TRANSFER:
         self.state_machine.do_action(self.event_queue.get(False))
+    if self.state_machine.current_state == IDLE:
+        # An A-ABORT ended the association (AA-3), whose closing of the connection queued
+        # Evt17: PS3.8 has no transition for it in Sta1, and nothing is left to close.
+        with self.event_queue.mutex:
+            remaining = [event for event in self.event_queue.queue if event != "Evt17"]
+            self.event_queue.queue.clear()
+            self.event_queue.queue.extend(remaining)
+
+
+PDATA_TF_BYTE, ABORT_BYTE = bytes([PDATA_TF]), bytes([0x07])  # a PDU's first byte, its type (PS3.8 9.3.1)
 
 
 class _Checkpoint(threading.Event):

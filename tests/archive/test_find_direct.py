@@ -4,8 +4,10 @@ PDU length, and anything that is not a whole C-FIND left to pynetdicom as before
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
+import time
 from io import BytesIO
 
 import pytest
@@ -24,6 +26,7 @@ from pacs.archive import dul
 from tests.archive.raw import COMMAND, LAST, RawStorer, held, pdu, plain_ct
 
 STUDIES = 3
+MANY = 40  # studies whose answers stream while the peer aborts
 MAX_PDU = 96  # the requestor's maximum PDU length: every answer needs more than one
 ABORT = 0x07  # A-ABORT PDU type (PS3.8 9.3.8)
 PDU_HEADER = 6  # type, reserved, length: outside the maximum length, which bounds the PDV items (PS3.8 D.1)
@@ -213,3 +216,55 @@ def test_a_peer_that_aborts_after_the_command_leaves_the_server_serving(server, 
         assert taken[-1] is True
     finally:
         again.close()
+
+
+def test_a_peer_that_aborts_during_the_answers_ends_only_its_association(server, tmp_path, caplog, taken):
+    """Answers streaming, and the peer sends an A-ABORT (PS3.8 9.3.8) and closes: read between
+    answers, it ends the association (AA-3) without a traceback; the next association is served."""
+    caplog.set_level(logging.INFO)
+    with RawStorer(server.dicom_port, [CTImageStorage]) as scu:
+        for _ in range(MANY):
+            ds, data = plain_ct(tmp_path)
+            assert scu.store(CTImageStorage, ds.SOPInstanceUID, data).Status == 0
+    requestor = Requestor(server.dicom_port)
+    context = requestor.contexts[StudyRootQueryRetrieveInformationModelFind]
+    with held(requestor.assoc):
+        requestor.wire.sendall(b"".join(shapes(context, find_command(1), identifier(str(ds.PatientID)))["both in one PDU"])
+                               + struct.pack(">BBIBBBB", ABORT, 0, 4, 0, 0, 0, 0))
+        requestor.wire.close()
+    again = Requestor(server.dicom_port)
+    try:
+        answers, status = again.ask(shapes(again.contexts[StudyRootQueryRetrieveInformationModelFind],
+                                           find_command(1), identifier(str(ds.PatientID)))["both in one PDU"])
+        assert status == 0x0000 and len(answers) == MANY
+    finally:
+        again.close()
+    assert taken.count(True) == 2  # both queries served directly (the stores were not)
+    assert [r.getMessage() for r in caplog.records if r.exc_info is not None or r.levelno >= logging.ERROR] == []
+
+
+def test_a_query_longer_than_the_network_timeout_is_answered(start_server, tmp_path, monkeypatch, taken):
+    """The association's thread, free while the DUL thread serves the query, watches the idle
+    timer (the network timeout): a query that takes longer is not taken for a silent peer."""
+    from pacs.archive.query_service import QueryService
+
+    server = start_server(dicom={"network_timeout_seconds": 1})
+    with RawStorer(server.dicom_port, [CTImageStorage]) as scu:
+        ds, data = plain_ct(tmp_path)
+        assert scu.store(CTImageStorage, ds.SOPInstanceUID, data).Status == 0
+    archive = QueryService.archive
+
+    def slow(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        time.sleep(2.5)
+        yield from archive(self, *args, **kwargs)
+
+    monkeypatch.setattr(QueryService, "archive", slow)
+    requestor = Requestor(server.dicom_port)
+    try:
+        answers, status = requestor.ask(shapes(requestor.contexts[StudyRootQueryRetrieveInformationModelFind],
+                                               find_command(1), identifier(str(ds.PatientID)))["both in one PDU"])
+        assert status == 0x0000 and len(answers) == 1
+        assert requestor.assoc.send_c_echo().Status == 0x0000
+    finally:
+        requestor.close()
+    assert taken.count(True) == 1
