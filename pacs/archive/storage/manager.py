@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 TIERS = ("online", "nearline", "offline")
 TOUCH_EVERY = timedelta(minutes=1)  # last_accessed_at is written at most this often per study
 REPLICA_RETRY_MAX = timedelta(hours=1)
+# How long a replica being written is held by whoever claimed it: a replicator (a thread, a node)
+# that dies meanwhile leaves it to be taken again once this has passed.
+REPLICA_LEASE = timedelta(minutes=15)
 Progress = Callable[[int], None]
 
 
@@ -754,9 +757,23 @@ class StorageManager:
                 return total
         return total
 
+    def _claim(self, pending: PendingReplica) -> bool:
+        """Take ``pending`` for this replicator, if it is still due: its next attempt moves past
+        the lease, so that another replicator (the background one and a ``replicate_pending``
+        call, or another node) that read the same row skips it instead of writing a second copy."""
+        now = utcnow()
+        with Session(self.db.engine) as session:
+            claimed = session.execute(update(PendingReplica).where(
+                col(PendingReplica.id) == pending.id, col(PendingReplica.next_attempt_at) <= now,
+            ).values(next_attempt_at=now + REPLICA_LEASE)).rowcount  # type: ignore[attr-defined]
+            session.commit()
+        return bool(claimed)
+
     def _replicate_one(self, pending: PendingReplica) -> bool:
         target = self.areas.get(pending.area)
         stored = None
+        if not self._claim(pending):
+            return False
         try:
             if target is None:
                 raise ValueError(f"area {pending.area} is no longer configured")
