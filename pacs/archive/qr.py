@@ -23,6 +23,7 @@ from pacs.archive.charset import answer_charset
 from pacs.archive.encoding import Encoded
 from pacs.archive.index import Instance, Series, Study
 from pacs.archive.query import (
+    Only,
     QueryError,
     columns,
     elements,
@@ -157,6 +158,22 @@ def trash_excluded(level: str) -> tuple[ColumnElement[bool], ...]:
     return tuple(visible)
 
 
+# The columns an answer reads: those VALUES fills from, the patient's name groups, and the keys
+# of the rows (a match's links in QIDO-RS). A match reads these, not the forty-odd columns of the
+# tables (addresses, phone numbers, search keys, timestamps), each converted as it is read.
+ANSWERED: Only = {
+    Patient: ("id", "patient_id", "issuer", "name_alphabetic", "name_ideographic", "name_phonetic", "birth_date",
+              "sex"),
+    Study: ("id", "study_instance_uid", "study_date", "study_time", "accession_number", "study_id", "description",
+            "referring_physician", "modalities", "number_of_series", "number_of_instances"),
+    Series: ("id", "series_instance_uid", "modality", "series_number", "description", "body_part", "laterality",
+             "series_date", "series_time", "station_name", "number_of_instances", "performing_physician",
+             "institution", "protocol"),
+    Instance: ("id", "sop_instance_uid", "sop_class_uid", "instance_number", "content_date", "content_time", "rows",
+               "columns", "number_of_frames", "transfer_syntax_uid"),
+}
+
+
 @cache
 def _base_query(level: str) -> Any:
     """The columns, joins and order of a level's query, built once: a select of some forty
@@ -164,18 +181,18 @@ def _base_query(level: str) -> Any:
     patients = Patient.__table__  # type: ignore[attr-defined]
     studies = patients.join(Study.__table__, STUDY.patient == PATIENT.id)  # type: ignore[attr-defined]
     if level == "PATIENT":
-        return (select(*columns(Patient), func.count(func.distinct(STUDY.id)),
+        return (select(*columns(Patient, only=ANSWERED), func.count(func.distinct(STUDY.id)),
                        func.coalesce(func.sum(STUDY.number_of_series), 0),
                        func.coalesce(func.sum(STUDY.number_of_instances), 0))
                 .select_from(studies).where(PATIENT.merged_into.is_(None))
                 .group_by(PATIENT.id).order_by(PATIENT.id))
     if level == "STUDY":
-        return select(*columns(Patient, Study)).select_from(studies).order_by(STUDY.study_date.desc(), STUDY.id)
+        return select(*columns(Patient, Study, only=ANSWERED)).select_from(studies).order_by(STUDY.study_date.desc(), STUDY.id)
     series = studies.join(Series.__table__, SERIES.study == STUDY.id)  # type: ignore[attr-defined]
     if level == "SERIES":
-        return (select(*columns(Patient, Study, Series)).select_from(series)
+        return (select(*columns(Patient, Study, Series, only=ANSWERED)).select_from(series)
                 .order_by(STUDY.id, SERIES.series_number, SERIES.id))
-    return (select(*columns(Patient, Study, Series, Instance))
+    return (select(*columns(Patient, Study, Series, Instance, only=ANSWERED))
             .select_from(series.join(Instance.__table__, INSTANCE.series == SERIES.id))  # type: ignore[attr-defined]
             .order_by(SERIES.id, INSTANCE.instance_number, INSTANCE.id))
 
@@ -187,12 +204,13 @@ def find_rows(conn: Connection, identifier: Dataset, level: str, *, limit: int =
     limit = min(limit, MAX_MATCHES + 1)
     query = _base_query(level).where(*conditions(identifier, level)).offset(offset).limit(limit)
     if level == "PATIENT":
-        return [Found(p, counts=(int(a), int(b), int(c))) for p, a, b, c in records(conn, (Patient,), query)]
+        return [Found(p, counts=(int(a), int(b), int(c))) for p, a, b, c in records(conn, (Patient,), query, ANSWERED)]
     if level == "STUDY":
-        return [Found(p, s) for p, s in records(conn, (Patient, Study), query)]
+        return [Found(p, s) for p, s in records(conn, (Patient, Study), query, ANSWERED)]
     if level == "SERIES":
-        return [Found(p, s, r) for p, s, r in records(conn, (Patient, Study, Series), query)]
-    return [Found(p, s, r, i) for p, s, r, i in records(conn, (Patient, Study, Series, Instance), query)]
+        return [Found(p, s, r) for p, s, r in records(conn, (Patient, Study, Series), query, ANSWERED)]
+    return [Found(p, s, r, i) for p, s, r, i in records(conn, (Patient, Study, Series, Instance), query,
+                                                              ANSWERED)]
 
 
 Fill = Callable[["Answer", Found], object]
