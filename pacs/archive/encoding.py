@@ -18,8 +18,9 @@ its warnings and repairs.
 
 from __future__ import annotations
 
+import functools
 import struct
-from typing import Any
+from typing import Any, cast
 
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import RawDataElement, convert_raw_data_element, empty_value_for_VR
@@ -122,6 +123,12 @@ class Encoded(Dataset):
         return read_dataset(buffer, is_implicit_VR=True, is_little_endian=True)
 
 
+@functools.cache
+def _empty(vr: str | None) -> bytes | None:
+    """The raw value pydicom's reader gives an element of length 0 (immutable: b"" or None)."""
+    return cast("bytes | None", empty_value_for_VR(vr, raw=True))
+
+
 def read_flat(data: bytes, implicit: bool) -> Dataset | None:
     """The data set ``data`` (little endian, implicit or explicit VR as ``implicit`` says) as
     pydicom's ``read_dataset`` makes it, when every element has a defined length and a known VR
@@ -153,7 +160,7 @@ def read_flat(data: bytes, implicit: bool) -> Dataset | None:
         tag = group << 16 | number
         if length == UNDEFINED or stop > end or tag == ITEM_END:
             return None
-        value = data[start:stop] if length else empty_value_for_VR(vr, raw=True)
+        value = data[start:stop] if length else _empty(vr)
         elements[BaseTag(tag)] = RawDataElement(BaseTag(tag), vr, length, value, start, implicit, True)
         position = stop
     ds = Dataset(elements, parent_encoding=default_encoding)

@@ -218,7 +218,8 @@ Plan = list[tuple[int, str, Fill]]  # (tag, VR, what fills it), in tag order
 
 
 def _birth_date(p: Any) -> str:
-    return p.birth_date.strftime("%Y%m%d") if p.birth_date else ""
+    """DA (PS3.5 6.2): YYYYMMDD, from the ISO date (strftime costs an answer several times more)."""
+    return p.birth_date.isoformat().replace("-", "") if p.birth_date else ""
 
 
 # The return keys the Q/R models have values for (PS3.4 C.6.1.1.2-C.6.1.1.5, C.6.2.1): the row
