@@ -413,7 +413,7 @@ def _serve_find(self: DULServiceProvider, sock: socket.socket) -> bool:
     other PDU waits unread until the final response has gone, as it would behind the
     association thread. The idle timer is held meanwhile."""
     assoc = self.assoc
-    if (self.to_provider_queue.queue or assoc.dimse.msg_queue.queue or isinstance(sock, ssl.SSLSocket)
+    if (self.to_provider_queue.queue or assoc.dimse.msg_queue.queue or not _starts_find(assoc, sock)
             or _indexing(assoc) or any(assoc.get_handlers(watched) for watched in WATCHERS)):
         return False
     serving = assoc.__dict__["_pacs_serving"]
@@ -439,6 +439,28 @@ def _serve_find(self: DULServiceProvider, sock: socket.socket) -> bool:
         return True
     finally:
         serving.release()
+
+
+def _starts_find(assoc: Any, sock: socket.socket) -> bool:
+    """Whether the bytes waiting on ``sock`` begin a P-DATA-TF whose first PDV is a command
+    fragment in a presentation context of a C-FIND SOP class (:data:`dimse.FIND_CLASSES`) in a
+    little-endian uncompressed syntax: a look at its first 12 bytes, left unread, so that every
+    other PDU (each C-STORE's among them) goes its way at the cost of one peek."""
+    if isinstance(sock, ssl.SSLSocket):
+        return False
+    try:
+        head = sock.recv(PDU_HEADER + PDV_HEADER, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:
+        return False
+    if len(head) < PDU_HEADER + PDV_HEADER or head[0] != PDATA_TF or not head[PDU_HEADER + 5] & COMMAND:
+        return False
+    contexts = assoc.__dict__.get("_pacs_find_contexts")
+    if contexts is None:
+        contexts = frozenset(context_id for context_id, context in assoc._accepted_cx.items()
+                             if context.abstract_syntax in dimse.FIND_CLASSES
+                             and context.transfer_syntax[0] in FIND_SYNTAXES)
+        assoc.__dict__["_pacs_find_contexts"] = contexts
+    return head[PDU_HEADER + 4] in contexts
 
 
 def _indexing(assoc: Any) -> bool:
