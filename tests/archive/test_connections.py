@@ -471,3 +471,22 @@ def test_receivers_take_only_associations_and_refuse_as_the_main_process_does(tm
         server.stop()
     log = server.log.read_text()
     assert "Traceback" not in log, log[-3000:]
+
+
+def test_the_acceptor_collects_garbage_twice_a_minute_not_every_few_seconds(monkeypatch):
+    """pynetdicom's server collects every 60th turn of its loop; with the archive's 50 ms turn
+    that was every 3 s, each a pause of every thread. Once per COLLECT_SECONDS instead."""
+    from types import SimpleNamespace
+
+    from pacs.archive import ae
+
+    collected: list[int] = []
+    monkeypatch.setattr(ae, "gc", SimpleNamespace(collect=lambda: collected.append(1)))
+    server = ae.CountingServer.__new__(ae.CountingServer)
+    for _ in range(200):  # ten seconds of the acceptor's turns, done at once
+        server.service_actions()
+    assert len(collected) == 1
+    server._collected = time.monotonic() - ae.COLLECT_SECONDS  # the interval has passed
+    for _ in range(200):
+        server.service_actions()
+    assert len(collected) == 2
