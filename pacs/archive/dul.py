@@ -126,7 +126,7 @@ KEEP_BUFFER = 4 << 20  # bytes: the largest PDU buffer a DUL keeps between PDUs
 FRAGMENT_KIND = 0x03  # the control header's two significant bits: command (1) and last fragment (2)
 COMMAND, LAST_FRAGMENT = 0x01, 0x02  # those bits (PS3.8 E.2)
 PDATA_TF_BYTE, ABORT_BYTE = bytes([PDATA_TF]), b"\x07"  # a PDU's first byte, its type (PS3.8 9.3.1)
-PEEK_WHOLE = int(socket.MSG_PEEK | socket.MSG_WAITALL)  # as an int: an enum's | costs microseconds
+PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)  # as an int: an enum's | costs microseconds
 FIND_REQUEST_LIMIT = 64 << 10  # bytes: the most a C-FIND request served directly may take, PDUs and all
 FIND_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")  # implicit and explicit VR little endian
 # Handlers that watch what a request served directly would leave out: it is then served the usual way
@@ -195,53 +195,63 @@ def _read_pdu(self: DULServiceProvider) -> None:
     if sock is None:
         self.event_queue.put("Evt17")
         return
+    pdu_bytes = _read_whole(self, sock)
+    if isinstance(pdu_bytes, str):
+        self.event_queue.put(pdu_bytes)
+        return
+    _decode(self, pdu_bytes)
+
+
+def _read_whole(self: DULServiceProvider, sock: socket.socket) -> bytearray | mmap.mmap | str:
+    """The next PDU's bytes, read whole; or, logged, the event its failure is (:func:`_read_pdu`)."""
     head = bytearray(PDU_HEADER)
     try:
         read = _fill(sock, memoryview(head))
     except OSError as exc:
         log.warning("DICOM %s: connection lost before a PDU: %s", _peer(self), _why(exc))
-        self.event_queue.put("Evt17")
-        return
+        return "Evt17"
     if read < PDU_HEADER:
         if read:
             log.warning("DICOM %s closed the connection %d bytes into a PDU header", _peer(self), read)
-        self.event_queue.put("Evt17")
-        return
+        return "Evt17"
     kind = bytes(head[:1])
     if kind not in PDU_KINDS:
         log.warning("DICOM %s sent a PDU of unknown type 0x%02X; aborting", _peer(self), head[0])
-        self.event_queue.put("Evt19")
-        return
+        return "Evt19"
     total = PDU_HEADER + int.from_bytes(head[2:6], "big")
     try:
         pdu_bytes = _buffer(total)
     except (OSError, MemoryError):
         log.warning("DICOM %s announced a %s PDU of %d bytes, more than memory holds; aborting", _peer(self),
                     PDU_KINDS[kind], total)
-        self.event_queue.put("Evt19")
-        return
+        return "Evt19"
     pdu_bytes[:PDU_HEADER] = head
     try:
         read = PDU_HEADER + _fill(sock, memoryview(pdu_bytes)[PDU_HEADER:])
     except OSError as exc:
         log.warning("DICOM %s: connection lost in a %s PDU of %d bytes: %s", _peer(self), PDU_KINDS[kind], total,
                     _why(exc))
-        self.event_queue.put("Evt17")
-        return
+        return "Evt17"
     if read < total:
         log.warning("DICOM %s closed the connection %d bytes into a %s PDU of %d", _peer(self), read,
                     PDU_KINDS[kind], total)
-        self.event_queue.put("Evt17")
-        return
+        return "Evt17"
+    return pdu_bytes
+
+
+def _decode(self: DULServiceProvider, pdu_bytes: bytearray | mmap.mmap) -> bool:
+    """Queue the event of a PDU read whole, and the PDU for the state machine's action; False
+    (logged, Evt19 queued) when pynetdicom cannot decode it."""
     try:
         pdu, event = self._decode_pdu(pdu_bytes)
     except Exception as exc:  # noqa: BLE001 - whatever pynetdicom raises on bytes it cannot decode
-        log.warning("DICOM %s sent a %s PDU that cannot be read (%s); aborting", _peer(self), PDU_KINDS[kind],
-                    _why(exc))
+        kind = PDU_KINDS.get(bytes(pdu_bytes[:1]), "PDU")
+        log.warning("DICOM %s sent a %s PDU that cannot be read (%s); aborting", _peer(self), kind, _why(exc))
         self.event_queue.put("Evt19")
-        return
+        return False
     self.event_queue.put(event)
     self._recv_pdu.put(pdu)
+    return True
 
 
 def _await_response(self: DULServiceProvider) -> None:
@@ -328,16 +338,12 @@ def _read_pdu_data(self: DULServiceProvider) -> None:
             buffer = _buffer(total)
             if total <= KEEP_BUFFER:  # a peer's rare huge PDU is not kept for the association's life
                 self.__dict__["_pacs_buffer"] = buffer
-        view = memoryview(buffer)[:total]
-        read = _fill(sock, view)
     except (OSError, MemoryError) as exc:
-        log.warning("DICOM %s: connection lost in a P-DATA-TF PDU of %d bytes: %s", _peer(self), total, _why(exc))
-        read = -1
-    if read < total:
-        if read >= 0:
-            log.warning("DICOM %s closed the connection %d bytes into a P-DATA-TF PDU of %d", _peer(self), read,
-                        total)
-        self.event_queue.put("Evt17")  # transport connection closed (PS3.8 9.2.3)
+        log.warning("DICOM %s: no room for a P-DATA-TF PDU of %d bytes: %s", _peer(self), total, _why(exc))
+        self.event_queue.put("Evt17")
+        return
+    view = memoryview(buffer)[:total]
+    if not _fill_pdata(self, sock, view):
         return
     fragments = _bulk_fragments(view, cast(int, message.context_id))
     if fragments is None:  # not only bulk data of this message: pynetdicom decodes it
@@ -352,6 +358,24 @@ def _read_pdu_data(self: DULServiceProvider) -> None:
         return
     for fragment in fragments:
         spool.write(fragment)
+
+
+def _fill_pdata(self: DULServiceProvider, sock: socket.socket, view: memoryview) -> bool:
+    """Read a P-DATA-TF PDU whole into ``view``; False, logged and Evt17 (transport connection
+    closed, PS3.8 9.2.3) queued, when the connection is lost or closed part way."""
+    total = len(view)
+    try:
+        read = _fill(sock, view)
+    except OSError as exc:
+        log.warning("DICOM %s: connection lost in a P-DATA-TF PDU of %d bytes: %s", _peer(self), total, _why(exc))
+        read = -1
+    if read < total:
+        if read >= 0:
+            log.warning("DICOM %s closed the connection %d bytes into a P-DATA-TF PDU of %d", _peer(self), read,
+                        total)
+        self.event_queue.put("Evt17")
+        return False
+    return True
 
 
 def _bulk_fragments(pdu: memoryview, context_id: int) -> list[memoryview] | None:
@@ -413,8 +437,12 @@ def _serve_find(self: DULServiceProvider, sock: socket.socket) -> bool:
     other PDU waits unread until the final response has gone, as it would behind the
     association thread. The idle timer is held meanwhile."""
     assoc = self.assoc
-    if (self.to_provider_queue.queue or assoc.dimse.msg_queue.queue or not _starts_find(assoc, sock)
-            or _indexing(assoc) or any(assoc.get_handlers(watched) for watched in WATCHERS)):
+    # Not before the association's thread has run the EVT_ACCEPTED handlers (the access check
+    # among them) and marked it established: pynetdicom's service class answers nothing on an
+    # association not yet established, and the request would wait for good.
+    if (not assoc.is_established or self.to_provider_queue.queue or assoc.dimse.msg_queue.queue
+            or not _starts_find(assoc, sock) or _indexing(assoc)
+            or any(assoc.get_handlers(watched) for watched in WATCHERS)):
         return False
     serving = assoc.__dict__["_pacs_serving"]
     if not serving.acquire(blocking=False):
@@ -449,7 +477,7 @@ def _starts_find(assoc: Any, sock: socket.socket) -> bool:
     if isinstance(sock, ssl.SSLSocket):
         return False
     try:
-        head = sock.recv(PDU_HEADER + PDV_HEADER, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        head = sock.recv(PDU_HEADER + PDV_HEADER, PEEK_NOW)
     except OSError:
         return False
     if len(head) < PDU_HEADER + PDV_HEADER or head[0] != PDATA_TF or not head[PDU_HEADER + 5] & COMMAND:
@@ -468,18 +496,6 @@ def _indexing(assoc: Any) -> bool:
     return any(not future.done() for future in assoc.__dict__.get("_pacs_indexing", ()))
 
 
-def _peek_pdata(sock: socket.socket) -> int | None:
-    """The length of the P-DATA-TF PDU the socket holds next, header included; None when the
-    next PDU is of another type or its header cannot be read."""
-    try:
-        head = sock.recv(PDU_HEADER, PEEK_WHOLE)
-    except OSError:
-        return None
-    if len(head) < PDU_HEADER or head[0] != PDATA_TF:
-        return None
-    return PDU_HEADER + int.from_bytes(head[2:6], "big")
-
-
 def _pdvs(pdu: bytes | bytearray) -> list[tuple[int, int, bytes]] | None:
     """The (context ID, message control header, fragment) of each PDV of a P-DATA-TF (PS3.8
     9.3.5, E.2), or None if its items do not add up."""
@@ -496,32 +512,24 @@ def _pdvs(pdu: bytes | bytearray) -> list[tuple[int, int, bytes]] | None:
 
 def _take_find(self: DULServiceProvider, sock: socket.socket) -> tuple[C_FIND, int] | bool:
     """Read a whole C-FIND request (its command set, then its identifier, in P-DATA-TF PDUs of
-    one presentation context) as its primitive and context ID. Anything else is left as it is:
-    False when nothing was read (the next PDU is not a P-DATA-TF, or too long to be one); True
-    when PDUs were read and have been handed to pynetdicom's decoding in order, the message then
-    going on the usual way (or the connection was lost, Evt17)."""
-    read: list[bytearray] = []
+    one presentation context) as its primitive and context ID; its first PDU is known to be a
+    P-DATA-TF (:func:`_starts_find`). Anything else is left to pynetdicom: True, the PDUs read
+    handed to its decoding in the order they came, the message then going on the usual way (and
+    a failure to read one queued after them: Evt17 or Evt19)."""
+    read: list[bytearray | mmap.mmap] = []
     command, identifier = bytearray(), bytearray()
     context_id: int | None = None
     parsed: Any = None
     done = False
     while not done:
-        total = _peek_pdata(sock)
-        if total is None or total + sum(map(len, read)) > FIND_REQUEST_LIMIT:
-            return _hand_over(self, read)
-        pdu = bytearray(total)
-        try:
-            got = _fill(sock, memoryview(pdu))
-        except OSError as exc:
-            log.warning("DICOM %s: connection lost in a P-DATA-TF PDU of %d bytes: %s", _peer(self), total, _why(exc))
-            got = -1
-        if got < total:
-            if got >= 0:
-                log.warning("DICOM %s closed the connection %d bytes into a P-DATA-TF PDU of %d", _peer(self), got,
-                            total)
-            self.event_queue.put("Evt17")  # transport connection closed (PS3.8 9.2.3)
+        pdu = _read_whole(self, sock)  # the first is a P-DATA-TF (_starts_find); a later one may not be
+        if isinstance(pdu, str):
+            _hand_over(self, read)
+            self.event_queue.put(pdu)
             return True
         read.append(pdu)
+        if pdu[0] != PDATA_TF or sum(map(len, read)) > FIND_REQUEST_LIMIT:
+            return _hand_over(self, read)
         items = _pdvs(pdu)
         if items is None:
             return _hand_over(self, read)
@@ -563,17 +571,12 @@ def _find_command(assoc: Any, command: bytes, context_id: int) -> Any:
     return parsed
 
 
-def _hand_over(self: DULServiceProvider, read: list[bytearray]) -> bool:
-    """PDUs read ahead by :func:`_take_find`, to pynetdicom's decoding in the order they came."""
+def _hand_over(self: DULServiceProvider, read: list[bytearray | mmap.mmap]) -> bool:
+    """PDUs read ahead by :func:`_take_find`, to pynetdicom's decoding in the order they came;
+    whether there were any."""
     for pdu_bytes in read:
-        try:
-            pdu, event = self._decode_pdu(pdu_bytes)
-        except Exception as exc:  # noqa: BLE001 - whatever pynetdicom raises on bytes it cannot decode
-            log.warning("DICOM %s sent a P-DATA-TF PDU that cannot be read (%s); aborting", _peer(self), exc)
-            self.event_queue.put("Evt19")  # unrecognised or invalid PDU
-            return True
-        self.event_queue.put(event)
-        self._recv_pdu.put(pdu)
+        if not _decode(self, pdu_bytes):
+            break
     return bool(read)
 
 

@@ -268,3 +268,34 @@ def test_a_query_longer_than_the_network_timeout_is_answered(start_server, tmp_p
     finally:
         requestor.close()
     assert taken.count(True) == 1
+
+
+def test_a_query_sent_before_the_association_is_set_up_is_answered(start_server, tmp_path, monkeypatch, taken):
+    """The peer may send its C-FIND as soon as it has the A-ASSOCIATE-AC, while the server's
+    thread still runs the EVT_ACCEPTED handlers (the access check among them): the request waits
+    for them, is answered, and the association's next request is served directly."""
+    from pacs.archive import handlers
+
+    log_association = handlers.log_association
+
+    def slow_to_accept(event, outcome):  # type: ignore[no-untyped-def]
+        if outcome == "accepted":
+            time.sleep(1.0)
+        log_association(event, outcome)
+
+    monkeypatch.setattr(handlers, "log_association", slow_to_accept)
+    server = start_server()
+    with RawStorer(server.dicom_port, [CTImageStorage]) as scu:
+        ds, data = plain_ct(tmp_path)
+        assert scu.store(CTImageStorage, ds.SOPInstanceUID, data).Status == 0
+    requestor = Requestor(server.dicom_port)
+    requestor.assoc.dimse_timeout = 10
+    try:
+        context = requestor.contexts[StudyRootQueryRetrieveInformationModelFind]
+        for number in (1, 2):
+            answers, status = requestor.ask(shapes(context, find_command(number),
+                                                   identifier(str(ds.PatientID)))["both in one PDU"])
+            assert status == 0x0000 and len(answers) == 1, f"query {number}"
+    finally:
+        requestor.close()
+    assert taken.count(True) == 1  # the second
