@@ -472,7 +472,9 @@ function fillRooms() {
 
 const slotsLoad = latest();
 
-async function loadSlots() {
+// keep: a refresh of the list keeps the time the clerk has moved to (a slower answer to an
+// earlier change may land while the clerk goes down the list); after a booking, not kept
+async function loadSlots(keep = true) {
   const current = slotsLoad();
   const room = $("book-room").value, day = $("book-date").value, procedure = $("book-procedure").value;
   if (!room || !day) { slots.show([]); return; }
@@ -480,8 +482,9 @@ async function loadSlots() {
     const found = await api("GET", `/api/desk/slots?room=${encodeURIComponent(room)}&date=${day}&procedure=${encodeURIComponent(procedure)}`);
     if (!current()) return;
     const items = found.slots ?? [];
-    // the first free time; when none is free, the first, so that Enter gets the server's reason
-    slots.show(items, Math.max(items.findIndex((s) => s.free > 0), 0));
+    const chosen = keep === false ? -1 : items.findIndex((s) => s.start === slots.current()?.start);
+    // else the first free time; when none is free, the first, so that Enter gets the server's reason
+    slots.show(items, chosen >= 0 ? chosen : Math.max(items.findIndex((s) => s.free > 0), 0));
     if (!items.length) $("slots").replaceChildren(row({ text: t("desk.book.no_slots"), class: "note" }));
   } catch (error) { failed(error); }
 }
@@ -505,8 +508,8 @@ $("book").addEventListener("submit", async (event) => {
     const order = booked.orders[0];
     say(t("desk.book.done", { exam: order.procedure_text, room: order.room || exam.room, when: when(order.start), accession: order.accession_number }), "ok");
     await loadExams(order.id);
-    loadSlots();
-  } catch (error) { failed(error); loadSlots(); }
+    loadSlots(false);
+  } catch (error) { failed(error); loadSlots(false); }
 });
 
 // -- today's lists ---------------------------------------------------------------------------
