@@ -79,6 +79,7 @@ from collections.abc import Callable
 from io import BytesIO
 from typing import Any, cast
 
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import association as pn_association
 from pynetdicom import dul as pn_dul
 from pynetdicom import events as pn_evt
@@ -128,7 +129,7 @@ COMMAND, LAST_FRAGMENT = 0x01, 0x02  # those bits (PS3.8 E.2)
 PDATA_TF_BYTE, ABORT_BYTE = bytes([PDATA_TF]), b"\x07"  # a PDU's first byte, its type (PS3.8 9.3.1)
 PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)  # as an int: an enum's | costs microseconds
 FIND_REQUEST_LIMIT = 64 << 10  # bytes: the most a C-FIND request served directly may take, PDUs and all
-FIND_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")  # implicit and explicit VR little endian
+FIND_SYNTAXES = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
 # Handlers that watch what a request served directly would leave out: it is then served the usual way
 WATCHERS = (pn_evt.EVT_PDU_RECV, pn_evt.EVT_DATA_RECV, pn_evt.EVT_DIMSE_RECV, pn_evt.EVT_PDU_SENT,
             pn_evt.EVT_DATA_SENT, pn_evt.EVT_DIMSE_SENT, pn_evt.EVT_FSM_TRANSITION)
@@ -560,13 +561,11 @@ def _take_find(self: DULServiceProvider, sock: socket.socket) -> tuple[C_FIND, i
 
 
 def _find_command(assoc: Any, command: bytes, context_id: int) -> Any:
-    """The command set of a C-FIND request with an identifier, in an accepted presentation
-    context of its SOP class in a little-endian uncompressed syntax; None for anything else."""
+    """The command set of a C-FIND request with an identifier, of the SOP class of its
+    presentation context (one :func:`_starts_find` found to be a C-FIND's); None otherwise."""
     parsed = dimse.request_command(command)
-    context = assoc._accepted_cx.get(context_id)
     if (parsed is None or parsed.CommandField != dimse.C_FIND_RQ or parsed.CommandDataSetType == dimse.NO_DATA_SET
-            or context is None or context.abstract_syntax != parsed.AffectedSOPClassUID
-            or context.abstract_syntax not in dimse.FIND_CLASSES or context.transfer_syntax[0] not in FIND_SYNTAXES):
+            or assoc._accepted_cx[context_id].abstract_syntax != parsed.AffectedSOPClassUID):
         return None
     return parsed
 

@@ -26,7 +26,7 @@ from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import RawDataElement, convert_raw_data_element, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
 Element = tuple[int, str, Any]  # (tag, VR, value): str, or list[list[Element]] for SQ
 
@@ -46,9 +46,7 @@ _IMPLICIT_HEADER = struct.Struct("<HHI")  # group, element, value length
 _EXPLICIT_HEADER = struct.Struct("<HH2sH")  # group, element, VR, 2-byte value length
 CHARSET = 0x00080005  # Specific Character Set
 LONG_LENGTH_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_32)
-KNOWN_VRS = frozenset(vr.encode() for vr in ("AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT",
-                                             "OB", "OD", "OF", "OL", "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST",
-                                             "SV", "TM", "UC", "UI", "UL", "UN", "UR", "US", "UT", "UV"))
+KNOWN_VRS = frozenset(vr.encode() for vr in VR if len(vr) == 2)  # pydicom's, without "US or SS" and the like
 
 
 def _tag(tag: int) -> bytes:
