@@ -13,7 +13,8 @@ CPU. :func:`read_flat` reads such an identifier into the same Dataset of raw ele
 would make (values decoded later, as pydicom does), and gives up (None) at anything else: an
 undefined length, a VR pydicom does not know, an element running past the end, a first element
 whose encoding is not the one the transfer syntax says. pydicom then reads it as before, with
-its warnings and repairs.
+its warnings and repairs. Most keys of a query are empty (return keys): those are made into the
+DataElements pydicom's conversion would make of them at once, without its per-element hooks.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ import struct
 from typing import Any, cast
 
 from pydicom.charset import convert_encodings, default_encoding
-from pydicom.dataelem import RawDataElement, convert_raw_data_element, empty_value_for_VR
+from pydicom import config
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element, empty_value_for_VR
 from pydicom.dataset import Dataset
+from pydicom.hooks import hooks, raw_element_value, raw_element_vr
 from pydicom.tag import BaseTag
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
@@ -127,11 +131,54 @@ def _empty(vr: str | None) -> bytes | None:
     return cast("bytes | None", empty_value_for_VR(vr, raw=True))
 
 
+@functools.lru_cache(maxsize=4096)
+def _implicit_vr(tag: int) -> str | None:
+    """The VR pydicom's reader gives an implicit-VR element of ``tag`` without looking at its
+    data set: the dictionary's, when it has exactly one (None: private, unknown or ambiguous)."""
+    if tag >> 16 & 1:
+        return None
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return None
+    return None if " or " in vr else vr
+
+
+def _plain_conversion() -> bool:
+    """pydicom converts raw elements its own default way (no callback or other hooks set)."""
+    return (config.data_element_callback is None and not hooks.raw_element_kwargs
+            and not config.use_none_as_empty_text_VR_value  # _EMPTY_VALUES holds the default's
+            and hooks.raw_element_vr is raw_element_vr and hooks.raw_element_value is raw_element_value)
+
+
+# Empty values pydicom converts to a new mutable object each time (SQ: a list) or that it
+# resolves against the dictionary (UN) stay raw.
+_RAW_WHEN_EMPTY = frozenset(("SQ", "UN"))
+
+
+def _empty_value(vr: str) -> Any:
+    """pydicom's empty value of ``vr``: one shared object where it is immutable ('' or None)."""
+    return _EMPTY_VALUES[vr] if vr in _EMPTY_VALUES else empty_value_for_VR(vr)
+
+
+_EMPTY_VALUES = {vr.value: empty for vr in VR
+                 if len(vr) == 2 and isinstance(empty := empty_value_for_VR(vr.value), str | None)}
+
+
+@functools.lru_cache(maxsize=64)
+def _encodings(value: bytes | None, vr: str | None, implicit: bool) -> tuple[str, ...]:
+    """The Python encodings of a Specific Character Set element's raw value, read once per value."""
+    raw = RawDataElement(BaseTag(CHARSET), vr, len(value or b""), value, 0, implicit, True)
+    return tuple(convert_encodings(convert_raw_data_element(raw).value))
+
+
 def read_flat(data: bytes, implicit: bool) -> Dataset | None:
     """The data set ``data`` (little endian, implicit or explicit VR as ``implicit`` says) as
     pydicom's ``read_dataset`` makes it, when every element has a defined length and a known VR
-    and they fill ``data`` exactly; else None."""
+    and they fill ``data`` exactly; else None. Empty elements come already converted, as
+    ``convert_raw_data_element`` would convert them (PS3.5 7.1: a zero length is no value)."""
     end = len(data)
+    plain = _plain_conversion()
     if end >= 6:  # pydicom's check of the first element (its VR bytes two capital letters or not)
         looks_implicit = not (0x40 < data[4] < 0x5B and 0x40 < data[5] < 0x5B)
         if looks_implicit != implicit:
@@ -158,12 +205,21 @@ def read_flat(data: bytes, implicit: bool) -> Dataset | None:
         tag = group << 16 | number
         if length == UNDEFINED or stop > end or tag == ITEM_END:
             return None
-        value = data[start:stop] if length else _empty(vr)
-        elements[BaseTag(tag)] = RawDataElement(BaseTag(tag), vr, length, value, start, implicit, True)
+        if length:
+            elements[BaseTag(tag)] = RawDataElement(BaseTag(tag), vr, length, data[start:stop], start, implicit, True)
+        else:
+            known = _implicit_vr(tag) if implicit else vr
+            if plain and known is not None and known not in _RAW_WHEN_EMPTY:
+                elements[BaseTag(tag)] = DataElement(BaseTag(tag), known, _empty_value(known), start, False, True)
+            else:
+                elements[BaseTag(tag)] = RawDataElement(BaseTag(tag), vr, length, _empty(vr), start, implicit, True)
         position = stop
     ds = Dataset(elements, parent_encoding=default_encoding)
     charset = elements.get(BaseTag(CHARSET))
-    encoding = convert_encodings(convert_raw_data_element(charset).value) if charset is not None else default_encoding
+    if isinstance(charset, RawDataElement):
+        encoding = list(_encodings(charset.value, charset.VR, implicit))
+    else:
+        encoding = convert_encodings(charset.value) if charset is not None else default_encoding
     ds.set_original_encoding(implicit, True, encoding)
     return ds
 

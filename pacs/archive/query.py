@@ -45,12 +45,14 @@ def readable(identifier: Any, depth: int = 0) -> None:
     decodes a value when it is first read, and some it can't (a name in a character set whose
     encoder fails on it) raise errors of many kinds, which would otherwise surface half-way
     through a query."""
-    for tag in list(identifier.keys()):
-        try:
-            element = identifier[tag]
-        except Exception as exc:  # pydicom's converters raise many kinds of errors
-            raise QueryError(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
-                             f"{tag} cannot be read: {type(exc).__name__}: {exc}", int(tag)) from None
+    for element in list(identifier.elements()):
+        if isinstance(element, RawDataElement):
+            try:
+                element = identifier[element.tag]
+            except Exception as exc:  # pydicom's converters raise many kinds of errors
+                raise QueryError(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+                                 f"{element.tag} cannot be read: {type(exc).__name__}: {exc}",
+                                 int(element.tag)) from None
         if element.VR == "SQ" and element.value and depth < MAX_ITEM_DEPTH:
             for item in element.value:
                 readable(item, depth + 1)
