@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from psycopg.pq import TransactionStatus
-from sqlalchemy import Connection, DateTime, Engine, create_engine, event, insert
+from sqlalchemy import Connection, DateTime, Engine, bindparam, create_engine, event, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.sql.expression import Executable
@@ -615,30 +615,61 @@ class Shapes:
                       readers=tuple(column.type.dialect_impl(dialect).result_processor(dialect, None)
                                     for column in statement.selected_columns))
 
+    def _add(self, cache_key: Any, make: Callable[[], _Shape | object]) -> _Shape | object:
+        with self._adding:
+            if len(self._shapes) >= self.size:
+                self._shapes.pop(next(iter(self._shapes)), None)  # the oldest shape
+            shape = self._shapes[cache_key] = make()
+        return shape
+
     def rows(self, conn: Connection, statement: Any) -> list[Sequence[Any]]:
-        """The rows of ``statement``, each a sequence of its selected columns' values."""
+        """The rows of ``statement`` (a SELECT, or a :class:`Shaped` one), each a sequence of its
+        selected columns' values."""
+        dialect = conn.dialect
+        if isinstance(statement, Shaped):
+            cache_key = (dialect.name, dialect.driver, Shaped, statement.key)
+            shape = self._shapes.get(cache_key)
+            if shape is None:
+                binds = [bindparam(f"shaped_{number}") for number in range(len(statement.values))]
+                shape = self._add(cache_key, lambda: self._compile(statement.build(binds), dialect, binds))
+            if not isinstance(shape, _Shape):
+                return list(conn.execute(statement.build(statement.values)))
+            return self._run(conn, shape, statement.values)
         key = statement._generate_cache_key()
         if key is None:
             return list(conn.execute(statement))
-        dialect = conn.dialect
         cache_key = (dialect.name, dialect.driver, key.key)
         shape = self._shapes.get(cache_key)
         if shape is None:
-            with self._adding:
-                if len(self._shapes) >= self.size:
-                    self._shapes.pop(next(iter(self._shapes)), None)  # the oldest shape
-                shape = self._shapes[cache_key] = self._compile(statement, dialect, key.bindparams)
+            shape = self._add(cache_key, lambda: self._compile(statement, dialect, key.bindparams))
         if not isinstance(shape, _Shape):
             return list(conn.execute(statement))
+        return self._run(conn, shape, [bind.effective_value for bind in key.bindparams])
+
+    @staticmethod
+    def _run(conn: Connection, shape: _Shape, values: Sequence[Any]) -> list[Sequence[Any]]:
         driver = conn.connection.driver_connection
-        with lone_statement(driver, dialect):
+        with lone_statement(driver, conn.dialect):
             cursor = driver.cursor()  # type: ignore[union-attr]
             try:
-                cursor.execute(shape.sql, shape.parameters([bind.effective_value for bind in key.bindparams]))
+                cursor.execute(shape.sql, shape.parameters(values))
                 raw = cursor.fetchall()
             finally:
                 cursor.close()
-        return [shape.row(values) for values in raw]
+        return [shape.row(row) for row in raw]
+
+
+@dataclass(frozen=True, slots=True)
+class Shaped:
+    """A SELECT whose SQL depends only on ``key``: ``build`` makes it from one value, or one bound
+    parameter, for each of ``values``. :meth:`Shapes.rows` builds and compiles it once per key,
+    with parameters, so a query of a known shape builds no expression and computes no
+    SQLAlchemy cache key; it is built with the values themselves only where its SQL cannot be
+    prepared (SQLAlchemy's expanding IN)."""
+
+    key: Any
+    values: tuple[Any, ...]
+    build: Callable[[Sequence[Any]], Any]
 
 
 _TO_RELEASE = "pacs.db.savepoint_to_release"  # Session.info: (its transaction, a savepoint's name)

@@ -10,7 +10,7 @@ from datetime import UTC, date
 import pytest
 from sqlalchemy import insert, select
 
-from pacs.db import Database, Shapes, utcnow
+from pacs.db import Database, Shaped, Shapes, utcnow
 from pacs.registry.models import Patient
 from pacs.registry.service import PATIENT_DEFAULTS
 
@@ -74,6 +74,35 @@ def test_a_list_of_values_runs_through_sqlalchemy(db: Database) -> None:
                             .order_by(PATIENT.c.patient_id))
     assert [tuple(row) for row in two] == [("P1",), ("P3",)]
     assert [tuple(row) for row in three] == [("P1",), ("P2",), ("P3",)]
+
+
+def test_a_shaped_select_is_built_once_per_key(db: Database) -> None:
+    """A Shaped statement is built from bound parameters once per key; its values only fill them."""
+    shapes = Shapes()
+    built = []
+
+    def by_issuer_limited(values):  # type: ignore[no-untyped-def]
+        built.append(values)
+        return (select(PATIENT.c.patient_id).where(PATIENT.c.issuer == values[0])
+                .order_by(PATIENT.c.patient_id).limit(values[1]))
+
+    with db.reader.connect() as conn:
+        assert shapes.rows(conn, Shaped(("issuer",), ("HOSP", 10), by_issuer_limited)) == [("P1",), ("P2",)]
+        assert shapes.rows(conn, Shaped(("issuer",), ("OTHER", 10), by_issuer_limited)) == [("P3",)]
+        assert shapes.rows(conn, Shaped(("issuer",), ("HOSP", 1), by_issuer_limited)) == [("P1",)]
+    assert len(built) == 1 and len(shapes) == 1
+
+
+def test_a_shaped_select_that_cannot_be_prepared_is_built_with_its_values(db: Database) -> None:
+    """An expanding IN has no SQL before its values: each such query is built with them."""
+    shapes = Shapes()
+
+    def among(values):  # type: ignore[no-untyped-def]
+        return select(PATIENT.c.patient_id).where(PATIENT.c.patient_id.in_(values[0])).order_by(PATIENT.c.patient_id)
+
+    with db.reader.connect() as conn:
+        assert [tuple(r) for r in shapes.rows(conn, Shaped(("among",), (["P1", "P3"],), among))] == [("P1",), ("P3",)]
+        assert [tuple(r) for r in shapes.rows(conn, Shaped(("among",), (["P2"],), among))] == [("P2",)]
 
 
 def test_the_cache_keeps_its_size_and_still_answers(db: Database) -> None:

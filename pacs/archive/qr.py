@@ -10,35 +10,39 @@ empty, as PS3.4 C.2.2.1.2 allows; a value of the wrong VR is refused with 0xA900
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 from pydicom.dataset import Dataset
-from sqlalchemy import ColumnElement, Connection, exists, false, func, select
+from sqlalchemy import ColumnElement, Connection, and_, exists, false, func, select
 
 from pacs.archive.charset import Answer as BaseAnswer
 from pacs.archive.charset import answer_charset
 from pacs.archive.encoding import Encoded
 from pacs.archive.index import Instance, Series, Study
 from pacs.archive.query import (
+    Cond,
     Only,
     QueryError,
     columns,
+    cond_date_range,
+    cond_equal,
+    cond_person_name,
+    cond_string,
+    cond_time_range,
+    cond_uid_list,
     elements,
+    every,
+    fixed,
     keyword_of,
-    match_date_range,
-    match_person_name,
-    match_string,
-    match_time_range,
-    match_uid_list,
     readable,
     records,
 )
 from pacs.archive.status import Status
 from pacs.archive.worklist import _birth_date_text, _check_vr, _tag_vr, values_by_keyword
-from pacs.db import row_id
+from pacs.db import Shaped, row_id
 from pacs.integration.names import NameRules
 from pacs.registry.models import Patient
 
@@ -84,57 +88,61 @@ def validate(identifier: Dataset) -> None:
         _check_vr(element)
 
 
-def conditions(identifier: Dataset, level: str) -> list[ColumnElement[bool]]:
+def conditions(identifier: Dataset, level: str) -> list[Cond]:
+    """The matching conditions of ``identifier`` at ``level``, their values apart (:class:`Cond`);
+    each one's ``expression()`` is the SQLAlchemy condition."""
     v = values_by_keyword(identifier).get
     found = [
-        match_string(PATIENT.patient_id, v("PatientID")),
-        match_string(PATIENT.issuer, v("IssuerOfPatientID")),
-        match_person_name(PATIENT.name_alphabetic, PATIENT.name_ideographic, v("PatientName")),
-        match_date_range(_birth_date_text(), v("PatientBirthDate"), 0x00100030),
-        match_string(PATIENT.sex, v("PatientSex"), fold_case=True),
+        cond_string(PATIENT.patient_id, v("PatientID")),
+        cond_string(PATIENT.issuer, v("IssuerOfPatientID")),
+        cond_person_name(PATIENT.name_alphabetic, PATIENT.name_ideographic, v("PatientName")),
+        cond_date_range(_birth_date_text(), v("PatientBirthDate"), 0x00100030),
+        cond_string(PATIENT.sex, v("PatientSex"), fold_case=True),
     ]
     if level in ("STUDY", "SERIES", "IMAGE"):
         found += [
-            match_uid_list(STUDY.study_instance_uid, v("StudyInstanceUID")),
-            match_date_range(STUDY.study_date, v("StudyDate"), 0x00080020),
-            match_time_range(STUDY.study_time, v("StudyTime"), 0x00080030),
-            match_string(STUDY.accession_number, v("AccessionNumber")),
-            match_string(STUDY.study_id, v("StudyID")),
-            match_string(STUDY.description, v("StudyDescription"), fold_case=True),
-            match_string(STUDY.referring_physician, v("ReferringPhysicianName"), fold_case=True),
+            cond_uid_list(STUDY.study_instance_uid, v("StudyInstanceUID")),
+            cond_date_range(STUDY.study_date, v("StudyDate"), 0x00080020),
+            cond_time_range(STUDY.study_time, v("StudyTime"), 0x00080030),
+            cond_string(STUDY.accession_number, v("AccessionNumber")),
+            cond_string(STUDY.study_id, v("StudyID")),
+            cond_string(STUDY.description, v("StudyDescription"), fold_case=True),
+            cond_string(STUDY.referring_physician, v("ReferringPhysicianName"), fold_case=True),
         ]
         modalities = v("ModalitiesInStudy")
         if modalities and modalities.strip() not in ("", "*"):
             # Whole values: a study with any series of one of the modalities (CT is not OCT)
             # that it answers with, i.e. one not emptied by the trash (PS3.4 C.3.4, IHE IOCM).
-            wanted = [m.strip().upper() for m in modalities.replace(",", "\\").split("\\") if m.strip()]
-            # Asked per study (EXISTS), so that a date range can lead with the study-date index
-            # rather than every series of a common modality being gathered first.
-            other = Series.__table__.alias().c  # type: ignore[attr-defined]
-            found.append(exists().where(other.study == STUDY.id, other.modality.in_(wanted),
-                                        other.number_of_instances > 0))
+            wanted = tuple(m.strip().upper() for m in modalities.replace(",", "\\").split("\\") if m.strip())
+            found.append(Cond(("modalities in study", len(wanted)), wanted, _any_series_of))
     if level in ("SERIES", "IMAGE"):
-        number = v("SeriesNumber")
         found += [
-            match_uid_list(SERIES.series_instance_uid, v("SeriesInstanceUID")),
-            match_string(SERIES.modality, v("Modality"), fold_case=True),
-            match_string(SERIES.description, v("SeriesDescription"), fold_case=True),
-            match_string(SERIES.body_part, v("BodyPartExamined"), fold_case=True),
-            match_date_range(SERIES.series_date, v("SeriesDate"), 0x00080021),
-            match_number(SERIES.series_number, number),
+            cond_uid_list(SERIES.series_instance_uid, v("SeriesInstanceUID")),
+            cond_string(SERIES.modality, v("Modality"), fold_case=True),
+            cond_string(SERIES.description, v("SeriesDescription"), fold_case=True),
+            cond_string(SERIES.body_part, v("BodyPartExamined"), fold_case=True),
+            cond_date_range(SERIES.series_date, v("SeriesDate"), 0x00080021),
+            match_number(SERIES.series_number, v("SeriesNumber")),
         ]
     if level == "IMAGE":
-        number = v("InstanceNumber")
         found += [
-            match_uid_list(INSTANCE.sop_instance_uid, v("SOPInstanceUID")),
-            match_uid_list(INSTANCE.sop_class_uid, v("SOPClassUID")),
-            match_number(INSTANCE.instance_number, number),
+            cond_uid_list(INSTANCE.sop_instance_uid, v("SOPInstanceUID")),
+            cond_uid_list(INSTANCE.sop_class_uid, v("SOPClassUID")),
+            match_number(INSTANCE.instance_number, v("InstanceNumber")),
         ]
-    found += trash_excluded(level)
+    found.append(trash_excluded(level))
     return [c for c in found if c is not None]
 
 
-def match_number(column: ColumnElement[Any], value: str | None) -> ColumnElement[bool] | None:
+def _any_series_of(modalities: Sequence[Any]) -> ColumnElement[bool]:
+    """A study with a series of one of ``modalities``, asked per study (EXISTS), so that a date
+    range can lead with the study-date index rather than every series of a common modality
+    being gathered first."""
+    other = Series.__table__.alias().c  # type: ignore[attr-defined]
+    return exists().where(other.study == STUDY.id, other.modality.in_(list(modalities)), other.number_of_instances > 0)
+
+
+def match_number(column: ColumnElement[Any], value: str | None) -> Cond | None:
     """Single value matching of an IS key (PS3.4 C.2.2.2.1) against an integer column: a number
     past the largest integer a column holds matches nothing, and is known to be past it without
     ``int()``, which refuses more than 4,300 digits; a value that is not a whole number is not
@@ -142,11 +150,11 @@ def match_number(column: ColumnElement[Any], value: str | None) -> ColumnElement
     if not value or not value.strip().isdigit():
         return None
     number = row_id(value.strip())
-    return column == number if number is not None else false()
+    return cond_equal(column, number) if number is not None else fixed(("nothing",), false())
 
 
 @cache
-def trash_excluded(level: str) -> tuple[ColumnElement[bool], ...]:
+def trash_excluded(level: str) -> Cond:
     """Rejected and expired instances are in the trash: they, and studies and series left with
     nothing else, are not answered (IHE IOCM); the counts already leave them out. Built once per
     level: an expression is immutable, and one reused keeps its memoized cache key."""
@@ -155,7 +163,7 @@ def trash_excluded(level: str) -> tuple[ColumnElement[bool], ...]:
         visible.append(SERIES.number_of_instances > 0)
     if level == "IMAGE":
         visible.append(INSTANCE.rejected_at.is_(None))  # NOT_REJECTED, on the table
-    return tuple(visible)
+    return fixed(("visible", level), and_(*visible))
 
 
 # The columns an answer reads: those VALUES fills from, the patient's name groups, and the keys
@@ -202,7 +210,10 @@ def find_rows(conn: Connection, identifier: Dataset, level: str, *, limit: int =
     """Matches in a stable order; ``limit`` and ``offset`` page through them in the database.
     Core rows, not the ORM's, each read into a Record: a connection is all it needs."""
     limit = min(limit, MAX_MATCHES + 1)
-    query = _base_query(level).where(*conditions(identifier, level)).offset(offset).limit(limit)
+    where = every("and", conditions(identifier, level))
+    base = _base_query(level)
+    query = Shaped((level, where.key), (*where.values, offset, limit),
+                   lambda b: base.where(where.build(b[:-2])).offset(b[-2]).limit(b[-1]))
     if level == "PATIENT":
         return [Found(p, counts=(int(a), int(b), int(c))) for p, a, b, c in records(conn, (Patient,), query, ANSWERED)]
     if level == "STUDY":

@@ -8,7 +8,7 @@ as DICOM strings (YYYYMMDD, HHMMSS), so ranges compare as text on every database
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
@@ -78,6 +78,50 @@ def is_universal(value: str | None) -> bool:
     return value is None or value.strip() in ("", "*")
 
 
+@dataclass(frozen=True, slots=True)
+class Cond:
+    """A matching condition with its values kept apart: ``key`` names the structure of its SQL
+    (conditions with equal keys differ only in their values), ``values`` fill it in order, and
+    ``build`` makes the expression from one value, or one bound parameter, per value. A query
+    made of conditions is then built, keyed and compiled once per shape (:meth:`Shapes.shaped`)
+    instead of once per query."""
+
+    key: tuple[Any, ...]
+    values: tuple[Any, ...]
+    build: Callable[[Sequence[Any]], ColumnElement[bool]]
+
+    def expression(self) -> ColumnElement[bool]:
+        return self.build(self.values)
+
+
+def _cond(key: tuple[Any, ...], values: tuple[Any, ...],
+          build: Callable[[Sequence[Any]], ColumnElement[bool]]) -> Cond:
+    return Cond(key, values, build)
+
+
+def every(kind: str, conds: Sequence[Cond], combine: Callable[..., ColumnElement[bool]] = and_) -> Cond:
+    """One condition of several, joined by ``combine`` (and_ or or_)."""
+    spans, start = [], 0
+    for cond in conds:
+        spans.append((cond.build, start, start + len(cond.values)))
+        start += len(cond.values)
+    return _cond((kind, tuple(c.key for c in conds)), tuple(v for c in conds for v in c.values),
+                 lambda b: combine(*[build(b[i:j]) for build, i, j in spans]))
+
+
+def fixed(key: tuple[Any, ...], expression: ColumnElement[bool]) -> Cond:
+    """A condition without values (the same SQL for every query)."""
+    return _cond(("fixed", *key), (), lambda b: expression)
+
+
+def _expression(cond: Cond | None) -> ColumnElement[bool] | None:
+    return None if cond is None else cond.expression()
+
+
+def cond_equal(column: ColumnElement, value: Any) -> Cond:  # PS3.4 C.2.2.2.1
+    return _cond(("=", column), (value,), lambda b: column == b[0])
+
+
 def match_single_value(column: ColumnElement, value: str) -> ColumnElement[bool]:  # PS3.4 C.2.2.2.1
     return column == value
 
@@ -87,53 +131,78 @@ def _like_pattern(value: str) -> str:
     return escaped.replace("*", "%").replace("?", "_")
 
 
+def _prefix(column: ColumnElement, prefix: str, *, upper: bool = False) -> Cond:
+    """``prefix*`` as a range, so the column's index is used (a LIKE with upper() can't be);
+    ``upper``: on upper(column), which an expression index can serve."""
+    upper_bound = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    side = (lambda: func.upper(column)) if upper else (lambda: column)
+    return _cond(("prefix", column, upper), (prefix, upper_bound), lambda b: and_(side() >= b[0], side() < b[1]))
+
+
 def match_prefix(column: ColumnElement, prefix: str) -> ColumnElement[bool]:
     """``prefix*`` as a range, so the column's index is used (a LIKE with upper() can't be)."""
-    upper_bound = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-    return and_(column >= prefix, column < upper_bound)
+    return _prefix(column, prefix).expression()
 
 
-def match_wildcard(column: ColumnElement, value: str, *, fold_case: bool = False,
-                   stored_upper: bool = False) -> ColumnElement[bool]:
+def cond_wildcard(column: ColumnElement, value: str, *, fold_case: bool = False, stored_upper: bool = False) -> Cond:
     """PS3.4 C.2.2.2.4: ``*`` any run of characters, ``?`` any one character.
 
     ``stored_upper``: the column holds upper-case text already, so a case-insensitive prefix
     match becomes an indexed range."""
     if value.endswith("*") and not any(w in value[:-1] for w in WILDCARDS) and len(value) > 1:
         if stored_upper:
-            return match_prefix(column, value[:-1].upper())
-        if fold_case:  # a range on upper(column), which an expression index can serve
-            return match_prefix(func.upper(column), value[:-1].upper())
-        return match_prefix(column, value[:-1])
+            return _prefix(column, value[:-1].upper())
+        if fold_case:
+            return _prefix(column, value[:-1].upper(), upper=True)
+        return _prefix(column, value[:-1])
     pattern = _like_pattern(value)
     if fold_case:
-        return func.upper(column).like(pattern.upper(), escape="\\")
-    return column.like(pattern, escape="\\")
+        return _cond(("like", column, True), (pattern.upper(),), lambda b: func.upper(column).like(b[0], escape="\\"))
+    return _cond(("like", column, False), (pattern,), lambda b: column.like(b[0], escape="\\"))
 
 
-def match_string(column: ColumnElement, value: str | None, *, fold_case: bool = False,
-                 stored_upper: bool = False) -> ColumnElement[bool] | None:
+def match_wildcard(column: ColumnElement, value: str, *, fold_case: bool = False,
+                   stored_upper: bool = False) -> ColumnElement[bool]:
+    """PS3.4 C.2.2.2.4 (:func:`cond_wildcard`)."""
+    return cond_wildcard(column, value, fold_case=fold_case, stored_upper=stored_upper).expression()
+
+
+def cond_string(column: ColumnElement, value: str | None, *, fold_case: bool = False,
+                stored_upper: bool = False) -> Cond | None:
     """Single value or wildcard matching for a string key, or None when universal."""
     if is_universal(value):
         return None
     assert value is not None
     value = value.strip()
     if any(w in value for w in WILDCARDS):
-        return match_wildcard(column, value, fold_case=fold_case, stored_upper=stored_upper)
+        return cond_wildcard(column, value, fold_case=fold_case, stored_upper=stored_upper)
     if stored_upper:
-        return column == value.upper()
+        return cond_equal(column, value.upper())
     if fold_case:
-        return func.upper(column) == value.upper()
-    return match_single_value(column, value)
+        return _cond(("=upper", column), (value.upper(),), lambda b: func.upper(column) == b[0])
+    return cond_equal(column, value)
 
 
-def match_uid_list(column: ColumnElement, value: str | None) -> ColumnElement[bool] | None:
+def match_string(column: ColumnElement, value: str | None, *, fold_case: bool = False,
+                 stored_upper: bool = False) -> ColumnElement[bool] | None:
+    """Single value or wildcard matching for a string key, or None when universal."""
+    return _expression(cond_string(column, value, fold_case=fold_case, stored_upper=stored_upper))
+
+
+def cond_uid_list(column: ColumnElement, value: str | None) -> Cond | None:
     """PS3.4 C.2.2.2.2: a backslash-separated list of UIDs matches any of them."""
     if is_universal(value):
         return None
     assert value is not None
-    uids = [uid.strip() for uid in value.split("\\") if uid.strip()]
-    return column == uids[0] if len(uids) == 1 else column.in_(uids)
+    uids = tuple(uid.strip() for uid in value.split("\\") if uid.strip())
+    if len(uids) == 1:
+        return cond_equal(column, uids[0])
+    return _cond(("in", column, len(uids)), uids, lambda b: column.in_(list(b)))
+
+
+def match_uid_list(column: ColumnElement, value: str | None) -> ColumnElement[bool] | None:
+    """PS3.4 C.2.2.2.2: a backslash-separated list of UIDs matches any of them."""
+    return _expression(cond_uid_list(column, value))
 
 
 def _check_date(text: str, tag: int | None) -> str:
@@ -146,25 +215,43 @@ def _check_date(text: str, tag: int | None) -> str:
     return text
 
 
-def match_date_range(column: ColumnElement, value: str | None, tag: int | None = None) -> ColumnElement[bool] | None:
+def _range(column: ColumnElement, low: str | None, high: str | None) -> Cond:
+    """``low <= column <= high`` (either end may be missing), and not empty: a range never
+    matches an unknown value (PS3.4 C.2.2.2.5)."""
+    values = tuple(v for v in (low, high) if v is not None)
+
+    def build(b: Sequence[Any]) -> ColumnElement[bool]:
+        bounds = iter(b)
+        found = []
+        if low is not None:
+            found.append(column >= next(bounds))
+        if high is not None:
+            found.append(column <= next(bounds))
+        return and_(*found, column != "")
+    return _cond(("range", column, low is not None, high is not None), values, build)
+
+
+def cond_date_range(column: ColumnElement, value: str | None, tag: int | None = None) -> Cond | None:
     """PS3.4 C.2.2.2.5 for DA: ``D``, ``D1-D2``, ``-D2``, ``D1-``."""
     if is_universal(value):
         return None
     assert value is not None
     value = value.strip().replace(".", "")  # ACR-NEMA style YYYY.MM.DD, still sent by old devices
     if "-" not in value:
-        return column == _check_date(value, tag)
+        return cond_equal(column, _check_date(value, tag))
     low, _, high = value.partition("-")
     if not low and not high:
         raise QueryError(Status.UNABLE_TO_PROCESS, "a date range needs at least one end", tag)
-    conditions = []
-    if low:
-        conditions.append(column >= _check_date(low, tag))
-    if high:
-        conditions.append(column <= _check_date(high, tag))
-    if low and high and low > high:
+    start = _check_date(low, tag) if low else None
+    end = _check_date(high, tag) if high else None
+    if start is not None and end is not None and start > end:
         raise QueryError(Status.UNABLE_TO_PROCESS, f"date range {value} ends before it starts", tag)
-    return and_(*conditions, column != "")
+    return _range(column, start, end)
+
+
+def match_date_range(column: ColumnElement, value: str | None, tag: int | None = None) -> ColumnElement[bool] | None:
+    """PS3.4 C.2.2.2.5 for DA: ``D``, ``D1-D2``, ``-D2``, ``D1-``."""
+    return _expression(cond_date_range(column, value, tag))
 
 
 def _time_bound(text: str, tag: int | None, *, upper: bool) -> str:
@@ -178,25 +265,28 @@ def _time_bound(text: str, tag: int | None, *, upper: bool) -> str:
     return hours + (minutes or fill) + (seconds or fill)
 
 
-def match_time_range(column: ColumnElement, value: str | None, tag: int | None = None) -> ColumnElement[bool] | None:
+def cond_time_range(column: ColumnElement, value: str | None, tag: int | None = None) -> Cond | None:
     """PS3.4 C.2.2.2.5 for TM: a single time matches that hour/minute/second; ranges inclusive."""
     if is_universal(value):
         return None
     assert value is not None
     value = value.strip()
     if "-" not in value:
-        return and_(column >= _time_bound(value, tag, upper=False), column <= _time_bound(value, tag, upper=True))
+        bounds = (_time_bound(value, tag, upper=False), _time_bound(value, tag, upper=True))
+        return _cond(("time", column), bounds, lambda b: and_(column >= b[0], column <= b[1]))
     low, _, high = value.partition("-")
     if not low and not high:
         raise QueryError(Status.UNABLE_TO_PROCESS, "a time range needs at least one end", tag)
-    conditions = []
-    if low:
-        conditions.append(column >= _time_bound(low, tag, upper=False))
-    if high:
-        conditions.append(column <= _time_bound(high, tag, upper=True))
-    if low and high and _time_bound(low, tag, upper=False) > _time_bound(high, tag, upper=True):
+    start = _time_bound(low, tag, upper=False) if low else None
+    end = _time_bound(high, tag, upper=True) if high else None
+    if start is not None and end is not None and start > end:
         raise QueryError(Status.UNABLE_TO_PROCESS, f"time range {value} ends before it starts", tag)
-    return and_(*conditions, column != "")
+    return _range(column, start, end)
+
+
+def match_time_range(column: ColumnElement, value: str | None, tag: int | None = None) -> ColumnElement[bool] | None:
+    """PS3.4 C.2.2.2.5 for TM: a single time matches that hour/minute/second; ranges inclusive."""
+    return _expression(cond_time_range(column, value, tag))
 
 
 def normalise_pn(value: str) -> str:
@@ -204,8 +294,7 @@ def normalise_pn(value: str) -> str:
     return value.rstrip("^ ")
 
 
-def match_person_name(alphabetic: ColumnElement, ideographic: ColumnElement,
-                      value: str | None) -> ColumnElement[bool] | None:
+def cond_person_name(alphabetic: ColumnElement, ideographic: ColumnElement, value: str | None) -> Cond | None:
     """PN matching over the component groups (PS3.4 C.2.2.2.1, C.2.2.2.4; PS3.5 6.2.1).
 
     A value with ``=`` matches each group given against its own group. A value without matches
@@ -219,14 +308,20 @@ def match_person_name(alphabetic: ColumnElement, ideographic: ColumnElement,
     assert value is not None
     groups = value.split("=")
     if len(groups) > 1:
-        conditions = [c for c in (
-            match_string(alphabetic, _pn_pattern(groups[0]), fold_case=True) if groups[0].strip() else None,
-            match_string(ideographic, _pn_pattern(groups[1])) if groups[1].strip() else None,
+        conds = [c for c in (
+            cond_string(alphabetic, _pn_pattern(groups[0]), fold_case=True) if groups[0].strip() else None,
+            cond_string(ideographic, _pn_pattern(groups[1])) if groups[1].strip() else None,
         ) if c is not None]
-        return and_(*conditions) if conditions else None
+        return every("pn groups", conds) if conds else None
     pattern = _pn_pattern(value)
-    either = [match_string(alphabetic, pattern, fold_case=True), match_string(ideographic, pattern)]
-    return or_(*[c for c in either if c is not None])
+    either = [cond_string(alphabetic, pattern, fold_case=True), cond_string(ideographic, pattern)]
+    return every("pn either", [c for c in either if c is not None], or_)
+
+
+def match_person_name(alphabetic: ColumnElement, ideographic: ColumnElement,
+                      value: str | None) -> ColumnElement[bool] | None:
+    """PN matching over the component groups (:func:`cond_person_name`)."""
+    return _expression(cond_person_name(alphabetic, ideographic, value))
 
 
 def _pn_pattern(value: str) -> str:

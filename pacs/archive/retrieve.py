@@ -87,7 +87,7 @@ class Retriever:
                      .join(Patient, Patient.id == Study.patient)
                      .join(InstanceFile, InstanceFile.instance == Instance.id))
             for condition in qr.conditions(identifier, level):
-                query = query.where(condition)
+                query = query.where(condition.expression())
             query = query.where(NOT_REJECTED)  # nothing from the trash
             query = query.order_by(col(Series.id), col(Instance.instance_number), col(Instance.id))
             rows = session.exec(query).all()

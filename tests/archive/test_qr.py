@@ -342,3 +342,85 @@ def test_c_move_with_pynetdicom_counts_sub_operations(archive, storescp):
     final = statuses[-1]
     assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == 3
     assert [s.NumberOfRemainingSuboperations for s in statuses[:-1]] == [2, 1, 0]
+
+
+def _key_forms(conn) -> dict[str, list[str]]:  # type: ignore[no-untyped-def]
+    """Values of every form of matching key (PS3.4 C.2.2.2), taken from the archive's own rows."""
+    from sqlalchemy import select
+
+    from pacs.archive.qr import INSTANCE, PATIENT, SERIES, STUDY, Instance, Series, Study
+
+    rows = conn.execute(select(PATIENT.patient_id, PATIENT.name_alphabetic, PATIENT.name_ideographic,
+                               PATIENT.birth_date, PATIENT.sex, STUDY.study_instance_uid, STUDY.study_date,
+                               STUDY.study_time, STUDY.accession_number, STUDY.description, SERIES.series_instance_uid,
+                               SERIES.modality, SERIES.series_number, SERIES.body_part, INSTANCE.sop_instance_uid,
+                               INSTANCE.sop_class_uid, INSTANCE.instance_number)
+                        .join(Study.__table__, STUDY.patient == PATIENT.id)
+                        .join(Series.__table__, SERIES.study == STUDY.id)
+                        .join(Instance.__table__, INSTANCE.series == SERIES.id)).all()
+    def first(values, default: str = "X"):  # type: ignore[no-untyped-def]
+        return next((v for v in values if v), default)
+
+    pid, alpha, ideo = first(r[0] for r in rows), first(r[1] for r in rows), first(r[2] for r in rows)
+    studies, instances = [r[5] for r in rows], [r[14] for r in rows]
+    date, time_ = first((r[6] for r in rows), "20260101"), first((r[7] for r in rows), "101010")
+    family = alpha.split("^")[0]
+    return {
+        "PatientID": [pid, pid[:2] + "*", "*" + pid[-2:], pid[:-1] + "?", "NOBODY"],
+        "PatientName": [family, family.lower() + "*", "*" + family[1:3].lower() + "*", alpha, "=" + ideo[:1] + "*",
+                        f"{alpha}={ideo}", "NOBODY^*"],
+        "PatientBirthDate": ["19000101-20991231", "-20991231", "19000101-",
+                             first((str(r[3]).replace("-", "") for r in rows if r[3]), "19800101")],
+        "PatientSex": ["M", "f", "O"],
+        "StudyInstanceUID": [studies[0], "\\".join(studies[:2]), "\\".join(studies[:3]), "1.2.3"],
+        "StudyDate": [date, f"{date}-", f"-{date}", f"{date}-{date}", "19000101-19000102"],
+        "StudyTime": [time_[:2], "0000-2359", f"-{time_[:4]}", f"{time_[:2]}-"],
+        "AccessionNumber": [first(r[8] for r in rows), "*"],
+        "StudyDescription": [first(r[9] for r in rows)[:3].lower() + "*", "*?*"],
+        "ModalitiesInStudy": ["CT", "CT\\MR", "MR\\OT\\US", "XA"],
+        "SeriesInstanceUID": [rows[0][10], f"{rows[0][10]}\\{rows[1][10]}"],
+        "Modality": ["mr", "CT", "O*"],
+        "SeriesNumber": [str(first((r[12] for r in rows), 1)), "99999999999999999999999"],
+        "BodyPartExamined": ["*", first((r[13] for r in rows), "HEAD")],
+        "SOPInstanceUID": [instances[0], "\\".join(instances[:4])],
+        "SOPClassUID": [rows[0][15]],
+        "InstanceNumber": [str(first((r[16] for r in rows), 1)), "0"],
+    }
+
+
+def test_shaped_queries_read_what_their_statements_read(archive):
+    """A C-FIND's query is built and compiled once per shape of its keys and run with the
+    values as parameters (pacs.db.Shaped). Random mixes of every form of matching key at every
+    level, met in a random order and twice, read exactly the rows of the same query built with
+    the values and run by SQLAlchemy: two shapes sharing a key would read another's rows."""
+    import random
+
+    from pacs.archive import qr
+    from pacs.db import Database
+
+    db = Database(archive.settings.database_url)
+    rng = random.Random(25)
+    try:
+        with db.reader.connect() as conn:
+            forms = _key_forms(conn)
+            queries = []
+            for _ in range(150):
+                identifier = Dataset()
+                level = rng.choice(("STUDY", "SERIES", "IMAGE"))
+                for keyword in rng.sample(sorted(forms), rng.randint(1, 3)):
+                    setattr(identifier, keyword, rng.choice(forms[keyword]))
+                queries.append((identifier, level))
+            matched = 0
+            for identifier, level in queries + rng.sample(queries, len(queries)):
+                found = qr.find_rows(conn, identifier, level)
+                shaped = [tuple(getattr(record, key) for model, record in
+                                zip((qr.Patient, qr.Study, qr.Series, qr.Instance), (f.patient, f.study, f.series,
+                                                                                     f.instance), strict=True)
+                                if record is not None for key in qr.ANSWERED[model]) for f in found]
+                where = qr.every("and", qr.conditions(identifier, level)).expression()
+                statement = qr._base_query(level).where(where).offset(0).limit(qr.MAX_MATCHES + 1)
+                assert shaped == [tuple(row) for row in conn.execute(statement)], (level, identifier)
+                matched += bool(shaped)
+            assert matched > 60  # most mixes match something: the comparison is not of empty lists
+    finally:
+        db.dispose()
