@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import _config, dimse_messages, evt, fsm
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_primitives import C_FIND, C_STORE
+from pynetdicom.dimse_primitives import C_FIND, C_STORE, DIMSEPrimitive
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import (
@@ -320,6 +320,7 @@ def install() -> None:
     write the PDUs of a :class:`PendingSender` as they are; read C-STORE requests with
     :func:`decode_command` (idempotent)."""
     install_store_requests()
+    install_uid_setter()
     original = DIMSEServiceProvider.send_msg
     if getattr(original, "_pacs_fast", False):
         return
@@ -417,6 +418,30 @@ def _acceptable_uid(text: str) -> bool:
     """Whether a request's UID is of digits and dots and one pynetdicom's setters accept (its
     validator's regular expression, once per UID: a SOP class UID recurs in every request)."""
     return bool(text) and UID_CHARACTERS.issuperset(text) and _config.VALIDATORS["UI"](text)[0]
+
+
+@functools.lru_cache(maxsize=1024)
+def _settable_uid(text: str) -> bool:
+    """Whether pynetdicom's ``set_uid`` takes ``text`` as it is, without an error or a warning."""
+    return _acceptable_uid(text) and UID(text).is_valid
+
+
+_AFFECTED_SOP_CLASS = DIMSEPrimitive.AffectedSOPClassUID
+
+
+def _set_affected_sop_class_uid(self: Any, value: Any) -> None:
+    """DIMSEPrimitive.AffectedSOPClassUID's setter, its checks made once per UID: a response
+    takes its request's SOP class, the same few UIDs all day."""
+    if isinstance(value, str) and _settable_uid(value):
+        self._affected_sop_class_uid = value if isinstance(value, UID) else UID(value)
+    else:
+        _AFFECTED_SOP_CLASS.fset(self, value)
+
+
+def install_uid_setter() -> None:
+    """Put :func:`_set_affected_sop_class_uid` behind DIMSEPrimitive.AffectedSOPClassUID (idempotent)."""
+    DIMSEPrimitive.AffectedSOPClassUID = property(  # type: ignore[method-assign]
+        _AFFECTED_SOP_CLASS.fget, _set_affected_sop_class_uid, doc=_AFFECTED_SOP_CLASS.__doc__)
 
 
 def set_uids(primitive: Any, command: RequestCommand) -> None:

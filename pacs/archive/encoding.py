@@ -13,13 +13,15 @@ CPU. :func:`read_flat` reads such an identifier into the same Dataset of raw ele
 would make (values decoded later, as pydicom does), and gives up (None) at anything else: an
 undefined length, a VR pydicom does not know, an element running past the end, a first element
 whose encoding is not the one the transfer syntax says. pydicom then reads it as before, with
-its warnings and repairs. Most keys of a query are empty (return keys): those are made into the
-DataElements pydicom's conversion would make of them at once, without its per-element hooks.
+its warnings and repairs. Most keys of a query are empty (return keys), and most matching keys
+one value of plain text: those are made into the DataElements pydicom's conversion would make of
+them at once, without its per-element hooks.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 import struct
 from typing import Any, cast
 
@@ -30,7 +32,7 @@ from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_eleme
 from pydicom.dataset import Dataset
 from pydicom.hooks import hooks, raw_element_value, raw_element_vr
 from pydicom.tag import BaseTag
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR, validate_value
 
 Element = tuple[int, str, Any]  # (tag, VR, value): str, or list[list[Element]] for SQ
 
@@ -99,11 +101,43 @@ def encode_elements(elements: list[Element], *, implicit: bool, codec: str, orde
 _ITEM_TAG = _tag(ITEM)
 
 
+def _plain_state(value: Any) -> bool:
+    """Whether ``value`` is immutable, or a list or dict of such values (copied with the container)."""
+    if isinstance(value, list | dict):
+        return all(_plain_state(v) for v in (value.values() if isinstance(value, dict) else value))
+    return value is None or isinstance(value, bool | int | float | str | bytes | tuple)
+
+
+_EMPTY_STATE = Dataset().__dict__
+_FRESH = all(_plain_state(value) for value in _EMPTY_STATE.values())
+
+
+def new_dataset(elements: dict[BaseTag, Any] | None = None) -> Dataset:
+    """``Dataset(elements)``: an empty Dataset's attributes copied, instead of set one by one through
+    ``Dataset.__setattr__``, which looks each name up as a DICOM keyword (a few microseconds a
+    query's identifier and each answer paid). Where pydicom's empty Dataset holds anything but
+    plain values and containers of them, the constructor itself."""
+    if not _FRESH:
+        return Dataset(elements) if elements is not None else Dataset()
+    ds = Dataset.__new__(Dataset)
+    _fill(ds, elements)
+    return ds
+
+
+def _fill(ds: Dataset, elements: dict[BaseTag, Any] | None) -> None:
+    state = {name: value.copy() if isinstance(value, list | dict) else value for name, value in _EMPTY_STATE.items()}
+    state["_dict"] = {} if elements is None else elements
+    ds.__dict__.update(state)
+
+
 class Encoded(Dataset):
     """An answer held as (tag, VR, value) elements, encoded on demand by :func:`encode`."""
 
     def __init__(self, elements: list[Element], charset: str | None, *, ordered: bool = False) -> None:
-        super().__init__()
+        if _FRESH:
+            _fill(self, None)
+        else:
+            super().__init__()
         object.__setattr__(self, "_pacs_elements", elements)
         object.__setattr__(self, "_pacs_codec", CODECS.get(charset, "utf-8"))
         object.__setattr__(self, "_pacs_ordered", ordered)
@@ -172,6 +206,29 @@ def _encodings(value: bytes | None, vr: str | None, implicit: bool) -> tuple[str
     return tuple(convert_encodings(convert_raw_data_element(raw).value))
 
 
+# Text VRs whose value pydicom converts to the text itself, its trailing spaces and NULs
+# dropped (values.convert_string for CS, convert_text for LO and SH, which check it first).
+_PLAIN_TEXT_VRS = frozenset(("CS", "LO", "SH"))
+_PRINTABLE = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")  # printable ASCII but the backslash: one value, the same in every character set
+
+
+def _plain_text(vr: str, value: bytes) -> str | None:
+    """The text pydicom converts ``value`` of ``vr`` to, when it is one value of printable ASCII
+    (in every character set DICOM names, the same characters), else None."""
+    if not _PRINTABLE.fullmatch(value):
+        return None
+    text = value.decode("ascii")
+    if vr != "CS":
+        validate_value(vr, text, config.settings.reading_validation_mode)
+    return text.rstrip(" ")
+
+
+@functools.lru_cache(maxsize=64)
+def _text_encodings(value: str) -> tuple[str, ...]:
+    """The Python encodings of a Specific Character Set of one term, looked up once per term."""
+    return tuple(convert_encodings(value))
+
+
 def read_flat(data: bytes, implicit: bool) -> Dataset | None:
     """The data set ``data`` (little endian, implicit or explicit VR as ``implicit`` says) as
     pydicom's ``read_dataset`` makes it, when every element has a defined length and a known VR
@@ -183,7 +240,7 @@ def read_flat(data: bytes, implicit: bool) -> Dataset | None:
         looks_implicit = not (0x40 < data[4] < 0x5B and 0x40 < data[5] < 0x5B)
         if looks_implicit != implicit:
             return None
-    elements: dict[BaseTag, RawDataElement] = {}
+    elements: dict[BaseTag, RawDataElement | DataElement] = {}
     position = 0
     while position < end:
         if end - position < 8:
@@ -205,21 +262,30 @@ def read_flat(data: bytes, implicit: bool) -> Dataset | None:
         tag = group << 16 | number
         if length == UNDEFINED or stop > end or tag == ITEM_END:
             return None
+        # the VR pydicom converts with; private elements stay raw (pydicom names their creator on reading them)
+        known = _implicit_vr(tag) if implicit else (None if group & 1 else vr)
+        key = BaseTag(tag)
         if length:
-            elements[BaseTag(tag)] = RawDataElement(BaseTag(tag), vr, length, data[start:stop], start, implicit, True)
-        else:
-            known = _implicit_vr(tag) if implicit else vr
-            if plain and known is not None and known not in _RAW_WHEN_EMPTY:
-                elements[BaseTag(tag)] = DataElement(BaseTag(tag), known, _empty_value(known), start, False, True)
+            value = data[start:stop]
+            text = _plain_text(known, value) if plain and known in _PLAIN_TEXT_VRS else None
+            if text is not None:
+                elements[key] = DataElement(key, known, text, start, False, True)
             else:
-                elements[BaseTag(tag)] = RawDataElement(BaseTag(tag), vr, length, _empty(vr), start, implicit, True)
+                elements[key] = RawDataElement(key, vr, length, value, start, implicit, True)
+        elif plain and known is not None and known not in _RAW_WHEN_EMPTY:
+            elements[key] = DataElement(key, known, _empty_value(known), start, False, True)
+        else:
+            elements[key] = RawDataElement(key, vr, length, _empty(vr), start, implicit, True)
         position = stop
-    ds = Dataset(elements, parent_encoding=default_encoding)
+    ds = new_dataset(elements)  # parent_encoding: the default
     charset = elements.get(BaseTag(CHARSET))
     if isinstance(charset, RawDataElement):
         encoding = list(_encodings(charset.value, charset.VR, implicit))
+    elif charset is not None:
+        encoding = list(_text_encodings(charset.value)) if isinstance(charset.value, str) else convert_encodings(
+            charset.value)
     else:
-        encoding = convert_encodings(charset.value) if charset is not None else default_encoding
+        encoding = default_encoding
     ds.set_original_encoding(implicit, True, encoding)
     return ds
 

@@ -45,7 +45,7 @@ def readable(identifier: Any, depth: int = 0) -> None:
     decodes a value when it is first read, and some it can't (a name in a character set whose
     encoder fails on it) raise errors of many kinds, which would otherwise surface half-way
     through a query."""
-    for element in list(identifier.elements()):
+    for element in list(identifier._dict.values()):
         if isinstance(element, RawDataElement):
             try:
                 element = identifier[element.tag]
@@ -69,8 +69,9 @@ def elements(identifier: Any) -> list[DataElement]:
     the first time it is read; one decoded already is taken as it is, without the checks of
     ``Dataset.__getitem__``, which cost a query more than its matching while every pass over the
     identifier (checks, keys, answer plan, audit) paid them again."""
-    return [identifier[element.tag] if isinstance(element, RawDataElement) else element
-            for element in identifier.elements()]
+    held = identifier._dict  # pydicom's tag → element; its elements() sorts the tags with BaseTag's own __lt__
+    return [identifier[tag] if isinstance(element := held[tag], RawDataElement) else element
+            for tag in sorted(held, key=int)]
 
 
 def is_universal(value: str | None) -> bool:

@@ -60,6 +60,17 @@ def _identifiers() -> list[tuple[str, bytes, bool]]:
     study.NumberOfStudyRelatedInstances = None
     study.ModalitiesInStudy = ["CT", "MR"]
     study.add_new(0x00091010, "LO", "private")
+    texts = Dataset()  # plain text as devices pad it, and text that is not plain
+    texts.SpecificCharacterSet = "ISO_IR 100"
+    texts.QueryRetrieveLevel = "SERIES "
+    texts.PatientID = "ID 7  "
+    texts.IssuerOfPatientID = "HOSP\\OTHER"
+    texts.AccessionNumber = " A1"
+    texts.StudyID = "S\x001"
+    texts.PatientSex = "M\\F"
+    texts.Modality = "ct"
+    texts.StationName = "CT-王"
+    texts.InstitutionName = "x" * 70  # longer than LO's 64: pydicom warns, and so does read_flat
     worklist = Dataset()
     worklist.PatientName = ""
     step = Dataset()
@@ -69,7 +80,7 @@ def _identifiers() -> list[tuple[str, bytes, bool]]:
     worklist.ScheduledProcedureStepSequence = [step]
     out = []
     for implicit in (True, False):
-        for name, ds in (("study", study), ("worklist", worklist)):
+        for name, ds in (("study", study), ("worklist", worklist), ("texts", texts)):
             out.append((f"{name}, {'implicit' if implicit else 'explicit'}", bytes(encode(ds, implicit, True)), implicit))
         out.append((f"answer encoder, {implicit}", Encoded(ELEMENTS, "ISO_IR 192").encoded(implicit), implicit))
     flat = bytes(encode(study, False, True))
@@ -95,7 +106,9 @@ def test_flat_identifiers_read_as_pydicom_reads_them(name, data, implicit):
 
     from pacs.archive.encoding import read_flat
 
-    fast = read_flat(data, implicit)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fast = read_flat(data, implicit)
     buffer = DicomBytesIO(data)
     buffer.is_little_endian, buffer.is_implicit_VR = True, implicit
     with warnings.catch_warnings():
@@ -112,11 +125,15 @@ def test_flat_identifiers_read_as_pydicom_reads_them(name, data, implicit):
     assert list(fast._dict) == list(slow._dict)
     if name.startswith("study"):  # its empty return keys come converted
         assert sum(not isinstance(e, RawDataElement) for e in fast._dict.values()) >= 4
+    if name.startswith("texts"):  # one value of plain text comes converted, as pydicom checks it
+        assert not isinstance(fast._dict[0x00080052], RawDataElement) and fast._dict[0x00080052].value == "SERIES"
+        assert isinstance(fast._dict[0x00100040], RawDataElement)  # two values: left to pydicom
+        assert any("exceeds the maximum length of 64" in str(w.message) for w in caught)
     for tag, element in fast._dict.items():
         if isinstance(element, RawDataElement):
             assert element == slow._dict[tag]
-        else:  # an empty value, made into the element pydicom's conversion makes of it
-            assert isinstance(slow._dict[tag], RawDataElement) and slow._dict[tag].length == 0
+        else:  # an empty value or one of plain text, made into the element pydicom's conversion makes of it
+            assert isinstance(slow._dict[tag], RawDataElement)
             converted = slow[tag]
             assert (element.tag, element.VR, element.value, type(element.value), element.file_tell,
                     element.is_undefined_length) == (converted.tag, converted.VR, converted.value,
@@ -125,3 +142,21 @@ def test_flat_identifiers_read_as_pydicom_reads_them(name, data, implicit):
     assert fast.original_encoding == slow.original_encoding
     assert fast.original_character_set == slow.original_character_set
     assert [(e.tag, e.VR, e.value) for e in fast] == [(e.tag, e.VR, e.value) for e in slow]
+
+
+def test_new_dataset_is_a_fresh_empty_dataset():
+    """new_dataset and Encoded start from the state pydicom's constructor gives, in containers
+    of their own."""
+    from pydicom.dataset import Dataset
+
+    from pacs.archive.encoding import Encoded, new_dataset
+
+    first, second = new_dataset(), new_dataset()
+    assert first.__dict__ == Dataset().__dict__
+    first.PatientID = "P1"
+    first._private_blocks[(0x0009, "X")] = None
+    first._pixel_array_opts["use_pdh"] = True
+    assert "PatientID" not in second and not second._private_blocks and second._pixel_array_opts == {"use_pdh": False}
+    answer = Encoded([(0x00100020, "LO", "P1")], None)
+    assert {k: v for k, v in answer.__dict__.items() if not k.startswith("_pacs")} == Dataset().__dict__
+    assert len(answer) == 1 and answer.dataset().PatientID == "P1"
