@@ -309,6 +309,30 @@ def migrate(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
+class Reading:
+    """What a query reads through with :meth:`Shapes.rows`: a pooled DB-API connection, put in a
+    SQLAlchemy Connection only when a statement goes SQLAlchemy's way. Making and closing a
+    Connection that nothing was read through cost a study-level C-FIND a twentieth of its time."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect
+        self.connection = engine.raw_connection()  # the pool's proxy: .driver_connection is the driver's
+        self._wrapped: Connection | None = None
+
+    def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._wrapped is None:
+            self._wrapped = Connection(self.engine, connection=self.connection)
+        return self._wrapped.execute(statement, *args, **kwargs)
+
+    def close(self) -> None:
+        """Back to the pool (through the Connection, which ends what it began, where there is one)."""
+        if self._wrapped is not None:
+            self._wrapped.close()
+        else:
+            self.connection.close()
+
+
 class Database:
     """The process's engine and its sessions."""
 
@@ -324,6 +348,15 @@ class Database:
 
     def migrate(self) -> None:
         migrate(self.engine)
+
+    @contextmanager
+    def reading(self) -> Iterator[Reading]:
+        """A :class:`Reading` on the reader engine for the length of a query."""
+        reading = Reading(self.reader)
+        try:
+            yield reading
+        finally:
+            reading.close()
 
     @contextmanager
     def session(self, *, read_only: bool = False) -> Iterator[Session]:
@@ -622,7 +655,7 @@ class Shapes:
             shape = self._shapes[cache_key] = make()
         return shape
 
-    def rows(self, conn: Connection, statement: Any) -> list[Sequence[Any]]:
+    def rows(self, conn: Connection | Reading, statement: Any) -> list[Sequence[Any]]:
         """The rows of ``statement`` (a SELECT, or a :class:`Shaped` one), each a sequence of its
         selected columns' values."""
         dialect = conn.dialect
@@ -647,7 +680,7 @@ class Shapes:
         return self._run(conn, shape, [bind.effective_value for bind in key.bindparams])
 
     @staticmethod
-    def _run(conn: Connection, shape: _Shape, values: Sequence[Any]) -> list[Sequence[Any]]:
+    def _run(conn: Connection | Reading, shape: _Shape, values: Sequence[Any]) -> list[Sequence[Any]]:
         driver = conn.connection.driver_connection
         with lone_statement(driver, conn.dialect):
             cursor = driver.cursor()  # type: ignore[union-attr]

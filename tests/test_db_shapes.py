@@ -134,3 +134,22 @@ def test_a_read_outside_a_transaction_begins_none(db: Database) -> None:
         with conn.begin():  # within SQLAlchemy's transaction, the statement is part of it
             assert len(shapes.rows(conn, by_issuer("OTHER"))) == 1
             assert conn.in_transaction()
+
+
+def test_a_reading_reads_both_ways_and_gives_its_connection_back(db: Database) -> None:
+    """Database.reading: Shapes read on its pooled connection, a statement that goes SQLAlchemy's
+    way runs on the same one, and the pool has it back afterwards, also after an error."""
+    pool = db.engine.pool
+    before = pool.checkedout()  # type: ignore[attr-defined]
+    among = select(PATIENT.c.patient_id).where(PATIENT.c.patient_id.in_(["P1", "P3"])).order_by(PATIENT.c.patient_id)
+    with db.reading() as reading:
+        assert pool.checkedout() == before + 1  # type: ignore[attr-defined]
+        assert [row[PATIENT.c.keys().index("patient_id")] for row in Shapes().rows(reading, by_issuer("HOSP"))] == [
+            "P1", "P2"]
+        assert [tuple(row) for row in reading.execute(among)] == [("P1",), ("P3",)]
+        assert pool.checkedout() == before + 1  # type: ignore[attr-defined]
+    assert pool.checkedout() == before  # type: ignore[attr-defined]
+    with pytest.raises(ZeroDivisionError), db.reading() as reading:
+        Shapes().rows(reading, by_issuer("OTHER"))
+        raise ZeroDivisionError
+    assert pool.checkedout() == before  # type: ignore[attr-defined]

@@ -25,10 +25,15 @@ import re
 import struct
 from typing import Any, cast
 
-from pydicom.charset import convert_encodings, default_encoding
 from pydicom import config
+from pydicom.charset import convert_encodings, default_encoding
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element, empty_value_for_VR
+from pydicom.dataelem import (
+    DataElement,
+    RawDataElement,
+    convert_raw_data_element,
+    empty_value_for_VR,
+)
 from pydicom.dataset import Dataset
 from pydicom.hooks import hooks, raw_element_value, raw_element_vr
 from pydicom.tag import BaseTag

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from sqlalchemy import ColumnElement, Connection, and_, exists, false, func, select
 
@@ -42,7 +43,7 @@ from pacs.archive.query import (
 )
 from pacs.archive.status import Status
 from pacs.archive.worklist import _birth_date_text, _check_vr, _tag_vr, values_by_keyword
-from pacs.db import Shaped, row_id
+from pacs.db import Reading, Shaped, row_id
 from pacs.integration.names import NameRules
 from pacs.registry.models import Patient
 
@@ -80,18 +81,23 @@ def level_of(identifier: Dataset, model: str) -> str:
     return level
 
 
-def validate(identifier: Dataset) -> None:
+def validate(identifier: Dataset) -> list[DataElement]:
+    """Every key of ``identifier`` readable and of its VR (PS3.4 C.4.1.1.4); its top-level
+    elements, decoded, in tag order."""
     readable(identifier)
-    for element in elements(identifier):
+    items = elements(identifier)
+    for element in items:
         if element.tag.is_private or element.tag.element == 0:
             continue
         _check_vr(element)
+    return items
 
 
-def conditions(identifier: Dataset, level: str) -> list[Cond]:
-    """The matching conditions of ``identifier`` at ``level``, their values apart (:class:`Cond`);
-    each one's ``expression()`` is the SQLAlchemy condition."""
-    v = values_by_keyword(identifier).get
+def conditions(identifier: Dataset, level: str, items: list[DataElement] | None = None) -> list[Cond]:
+    """The matching conditions of ``identifier`` at ``level`` (its top-level ``items``, where read
+    already), their values apart (:class:`Cond`); each one's ``expression()`` is the SQLAlchemy
+    condition."""
+    v = values_by_keyword(identifier, items).get
     found = [
         cond_string(PATIENT.patient_id, v("PatientID")),
         cond_string(PATIENT.issuer, v("IssuerOfPatientID")),
@@ -205,12 +211,12 @@ def _base_query(level: str) -> Any:
             .order_by(SERIES.id, INSTANCE.instance_number, INSTANCE.id))
 
 
-def find_rows(conn: Connection, identifier: Dataset, level: str, *, limit: int = MAX_MATCHES,
-              offset: int = 0) -> list[Found]:
+def find_rows(conn: Connection | Reading, identifier: Dataset, level: str, *, limit: int = MAX_MATCHES,
+              offset: int = 0, items: list[DataElement] | None = None) -> list[Found]:
     """Matches in a stable order; ``limit`` and ``offset`` page through them in the database.
     Core rows, not the ORM's, each read into a Record: a connection is all it needs."""
     limit = min(limit, MAX_MATCHES + 1)
-    where = every("and", conditions(identifier, level))
+    where = every("and", conditions(identifier, level, items))
     base = _base_query(level)
     query = Shaped((level, where.key), (*where.values, offset, limit),
                    lambda b: base.where(where.build(b[:-2])).offset(b[-2]).limit(b[-1]))
@@ -292,7 +298,7 @@ class Answer(BaseAnswer):
     query asked for, in the compact form :mod:`pacs.archive.encoding` sends without pydicom's
     writer. Which keys and what fills each is worked out once per query (:meth:`plan`)."""
 
-    def plan(self, identifier: Dataset, level: str, retrieve_ae: str) -> Plan:
+    def plan(self, identifier: Dataset, level: str, retrieve_ae: str, items: list[DataElement] | None = None) -> Plan:
         fixed: dict[str, Fill] = {"QueryRetrieveLevel": lambda a, f: level,
                                   "RetrieveAETitle": lambda a, f: retrieve_ae}
         out: Plan = []
@@ -300,7 +306,7 @@ class Answer(BaseAnswer):
             charset = self.charset
             out.append((*_tag_vr("SpecificCharacterSet"), lambda a, f: charset))
         asked = set()
-        for element in elements(identifier):
+        for element in elements(identifier) if items is None else items:
             keyword = keyword_of(element.tag)
             if element.tag.is_private or keyword in ("", "SpecificCharacterSet") or keyword in asked:
                 continue
@@ -327,14 +333,14 @@ class Answer(BaseAnswer):
         return Encoded([(tag, vr, fill(self, found)) for tag, vr, fill in plan], self.charset, ordered=True)
 
 
-def find(conn: Connection, identifier: Dataset, *, model: str, names: NameRules, retrieve_ae: str,
+def find(conn: Connection | Reading, identifier: Dataset, *, model: str, names: NameRules, retrieve_ae: str,
          peer_charset: str | None = None, cancelled: Callable[[], bool] = lambda: False) -> Iterator[Dataset]:
     """C-FIND answers for ``identifier`` in the Patient Root (``model='PATIENT'``) or Study Root model."""
-    validate(identifier)
+    items = validate(identifier)
     level = level_of(identifier, model)
     answer = Answer(answer_charset(identifier.get("SpecificCharacterSet"), peer_charset), names)
-    plan = answer.plan(identifier, level, retrieve_ae)
-    for found in find_rows(conn, identifier, level):
+    plan = answer.plan(identifier, level, retrieve_ae, items)
+    for found in find_rows(conn, identifier, level, items=items):
         if cancelled():
             return
         yield answer.respond(found, plan)

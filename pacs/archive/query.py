@@ -19,7 +19,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from sqlalchemy import ColumnElement, Connection, and_, func, or_
 
 from pacs.archive.status import Status
-from pacs.db import Shapes
+from pacs.db import Reading, Shapes
 
 WILDCARDS = ("*", "?")
 MAX_ITEM_DEPTH = 8  # nesting of sequences read in an identifier; deeper items are not keys of any model
@@ -360,7 +360,7 @@ def columns(*models: Any, only: Only | None = None) -> list[Any]:
 SHAPES = Shapes()  # the matching queries of C-FIND, QIDO-RS and the worklist, compiled once per shape
 
 
-def records(conn: Connection, models: tuple[Any, ...], query: Any, only: Only | None = None) -> Iterator[list[Any]]:
+def records(conn: Connection | Reading, models: tuple[Any, ...], query: Any, only: Only | None = None) -> Iterator[list[Any]]:
     """Each row of ``query`` (which selects :func:`columns` of ``models``, then any extra values)
     as one :class:`Record` per model, or None for an outer-joined model without a row (its
     primary key is NULL), followed by the extra values."""

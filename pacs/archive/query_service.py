@@ -31,9 +31,9 @@ class QueryService:
 
     def archive(self, identifier: Dataset, calling_ae: str, model: str,
                 cancelled: Callable[[], bool] = lambda: False) -> Iterator[Dataset]:
-        # A connection, not an ORM session: a query reads rows and writes nothing, and a session
+        # A pooled connection, not an ORM session: a query reads rows and writes nothing, and a session
         # (its transaction, its commit) took a fifth of a study-level C-FIND's CPU (3.3 ms, now 2.6).
-        with self.db.reader.connect() as conn:
+        with self.db.reading() as conn:
             yield from qr.find(conn, identifier, model=model, names=self.mappings.current().names,
                                retrieve_ae=self.settings.ae_title, peer_charset=self._peer_charset(calling_ae),
                                cancelled=cancelled)

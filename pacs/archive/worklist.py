@@ -15,6 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from sqlalchemy import ColumnElement, Connection, Select, and_, true
@@ -159,10 +160,11 @@ def _text(value: Any) -> str:
     return text.replace("\0", "\ufffd")
 
 
-def values_by_keyword(ds: Dataset) -> dict[str, str]:
+def values_by_keyword(ds: Dataset, items: list[DataElement] | None = None) -> dict[str, str]:
     """Every top-level value of ``ds`` with a keyword, as :func:`_value` reads each: one pass
-    over the identifier instead of a lookup per matching key."""
-    return {keyword: _text(element.value) for element in elements(ds) if (keyword := keyword_of(element.tag))}
+    over the identifier (or its ``items``, read already) instead of a lookup per matching key."""
+    return {keyword: _text(element.value) for element in (elements(ds) if items is None else items)
+            if (keyword := keyword_of(element.tag))}
 
 
 def conditions(identifier: Dataset) -> list[ColumnElement[bool]]:
