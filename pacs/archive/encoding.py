@@ -129,10 +129,15 @@ def new_dataset(elements: dict[BaseTag, Any] | None = None) -> Dataset:
     return ds
 
 
+_CONTAINERS = tuple(name for name, value in _EMPTY_STATE.items() if isinstance(value, list | dict) and name != "_dict")
+
+
 def _fill(ds: Dataset, elements: dict[BaseTag, Any] | None) -> None:
-    state = {name: value.copy() if isinstance(value, list | dict) else value for name, value in _EMPTY_STATE.items()}
+    state = ds.__dict__
+    state.update(_EMPTY_STATE)
+    for name in _CONTAINERS:
+        state[name] = state[name].copy()
     state["_dict"] = {} if elements is None else elements
-    ds.__dict__.update(state)
 
 
 class Encoded(Dataset):
