@@ -286,11 +286,14 @@ VALUES: dict[str, tuple[str | None, Fill]] = {
 }
 
 
-def _guarded(row: str | None, fill: Fill) -> Fill:
-    """``fill``, or nothing when the answer's level has no such row."""
-    if row is None:
-        return fill
-    return lambda a, f: None if getattr(f, row) is None else fill(a, f)
+# The rows an answer of each level has (its matches are inner joins: every row of the level and
+# above is there); a key of a row below the level goes out empty.
+ROWS = {"PATIENT": (None, "counts"), "STUDY": (None, "study"), "SERIES": (None, "study", "series"),
+        "IMAGE": (None, "study", "series", "instance")}
+
+
+def _empty(a: Answer, f: Found) -> None:
+    return None
 
 
 class Answer(BaseAnswer):
@@ -316,7 +319,8 @@ class Answer(BaseAnswer):
                 out.append((tag, "SQ", lambda a, f: []))
                 continue
             known = VALUES.get(keyword)
-            out.append((tag, vr, fixed.get(keyword) or (_guarded(*known) if known else (lambda a, f: None))))
+            fill = fixed.get(keyword) or (known[1] if known and known[0] in ROWS[level] else _empty)
+            out.append((tag, vr, fill))
         if "QueryRetrieveLevel" not in asked:
             out.append((*_tag_vr("QueryRetrieveLevel"), fixed["QueryRetrieveLevel"]))
         return sorted(out, key=lambda e: e[0])
