@@ -614,9 +614,17 @@ def _pump(self: DULServiceProvider, *, read: bool = True) -> None:
 
 
 class _Checkpoint(threading.Event):
-    """An association's reactor checkpoint that knows whether the reactor is held at it."""
+    """An association's reactor checkpoint that knows whether the reactor is held at it, and
+    wakes the reactor (``wake``, set by :func:`wake_up`) when a thread pauses it: pynetdicom's
+    ``send_*`` methods wait for the reactor to reach the checkpoint."""
 
     held = False
+    wake: threading.Event | None = None
+
+    def clear(self) -> None:
+        super().clear()
+        if self.wake is not None:
+            self.wake.set()
 
     def wait(self, timeout: float | None = None) -> bool:
         with self._cond:  # type: ignore[attr-defined]
@@ -758,9 +766,12 @@ def _sleep(seconds: float) -> None:
     """Sleep at most ``seconds``; less when the calling reactor thread has work (see above)."""
     thread = threading.current_thread()
     wake = getattr(thread, "_pacs_wake", None)
-    if isinstance(wake, threading.Event):  # an association thread
+    if isinstance(wake, threading.Event):  # an association thread, woken when it has work
+        checkpoint = getattr(thread, "_reactor_checkpoint", None)
+        if isinstance(checkpoint, _Checkpoint) and checkpoint.wake is wake:  # a pause wakes it too
+            seconds = max(seconds, ASSOCIATION_POLL)
         wake.wait(seconds)
-        wake.clear()
+        wake.clear()  # before the loop looks for work: a wake-up from here on is kept for the next wait
         return
     fd = getattr(thread, "_pacs_wake_fd", None)
     sock = getattr(getattr(thread, "socket", None), "socket", None)
@@ -779,11 +790,22 @@ def _sleep(seconds: float) -> None:
             pass
 
 
+ASSOCIATION_POLL = 0.05
+"""How long an association's thread waits between looks when nothing wakes it (pynetdicom
+polls every millisecond: a thousand turns a second of an association doing nothing, a twentieth
+of the CPU of a C-FIND served meanwhile by its DUL thread). It is woken by each action of the
+state machine (a message, a release, an abort), a pause of its reactor (:class:`_Checkpoint`)
+and a kill; what is left to its polling, a DUL thread that died or an idle timer that ran out,
+is seen within this."""
+
+
 def wake_up(assoc: Any) -> None:
     """Let ``assoc``'s two reactor threads be woken instead of only polling (call before they
     start: pynetdicom's EVT_CONN_OPEN)."""
     install_wakeups()
     assoc._pacs_wake = threading.Event()
+    if isinstance(assoc._reactor_checkpoint, _Checkpoint):  # see close_pause_race()
+        assoc._reactor_checkpoint.wake = assoc._pacs_wake
     dul = assoc.dul
     fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
     dul._pacs_wake_fd = fd
@@ -836,8 +858,18 @@ def install_wakeups() -> None:
             for action in pending or ():
                 action()
 
+    kill = pn_association.Association.kill
+
+    def kill_waking(self: Any) -> None:
+        self._kill = True  # the flag its thread stops on, which kill() sets too
+        wake = getattr(self, "_pacs_wake", None)
+        if wake is not None:
+            wake.set()
+        kill(self)
+
     DULServiceProvider.send_pdu = send_pdu_waking  # type: ignore[method-assign]
     StateMachine.do_action = do_action_waking  # type: ignore[method-assign]
+    pn_association.Association.kill = kill_waking  # type: ignore[method-assign]
     pn_dul.time = pn_association.time = _Clock()  # type: ignore[assignment]
 
 

@@ -142,3 +142,37 @@ def test_a_pdu_is_read_whole_whatever_pieces_it_arrives_in():
     finally:
         sender.join(LONG)
         ours.close()
+
+
+def test_an_idle_association_waits_and_a_pause_still_holds_it_at_once(server):
+    """pynetdicom's reactor turns every millisecond; a woken association's waits for its work or
+    ASSOCIATION_POLL, and a thread that pauses it (pynetdicom's send_* methods) wakes it, so the
+    pause holds it at once rather than after its wait."""
+    ae = AE(ae_title="ECHOSCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title="PACS")
+    assert assoc.is_established
+    try:
+        [theirs] = [a for a in server.server._dicom.ae.active_associations if hasattr(a, "_pacs_wake")]
+        turns = []
+        look = theirs.dimse.get_msg
+
+        def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+            turns.append(time.monotonic())
+            return look(*args, **kwargs)
+
+        theirs.dimse.get_msg = counted  # the reactor looks for a message once a turn
+        time.sleep(1.0)
+        assert 0 < len(turns) <= 100  # turning every millisecond: ~1,000; waiting ASSOCIATION_POLL: ~20
+        for _ in range(5):
+            time.sleep(0.013)
+            start = time.monotonic()
+            theirs._reactor_checkpoint.clear()
+            while not theirs._is_paused and time.monotonic() - start < 5:
+                time.sleep(0.0001)
+            held_after = time.monotonic() - start
+            theirs._reactor_checkpoint.set()
+            assert held_after < dul.ASSOCIATION_POLL / 2, held_after
+        assert int(assoc.send_c_echo().Status) == 0
+    finally:
+        assoc.release()
