@@ -273,7 +273,9 @@ def test_a_query_longer_than_the_network_timeout_is_answered(start_server, tmp_p
 def test_a_query_sent_before_the_association_is_set_up_is_answered(start_server, tmp_path, monkeypatch, taken):
     """The peer may send its C-FIND as soon as it has the A-ASSOCIATE-AC, while the server's
     thread still runs the EVT_ACCEPTED handlers (the access check among them): the request waits
-    for them, is answered, and the association's next request is served directly."""
+    for them, is answered, and the association's later requests are served directly. (The one
+    right after may still go the association thread's way: that thread can be finishing the first
+    one, holding the association's serving lock, when it arrives.)"""
     from pacs.archive import handlers
 
     log_association = handlers.log_association
@@ -292,10 +294,11 @@ def test_a_query_sent_before_the_association_is_set_up_is_answered(start_server,
     requestor.assoc.dimse_timeout = 10
     try:
         context = requestor.contexts[StudyRootQueryRetrieveInformationModelFind]
-        for number in (1, 2):
+        for number in range(1, 6):
             answers, status = requestor.ask(shapes(context, find_command(number),
                                                    identifier(str(ds.PatientID)))["both in one PDU"])
             assert status == 0x0000 and len(answers) == 1, f"query {number}"
     finally:
         requestor.close()
-    assert taken.count(True) == 1  # the second
+    # The first waited for the handlers (never looked at here); later ones were served directly.
+    assert 1 <= taken.count(True) == len(taken) <= 4
