@@ -157,6 +157,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _span(counts: Any) -> str:
+    low, high = min(counts), max(counts)
+    return str(low) if low == high else f"{low}-{high}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve_floor:
@@ -193,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             if not sent.complete:
                 raise RuntimeError(f"{target.name}: {sent.failures}")
         print(f"corpus: {len(corpus.files)} instances, {len(corpus.studies)} studies of {len(expected)} patients "
-              f"(queries answer 1-{max(expected.values())} studies); {args.rounds} rounds of {args.queries} "
+              f"(each query answers {_span(expected.values())} studies); {args.rounds} rounds of {args.queries} "
               f"study-level queries (+10 not counted) from one findscu association per target")
         results = {target.name: Figures(target.name) for target in targets}
         for number in range(args.rounds):
