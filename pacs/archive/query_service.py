@@ -25,7 +25,7 @@ class QueryService:
 
     def worklist(self, identifier: Dataset, calling_ae: str,
                  cancelled: Callable[[], bool] = lambda: False) -> Iterator[Dataset]:
-        with self.db.reader.connect() as conn:  # rows read, nothing written: no ORM session (see archive)
+        with self.db.reading() as conn:  # rows read, nothing written: no ORM session (see archive)
             yield from worklist.find(conn, identifier, names=self.mappings.current().names,
                                      peer_charset=self._peer_charset(calling_ae), cancelled=cancelled)
 

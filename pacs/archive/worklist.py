@@ -18,27 +18,31 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
-from sqlalchemy import ColumnElement, Connection, Select, and_, true
+from sqlalchemy import ColumnElement, Connection, Select, bindparam, type_coerce
 from sqlmodel import col, select
 
 from pacs.archive.charset import Answer as BaseAnswer
 from pacs.archive.charset import answer_charset
 from pacs.archive.encoding import Element, Encoded
 from pacs.archive.query import (
+    Cond,
     Only,
     QueryError,
     columns,
+    cond_date_range,
+    cond_person_name,
+    cond_string,
+    cond_time_range,
+    cond_uid_list,
     elements,
+    every,
+    fixed,
     keyword_of,
-    match_date_range,
-    match_person_name,
-    match_string,
-    match_time_range,
-    match_uid_list,
     readable,
     records,
 )
 from pacs.archive.status import Status
+from pacs.db import Reading, Shaped
 from pacs.integration.names import NameRules
 from pacs.registry.models import (
     ImagingOrder,
@@ -167,35 +171,39 @@ def values_by_keyword(ds: Dataset, items: list[DataElement] | None = None) -> di
             if (keyword := keyword_of(element.tag))}
 
 
-def conditions(identifier: Dataset) -> list[ColumnElement[bool]]:
-    """The SQL conditions for a worklist query (PS3.4 K.2.2.1.3 matching keys)."""
+def conditions(identifier: Dataset) -> list[Cond]:
+    """The matching conditions of a worklist query (PS3.4 K.2.2.1.3 matching keys), their values
+    apart (:class:`pacs.archive.query.Cond`)."""
     sps = None
     if "ScheduledProcedureStepSequence" in identifier and identifier.ScheduledProcedureStepSequence:
         sps = identifier.ScheduledProcedureStepSequence[0]
     tag = Tag
+    step, order, patient = ProcedureStep.__table__.c, ImagingOrder.__table__.c, Patient.__table__.c  # type: ignore[attr-defined]
     found = [
-        match_string(ProcedureStep.station_ae_title, _value(sps, "ScheduledStationAETitle")),
-        match_string(ProcedureStep.modality, _value(sps, "Modality"), fold_case=True),
-        match_date_range(ProcedureStep.start_date, _value(sps, "ScheduledProcedureStepStartDate"),
-                         tag("ScheduledProcedureStepStartDate")),
-        match_time_range(ProcedureStep.start_time, _value(sps, "ScheduledProcedureStepStartTime"),
-                         tag("ScheduledProcedureStepStartTime")),
-        match_string(ProcedureStep.sps_id, _value(sps, "ScheduledProcedureStepID")),
-        match_string(ProcedureStep.station_name, _value(sps, "ScheduledStationName")),
-        match_string(ProcedureStep.location, _value(sps, "ScheduledProcedureStepLocation")),
-        match_string(Patient.patient_id, _value(identifier, "PatientID")),
-        match_string(Patient.issuer, _value(identifier, "IssuerOfPatientID")),
-        match_person_name(Patient.name_alphabetic, Patient.name_ideographic, _value(identifier, "PatientName")),
-        match_date_range(_birth_date_text(), _value(identifier, "PatientBirthDate"), tag("PatientBirthDate")),
-        match_string(Patient.sex, _value(identifier, "PatientSex"), fold_case=True),
-        match_string(ImagingOrder.accession_number, _value(identifier, "AccessionNumber")),
-        match_string(ImagingOrder.requested_procedure_id, _value(identifier, "RequestedProcedureID")),
-        match_uid_list(ImagingOrder.study_instance_uid, _value(identifier, "StudyInstanceUID")),
+        cond_string(step.station_ae_title, _value(sps, "ScheduledStationAETitle")),
+        cond_string(step.modality, _value(sps, "Modality"), fold_case=True),
+        cond_date_range(step.start_date, _value(sps, "ScheduledProcedureStepStartDate"),
+                        tag("ScheduledProcedureStepStartDate")),
+        cond_time_range(step.start_time, _value(sps, "ScheduledProcedureStepStartTime"),
+                        tag("ScheduledProcedureStepStartTime")),
+        cond_string(step.sps_id, _value(sps, "ScheduledProcedureStepID")),
+        cond_string(step.station_name, _value(sps, "ScheduledStationName")),
+        cond_string(step.location, _value(sps, "ScheduledProcedureStepLocation")),
+        cond_string(patient.patient_id, _value(identifier, "PatientID")),
+        cond_string(patient.issuer, _value(identifier, "IssuerOfPatientID")),
+        cond_person_name(patient.name_alphabetic, patient.name_ideographic, _value(identifier, "PatientName")),
+        cond_date_range(_birth_date_text(), _value(identifier, "PatientBirthDate"), tag("PatientBirthDate")),
+        cond_string(patient.sex, _value(identifier, "PatientSex"), fold_case=True),
+        cond_string(order.accession_number, _value(identifier, "AccessionNumber")),
+        cond_string(order.requested_procedure_id, _value(identifier, "RequestedProcedureID")),
+        cond_uid_list(order.study_instance_uid, _value(identifier, "StudyInstanceUID")),
     ]
     status = _value(sps, "ScheduledProcedureStepStatus")
     if status and status.strip() not in ("", "*"):
-        wanted = [s for s, text in SPS_STATUS_OUT.items() if text in status.split("\\")]
-        found.append(col(ProcedureStep.status).in_(wanted) if wanted else ProcedureStep.id == -1)
+        wanted = tuple(s for s, text in SPS_STATUS_OUT.items() if text in status.split("\\"))
+        found.append(Cond(("step status", len(wanted)), wanted,
+                          lambda b: step.status.in_([type_coerce(v, step.status.type) for v in b]))
+                     if wanted else fixed(("no step",), step.id == -1))
     return [c for c in found if c is not None]
 
 
@@ -223,6 +231,12 @@ READ: Only = {
 TABLES = (ProcedureStep, ImagingOrder, Patient, Visit)
 
 
+def _among(column: Any, values: tuple[Any, ...]) -> ColumnElement[bool]:
+    """``column IN (...)`` of constant values, each a bound parameter of the column's type: SQL
+    that does not change with the values (an IN of a plain list expands only when it runs)."""
+    return column.in_([bindparam(None, value, type_=column.type, unique=True) for value in values])
+
+
 @lru_cache(maxsize=1)
 def _open_items() -> Select[Any]:
     """Every open step with its order, patient and visit: what each query narrows down."""
@@ -231,15 +245,22 @@ def _open_items() -> Select[Any]:
         .join(ImagingOrder, ImagingOrder.id == ProcedureStep.order)
         .join(Patient, Patient.id == ImagingOrder.patient)
         .outerjoin(Visit, Visit.id == ImagingOrder.visit)
-        .where(col(ProcedureStep.status).in_(OPEN_STEPS), col(ImagingOrder.status).in_(OPEN_ORDERS))
+        .where(_among(ProcedureStep.__table__.c.status, OPEN_STEPS),  # type: ignore[attr-defined]
+               _among(ImagingOrder.__table__.c.status, OPEN_ORDERS))  # type: ignore[attr-defined]
         .order_by(col(ProcedureStep.start_date), col(ProcedureStep.start_time), col(ProcedureStep.id))
         .limit(MAX_MATCHES)
     )
 
 
-def find_rows(conn: Connection, identifier: Dataset) -> list[Row]:
-    query = _open_items().where(and_(true(), *conditions(identifier)))
-    return [Row(*found) for found in records(conn, TABLES, query, only=READ)]
+def find_rows(conn: Connection | Reading, identifier: Dataset) -> list[Row]:
+    """The open items ``identifier`` matches, by a query built and compiled once per shape of its keys."""
+    found = conditions(identifier)
+    base = _open_items()
+    if not found:
+        return [Row(*row) for row in records(conn, TABLES, base, only=READ)]
+    where = every("and", found)
+    query = Shaped(("worklist", where.key), where.values, lambda b: base.where(where.build(b)))
+    return [Row(*row) for row in records(conn, TABLES, query, only=READ)]
 
 
 # Longest values of the VRs that carry text here, in characters (PS3.5 Table 6.2-1).
@@ -372,7 +393,7 @@ class Answer(BaseAnswer):
         return Encoded([(tag, vr, fill(self, row)) for tag, vr, fill in plan], self.charset, ordered=True)
 
 
-def find(conn: Connection, identifier: Dataset, *, names: NameRules, peer_charset: str | None = None,
+def find(conn: Connection | Reading, identifier: Dataset, *, names: NameRules, peer_charset: str | None = None,
          cancelled: Callable[[], bool] = lambda: False) -> Iterator[Dataset]:
     """Worklist items matching ``identifier``, as the query's return keys. Raises QueryError."""
     validate_identifier(identifier)

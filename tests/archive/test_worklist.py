@@ -291,3 +291,46 @@ def test_concurrent_queries(scheduled):
     for thread in threads:
         thread.join(60)
     assert not errors
+
+
+def test_shaped_worklist_queries_read_what_their_statements_read(scheduled):
+    """A worklist query is built and compiled once per shape of its keys and run with the values
+    as parameters (pacs.db.Shaped). Random mixes of the matching keys' forms, met in a random
+    order and twice, read exactly the rows of the same query built with the values and run by
+    SQLAlchemy: two shapes sharing a key would read another's rows."""
+    import random
+
+    from pacs.archive import worklist
+    from pacs.archive.query import every
+    from pacs.db import Database
+
+    forms = {
+        "Modality": ["MR", "dx", "C*", "*T"], "ScheduledStationAETitle": ["CT2", "CT*"],
+        "ScheduledProcedureStepStartDate": ["20261125", "20261125-20261125", "20261126-", "-20261124", "-20261125"],
+        "ScheduledProcedureStepStartTime": ["100000-105959", "15", "-1059", "10-"],
+        "ScheduledProcedureStepStatus": ["SCHEDULED", "SCHEDULED\\STARTED", "COMPLETED"],
+        "PatientID": ["P30001", "P3*", "*0001"], "PatientName": ["ZHANG*", "zhang^san", "*NA*", "LYU^XIAO?YU", "WANG"],
+        "AccessionNumber": ["ACC0002", "ACC000?"], "RequestedProcedureID": ["RP3001"],
+        "ScheduledProcedureStepID": ["SPS3001B"],
+        "StudyInstanceUID": ["1.2.156.112604.1.2.3001.1\\1.2.840.113619.2.55.3.1234567.20261125.1",
+                             "1.2.156.112604.1.2.3001.1"],
+        "PatientSex": ["F", "m"], "PatientBirthDate": ["19500101-19601231", "-19601231"],
+    }
+    rng = random.Random(25)
+    queries = [query(**{key: rng.choice(forms[key]) for key in rng.sample(sorted(forms), rng.randint(1, 3))})
+               for _ in range(120)]
+    order_at = len(worklist.READ[worklist.ProcedureStep])  # where each table's id is in a row
+    patient_at = order_at + len(worklist.READ[worklist.ImagingOrder])
+    db = Database(scheduled.settings.database_url)
+    try:
+        with db.reading() as conn:
+            matched = 0
+            for identifier in queries + rng.sample(queries, len(queries)):
+                shaped = [(r.step.id, r.order.id, r.patient.id) for r in worklist.find_rows(conn, identifier)]
+                where = every("and", worklist.conditions(identifier)).expression()
+                built = conn.execute(worklist._open_items().where(where))
+                assert shaped == [(row[0], row[order_at], row[patient_at]) for row in built], identifier
+                matched += bool(shaped)
+            assert matched > 40  # many mixes match something: the comparison is not of empty lists
+    finally:
+        db.dispose()
