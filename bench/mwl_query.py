@@ -336,7 +336,7 @@ def make_kinds(data: Generated, seed: int) -> list[Kind]:
     sample = [rng.choice(with_steps) for _ in range(1000)]
 
     def by_name(pattern: str) -> frozenset[str]:
-        # As match_person_name without "=": the alphabetic group (case folded) or the ideographic
+        # As cond_person_name without "=": the alphabetic group (case folded) or the ideographic
         # one matches; the patterns used here are "X*" and "*X*".
         core = pattern.strip("*").upper()
 

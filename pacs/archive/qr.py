@@ -128,13 +128,13 @@ def conditions(identifier: Dataset, level: str, items: list[DataElement] | None 
             cond_string(SERIES.description, v("SeriesDescription"), fold_case=True),
             cond_string(SERIES.body_part, v("BodyPartExamined"), fold_case=True),
             cond_date_range(SERIES.series_date, v("SeriesDate"), 0x00080021),
-            match_number(SERIES.series_number, v("SeriesNumber")),
+            cond_number(SERIES.series_number, v("SeriesNumber")),
         ]
     if level == "IMAGE":
         found += [
             cond_uid_list(INSTANCE.sop_instance_uid, v("SOPInstanceUID")),
             cond_uid_list(INSTANCE.sop_class_uid, v("SOPClassUID")),
-            match_number(INSTANCE.instance_number, v("InstanceNumber")),
+            cond_number(INSTANCE.instance_number, v("InstanceNumber")),
         ]
     found.append(trash_excluded(level))
     return [c for c in found if c is not None]
@@ -148,7 +148,7 @@ def _any_series_of(modalities: Sequence[Any]) -> ColumnElement[bool]:
     return exists().where(other.study == STUDY.id, other.modality.in_(list(modalities)), other.number_of_instances > 0)
 
 
-def match_number(column: ColumnElement[Any], value: str | None) -> Cond | None:
+def cond_number(column: ColumnElement[Any], value: str | None) -> Cond | None:
     """Single value matching of an IS key (PS3.4 C.2.2.2.1) against an integer column: a number
     past the largest integer a column holds matches nothing, and is known to be past it without
     ``int()``, which refuses more than 4,300 digits; a value that is not a whole number is not

@@ -1,6 +1,7 @@
 """Attribute matching for C-FIND (PS3.4 C.2.2.2) as SQL conditions.
 
-Each function takes a column and the value of a query key and returns a SQLAlchemy condition,
+Each ``cond_*`` function takes a column and the value of a query key and returns a :class:`Cond`
+(the condition's SQL structure and its values apart; ``expression()`` is the SQLAlchemy condition),
 or ``None`` for universal matching (an empty value or a lone ``*``). Dates and times are stored
 as DICOM strings (YYYYMMDD, HHMMSS), so ranges compare as text on every database.
 """
@@ -84,7 +85,7 @@ class Cond:
     """A matching condition with its values kept apart: ``key`` names the structure of its SQL
     (conditions with equal keys differ only in their values), ``values`` fill it in order, and
     ``build`` makes the expression from one value, or one bound parameter, per value. A query
-    made of conditions is then built, keyed and compiled once per shape (:meth:`Shapes.shaped`)
+    made of conditions is then built, keyed and compiled once per shape (:class:`pacs.db.Shaped`)
     instead of once per query."""
 
     key: tuple[Any, ...]
@@ -95,10 +96,6 @@ class Cond:
         return self.build(self.values)
 
 
-def _cond(key: tuple[Any, ...], values: tuple[Any, ...],
-          build: Callable[[Sequence[Any]], ColumnElement[bool]]) -> Cond:
-    return Cond(key, values, build)
-
 
 def every(kind: str, conds: Sequence[Cond], combine: Callable[..., ColumnElement[bool]] = and_) -> Cond:
     """One condition of several, joined by ``combine`` (and_ or or_)."""
@@ -106,25 +103,17 @@ def every(kind: str, conds: Sequence[Cond], combine: Callable[..., ColumnElement
     for cond in conds:
         spans.append((cond.build, start, start + len(cond.values)))
         start += len(cond.values)
-    return _cond((kind, tuple(c.key for c in conds)), tuple(v for c in conds for v in c.values),
+    return Cond((kind, tuple(c.key for c in conds)), tuple(v for c in conds for v in c.values),
                  lambda b: combine(*[build(b[i:j]) for build, i, j in spans]))
 
 
 def fixed(key: tuple[Any, ...], expression: ColumnElement[bool]) -> Cond:
     """A condition without values (the same SQL for every query)."""
-    return _cond(("fixed", *key), (), lambda b: expression)
-
-
-def _expression(cond: Cond | None) -> ColumnElement[bool] | None:
-    return None if cond is None else cond.expression()
+    return Cond(("fixed", *key), (), lambda b: expression)
 
 
 def cond_equal(column: ColumnElement, value: Any) -> Cond:  # PS3.4 C.2.2.2.1
-    return _cond(("=", column), (value,), lambda b: column == b[0])
-
-
-def match_single_value(column: ColumnElement, value: str) -> ColumnElement[bool]:  # PS3.4 C.2.2.2.1
-    return column == value
+    return Cond(("=", column), (value,), lambda b: column == b[0])
 
 
 def _like_pattern(value: str) -> str:
@@ -137,12 +126,7 @@ def _prefix(column: ColumnElement, prefix: str, *, upper: bool = False) -> Cond:
     ``upper``: on upper(column), which an expression index can serve."""
     upper_bound = prefix[:-1] + chr(ord(prefix[-1]) + 1)
     side = (lambda: func.upper(column)) if upper else (lambda: column)
-    return _cond(("prefix", column, upper), (prefix, upper_bound), lambda b: and_(side() >= b[0], side() < b[1]))
-
-
-def match_prefix(column: ColumnElement, prefix: str) -> ColumnElement[bool]:
-    """``prefix*`` as a range, so the column's index is used (a LIKE with upper() can't be)."""
-    return _prefix(column, prefix).expression()
+    return Cond(("prefix", column, upper), (prefix, upper_bound), lambda b: and_(side() >= b[0], side() < b[1]))
 
 
 def cond_wildcard(column: ColumnElement, value: str, *, fold_case: bool = False, stored_upper: bool = False) -> Cond:
@@ -158,14 +142,8 @@ def cond_wildcard(column: ColumnElement, value: str, *, fold_case: bool = False,
         return _prefix(column, value[:-1])
     pattern = _like_pattern(value)
     if fold_case:
-        return _cond(("like", column, True), (pattern.upper(),), lambda b: func.upper(column).like(b[0], escape="\\"))
-    return _cond(("like", column, False), (pattern,), lambda b: column.like(b[0], escape="\\"))
-
-
-def match_wildcard(column: ColumnElement, value: str, *, fold_case: bool = False,
-                   stored_upper: bool = False) -> ColumnElement[bool]:
-    """PS3.4 C.2.2.2.4 (:func:`cond_wildcard`)."""
-    return cond_wildcard(column, value, fold_case=fold_case, stored_upper=stored_upper).expression()
+        return Cond(("like", column, True), (pattern.upper(),), lambda b: func.upper(column).like(b[0], escape="\\"))
+    return Cond(("like", column, False), (pattern,), lambda b: column.like(b[0], escape="\\"))
 
 
 def cond_string(column: ColumnElement, value: str | None, *, fold_case: bool = False,
@@ -180,14 +158,8 @@ def cond_string(column: ColumnElement, value: str | None, *, fold_case: bool = F
     if stored_upper:
         return cond_equal(column, value.upper())
     if fold_case:
-        return _cond(("=upper", column), (value.upper(),), lambda b: func.upper(column) == b[0])
+        return Cond(("=upper", column), (value.upper(),), lambda b: func.upper(column) == b[0])
     return cond_equal(column, value)
-
-
-def match_string(column: ColumnElement, value: str | None, *, fold_case: bool = False,
-                 stored_upper: bool = False) -> ColumnElement[bool] | None:
-    """Single value or wildcard matching for a string key, or None when universal."""
-    return _expression(cond_string(column, value, fold_case=fold_case, stored_upper=stored_upper))
 
 
 def cond_uid_list(column: ColumnElement, value: str | None) -> Cond | None:
@@ -198,12 +170,7 @@ def cond_uid_list(column: ColumnElement, value: str | None) -> Cond | None:
     uids = tuple(uid.strip() for uid in value.split("\\") if uid.strip())
     if len(uids) == 1:
         return cond_equal(column, uids[0])
-    return _cond(("in", column, len(uids)), uids, lambda b: column.in_(list(b)))
-
-
-def match_uid_list(column: ColumnElement, value: str | None) -> ColumnElement[bool] | None:
-    """PS3.4 C.2.2.2.2: a backslash-separated list of UIDs matches any of them."""
-    return _expression(cond_uid_list(column, value))
+    return Cond(("in", column, len(uids)), uids, lambda b: column.in_(list(b)))
 
 
 def _check_date(text: str, tag: int | None) -> str:
@@ -229,7 +196,7 @@ def _range(column: ColumnElement, low: str | None, high: str | None) -> Cond:
         if high is not None:
             found.append(column <= next(bounds))
         return and_(*found, column != "")
-    return _cond(("range", column, low is not None, high is not None), values, build)
+    return Cond(("range", column, low is not None, high is not None), values, build)
 
 
 def cond_date_range(column: ColumnElement, value: str | None, tag: int | None = None) -> Cond | None:
@@ -248,11 +215,6 @@ def cond_date_range(column: ColumnElement, value: str | None, tag: int | None = 
     if start is not None and end is not None and start > end:
         raise QueryError(Status.UNABLE_TO_PROCESS, f"date range {value} ends before it starts", tag)
     return _range(column, start, end)
-
-
-def match_date_range(column: ColumnElement, value: str | None, tag: int | None = None) -> ColumnElement[bool] | None:
-    """PS3.4 C.2.2.2.5 for DA: ``D``, ``D1-D2``, ``-D2``, ``D1-``."""
-    return _expression(cond_date_range(column, value, tag))
 
 
 def _time_bound(text: str, tag: int | None, *, upper: bool) -> str:
@@ -274,7 +236,7 @@ def cond_time_range(column: ColumnElement, value: str | None, tag: int | None = 
     value = value.strip()
     if "-" not in value:
         bounds = (_time_bound(value, tag, upper=False), _time_bound(value, tag, upper=True))
-        return _cond(("time", column), bounds, lambda b: and_(column >= b[0], column <= b[1]))
+        return Cond(("time", column), bounds, lambda b: and_(column >= b[0], column <= b[1]))
     low, _, high = value.partition("-")
     if not low and not high:
         raise QueryError(Status.UNABLE_TO_PROCESS, "a time range needs at least one end", tag)
@@ -283,11 +245,6 @@ def cond_time_range(column: ColumnElement, value: str | None, tag: int | None = 
     if start is not None and end is not None and start > end:
         raise QueryError(Status.UNABLE_TO_PROCESS, f"time range {value} ends before it starts", tag)
     return _range(column, start, end)
-
-
-def match_time_range(column: ColumnElement, value: str | None, tag: int | None = None) -> ColumnElement[bool] | None:
-    """PS3.4 C.2.2.2.5 for TM: a single time matches that hour/minute/second; ranges inclusive."""
-    return _expression(cond_time_range(column, value, tag))
 
 
 def normalise_pn(value: str) -> str:
@@ -317,12 +274,6 @@ def cond_person_name(alphabetic: ColumnElement, ideographic: ColumnElement, valu
     pattern = _pn_pattern(value)
     either = [cond_string(alphabetic, pattern, fold_case=True), cond_string(ideographic, pattern)]
     return every("pn either", [c for c in either if c is not None], or_)
-
-
-def match_person_name(alphabetic: ColumnElement, ideographic: ColumnElement,
-                      value: str | None) -> ColumnElement[bool] | None:
-    """PN matching over the component groups (:func:`cond_person_name`)."""
-    return _expression(cond_person_name(alphabetic, ideographic, value))
 
 
 def _pn_pattern(value: str) -> str:
