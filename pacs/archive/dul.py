@@ -19,10 +19,12 @@ its response up to a third to be written: about 1.5 ms on average added to every
 (a C-ECHO, each C-STORE of a study, each worklist query), whatever the machine. :func:`wake_up`
 (for every association, on EVT_CONN_OPEN) keeps the polling as the fallback but ends each sleep
 as soon as there is work: the DUL thread waits in select() on its socket and an eventfd that
-:meth:`~pynetdicom.dul.DULServiceProvider.send_pdu` signals, and the association thread waits on
+:meth:`~pynetdicom.dul.DULServiceProvider.send_pdu` (and a kill or a stop) signals, and the association thread waits on
 an event that every DUL state-machine action sets (a complete DIMSE message, a release or abort
-request) unless a request of ours on that association is waiting for its response. The sleeps
-keep their length as the longest wait, so timers (ARTIM, idle) behave as before.
+request) unless a request of ours on that association is waiting for its response. With nothing
+to wake them, the two threads look again every :data:`DUL_POLL` and :data:`ASSOCIATION_POLL`
+(50 ms) instead of every millisecond: what they have to do wakes them, and the timers (ARTIM,
+idle) run in seconds.
 
 pynetdicom turns every P-DATA-TF PDU (PS3.8 9.3.5) into a PDU object, a state-machine event, a
 P-DATA primitive and a pass through the DIMSE message decoder before a data set fragment reaches
@@ -332,6 +334,29 @@ def _read_pdu_data(self: DULServiceProvider) -> None:
     if len(head) < PDU_HEADER or head[0] != PDATA_TF:
         _read_pdu(self)  # reads it, or finds the connection closed or broken
         return
+    while _spool_pdata(self, sock, head, spool, cast(int, message.context_id)):
+        head = _next_pdata(self, sock)
+        if head is None:
+            return
+
+
+def _next_pdata(self: DULServiceProvider, sock: socket.socket) -> bytes | None:
+    """The header of the next P-DATA-TF PDU if it has already begun to arrive and the DUL has
+    nothing else to do; None sends the DUL back to its reactor, which looks at its timers, its
+    outgoing primitives and the socket as usual. A data set streams in PDU after PDU: reading
+    them back to back spares each one a turn of the reactor and its select() calls."""
+    if self._kill_thread or self.to_provider_queue.queue or self.event_queue.queue:
+        return None
+    try:
+        head = sock.recv(PDU_HEADER, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (OSError, ValueError):  # nothing yet (BlockingIOError), or anything the reactor should see
+        return None
+    return head if len(head) == PDU_HEADER and head[0] == PDATA_TF else None
+
+
+def _spool_pdata(self: DULServiceProvider, sock: socket.socket, head: bytes, spool: Any, context_id: int) -> bool:
+    """Read the P-DATA-TF PDU whose header is ``head``: its fragments go to ``spool`` when they
+    are all bulk data of the message (True), anything else to pynetdicom's decoding (False)."""
     total = PDU_HEADER + int.from_bytes(head[2:6], "big")
     buffer = self.__dict__.get("_pacs_buffer")
     try:
@@ -342,23 +367,24 @@ def _read_pdu_data(self: DULServiceProvider) -> None:
     except (OSError, MemoryError) as exc:
         log.warning("DICOM %s: no room for a P-DATA-TF PDU of %d bytes: %s", _peer(self), total, _why(exc))
         self.event_queue.put("Evt17")
-        return
+        return False
     view = memoryview(buffer)[:total]
     if not _fill_pdata(self, sock, view):
-        return
-    fragments = _bulk_fragments(view, cast(int, message.context_id))
+        return False
+    fragments = _bulk_fragments(view, context_id)
     if fragments is None:  # not only bulk data of this message: pynetdicom decodes it
         try:
             pdu, event = self._decode_pdu(bytearray(view))
         except Exception as exc:  # noqa: BLE001 - whatever pynetdicom raises on bytes it cannot decode
             log.warning("DICOM %s sent a P-DATA-TF PDU that cannot be read (%s); aborting", _peer(self), exc)
             self.event_queue.put("Evt19")  # unrecognised or invalid PDU
-            return
+            return False
         self.event_queue.put(event)
         self._recv_pdu.put(pdu)
-        return
+        return False
     for fragment in fragments:
         spool.write(fragment)
+    return True
 
 
 def _fill_pdata(self: DULServiceProvider, sock: socket.socket, view: memoryview) -> bool:
@@ -778,8 +804,10 @@ def _sleep(seconds: float) -> None:
     if fd is None or sock is None or seconds <= 0:
         time.sleep(seconds)
         return
+    if getattr(thread, "_kill_thread", False):
+        return
     try:
-        ready, _, _ = select.select([sock, fd], [], [], seconds)
+        ready, _, _ = select.select([sock, fd], [], [], max(seconds, DUL_POLL))
     except (OSError, ValueError):  # the socket was closed meanwhile
         time.sleep(seconds)
         return
@@ -789,6 +817,14 @@ def _sleep(seconds: float) -> None:
         except BlockingIOError:
             pass
 
+
+DUL_POLL = 0.05
+"""How long a DUL thread waits in select() when neither its socket nor its wake-up fd has
+anything (pynetdicom polls every millisecond). While a modality sends, each association's DUL
+thread sat idle during every C-STORE's handling and turned its loop a thousand times a second,
+taking the GIL from the threads doing the work (about 45 context switches an object, four
+associations storing). What it has to do comes by its socket, by its wake-up fd (a primitive to
+send, a kill, a stop) or, for its ARTIM timer, within this."""
 
 ASSOCIATION_POLL = 0.05
 """How long an association's thread waits between looks when nothing wakes it (pynetdicom
@@ -820,6 +856,16 @@ def after_wake(provider: DULServiceProvider, action: Callable[[], object]) -> No
     provider.__dict__.setdefault("_pacs_after_wake", []).append(action)
 
 
+def _wake_dul(provider: DULServiceProvider) -> None:
+    """End the DUL thread's wait in :func:`_sleep` (a no-op before :func:`wake_up`)."""
+    fd = getattr(provider, "_pacs_wake_fd", None)
+    if fd is not None:
+        try:
+            os.eventfd_write(fd, 1)
+        except OSError:  # closed with the provider
+            pass
+
+
 def install_wakeups() -> None:
     """Wrap the DUL's send_pdu and the state machine's do_action to wake the reactors
     (idempotent)."""
@@ -829,9 +875,7 @@ def install_wakeups() -> None:
 
     def send_pdu_waking(self: DULServiceProvider, primitive: Any) -> None:
         send_pdu(self, primitive)
-        fd = getattr(self, "_pacs_wake_fd", None)
-        if fd is not None:
-            os.eventfd_write(fd, 1)
+        _wake_dul(self)
 
     def do_action_waking(self: StateMachine, event: str) -> None:
         try:
@@ -867,9 +911,25 @@ def install_wakeups() -> None:
             wake.set()
         kill(self)
 
+    def kill_dul_waking(self: DULServiceProvider) -> None:
+        self._kill_thread = True
+        _wake_dul(self)
+
+    def stop_dul_waking(self: DULServiceProvider) -> bool:
+        # pynetdicom's stop_dul(), with the DUL thread woken to see its flag
+        if self.state_machine.current_state != IDLE:
+            return False
+        self._kill_thread = True
+        _wake_dul(self)
+        while self.is_alive():
+            time.sleep(self._run_loop_delay)
+        return True
+
     DULServiceProvider.send_pdu = send_pdu_waking  # type: ignore[method-assign]
     StateMachine.do_action = do_action_waking  # type: ignore[method-assign]
     pn_association.Association.kill = kill_waking  # type: ignore[method-assign]
+    DULServiceProvider.kill_dul = kill_dul_waking  # type: ignore[method-assign]
+    DULServiceProvider.stop_dul = stop_dul_waking  # type: ignore[method-assign]
     pn_dul.time = pn_association.time = _Clock()  # type: ignore[assignment]
 
 

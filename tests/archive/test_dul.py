@@ -144,6 +144,38 @@ def test_a_pdu_is_read_whole_whatever_pieces_it_arrives_in():
         ours.close()
 
 
+def test_an_idle_dul_thread_waits_and_an_abort_still_goes_at_once(server):
+    """pynetdicom's DUL thread turns every millisecond; a woken one waits for its socket, its
+    wake-up fd or DUL_POLL, so an association doing nothing leaves the GIL to those that work.
+    An abort of ours is sent at once, and the DUL thread stops as soon as it is told to."""
+    ae = AE(ae_title="ECHOSCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title="PACS")
+    assert assoc.is_established
+    [theirs] = [a for a in server.server._dicom.ae.active_associations if hasattr(a, "_pacs_wake")]
+    provider = theirs.dul
+    turns = []
+    look = provider._is_transport_event
+
+    def counted():  # type: ignore[no-untyped-def]
+        turns.append(time.monotonic())
+        return look()
+
+    provider._is_transport_event = counted  # the reactor looks at its socket once a turn
+    time.sleep(1.0)
+    assert 0 < len(turns) <= 100  # turning every millisecond: ~1,000; waiting DUL_POLL: ~20
+    assert int(assoc.send_c_echo().Status) == 0  # the request is read as it arrives
+
+    start = time.monotonic()
+    theirs.abort()  # sends the A-ABORT, then waits for its DUL thread to stop
+    took = time.monotonic() - start
+    deadline = time.monotonic() + LONG
+    while not assoc.is_aborted and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert assoc.is_aborted and not provider.is_alive()
+    assert took < 1.0, took
+
+
 def test_an_idle_association_waits_and_a_pause_still_holds_it_at_once(server):
     """pynetdicom's reactor turns every millisecond; a woken association's waits for its work or
     ASSOCIATION_POLL, and a thread that pauses it (pynetdicom's send_* methods) wakes it, so the
