@@ -46,6 +46,12 @@ message assembly and the hand-over between the two threads (0.16 ms of the 1.09 
 query took). A C-CANCEL or A-ABORT that arrives meanwhile is read and acted on between answers;
 a request that comes any other way goes pynetdicom's way.
 
+A C-STORE request is served by the DUL thread too, once its data set is spooled
+(:func:`_serve_store`): the handler runs as soon as the last fragment has been read, and its
+response is written before the next PDU is read. The association thread, which would have been
+woken for the request and then have woken the DUL thread for the response, sleeps through a
+modality's whole study: four associations storing made a quarter fewer context switches.
+
 What a peer sends wrong ends its association as PS3.8 9.2 says, in one log line, never a
 traceback nor a thread left blocked: every PDU is read here (:func:`_read_pdu`), in the state the
 previous one led to, not ahead of it; a PDU type PS3.8 does not define, or bytes that do not
@@ -86,7 +92,7 @@ from pynetdicom import association as pn_association
 from pynetdicom import dul as pn_dul
 from pynetdicom import events as pn_evt
 from pynetdicom import fsm as pn_fsm
-from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.dimse_primitives import C_FIND, C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.fsm import InvalidEventError, StateMachine
 from pynetdicom.pdu import A_ASSOCIATE_RQ
@@ -113,6 +119,7 @@ PDU_KINDS = {bytes([kind]): name for kind, name in enumerate(
     ("A-ASSOCIATE-RQ", "A-ASSOCIATE-AC", "A-ASSOCIATE-RJ", "P-DATA-TF", "A-RELEASE-RQ", "A-RELEASE-RP", "A-ABORT"),
     start=1)}
 
+DATA_RECEIVED = "Evt10"  # PS3.8 Table 9-10: P-DATA-TF PDU received
 DATA_TRANSFER = "Sta6"  # PS3.8 9.2.1: association established, ready for data transfer
 AWAITING_RESPONSE = "Sta3"  # an A-ASSOCIATE-RQ read, awaiting the local A-ASSOCIATE response
 AWAITING_CLOSE = "Sta13"  # association over, awaiting the peer's close of the transport connection
@@ -479,18 +486,62 @@ def _serve_find(self: DULServiceProvider, sock: socket.socket) -> bool:
         if isinstance(request, bool):
             return request
         primitive, context_id = request
-        # The association's thread is free meanwhile and checks the idle timer: a query that
-        # takes longer than the network timeout must not be taken for a silent peer.
-        timer, timeout = self._idle_timer, self._idle_timer.timeout
-        timer.timeout = None
-        assoc.abort = assoc._abort_nonblocking  # as in a handler: an abort here cannot wait for this thread
+        _serve_here(self, primitive, context_id)
+        return True
+    finally:
+        serving.release()
+
+
+def _serve_here(self: DULServiceProvider, request: Any, context_id: int) -> None:
+    """Serve ``request`` in the DUL thread, under the association's serving lock, as the
+    association's thread would, and write the answers it queued."""
+    assoc = self.assoc
+    # The association's thread is free meanwhile and checks the idle timer: a request that
+    # takes longer than the network timeout to serve must not be taken for a silent peer.
+    timer, timeout = self._idle_timer, self._idle_timer.timeout
+    timer.timeout = None
+    assoc.abort = assoc._abort_nonblocking  # as in a handler: an abort here cannot wait for this thread
+    try:
+        assoc._serve_request(request, context_id)
+    finally:
+        assoc.abort = assoc._abort_blocking
+        _pump(self, read=False)
+        timer.timeout = timeout
+        timer.restart()
+
+
+def _serve_store(self: DULServiceProvider) -> bool:
+    """Serve the C-STORE request (PS3.4 B.2.2) the P-DATA-TF just read has completed in the DUL
+    thread, as :func:`_serve_find` serves a C-FIND; True when it was served.
+
+    pynetdicom hands each complete message to the association's thread, which runs the handler
+    and queues its response for the DUL thread to send: for every object a modality sends, two
+    hand-overs between threads that wait on each other, and their fights over the GIL, beside
+    the work itself. Taken only on an association that has this one request waiting and
+    nothing else under way (no request being served, nothing to send, no handler watching
+    PDUs, messages or the state machine); the request goes to the association's own
+    ``_serve_request`` under its serving lock, as the association thread would hand it, and the
+    response is written before the DUL thread reads on. Without an asynchronous operations
+    window (PS3.7 10.3.3) a peer has one request outstanding at a time, so the association
+    thread has none of its own under way."""
+    assoc = self.assoc
+    waiting = assoc.dimse.msg_queue
+    if (len(waiting.queue) != 1 or not assoc.is_established or not assoc.is_acceptor or self.to_provider_queue.queue
+            or self.state_machine.current_state != DATA_TRANSFER):
+        return False
+    context_id, request = waiting.queue[0]
+    if (not isinstance(request, C_STORE) or request.MessageIDBeingRespondedTo is not None
+            or any(assoc.get_handlers(watched) for watched in WATCHERS)):
+        return False
+    serving = assoc.__dict__.get("_pacs_serving")
+    if serving is None or not serving.acquire(blocking=False):
+        return False
+    try:
         try:
-            assoc._serve_request(primitive, context_id)
-        finally:
-            assoc.abort = assoc._abort_blocking
-            _pump(self, read=False)
-            timer.timeout = timeout
-            timer.restart()
+            context_id, request = waiting.get_nowait()
+        except queue.Empty:  # the association thread took it meanwhile: it serves it
+            return False
+        _serve_here(self, request, context_id)
         return True
     finally:
         serving.release()
@@ -892,13 +943,16 @@ def install_wakeups() -> None:
         finally:
             assoc = self.dul.assoc
             wake = getattr(assoc, "_pacs_wake", None)
+            pending = self.dul.__dict__.pop("_pacs_after_wake", None)
             # Not while a thread of ours has paused the reactor to send a request and wait for
             # its response (pynetdicom's send_* methods): the reactor then polls as pynetdicom
             # has it, so waking it early cannot hand it the response in a narrow window of
             # its pause check (pynetdicom issue #875).
             if wake is not None and assoc._reactor_checkpoint.is_set():
-                wake.set()
-            pending = self.dul.__dict__.pop("_pacs_after_wake", None)
+                if event == DATA_RECEIVED and _serve_store(self.dul):
+                    pending = None  # the handler has done what they would (store() syncs its file)
+                else:
+                    wake.set()
             for action in pending or ():
                 action()
 

@@ -9,9 +9,12 @@ import threading
 import time
 
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import CTImageStorage, Verification
+from sqlmodel import Session, select
 
 from pacs.archive import dul
+from pacs.archive.index import Instance
+from tests.archive.raw import RawStorer, plain_ct
 
 LONG = 5.0  # seconds a sleep would last if nothing woke it
 
@@ -174,6 +177,36 @@ def test_an_idle_dul_thread_waits_and_an_abort_still_goes_at_once(server):
         time.sleep(0.01)
     assert assoc.is_aborted and not provider.is_alive()
     assert took < 1.0, took
+
+
+def test_a_c_store_is_served_by_the_dul_thread_that_read_it(server, tmp_path, monkeypatch):
+    """Each C-STORE request the DUL thread completes is served there (dul._serve_store), not
+    handed to the association's thread: answered, and the object filed and indexed."""
+    served: list[tuple[bool, bool]] = []
+    serve = dul._serve_store
+
+    def spy(provider):  # type: ignore[no-untyped-def]
+        result = serve(provider)
+        served.append((result, threading.current_thread() is provider))
+        return result
+
+    monkeypatch.setattr(dul, "_serve_store", spy)
+    uids = []
+    with RawStorer(server.dicom_port, [CTImageStorage, Verification]) as scu:
+        for _ in range(3):
+            ds, data = plain_ct(tmp_path)
+            assert scu.store(CTImageStorage, ds.SOPInstanceUID, data).Status == 0
+            uids.append(str(ds.SOPInstanceUID))
+        assert int(scu.assoc.send_c_echo().Status) == 0  # a C-ECHO goes the association thread's way
+    assert [on_dul for taken, on_dul in served if taken] == [True] * 3
+    deadline = time.monotonic() + LONG
+    while time.monotonic() < deadline:
+        with Session(server.db.engine) as session:
+            indexed = session.exec(select(Instance.sop_instance_uid).where(Instance.sop_instance_uid.in_(uids))).all()
+        if len(indexed) == len(uids):
+            break
+        time.sleep(0.05)
+    assert sorted(indexed) == sorted(uids)
 
 
 def test_an_idle_association_waits_and_a_pause_still_holds_it_at_once(server):
