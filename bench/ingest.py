@@ -71,6 +71,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -420,6 +421,58 @@ def process_cpu_seconds(pid: int) -> float:
         except OSError:
             pass
     return own + sum(process_cpu_seconds(int(child)) for child in children)
+
+
+class Switches:
+    """Context switches of a process's threads (and of the processes it started) while a row
+    runs, from ``/proc/<pid>/task/*/status``, read every :data:`SWITCH_SAMPLE` seconds: a thread
+    that ends between two readings loses what it did since the last one (an association's
+    threads end with it), so the count is a little low. Switches are where a threaded Python
+    server pays for its hand-overs and its GIL: each is a sleep and a wake-up."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._first: dict[str, int] = {}
+        self._last: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Switches:
+        self._first = self._read()
+        self._last = dict(self._first)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._last.update(self._read())
+
+    @property
+    def count(self) -> int:
+        return sum(last - self._first.get(task, 0) for task, last in self._last.items())
+
+    def _run(self) -> None:
+        while not self._stop.wait(SWITCH_SAMPLE):
+            self._last.update(self._read())
+
+    def _read(self, pid: int | None = None) -> dict[str, int]:
+        pid = self.pid if pid is None else pid
+        counts: dict[str, int] = {}
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                status = (task / "status").read_text()
+                children = (task / "children").read_text().split()
+            except OSError:
+                continue
+            counts[f"{pid}/{task.name}"] = sum(int(line.split()[1]) for line in status.splitlines()
+                                               if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt")))
+            for child in children:
+                counts.update(self._read(int(child)))
+        return counts
+
+
+SWITCH_SAMPLE = 0.05  # seconds between readings of the server's threads' context switches
 
 
 def nodelay_env() -> dict[str, str]:
@@ -825,6 +878,7 @@ class SendResult:
     way: str = "bench"
     finishes: list[float] = field(default_factory=list)  # seconds to each storescu's exit
     config: str = ""  # ours: [dicom] processes as run ("default" = the server's own default)
+    switches: int = 0  # the server's context switches during the row (Switches)
 
     @property
     def rate(self) -> float:
@@ -886,13 +940,14 @@ def send(target: Any, corpus: Corpus, associations: int, log: Path, expected: in
     cpu_before = target.cpu_seconds()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     finishes: list[float] = []
-    seconds, problems = storescu(target, folders, log, recursive=way.dealt, finishes=finishes)
+    with Switches(target.pid) as switches:
+        seconds, problems = storescu(target, folders, log, recursive=way.dealt, finishes=finishes)
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_after = target.cpu_seconds()
     client = (children_after.ru_utime + children_after.ru_stime) - (children.ru_utime + children.ru_stime)
     result = SendResult(target.name, associations, len(corpus.files), corpus.bytes, seconds, cpu_after - cpu_before,
                         client, expected=expected, failures=problems, label=label, way=way.name, finishes=finishes,
-                        config=getattr(target, "config_name", ""))
+                        config=getattr(target, "config_name", ""), switches=switches.count)
     deadline = time.monotonic() + 30
     while True:  # both answer after indexing, but give a lagging index a moment anyway
         result.arrived = target.count()
@@ -1573,14 +1628,16 @@ def print_send(result: SendResult) -> None:
     ends = "/".join(f"{end:.1f}" for end in result.finishes) if len(result.finishes) > 1 else ""
     print(f"  {result.way[:14]:14} {name:26} {result.associations:>5} "
           f"{result.instances:>9} {result.seconds:>8.2f} {result.rate:>8.1f} {result.mb_per_s:>7.1f} "
-          f"{result.server_cpu / n * 1000:>10.2f} {cores:>6.2f} {result.client_cpu / n * 1000:>9.2f}  {check}"
+          f"{result.server_cpu / n * 1000:>10.2f} {cores:>6.2f} {result.switches / n:>8.1f} "
+          f"{result.client_cpu / n * 1000:>9.2f}  {check}"
           + (f"; ends {ends} s" if ends else ""), flush=True)
 
 
 def print_send_header() -> None:
     print(f"  {'way':14} {'target':26} {'assoc':>5} {'instances':>9} {'seconds':>8} {'inst/s':>8} {'MB/s':>7} "
-          f"{'server CPU':>10} {'server':>6} {'storescu':>9}  verified")
-    print(f"  {'':14} {'':26} {'':>5} {'':>9} {'':>8} {'':>8} {'':>7} {'ms/inst':>10} {'cores':>6} {'ms/inst':>9}")
+          f"{'server CPU':>10} {'server':>6} {'switches':>8} {'storescu':>9}  verified")
+    print(f"  {'':14} {'':26} {'':>5} {'':>9} {'':>8} {'':>8} {'':>7} {'ms/inst':>10} {'cores':>6} {'/inst':>8} "
+          f"{'ms/inst':>9}")
 
 
 def print_find(result: FindResult) -> None:
