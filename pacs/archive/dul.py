@@ -501,9 +501,11 @@ def _serve_here(self: DULServiceProvider, request: Any, context_id: int) -> None
     timer, timeout = self._idle_timer, self._idle_timer.timeout
     timer.timeout = None
     assoc.abort = assoc._abort_nonblocking  # as in a handler: an abort here cannot wait for this thread
+    self.__dict__["_pacs_serving_here"] = True
     try:
         assoc._serve_request(request, context_id)
     finally:
+        self.__dict__["_pacs_serving_here"] = False
         assoc.abort = assoc._abort_blocking
         _pump(self, read=False)
         timer.timeout = timeout
@@ -518,15 +520,16 @@ def _serve_store(self: DULServiceProvider) -> bool:
     and queues its response for the DUL thread to send: for every object a modality sends, two
     hand-overs between threads that wait on each other, and their fights over the GIL, beside
     the work itself. Taken only on an association that has this one request waiting and
-    nothing else under way (no request being served, nothing to send, no handler watching
-    PDUs, messages or the state machine); the request goes to the association's own
+    nothing else under way: no request being served (by either thread: this one may be inside
+    a C-FIND it serves, whose lock it holds), nothing to send, no handler watching PDUs,
+    messages or the state machine. The request goes to the association's own
     ``_serve_request`` under its serving lock, as the association thread would hand it, and the
     response is written before the DUL thread reads on. Without an asynchronous operations
     window (PS3.7 10.3.3) a peer has one request outstanding at a time, so the association
     thread has none of its own under way."""
     assoc = self.assoc
     waiting = assoc.dimse.msg_queue
-    if (len(waiting.queue) != 1 or not assoc.is_established or not assoc.is_acceptor or self.to_provider_queue.queue
+    if (len(waiting.queue) != 1 or self.__dict__.get("_pacs_serving_here") or not assoc.is_established or not assoc.is_acceptor or self.to_provider_queue.queue
             or self.state_machine.current_state != DATA_TRANSFER):
         return False
     context_id, request = waiting.queue[0]
@@ -929,8 +932,10 @@ def install_wakeups() -> None:
         _wake_dul(self)
 
     def do_action_waking(self: StateMachine, event: str) -> None:
+        acted = False
         try:
             do_action(self, event)
+            acted = True
         except InvalidEventError:
             if event not in LOCAL_EVENTS or self.current_state not in (AWAITING_CLOSE, IDLE):
                 raise
@@ -949,7 +954,7 @@ def install_wakeups() -> None:
             # has it, so waking it early cannot hand it the response in a narrow window of
             # its pause check (pynetdicom issue #875).
             if wake is not None and assoc._reactor_checkpoint.is_set():
-                if event == DATA_RECEIVED and _serve_store(self.dul):
+                if event == DATA_RECEIVED and acted and _serve_store(self.dul):
                     pending = None  # the handler has done what they would (store() syncs its file)
                 else:
                     wake.set()
