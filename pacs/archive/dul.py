@@ -475,8 +475,7 @@ def _serve_find(self: DULServiceProvider, sock: socket.socket) -> bool:
     # among them) and marked it established: pynetdicom's service class answers nothing on an
     # association not yet established, and the request would wait for good.
     if (not assoc.is_established or self.to_provider_queue.queue or assoc.dimse.msg_queue.queue
-            or not _starts_find(assoc, sock) or _indexing(assoc)
-            or any(assoc.get_handlers(watched) for watched in WATCHERS)):
+            or not _starts_find(assoc, sock) or _indexing(assoc) or _watched(assoc)):
         return False
     serving = assoc.__dict__["_pacs_serving"]
     if not serving.acquire(blocking=False):
@@ -529,12 +528,12 @@ def _serve_store(self: DULServiceProvider) -> bool:
     thread has none of its own under way."""
     assoc = self.assoc
     waiting = assoc.dimse.msg_queue
-    if (len(waiting.queue) != 1 or self.__dict__.get("_pacs_serving_here") or not assoc.is_established or not assoc.is_acceptor or self.to_provider_queue.queue
+    if (len(waiting.queue) != 1 or self.__dict__.get("_pacs_serving_here") or not assoc.is_established
+            or not assoc.is_acceptor or self.to_provider_queue.queue
             or self.state_machine.current_state != DATA_TRANSFER):
         return False
     context_id, request = waiting.queue[0]
-    if (not isinstance(request, C_STORE) or request.MessageIDBeingRespondedTo is not None
-            or any(assoc.get_handlers(watched) for watched in WATCHERS)):
+    if not isinstance(request, C_STORE) or request.MessageIDBeingRespondedTo is not None or _watched(assoc):
         return False
     serving = assoc.__dict__.get("_pacs_serving")
     if serving is None or not serving.acquire(blocking=False):
@@ -570,6 +569,12 @@ def _starts_find(assoc: Any, sock: socket.socket) -> bool:
                              and context.transfer_syntax[0] in FIND_SYNTAXES)
         assoc.__dict__["_pacs_find_contexts"] = contexts
     return head[PDU_HEADER + 4] in contexts
+
+
+def _watched(assoc: Any) -> bool:
+    """Whether a handler watches ``assoc``'s PDUs, messages or state machine (:data:`WATCHERS`):
+    those see only what goes pynetdicom's way, so nothing is served past them."""
+    return any(assoc.get_handlers(watched) for watched in WATCHERS)
 
 
 def _indexing(assoc: Any) -> bool:
